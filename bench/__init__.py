@@ -1,0 +1,1 @@
+"""Benchmarks, run by ``ml-patterns bench``. See ``bench.runner`` for the registry."""
