@@ -1,0 +1,362 @@
+"""Callbacks, written once against the trainer protocol and driving both backends' ``Trainer``.
+
+As in Keras 3, callbacks live above the backends: a trainer (``torch_impl.training.Trainer`` or
+``jax_impl.training.Trainer``) calls the hooks and exposes the small ``TrainerProtocol`` below; the
+callbacks never touch a framework. Their decisions are pure functions of the metric history
+(``EarlyStopping.update``, ``ModelCheckpoint.plan``), tested from tables, and every callback has
+``state_dict()``/``load_state_dict()`` so a resumed run decides exactly as the uninterrupted one.
+
+Hook order per run: ``on_train_start``, then per epoch ``on_epoch_start``, ``on_batch_end`` (every
+batch; ``logs`` holds device values, so a callback that reads them forces a host sync and should do
+it rarely), ``on_epoch_end`` (``logs`` holds the epoch's floats, e.g. ``train_loss``, ``val_loss``),
+and finally ``on_train_end``.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import operator
+import os
+import shutil
+import string
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from ml_patterns.history import History
+
+
+class TrainerProtocol(Protocol):
+    """What callbacks may use of a trainer (both backends implement it)."""
+
+    should_stop: bool
+    stop_reason: str | None
+    history: History
+
+    def save_checkpoint(self, path: str | os.PathLike) -> None: ...
+
+    def snapshot_weights(self) -> Any:
+        """An opaque copy of the current weights (kept by EarlyStopping.restore_best_weights)."""
+
+    def restore_weights(self, snapshot: Any) -> None: ...
+
+
+class Callback:
+    """Base class: every hook does nothing; ``state_dict`` is empty."""
+
+    def on_train_start(self, trainer: TrainerProtocol) -> None: ...
+
+    def on_epoch_start(self, trainer: TrainerProtocol, epoch: int) -> None: ...
+
+    def on_batch_end(self, trainer: TrainerProtocol, batch_index: int, logs: Mapping[str, Any]) -> None: ...
+
+    def on_epoch_end(self, trainer: TrainerProtocol, epoch: int, logs: Mapping[str, float]) -> None: ...
+
+    def on_train_end(self, trainer: TrainerProtocol) -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+# "Better" is strict: equal is not an improvement (Keras and Lightning).
+_BETTER = {"min": operator.lt, "max": operator.gt}
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in _BETTER:
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+
+
+def monitored_value(logs: Mapping[str, float], monitor: str) -> float:
+    """``logs[monitor]`` as a float; a missing key raises a KeyError listing the keys that exist."""
+    if monitor not in logs:
+        raise KeyError(f"monitored metric {monitor!r} is not among the logged metrics {sorted(logs)}")
+    return float(logs[monitor])
+
+
+class StopReason(str, enum.Enum):
+    NOT_STOPPED = "not stopped"
+    PATIENCE_EXHAUSTED = "no improvement for `patience` epochs"
+    NON_FINITE = "monitored metric is NaN or infinite"
+    STOPPING_THRESHOLD = "monitored metric reached stopping_threshold"
+    DIVERGENCE_THRESHOLD = "monitored metric crossed divergence_threshold"
+
+
+class EarlyStopping(Callback):
+    """Stops training when the monitored metric stops improving.
+
+    Semantics follow Keras 3 and Lightning (pinned by table tests in tests/test_callbacks.py):
+
+    - an epoch improves when ``current`` beats ``best`` by more than ``min_delta`` (strict);
+    - training stops at the end of the ``patience``-th consecutive epoch without improvement, so
+      ``[6, 5, 5, 5, 5, 5]`` with ``patience=3`` stops after epoch 4 (0-based). flax's
+      ``early_stopping`` would wait one epoch more; we do not;
+    - ``baseline``: the value to beat from the start; epochs that improve on the best so far but
+      not on the baseline still count towards ``patience`` (Keras);
+    - epochs before ``start_from_epoch`` are ignored entirely;
+    - ``check_finite``: a NaN or infinite value stops at once; ``stopping_threshold``: stop once
+      the metric is better than it; ``divergence_threshold``: stop once it is worse than it;
+    - ``restore_best_weights``: the trainer's weights are snapshot at each improvement and put back
+      at the end of training, unless the last epoch was the best.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        patience: int = 3,
+        min_delta: float = 0.0,
+        baseline: float | None = None,
+        start_from_epoch: int = 0,
+        restore_best_weights: bool = False,
+        check_finite: bool = True,
+        stopping_threshold: float | None = None,
+        divergence_threshold: float | None = None,
+    ):
+        _check_mode(mode)
+        if patience < 1:
+            raise ValueError(f"patience must be at least 1, got {patience}")
+        if min_delta < 0:
+            raise ValueError(f"min_delta must be non-negative, got {min_delta}")
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.baseline, self.start_from_epoch = baseline, start_from_epoch
+        self.restore_best_weights, self.check_finite = restore_best_weights, check_finite
+        self.stopping_threshold, self.divergence_threshold = stopping_threshold, divergence_threshold
+        self._better = _BETTER[mode]
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.wait = 0
+        self.stopped_epoch: int | None = None
+        self.stop_reason = StopReason.NOT_STOPPED
+        self._best_weights: Any = None
+        self._last_epoch: int | None = None
+
+    def _improves(self, current: float, reference: float | None) -> bool:
+        if reference is None:
+            return True
+        delta = self.min_delta if self.mode == "max" else -self.min_delta
+        return self._better(current - delta, reference)
+
+    def update(self, epoch: int, current: float) -> tuple[bool, bool]:
+        """Feeds one epoch's value; returns ``(improved, stop)``. The pure decision logic."""
+        self._last_epoch = epoch
+        if epoch < self.start_from_epoch:
+            return False, False
+        if self.check_finite and not math.isfinite(current):
+            return False, self._stop(epoch, StopReason.NON_FINITE)
+        improved = self._improves(current, self.best)
+        if improved:
+            self.best, self.best_epoch = current, epoch
+        if improved and (self.baseline is None or self._improves(current, self.baseline)):
+            self.wait = 0
+        else:
+            self.wait += 1
+        if self.stopping_threshold is not None and self._better(current, self.stopping_threshold):
+            return improved, self._stop(epoch, StopReason.STOPPING_THRESHOLD)
+        if self.divergence_threshold is not None and self._better(self.divergence_threshold, current):
+            return improved, self._stop(epoch, StopReason.DIVERGENCE_THRESHOLD)
+        if self.wait >= self.patience:
+            return improved, self._stop(epoch, StopReason.PATIENCE_EXHAUSTED)
+        return improved, False
+
+    def _stop(self, epoch: int, reason: StopReason) -> bool:
+        self.stopped_epoch, self.stop_reason = epoch, reason
+        return True
+
+    def on_train_start(self, trainer: TrainerProtocol) -> None:
+        self._best_weights = None
+
+    def on_epoch_end(self, trainer: TrainerProtocol, epoch: int, logs: Mapping[str, float]) -> None:
+        improved, stop = self.update(epoch, monitored_value(logs, self.monitor))
+        if improved and self.restore_best_weights:
+            self._best_weights = trainer.snapshot_weights()
+        if stop:
+            trainer.should_stop = True
+            trainer.stop_reason = f"EarlyStopping at epoch {epoch}: {self.stop_reason.value} ({self.monitor}={logs[self.monitor]})"
+
+    def on_train_end(self, trainer: TrainerProtocol) -> None:
+        if self.restore_best_weights and self._best_weights is not None and self.best_epoch != self._last_epoch:
+            trainer.restore_weights(self._best_weights)
+
+    def state_dict(self) -> dict:
+        # Best weights are not part of it: a resumed run snapshots again at its next improvement,
+        # and the full checkpoint already holds the weights of the epoch it was written at.
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "stop_reason": self.stop_reason.name,
+            "last_epoch": self._last_epoch,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+        self.stopped_epoch = state["stopped_epoch"]
+        self.stop_reason = StopReason[state["stop_reason"]]
+        self._last_epoch = state["last_epoch"]
+
+
+class ModelCheckpoint(Callback):
+    """Saves checkpoints named from a template, keeping the best ``save_top_k`` by the monitor.
+
+    Args:
+        dirpath: directory for the checkpoints (created on the first save).
+        filename: ``str.format`` template over ``epoch`` and the epoch's logs, e.g.
+            ``"epoch{epoch:03d}-{val_loss:.4f}"``; ``.ckpt`` is appended.
+        monitor, mode: what "best" means. ``monitor=None`` saves every epoch (no ranking).
+        save_top_k: keep the k best checkpoints (``-1``: keep all; ``0``: none but ``last``).
+        save_best_only: save only when the monitor improves on the best so far (Keras); the files
+            kept are still bounded by ``save_top_k``.
+        save_last: also write ``last.ckpt`` every epoch (what a resume starts from).
+
+    Every save goes through ``trainer.save_checkpoint``, which writes atomically; a checkpoint is
+    deleted only after its replacement is on disk.
+    """
+
+    LAST = "last"
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike,
+        filename: str = "epoch{epoch:03d}-{val_loss:.4f}",
+        monitor: str | None = "val_loss",
+        mode: str = "min",
+        save_top_k: int = 1,
+        save_best_only: bool = False,
+        save_last: bool = False,
+    ):
+        _check_mode(mode)
+        if save_top_k < -1:
+            raise ValueError(f"save_top_k must be -1, 0 or positive, got {save_top_k}")
+        if monitor is None and save_top_k not in (-1, 0):
+            raise ValueError("save_top_k needs a monitor to rank checkpoints by; use save_top_k=-1 to keep every epoch")
+        self.dirpath, self.filename, self.monitor, self.mode = Path(dirpath), filename, monitor, mode
+        self.save_top_k, self.save_best_only, self.save_last = save_top_k, save_best_only, save_last
+        self._better = _BETTER[mode]
+        self.best_k: dict[str, float] = {}  # path -> monitored value
+        self.best_model_path: str | None = None
+        self.best_model_score: float | None = None
+        self.last_model_path: str | None = None
+
+    def format_path(self, epoch: int, logs: Mapping[str, float]) -> Path:
+        fields = {"epoch": epoch, **logs}
+        needed = [name for _, name, _, _ in string.Formatter().parse(self.filename) if name]
+        missing = [name for name in needed if name not in fields]
+        if missing:
+            raise KeyError(f"checkpoint filename {self.filename!r} uses {missing}, not among {sorted(fields)}")
+        return self.dirpath / (self.filename.format(**fields) + ".ckpt")
+
+    def plan(self, epoch: int, logs: Mapping[str, float]) -> tuple[Path | None, list[str]]:
+        """The pure decision: ``(path to save or None, paths to delete after saving)``."""
+        if self.save_top_k == 0:
+            return None, []
+        path = self.format_path(epoch, logs)
+        if self.monitor is None or self.save_top_k == -1 and not self.save_best_only:
+            return path, []
+        current = monitored_value(logs, self.monitor)
+        if not math.isfinite(current):
+            return None, []  # a NaN checkpoint is never "best"
+        if self.save_best_only and self.best_model_score is not None and not self._better(current, self.best_model_score):
+            return None, []
+        if self.save_top_k == -1 or len(self.best_k) < self.save_top_k:
+            return path, []
+        worst_path = self._worst()
+        if not self._better(current, self.best_k[worst_path]):
+            return None, []
+        return path, [worst_path]
+
+    def _worst(self) -> str:
+        # min() picks the first of equals, so among ties the oldest checkpoint goes first.
+        if self.mode == "min":
+            return max(self.best_k, key=lambda p: self.best_k[p])
+        return min(self.best_k, key=lambda p: self.best_k[p])
+
+    def on_epoch_end(self, trainer: TrainerProtocol, epoch: int, logs: Mapping[str, float]) -> None:
+        path, delete = self.plan(epoch, logs)
+        if path is not None:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(path)
+            if self.monitor is not None:
+                current = monitored_value(logs, self.monitor)
+                self.best_k[str(path)] = current
+                if self.best_model_score is None or self._better(current, self.best_model_score):
+                    self.best_model_path, self.best_model_score = str(path), current
+            for old in delete:
+                if old != str(path):
+                    _remove_checkpoint(Path(old))
+                self.best_k.pop(old, None)
+        if self.save_last:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            last = self.dirpath / f"{self.LAST}.ckpt"
+            trainer.save_checkpoint(last)
+            self.last_model_path = str(last)
+
+    def state_dict(self) -> dict:
+        return {
+            "best_k": dict(self.best_k),
+            "best_model_path": self.best_model_path,
+            "best_model_score": self.best_model_score,
+            "last_model_path": self.last_model_path,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best_k = dict(state["best_k"])
+        self.best_model_path, self.best_model_score = state["best_model_path"], state["best_model_score"]
+        self.last_model_path = state["last_model_path"]
+
+
+def _remove_checkpoint(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class HistoryLogger(Callback):
+    """Writes the history to ``path.csv`` and ``path.json`` after every epoch (atomically)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def on_epoch_end(self, trainer: TrainerProtocol, epoch: int, logs: Mapping[str, float]) -> None:
+        trainer.history.write(self.path)
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch with live loss and throughput.
+
+    The loss shown is read from the device at most every ``refresh_s`` seconds: reading it is a
+    host sync, and one every half second costs nothing measurable where one per batch would
+    serialize the device queue.
+    """
+
+    def __init__(self, refresh_s: float = 0.5, disable: bool | None = None):
+        self.refresh_s, self.disable = refresh_s, disable
+        self._bar = None
+
+    def on_epoch_start(self, trainer: TrainerProtocol, epoch: int) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=getattr(trainer, "batches_per_epoch", None), desc=f"epoch {epoch}", unit="batch",
+                         disable=self.disable, leave=False, dynamic_ncols=True)
+        self._samples, self._start, self._last_refresh = 0, time.perf_counter(), 0.0
+
+    def on_batch_end(self, trainer: TrainerProtocol, batch_index: int, logs: Mapping[str, Any]) -> None:
+        self._samples += int(logs.get("batch_size", 0))
+        self._bar.update(1)
+        now = time.perf_counter()
+        if now - self._last_refresh >= self.refresh_s and "loss" in logs:
+            self._last_refresh = now
+            rate = self._samples / max(now - self._start, 1e-9)
+            self._bar.set_postfix(loss=f"{float(logs['loss']):.4f}", samples_per_s=f"{rate:,.0f}", refresh=False)
+
+    def on_epoch_end(self, trainer: TrainerProtocol, epoch: int, logs: Mapping[str, float]) -> None:
+        self._bar.close()
+        if not self._bar.disable:
+            summary = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, float))
+            self._bar.write(f"epoch {epoch}: {summary}")
