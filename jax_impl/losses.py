@@ -1,0 +1,119 @@
+"""Losses, JAX side. The contract (shapes, dtypes, masking, all-masked, errors): ``ml_patterns.losses``.
+
+Divergences from ``torch_impl.losses``, and why:
+
+- Out-of-range targets are checked only when ``targets`` and ``mask`` are concrete (an eager call).
+  Under ``jax.jit`` they are tracers; an unmasked target outside ``[0, vocab)`` then makes the loss
+  NaN (its gradients stay finite), where a plain gather would wrap ``-1`` to the last class.
+- The gradient is a ``jax.custom_vjp`` whose backward pass is one fused elementwise expression
+  (softmax, minus the target's share picked by comparing an iota with the target): XLA writes it
+  straight into the output buffer, with no one-hot and no scatter.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ml_patterns import losses as core
+from ml_patterns.losses import CombinedLoss, TargetOutOfRangeError
+
+__all__ = ["CombinedLoss", "TargetOutOfRangeError", "masked_cross_entropy", "masked_cross_entropy_sum"]
+
+
+def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array, *, label_smoothing: float = 0.0) -> jax.Array:
+    """``sum(nll * mask) / sum(mask)``, a scalar; 0.0 when every position is masked."""
+    total, count = masked_cross_entropy_sum(logits, targets, mask, label_smoothing=label_smoothing)
+    # Dividing by 1 where count == 0 gives 0.0 (total is then exactly 0) and zero gradients.
+    return total / jnp.where(count > 0, count, jnp.ones_like(count))
+
+
+def masked_cross_entropy_sum(
+    logits: jax.Array, targets: jax.Array, mask: jax.Array, *, label_smoothing: float = 0.0
+) -> tuple[jax.Array, jax.Array]:
+    """``(sum(nll * mask), sum(mask))``, two scalars, for exact aggregation across batches."""
+    logits, targets, mask = jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask)
+    vocab = core.check_cross_entropy_args(
+        logits.shape,
+        targets.shape,
+        mask.shape,
+        logits_kind=_kind(logits.dtype),
+        targets_kind=_kind(targets.dtype),
+        mask_kind=_kind(mask.dtype),
+        label_smoothing=label_smoothing,
+    )
+    compute_dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    weights = mask.astype(compute_dtype)
+    active = weights != 0
+    in_range = (targets >= 0) & (targets < vocab)
+    if not isinstance(targets, jax.core.Tracer) and not isinstance(mask, jax.core.Tracer):
+        _check_targets(np.asarray(targets), np.asarray(active), vocab)
+    safe_targets = jnp.where(active & in_range, targets, 0).astype(jnp.int32)
+    total = _masked_nll_sum(logits, safe_targets, weights, float(label_smoothing))
+    # Only reachable under jit (eager calls raised above): NaN, not a silently wrong class.
+    total = total + jnp.where(active & ~in_range, jnp.nan, 0.0).astype(compute_dtype).sum()
+    return total, weights.sum()
+
+
+def _check_targets(targets: np.ndarray, active: np.ndarray, vocab: int) -> None:
+    bad = active & ((targets < 0) | (targets >= vocab))
+    if bad.any():
+        positions = np.argwhere(bad)
+        raise core.target_out_of_range(tuple(positions[0]), targets[tuple(positions[0])], vocab, len(positions))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _masked_nll_sum(logits, targets, weights, smoothing):
+    """``sum(weights * loss)`` with loss ``(1 - eps) * nll + eps * mean_c(-log p_c)`` per position."""
+    return _forward(logits, targets, weights, smoothing)[0]
+
+
+def _forward(logits, targets, weights, smoothing):
+    # nll = log(sum(exp(x - max))) - (x_t - max): x - max is exact, so the rounding does not grow
+    # with the logits' magnitude (logsumexp(x) - x_t loses 1e-3 at 1e4). XLA fuses the shift into
+    # both reductions: no logits-sized temporary.
+    maxes = jax.lax.stop_gradient(logits.max(-1, keepdims=True)).astype(weights.dtype)
+    shifted = logits.astype(weights.dtype) - maxes
+    sums = jnp.exp(shifted).sum(-1)
+    log_sums = jnp.log(sums)
+    loss = log_sums - jnp.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]
+    if smoothing:
+        loss = (1.0 - smoothing) * loss + smoothing * (log_sums - shifted.mean(-1))
+    return (weights * loss).sum(), (logits, targets, weights, maxes, sums, loss)
+
+
+def _forward_rule(logits, targets, weights, smoothing):
+    return _forward(logits, targets, weights, smoothing)
+
+
+def _backward_rule(smoothing, residuals, grad_total):
+    logits, targets, weights, maxes, sums, loss = residuals
+    coef = (grad_total * weights)[..., None]  # d total / d loss, per position
+    # d loss / d logits = softmax - (1 - eps) * one_hot - eps / vocab; the one-hot is a comparison
+    # with an iota inside the fused expression, never an array.
+    is_target = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1) == targets[..., None]
+    softmax = jnp.exp(logits.astype(weights.dtype) - maxes) * (coef / sums[..., None])
+    grad = softmax - jnp.where(is_target, (1.0 - smoothing) * coef, 0.0)
+    if smoothing:
+        grad = grad - (smoothing / logits.shape[-1]) * coef
+    # Masked positions (weight 0) hold an arbitrary target; their derivative is defined as 0.
+    grad_weights = jnp.where(weights != 0, grad_total * loss, 0.0)
+    # Integer targets take a float0 cotangent.
+    grad_targets = np.zeros(targets.shape, dtype=jax.dtypes.float0)
+    return grad.astype(logits.dtype), grad_targets, grad_weights
+
+
+_masked_nll_sum.defvjp(_forward_rule, _backward_rule)
+
+
+def _kind(dtype) -> str:
+    if dtype == jnp.bool_:
+        return core.BOOL
+    if jnp.issubdtype(dtype, jnp.floating):
+        return core.FLOAT
+    if jnp.issubdtype(dtype, jnp.integer):
+        return core.INT
+    return np.dtype(dtype).kind

@@ -1,0 +1,156 @@
+"""The losses' contract, written once for both backends: argument checks and ``CombinedLoss``.
+
+``torch_impl.losses`` and ``jax_impl.losses`` expose the same functions:
+
+``masked_cross_entropy(logits, targets, mask, *, label_smoothing=0.0) -> loss``
+    logits ``[..., vocab]`` (usually ``[batch, seq, vocab]``), float32, bfloat16 or float16: 16-bit
+    logits are computed in float32, float64 logits (torch) in float64. targets ``[...]`` integer ids.
+    mask ``[...]``, bool, integer or float weights. Returns the scalar
+    ``sum(nll * mask) / sum(mask)`` in the compute dtype (float32 for the usual inputs).
+
+    - A position whose mask is 0 (``False``) is ignored whatever its target holds (``-100``, any
+      out-of-range id): no error, no NaN, no effect on the value or the gradients.
+    - Every position masked (``sum(mask) == 0``): the loss is 0.0 and every gradient is zero.
+      torch's own ``F.cross_entropy(..., ignore_index=...)`` returns NaN there; a batch of
+      padding must not poison a training run, so we define it.
+    - An unmasked target outside ``[0, vocab)`` raises ``TargetOutOfRangeError`` naming the
+      position, when the targets and the mask are concrete (torch always; JAX called eagerly). Under
+      ``jax.jit`` values cannot be checked without a host round trip: such a position makes the loss
+      NaN instead (loudly wrong, never silently wrapped: a gather would wrap ``-1`` to the last class).
+    - ``label_smoothing`` in ``[0, 1]``, torch's definition: the target distribution is
+      ``(1 - eps) * one_hot + eps / vocab``, i.e. per position
+      ``(1 - eps) * nll + eps * mean_c(-log_softmax(logits)_c)``.
+    - Mask weights are meant to be non-negative (checking would cost a host round trip).
+    - Memory: no one-hot and no second full-size float copy of the logits. The forward pass holds one
+      logits-sized float temporary (the log-probabilities, freed before it returns); the backward
+      pass writes the gradient itself and nothing else logits-sized (bfloat16 logits: the gradient is
+      computed in float32, then rounded to bfloat16, so one float32 buffer is unavoidable there).
+    - Stable for large logits: computed as ``(max - logit_target) + log(sum(exp(logits - max)))``,
+      whose rounding does not grow with the logits' magnitude.
+
+``masked_cross_entropy_sum(logits, targets, mask, *, label_smoothing=0.0) -> (sum, count)``
+    The same, unreduced: ``sum(nll * mask)`` and ``sum(mask)``, two scalars in the compute dtype, so
+    that a caller can aggregate exactly across batches (``sum(sums) / sum(counts)``, the flax WMT
+    example's habit) instead of averaging means.
+
+``CombinedLoss`` (defined here, re-exported by both backends): see its docstring.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+# Kinds of dtypes, as the backends classify them (numpy's ``dtype.kind`` letters).
+FLOAT, INT, BOOL = "f", "i", "b"
+
+
+class TargetOutOfRangeError(ValueError):
+    """An unmasked target id lies outside ``[0, vocab)``."""
+
+
+def check_cross_entropy_args(
+    logits_shape: Sequence[int],
+    targets_shape: Sequence[int],
+    mask_shape: Sequence[int],
+    *,
+    logits_kind: str,
+    targets_kind: str,
+    mask_kind: str,
+    label_smoothing: float,
+) -> int:
+    """Validates shapes, dtype kinds and ``label_smoothing``; returns the vocabulary size.
+
+    Raises ``ValueError`` naming the shapes (or dtypes) that disagree.
+    """
+    logits_shape, targets_shape, mask_shape = tuple(logits_shape), tuple(targets_shape), tuple(mask_shape)
+    if len(logits_shape) < 2:
+        raise ValueError(f"logits must be [..., vocab] with at least 2 dimensions, got shape {logits_shape}")
+    if logits_shape[:-1] != targets_shape:
+        raise ValueError(
+            f"targets shape {targets_shape} must equal the logits shape without its vocab axis: "
+            f"logits shape {logits_shape} -> {logits_shape[:-1]}"
+        )
+    if mask_shape != targets_shape:
+        raise ValueError(f"mask shape {mask_shape} must equal targets shape {targets_shape}")
+    if logits_shape[-1] < 1:
+        raise ValueError(f"logits shape {logits_shape} has an empty vocab axis")
+    if logits_kind != FLOAT:
+        raise ValueError(f"logits must be floating point, got dtype kind {logits_kind!r}")
+    if targets_kind != INT:
+        raise ValueError(f"targets must be integer class ids, got dtype kind {targets_kind!r}")
+    if mask_kind not in (BOOL, INT, FLOAT):
+        raise ValueError(f"mask must be bool, integer or float weights, got dtype kind {mask_kind!r}")
+    check_label_smoothing(label_smoothing)
+    return logits_shape[-1]
+
+
+def check_label_smoothing(label_smoothing: float) -> None:
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+        raise TypeError(f"label_smoothing must be a Python number, got {type(label_smoothing).__name__}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+
+
+def target_out_of_range(position: Sequence[int], value: int, vocab: int, n_bad: int) -> TargetOutOfRangeError:
+    """The error for the first unmasked target outside ``[0, vocab)`` (``n_bad`` of them in all)."""
+    where = ", ".join(str(int(i)) for i in position)
+    return TargetOutOfRangeError(
+        f"targets[{where}] = {int(value)} is outside [0, {vocab}) at an unmasked position "
+        f"({n_bad} such position(s)); mask it out or fix the target"
+    )
+
+
+class CombinedLoss:
+    """A weighted sum of named losses: ``total = sum(weights[name] * losses[name](pred, target))``.
+
+    Args:
+        losses: name -> ``fn(prediction, target) -> scalar``. A loss needing several target arrays
+            takes them as one value, e.g. ``lambda logits, t: masked_cross_entropy(logits, *t)``
+            with the target ``(ids, mask)``.
+        weights: name -> Python number; a name left out weighs 1.0.
+
+    Calling it with ``predictions`` and ``targets``, two mappings holding (at least) every loss
+    name, returns ``(total, {name: unweighted value})``, in the order of ``losses``.
+
+    It holds only Python functions and numbers and does plain arithmetic on what the losses return,
+    so it works unchanged on torch tensors and inside ``jax.jit`` (a pure function of its inputs);
+    both backends re-export it.
+
+    Raises:
+        ValueError: no loss; a weight for a name that is not a loss; a weight that is not a finite
+            number.
+        KeyError: (when called) a prediction or target missing for a loss, naming it.
+    """
+
+    def __init__(self, losses: Mapping[str, Callable[[Any, Any], Any]], weights: Mapping[str, float] | None = None):
+        if not losses:
+            raise ValueError("CombinedLoss needs at least one loss")
+        for name, fn in losses.items():
+            if not callable(fn):
+                raise TypeError(f"loss {name!r} is not callable: {fn!r}")
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(losses))
+        if unknown:
+            raise ValueError(f"weights given for unknown loss name(s) {unknown}; losses are {list(losses)}")
+        for name, weight in weights.items():
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+                raise ValueError(f"weight of loss {name!r} must be a finite Python number, got {weight!r}")
+        self.losses = dict(losses)
+        self.weights = {name: float(weights.get(name, 1.0)) for name in self.losses}
+
+    def __call__(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
+        for kind, given in (("prediction", predictions), ("target", targets)):
+            missing = [name for name in self.losses if name not in given]
+            if missing:
+                raise KeyError(f"{kind} missing for loss(es) {missing}; {kind}s given: {sorted(given)}")
+        values = {name: fn(predictions[name], targets[name]) for name, fn in self.losses.items()}
+        terms = [self.weights[name] * value for name, value in values.items()]
+        total = terms[0]
+        for term in terms[1:]:
+            total = total + term
+        return total, values
+
+    def __repr__(self) -> str:
+        return f"CombinedLoss({list(self.losses)}, weights={self.weights})"
