@@ -79,7 +79,9 @@ def _forward(logits, targets, weights, smoothing):
     shifted = logits.astype(weights.dtype) - maxes
     sums = jnp.exp(shifted).sum(-1)
     log_sums = jnp.log(sums)
-    loss = log_sums - jnp.take_along_axis(shifted, targets[..., None], axis=-1)[..., 0]
+    # Gathering from the logits themselves (not from ``shifted``) keeps ``shifted`` unmaterialized.
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0].astype(weights.dtype) - maxes[..., 0]
+    loss = log_sums - picked
     if smoothing:
         loss = (1.0 - smoothing) * loss + smoothing * (log_sums - shifted.mean(-1))
     return (weights * loss).sum(), (logits, targets, weights, maxes, sums, loss)
