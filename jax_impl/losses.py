@@ -45,7 +45,8 @@ def masked_cross_entropy_sum(
         mask_kind=_kind(mask.dtype),
         label_smoothing=label_smoothing,
     )
-    compute_dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    # 16-bit floats are computed in float32 (explicitly: strict dtype promotion has no bf16 -> f32 path).
+    compute_dtype = jnp.float32 if jnp.finfo(logits.dtype).bits < 32 else logits.dtype
     weights = mask.astype(compute_dtype)
     active = weights != 0
     in_range = (targets >= 0) & (targets < vocab)

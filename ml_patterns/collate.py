@@ -200,8 +200,9 @@ def _first_bad_record(seqs: list) -> Exception:
         if array.ndim != 1:
             return ValueError(f"record {i}: input_ids must be 1-D, got shape {array.shape}")
         if len(array) and array.dtype.kind not in "iu":
-            # Find the first element that is not an integer, to name it.
-            for j, value in enumerate(seq):
+            if isinstance(seq, np.ndarray):
+                return TypeError(f"record {i}: input_ids have dtype {array.dtype}, not an integer type")
+            for j, value in enumerate(seq):  # name the first element that is not an integer
                 if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
                     return TypeError(f"record {i}: input_ids[{j}] = {value!r} is not an integer")
             return TypeError(f"record {i}: input_ids have dtype {array.dtype}, not an integer type")

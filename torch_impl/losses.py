@@ -39,7 +39,7 @@ def masked_cross_entropy_sum(
         mask_kind=_kind(mask.dtype),
         label_smoothing=label_smoothing,
     )
-    compute_dtype = torch.promote_types(logits.dtype, torch.float32)
+    compute_dtype = torch.float32 if torch.finfo(logits.dtype).bits < 32 else logits.dtype
     weights = mask.to(compute_dtype)
     active = weights != 0
     _check_targets(targets, active, vocab)
