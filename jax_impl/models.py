@@ -1,0 +1,318 @@
+"""Models, JAX side (Flax NNX). The contract, the architecture and every cross-framework choice are
+documented once in ``torch_impl.models``; this module mirrors it class for class and attribute for
+attribute, so ``jax_impl.state`` maps parameter paths onto torch's names by rule.
+
+Divergences, and why:
+
+- ``__call__`` is the forward pass (NNX's convention); ``train()`` / ``eval()`` set dropout's
+  ``deterministic`` flag as in torch, and a freshly built model is in training mode, like torch's.
+- The pure functional form for ``jax.jit`` and ``jax.grad`` (which torch has no need of):
+
+      fn, params, rest = functional(model)        # nnx.split(model, nnx.Param, ...)
+      loss_and_grad = jax.jit(jax.value_and_grad(fn.loss, has_aux=True), static_argnames="train")
+      (loss, parts), grads = loss_and_grad(params, rest, batch, key=key, train=True)
+
+  ``params`` are the trainable ``nnx.Param`` leaves, ``rest`` the dropout streams' RNG state.
+  With ``train=True`` dropout is on and its masks are a pure function of ``key`` (every stream is
+  reseeded from it, each to a distinct key), so a step is deterministic given its key; with
+  ``train=False`` (the default) no key is needed. ``fn.merge(params, rest)`` rebuilds the module.
+- Out-of-vocabulary ids: torch's embedding raises; ``jnp.take`` under jit cannot, and fills NaN.
+  ``ml_patterns.batches`` checks ids on the host before either backend sees them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import os
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_impl import state
+from jax_impl.init import EMBEDDING_INIT, LINEAR_KERNEL_INIT, ONES_INIT, ZEROS_INIT
+from jax_impl.losses import CombinedLoss, masked_cross_entropy
+from ml_patterns import checkpoint
+from ml_patterns.batches import check_length
+from ml_patterns.config import MLM_TASK, ModelConfig, unknown_task_error
+
+
+class BaseModel(nnx.Module):
+    def __init__(self, config: ModelConfig | None = None):
+        self.config = config
+
+    def loss_parts(self, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
+        raise NotImplementedError
+
+    def compute_loss(self, batch: dict) -> jax.Array:
+        return self.loss_parts(batch)[0]
+
+    def save(self, path: str | os.PathLike) -> None:
+        checkpoint.save_checkpoint(
+            path,
+            state.to_numpy(self),
+            backend="jax",
+            model_class=type(self).__name__,
+            config=self.config,
+            versions={name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax")},
+        )
+
+    def load(self, path: str | os.PathLike) -> BaseModel:
+        arrays, _ = checkpoint.load_checkpoint(path)
+        state.from_numpy(self, arrays, source=str(path))
+        return self
+
+
+class EncoderDecoder(BaseModel):
+    def __init__(self, encoder: nnx.Module, decoder: nnx.Module, *, config: ModelConfig | None = None):
+        super().__init__(config)
+        self.encoder, self.decoder = encoder, decoder
+
+    def encode(self, batch: dict) -> dict[str, jax.Array]:
+        return self.encoder(batch)
+
+    def decode(self, encoded: dict, batch: dict) -> dict[str, jax.Array]:
+        return self.decoder(encoded, batch)
+
+    def __call__(self, batch: dict) -> dict[str, jax.Array]:
+        encoded = self.encode(batch)
+        return {**encoded, **self.decode(encoded, batch)}
+
+    def loss_parts(self, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
+        decoded = self.decode(self.encode(batch), batch)
+        return self.decoder.loss(decoded, batch)
+
+
+class MultiTaskModel(BaseModel):
+    def __init__(self, backbone: nnx.Module, heads: Mapping[str, nnx.Module], *, config: ModelConfig | None = None):
+        super().__init__(config)
+        if not heads:
+            raise ValueError("MultiTaskModel needs at least one head")
+        self.backbone = backbone
+        self.heads = nnx.Dict(heads)
+
+    def __call__(self, batch: dict, task: str | None = None) -> dict[str, jax.Array]:
+        if task is not None and task not in self.heads:
+            raise unknown_task_error(task, self.heads.keys())
+        features = self.backbone(batch)
+        names = list(self.heads) if task is None else [task]
+        return {name: self.heads[name](features) for name in names}
+
+    def loss_parts(self, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
+        features, outputs = {}, {}
+        for name, head in self.heads.items():
+            if head.input_key not in features:  # one backbone pass per distinct input
+                features[head.input_key] = self.backbone({**batch, "input_ids": batch[head.input_key]})
+            outputs[name] = head(features[head.input_key])
+        combined = CombinedLoss(
+            {name: head.loss for name, head in self.heads.items()},
+            {name: head.loss_weight for name, head in self.heads.items()},
+        )
+        return combined(outputs, {name: batch for name in self.heads})
+
+
+class Attention(nnx.Module):
+    def __init__(self, d_model: int, n_heads: int, dropout: float, *, rngs: nnx.Rngs):
+        self.n_heads, self.scale = n_heads, (d_model // n_heads) ** -0.5
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (_linear(d_model, d_model, rngs) for _ in range(4))
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        b, length, d = x.shape
+        q, k, v = (proj(x).reshape(b, length, self.n_heads, -1) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * self.scale
+        scores = jnp.where(mask[:, None], scores, jnp.finfo(scores.dtype).min)
+        weights = self.dropout(jax.nn.softmax(scores, axis=-1))
+        return self.out_proj(jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, length, d))
+
+
+class FeedForward(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.linear1 = _linear(config.d_model, config.d_ff, rngs)
+        self.linear2 = _linear(config.d_ff, config.d_model, rngs)
+        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+        self.approximate = config.gelu_approximate
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.linear2(self.dropout(jax.nn.gelu(self.linear1(x), approximate=self.approximate)))
+
+
+class TransformerLayer(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.norm1 = _layer_norm(config, rngs)
+        self.attention = Attention(config.d_model, config.n_heads, config.attention_dropout, rngs=rngs)
+        self.norm2 = _layer_norm(config, rngs)
+        self.feed_forward = FeedForward(config, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        x = x + self.dropout(self.attention(self.norm1(x), mask))
+        return x + self.dropout(self.feed_forward(self.norm2(x)))
+
+
+class Embeddings(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.tokens = nnx.Embed(config.vocab_size, config.d_model, embedding_init=EMBEDDING_INIT, rngs=rngs)
+        self.positions = nnx.Embed(config.max_len, config.d_model, embedding_init=EMBEDDING_INIT, rngs=rngs)
+        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        check_length(ids.shape[1], self.positions.num_embeddings)
+        return self.dropout(self.tokens(ids) + self.positions(jnp.arange(ids.shape[1]))[None])
+
+
+class SmilesEncoder(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.embeddings = Embeddings(config, rngs=rngs)
+        self.layers = nnx.List([TransformerLayer(config, rngs=rngs) for _ in range(config.n_layers)])
+        self.final_norm = _layer_norm(config, rngs)
+
+    def __call__(self, batch: dict) -> dict[str, jax.Array]:
+        key_mask = batch["attention_mask"]
+        x = self.embeddings(batch["input_ids"])
+        for layer in self.layers:
+            x = layer(x, key_mask[:, None, :])
+        hidden = self.final_norm(x)
+        weights = key_mask[..., None].astype(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)  # an all-PAD row pools to 0
+        return {"hidden": hidden, "pooled": pooled}
+
+
+class SmilesDecoder(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.latent = _linear(config.d_model, config.d_model, rngs)
+        self.embeddings = Embeddings(config, rngs=rngs)
+        self.layers = nnx.List([TransformerLayer(config, rngs=rngs) for _ in range(config.n_decoder_layers)])
+        self.final_norm = _layer_norm(config, rngs)
+        self.lm_head = _linear(config.d_model, config.vocab_size, rngs)
+
+    def __call__(self, encoded: dict, batch: dict) -> dict[str, jax.Array]:
+        ids, key_mask = batch["decoder_input_ids"], batch["decoder_attention_mask"]
+        x = self.embeddings(ids) + self.latent(encoded["pooled"])[:, None, :]
+        causal = jnp.tril(jnp.ones((ids.shape[1], ids.shape[1]), dtype=jnp.bool_))
+        mask = key_mask[:, None, :] & causal[None]
+        for layer in self.layers:
+            x = layer(x, mask)
+        return {"logits": self.lm_head(self.final_norm(x))}
+
+    def loss(self, decoded: dict, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
+        loss = masked_cross_entropy(decoded["logits"], batch["decoder_targets"], batch["decoder_mask"])
+        return loss, {"reconstruction": loss}
+
+
+class RegressionHead(nnx.Module):
+    input_key = "input_ids"
+
+    def __init__(self, config: ModelConfig, label: str, loss_weight: float = 1.0, *, rngs: nnx.Rngs):
+        self.label, self.loss_weight = label, loss_weight
+        self.dense = _linear(config.d_model, config.d_model, rngs)
+        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
+        self.out = _linear(config.d_model, 1, rngs)
+        self.approximate = config.gelu_approximate
+
+    def __call__(self, features: dict) -> jax.Array:
+        hidden = self.dropout(jax.nn.gelu(self.dense(features["pooled"]), approximate=self.approximate))
+        return self.out(hidden)[:, 0]
+
+    def loss(self, prediction: jax.Array, batch: dict) -> jax.Array:
+        return jnp.mean((prediction - batch["labels"][self.label]) ** 2)
+
+
+class MaskedTokenHead(nnx.Module):
+    input_key = "mlm_input_ids"
+
+    def __init__(self, config: ModelConfig, loss_weight: float = 1.0, *, rngs: nnx.Rngs):
+        self.loss_weight = loss_weight
+        self.dense = _linear(config.d_model, config.d_model, rngs)
+        self.norm = _layer_norm(config, rngs)
+        self.decoder = _linear(config.d_model, config.vocab_size, rngs)
+        self.approximate = config.gelu_approximate
+
+    def __call__(self, features: dict) -> jax.Array:
+        return self.decoder(self.norm(jax.nn.gelu(self.dense(features["hidden"]), approximate=self.approximate)))
+
+    def loss(self, logits: jax.Array, batch: dict) -> jax.Array:
+        return masked_cross_entropy(logits, batch["mlm_targets"], batch["mlm_mask"])
+
+
+def build_model(config: ModelConfig, *, rngs: nnx.Rngs | None = None) -> BaseModel:
+    """The molecule model of ``config.architecture``; ``rngs`` default to streams derived from
+    ``config.seed`` (parameters and dropout from distinct keys)."""
+    if rngs is None:
+        params_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+        rngs = nnx.Rngs(params=params_key, dropout=dropout_key)
+    if config.architecture == "autoencoder":
+        return EncoderDecoder(SmilesEncoder(config, rngs=rngs), SmilesDecoder(config, rngs=rngs), config=config)
+    heads = {task: RegressionHead(config, task, rngs=rngs) for task in config.tasks}
+    if config.has_mlm_head:
+        heads[MLM_TASK] = MaskedTokenHead(config, loss_weight=config.mlm_weight, rngs=rngs)
+    return MultiTaskModel(SmilesEncoder(config, rngs=rngs), heads, config=config)
+
+
+def load_model(path: str | os.PathLike) -> BaseModel:
+    arrays, metadata = checkpoint.load_checkpoint(path)
+    model = build_model(checkpoint.config_from_metadata(metadata, path))
+    state.from_numpy(model, arrays, source=str(path))
+    return model
+
+
+def as_batch(batch: Mapping) -> dict:
+    """A batch of numpy arrays (``ml_patterns.batches``) as JAX arrays (integers int32, as JAX's default)."""
+    return {k: as_batch(v) if isinstance(v, Mapping) else jnp.asarray(np.asarray(v)) for k, v in batch.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Functional:
+    """Pure functions of ``(params, rest)``; see the module docstring. Hashable, so a bound method
+    (``fn.loss``) can be jitted directly."""
+
+    graphdef: nnx.GraphDef
+
+    def merge(self, params: nnx.State, rest: nnx.State) -> BaseModel:
+        return nnx.merge(self.graphdef, params, rest)
+
+    def apply(self, params, rest, batch: dict, *, key: jax.Array | None = None, train: bool = False, **kwargs) -> dict:
+        """``model(batch, **kwargs)`` (e.g. ``task=``), as a pure function."""
+        return self._model(params, rest, key, train)(batch, **kwargs)
+
+    def loss(self, params, rest, batch: dict, *, key: jax.Array | None = None, train: bool = False):
+        """``(total loss, {part: loss})``: ``model.loss_parts(batch)`` as a pure function."""
+        return self._model(params, rest, key, train).loss_parts(batch)
+
+    def _model(self, params, rest, key, train: bool) -> BaseModel:
+        # copy=True: fresh Variables at this trace level; reusing the state's own Variables makes
+        # the dropout streams' updates fail under jax.grad (TraceContextError).
+        model = nnx.merge(self.graphdef, params, rest, copy=True)
+        if train:
+            if key is None:
+                raise ValueError("train=True needs a dropout key (jax.random.key)")
+            model.train()
+            nnx.reseed(model, dropout=key)
+        else:
+            model.eval()
+        return model
+
+
+def functional(model: BaseModel) -> tuple[Functional, nnx.State, nnx.State]:
+    """``(Functional, params, rest)`` from ``nnx.split(model, nnx.Param, ...)``."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return Functional(graphdef), params, rest
+
+
+def _linear(d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(d_in, d_out, kernel_init=LINEAR_KERNEL_INIT, bias_init=ZEROS_INIT, rngs=rngs)
+
+
+def _layer_norm(config: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # use_fast_variance=False: the two-pass variance, as torch computes it (PARITY.md).
+    return nnx.LayerNorm(
+        config.d_model,
+        epsilon=config.layer_norm_eps,
+        use_fast_variance=False,
+        scale_init=ONES_INIT,
+        bias_init=ZEROS_INIT,
+        rngs=rngs,
+    )

@@ -1,0 +1,144 @@
+"""The batch contract of the molecule models, built once in numpy from a collated batch.
+
+Both backends' ``compute_loss`` read the dicts built here (converted with ``models.as_batch``), so
+torch and JAX train on the same arrays: the same standardized labels, the same masked tokens.
+
+A collated batch (``collate.collate_molecules``) is
+``{"input_ids": int [B, L], "attention_mask": bool [B, L], "labels": float32 [B] | {task: float32 [B]}}``
+with sequences ``BOS ... EOS`` right-padded with PAD.
+
+Multi-task batch (``prepare_multitask_batch``)::
+
+    input_ids        int32 [B, L]    clean tokens: the regression heads and forward() read these
+    attention_mask   bool  [B, L]    True on real tokens
+    labels           {task: float32 [B]}  standardized: (y - mean) / std, with the config's stats
+    mlm_input_ids    int32 [B, L]    corrupted tokens: the masked-token head's loss reads these
+    mlm_targets      int32 [B, L]    original ids where mlm_mask, PAD elsewhere
+    mlm_mask         bool  [B, L]    the positions the masked-token loss scores
+
+(the three ``mlm_*`` keys only when the config has a masked-token head).
+
+Autoencoder batch (``prepare_autoencoder_batch``), teacher forcing by a shift of one::
+
+    input_ids               int32 [B, L]      encoder input
+    attention_mask          bool  [B, L]
+    decoder_input_ids       int32 [B, L - 1]  input_ids[:, :-1]  (BOS t1 ... : what the decoder reads)
+    decoder_attention_mask  bool  [B, L - 1]  attention_mask[:, :-1]
+    decoder_targets         int32 [B, L - 1]  input_ids[:, 1:]   (t1 ... EOS: what it predicts)
+    decoder_mask            bool  [B, L - 1]  attention_mask[:, 1:]  (positions scored)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ml_patterns.config import ModelConfig
+from ml_patterns.masking import mask_tokens
+
+MULTITASK_KEYS = ("input_ids", "attention_mask", "labels")
+MLM_KEYS = ("mlm_input_ids", "mlm_targets", "mlm_mask")
+AUTOENCODER_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "decoder_input_ids",
+    "decoder_attention_mask",
+    "decoder_targets",
+    "decoder_mask",
+)
+
+
+def prepare_batch(collated: dict, config: ModelConfig, rng: np.random.Generator | None = None) -> dict:
+    """The batch ``config.architecture``'s model trains on (see the module docstring)."""
+    if config.architecture == "autoencoder":
+        return prepare_autoencoder_batch(collated, config)
+    return prepare_multitask_batch(collated, config, rng)
+
+
+def prepare_multitask_batch(collated: dict, config: ModelConfig, rng: np.random.Generator | None) -> dict:
+    """Standardized labels for every task, plus masked tokens drawn from ``rng`` if the config has
+    a masked-token head (``rng`` is then required: pass a fixed-seed generator for evaluation)."""
+    input_ids, attention_mask = _tokens(collated, config)
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": standardize_labels(collated.get("labels"), config, batch_size=input_ids.shape[0]),
+    }
+    if config.has_mlm_head:
+        if rng is None:
+            raise ValueError("a model with a masked-token head needs rng to draw the masks")
+        masked = mask_tokens(input_ids, attention_mask, rng, vocab_size=config.vocab_size, mask_prob=config.mlm_mask_prob)
+        batch.update(mlm_input_ids=masked.input_ids, mlm_targets=masked.targets, mlm_mask=masked.mask)
+    return batch
+
+
+def prepare_autoencoder_batch(collated: dict, config: ModelConfig) -> dict:
+    input_ids, attention_mask = _tokens(collated, config)
+    if input_ids.shape[1] < 2:
+        raise ValueError(f"an autoencoder batch needs length >= 2 (BOS and EOS), got input_ids {input_ids.shape}")
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "decoder_input_ids": input_ids[:, :-1],
+        "decoder_attention_mask": attention_mask[:, :-1],
+        "decoder_targets": input_ids[:, 1:],
+        "decoder_mask": attention_mask[:, 1:],
+    }
+
+
+def standardize_labels(labels, config: ModelConfig, *, batch_size: int) -> dict[str, np.ndarray]:
+    """``{task: float32 [B]}``, each ``(y - mean) / std`` computed in float64 and rounded once.
+
+    ``labels`` is the collated ``float [B]`` (a one-target dataset) or ``{task: float [B]}``; every
+    task of the config must be present (extra ones are ignored).
+    """
+    if labels is None:
+        raise KeyError("the collated batch has no 'labels'")
+    if not isinstance(labels, dict):
+        if len(config.tasks) != 1:
+            raise ValueError(f"labels is one array but the config has {len(config.tasks)} tasks {list(config.tasks)}")
+        labels = {config.tasks[0]: labels}
+    missing = [task for task in config.tasks if task not in labels]
+    if missing:
+        raise KeyError(f"labels lack task(s) {missing}; present: {sorted(labels)}")
+    out = {}
+    for task, mean, std in zip(config.tasks, config.target_mean, config.target_std):
+        values = np.asarray(labels[task], dtype=np.float64)
+        if values.shape != (batch_size,):
+            raise ValueError(f"labels[{task!r}] has shape {values.shape}, expected ({batch_size},)")
+        out[task] = ((values - mean) / std).astype(np.float32)
+    return out
+
+
+def destandardize(predictions: dict, config: ModelConfig) -> dict[str, np.ndarray]:
+    """Regression outputs back in the targets' units: ``y = prediction * std + mean`` (float64)."""
+    return {
+        task: np.asarray(predictions[task], dtype=np.float64) * std + mean
+        for task, mean, std in zip(config.tasks, config.target_mean, config.target_std)
+        if task in predictions
+    }
+
+
+def check_length(length: int, max_len: int) -> None:
+    """Refuses a batch longer than the position table (``ModelConfig.max_len``) instead of clipping."""
+    if length > max_len:
+        raise ValueError(f"sequence length {length} exceeds the model's max_len {max_len} (position embeddings)")
+
+
+def _tokens(collated: dict, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    missing = [key for key in ("input_ids", "attention_mask") if key not in collated]
+    if missing:
+        raise KeyError(f"the collated batch lacks {missing}; present: {sorted(collated)}")
+    input_ids = np.asarray(collated["input_ids"])
+    attention_mask = np.asarray(collated["attention_mask"])
+    if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
+        raise ValueError(f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} must both be [B, L]")
+    if not np.issubdtype(input_ids.dtype, np.integer):
+        raise ValueError(f"input_ids must be integers, got {input_ids.dtype}")
+    if attention_mask.dtype != np.bool_:
+        raise ValueError(f"attention_mask must be bool, got {attention_mask.dtype}")
+    if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
+        raise ValueError(
+            f"input_ids hold ids in [{input_ids.min()}, {input_ids.max()}], outside the vocabulary [0, {config.vocab_size})"
+        )
+    check_length(input_ids.shape[1], config.max_len)
+    return input_ids.astype(np.int32), attention_mask

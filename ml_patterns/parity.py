@@ -1,0 +1,208 @@
+"""Compare two nested dicts of arrays, path by path, and report where they disagree.
+
+In the spirit of Hugging Face's old ``check_pt_flax_outputs``: every leaf is named by its path, so a
+failure says *which* output or gradient diverged and by how much, not only that something did.
+
+    report = compare({"outputs": torch_out, "gradients": torch_grads},
+                     {"outputs": jax_out, "gradients": jax_grads},
+                     {"outputs": FORWARD, "gradients": GRADIENT})
+    print(report.format_table())
+    report.raise_if_failed()
+
+Sums of many terms (an embedding table's gradient adds up every occurrence of a token in the
+batch) can cancel to an element far smaller than its terms; float32 rounding of the terms then
+exceeds an elementwise relative tolerance on both backends alike. Pass ``reference`` (the same
+computation in float64) and such a leaf passes when the two sides are equally close to the truth:
+``max|actual - reference| <= ROUNDING_FACTOR * max|expected - reference| + atol``. The row says so
+(``note``), and a real bug, whose error is not rounding, still fails.
+
+Leaves are anything ``numpy.asarray`` accepts (numpy arrays, Python numbers, JAX arrays, CPU torch
+tensors without grad); bfloat16 and other low-precision leaves are compared in float64.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """Pass when ``|actual - expected| <= atol + rtol * |expected|`` elementwise (``numpy.allclose``)."""
+
+    rtol: float
+    atol: float
+
+
+# How much larger than the expected side's own float32 error (against a float64 reference) the
+# actual side's may be: two implementations rounding differently are each about as far from the
+# truth, not identically far.
+ROUNDING_FACTOR = 2.0
+
+# The CPU float32 policy of ../shared/PARITY.md (the same numbers as parity_tests/tolerances.py).
+FORWARD = Tolerance(rtol=0.0, atol=1e-5)
+LOSS = Tolerance(rtol=1e-6, atol=1e-6)
+GRADIENT = Tolerance(rtol=1e-5, atol=1e-6)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One leaf. ``max_rel_diff`` is over elements where ``expected != 0``; diffs are NaN when the
+    shapes disagree or a side is missing, and a NaN in either array fails the row. A row outside
+    its tolerance that passes by the float64 reference has ``expected_error``/``actual_error``."""
+
+    path: str
+    expected_shape: tuple[int, ...] | None
+    actual_shape: tuple[int, ...] | None
+    max_abs_diff: float
+    max_rel_diff: float
+    tolerance: Tolerance
+    passed: bool
+    note: str = ""
+    # max |side - reference| when a float64 reference was given for this leaf, else None.
+    expected_error: float | None = None
+    actual_error: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    rows: tuple[Row, ...]
+    names: tuple[str, str] = ("expected", "actual")
+
+    @property
+    def passed(self) -> bool:
+        return all(row.passed for row in self.rows)
+
+    @property
+    def failures(self) -> tuple[Row, ...]:
+        return tuple(row for row in self.rows if not row.passed)
+
+    def format_table(self, *, failures_only: bool = False) -> str:
+        rows = self.failures if failures_only else self.rows
+        header = ("path", "shape", "max abs diff", "max rel diff", "rtol", "atol", "result")
+        lines = [header]
+        for row in rows:
+            shape = _shape_text(row.expected_shape)
+            if row.actual_shape != row.expected_shape:
+                shape = f"{shape} vs {_shape_text(row.actual_shape)}"
+            result = ("ok" if row.passed else "FAIL") + (f" ({row.note})" if row.note else "")
+            lines.append(
+                (row.path, shape, f"{row.max_abs_diff:.3e}", f"{row.max_rel_diff:.3e}",
+                 f"{row.tolerance.rtol:g}", f"{row.tolerance.atol:g}", result)
+            )
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+        text.insert(1, "  ".join("-" * width for width in widths))
+        failed = len(self.failures)
+        text.append(f"{len(self.rows) - failed} of {len(self.rows)} passed ({self.names[1]} against {self.names[0]})")
+        return "\n".join(text)
+
+    def raise_if_failed(self) -> None:
+        if not self.passed:
+            raise AssertionError(f"{len(self.failures)} leaf/leaves differ:\n" + self.format_table(failures_only=True))
+
+
+def compare(
+    expected: Mapping,
+    actual: Mapping,
+    tolerance: Tolerance | Mapping[str, Tolerance],
+    *,
+    reference: Mapping | None = None,
+    names: tuple[str, str] = ("expected", "actual"),
+) -> Report:
+    """Compares every leaf of two nested dicts (paths joined with ``/``).
+
+    Args:
+        expected: the reference tree (e.g. torch's outputs).
+        actual: the tree under test, with the same paths.
+        tolerance: one ``Tolerance`` for every leaf, or one per top-level key.
+        reference: optionally, the same quantities computed in higher precision (any subset of
+            the paths); see the module docstring.
+        names: how the report calls the two sides.
+
+    A path present on one side only is a failed row, as is a shape mismatch.
+    """
+    left, right = flatten(expected), flatten(actual)
+    truth = flatten(reference) if reference is not None else {}
+    rows = []
+    for path in list(left) + [p for p in right if p not in left]:
+        tol = _tolerance_for(path, tolerance)
+        if path not in right or path not in left:
+            side = names[1] if path not in right else names[0]
+            shapes = (_shape_or_none(left.get(path)), _shape_or_none(right.get(path)))
+            rows.append(Row(path, *shapes, np.nan, np.nan, tol, False, f"missing in {side}"))
+            continue
+        rows.append(compare_arrays(path, left[path], right[path], tol, reference=truth.get(path), names=names))
+    return Report(tuple(rows), names)
+
+
+def compare_arrays(
+    path: str, expected, actual, tolerance: Tolerance, *, reference=None, names: tuple[str, str] = ("expected", "actual")
+) -> Row:
+    a, b = _as_float(expected, path), _as_float(actual, path)
+    if a.shape != b.shape:
+        return Row(path, a.shape, b.shape, np.nan, np.nan, tolerance, False, "shape mismatch")
+    if a.size == 0:
+        return Row(path, a.shape, b.shape, 0.0, 0.0, tolerance, True)
+    diff = np.abs(b - a)
+    nonzero = a != 0
+    max_abs = float(np.max(diff))
+    max_rel = float(np.max(diff[nonzero] / np.abs(a[nonzero]))) if nonzero.any() else 0.0
+    if np.any(np.isnan(a) | np.isnan(b)):
+        return Row(path, a.shape, b.shape, max_abs, max_rel, tolerance, False, "NaN")
+    within = bool(np.all(diff <= tolerance.atol + tolerance.rtol * np.abs(a)))
+    if within or reference is None:
+        return Row(path, a.shape, b.shape, max_abs, max_rel, tolerance, within)
+    truth = _as_float(reference, path)
+    if truth.shape != a.shape:
+        raise ValueError(f"{path}: reference shape {truth.shape} differs from the compared shape {a.shape}")
+    expected_error, actual_error = float(np.max(np.abs(a - truth))), float(np.max(np.abs(b - truth)))
+    passed = actual_error <= ROUNDING_FACTOR * expected_error + tolerance.atol
+    note = (
+        f"float64 error {names[1]} {actual_error:.2e} "
+        f"{'<=' if passed else '>'} {ROUNDING_FACTOR:g} x {names[0]} {expected_error:.2e}"
+    )
+    return Row(path, a.shape, b.shape, max_abs, max_rel, tolerance, passed, note, expected_error, actual_error)
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": x}}`` -> ``{"a/b": x}``; leaves are everything that is not a Mapping."""
+    if not isinstance(tree, Mapping):
+        raise TypeError(f"expected a dict of arrays at {prefix or 'the root'}, got {type(tree).__name__}")
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, path))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _tolerance_for(path: str, tolerance: Tolerance | Mapping[str, Tolerance]) -> Tolerance:
+    if isinstance(tolerance, Tolerance):
+        return tolerance
+    top = path.split("/", 1)[0]
+    if top not in tolerance:
+        raise KeyError(f"no tolerance for {path!r}: tolerances are given for {sorted(tolerance)}")
+    return tolerance[top]
+
+
+def _as_float(value, path: str) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype.kind in "OUSM":
+        raise TypeError(f"{path}: cannot compare a leaf of dtype {array.dtype}")
+    try:
+        return array.astype(np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{path}: cannot compare a leaf of dtype {array.dtype}") from None
+
+
+def _shape_or_none(value) -> tuple[int, ...] | None:
+    return None if value is None else tuple(np.shape(value))
+
+
+def _shape_text(shape) -> str:
+    return "missing" if shape is None else "[" + ", ".join(map(str, shape)) + "]"
