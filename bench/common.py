@@ -1,45 +1,101 @@
-"""What every benchmark shares: timing by the rules, and the environment recorded with each number.
+"""What every benchmark shares: the context it runs in, timing by the rules, the result row, and the
+environment recorded with each number. Imports no framework: the runner pins the CPUs before torch
+or jax is loaded (see ``restrict_cpus``).
 
 Timing rules (STYLE.md, habit 9): warm-up calls first (compilation and caches happen there and are
-timed apart by the caller), a synchronizing ``fn`` (it must block until its work is done), the
-median of the repeats as the headline, and the spread beside it.
+timed apart by the caller), a synchronization inside the timed region (``block_until_ready`` /
+``torch.cuda.synchronize``), the median of the repeats as the headline, and the spread beside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
+import math
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+CONTENDERS = ("torch eager", "torch.compile", "jax.jit")
+# --quick leaves torch.compile out: its cold compile alone takes ~50 s on two cores.
+QUICK_CONTENDERS = ("torch eager", "jax.jit")
+# The framework-free workloads (data loading) use this contender name.
+SHARED = "numpy (shared by both backends)"
+
+# float32 matmul precision, set the same on both sides by bench.frameworks.configured (PARITY.md:
+# on A100/H100 JAX runs float32 matmuls in TF32 by default and torch does not). CPUs compute full
+# float32 under either policy.
+PRECISION_POLICIES = {
+    "float32": {"torch": "highest", "tf32": False, "jax": "highest", "summary": "full float32 matmuls on both sides (TF32 off)"},
+    "tf32": {"torch": "high", "tf32": True, "jax": "tensorfloat32", "summary": "TF32 matmuls on both sides (on GPUs that have it)"},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchContext:
+    """What the runner hands every workload: ``run(ctx) -> list[dict]`` of ``result_row``s.
+
+    A workload runs each contender of ``contenders`` on each device of ``devices`` that its
+    framework can use (``bench.frameworks.torch_device`` / ``jax_device``), and returns a
+    ``skipped_row`` naming the reason for each one it cannot run.
+    """
+
+    data_dir: Path
+    quick: bool
+    devices: tuple[str, ...]  # "cpu", "gpu"
+    threads: int  # CPUs both frameworks run on (torch intra-op threads = XLA:CPU's pool)
+    precision: str  # a key of PRECISION_POLICIES
+    contenders: tuple[str, ...] = CONTENDERS
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "data_dir": str(self.data_dir)}
 
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
-    """Seconds per call over ``repeats`` timed calls."""
+    """Seconds per call over ``repeats`` timed samples of ``number`` calls each."""
 
     median_s: float
     min_s: float
     max_s: float
     iqr_s: float  # interquartile range: the spread that one slow outlier does not dominate
     repeats: int
+    number: int = 1
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def time_call(fn: Callable[[], object], *, repeats: int, warmup: int = 1, number: int = 1) -> Timing:
-    """Times ``fn`` (which must synchronize) ``repeats`` times, each timing ``number`` calls."""
+def time_call(
+    fn: Callable[[], object],
+    *,
+    repeats: int,
+    warmup: int = 1,
+    number: int = 1,
+    sync: Callable[[], object] | None = None,
+) -> Timing:
+    """Times ``repeats`` samples of ``number`` calls of ``fn``, then ``sync()``, per call.
+
+    Without ``sync``, ``fn`` itself must block until its work is done. With it, ``fn`` may return
+    as soon as its work is queued (CUDA, JAX's async dispatch) and ``sync`` blocks once per sample,
+    inside the timed region: back-to-back steps, as in a training loop, with no host sync per step.
+    """
     for _ in range(warmup):
         fn()
+    if sync is not None:
+        sync()
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(number):
             fn()
+        if sync is not None:
+            sync()
         samples.append((time.perf_counter() - start) / number)
     quartiles = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
     return Timing(
@@ -48,7 +104,66 @@ def time_call(fn: Callable[[], object], *, repeats: int, warmup: int = 1, number
         max_s=max(samples),
         iqr_s=quartiles[2] - quartiles[0],
         repeats=repeats,
+        number=number,
     )
+
+
+def plan_repeats(call_s: float, quick: bool) -> tuple[int, int]:
+    """``(number, repeats)`` for a call that takes about ``call_s`` seconds.
+
+    A sample batches calls until it lasts ~10 ms (timer and sync costs stay negligible); the full
+    suite takes 7 to 50 samples, about 2 s per contender; ``quick`` takes 5.
+    """
+    call_s = max(call_s, 1e-7)
+    number = max(1, math.ceil(0.01 / call_s))
+    if quick:
+        return number, 5
+    return number, min(50, max(7, math.ceil(2.0 / (call_s * number))))
+
+
+def result_row(
+    benchmark: str,
+    workload: str,
+    contender: str,
+    device: str,
+    timing: Timing,
+    *,
+    items: float,
+    unit: str,
+    detail: str = "",
+    flops: float | None = None,
+    compile_s: float | None = None,
+    peak_memory: dict | None = None,
+    **extra: object,
+) -> dict:
+    """One measured result.
+
+    Args:
+        items: what one call processes (samples, records), for the throughput ``items / median``.
+        flops: floating-point operations one call performs, counted analytically (matmuls); the
+            runner turns it into GFLOP/s and the fraction of the device's measured matmul peak.
+        compile_s: compilation time, measured apart from ``timing``; ``None`` where nothing compiles.
+        peak_memory: ``{"bytes": int | None, "how": str}``: the value and how it was measured.
+        extra: further JSON-serializable fields (e.g. checks).
+    """
+    return {
+        "benchmark": benchmark,
+        "workload": workload,
+        "contender": contender,
+        "device": device,
+        "timing": timing.as_dict(),
+        "throughput": {"value": items / timing.median_s, "unit": unit},
+        "flops_per_call": flops,
+        "compile_s": compile_s,
+        "peak_memory": peak_memory,
+        "detail": detail,
+        **extra,
+    }
+
+
+def skipped_row(benchmark: str, workload: str, contender: str, device: str, reason: str) -> dict:
+    """A contender that did not run here, and why; the runner lists these apart from the results."""
+    return {"benchmark": benchmark, "workload": workload, "contender": contender, "device": device, "skipped": reason}
 
 
 def _version(distribution: str) -> str | None:
@@ -63,21 +178,79 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+@contextlib.contextmanager
+def restrict_cpus(threads: int) -> Iterator[dict]:
+    """Runs the block on ``threads`` CPUs, restoring the affinity mask afterwards.
+
+    This is how both frameworks get the same number of threads: XLA:CPU sizes its thread pool from
+    the affinity mask when its backend starts and has no other setting for it (only
+    ``--xla_cpu_multi_thread_eigen=false``, which means one thread), while torch takes
+    ``torch.set_num_threads`` (done by ``bench.frameworks.configured``). Enter this before jax's
+    backend starts; if it already started with more CPUs, its pool is larger than ``threads`` but
+    runs on ``threads`` CPUs: the yielded record says which frameworks were loaded before.
+    """
+    available = cpu_count()
+    if not 1 <= threads <= available:
+        raise ValueError(f"--threads must be between 1 and the {available} CPUs available, got {threads}")
+    record = {
+        "threads": threads,
+        "cpus_available": available,
+        "frameworks_loaded_before": sorted(m for m in ("torch", "jax") if m in sys.modules),
+        "how": "all CPUs of the affinity mask",
+    }
+    if threads == available:
+        yield record
+        return
+    if not hasattr(os, "sched_setaffinity"):
+        raise ValueError(f"--threads {threads}: this OS cannot pin a process to CPUs, so XLA's thread pool cannot be limited")
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(mask)[:threads])
+    record["how"] = f"affinity mask restricted to CPUs {sorted(os.sched_getaffinity(0))}"
+    try:
+        yield record
+    finally:
+        os.sched_setaffinity(0, mask)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict:
     """Library versions, machine and thread settings to store beside every number.
 
     Reads package metadata only: it imports no framework, so it is safe to call from anywhere.
+    ``bench.frameworks.describe`` adds what only the loaded frameworks can say (devices, threads,
+    precision).
     """
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
+        "processor": _cpu_model(),
         "cpus_available": cpu_count(),
+        # Other processes' load makes multi-threaded timings noisy (and OpenMP's spinning barriers
+        # collapse when cores are oversubscribed): check it before trusting a number.
+        "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "versions": {
-            name: _version(name) for name in ("ml-patterns", "numpy", "torch", "jax", "jaxlib", "flax", "optax")
+            name: _version(name)
+            for name in ("ml-patterns", "numpy", "torch", "jax", "jaxlib", "jax-cuda12-plugin", "flax", "optax")
         },
         "thread_env": {
             key: os.environ.get(key)
-            for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XLA_FLAGS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE")
+            for key in (
+                "OMP_NUM_THREADS",
+                "MKL_NUM_THREADS",
+                "XLA_FLAGS",
+                "OPENBLAS_NUM_THREADS",
+                "OPENBLAS_CORETYPE",
+                "OMP_WAIT_POLICY",
+            )
         },
     }

@@ -1,25 +1,52 @@
-"""``ml-patterns bench``: runs the registered benchmarks, prints a table, writes bench.json and bench.md."""
+"""``ml-patterns bench``: runs the registered benchmarks, prints a table, writes bench.json, bench.md
+and bench.png.
+
+A run: pin both frameworks to the same CPUs, load them, set the matmul precision policy, measure
+each device's matmul peak (``bench.peak``), run the selected workloads with one ``BenchContext``,
+then add GFLOP/s and the fraction of peak to every row that counts its FLOPs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import importlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 
-from bench import data_loading
-from bench.common import environment
+from bench.common import CONTENDERS, QUICK_CONTENDERS, BenchContext, cpu_count, environment, restrict_cpus
 from ml_patterns.io import atomic_write_text
 
-# name -> run(data_dir, quick) -> list of result rows
-BENCHMARKS: dict[str, Callable[[Path, bool], list[dict]]] = {
-    "data": data_loading.run,
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """A benchmark module whose ``run`` returns result rows (``bench.common.result_row``).
+
+    ``run(ctx: BenchContext)`` by default; ``takes_context=False`` for a module written against the
+    older ``run(data_dir: Path, quick: bool)``, which cannot see ``--device`` and runs where it
+    decides. The module is imported only when it runs, after the CPUs are pinned.
+    """
+
+    module: str
+    takes_context: bool = True
+
+    def __call__(self, ctx: BenchContext) -> list[dict]:
+        run = importlib.import_module(self.module).run
+        return run(ctx) if self.takes_context else run(ctx.data_dir, ctx.quick)
+
+
+BENCHMARKS: dict[str, Workload] = {
+    "data": Workload("bench.data_loading"),
+    "mlp": Workload("bench.mlp"),
 }
+
+REQUIRED = ("benchmark", "workload", "contender", "device")
+OPTIONAL = ("flops_per_call", "compile_s", "peak_memory", "detail")
 
 
 def run_benchmarks(args: argparse.Namespace) -> int:
-    selected = args.only or list(BENCHMARKS)
+    selected = list(dict.fromkeys(args.only or BENCHMARKS))
     unknown = sorted(set(selected) - set(BENCHMARKS))
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
@@ -28,37 +55,108 @@ def run_benchmarks(args: argparse.Namespace) -> int:
 
         prepare_dataset(args.data, progress=False)
 
-    results = []
-    for name in selected:
-        print(f"running {name} ...", flush=True)
-        results.extend(BENCHMARKS[name](args.data, args.quick))
+    threads = args.threads or cpu_count()
+    machine = environment()  # before the run: the load average is other processes' load
+    with restrict_cpus(threads) as thread_record:
+        # The first framework import: after the CPUs are pinned (XLA sizes its pool from them).
+        from bench import frameworks, peak
 
+        devices = frameworks.resolve_devices(args.device)
+        with frameworks.configured(threads, args.precision) as framework_record:
+            ctx = BenchContext(
+                data_dir=args.data,
+                quick=args.quick,
+                devices=devices,
+                threads=threads,
+                precision=args.precision,
+                contenders=QUICK_CONTENDERS if args.quick else CONTENDERS,
+            )
+            print(f"measuring the matmul peak on {', '.join(devices)} ...", flush=True)
+            peaks, rows = peak.measure(ctx)
+            for name in selected:
+                print(f"running {name} ...", flush=True)
+                rows.extend(_checked(name, BENCHMARKS[name](ctx)))
+
+    results = [row for row in rows if "skipped" not in row]
+    _add_peak_fractions(results, peaks)
     report = {
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "quick": args.quick,
-        "environment": environment(),
+        "context": ctx.as_dict(),
+        "environment": {**machine, **framework_record, "threads": thread_record},
+        "matmul_peak_gflops": peaks,
         "results": results,
+        "skipped": [row for row in rows if "skipped" in row],
     }
     table = format_table(results)
     print(table)
+    for row in report["skipped"]:
+        print(f"skipped: {_name(row)}: {row['skipped']}")
+
+    from bench.chart import write_chart  # matplotlib loads only when there is something to draw
+
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "bench.json", json.dumps(report, indent=1) + "\n")
     atomic_write_text(args.out / "bench.md", _markdown(report, table))
-    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
+    write_chart(report, args.out / "bench.png")
+    print(f"wrote bench.json, bench.md and bench.png to {args.out}")
     return 0
 
 
-def format_table(results: list[dict]) -> str:
-    header = "| benchmark | workload | contender | device | median | IQR | throughput |"
-    lines = [header, "|" + "---|" * 7]
+def _checked(name: str, rows: list[dict]) -> list[dict]:
+    """Rows as the report needs them; a malformed one is an error naming the benchmark and row."""
+    for index, row in enumerate(rows):
+        missing = [key for key in REQUIRED if key not in row]
+        if "skipped" not in row:
+            missing += [key for key in ("timing", "throughput") if key not in row]
+        if missing:
+            raise ValueError(f"benchmark {name!r} returned row {index} without {missing}: {row}")
+        if "skipped" not in row and not row["timing"].get("median_s", 0) > 0:
+            raise ValueError(f"benchmark {name!r} row {index} ({_name(row)}) has no positive median time")
+        for key in OPTIONAL:
+            row.setdefault(key, None)
+    return rows
+
+
+def _add_peak_fractions(results: list[dict], peaks: dict[str, float]) -> None:
     for row in results:
-        timing, throughput = row["timing"], row["throughput"]
-        lines.append(
-            f"| {row['benchmark']} | {row['workload']} | {row['contender']} | {row['device']} "
-            f"| {_seconds(timing['median_s'])} | {_seconds(timing['iqr_s'])} "
-            f"| {throughput['value']:,.0f} {throughput['unit']} |"
+        flops = row.get("flops_per_call")
+        gflops = flops / row["timing"]["median_s"] / 1e9 if flops else None
+        row["gflops"] = gflops
+        row["fraction_of_peak"] = gflops / peaks[row["device"]] if gflops and row["device"] in peaks else None
+
+
+def _name(row: dict) -> str:
+    return f"{row['benchmark']} / {row['workload']} / {row['contender']} / {row['device']}"
+
+
+COLUMNS = ("benchmark", "workload", "contender", "device", "median", "IQR", "throughput", "GFLOP/s",
+           "of peak", "compile", "memory")
+
+
+def format_table(results: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for row in results:
+        timing, throughput, memory = row["timing"], row["throughput"], row.get("peak_memory") or {}
+        cells = (
+            row["benchmark"],
+            row["workload"],
+            row["contender"],
+            row["device"],
+            _seconds(timing["median_s"]),
+            f"{timing['iqr_s'] / timing['median_s']:.0%}",
+            f"{_number(throughput['value'])} {throughput['unit']}",
+            _number(row["gflops"]) if row.get("gflops") else "",
+            f"{row['fraction_of_peak']:.0%}" if row.get("fraction_of_peak") else "",
+            _seconds(row["compile_s"]) if row.get("compile_s") is not None else "",
+            _bytes(memory.get("bytes")),
         )
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
 
 
 def _seconds(value: float) -> str:
@@ -68,12 +166,52 @@ def _seconds(value: float) -> str:
     return f"{value / 1e-9:.3g} ns"
 
 
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return ""
+    for scale, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value} B"
+
+
 def _markdown(report: dict, table: str) -> str:
-    env = report["environment"]
+    env, ctx = report["environment"], report["context"]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
-    return (
-        f"# ml-patterns bench ({report['created_at']})\n\n"
-        f"- machine: {env['platform']}, {env['processor']}, {env['cpus_available']} CPUs available\n"
-        f"- versions: {versions}\n"
-        f"- quick: {report['quick']}\n\n{table}\n"
-    )
+    precision = env["precision"]
+    settings = ", ".join(f"`{k}` = {v}" for k, v in precision.items() if k not in ("policy", "summary"))
+    devices = []
+    for device in ctx["devices"]:
+        names = {"torch": env["torch"]["gpu"], "jax": env["jax"]["devices"].get("gpu")} if device == "gpu" else {}
+        label = env["processor"] if device == "cpu" else ", ".join(f"{k}: {v}" for k, v in names.items() if v)
+        devices.append(f"{device} ({label})")
+    peaks = ", ".join(f"{device} {gflops:,.0f} GFLOP/s" for device, gflops in report["matmul_peak_gflops"].items())
+    threads = env["threads"]
+    lines = [
+        f"# ml-patterns bench ({report['created_at']})",
+        "",
+        f"- machine: {env['platform']}, {env['processor']}, {threads['cpus_available']} CPUs available",
+        f"- threads: {ctx['threads']} for both frameworks ({threads['how']}; torch intra-op threads "
+        f"{env['torch']['intra_op_threads']}, XLA:CPU pool sized from the CPUs)",
+        f"- devices: {', '.join(devices)}",
+        f"- versions: {versions}",
+        f"- precision policy `{precision['policy']}`: {precision['summary']}; {settings}",
+        f"- matmul peak measured in this run (best framework's median): {peaks}",
+        f"- contenders: {', '.join(ctx['contenders'])}",
+        "- timing: warm-up steps first, synchronized (`block_until_ready` / `torch.cuda.synchronize`), median of "
+        "repeats with the interquartile range as a fraction of it; compile time apart, from cold caches",
+    ]
+    load = env["load_average_1_5_15min"]
+    if load and load[0] > 0.5 * threads["cpus_available"]:
+        lines.append(f"- **busy machine**: 1-minute load average {load[0]:.1f} on {threads['cpus_available']} CPUs "
+                     "before the run; other processes shared the cores, so expect noise")
+    if report["quick"]:
+        lines.append(
+            "- **quick run**: the smallest size of each workload, 5 repeats, and no torch.compile (its cold "
+            "compile alone takes ~50 s on two cores); for smoke tests, not for conclusions"
+        )
+    lines += ["", table, ""]
+    if report["skipped"]:
+        lines += ["Skipped:", ""] + [f"- {_name(row)}: {row['skipped']}" for row in report["skipped"]] + [""]
+    lines += ["![throughput per workload and contender](bench.png)", ""]
+    return "\n".join(lines)

@@ -110,10 +110,19 @@ def format_manifest(manifest: dict, root: Path) -> str:
 
 
 def _add_bench(parser: argparse.ArgumentParser) -> None:
+    from bench.common import PRECISION_POLICIES  # framework-free
+
     parser.add_argument("--only", action="append", help="run only this benchmark (repeatable)")
-    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats, for smoke tests")
+    parser.add_argument("--quick", action="store_true",
+                        help="smallest sizes, few repeats, no torch.compile: a smoke test, under 2 minutes")
+    parser.add_argument("--device", choices=("cpu", "gpu", "all"), default="all",
+                        help="cpu, gpu (a CUDA GPU; an error if there is none) or all devices present (default)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for both torch and XLA (default: every CPU this process may use)")
+    parser.add_argument("--precision", choices=sorted(PRECISION_POLICIES), default="float32",
+                        help="float32 matmul precision on both sides: float32 (full, default) or tf32 (GPU)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="prepared dataset (prepared if missing)")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="where bench.json and bench.md go")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="where bench.json, bench.md and bench.png go")
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -122,10 +131,25 @@ def _run_bench(args: argparse.Namespace) -> int:
     return run_benchmarks(args)
 
 
+def _add_parity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="a prepared dataset (its val split is used)")
+    parser.add_argument("--config", type=Path, help="JSON object of ModelConfig fields overriding the dataset's defaults "
+                        "(with \"architecture\": check that model only)")
+    parser.add_argument("--batch-size", type=int, default=16, help="molecules in the compared batch (default: 16)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the batch and its token masks")
+
+
+def _run_parity(args: argparse.Namespace) -> int:
+    from bench.parity_report import run
+
+    return run(args)
+
+
 SUBCOMMANDS = {
     "prepare": (_add_prepare, _run_prepare, "build the lazy on-disk dataset (default: RDKit's NCI set)"),
     "info": (_add_info, _run_info, "print a prepared dataset's manifest"),
     "bench": (_add_bench, _run_bench, "run the benchmarks in bench/"),
+    "parity": (_add_parity, _run_parity, "compare the molecule models across torch and JAX: outputs, losses, gradients"),
 }
 
 

@@ -1,0 +1,181 @@
+"""The benchmark suite runs end to end and reports what it claims (structure only: no speed assertions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from bench import runner
+from bench.common import BenchContext, cpu_count, plan_repeats, restrict_cpus, result_row, time_call
+from ml_patterns.cli import main
+
+# Equal losses prove the contenders ran the same workload: PARITY.md's forward tolerance (copied
+# weights), here over the first Adam steps too.
+LOSS_RTOL = {"cpu": 1e-5, "gpu": 1e-4}
+
+
+@pytest.fixture(scope="module")
+def quick_report(default_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    assert main(["bench", "--quick", "--out", str(out), "--data", str(default_dataset[0])]) == 0
+    return out, json.loads((out / "bench.json").read_text())
+
+
+def test_quick_run_records_the_environment_and_the_policy(quick_report):
+    _, report = quick_report
+    env, ctx = report["environment"], report["context"]
+    assert report["quick"] is True and ctx["quick"] is True
+    assert ctx["threads"] == cpu_count() == env["torch"]["intra_op_threads"]
+    assert "cpu" in ctx["devices"] and "torch.compile" not in ctx["contenders"]
+    assert env["versions"]["torch"] and env["versions"]["jax"] and env["jax"]["devices"]["cpu"]
+    assert env["precision"]["policy"] == "float32"
+    assert env["precision"]["jax_default_matmul_precision"] == "highest"
+    assert env["precision"]["torch.get_float32_matmul_precision()"] == "highest"
+    assert env["precision"]["torch.backends.cuda.matmul.allow_tf32"] is False
+    assert report["matmul_peak_gflops"]["cpu"] > 0
+
+
+def test_quick_run_rows_are_complete(quick_report):
+    _, report = quick_report
+    results = report["results"]
+    assert {"matmul_peak", "mlp_train_step", "lazy_dataset", "batch_sampler"} <= {r["benchmark"] for r in results}
+    for row in results:
+        assert row["timing"]["median_s"] > 0 and row["throughput"]["value"] > 0, row
+        if row["contender"] == "jax.jit":
+            assert row["compile_s"] > 0, row
+        if row["flops_per_call"]:
+            assert row["gflops"] > 0 and row["fraction_of_peak"] > 0, row
+    for row in report["skipped"]:
+        assert row["skipped"], row
+    mlp = [r for r in results if r["benchmark"] == "mlp_train_step"]
+    assert {r["contender"] for r in mlp} == {"torch eager", "jax.jit"}
+    for row in mlp:
+        assert row["flops_per_call"] > 0 and row["peak_memory"]["how"]
+
+
+def test_contenders_train_the_same_mlp(quick_report):
+    _, report = quick_report
+    by_workload = {}
+    for row in report["results"]:
+        if row["benchmark"] == "mlp_train_step":
+            by_workload.setdefault((row["workload"], row["device"]), {})[row["contender"]] = row["warmup_losses"]
+    assert by_workload
+    for (workload, device), losses in by_workload.items():
+        assert len(losses["torch eager"]) == 3
+        np.testing.assert_allclose(losses["jax.jit"], losses["torch eager"], rtol=LOSS_RTOL[device], err_msg=workload)
+
+
+def test_quick_run_writes_markdown_and_a_png(quick_report):
+    out, report = quick_report
+    markdown = (out / "bench.md").read_text()
+    assert "| benchmark | workload | contender | device | median |" in markdown
+    assert "precision policy `float32`" in markdown and "quick run" in markdown
+    assert markdown.count("| mlp_train_step |") == sum(r["benchmark"] == "mlp_train_step" for r in report["results"])
+    png = (out / "bench.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+
+# Warnings from inside torch while dynamo compiles a train step (torch 2.13), not from our code:
+# - compiling the optimizer step imports torch.utils.mkldnn, which applies torch's own deprecated
+#   @torch.jit.script_method at import time;
+# - resuming after the graph break at backward(), dynamo probes .grad of the non-leaf loss; torch
+#   hides that warning from its own logging, but pytest's "error" filter raises it first.
+torch_compile_warnings = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning",
+    "ignore:The .grad attribute of a Tensor that is not a leaf Tensor is being accessed:UserWarning",
+)
+
+
+@torch_compile_warnings
+def test_torch_compile_contender_times_compile_apart():
+    # inductor's cold compile is ~50 s on two cores; aot_eager runs the same path (dynamo, AOT
+    # autograd, the warm-up accounting) in seconds.
+    from bench import frameworks, mlp
+
+    problem = mlp.make_problem(mlp.MLPSize("tiny", 8, 16, 2))
+    with frameworks.configured(cpu_count(), "float32"):
+        compiled = mlp.torch_compiled(problem, "cpu", quick=True, backend="aot_eager")
+        eager = mlp.torch_eager(problem, "cpu", quick=True)
+    assert "skipped" not in compiled, compiled.get("skipped")
+    assert compiled["contender"] == "torch.compile" and compiled["compile_s"] > 0 and eager["compile_s"] is None
+    np.testing.assert_allclose(compiled["warmup_losses"], eager["warmup_losses"], rtol=LOSS_RTOL["cpu"])
+
+
+def test_a_failing_torch_compile_is_skipped_with_its_reason():
+    from bench import frameworks, mlp
+
+    problem = mlp.make_problem(mlp.MLPSize("tiny", 8, 16, 2))
+    with frameworks.configured(cpu_count(), "float32"):
+        row = mlp.torch_compiled(problem, "cpu", quick=True, backend="no_such_backend")
+    assert row["contender"] == "torch.compile" and "no_such_backend" in row["skipped"]
+
+
+def test_gpu_requested_without_one_is_a_clear_error(default_dataset, tmp_path, capsys):
+    import torch
+
+    from bench import frameworks
+
+    if frameworks.jax_device("gpu") is not None or torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args = ["bench", "--device", "gpu", "--only", "data", "--out", str(tmp_path), "--data", str(default_dataset[0])]
+    assert main(args) == 2
+    assert "--device gpu: no CUDA GPU found" in capsys.readouterr().err
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_unknown_benchmark_is_refused(tmp_path, capsys):
+    assert main(["bench", "--only", "nope", "--out", str(tmp_path), "--data", str(tmp_path / "data")]) == 2
+    assert "unknown benchmark(s) ['nope']" in capsys.readouterr().err
+
+
+def test_workloads_with_the_older_signature_get_data_dir_and_quick(monkeypatch, tmp_path):
+    calls = []
+
+    def run(data_dir, quick):
+        calls.append((data_dir, quick))
+        return [result_row("legacy", "w", "c", "cpu", time_call(lambda: None, repeats=2), items=1, unit="items/s")]
+
+    monkeypatch.setitem(sys.modules, "fake_legacy_bench", types.SimpleNamespace(run=run))
+    ctx = BenchContext(data_dir=tmp_path, quick=True, devices=("cpu",), threads=1, precision="float32")
+    rows = runner._checked("legacy", runner.Workload("fake_legacy_bench", takes_context=False)(ctx))
+    assert calls == [(tmp_path, True)]
+    assert rows[0]["benchmark"] == "legacy" and rows[0]["compile_s"] is None and rows[0]["flops_per_call"] is None
+
+
+def test_a_malformed_row_names_the_benchmark():
+    with pytest.raises(ValueError, match=r"benchmark 'broken' returned row 0 without \['timing', 'throughput'\]"):
+        runner._checked("broken", [{"benchmark": "b", "workload": "w", "contender": "c", "device": "cpu"}])
+
+
+def test_time_call_synchronizes_once_per_sample():
+    calls = {"fn": 0, "sync": 0}
+    timing = time_call(lambda: calls.__setitem__("fn", calls["fn"] + 1), repeats=4, warmup=2, number=3,
+                       sync=lambda: calls.__setitem__("sync", calls["sync"] + 1))
+    assert calls == {"fn": 2 + 4 * 3, "sync": 1 + 4}
+    assert timing.repeats == 4 and timing.number == 3 and timing.median_s > 0
+
+
+@pytest.mark.parametrize(("call_s", "quick", "expected"), [
+    (0.2, False, (1, 10)),  # 2 s of samples
+    (0.001, False, (10, 50)),  # batched to 10 ms samples, capped at 50
+    (5.0, False, (1, 7)),  # at least 7 samples
+    (0.001, True, (10, 5)),
+])
+def test_plan_repeats(call_s, quick, expected):
+    assert plan_repeats(call_s, quick) == expected
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or cpu_count() < 2, reason="needs CPU affinity and 2 CPUs")
+def test_restrict_cpus_pins_and_restores():
+    before = os.sched_getaffinity(0)
+    with restrict_cpus(1) as record:
+        assert len(os.sched_getaffinity(0)) == 1 and record["threads"] == 1
+    assert os.sched_getaffinity(0) == before
+    with pytest.raises(ValueError, match="--threads must be between 1 and"):
+        with restrict_cpus(len(before) + 1):
+            pass
