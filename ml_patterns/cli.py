@@ -131,25 +131,10 @@ def _run_bench(args: argparse.Namespace) -> int:
     return run_benchmarks(args)
 
 
-def _add_parity(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="a prepared dataset (its val split is used)")
-    parser.add_argument("--config", type=Path, help="JSON object of ModelConfig fields overriding the dataset's defaults "
-                        "(with \"architecture\": check that model only)")
-    parser.add_argument("--batch-size", type=int, default=16, help="molecules in the compared batch (default: 16)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the batch and its token masks")
-
-
-def _run_parity(args: argparse.Namespace) -> int:
-    from bench.parity_report import run
-
-    return run(args)
-
-
 SUBCOMMANDS = {
     "prepare": (_add_prepare, _run_prepare, "build the lazy on-disk dataset (default: RDKit's NCI set)"),
     "info": (_add_info, _run_info, "print a prepared dataset's manifest"),
     "bench": (_add_bench, _run_bench, "run the benchmarks in bench/"),
-    "parity": (_add_parity, _run_parity, "compare the molecule models across torch and JAX: outputs, losses, gradients"),
 }
 
 
