@@ -89,7 +89,8 @@ def run_benchmarks(args: argparse.Namespace) -> int:
         "skipped": [row for row in rows if "skipped" in row],
     }
     table = format_table(results)
-    print(table)
+    summary = format_summary(results)
+    print(table + "\n\n" + summary)
     for row in report["skipped"]:
         print(f"skipped: {_name(row)}: {row['skipped']}")
 
@@ -97,7 +98,7 @@ def run_benchmarks(args: argparse.Namespace) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / "bench.json", json.dumps(report, indent=1) + "\n")
-    atomic_write_text(args.out / "bench.md", _markdown(report, table))
+    atomic_write_text(args.out / "bench.md", _markdown(report, table, summary))
     write_chart(report, args.out / "bench.png")
     print(f"wrote bench.json, bench.md and bench.png to {args.out}")
     return 0
@@ -155,6 +156,27 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_summary(results: list[dict]) -> str:
+    """Per workload and device: each contender's throughput relative to torch eager, and its
+    fraction of the matmul peak where the workload counts FLOPs."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for row in results:
+        if row["contender"] in CONTENDERS:
+            groups.setdefault((row["benchmark"], row["workload"], row["device"]), {})[row["contender"]] = row
+    lines = ["| benchmark | workload | device | " + " | ".join(CONTENDERS) + " |", "|" + "---|" * (3 + len(CONTENDERS))]
+    for (benchmark, workload, device), rows in groups.items():
+        if "torch eager" not in rows or len(rows) < 2:
+            continue
+        base = rows["torch eager"]["throughput"]["value"]
+        cells = []
+        for contender in CONTENDERS:
+            row = rows.get(contender)
+            fraction = row and row.get("fraction_of_peak")
+            cells.append("" if row is None else f"{row['throughput']['value'] / base:.2f}x" + (f" ({fraction:.0%})" if fraction else ""))
+        lines.append(f"| {benchmark} | {workload} | {device} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _number(value: float) -> str:
     return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
 
@@ -175,7 +197,7 @@ def _bytes(value: int | None) -> str:
     return f"{value} B"
 
 
-def _markdown(report: dict, table: str) -> str:
+def _markdown(report: dict, table: str, summary: str) -> str:
     env, ctx = report["environment"], report["context"]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     precision = env["precision"]
@@ -210,7 +232,7 @@ def _markdown(report: dict, table: str) -> str:
             "- **quick run**: the smallest size of each workload, 5 repeats, and no torch.compile (its cold "
             "compile alone takes ~50 s on two cores); for smoke tests, not for conclusions"
         )
-    lines += ["", table, ""]
+    lines += ["", table, "", "Throughput relative to torch eager (fraction of the matmul peak):", "", summary, ""]
     if report["skipped"]:
         lines += ["Skipped:", ""] + [f"- {_name(row)}: {row['skipped']}" for row in report["skipped"]] + [""]
     lines += ["![throughput per workload and contender](bench.png)", ""]

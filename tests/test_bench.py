@@ -75,7 +75,10 @@ def test_quick_run_writes_markdown_and_a_png(quick_report):
     markdown = (out / "bench.md").read_text()
     assert "| benchmark | workload | contender | device | median |" in markdown
     assert "precision policy `float32`" in markdown and "quick run" in markdown
-    assert markdown.count("| mlp_train_step |") == sum(r["benchmark"] == "mlp_train_step" for r in report["results"])
+    mlp_rows = sum(r["benchmark"] == "mlp_train_step" for r in report["results"])
+    # one line per row in the table, one per workload in the summary relative to torch eager
+    assert markdown.count("| mlp_train_step |") == mlp_rows + 1
+    assert "| mlp_train_step | small: batch 64" in markdown.split("relative to torch eager")[1]
     png = (out / "bench.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
