@@ -180,6 +180,25 @@ def test_torch_bfloat16_logits_are_computed_in_float32():
     assert torch.equal(x16.grad, x32.grad.bfloat16())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_row_chunks_give_the_unchunked_result(monkeypatch, dtype):
+    logits, targets, mask = _batch(shape=(4, 5, 11))
+
+    def loss_and_grad(smoothing):
+        x = torch.tensor(logits).to(dtype).requires_grad_()
+        loss = torch_losses.masked_cross_entropy(x, torch.tensor(targets), torch.tensor(mask), label_smoothing=smoothing)
+        loss.backward()
+        return loss, x.grad
+
+    whole = [loss_and_grad(s) for s in (0.0, 0.1)]
+    monkeypatch.setattr(torch_losses, "_CHUNK_BYTES", 3 * 11 * 4)  # 3 rows a chunk, 20 rows: 7 chunks
+    assert len(torch_losses._row_chunks(torch.zeros(20, 11))) == 7
+    for (loss, grad), smoothing in zip(whole, (0.0, 0.1)):
+        chunked_loss, chunked_grad = loss_and_grad(smoothing)
+        torch.testing.assert_close(chunked_loss, loss, rtol=1e-6, atol=0.0)
+        torch.testing.assert_close(chunked_grad, grad, rtol=0.0, atol=0.0)
+
+
 def test_torch_saves_no_logits_sized_float_tensor_but_the_logits():
     logits, targets, mask = map(torch.tensor, _batch(shape=(4, 8, 64)))
     logits.requires_grad_()

@@ -2,9 +2,9 @@
 
 The gradient is written by hand (``_MaskedNLLSum``) rather than left to autograd through
 ``log_softmax`` + ``gather``: autograd would keep the log-probabilities alive until the backward
-pass and then allocate a zero-filled one-hot gradient beside the softmax one (three logits-sized
-buffers at the peak, as ``F.cross_entropy`` does); here the forward pass holds one logits-sized
-temporary and the backward pass builds the gradient in place in its own output buffer.
+pass, then allocate a zero-filled one-hot gradient beside the softmax one (three logits-sized
+buffers at the peak, as ``F.cross_entropy`` does); here nothing logits-sized outlives the forward
+pass, and the backward pass builds the gradient in place in its own output buffer.
 """
 
 from __future__ import annotations
@@ -61,51 +61,68 @@ def _check_targets(targets: torch.Tensor, active: torch.Tensor, vocab: int) -> N
 class _MaskedNLLSum(torch.autograd.Function):
     """``sum(weights * loss)`` with loss ``(1 - eps) * nll + eps * mean_c(-log p_c)`` per position.
 
-    nll is computed as ``log(sum(exp(x - max))) - (x_t - max)``: ``x - max`` is exact, so the
-    rounding does not grow with the logits' magnitude (``logsumexp(x) - x_t`` loses 1e-3 at 1e4).
+    Both passes use torch's fused row-wise kernels (``log_softmax``, ``softmax``): each streams a
+    row of logits from memory once, where separate max / subtract / exp / sum ops would stream the
+    whole tensor several times. torch computes them as ``(x - max) - log(sum(exp(x - max)))``,
+    whose rounding does not grow with the logits' magnitude (``logsumexp(x) - x_t`` loses 1e-3 at
+    1e4). The forward pass works through the rows in chunks of at most ``_CHUNK_BYTES`` of float32,
+    so its temporaries stay small; so does the backward pass for 16-bit logits, which computes each
+    chunk in float32 and rounds it into the 16-bit gradient.
     """
 
     @staticmethod
     def forward(ctx, logits, targets, weights, smoothing):
-        maxes = logits.amax(-1, keepdim=True).to(weights.dtype)
-        shifted = _shifted(logits, maxes)  # the one logits-sized temporary
-        loss = -shifted.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        mean_shifted = shifted.mean(-1) if smoothing else None
-        sums = shifted.exp_().sum(-1)
-        del shifted
-        log_sums = sums.log()
-        loss += log_sums
-        if smoothing:
-            loss = (1.0 - smoothing) * loss + smoothing * (log_sums - mean_shifted)
+        rows, row_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1, 1)
+        losses = []
+        for chunk in _row_chunks(rows):
+            logp = torch.log_softmax(rows[chunk], dim=-1, dtype=weights.dtype)
+            loss = -logp.gather(-1, row_targets[chunk]).squeeze(-1)
+            if smoothing:
+                loss = (1.0 - smoothing) * loss - smoothing * logp.mean(-1)
+            losses.append(loss)
+        loss = torch.cat(losses).view(targets.shape)
         ctx.smoothing = smoothing
-        ctx.save_for_backward(logits, targets, weights, maxes, sums, loss)
+        ctx.save_for_backward(logits, targets, weights, loss)
         return (weights * loss).sum()
 
     @staticmethod
     def backward(ctx, grad_total):
-        logits, targets, weights, maxes, sums, loss = ctx.saved_tensors
-        smoothing = ctx.smoothing
-        coef = (grad_total * weights).unsqueeze(-1)  # d total / d loss, per position
+        logits, targets, weights, loss = ctx.saved_tensors
         grad_logits = grad_weights = None
         if ctx.needs_input_grad[0]:
-            # d loss / d logits = softmax - (1 - eps) * one_hot - eps / vocab, built in place.
-            grad = _shifted(logits, maxes).exp_()
-            grad.mul_(coef / sums.unsqueeze(-1))
-            grad.scatter_add_(-1, targets.unsqueeze(-1), -(1.0 - smoothing) * coef)
-            if smoothing:
-                grad.sub_((smoothing / logits.shape[-1]) * coef)
-            grad_logits = grad.to(logits.dtype)
+            coef = (grad_total * weights).reshape(-1, 1)  # d total / d loss, per position
+            rows, row_targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1, 1)
+            if logits.dtype == weights.dtype:  # float32: softmax's own output is the gradient buffer
+                grad_logits = _loss_gradient(rows, row_targets, coef, ctx.smoothing).view(logits.shape)
+            else:
+                grad_logits = torch.empty_like(logits)
+                grad_rows = grad_logits.view(rows.shape)
+                for chunk in _row_chunks(rows):
+                    grad_rows[chunk] = _loss_gradient(rows[chunk], row_targets[chunk], coef[chunk], ctx.smoothing)
         if ctx.needs_input_grad[2]:
             # Masked positions (weight 0) hold an arbitrary target; their derivative is defined as 0.
             grad_weights = torch.where(weights != 0, grad_total * loss, torch.zeros_like(loss))
         return grad_logits, None, grad_weights, None
 
 
-def _shifted(logits: torch.Tensor, maxes: torch.Tensor) -> torch.Tensor:
-    """``logits - maxes`` in the compute dtype, as one new buffer (16-bit logits: cast, then shift in place)."""
-    if logits.dtype == maxes.dtype:
-        return logits - maxes
-    return logits.to(maxes.dtype).sub_(maxes)
+_CHUNK_BYTES = 64 * 2**20
+
+
+def _row_chunks(rows: torch.Tensor) -> list[slice]:
+    """Slices of ``rows`` ([N, vocab]) holding at most ``_CHUNK_BYTES`` of float32 each."""
+    step = max(1, _CHUNK_BYTES // (4 * rows.shape[1]))
+    return [slice(start, start + step) for start in range(0, rows.shape[0], step)]
+
+
+def _loss_gradient(rows, targets, coef, smoothing):
+    """``coef * (softmax - (1 - eps) * one_hot - eps / vocab)`` for ``rows`` [N, vocab], built in
+    place in one new float32 buffer (no one-hot: the target's share is a scatter)."""
+    grad = torch.softmax(rows, dim=-1, dtype=coef.dtype)
+    grad.mul_(coef)
+    grad.scatter_add_(-1, targets, -(1.0 - smoothing) * coef)
+    if smoothing:
+        grad.sub_((smoothing / rows.shape[-1]) * coef)
+    return grad
 
 
 def _kind(dtype: torch.dtype) -> str:

@@ -1,0 +1,96 @@
+"""Collate cost per backend, against the seed's pure-Python list padding (the baseline below).
+
+Records are read from the dataset before timing: only collating is timed. Each timed call
+collates the same shuffled batches of 256 real molecules; the figure is per batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import time_call
+from jax_impl.collate import collate_molecules as jax_collate
+from ml_patterns.data import BatchSampler, LazyDataset
+from torch_impl.collate import collate_molecules as torch_collate
+
+BATCH_SIZE = 256
+
+
+def python_padding(batch: list[dict], to_array, pad_token_id: int = 0) -> dict:
+    """The baseline: pad Python lists to the longest record, then one conversion per output."""
+    longest = max(len(record["input_ids"]) for record in batch)
+    input_ids, attention_mask = [], []
+    for record in batch:
+        ids = list(record["input_ids"])
+        padding = longest - len(ids)
+        input_ids.append(ids + [pad_token_id] * padding)
+        attention_mask.append([True] * len(ids) + [False] * padding)
+    names = list(batch[0]["label"])
+    labels = {name: [record["label"][name] for record in batch] for name in names}
+    return {
+        "input_ids": to_array(input_ids, "int"),
+        "attention_mask": to_array(attention_mask, "bool"),
+        "labels": {name: to_array(values, "float") for name, values in labels.items()},
+    }
+
+
+_TORCH_DTYPES = {"int": torch.int64, "bool": torch.bool, "float": torch.float32}
+_NUMPY_DTYPES = {"int": np.int32, "bool": np.bool_, "float": np.float32}
+
+
+def _torch_array(values, kind):
+    return torch.tensor(values, dtype=_TORCH_DTYPES[kind])
+
+
+def _numpy_array(values, kind):
+    return np.array(values, dtype=_NUMPY_DTYPES[kind])
+
+
+def run(data_dir: Path, quick: bool) -> list[dict]:
+    dataset = LazyDataset(data_dir)
+    n_batches = 4 if quick else 16
+    sampler = BatchSampler(len(dataset), BATCH_SIZE, shuffle=True, seed=0, drop_last=True)
+    batches = [[dataset[i] for i in indices] for indices, _ in zip(sampler, range(n_batches))]
+    dataset.close()
+    tokens = sum(len(r["input_ids"]) for batch in batches for r in batch)
+    repeats = 5 if quick else 15
+
+    contenders = {
+        "torch": (
+            ("baseline: Python list padding + torch.tensor", lambda b: python_padding(b, _torch_array)),
+            ("torch_impl.collate_molecules", torch_collate),
+        ),
+        "jax": (
+            ("baseline: Python list padding + np.array", lambda b: python_padding(b, _numpy_array)),
+            ("jax_impl.collate_molecules (numpy)", jax_collate),
+        ),
+    }
+    rows = []
+    for backend, pair in contenders.items():
+        baseline_s = None
+        for name, collate in pair:
+
+            def collate_all(collate=collate) -> None:
+                for batch in batches:
+                    collate(batch)
+
+            timing = time_call(collate_all, repeats=repeats, warmup=1)
+            per_batch = timing.median_s / n_batches
+            baseline_s = baseline_s or per_batch
+            rows.append(
+                {
+                    "benchmark": "collate",
+                    "workload": f"{backend}: batch {BATCH_SIZE} of real molecules, pad to longest",
+                    "contender": name,
+                    "device": "cpu",
+                    "timing": timing.as_dict(),
+                    "throughput": {"value": tokens / timing.median_s, "unit": "tokens/s"},
+                    "microseconds_per_batch": per_batch * 1e6,
+                    "speedup_vs_baseline": baseline_s / per_batch,
+                    "detail": f"{n_batches} batches per timed call, {tokens / n_batches:.0f} real tokens per batch",
+                }
+            )
+    return rows

@@ -1,0 +1,169 @@
+"""Masked cross-entropy, forward + backward: time and peak extra memory, per backend, against torch's
+own ``F.cross_entropy(ignore_index=-100)`` (the baseline) and the optax recipe of PARITY.md.
+
+Each timed call computes the mean loss over the unmasked positions (15% masked, as padding) and its
+gradient with respect to the float32 logits.
+
+Peak extra memory is measured, never estimated: each contender runs once in a fresh Python process
+(``python -m bench.losses --peak ...``) that loads only its own framework, builds the inputs, warms
+up on a tiny input, resets the kernel's peak-RSS counter (``/proc/self/clear_refs``), runs one
+forward + backward and reads ``VmHWM``. Reported: that peak minus the RSS before the call, minus
+the gradient's own bytes (the output every contender must return). CPU only: torch has no CPU
+allocator statistics. JAX rows also carry XLA's own account (``compiled.memory_analysis()``:
+``temp_size_in_bytes`` is what the program needs beyond its arguments and outputs).
+
+Framework imports happen inside the contenders' builders so that a measuring process loads only the
+framework it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import time_call
+
+SHAPES = ((64, 128, 1024), (8, 512, 32768))
+IGNORE = -100
+BASELINE = "torch_baseline"
+CONTENDERS = {
+    BASELINE: "torch F.cross_entropy(ignore_index=-100) (baseline)",
+    "torch_ours": "torch_impl.masked_cross_entropy",
+    "jax_ours": "jax_impl.masked_cross_entropy, jax.jit",
+    "jax_optax": "optax integer-label CE, sanitized + masked mean, jax.jit",
+}
+
+
+def _inputs(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal(shape, dtype=np.float32) * 2
+    mask = rng.random(shape[:2]) >= 0.15
+    targets = np.where(mask, rng.integers(0, shape[2], shape[:2]), IGNORE)
+    return logits, targets, mask
+
+
+def _build(contender: str, shape) -> tuple[Callable[[], object], float | None, dict | None]:
+    """``(call, compile_s, memory_analysis)``: ``call()`` runs forward + backward, synchronized, and
+    returns the gradient."""
+    logits, targets, mask = _inputs(shape)
+    if contender.startswith("torch"):
+        import torch
+        import torch.nn.functional as F
+
+        from torch_impl.losses import masked_cross_entropy
+
+        x, t, m = torch.from_numpy(logits).requires_grad_(), torch.from_numpy(targets), torch.from_numpy(mask)
+        if contender == BASELINE:
+            flat_x, flat_t = x.view(-1, shape[2]), t.view(-1)
+
+            def call():  # CPU ops are synchronous: the gradient is ready when it returns
+                return torch.autograd.grad(F.cross_entropy(flat_x, flat_t, ignore_index=IGNORE), x)[0]
+        else:
+
+            def call():
+                return torch.autograd.grad(masked_cross_entropy(x, t, m), x)[0]
+
+        return call, None, None
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jax_impl.losses import masked_cross_entropy
+
+    def optax_recipe(x, t, m):
+        weights = m.astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(x, jnp.where(m, t, 0))
+        return (loss * weights).sum() / weights.sum()
+
+    loss_fn = masked_cross_entropy if contender == "jax_ours" else optax_recipe
+    # Transfers are asynchronous: wait, so that a memory measurement does not count the copy.
+    args = jax.block_until_ready((jnp.asarray(logits), jnp.asarray(targets, jnp.int32), jnp.asarray(mask)))
+    start = time.perf_counter()
+    compiled = jax.jit(jax.grad(loss_fn)).lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    analysis = compiled.memory_analysis()
+    memory = {
+        key: int(getattr(analysis, key))
+        for key in ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes")
+    }
+    return (lambda: jax.block_until_ready(compiled(*args))), compile_s, memory
+
+
+def run(data_dir: Path, quick: bool) -> list[dict]:
+    """``data_dir`` is unused: the inputs are synthetic logits of the sizes a language model makes."""
+    rows = []
+    for shape in SHAPES[:1] if quick else SHAPES:
+        logits_bytes = int(np.prod(shape)) * 4
+        baseline_s = None
+        for contender, name in CONTENDERS.items():
+            call, compile_s, analysis = _build(contender, shape)
+            repeats = 3 if quick else (7 if logits_bytes < 2**28 else 5)
+            timing = time_call(call, repeats=repeats, warmup=1)
+            del call
+            baseline_s = baseline_s or timing.median_s
+            extra = _peak_extra_bytes(contender, shape)
+            rows.append(
+                {
+                    "benchmark": "masked_cross_entropy",
+                    "workload": f"forward+backward, logits [{shape[0]}, {shape[1]}, {shape[2]}] float32",
+                    "contender": name,
+                    "device": "cpu",
+                    "timing": timing.as_dict(),
+                    "throughput": {"value": shape[0] * shape[1] / timing.median_s, "unit": "positions/s"},
+                    "compile_s": compile_s,
+                    "peak_memory": {
+                        "bytes": extra,
+                        "how": "peak RSS of one forward+backward in a fresh process, minus RSS before, minus the gradient",
+                    },
+                    "time_vs_baseline": timing.median_s / baseline_s,
+                    "extra_memory_in_logits_buffers": None if extra is None else extra / logits_bytes,
+                    "xla_memory_analysis": analysis,
+                    "detail": f"15% of positions masked; logits buffer {logits_bytes / 2**20:.0f} MiB",
+                }
+            )
+    return rows
+
+
+def _peak_extra_bytes(contender: str, shape) -> int | None:
+    if not Path("/proc/self/clear_refs").exists():
+        return None  # not Linux: no resettable peak-RSS counter
+    command = [sys.executable, "-m", "bench.losses", "--peak", contender, *map(str, shape)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
+    return json.loads(done.stdout.strip().splitlines()[-1])["extra_bytes"]
+
+
+def _measure_peak(contender: str, shape: tuple[int, int, int]) -> dict:
+    _build(contender, (2, 3, 5))[0]()  # load kernels and lazily initialized state on a tiny input
+    call, _, _ = _build(contender, shape)
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as handle:  # VmHWM := VmRSS
+        handle.write("5")
+    grad = call()
+    peak = _status_kib("VmHWM")
+    grad_bytes = int(np.prod(shape)) * 4
+    assert tuple(grad.shape) == shape
+    return {"extra_bytes": (peak - before) * 1024 - grad_bytes, "grad_bytes": grad_bytes}
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {key}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="measure one contender's peak extra memory (used by run())")
+    parser.add_argument("--peak", choices=sorted(CONTENDERS), required=True)
+    parser.add_argument("shape", type=int, nargs=3)
+    arguments = parser.parse_args()
+    print(json.dumps(_measure_peak(arguments.peak, tuple(arguments.shape))))
