@@ -1,7 +1,10 @@
 """Collate cost per backend, against the seed's pure-Python list padding (the baseline below).
 
 Records are read from the dataset before timing: only collating is timed. Each timed call
-collates the same shuffled batches of 256 real molecules; the figure is per batch.
+collates the same shuffled batches of 256 real molecules; the figure is per batch. torch runs twice:
+with the process's intra-op threads (collate in the main process) and with one thread, as in a
+``DataLoader`` worker; on a small busy machine, waking a thread pool for a 50k-element fill costs
+more than the fill.
 """
 
 from __future__ import annotations
@@ -58,18 +61,15 @@ def run(data_dir: Path, quick: bool) -> list[dict]:
     tokens = sum(len(r["input_ids"]) for batch in batches for r in batch)
     repeats = 5 if quick else 15
 
+    threads = torch.get_num_threads()
     contenders = {
-        "torch": (
-            ("baseline: Python list padding + torch.tensor", lambda b: python_padding(b, _torch_array)),
-            ("torch_impl.collate_molecules", torch_collate),
-        ),
-        "jax": (
-            ("baseline: Python list padding + np.array", lambda b: python_padding(b, _numpy_array)),
-            ("jax_impl.collate_molecules (numpy)", jax_collate),
-        ),
+        f"torch, {threads} intra-op threads (main process)": (threads, _torch_pair()),
+        # What a DataLoader worker runs with: each worker sets torch.set_num_threads(1).
+        "torch, 1 thread (DataLoader worker)": (1, _torch_pair()),
+        "jax (numpy)": (threads, _numpy_pair()),
     }
     rows = []
-    for backend, pair in contenders.items():
+    for backend, (n_threads, pair) in contenders.items():
         baseline_s = None
         for name, collate in pair:
 
@@ -77,7 +77,11 @@ def run(data_dir: Path, quick: bool) -> list[dict]:
                 for batch in batches:
                     collate(batch)
 
-            timing = time_call(collate_all, repeats=repeats, warmup=1)
+            torch.set_num_threads(n_threads)
+            try:
+                timing = time_call(collate_all, repeats=repeats, warmup=1)
+            finally:
+                torch.set_num_threads(threads)
             per_batch = timing.median_s / n_batches
             baseline_s = baseline_s or per_batch
             rows.append(
@@ -94,3 +98,17 @@ def run(data_dir: Path, quick: bool) -> list[dict]:
                 }
             )
     return rows
+
+
+def _torch_pair():
+    return (
+        ("baseline: Python list padding + torch.tensor", lambda b: python_padding(b, _torch_array)),
+        ("torch_impl.collate_molecules", torch_collate),
+    )
+
+
+def _numpy_pair():
+    return (
+        ("baseline: Python list padding + np.array", lambda b: python_padding(b, _numpy_array)),
+        ("jax_impl.collate_molecules (numpy)", jax_collate),
+    )

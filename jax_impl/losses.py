@@ -35,6 +35,9 @@ def masked_cross_entropy_sum(
     logits: jax.Array, targets: jax.Array, mask: jax.Array, *, label_smoothing: float = 0.0
 ) -> tuple[jax.Array, jax.Array]:
     """``(sum(nll * mask), sum(mask))``, two scalars, for exact aggregation across batches."""
+    # Concrete targets are checked as given, before jnp.asarray could wrap an int64 id into int32.
+    concrete = not isinstance(targets, jax.core.Tracer) and not isinstance(mask, jax.core.Tracer)
+    host_targets, host_mask = (np.asarray(targets), np.asarray(mask)) if concrete else (None, None)
     logits, targets, mask = jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask)
     vocab = core.check_cross_entropy_args(
         logits.shape,
@@ -45,13 +48,13 @@ def masked_cross_entropy_sum(
         mask_kind=_kind(mask.dtype),
         label_smoothing=label_smoothing,
     )
+    if concrete:
+        _check_targets(host_targets, host_mask != 0, vocab)
     # 16-bit floats are computed in float32 (explicitly: strict dtype promotion has no bf16 -> f32 path).
     compute_dtype = jnp.float32 if jnp.finfo(logits.dtype).bits < 32 else logits.dtype
     weights = mask.astype(compute_dtype)
     active = weights != 0
     in_range = (targets >= 0) & (targets < vocab)
-    if not isinstance(targets, jax.core.Tracer) and not isinstance(mask, jax.core.Tracer):
-        _check_targets(np.asarray(targets), np.asarray(active), vocab)
     safe_targets = jnp.where(active & in_range, targets, 0).astype(jnp.int32)
     total = _masked_nll_sum(logits, safe_targets, weights, float(label_smoothing))
     # Only reachable under jit (eager calls raised above): NaN, not a silently wrong class.

@@ -263,6 +263,13 @@ def test_jax_out_of_range_target_raises_eagerly_and_is_nan_under_jit():
     assert np.isnan(jax.jit(jax_losses.masked_cross_entropy)(logits, targets, mask))
 
 
+def test_jax_eager_check_sees_int64_targets_before_any_int32_conversion():
+    logits, targets, mask = _batch()
+    mask[2, 1], targets[2, 1] = True, 2**32 + 3  # would wrap to 3, a valid class, as int32
+    with pytest.raises(core.TargetOutOfRangeError, match=r"targets\[2, 1\] = 4294967299"):
+        jax_losses.masked_cross_entropy(logits, targets.astype(np.int64), mask)
+
+
 def test_jax_masked_positions_ignore_their_targets_under_jit():
     logits, targets, mask = _batch()
     junk = np.where(mask, targets, np.random.default_rng(3).integers(-1000, 1000, targets.shape))
