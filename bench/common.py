@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 CONTENDERS = ("torch eager", "torch.compile", "jax.jit")
+FRAMEWORK = {"torch eager": "torch", "torch.compile": "torch", "jax.jit": "jax"}
 # --quick leaves torch.compile out: its cold compile alone takes ~50 s on two cores.
 QUICK_CONTENDERS = ("torch eager", "jax.jit")
 # The framework-free workloads (data loading) use this contender name.

@@ -3,8 +3,9 @@
 One large square float32 matmul per framework and device, under the run's threads and precision
 policy. The device's peak is the better of the two frameworks' median GFLOP/s: what this machine
 demonstrably sustains on the best-case kernel, so a workload's "fraction of peak" says how much of
-it the workload gets, whichever framework reached it. (A fraction can exceed 1 by noise, or when a
-workload's matmuls run better than the square one.)
+it the workload gets, whichever framework reached it. Each row also gets the fraction of its own
+framework's matmul, which separates a framework's GEMM from the rest of its step. (A fraction can
+exceed 1 by noise, or when a workload's matmuls run better than the square one.)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from bench import frameworks
-from bench.common import BenchContext, plan_repeats, result_row, skipped_row, time_call
+from bench.common import FRAMEWORK, BenchContext, plan_repeats, result_row, skipped_row, time_call
 
 # A size that takes ~50-150 ms on a few CPU cores and ~20 ms on an H100 in float32: large enough
 # that the kernel, not the call, is timed.
@@ -25,9 +26,9 @@ SIZES = {"cpu": 2048, "gpu": 8192}
 BENCHMARK = "matmul_peak"
 
 
-def measure(ctx: BenchContext) -> tuple[dict[str, float], list[dict]]:
-    """Returns ``({device: peak GFLOP/s}, rows)``."""
-    peaks, rows = {}, []
+def measure(ctx: BenchContext) -> list[dict]:
+    """One row per framework and device: the matmul's median time and GFLOP/s."""
+    rows = []
     for device in ctx.devices:
         n = SIZES[device]
         rng = np.random.default_rng(0)
@@ -36,15 +37,23 @@ def measure(ctx: BenchContext) -> tuple[dict[str, float], list[dict]]:
         for contender, timer in (("torch eager", _torch), ("jax.jit", _jax)):
             timed = timer(a, b, device, ctx.quick)
             if timed is None:
-                rows.append(skipped_row(BENCHMARK, workload, contender, device, f"{contender.split()[0]} has no {device} device here"))
+                rows.append(skipped_row(BENCHMARK, workload, contender, device, f"{FRAMEWORK[contender]} has no {device} device here"))
                 continue
             timing, compile_s = timed
             rows.append(result_row(BENCHMARK, workload, contender, device, timing, items=2 * n**3 / 1e9,
                                    unit="GFLOP/s", flops=2 * n**3, compile_s=compile_s))
-        measured = [row["throughput"]["value"] for row in rows if row["device"] == device and "timing" in row]
-        if measured:
-            peaks[device] = max(measured)
-    return peaks, rows
+    return rows
+
+
+def peaks(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """``{device: {"peak": best GFLOP/s, "torch": ..., "jax": ...}}`` from ``measure``'s rows."""
+    result: dict[str, dict[str, float]] = {}
+    for row in rows:
+        if row["benchmark"] == BENCHMARK and "timing" in row:
+            result.setdefault(row["device"], {})[FRAMEWORK[row["contender"]]] = row["throughput"]["value"]
+    for by_framework in result.values():
+        by_framework["peak"] = max(by_framework.values())
+    return result
 
 
 def _torch(a: np.ndarray, b: np.ndarray, device: str, quick: bool):

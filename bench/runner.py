@@ -15,7 +15,7 @@ import importlib
 import json
 from pathlib import Path
 
-from bench.common import CONTENDERS, QUICK_CONTENDERS, BenchContext, cpu_count, environment, restrict_cpus
+from bench.common import CONTENDERS, FRAMEWORK, QUICK_CONTENDERS, BenchContext, cpu_count, environment, restrict_cpus
 from ml_patterns.io import atomic_write_text
 
 
@@ -72,12 +72,13 @@ def run_benchmarks(args: argparse.Namespace) -> int:
                 contenders=QUICK_CONTENDERS if args.quick else CONTENDERS,
             )
             print(f"measuring the matmul peak on {', '.join(devices)} ...", flush=True)
-            peaks, rows = peak.measure(ctx)
+            rows = peak.measure(ctx)
             for name in selected:
                 print(f"running {name} ...", flush=True)
                 rows.extend(_checked(name, BENCHMARKS[name](ctx)))
 
     results = [row for row in rows if "skipped" not in row]
+    peaks = peak.peaks(results)
     _add_peak_fractions(results, peaks)
     report = {
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -119,12 +120,14 @@ def _checked(name: str, rows: list[dict]) -> list[dict]:
     return rows
 
 
-def _add_peak_fractions(results: list[dict], peaks: dict[str, float]) -> None:
+def _add_peak_fractions(results: list[dict], peaks: dict[str, dict[str, float]]) -> None:
     for row in results:
-        flops = row.get("flops_per_call")
+        flops, device_peaks = row.get("flops_per_call"), peaks.get(row["device"], {})
         gflops = flops / row["timing"]["median_s"] / 1e9 if flops else None
+        own = device_peaks.get(FRAMEWORK.get(row["contender"], ""))
         row["gflops"] = gflops
-        row["fraction_of_peak"] = gflops / peaks[row["device"]] if gflops and row["device"] in peaks else None
+        row["fraction_of_peak"] = gflops / device_peaks["peak"] if gflops and device_peaks else None
+        row["fraction_of_framework_peak"] = gflops / own if gflops and own else None
 
 
 def _name(row: dict) -> str:
@@ -207,7 +210,10 @@ def _markdown(report: dict, table: str, summary: str) -> str:
         names = {"torch": env["torch"]["gpu"], "jax": env["jax"]["devices"].get("gpu")} if device == "gpu" else {}
         label = env["processor"] if device == "cpu" else ", ".join(f"{k}: {v}" for k, v in names.items() if v)
         devices.append(f"{device} ({label})")
-    peaks = ", ".join(f"{device} {gflops:,.0f} GFLOP/s" for device, gflops in report["matmul_peak_gflops"].items())
+    peaks = "; ".join(
+        f"{device} {p['peak']:,.0f} GFLOP/s (" + ", ".join(f"{k} {v:,.0f}" for k, v in p.items() if k != "peak") + ")"
+        for device, p in report["matmul_peak_gflops"].items()
+    )
     threads = env["threads"]
     lines = [
         f"# ml-patterns bench ({report['created_at']})",
@@ -226,7 +232,8 @@ def _markdown(report: dict, table: str, summary: str) -> str:
     load = env["load_average_1_5_15min"]
     if load and load[0] > 0.5 * threads["cpus_available"]:
         lines.append(f"- **busy machine**: 1-minute load average {load[0]:.1f} on {threads['cpus_available']} CPUs "
-                     "before the run; other processes shared the cores, so expect noise")
+                     "before the run: other processes shared the cores, so expect noise (torch's OpenMP threads wait at "
+                     "barriers for descheduled peers and can run many times slower; `--threads 1` avoids that)")
     if report["quick"]:
         lines.append(
             "- **quick run**: the smallest size of each workload, 5 repeats, and no torch.compile (its cold "

@@ -37,7 +37,8 @@ def test_quick_run_records_the_environment_and_the_policy(quick_report):
     assert env["precision"]["jax_default_matmul_precision"] == "highest"
     assert env["precision"]["torch.get_float32_matmul_precision()"] == "highest"
     assert env["precision"]["torch.backends.cuda.matmul.allow_tf32"] is False
-    assert report["matmul_peak_gflops"]["cpu"] > 0
+    cpu_peak = report["matmul_peak_gflops"]["cpu"]
+    assert cpu_peak["peak"] == max(cpu_peak["torch"], cpu_peak["jax"]) > 0
 
 
 def test_quick_run_rows_are_complete(quick_report):
@@ -49,7 +50,7 @@ def test_quick_run_rows_are_complete(quick_report):
         if row["contender"] == "jax.jit":
             assert row["compile_s"] > 0, row
         if row["flops_per_call"]:
-            assert row["gflops"] > 0 and row["fraction_of_peak"] > 0, row
+            assert row["gflops"] > 0 and row["fraction_of_peak"] > 0 and row["fraction_of_framework_peak"] > 0, row
     for row in report["skipped"]:
         assert row["skipped"], row
     mlp = [r for r in results if r["benchmark"] == "mlp_train_step"]
