@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import settings
 
 from ml_patterns.prepare import prepare_dataset
@@ -11,6 +12,11 @@ from ml_patterns.prepare import prepare_dataset
 # correctness, fail a test.
 settings.register_profile("ml-patterns", deadline=None, print_blob=True)
 settings.load_profile("ml-patterns")
+
+# The tests' models are tiny: intra-op parallelism gains nothing on them, and on a busy 2-core
+# machine torch's spinning worker threads slowed a training test twentyfold. Benchmarks (bench/)
+# set and record their own thread counts.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -188,6 +188,25 @@ class _Shard:
         self.handle.close()
 
 
+class Subset:
+    """The records of ``dataset`` at ``indices``, in that order (e.g. the first 500 molecules)."""
+
+    def __init__(self, dataset, indices):
+        self.dataset = dataset
+        self.indices = [int(i) for i in indices]
+        bad = [i for i in self.indices if not 0 <= i < len(dataset)]
+        if bad:
+            raise IndexError(f"Subset indices {bad[:5]} out of range for a dataset of {len(dataset)} records")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, idx: int) -> Record:
+        if not 0 <= idx < len(self.indices):
+            raise IndexError(f"index {idx} out of range for a subset of {len(self.indices)} records")
+        return self.dataset[self.indices[idx]]
+
+
 class BatchSampler:
     """Yields lists of dataset indices, a fresh seeded permutation each epoch, resumable mid-epoch.
 

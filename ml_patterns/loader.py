@@ -103,13 +103,14 @@ class BatchLoader:
         return iter(Prefetcher(self._batches(), self.prefetch))
 
 
-def batch_rng(seed: int, epoch: int, batch_index: int) -> np.random.Generator:
+def batch_rng(seed: int, epoch: int, batch_index: int, stream: int = 0) -> np.random.Generator:
     """The random stream of one batch (e.g. for token masking), the same on both backends.
 
     Derived from the position, not drawn from a running generator, so resuming mid-run and
-    prefetching ahead both leave every batch's randomness unchanged.
+    prefetching ahead both leave every batch's randomness unchanged. ``stream`` separates uses
+    (training and evaluation batches) that share positions.
     """
-    return np.random.default_rng((seed, epoch, batch_index))
+    return np.random.default_rng((seed, epoch, batch_index, stream))
 
 
 def sample_count(labels: Any) -> int:

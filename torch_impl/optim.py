@@ -44,6 +44,12 @@ class Optimizer:
     def step_count(self) -> int:
         return self.scheduler.last_epoch
 
+    def set_step(self, step: int) -> None:
+        """Puts the schedule at update ``step`` (resuming from a checkpoint of either backend)."""
+        self.scheduler.last_epoch = step
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate_at(self.config, step)
+
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
 

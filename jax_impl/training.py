@@ -1,0 +1,311 @@
+"""Training loop and Trainer, JAX side: a pure ``train_step(state, batch) -> (state, metrics)``
+jitted once with the state donated, and optax. The contract: ``torch_impl.training``.
+
+Divergences, and why:
+
+- The state is a pytree, ``TrainState(params, rest, opt_state, step)``; the model object is
+  updated from it lazily (``sync_model``: once per epoch, or when a callback or ``save_checkpoint``
+  needs the weights), as Keras' JAX trainer does, never per step.
+- Dropout masks are a pure function of ``(config.seed, step)`` (``jax.random.fold_in``), so a
+  resumed run draws exactly the masks of the uninterrupted one with no RNG state to save.
+- The state is donated to the step: its buffers are reused in place. The model's own arrays are
+  never handed to the step (they are copied in and out), so donation cannot invalidate them.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jax_impl import state as weights
+from jax_impl.models import BaseModel, Functional, as_batch, functional
+from jax_impl.optim import build_optimizer
+from ml_patterns import checkpoint
+from ml_patterns.callbacks import Callback
+from ml_patterns.history import History
+from ml_patterns.optim import OptimizerConfig
+from ml_patterns.training import (
+    OPTIMIZER_SLOTS,
+    BatchPreparer,
+    batch_size_of,
+    check_optimizer_state,
+    epoch_mean,
+    find_sampler,
+    load_callback_states,
+    load_training_checkpoint,
+    optimizer_arrays_to_slots,
+    save_training_checkpoint,
+)
+
+# optax state field holding each canonical slot: (state type, field)
+_SLOT_FIELDS = {
+    "exp_avg": (optax.ScaleByAdamState, "mu"),
+    "exp_avg_sq": (optax.ScaleByAdamState, "nu"),
+    "momentum_buffer": (optax.TraceState, "trace"),
+}
+
+
+class TrainState(NamedTuple):
+    params: nnx.State
+    rest: nnx.State  # non-trainable module state (dropout RNG streams), passed through
+    opt_state: optax.OptState
+    step: jax.Array  # int32: optimizer updates so far
+
+
+def make_steps(model: BaseModel, optimizer: OptimizerConfig, seed: int):
+    """``(train_step, eval_step)`` for ``model``, each jitted once.
+
+    ``train_step(state, batch) -> (state, metrics)`` with ``metrics = {"loss": scalar, part: scalar}``;
+    ``eval_step(params, rest, batch) -> loss`` (dropout off). Trainers of the same model structure,
+    optimizer config and seed share the compiled steps (a resumed trainer does not recompile).
+    """
+    fn, _, _ = functional(model)
+    return _compiled_steps(fn, optimizer, seed)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_steps(fn: Functional, optimizer_config: OptimizerConfig, seed: int):
+    optimizer = build_optimizer(optimizer_config)
+    base_key = jax.random.key(seed)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        key = jax.random.fold_in(base_key, state.step)
+        grad_fn = jax.value_and_grad(fn.loss, has_aux=True)
+        (loss, parts), grads = grad_fn(state.params, state.rest, batch, key=key, train=True)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(params, state.rest, opt_state, state.step + 1), {"loss": loss, **parts}
+
+    def eval_step(params: nnx.State, rest: nnx.State, batch: dict) -> jax.Array:
+        return fn.loss(params, rest, batch)[0]
+
+    return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
+
+
+class Trainer:
+    """See ``torch_impl.training`` for the contract."""
+
+    def __init__(
+        self,
+        model: BaseModel,
+        optimizer: OptimizerConfig,
+        callbacks: Sequence[Callback] = (),
+        *,
+        device: str | jax.Device | None = None,
+    ):
+        self.model = model
+        self.device = jax.devices(device)[0] if isinstance(device, str) else device
+        self.optimizer_config = optimizer
+        self.optimizer = build_optimizer(optimizer)
+        self.callbacks = list(callbacks)
+        self.history = History()
+        self.epoch = 0
+        self.should_stop = False
+        self.stop_reason: str | None = None
+        self.batches_per_epoch: int | None = None
+        config = getattr(model, "config", None)
+        self._prepare = BatchPreparer(config)
+        self.train_step, self.eval_step = make_steps(model, optimizer, config.seed if config else 0)
+        self.state = self._initial_state()
+        self._train_loader = None
+        self._pending_sampler_state: dict | None = None
+
+    def _initial_state(self) -> TrainState:
+        _, params, rest = functional(self.model)
+        params = _device_copy(params, self.device)  # the step donates its state: never the model's arrays
+        return TrainState(params, _device_copy(rest, self.device), self.optimizer.init(params), jnp.zeros((), jnp.int32))
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, num_epochs: int = 1) -> History:
+        self._train_loader = train_loader
+        self._restore_sampler(train_loader)
+        self.batches_per_epoch = len(train_loader) if hasattr(train_loader, "__len__") else None
+        self.should_stop = False
+        for callback in self.callbacks:
+            callback.on_train_start(self)
+        while self.epoch < num_epochs and not self.should_stop:
+            epoch = self.epoch
+            for callback in self.callbacks:
+                callback.on_epoch_start(self, epoch)
+            logs = {"train_loss": self._train_epoch(train_loader, epoch)}
+            if val_loader is not None:
+                logs["val_loss"] = self.evaluate(val_loader)
+            self.history.append(epoch, logs)
+            self.epoch += 1
+            self.sync_model()
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, epoch, logs)
+        for callback in self.callbacks:
+            callback.on_train_end(self)
+        return self.history
+
+    def _train_epoch(self, loader: Iterable, epoch: int) -> float:
+        total = jnp.zeros((), jnp.float32)
+        count = 0
+        for index, collated in enumerate(loader):
+            batch = self._to_device(self._prepare(collated, epoch, index, train=True))
+            self.state, metrics = self.train_step(self.state, batch)
+            n = batch_size_of(batch)
+            total = total + metrics["loss"] * n  # dispatched asynchronously: no host sync
+            count += n
+            if self.callbacks:
+                logs = {"loss": metrics["loss"], "batch_size": n}
+                for callback in self.callbacks:
+                    callback.on_batch_end(self, index, logs)
+        return epoch_mean(total, count)
+
+    def evaluate(self, loader: Iterable) -> float:
+        """The loss over ``loader``, weighted per molecule, dropout off."""
+        total = jnp.zeros((), jnp.float32)
+        count = 0
+        for index, collated in enumerate(loader):
+            batch = self._to_device(self._prepare(collated, 0, index, train=False))
+            n = batch_size_of(batch)
+            total = total + self.eval_step(self.state.params, self.state.rest, batch) * n
+            count += n
+        return epoch_mean(total, count)
+
+    def _to_device(self, batch: dict) -> dict:
+        batch = as_batch(batch)
+        return jax.device_put(batch, self.device) if self.device is not None else batch
+
+    # -- the model object and what callbacks use --------------------------------------------
+    def sync_model(self) -> None:
+        """Writes the trained parameters into ``self.model`` (copies: the step donates its own)."""
+        nnx.update(self.model, _device_copy(self.state.params, None))
+
+    def snapshot_weights(self) -> dict[str, np.ndarray]:
+        return weights.to_numpy(self.model, self.state.params)
+
+    def restore_weights(self, snapshot: dict[str, np.ndarray]) -> None:
+        weights.from_numpy(self.model, snapshot, source="restored weights")
+        _, params, _ = functional(self.model)
+        self.state = self.state._replace(params=_device_copy(params, self.device))
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Writes the full training checkpoint (``ml_patterns.training``) atomically."""
+        self.sync_model()
+        sampler = find_sampler(self._train_loader)
+        save_training_checkpoint(
+            path,
+            write_model=self.model.save,
+            optimizer_arrays=self._optimizer_arrays(),
+            state={
+                "backend": "jax",
+                "epoch": self.epoch,
+                "optimizer": {"name": self.optimizer_config.name, "step": int(self.state.step)},
+                "sampler": sampler.state_dict() if sampler is not None else None,
+                "callbacks": [callback.state_dict() for callback in self.callbacks],
+                "history": self.history.state_dict(),
+            },
+        )
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restores a checkpoint written by either backend; see ``torch_impl.training``."""
+        model_file, optimizer_arrays, saved = load_training_checkpoint(path)
+        arrays, _ = checkpoint.load_checkpoint(model_file)
+        weights.from_numpy(self.model, arrays, source=str(model_file))
+        state = self._initial_state()
+        opt_state = self._optimizer_state(state.opt_state, saved["optimizer"], optimizer_arrays, str(path))
+        self.state = state._replace(opt_state=opt_state, step=jnp.asarray(int(saved["optimizer"]["step"]), jnp.int32))
+        self.epoch = int(saved["epoch"])
+        self.history.load_state_dict(saved["history"])
+        load_callback_states(self.callbacks, saved["callbacks"], path)
+        self._pending_sampler_state = saved["sampler"]
+
+    def _optimizer_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {}
+        for slot in OPTIMIZER_SLOTS[self.optimizer_config.name]:
+            state_type, field = _SLOT_FIELDS[slot]
+            (found,) = _find_states(self.state.opt_state, state_type)
+            for name, value in weights.to_numpy(self.model, getattr(found, field)).items():
+                arrays[f"{slot}/{name}"] = value
+        return arrays
+
+    def _optimizer_state(self, fresh: optax.OptState, saved: dict, arrays: dict, source: str) -> optax.OptState:
+        """``fresh`` (from ``optimizer.init``) with the saved slots and step count put in."""
+        if saved["name"] != self.optimizer_config.name:
+            raise ValueError(f"{source} was written with optimizer {saved['name']!r}, this trainer uses {self.optimizer_config.name!r}")
+        slots = optimizer_arrays_to_slots(arrays)
+        names = list(weights.to_numpy(self.model))
+        check_optimizer_state(saved["name"], slots, names, source)
+        trees = {slot: self._params_tree(values, f"{source} slot {slot}") for slot, values in slots.items()}
+        step = int(saved["step"])
+
+        def restore(node: Any) -> Any:
+            updates = {}
+            for slot, tree in trees.items():
+                state_type, field = _SLOT_FIELDS[slot]
+                if isinstance(node, state_type):
+                    updates[field] = tree
+            if "count" in node._fields:  # ScaleByAdamState, ScaleByScheduleState: the step count
+                updates["count"] = jnp.array(step, jnp.int32)  # a buffer of its own: the state is donated
+            return node._replace(**updates) if updates else node
+
+        return _map_states(fresh, restore)
+
+    def _params_tree(self, arrays: dict[str, np.ndarray], source: str) -> nnx.State:
+        """Canonical arrays shaped like the parameters, as an ``nnx.State`` like ``state.params``."""
+        fn, params, rest = functional(self.model)
+        scratch = fn.merge(_device_copy(params, None), rest)  # a copy of the model, written into
+        weights.from_numpy(scratch, arrays, source=source)
+        return _device_copy(nnx.state(scratch, nnx.Param), self.device)
+
+    def _restore_sampler(self, loader: Iterable) -> None:
+        if self._pending_sampler_state is not None:
+            sampler = find_sampler(loader)
+            if sampler is not None:
+                sampler.load_state_dict(self._pending_sampler_state)
+            self._pending_sampler_state = None
+
+
+def train(
+    model: BaseModel,
+    train_loader: Iterable,
+    val_loader: Iterable | None,
+    optimizer: OptimizerConfig,
+    num_epochs: int,
+    device: str | jax.Device | None = None,
+) -> dict[str, list[float]]:
+    """See ``torch_impl.training.train``; the model is updated in place at the end."""
+    history = Trainer(model, optimizer, device=device).fit(train_loader, val_loader, num_epochs)
+    return {"train_loss": history["train_loss"], "val_loss": history.metrics.get("val_loss", [])}
+
+
+def _device_copy(tree: Any, device: jax.Device | None) -> Any:
+    tree = jax.tree.map(jnp.copy, tree)
+    return jax.device_put(tree, device) if device is not None else tree
+
+
+def _is_optax_state(node: Any) -> bool:
+    return isinstance(node, tuple) and hasattr(node, "_fields")
+
+
+def _map_states(opt_state: Any, fn) -> Any:
+    """Applies ``fn`` to every optax state namedtuple inside a chain's nested tuples."""
+    if _is_optax_state(opt_state):
+        return fn(opt_state)
+    if isinstance(opt_state, tuple):
+        return tuple(_map_states(child, fn) for child in opt_state)
+    return opt_state
+
+
+def _find_states(opt_state: Any, state_type: type) -> list:
+    found = []
+
+    def collect(node: Any) -> Any:
+        if isinstance(node, state_type):
+            found.append(node)
+        return node
+
+    _map_states(opt_state, collect)
+    return found
