@@ -186,9 +186,10 @@ def restrict_cpus(threads: int) -> Iterator[dict]:
     This is how both frameworks get the same number of threads: XLA:CPU sizes its thread pool from
     the affinity mask when its backend starts and has no other setting for it (only
     ``--xla_cpu_multi_thread_eigen=false``, which means one thread), while torch takes
-    ``torch.set_num_threads`` (done by ``bench.frameworks.configured``). Enter this before jax's
-    backend starts; if it already started with more CPUs, its pool is larger than ``threads`` but
-    runs on ``threads`` CPUs: the yielded record says which frameworks were loaded before.
+    ``torch.set_num_threads`` (done by ``bench.frameworks.configured``). Every thread of the
+    process is pinned, and threads started inside inherit the mask. Enter this before jax's backend
+    starts: a pool started earlier keeps its size (then more threads than CPUs); the yielded record
+    says which frameworks were loaded before.
     """
     available = cpu_count()
     if not 1 <= threads <= available:
@@ -205,12 +206,20 @@ def restrict_cpus(threads: int) -> Iterator[dict]:
     if not hasattr(os, "sched_setaffinity"):
         raise ValueError(f"--threads {threads}: this OS cannot pin a process to CPUs, so XLA's thread pool cannot be limited")
     mask = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, sorted(mask)[:threads])
+    _pin_all_threads(sorted(mask)[:threads])
     record["how"] = f"affinity mask restricted to CPUs {sorted(os.sched_getaffinity(0))}"
     try:
         yield record
     finally:
-        os.sched_setaffinity(0, mask)
+        _pin_all_threads(mask)
+
+
+def _pin_all_threads(cpus) -> None:
+    # Affinity belongs to each thread (pid 0 is the calling one): pin the threads that exist too.
+    tids = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]
+    for tid in tids:
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(tid), cpus)
 
 
 def _cpu_model() -> str:

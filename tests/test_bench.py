@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import types
 
 import numpy as np
@@ -175,11 +176,20 @@ def test_plan_repeats(call_s, quick, expected):
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or cpu_count() < 2, reason="needs CPU affinity and 2 CPUs")
-def test_restrict_cpus_pins_and_restores():
+def test_restrict_cpus_pins_every_thread_and_restores():
     before = os.sched_getaffinity(0)
-    with restrict_cpus(1) as record:
-        assert len(os.sched_getaffinity(0)) == 1 and record["threads"] == 1
-    assert os.sched_getaffinity(0) == before
+    started, release = threading.Event(), threading.Event()
+    worker = threading.Thread(target=lambda: (started.set(), release.wait()))
+    worker.start()
+    started.wait()
+    try:
+        with restrict_cpus(1) as record:
+            assert record["threads"] == 1
+            assert len(os.sched_getaffinity(0)) == 1 and len(os.sched_getaffinity(worker.native_id)) == 1
+        assert os.sched_getaffinity(0) == before == os.sched_getaffinity(worker.native_id)
+    finally:
+        release.set()
+        worker.join()
     with pytest.raises(ValueError, match="--threads must be between 1 and"):
         with restrict_cpus(len(before) + 1):
             pass
