@@ -194,18 +194,18 @@ def _first_bad_record(seqs: list) -> Exception:
     """Finds the record that made the whole-batch conversion fail (the error path only)."""
     for i, seq in enumerate(seqs):
         try:
-            array = np.asarray(seq)
+            values = np.asarray(seq)
         except (TypeError, ValueError) as error:
             return ValueError(f"record {i}: input_ids is not a 1-D sequence of integers ({error})")
-        if array.ndim != 1:
-            return ValueError(f"record {i}: input_ids must be 1-D, got shape {array.shape}")
-        if len(array) and array.dtype.kind not in "iu":
+        if values.ndim != 1:
+            return ValueError(f"record {i}: input_ids must be 1-D, got shape {values.shape}")
+        if len(values) and values.dtype.kind not in "iu":
             if isinstance(seq, np.ndarray):
-                return TypeError(f"record {i}: input_ids have dtype {array.dtype}, not an integer type")
+                return TypeError(f"record {i}: input_ids have dtype {values.dtype}, not an integer type")
             for j, value in enumerate(seq):  # name the first element that is not an integer
                 if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
                     return TypeError(f"record {i}: input_ids[{j}] = {value!r} is not an integer")
-            return TypeError(f"record {i}: input_ids have dtype {array.dtype}, not an integer type")
+            return TypeError(f"record {i}: input_ids have dtype {values.dtype}, not an integer type")
     return TypeError("input_ids are not all 1-D sequences of integers")
 
 
@@ -220,18 +220,19 @@ def _labels(batch: Sequence[Mapping[str, Any]]) -> Labels:
             raise ValueError(f"record {first} has a 'label' but record 0 has none: label every record or none")
         raise ValueError(f"record {labels.index(_MISSING)} has no 'label' but record 0 has one: label every record or none")
     if not isinstance(labels[0], Mapping):
-        return _label_column(labels, "label")
+        return _label_table([(label,) for label in labels], ("label",))[0]
     names = tuple(labels[0])
     if not names:
         raise ValueError("record 0 has an empty dict of labels")
+    getter = operator.itemgetter(*names)
     try:
-        columns = [list(map(operator.itemgetter(name), labels)) for name in names]
+        rows = list(map(getter, labels)) if len(names) > 1 else [(getter(label),) for label in labels]
     except (KeyError, TypeError, IndexError):
         raise _label_names_error(labels, names) from None
     # Every name of record 0 present and as many names: the same names.
     if set(map(len, labels)) != {len(names)}:
         raise _label_names_error(labels, names)
-    return {name: _label_column(column, f"label {name!r}") for name, column in zip(names, columns)}
+    return dict(zip(names, _label_table(rows, tuple(f"label {name!r}" for name in names))))
 
 
 def _label_names_error(labels: list, names: tuple[str, ...]) -> ValueError:
@@ -245,28 +246,29 @@ def _label_names_error(labels: list, names: tuple[str, ...]) -> ValueError:
     return ValueError("labels differ between records")
 
 
-def _label_type_error(values: list, what: str) -> Exception:
-    for i, value in enumerate(values):
-        if isinstance(value, Mapping):
-            return ValueError(f"record {i} has a dict of labels but record 0 a single label")
-        if not isinstance(value, (int, float, np.integer, np.floating)):
-            return TypeError(f"record {i}: {what} = {value!r} is not a number")
-    return TypeError(f"{what}: values are not all numbers")
-
-
-def _label_column(values: list, what: str) -> np.ndarray:
-    """One label per record -> ``[B]`` float32, refusing what is not a finite real number."""
-    try:
-        # array("d") takes exactly the objects with __float__ (ints, floats, numpy numbers).
-        column = np.frombuffer(array.array("d", values), dtype=np.float64)
-    except TypeError:
-        raise _label_type_error(values, what) from None
+def _label_table(rows: list[tuple], whats: tuple[str, ...]) -> np.ndarray:
+    """``rows[i][k]`` = record i's label k (described by ``whats[k]``) -> ``[K, B]`` float32, each
+    row contiguous, refusing what is not a finite real number."""
+    table = np.array(rows)  # one conversion; strings, None, dicts leave it non-numeric
+    if table.shape != (len(rows), len(whats)) or table.dtype.kind not in "iuf":
+        raise _label_type_error(rows, whats)
     # One comparison catches NaN, infinities and values that float32 cannot hold.
-    representable = np.abs(column) <= FLOAT32_MAX
+    representable = np.abs(table) <= FLOAT32_MAX
     if not representable.all():
-        i = int(np.argmin(representable))
-        raise ValueError(f"record {i}: {what} = {values[i]!r} is not a finite float32")
-    return column.astype(np.float32)
+        i, k = np.argwhere(~representable)[0]
+        raise ValueError(f"record {i}: {whats[k]} = {rows[i][k]!r} is not a finite float32")
+    return np.ascontiguousarray(table.T, dtype=np.float32)
+
+
+def _label_type_error(rows: list[tuple], whats: tuple[str, ...]) -> Exception:
+    """Names the first label that is not a number (the error path only)."""
+    for i, row in enumerate(rows):
+        for what, value in zip(whats, row):
+            if isinstance(value, Mapping):
+                return ValueError(f"record {i} has a dict of labels but record 0 a single label")
+            if isinstance(value, (str, bytes)) or not isinstance(value, (int, float, np.integer, np.floating)):
+                return TypeError(f"record {i}: {what} = {value!r} is not a number")
+    return TypeError(f"labels are not all numbers: {', '.join(whats)}")
 
 
 def bucket_ladder(min_length: int, max_length: int, *, max_buckets: int = 8, multiple_of: int = 8) -> tuple[int, ...]:
