@@ -15,8 +15,8 @@ Divergences, and why:
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -30,20 +30,8 @@ from jax_impl.models import BaseModel, Functional, as_batch, functional
 from jax_impl.optim import build_optimizer
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
-from ml_patterns.history import History
 from ml_patterns.optim import OptimizerConfig
-from ml_patterns.training import (
-    OPTIMIZER_SLOTS,
-    BatchPreparer,
-    batch_size_of,
-    check_optimizer_state,
-    epoch_mean,
-    find_sampler,
-    load_callback_states,
-    load_training_checkpoint,
-    optimizer_arrays_to_slots,
-    save_training_checkpoint,
-)
+from ml_patterns.training import OPTIMIZER_SLOTS, TrainerBase
 
 # optax state field holding each canonical slot: (state type, field)
 _SLOT_FIELDS = {
@@ -90,8 +78,10 @@ def _compiled_steps(fn: Functional, optimizer_config: OptimizerConfig, seed: int
     return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
 
 
-class Trainer:
-    """See ``torch_impl.training`` for the contract."""
+class Trainer(TrainerBase):
+    """See ``torch_impl.training`` for the contract; the loop is ``ml_patterns.training.TrainerBase``."""
+
+    backend = "jax"
 
     def __init__(
         self,
@@ -101,81 +91,31 @@ class Trainer:
         *,
         device: str | jax.Device | None = None,
     ):
-        self.model = model
+        super().__init__(model, optimizer, callbacks)
         self.device = jax.devices(device)[0] if isinstance(device, str) else device
-        self.optimizer_config = optimizer
         self.optimizer = build_optimizer(optimizer)
-        self.callbacks = list(callbacks)
-        self.history = History()
-        self.epoch = 0
-        self.should_stop = False
-        self.stop_reason: str | None = None
-        self.batches_per_epoch: int | None = None
         config = getattr(model, "config", None)
-        self._prepare = BatchPreparer(config)
         self.train_step, self.eval_step = make_steps(model, optimizer, config.seed if config else 0)
         self.state = self._initial_state()
-        self._train_loader = None
-        self._pending_sampler_state: dict | None = None
 
     def _initial_state(self) -> TrainState:
         _, params, rest = functional(self.model)
         params = _device_copy(params, self.device)  # the step donates its state: never the model's arrays
         return TrainState(params, _device_copy(rest, self.device), self.optimizer.init(params), jnp.zeros((), jnp.int32))
 
-    # -- the loop ---------------------------------------------------------------------------
-    def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, num_epochs: int = 1) -> History:
-        self._train_loader = train_loader
-        self._restore_sampler(train_loader)
-        self.batches_per_epoch = len(train_loader) if hasattr(train_loader, "__len__") else None
-        self.should_stop = False
-        for callback in self.callbacks:
-            callback.on_train_start(self)
-        while self.epoch < num_epochs and not self.should_stop:
-            epoch = self.epoch
-            for callback in self.callbacks:
-                callback.on_epoch_start(self, epoch)
-            logs = {"train_loss": self._train_epoch(train_loader, epoch)}
-            if val_loader is not None:
-                logs["val_loss"] = self.evaluate(val_loader)
-            self.history.append(epoch, logs)
-            self.epoch += 1
-            self.sync_model()
-            for callback in self.callbacks:
-                callback.on_epoch_end(self, epoch, logs)
-        for callback in self.callbacks:
-            callback.on_train_end(self)
-        return self.history
-
-    def _train_epoch(self, loader: Iterable, epoch: int) -> float:
-        total = jnp.zeros((), jnp.float32)
-        count = 0
-        for index, collated in enumerate(loader):
-            batch = self._to_device(self._prepare(collated, epoch, index, train=True))
-            self.state, metrics = self.train_step(self.state, batch)
-            n = batch_size_of(batch)
-            total = total + metrics["loss"] * n  # dispatched asynchronously: no host sync
-            count += n
-            if self.callbacks:
-                logs = {"loss": metrics["loss"], "batch_size": n}
-                for callback in self.callbacks:
-                    callback.on_batch_end(self, index, logs)
-        return epoch_mean(total, count)
-
-    def evaluate(self, loader: Iterable) -> float:
-        """The loss over ``loader``, weighted per molecule, dropout off."""
-        total = jnp.zeros((), jnp.float32)
-        count = 0
-        for index, collated in enumerate(loader):
-            batch = self._to_device(self._prepare(collated, 0, index, train=False))
-            n = batch_size_of(batch)
-            total = total + self.eval_step(self.state.params, self.state.rest, batch) * n
-            count += n
-        return epoch_mean(total, count)
-
-    def _to_device(self, batch: dict) -> dict:
-        batch = as_batch(batch)
+    def _to_batch(self, prepared: dict) -> dict:
+        batch = as_batch(prepared)
         return jax.device_put(batch, self.device) if self.device is not None else batch
+
+    def _train_step(self, batch: dict) -> jax.Array:
+        self.state, metrics = self.train_step(self.state, batch)
+        return metrics["loss"]
+
+    def _eval_step(self, batch: dict) -> jax.Array:
+        return self.eval_step(self.state.params, self.state.rest, batch)
+
+    def _after_epoch(self) -> None:
+        self.sync_model()
 
     # -- the model object and what callbacks use --------------------------------------------
     def sync_model(self) -> None:
@@ -190,37 +130,22 @@ class Trainer:
         _, params, _ = functional(self.model)
         self.state = self.state._replace(params=_device_copy(params, self.device))
 
-    # -- checkpoints ------------------------------------------------------------------------
-    def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Writes the full training checkpoint (``ml_patterns.training``) atomically."""
-        self.sync_model()
-        sampler = find_sampler(self._train_loader)
-        save_training_checkpoint(
-            path,
-            write_model=self.model.save,
-            optimizer_arrays=self._optimizer_arrays(),
-            state={
-                "backend": "jax",
-                "epoch": self.epoch,
-                "optimizer": {"name": self.optimizer_config.name, "step": int(self.state.step)},
-                "sampler": sampler.state_dict() if sampler is not None else None,
-                "callbacks": [callback.state_dict() for callback in self.callbacks],
-                "history": self.history.state_dict(),
-            },
-        )
+    # -- checkpoints: conversions to and from the canonical arrays --------------------------
+    @property
+    def optimizer_step(self) -> int:
+        return int(self.state.step)
 
-    def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restores a checkpoint written by either backend; see ``torch_impl.training``."""
-        model_file, optimizer_arrays, saved = load_training_checkpoint(path)
+    def _parameter_names(self) -> list[str]:
+        return list(weights.to_numpy(self.model))
+
+    def _write_model(self, path: Path) -> None:
+        self.sync_model()
+        self.model.save(path)
+
+    def _load_weights(self, model_file: Path) -> None:
         arrays, _ = checkpoint.load_checkpoint(model_file)
         weights.from_numpy(self.model, arrays, source=str(model_file))
-        state = self._initial_state()
-        opt_state = self._optimizer_state(state.opt_state, saved["optimizer"], optimizer_arrays, str(path))
-        self.state = state._replace(opt_state=opt_state, step=jnp.asarray(int(saved["optimizer"]["step"]), jnp.int32))
-        self.epoch = int(saved["epoch"])
-        self.history.load_state_dict(saved["history"])
-        load_callback_states(self.callbacks, saved["callbacks"], path)
-        self._pending_sampler_state = saved["sampler"]
+        self.state = self._initial_state()
 
     def _optimizer_arrays(self) -> dict[str, np.ndarray]:
         arrays = {}
@@ -231,15 +156,9 @@ class Trainer:
                 arrays[f"{slot}/{name}"] = value
         return arrays
 
-    def _optimizer_state(self, fresh: optax.OptState, saved: dict, arrays: dict, source: str) -> optax.OptState:
-        """``fresh`` (from ``optimizer.init``) with the saved slots and step count put in."""
-        if saved["name"] != self.optimizer_config.name:
-            raise ValueError(f"{source} was written with optimizer {saved['name']!r}, this trainer uses {self.optimizer_config.name!r}")
-        slots = optimizer_arrays_to_slots(arrays)
-        names = list(weights.to_numpy(self.model))
-        check_optimizer_state(saved["name"], slots, names, source)
-        trees = {slot: self._params_tree(values, f"{source} slot {slot}") for slot, values in slots.items()}
-        step = int(saved["step"])
+    def _load_optimizer(self, slots: dict[str, dict[str, np.ndarray]], step: int) -> None:
+        """Puts the saved slots and step count into a fresh ``optimizer.init`` state."""
+        trees = {slot: self._params_tree(values, f"optimizer slot {slot}") for slot, values in slots.items()}
 
         def restore(node: Any) -> Any:
             updates = {}
@@ -251,7 +170,8 @@ class Trainer:
                 updates["count"] = jnp.array(step, jnp.int32)  # a buffer of its own: the state is donated
             return node._replace(**updates) if updates else node
 
-        return _map_states(fresh, restore)
+        opt_state = _map_states(self.optimizer.init(self.state.params), restore)
+        self.state = self.state._replace(opt_state=opt_state, step=jnp.array(step, jnp.int32))
 
     def _params_tree(self, arrays: dict[str, np.ndarray], source: str) -> nnx.State:
         """Canonical arrays shaped like the parameters, as an ``nnx.State`` like ``state.params``."""
@@ -259,13 +179,6 @@ class Trainer:
         scratch = fn.merge(_device_copy(params, None), rest)  # a copy of the model, written into
         weights.from_numpy(scratch, arrays, source=source)
         return _device_copy(nnx.state(scratch, nnx.Param), self.device)
-
-    def _restore_sampler(self, loader: Iterable) -> None:
-        if self._pending_sampler_state is not None:
-            sampler = find_sampler(loader)
-            if sampler is not None:
-                sampler.load_state_dict(self._pending_sampler_state)
-            self._pending_sampler_state = None
 
 
 def train(

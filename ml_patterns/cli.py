@@ -131,10 +131,42 @@ def _run_bench(args: argparse.Namespace) -> int:
     return run_benchmarks(args)
 
 
+def _add_parity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="a prepared dataset (its val split is used)")
+    parser.add_argument("--config", type=Path, help="JSON object of ModelConfig fields overriding the dataset's defaults "
+                        "(with \"architecture\": check that model only)")
+    parser.add_argument("--batch-size", type=int, default=16, help="molecules in the compared batch (default: 16)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the batch and its token masks")
+
+
+def _run_parity(args: argparse.Namespace) -> int:
+    from bench.parity_report import run
+
+    return run(args)
+
+
+def _add_compare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="prepared dataset (the default one is prepared if missing)")
+    parser.add_argument("--model", choices=("multitask", "autoencoder"), default="multitask")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-train-molecules", type=int, default=0, help="use only the first N training molecules (0: all)")
+    parser.add_argument("--device", choices=("auto", "cpu"), default="auto", help="auto: a CUDA GPU when present")
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"), help="where report.md, results.json and the plots go")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from bench.compare import run_compare
+
+    return run_compare(args)
+
+
 SUBCOMMANDS = {
+    "compare": (_add_compare, _run_compare, "train one model in PyTorch and in JAX from the same start: parity, metrics, speed"),
     "prepare": (_add_prepare, _run_prepare, "build the lazy on-disk dataset (default: RDKit's NCI set)"),
     "info": (_add_info, _run_info, "print a prepared dataset's manifest"),
     "bench": (_add_bench, _run_bench, "run the benchmarks in bench/"),
+    "parity": (_add_parity, _run_parity, "compare the molecule models across torch and JAX: outputs, losses, gradients"),
 }
 
 
@@ -152,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     _, run, _ = SUBCOMMANDS[args.command]
     try:
         return run(args)
-    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError, RuntimeError) as error:
         # Bad input: one clear line, no traceback.
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"ml-patterns {args.command}: error: {message}", file=sys.stderr)

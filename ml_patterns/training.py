@@ -22,17 +22,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ml_patterns.batches import prepare_batch
+from ml_patterns.callbacks import Callback
 from ml_patterns.config import ModelConfig
 from ml_patterns.data import BatchSampler
+from ml_patterns.history import History
 from ml_patterns.io import atomic_write_bytes, atomic_write_text, staged_directory
 from ml_patterns.loader import batch_rng
+from ml_patterns.optim import OptimizerConfig
 
 FORMAT = "ml-patterns-training-checkpoint/1"
 MODEL_FILE = "model.safetensors"
@@ -170,3 +174,168 @@ def load_training_checkpoint(path: str | os.PathLike) -> tuple[Path, dict[str, n
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{path / OPTIMIZER_FILE} is corrupt: {error}") from None
     return path / MODEL_FILE, optimizer_arrays, state
+
+
+class TrainerBase:
+    """The training loop, its hooks and its checkpoints, written once; a backend adds the arithmetic.
+
+    The contract users see is documented on ``torch_impl.training``. A backend's ``Trainer``
+    implements the methods below that raise ``NotImplementedError``: how a prepared batch reaches
+    the device, one optimizer step, one evaluation step, and how its weights and optimizer state
+    convert to and from the canonical arrays of a checkpoint.
+    """
+
+    backend: str
+
+    def __init__(self, model: Any, optimizer: OptimizerConfig, callbacks: Sequence[Callback]):
+        self.model = model
+        self.optimizer_config = optimizer
+        self.callbacks = list(callbacks)
+        self.history = History()
+        self.epoch = 0  # the next epoch to run
+        self.should_stop = False
+        self.stop_reason: str | None = None
+        self.batches_per_epoch: int | None = None
+        # Per epoch run by this trainer: {"epoch", "train_s", "val_s"} (each ends on a host sync).
+        self.epoch_times: list[dict[str, float]] = []
+        self._prepare = BatchPreparer(getattr(model, "config", None))
+        self._train_loader: Any = None
+        self._pending_sampler_state: dict | None = None
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, num_epochs: int = 1) -> History:
+        self._train_loader = train_loader
+        if self._pending_sampler_state is not None:
+            sampler = find_sampler(train_loader)
+            if sampler is not None:
+                sampler.load_state_dict(self._pending_sampler_state)
+            self._pending_sampler_state = None
+        self.batches_per_epoch = len(train_loader) if hasattr(train_loader, "__len__") else None
+        self.should_stop = False
+        for callback in self.callbacks:
+            callback.on_train_start(self)
+        while self.epoch < num_epochs and not self.should_stop:
+            epoch = self.epoch
+            for callback in self.callbacks:
+                callback.on_epoch_start(self, epoch)
+            start = time.perf_counter()
+            logs = {"train_loss": self._train_epoch(train_loader, epoch)}
+            trained = time.perf_counter()
+            if val_loader is not None:
+                logs["val_loss"] = self.evaluate(val_loader)
+            self.epoch_times.append({"epoch": epoch, "train_s": trained - start, "val_s": time.perf_counter() - trained})
+            self.history.append(epoch, logs)
+            self.epoch += 1  # before the callbacks: a checkpoint written now resumes at the next epoch
+            self._after_epoch()
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, epoch, logs)
+        for callback in self.callbacks:
+            callback.on_train_end(self)
+        return self.history
+
+    def _train_epoch(self, loader: Iterable, epoch: int) -> float:
+        self._set_mode(train=True)
+        total, count = 0.0, 0
+        for index, collated in enumerate(loader):
+            batch = self._to_batch(self._prepare(collated, epoch, index, train=True))
+            loss = self._train_step(batch)
+            n = batch_size_of(batch)
+            total = total + loss * n  # stays on the device: no host sync inside the epoch
+            count += n
+            if self.callbacks:
+                logs = {"loss": loss, "batch_size": n}
+                for callback in self.callbacks:
+                    callback.on_batch_end(self, index, logs)
+        return epoch_mean(total, count)
+
+    def evaluate(self, loader: Iterable) -> float:
+        """The loss over ``loader``, weighted per molecule, dropout off."""
+        self._set_mode(train=False)
+        total, count = 0.0, 0
+        for index, collated in enumerate(loader):
+            batch = self._to_batch(self._prepare(collated, 0, index, train=False))
+            n = batch_size_of(batch)
+            total = total + self._eval_step(batch) * n
+            count += n
+        return epoch_mean(total, count)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, path: str | os.PathLike) -> None:
+        """Writes the full training checkpoint (see this module's docstring) atomically."""
+        sampler = find_sampler(self._train_loader)
+        save_training_checkpoint(
+            path,
+            write_model=self._write_model,
+            optimizer_arrays=self._optimizer_arrays(),
+            state={
+                "backend": self.backend,
+                "epoch": self.epoch,
+                "optimizer": {"name": self.optimizer_config.name, "step": self.optimizer_step},
+                "sampler": sampler.state_dict() if sampler is not None else None,
+                "callbacks": [callback.state_dict() for callback in self.callbacks],
+                "history": self.history.state_dict(),
+                **self._backend_state(),
+            },
+        )
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restores model, optimizer, schedule, epoch, history, callbacks and (at the next ``fit``)
+        the sampler from a checkpoint written by either backend."""
+        model_file, optimizer_arrays, saved = load_training_checkpoint(path)
+        name = saved["optimizer"]["name"]
+        if name != self.optimizer_config.name:
+            raise ValueError(f"{path} was written with optimizer {name!r}, this trainer uses {self.optimizer_config.name!r}")
+        slots = optimizer_arrays_to_slots(optimizer_arrays)
+        check_optimizer_state(name, slots, self._parameter_names(), str(path))
+        self._load_weights(model_file)
+        self._load_optimizer(slots, int(saved["optimizer"]["step"]))
+        self.epoch = int(saved["epoch"])
+        self.history.load_state_dict(saved["history"])
+        load_callback_states(self.callbacks, saved["callbacks"], path)
+        self._pending_sampler_state = saved["sampler"]
+        self._load_backend_state(saved)
+
+    # -- what a backend provides ------------------------------------------------------------
+    def _set_mode(self, train: bool) -> None:
+        """Called before a training epoch (True) and before an evaluation (False)."""
+
+    def _after_epoch(self) -> None:
+        """Called after each epoch, before the callbacks see it."""
+
+    def _to_batch(self, prepared: dict) -> Any:
+        raise NotImplementedError
+
+    def _train_step(self, batch: Any) -> Any:
+        """One optimizer step; returns the batch's mean loss as a device scalar (no host sync)."""
+        raise NotImplementedError
+
+    def _eval_step(self, batch: Any) -> Any:
+        raise NotImplementedError
+
+    @property
+    def optimizer_step(self) -> int:
+        raise NotImplementedError
+
+    def _parameter_names(self) -> list[str]:
+        """Canonical names of the trainable parameters."""
+        raise NotImplementedError
+
+    def _write_model(self, path: Path) -> None:
+        raise NotImplementedError
+
+    def _load_weights(self, model_file: Path) -> None:
+        raise NotImplementedError
+
+    def _optimizer_arrays(self) -> dict[str, np.ndarray]:
+        """``{"<slot>/<parameter name>": array}`` for the slots of ``OPTIMIZER_SLOTS``."""
+        raise NotImplementedError
+
+    def _load_optimizer(self, slots: dict[str, dict[str, np.ndarray]], step: int) -> None:
+        raise NotImplementedError
+
+    def _backend_state(self) -> dict:
+        """Extra JSON entries of this backend's checkpoints."""
+        return {}
+
+    def _load_backend_state(self, saved: dict) -> None:
+        """Reads back ``_backend_state``'s entries (from a checkpoint of either backend)."""
