@@ -161,7 +161,12 @@ class Embeddings(nnx.Module):
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         check_length(ids.shape[1], self.positions.num_embeddings)
-        return self.dropout(self.tokens(ids) + self.positions(jnp.arange(ids.shape[1]))[None])
+        # Indexing the tables, not calling nnx.Embed: Embed fixes its output dtype when built
+        # (``dtype or embedding.dtype``), so parameters cast to bfloat16 later would still embed in
+        # float32. Indexing follows the parameters' dtype, as torch's embedding does.
+        tokens = jnp.take(self.tokens.embedding[...], ids, axis=0)
+        positions = self.positions.embedding[...][: ids.shape[1]]
+        return self.dropout(tokens + positions[None])
 
 
 class SmilesEncoder(nnx.Module):
@@ -238,12 +243,28 @@ class MaskedTokenHead(nnx.Module):
         return masked_cross_entropy(logits, batch["mlm_targets"], batch["mlm_mask"])
 
 
-def build_model(config: ModelConfig, *, rngs: nnx.Rngs | None = None) -> BaseModel:
-    """The molecule model of ``config.architecture``; ``rngs`` default to streams derived from
-    ``config.seed`` (parameters and dropout from distinct keys)."""
-    if rngs is None:
-        params_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-        rngs = nnx.Rngs(params=params_key, dropout=dropout_key)
+def build_model(
+    config: ModelConfig, *, weights: Mapping[str, np.ndarray] | None = None, rngs: nnx.Rngs | None = None
+) -> BaseModel:
+    """The molecule model of ``config.architecture`` (see ``torch_impl.models.build_model``).
+
+    ``rngs`` default to streams derived from ``config.seed`` (parameters and dropout from distinct
+    keys). With ``weights`` (canonical arrays, e.g. ``torch_impl.state.to_numpy`` of a torch model)
+    the structure is built abstractly (``nnx.eval_shape``) and filled with them: no random
+    initialization is computed only to be overwritten.
+    """
+    params_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+    if weights is None:
+        return _build(config, nnx.Rngs(params=params_key, dropout=dropout_key) if rngs is None else rngs)
+    # The Rngs inside are placeholders of the abstract trace: parameters come from ``weights``, and
+    # the dropout streams, still abstract afterwards, get real keys from reseed.
+    model = nnx.eval_shape(lambda: _build(config, nnx.Rngs(params=0, dropout=0)))
+    state.from_numpy(model, weights)
+    nnx.reseed(model, dropout=dropout_key if rngs is None else rngs.dropout())
+    return model
+
+
+def _build(config: ModelConfig, rngs: nnx.Rngs) -> BaseModel:
     if config.architecture == "autoencoder":
         return EncoderDecoder(SmilesEncoder(config, rngs=rngs), SmilesDecoder(config, rngs=rngs), config=config)
     heads = {task: RegressionHead(config, task, rngs=rngs) for task in config.tasks}
@@ -254,9 +275,7 @@ def build_model(config: ModelConfig, *, rngs: nnx.Rngs | None = None) -> BaseMod
 
 def load_model(path: str | os.PathLike) -> BaseModel:
     arrays, metadata = checkpoint.load_checkpoint(path)
-    model = build_model(checkpoint.config_from_metadata(metadata, path))
-    state.from_numpy(model, arrays, source=str(path))
-    return model
+    return build_model(checkpoint.config_from_metadata(metadata, path), weights=arrays)
 
 
 def as_batch(batch: Mapping) -> dict:

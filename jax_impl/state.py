@@ -79,13 +79,14 @@ def from_numpy(model: nnx.Module, arrays: Mapping[str, np.ndarray], *, source: s
     layout = canonical_layout(model)
     expected = {}
     for path, (name, transposed) in layout.items():
-        shape = tuple(nodes[path][...].shape)
+        # get_value(), not [...]: the model may be abstract (nnx.eval_shape), holding ShapeDtypeStructs.
+        shape = tuple(nodes[path].get_value().shape)
         expected[name] = shape[::-1] if transposed else shape
     check_arrays(expected, arrays, source=source)
     for path, (name, transposed) in layout.items():
         variable = nodes[path]
         array = canonical_array(arrays[name])
-        variable[...] = jnp.asarray(array.T if transposed else array, dtype=variable[...].dtype)
+        variable.set_value(jnp.asarray(array.T if transposed else array, dtype=variable.get_value().dtype))
 
 
 def tree_to_numpy(tree: Mapping) -> dict:

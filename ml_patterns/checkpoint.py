@@ -49,7 +49,8 @@ class WeightMismatchError(ValueError):
     """Canonical arrays do not fit a model: lists every missing, unexpected and wrongly shaped key."""
 
     def __init__(self, missing: list[str], unexpected: list[str], mismatched: list[str], source: str):
-        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+        self.missing, self.unexpected, self.mismatched = sorted(missing), sorted(unexpected), sorted(mismatched)
+        missing, unexpected, mismatched = self.missing, self.unexpected, self.mismatched
         parts = []
         if missing:
             parts.append(f"missing {len(missing)}: {', '.join(missing)}")

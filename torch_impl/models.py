@@ -301,9 +301,10 @@ class MaskedTokenHead(nn.Module):
         return masked_cross_entropy(logits, batch["mlm_targets"], batch["mlm_mask"])
 
 
-def build_model(config: ModelConfig) -> BaseModel:
+def build_model(config: ModelConfig, *, weights: Mapping[str, np.ndarray] | None = None) -> BaseModel:
     """The molecule model of ``config.architecture``, initialized by ``init_weights`` from
-    ``config.seed`` (torch's global RNG is left as it was)."""
+    ``config.seed`` (torch's global RNG is left as it was), then given ``weights`` (canonical
+    arrays, e.g. ``jax_impl.state.to_numpy`` of a JAX model) if passed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         if config.architecture == "autoencoder":
@@ -314,15 +315,15 @@ def build_model(config: ModelConfig) -> BaseModel:
                 heads[MLM_TASK] = MaskedTokenHead(config, loss_weight=config.mlm_weight)
             model = MultiTaskModel(SmilesEncoder(config), heads, config=config)
         model.apply(init_weights)
+    if weights is not None:
+        state.from_numpy(model, weights)
     return model
 
 
 def load_model(path: str | os.PathLike) -> BaseModel:
     """Rebuilds the model a checkpoint (from either backend) was saved from, with its weights."""
     arrays, metadata = checkpoint.load_checkpoint(path)
-    model = build_model(checkpoint.config_from_metadata(metadata, path))
-    state.from_numpy(model, arrays, source=str(path))
-    return model
+    return build_model(checkpoint.config_from_metadata(metadata, path), weights=arrays)
 
 
 def as_batch(batch: Mapping, device: torch.device | str | None = None) -> dict:
