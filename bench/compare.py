@@ -221,6 +221,7 @@ def _plots(report: dict, out: Path) -> None:
         for backend, marker in (("torch", "o"), ("jax", "x")):
             values = [row[key][backend] for row in report["parity"]["epochs"]]
             ax.plot(epochs, values, style, marker=marker, label=f"{LABELS[backend]} {key}")
+    ax.set_xticks(epochs)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.set_title("Training histories (the curves should overlap)")
