@@ -136,7 +136,11 @@ class ModelConfig:
 
     @classmethod
     def from_manifest(cls, manifest: dict, **overrides) -> ModelConfig:
-        """The config for a prepared dataset (``ml_patterns.prepare``'s manifest), then ``overrides``."""
+        """The config for a prepared dataset (``ml_patterns.prepare``'s manifest), then ``overrides``.
+
+        ``max_len`` stays the default (or the override): collate with ``max_length=config.max_len``
+        so that a longer molecule is cut rather than refused.
+        """
         targets = manifest["targets"]
         fields = {
             "vocab_size": manifest["vocab_size"],
