@@ -71,6 +71,19 @@ class Timing:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_samples(cls, samples: list[float], number: int = 1) -> Timing:
+        """The summary of per-call ``samples`` (seconds), each the mean of ``number`` calls."""
+        quartiles = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
+        return cls(
+            median_s=statistics.median(samples),
+            min_s=min(samples),
+            max_s=max(samples),
+            iqr_s=quartiles[2] - quartiles[0],
+            repeats=len(samples),
+            number=number,
+        )
+
 
 def time_call(
     fn: Callable[[], object],
@@ -98,15 +111,7 @@ def time_call(
         if sync is not None:
             sync()
         samples.append((time.perf_counter() - start) / number)
-    quartiles = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
-    return Timing(
-        median_s=statistics.median(samples),
-        min_s=min(samples),
-        max_s=max(samples),
-        iqr_s=quartiles[2] - quartiles[0],
-        repeats=repeats,
-        number=number,
-    )
+    return Timing.from_samples(samples, number)
 
 
 def plan_repeats(call_s: float, quick: bool) -> tuple[int, int]:
@@ -120,6 +125,43 @@ def plan_repeats(call_s: float, quick: bool) -> tuple[int, int]:
     if quick:
         return number, 5
     return number, min(50, max(7, math.ceil(2.0 / (call_s * number))))
+
+
+# Train steps run before timing: the first compiles (torch.compile) and creates the optimizer's
+# state (torch); torch.compile may recompile on the second. Their losses are kept as the check
+# that the contenders ran the same arithmetic.
+WARMUP_STEPS = 3
+
+
+def measure_steps(
+    step: Callable[[], object], sync: Callable[[], object], quick: bool
+) -> tuple[list[float], list[float], Timing]:
+    """``(warm-up losses, warm-up seconds, timing)`` of a train step returning its loss.
+
+    ``WARMUP_STEPS`` steps first, each synchronized and timed alone, then the timed steps back to
+    back (``plan_repeats`` from the last warm-up step's time, ``sync`` once per sample).
+    """
+    losses, warmup_s = [], []
+    for _ in range(WARMUP_STEPS):
+        start = time.perf_counter()
+        losses.append(step())
+        sync()
+        warmup_s.append(time.perf_counter() - start)
+    number, repeats = plan_repeats(warmup_s[-1], quick)
+    timing = time_call(step, repeats=repeats, warmup=0, number=number, sync=sync)
+    return [float(loss) for loss in losses], warmup_s, timing
+
+
+def warmup_excess_s(warmup_s: list[float], timing: Timing) -> float:
+    """The warm-up steps' time beyond as many timed steps: ``torch.compile``'s compile time, which
+    happens inside its first calls."""
+    return max(0.0, sum(warmup_s) - len(warmup_s) * timing.median_s)
+
+
+def failure_reason(what: str, error: BaseException) -> str:
+    """A skipped row's reason for a contender that raised: ``"<what> failed: Type: first line"``."""
+    first_line = next(iter(str(error).strip().splitlines()), "")
+    return f"{what} failed: {type(error).__name__}: {first_line}"
 
 
 def result_row(

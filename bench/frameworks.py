@@ -44,6 +44,29 @@ def torch_sync(device: torch.device) -> Callable[[], None] | None:
     return torch.cuda.synchronize if device.type == "cuda" else None
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Starts ``torch_peak_memory``'s count afresh (CUDA only: torch keeps no CPU statistics)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def torch_peak_memory(device: torch.device) -> dict:
+    """``{"bytes", "how"}``: the most torch allocated on ``device`` since ``reset_peak_memory``."""
+    if device.type == "cuda":
+        return {"bytes": torch.cuda.max_memory_allocated(device), "how": "torch.cuda.max_memory_allocated"}
+    return {"bytes": None, "how": "n/a: torch keeps no CPU allocator statistics"}
+
+
+def jax_step_memory(compiled: jax.stages.Compiled) -> dict:
+    """``{"bytes", "how"}``: what a compiled step with donated arguments holds while it runs."""
+    analysis = compiled.memory_analysis()
+    return {
+        "bytes": analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+        - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes,
+        "how": "XLA memory analysis of the compiled step: arguments + outputs - donated + temporaries",
+    }
+
+
 def release_memory() -> None:
     """Frees what the last contender left on the GPU, so the next one starts from the same point."""
     gc.collect()

@@ -24,13 +24,10 @@ from flax import nnx
 from torch import nn
 
 from bench import frameworks
-from bench.common import BenchContext, Timing, plan_repeats, result_row, skipped_row, time_call
+from bench.common import BenchContext, Timing, failure_reason, measure_steps, result_row, skipped_row, warmup_excess_s
 
 BENCHMARK = "mlp_train_step"
 LEARNING_RATE = 1e-3
-# Steps run before timing: the first compiles (torch.compile) and creates Adam's state (torch);
-# torch.compile may recompile on the second. Their losses are kept as the equivalence check.
-WARMUP_STEPS = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +101,7 @@ def torch_compiled(problem: Problem, device: str, quick: bool, backend: str = "i
     try:
         return _torch(problem, device, quick, compile_backend=backend)
     except Exception as error:  # reported as the skip reason, not swallowed
-        first_line = next(iter(str(error).strip().splitlines()), "")
-        return skipped_row(BENCHMARK, problem.size.describe(), "torch.compile", device,
-                           f"torch.compile failed: {type(error).__name__}: {first_line}")
+        return skipped_row(BENCHMARK, problem.size.describe(), "torch.compile", device, failure_reason("torch.compile", error))
 
 
 def _torch(problem: Problem, device: str, quick: bool, compile_backend: str | None) -> dict:
@@ -114,8 +109,7 @@ def _torch(problem: Problem, device: str, quick: bool, compile_backend: str | No
     dev = frameworks.torch_device(device)
     if dev is None:
         return skipped_row(BENCHMARK, problem.size.describe(), contender, device, f"torch has no {device} device here")
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
+    frameworks.reset_peak_memory(dev)
     layers = []
     for kernel, bias in zip(problem.kernels, problem.biases):
         linear = nn.Linear(*kernel.shape)
@@ -136,17 +130,13 @@ def _torch(problem: Problem, device: str, quick: bool, compile_backend: str | No
 
     sync = frameworks.torch_sync(dev) or (lambda: None)
     if compile_backend is None:
-        losses, warmup_s, timing = _measure(train_step, sync, quick)
+        losses, _, timing = measure_steps(train_step, sync, quick)
         compile_s = None
     else:
         with frameworks.cold_torch_compile():
-            losses, warmup_s, timing = _measure(torch.compile(train_step, backend=compile_backend), sync, quick)
-        compile_s = max(0.0, sum(warmup_s) - len(warmup_s) * timing.median_s)
-    if dev.type == "cuda":
-        memory = {"bytes": torch.cuda.max_memory_allocated(dev), "how": "torch.cuda.max_memory_allocated"}
-    else:
-        memory = {"bytes": None, "how": "n/a: torch keeps no CPU allocator statistics"}
-    return _row(problem, contender, device, timing, compile_s, memory, losses)
+            losses, warmup_s, timing = measure_steps(torch.compile(train_step, backend=compile_backend), sync, quick)
+        compile_s = warmup_excess_s(warmup_s, timing)
+    return _row(problem, contender, device, timing, compile_s, frameworks.torch_peak_memory(dev), losses)
 
 
 def jax_jit(problem: Problem, device: str, quick: bool) -> dict:
@@ -180,14 +170,8 @@ def jax_jit(problem: Problem, device: str, quick: bool) -> dict:
         holder[0], loss = compiled(holder[0], x, y)
         return loss
 
-    losses, _, timing = _measure(step, lambda: jax.block_until_ready(holder[0]), quick)
-    analysis = compiled.memory_analysis()
-    memory = {
-        "bytes": analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-        - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes,
-        "how": "XLA memory analysis of the compiled step: arguments + outputs - donated + temporaries",
-    }
-    return _row(problem, "jax.jit", device, timing, compile_s, memory, losses)
+    losses, _, timing = measure_steps(step, lambda: jax.block_until_ready(holder[0]), quick)
+    return _row(problem, "jax.jit", device, timing, compile_s, frameworks.jax_step_memory(compiled), losses)
 
 
 class _NnxMLP(nnx.Module):
@@ -209,19 +193,6 @@ CONTENDERS: dict[str, Callable[[Problem, str, bool], dict]] = {
     "torch.compile": torch_compiled,
     "jax.jit": jax_jit,
 }
-
-
-def _measure(step: Callable[[], object], sync: Callable[[], object], quick: bool) -> tuple[list[float], list[float], Timing]:
-    """Warm-up steps (their losses and times), then the timed steps, back to back."""
-    losses, warmup_s = [], []
-    for _ in range(WARMUP_STEPS):
-        start = time.perf_counter()
-        losses.append(step())
-        sync()
-        warmup_s.append(time.perf_counter() - start)
-    number, repeats = plan_repeats(warmup_s[-1], quick)
-    timing = time_call(step, repeats=repeats, warmup=0, number=number, sync=sync)
-    return [float(loss) for loss in losses], warmup_s, timing
 
 
 def _row(problem: Problem, contender: str, device: str, timing: Timing, compile_s, memory: dict, losses: list[float]) -> dict:

@@ -39,6 +39,7 @@ class Workload:
 BENCHMARKS: dict[str, Workload] = {
     "data": Workload("bench.data_loading"),
     "mlp": Workload("bench.mlp"),
+    "training": Workload("bench.training"),
 }
 
 REQUIRED = ("benchmark", "workload", "contender", "device")

@@ -1,0 +1,114 @@
+"""bench.training: the rows it reports, the FLOP count, the interleaving (structure only: no speed assertions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import torch_impl.models
+from bench import frameworks, training
+from bench.common import QUICK_CONTENDERS, BenchContext
+from ml_patterns.prepare import read_manifest
+
+TINY = training.StepSize("tiny", d_model=16, n_layers=1, n_heads=2, batch=8, length=16)
+# Three AdamW steps from copied weights: PARITY.md's training-history tolerance (CPU).
+LOSS_RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def quick_rows(default_dataset):
+    root, _ = default_dataset
+    ctx = BenchContext(data_dir=root, quick=True, devices=("cpu",), threads=1, precision="float32",
+                       contenders=QUICK_CONTENDERS)
+    with pytest.MonkeyPatch.context() as patch, frameworks.configured(1, "float32"):
+        patch.setitem(training.SIZES, "cpu", (TINY, TINY))
+        return training.run(ctx)
+
+
+def by(rows, benchmark):
+    return {(row["workload"], row["contender"]): row for row in rows if row["benchmark"] == benchmark}
+
+
+def test_train_step_rows_count_flops_and_agree_across_contenders(quick_rows, default_dataset):
+    steps = by(quick_rows, training.STEP)
+    assert set(steps) == {(TINY.describe(), contender) for contender in QUICK_CONTENDERS}  # quick: one size
+    config = TINY.config(read_manifest(default_dataset[0]))
+    for row in steps.values():
+        assert "skipped" not in row, row
+        assert row["device"] == "cpu" and row["timing"]["median_s"] > 0 and row["timing"]["repeats"] == 5
+        assert row["flops_per_call"] == training.train_step_flops(config, TINY.batch, TINY.length) > 0
+        assert row["steps_per_s"] == pytest.approx(1 / row["timing"]["median_s"])
+        assert row["throughput"] == {"value": pytest.approx(TINY.batch / row["timing"]["median_s"]), "unit": "samples/s"}
+        assert len(row["warmup_losses"]) == 3 and all(np.isfinite(row["warmup_losses"]))
+    eager, jitted = steps[TINY.describe(), "torch eager"], steps[TINY.describe(), "jax.jit"]
+    assert eager["compile_s"] is None and jitted["compile_s"] > 0 and jitted["peak_memory"]["bytes"] > 0
+    np.testing.assert_allclose(jitted["warmup_losses"], eager["warmup_losses"], rtol=LOSS_RTOL)
+    assert eager["warmup_losses"][2] < eager["warmup_losses"][0]  # the steps train
+
+
+def test_overhead_rows_compare_each_loop_with_the_bare_loop(quick_rows):
+    overhead = [row for row in quick_rows if row["benchmark"] == training.OVERHEAD]
+    jax_compile_s = by(quick_rows, training.STEP)[TINY.describe(), "jax.jit"]["compile_s"]
+    molecules = training.QUICK_OVERHEAD_BATCHES * TINY.batch
+    assert len(overhead) == len(training.VARIANTS) * len(QUICK_CONTENDERS)
+    for contender in QUICK_CONTENDERS:
+        rows = {row["workload"].split(":")[0]: row for row in overhead if row["contender"] == contender}
+        assert set(rows) == set(training.VARIANTS)
+        for variant, row in rows.items():
+            assert "skipped" not in row, row
+            assert row["timing"]["repeats"] == training.QUICK_ROUNDS and row["timing"]["median_s"] > 0
+            assert row["throughput"]["value"] == pytest.approx(molecules / row["timing"]["median_s"])
+            assert row["compile_s"] == (jax_compile_s if contender == "jax.jit" else None)
+            assert f"{training.QUICK_OVERHEAD_BATCHES} pre-collated batches" in row["detail"]
+            assert np.isfinite(row.get("overhead_pct", 0.0)) and np.isfinite(row.get("preparation_pct", 0.0))
+        for variant in (training.FIT, training.FIT_CALLBACKS):
+            assert {"overhead_pct", "overhead_pct_of_minima"} <= set(rows[variant])
+        assert "preparation_pct" in rows[training.STEPS_ONLY]
+        assert not {"overhead_pct", "preparation_pct"} & set(rows[training.BARE])
+
+
+def test_overhead_stats_pair_each_round_with_the_bare_loop():
+    samples = {
+        training.BARE: [1.0, 2.0, 4.0],
+        training.STEPS_ONLY: [0.9, 1.9, 3.0],  # per round 0.9, 0.95, 0.75 of the bare loop
+        training.FIT: [1.2, 2.04, 4.2],  # per round 1.2, 1.02, 1.05; fastest 1.2 against 1.0
+        training.FIT_CALLBACKS: [1.0, 2.0, 4.0],
+    }
+    stats = training.overhead_stats(samples)
+    assert stats[training.BARE] == {}
+    assert stats[training.STEPS_ONLY] == {"preparation_pct": pytest.approx(10.0)}
+    assert stats[training.FIT] == {"overhead_pct": pytest.approx(5.0), "overhead_pct_of_minima": pytest.approx(20.0)}
+    assert stats[training.FIT_CALLBACKS] == {"overhead_pct": 0.0, "overhead_pct_of_minima": 0.0}
+
+
+def test_flop_count_matches_torch_flop_counter(default_dataset):
+    # An independent count: torch's FlopCounterMode sees every mm/bmm of forward and backward.
+    problem = training.make_problem(default_dataset[0], read_manifest(default_dataset[0]), TINY)
+    model = torch_impl.models.build_model(problem.config, weights=problem.weights)
+    with FlopCounterMode(display=False) as counter:
+        model.compute_loss(torch_impl.models.as_batch(problem.batch)).backward()
+    assert training.train_step_flops(problem.config, TINY.batch, TINY.length) == counter.get_total_flops()
+
+
+def test_interleaved_warms_up_then_rotates_the_order():
+    calls = []
+    variants = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    samples = training.interleaved(variants, rounds=4)
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab") + list("abc")
+    assert {name: len(seconds) for name, seconds in samples.items()} == {"a": 4, "b": 4, "c": 4}
+
+
+def test_a_failing_torch_compile_is_skipped_with_its_reason(default_dataset):
+    problem = training.make_problem(default_dataset[0], read_manifest(default_dataset[0]), TINY)
+    with frameworks.configured(1, "float32"):
+        row = training.torch_compiled(problem, "cpu", quick=True, backend="no_such_backend")
+    assert row["contender"] == "torch.compile" and "no_such_backend" in row["skipped"]
+
+
+def test_a_split_smaller_than_the_batch_is_refused(default_dataset):
+    root, manifest = default_dataset
+    huge = training.StepSize("huge", 16, 1, 2, batch=manifest["splits"]["train"] + 1, length=16)
+    with pytest.raises(ValueError, match="fewer than the batch"):
+        training.make_problem(root, manifest, huge)
