@@ -39,15 +39,24 @@ class Workload:
 BENCHMARKS: dict[str, Workload] = {
     "data": Workload("bench.data_loading"),
     "mlp": Workload("bench.mlp"),
+    "collate": Workload("bench.collate", takes_context=False),
+    "losses": Workload("bench.losses", takes_context=False),
+    "compilations": Workload("bench.compilations", takes_context=False),
     "training": Workload("bench.training"),
+    "models": Workload("bench.models"),
 }
+
+# What --quick runs when --only does not say: each at its smallest, the whole under 2 minutes on
+# 2 cores. Left out: compilations (an epoch per padding strategy) and models (a compilation per
+# model and size); `--quick --only NAME` still runs them small.
+QUICK_BENCHMARKS = ("data", "mlp", "collate", "losses", "training")
 
 REQUIRED = ("benchmark", "workload", "contender", "device")
 OPTIONAL = ("flops_per_call", "compile_s", "peak_memory", "detail")
 
 
 def run_benchmarks(args: argparse.Namespace) -> int:
-    selected = list(dict.fromkeys(args.only or BENCHMARKS))
+    selected = list(dict.fromkeys(args.only or (QUICK_BENCHMARKS if args.quick else BENCHMARKS)))
     unknown = sorted(set(selected) - set(BENCHMARKS))
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")

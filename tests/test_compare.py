@@ -34,7 +34,8 @@ def fake_result(train_losses, val_losses):
     return {
         "history": {"epoch": epochs, "train_loss": train_losses, "val_loss": val_losses},
         "epoch_times": [{"epoch": e, "train_s": 2.0 if e == 0 else 1.0, "val_s": 0.5} for e in epochs],
-        "steps_per_epoch": 10, "samples_per_epoch": 640, "compilations": None,
+        "steps_per_epoch": 10, "samples_per_epoch": 640, "compilations": None, "max_length": 128,
+        "truncated": {"train": 0, "val": 0, "test": 0},
         "test_metrics": {"MAE TPSA": 1.0}, "device": {"kind": "cpu", "name": "CPU"}, "versions": {}, "threads": 2,
         "precision": "float32", "peak_memory_bytes": 1, "peak_memory_kind": "process peak RSS",
     }
