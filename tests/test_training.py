@@ -194,3 +194,12 @@ def test_a_run_killed_during_a_checkpoint_save_loses_nothing(backend, data, defa
     history = resumed.fit(*loaders(impl, train, val), num_epochs=4)
     reference = make_trainer(impl, manifest).fit(*loaders(impl, train, val), num_epochs=4)
     assert history.as_dict() == reference.as_dict()
+
+
+def test_jax_trainer_compiles_its_step_once_per_shape(data):
+    manifest, train, val = data
+    # An optimizer no other test uses: the compiled steps are shared by trainers alike.
+    trainer = make_trainer(jax_impl, manifest, optimizer=OptimizerConfig("adamw", learning_rate=3e-3, weight_decay=0.02))
+    trainer.fit(*loaders(jax_impl, train, val), num_epochs=2)  # one padded shape (COLLATE)
+    assert trainer.train_step._cache_size() == 1
+    assert trainer.eval_step._cache_size() == 1
