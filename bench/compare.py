@@ -362,8 +362,6 @@ class _Side:
                 "threads": torch.get_num_threads(),
                 "precision": "float32; TF32 off" if self.device == "cuda" else "float32",
             }
-        import jax
-
         kind = "gpu" if self.device.platform == "gpu" else "cpu"
         return {
             "device": {"kind": kind, "name": self.device.device_kind if kind == "gpu" else f"CPU ({os.cpu_count()} cores)"},

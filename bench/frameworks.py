@@ -19,7 +19,7 @@ import jax  # noqa: E402
 import torch  # noqa: E402
 import torch._inductor.utils  # noqa: E402
 
-from bench.common import PRECISION_POLICIES  # noqa: E402
+from bench.common import PRECISION_POLICIES, Timing, measure_steps, warmup_excess_s  # noqa: E402
 
 DEVICES = ("cpu", "gpu")
 
@@ -163,3 +163,16 @@ def cold_torch_compile() -> Iterator[None]:
     fresh = getattr(torch._inductor.utils, "fresh_cache", None) or torch._inductor.utils.fresh_inductor_cache
     with fresh():
         yield
+
+
+def measure_torch_step(step: Callable[[], torch.Tensor], device: torch.device, quick: bool,
+                       compile_backend: str | None) -> tuple[list[float], Timing, float | None]:
+    """``(warm-up losses, timing, compile_s)`` of a torch step, eager (``compile_backend=None``) or
+    ``torch.compile``d from a cold cache, its compile time being the warm-up's excess over steady steps."""
+    sync = torch_sync(device) or (lambda: None)
+    if compile_backend is None:
+        losses, _, timing = measure_steps(step, sync, quick)
+        return losses, timing, None
+    with cold_torch_compile():
+        losses, warmup_s, timing = measure_steps(torch.compile(step, backend=compile_backend), sync, quick)
+    return losses, timing, warmup_excess_s(warmup_s, timing)

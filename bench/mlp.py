@@ -24,7 +24,7 @@ from flax import nnx
 from torch import nn
 
 from bench import frameworks
-from bench.common import BenchContext, Timing, failure_reason, measure_steps, result_row, skipped_row, warmup_excess_s
+from bench.common import BenchContext, Timing, failure_reason, measure_steps, result_row, skipped_row
 
 BENCHMARK = "mlp_train_step"
 LEARNING_RATE = 1e-3
@@ -128,14 +128,7 @@ def _torch(problem: Problem, device: str, quick: bool, compile_backend: str | No
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    sync = frameworks.torch_sync(dev) or (lambda: None)
-    if compile_backend is None:
-        losses, _, timing = measure_steps(train_step, sync, quick)
-        compile_s = None
-    else:
-        with frameworks.cold_torch_compile():
-            losses, warmup_s, timing = measure_steps(torch.compile(train_step, backend=compile_backend), sync, quick)
-        compile_s = warmup_excess_s(warmup_s, timing)
+    losses, timing, compile_s = frameworks.measure_torch_step(train_step, dev, quick, compile_backend)
     return _row(problem, contender, device, timing, compile_s, frameworks.torch_peak_memory(dev), losses)
 
 

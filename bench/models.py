@@ -26,7 +26,7 @@ import jax_impl.models
 import torch_impl.models
 import torch_impl.state
 from bench import frameworks
-from bench.common import BenchContext, Timing, failure_reason, measure_steps, result_row, skipped_row, warmup_excess_s
+from bench.common import BenchContext, Timing, failure_reason, measure_steps, result_row, skipped_row
 from jax_impl.collate import collate_molecules
 from ml_patterns.batches import prepare_batch
 from ml_patterns.config import ARCHITECTURES, ModelConfig
@@ -163,14 +163,7 @@ def _torch(problem: Problem, device: str, quick: bool, compile_backend: str | No
         loss.backward()
         return loss.detach()
 
-    sync = frameworks.torch_sync(dev) or (lambda: None)
-    if compile_backend is None:
-        losses, _, timing = measure_steps(forward_backward, sync, quick)
-        compile_s = None
-    else:
-        with frameworks.cold_torch_compile():
-            losses, warmup_s, timing = measure_steps(torch.compile(forward_backward, backend=compile_backend), sync, quick)
-        compile_s = warmup_excess_s(warmup_s, timing)
+    losses, timing, compile_s = frameworks.measure_torch_step(forward_backward, dev, quick, compile_backend)
     return _row(problem, contender, device, timing, compile_s, frameworks.torch_peak_memory(dev), losses)
 
 

@@ -13,7 +13,6 @@ import dataclasses
 import datetime
 import importlib
 import json
-from pathlib import Path
 
 from bench.common import CONTENDERS, FRAMEWORK, QUICK_CONTENDERS, BenchContext, cpu_count, environment, restrict_cpus
 from ml_patterns.io import atomic_write_text

@@ -59,7 +59,6 @@ from bench.common import (
     measure_steps,
     result_row,
     skipped_row,
-    warmup_excess_s,
 )
 from jax_impl.collate import collate_molecules
 from ml_patterns.callbacks import HistoryLogger, ProgressBar
@@ -245,15 +244,7 @@ def _torch(problem: Problem, device: str, quick: bool, compile_backend: str | No
     trainer = torch_trainer(problem, dev)
     train_step = torch_train_step(trainer.model, trainer.optimizer)
     batch = torch_impl.models.as_batch(problem.batch, dev)
-    sync = frameworks.torch_sync(dev) or (lambda: None)
-    if compile_backend is None:
-        losses, _, timing = measure_steps(lambda: train_step(batch), sync, quick)
-        compile_s = None
-    else:
-        with frameworks.cold_torch_compile():
-            compiled = torch.compile(train_step, backend=compile_backend)
-            losses, warmup_s, timing = measure_steps(lambda: compiled(batch), sync, quick)
-        compile_s = warmup_excess_s(warmup_s, timing)
+    losses, timing, compile_s = frameworks.measure_torch_step(lambda: train_step(batch), dev, quick, compile_backend)
     return _step_row(problem, contender, device, timing, compile_s, frameworks.torch_peak_memory(dev), losses)
 
 

@@ -95,7 +95,7 @@ def format_manifest(manifest: dict, root: Path) -> str:
         f"dataset   {root}",
         f"source    {manifest['source']['name']} ({manifest['source']['path']})",
         f"molecules {counts['molecules']} kept of {counts['rows_read']} rows, {counts['skipped']} skipped",
-        f"splits    " + ", ".join(f"{k} {v}" for k, v in splits.items()) + f" (seed {manifest['config']['seed']})",
+        "splits    " + ", ".join(f"{k} {v}" for k, v in splits.items()) + f" (seed {manifest['config']['seed']})",
         f"vocab     {manifest['vocab_size']} tokens; sequence length min {manifest['sequence_length']['min']}, "
         f"mean {manifest['sequence_length']['mean']:.1f}, max {manifest['sequence_length']['max']} (with BOS/EOS)",
         f"targets   ({manifest['statistics_from']})",
