@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-from ml_patterns.prepare import prepare_dataset
+from ml_patterns.molecules.prepare import prepare_dataset
 
 # CI machines are small and shared: hypothesis' per-example deadline would make timing, not
 # correctness, fail a test.

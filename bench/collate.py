@@ -16,7 +16,8 @@ import torch
 
 from bench.common import time_call
 from jax_impl.collate import collate_molecules as jax_collate
-from ml_patterns.data import BatchSampler, LazyDataset
+from ml_patterns.data import LazyDataset
+from ml_patterns.samplers import BatchSampler
 from torch_impl.collate import collate_molecules as torch_collate
 
 BATCH_SIZE = 256

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import environment
-from ml_patterns.config import MLM_TASK, ModelConfig
+from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from ml_patterns.io import atomic_write_text
 from ml_patterns.optim import OptimizerConfig, ScheduleConfig
 
@@ -75,7 +75,7 @@ class CompareSettings:
 
 # -- the parent: prepare, launch both workers, compare, report ------------------------------
 def run_compare(args: argparse.Namespace) -> int:
-    from ml_patterns.prepare import prepare_dataset, read_manifest
+    from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
 
     started = time.perf_counter()
     if not (args.data / "manifest.json").is_file():
@@ -254,7 +254,7 @@ def _worker(backend: str, job: dict, out: Path) -> None:
     from ml_patterns.callbacks import ProgressBar
     from ml_patterns.collate import bucket_ladder
     from ml_patterns.data import LazyDataset, Subset
-    from ml_patterns.prepare import read_manifest
+    from ml_patterns.molecules.prepare import read_manifest
 
     data = Path(job["data"])
     settings = CompareSettings(**job["settings"])
@@ -327,10 +327,10 @@ class _Side:
 
     def model(self, config: ModelConfig, weights: Path):
         if self.backend == "torch":
-            model = self.impl.models.build_model(config)
+            model = self.impl.molecules.models.build_model(config)
             model.save(weights)  # the one set of initial weights, for both backends
             return model
-        return self.impl.models.load_model(weights)
+        return self.impl.molecules.models.load_model(weights)
 
     def predict(self, trainer, batch: dict, task: str | None = None) -> dict:
         task_kwarg = {} if task is None else {"task": task}
@@ -386,7 +386,7 @@ class _Side:
 
 def test_metrics(side: _Side, trainer, config: ModelConfig, loader) -> dict[str, float]:
     """MAE per property in the targets' own units, and token accuracy, over the test split."""
-    from ml_patterns.batches import destandardize
+    from ml_patterns.molecules.batches import destandardize
     from ml_patterns.training import BatchPreparer
 
     prepare = BatchPreparer(config)

@@ -20,8 +20,9 @@ from bench.common import time_call
 from jax_impl.collate import collate_molecules
 from jax_impl.losses import masked_cross_entropy
 from ml_patterns.collate import dataset_buckets
-from ml_patterns.data import BatchSampler, LazyDataset
-from ml_patterns.prepare import read_manifest
+from ml_patterns.data import LazyDataset
+from ml_patterns.samplers import BatchSampler
+from ml_patterns.molecules.prepare import read_manifest
 
 WIDTH = 64
 

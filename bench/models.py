@@ -23,16 +23,18 @@ import numpy as np
 import torch
 
 import jax_impl.models
+import jax_impl.molecules.models
 import torch_impl.models
+import torch_impl.molecules.models
 import torch_impl.state
 from bench import frameworks
 from bench.common import BenchContext, Timing, failure_reason, measure_steps, result_row, skipped_row
 from jax_impl.collate import collate_molecules
-from ml_patterns.batches import prepare_batch
-from ml_patterns.config import ARCHITECTURES, ModelConfig
+from ml_patterns.molecules.batches import prepare_batch
+from ml_patterns.molecules.config import ARCHITECTURES, ModelConfig
 from ml_patterns.data import LazyDataset
 from ml_patterns.loader import batch_rng
-from ml_patterns.prepare import read_manifest
+from ml_patterns.molecules.prepare import read_manifest
 
 BENCHMARK = "model_forward_backward"
 
@@ -102,7 +104,7 @@ class Problem:
     size: ModelSize
     config: ModelConfig
     weights: dict[str, np.ndarray]  # canonical initial weights, the same for every contender
-    batch: dict  # one prepared numpy batch (ml_patterns.batches), [size.batch, size.length]
+    batch: dict  # one prepared numpy batch (ml_patterns.molecules.batches), [size.batch, size.length]
 
     def describe(self) -> str:
         return self.size.describe(self.architecture)
@@ -118,7 +120,7 @@ def make_problem(data_dir: Path, manifest: dict, architecture: str, size: ModelS
     collated = collate_molecules([dataset[i] for i in range(size.batch)], buckets=(size.length,), max_length=size.length)
     dataset.close()
     batch = prepare_batch(collated, config, batch_rng(0, 0, 0))
-    weights = torch_impl.state.to_numpy(torch_impl.models.build_model(config))
+    weights = torch_impl.state.to_numpy(torch_impl.molecules.models.build_model(config))
     return Problem(architecture, size, config, weights, batch)
 
 
@@ -154,7 +156,7 @@ def _torch(problem: Problem, device: str, quick: bool, compile_backend: str | No
     if dev is None:
         return skipped_row(BENCHMARK, problem.describe(), contender, device, f"torch has no {device} device here")
     frameworks.reset_peak_memory(dev)
-    model = torch_impl.models.build_model(problem.config, weights=problem.weights).to(dev)
+    model = torch_impl.molecules.models.build_model(problem.config, weights=problem.weights).to(dev)
     batch = torch_impl.models.as_batch(problem.batch, dev)
 
     def forward_backward() -> torch.Tensor:
@@ -174,7 +176,7 @@ def jax_jit(problem: Problem, device: str, quick: bool) -> dict:
     if dev is None:
         return skipped_row(BENCHMARK, problem.describe(), "jax.jit", device, f"jax has no {device} backend here")
     jax.clear_caches()  # compile from scratch, like every other contender
-    fn, params, rest = jax_impl.models.functional(jax_impl.models.build_model(problem.config, weights=problem.weights))
+    fn, params, rest = jax_impl.models.functional(jax_impl.molecules.models.build_model(problem.config, weights=problem.weights))
     params, rest, batch = jax.device_put((params, rest, jax_impl.models.as_batch(problem.batch)), dev)
     loss_and_grad = jax.jit(jax.value_and_grad(lambda p, r, b: fn.loss(p, r, b)[0]))
     start = time.perf_counter()

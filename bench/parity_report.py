@@ -27,15 +27,17 @@ import numpy as np
 import torch
 
 import jax_impl.models
+import jax_impl.molecules.models
 import jax_impl.state
 import torch_impl.models
+import torch_impl.molecules.models
 import torch_impl.state
 from jax_impl.collate import collate_molecules
 from ml_patterns import parity
-from ml_patterns.batches import prepare_batch
-from ml_patterns.config import ARCHITECTURES, ModelConfig
+from ml_patterns.molecules.batches import prepare_batch
+from ml_patterns.molecules.config import ARCHITECTURES, ModelConfig
 from ml_patterns.data import LazyDataset
-from ml_patterns.prepare import read_manifest
+from ml_patterns.molecules.prepare import read_manifest
 
 TOLERANCES = {"outputs": parity.FORWARD, "loss": parity.LOSS, "gradients": parity.GRADIENT}
 
@@ -52,8 +54,8 @@ class Measured:
 
 def build_pair(config: ModelConfig) -> tuple[torch_impl.models.BaseModel, jax_impl.models.BaseModel]:
     """The model on both sides, JAX holding a copy of torch's weights; both in eval mode."""
-    torch_model = torch_impl.models.build_model(config).eval()
-    jax_model = jax_impl.models.build_model(config, weights=torch_impl.state.to_numpy(torch_model))
+    torch_model = torch_impl.molecules.models.build_model(config).eval()
+    jax_model = jax_impl.molecules.models.build_model(config, weights=torch_impl.state.to_numpy(torch_model))
     jax_model.eval()
     return torch_model, jax_model
 

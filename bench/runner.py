@@ -60,7 +60,7 @@ def run_benchmarks(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
     if not (args.data / "manifest.json").is_file():
-        from ml_patterns.prepare import prepare_dataset
+        from ml_patterns.molecules.prepare import prepare_dataset
 
         prepare_dataset(args.data, progress=False)
 

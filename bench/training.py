@@ -46,9 +46,11 @@ import torch
 
 import jax_impl.data
 import jax_impl.models
+import jax_impl.molecules.models
 import jax_impl.training
 import torch_impl.data
 import torch_impl.models
+import torch_impl.molecules.models
 import torch_impl.training
 from bench import frameworks
 from bench.common import (
@@ -62,10 +64,10 @@ from bench.common import (
 )
 from jax_impl.collate import collate_molecules
 from ml_patterns.callbacks import HistoryLogger, ProgressBar
-from ml_patterns.config import ModelConfig
+from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.optim import OptimizerConfig
-from ml_patterns.prepare import read_manifest
+from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.training import BatchPreparer
 from torch_impl.state import to_numpy
 
@@ -147,12 +149,12 @@ class Problem:
     size: StepSize
     config: ModelConfig
     weights: dict[str, np.ndarray]  # canonical initial weights, the same for every contender
-    batch: dict  # one prepared numpy batch (ml_patterns.batches), [size.batch, size.length]
+    batch: dict  # one prepared numpy batch (ml_patterns.molecules.batches), [size.batch, size.length]
 
 
 def make_problem(data_dir: Path, manifest: dict, size: StepSize) -> Problem:
     """The first ``size.batch`` molecules of the train split, padded (or cut) to ``size.length`` and
-    prepared as the Trainer prepares batch 0 of epoch 0; weights from ``torch_impl.models.build_model``."""
+    prepared as the Trainer prepares batch 0 of epoch 0; weights from ``torch_impl.molecules.models.build_model``."""
     config = size.config(manifest)
     dataset = LazyDataset(data_dir, split="train")
     if len(dataset) < size.batch:
@@ -160,7 +162,7 @@ def make_problem(data_dir: Path, manifest: dict, size: StepSize) -> Problem:
     collated = collate_molecules([dataset[i] for i in range(size.batch)], buckets=(size.length,), max_length=size.length)
     dataset.close()
     batch = BatchPreparer(config)(collated, 0, 0, train=True)
-    return Problem(size, config, to_numpy(torch_impl.models.build_model(config)), batch)
+    return Problem(size, config, to_numpy(torch_impl.molecules.models.build_model(config)), batch)
 
 
 def run(ctx: BenchContext) -> list[dict]:
@@ -204,7 +206,7 @@ def torch_train_step(model: torch.nn.Module, optimizer) -> Callable[[dict], torc
 
 def torch_trainer(problem: Problem, device: torch.device, callbacks: list = ()) -> torch_impl.training.Trainer:
     """A torch Trainer of the problem's weights on ``device``."""
-    model = torch_impl.models.build_model(problem.config, weights=problem.weights)
+    model = torch_impl.molecules.models.build_model(problem.config, weights=problem.weights)
     return torch_impl.training.Trainer(model, OPTIMIZER, callbacks, device=device)
 
 
@@ -216,7 +218,7 @@ def jax_trainer(problem: Problem, device: jax.Device, callbacks: list = ()) -> j
     for the committed one, a whole extra compilation. Committing up front spares the warm-up that;
     every later step, so every timed one, runs the same either way.
     """
-    model = jax_impl.models.build_model(problem.config, weights=problem.weights)
+    model = jax_impl.molecules.models.build_model(problem.config, weights=problem.weights)
     trainer = jax_impl.training.Trainer(model, OPTIMIZER, callbacks, device=device)
     trainer.state = jax.device_put(trainer.state, device)
     return trainer

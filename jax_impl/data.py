@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 
 from jax_impl.collate import collate_molecules
-from ml_patterns.data import BatchSampler
+from ml_patterns.samplers import BatchSampler
 from ml_patterns.loader import BatchLoader
 
 

@@ -17,7 +17,7 @@ Divergences, and why:
   reseeded from it, each to a distinct key), so a step is deterministic given its key; with
   ``train=False`` (the default) no key is needed. ``fn.merge(params, rest)`` rebuilds the module.
 - Out-of-vocabulary ids: torch's embedding raises; ``jnp.take`` under jit cannot, and fills NaN.
-  ``ml_patterns.batches`` checks ids on the host before either backend sees them.
+  ``ml_patterns.molecules.batches`` checks ids on the host before either backend sees them.
 """
 
 from __future__ import annotations
@@ -33,11 +33,9 @@ import numpy as np
 from flax import nnx
 
 from jax_impl import state
-from jax_impl.init import EMBEDDING_INIT, LINEAR_KERNEL_INIT, ONES_INIT, ZEROS_INIT
-from jax_impl.losses import CombinedLoss, masked_cross_entropy
+from jax_impl.losses import CombinedLoss
 from ml_patterns import checkpoint
-from ml_patterns.batches import check_length
-from ml_patterns.config import MLM_TASK, ModelConfig, unknown_task_error
+from ml_patterns.molecules.config import ModelConfig, unknown_task_error
 
 
 class BaseModel(nnx.Module):
@@ -114,172 +112,8 @@ class MultiTaskModel(BaseModel):
         return combined(outputs, {name: batch for name in self.heads})
 
 
-class Attention(nnx.Module):
-    def __init__(self, d_model: int, n_heads: int, dropout: float, *, rngs: nnx.Rngs):
-        self.n_heads, self.scale = n_heads, (d_model // n_heads) ** -0.5
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (_linear(d_model, d_model, rngs) for _ in range(4))
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
-
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        b, length, d = x.shape
-        q, k, v = (proj(x).reshape(b, length, self.n_heads, -1) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * self.scale
-        scores = jnp.where(mask[:, None], scores, jnp.finfo(scores.dtype).min)
-        weights = self.dropout(jax.nn.softmax(scores, axis=-1))
-        return self.out_proj(jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, length, d))
-
-
-class FeedForward(nnx.Module):
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        self.linear1 = _linear(config.d_model, config.d_ff, rngs)
-        self.linear2 = _linear(config.d_ff, config.d_model, rngs)
-        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
-        self.approximate = config.gelu_approximate
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.linear2(self.dropout(jax.nn.gelu(self.linear1(x), approximate=self.approximate)))
-
-
-class TransformerLayer(nnx.Module):
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        self.norm1 = _layer_norm(config, rngs)
-        self.attention = Attention(config.d_model, config.n_heads, config.attention_dropout, rngs=rngs)
-        self.norm2 = _layer_norm(config, rngs)
-        self.feed_forward = FeedForward(config, rngs=rngs)
-        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
-
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        x = x + self.dropout(self.attention(self.norm1(x), mask))
-        return x + self.dropout(self.feed_forward(self.norm2(x)))
-
-
-class Embeddings(nnx.Module):
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        self.tokens = nnx.Embed(config.vocab_size, config.d_model, embedding_init=EMBEDDING_INIT, rngs=rngs)
-        self.positions = nnx.Embed(config.max_len, config.d_model, embedding_init=EMBEDDING_INIT, rngs=rngs)
-        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
-
-    def __call__(self, ids: jax.Array) -> jax.Array:
-        check_length(ids.shape[1], self.positions.num_embeddings)
-        # Indexing the tables, not calling nnx.Embed: Embed fixes its output dtype when built
-        # (``dtype or embedding.dtype``), so parameters cast to bfloat16 later would still embed in
-        # float32. Indexing follows the parameters' dtype, as torch's embedding does.
-        tokens = jnp.take(self.tokens.embedding[...], ids, axis=0)
-        positions = self.positions.embedding[...][: ids.shape[1]]
-        return self.dropout(tokens + positions[None])
-
-
-class SmilesEncoder(nnx.Module):
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        self.embeddings = Embeddings(config, rngs=rngs)
-        self.layers = nnx.List([TransformerLayer(config, rngs=rngs) for _ in range(config.n_layers)])
-        self.final_norm = _layer_norm(config, rngs)
-
-    def __call__(self, batch: dict) -> dict[str, jax.Array]:
-        key_mask = batch["attention_mask"]
-        x = self.embeddings(batch["input_ids"])
-        for layer in self.layers:
-            x = layer(x, key_mask[:, None, :])
-        hidden = self.final_norm(x)
-        weights = key_mask[..., None].astype(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)  # an all-PAD row pools to 0
-        return {"hidden": hidden, "pooled": pooled}
-
-
-class SmilesDecoder(nnx.Module):
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        self.latent = _linear(config.d_model, config.d_model, rngs)
-        self.embeddings = Embeddings(config, rngs=rngs)
-        self.layers = nnx.List([TransformerLayer(config, rngs=rngs) for _ in range(config.n_decoder_layers)])
-        self.final_norm = _layer_norm(config, rngs)
-        self.lm_head = _linear(config.d_model, config.vocab_size, rngs)
-
-    def __call__(self, encoded: dict, batch: dict) -> dict[str, jax.Array]:
-        ids, key_mask = batch["decoder_input_ids"], batch["decoder_attention_mask"]
-        x = self.embeddings(ids) + self.latent(encoded["pooled"])[:, None, :]
-        causal = jnp.tril(jnp.ones((ids.shape[1], ids.shape[1]), dtype=jnp.bool_))
-        mask = key_mask[:, None, :] & causal[None]
-        for layer in self.layers:
-            x = layer(x, mask)
-        return {"logits": self.lm_head(self.final_norm(x))}
-
-    def loss(self, decoded: dict, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
-        loss = masked_cross_entropy(decoded["logits"], batch["decoder_targets"], batch["decoder_mask"])
-        return loss, {"reconstruction": loss}
-
-
-class RegressionHead(nnx.Module):
-    input_key = "input_ids"
-
-    def __init__(self, config: ModelConfig, label: str, loss_weight: float = 1.0, *, rngs: nnx.Rngs):
-        self.label, self.loss_weight = label, loss_weight
-        self.dense = _linear(config.d_model, config.d_model, rngs)
-        self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
-        self.out = _linear(config.d_model, 1, rngs)
-        self.approximate = config.gelu_approximate
-
-    def __call__(self, features: dict) -> jax.Array:
-        hidden = self.dropout(jax.nn.gelu(self.dense(features["pooled"]), approximate=self.approximate))
-        return self.out(hidden)[:, 0]
-
-    def loss(self, prediction: jax.Array, batch: dict) -> jax.Array:
-        return jnp.mean((prediction - batch["labels"][self.label]) ** 2)
-
-
-class MaskedTokenHead(nnx.Module):
-    input_key = "mlm_input_ids"
-
-    def __init__(self, config: ModelConfig, loss_weight: float = 1.0, *, rngs: nnx.Rngs):
-        self.loss_weight = loss_weight
-        self.dense = _linear(config.d_model, config.d_model, rngs)
-        self.norm = _layer_norm(config, rngs)
-        self.decoder = _linear(config.d_model, config.vocab_size, rngs)
-        self.approximate = config.gelu_approximate
-
-    def __call__(self, features: dict) -> jax.Array:
-        return self.decoder(self.norm(jax.nn.gelu(self.dense(features["hidden"]), approximate=self.approximate)))
-
-    def loss(self, logits: jax.Array, batch: dict) -> jax.Array:
-        return masked_cross_entropy(logits, batch["mlm_targets"], batch["mlm_mask"])
-
-
-def build_model(
-    config: ModelConfig, *, weights: Mapping[str, np.ndarray] | None = None, rngs: nnx.Rngs | None = None
-) -> BaseModel:
-    """The molecule model of ``config.architecture`` (see ``torch_impl.models.build_model``).
-
-    ``rngs`` default to streams derived from ``config.seed`` (parameters and dropout from distinct
-    keys). With ``weights`` (canonical arrays, e.g. ``torch_impl.state.to_numpy`` of a torch model)
-    the structure is built abstractly (``nnx.eval_shape``) and filled with them: no random
-    initialization is computed only to be overwritten.
-    """
-    params_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-    if weights is None:
-        return _build(config, nnx.Rngs(params=params_key, dropout=dropout_key) if rngs is None else rngs)
-    # The Rngs inside are placeholders of the abstract trace: parameters come from ``weights``, and
-    # the dropout streams, still abstract afterwards, get real keys from reseed.
-    model = nnx.eval_shape(lambda: _build(config, nnx.Rngs(params=0, dropout=0)))
-    state.from_numpy(model, weights)
-    nnx.reseed(model, dropout=dropout_key if rngs is None else rngs.dropout())
-    return model
-
-
-def _build(config: ModelConfig, rngs: nnx.Rngs) -> BaseModel:
-    if config.architecture == "autoencoder":
-        return EncoderDecoder(SmilesEncoder(config, rngs=rngs), SmilesDecoder(config, rngs=rngs), config=config)
-    heads = {task: RegressionHead(config, task, rngs=rngs) for task in config.tasks}
-    if config.has_mlm_head:
-        heads[MLM_TASK] = MaskedTokenHead(config, loss_weight=config.mlm_weight, rngs=rngs)
-    return MultiTaskModel(SmilesEncoder(config, rngs=rngs), heads, config=config)
-
-
-def load_model(path: str | os.PathLike) -> BaseModel:
-    arrays, metadata = checkpoint.load_checkpoint(path)
-    return build_model(checkpoint.config_from_metadata(metadata, path), weights=arrays)
-
-
 def as_batch(batch: Mapping) -> dict:
-    """A batch of numpy arrays (``ml_patterns.batches``) as JAX arrays (integers int32, as JAX's default)."""
+    """A batch of numpy arrays (``ml_patterns.molecules.batches``) as JAX arrays (integers int32, as JAX's default)."""
     return {k: as_batch(v) if isinstance(v, Mapping) else jnp.asarray(np.asarray(v)) for k, v in batch.items()}
 
 
@@ -319,19 +153,3 @@ def functional(model: BaseModel) -> tuple[Functional, nnx.State, nnx.State]:
     """``(Functional, params, rest)`` from ``nnx.split(model, nnx.Param, ...)``."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     return Functional(graphdef), params, rest
-
-
-def _linear(d_in: int, d_out: int, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(d_in, d_out, kernel_init=LINEAR_KERNEL_INIT, bias_init=ZEROS_INIT, rngs=rngs)
-
-
-def _layer_norm(config: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    # use_fast_variance=False: the two-pass variance, as torch computes it (PARITY.md).
-    return nnx.LayerNorm(
-        config.d_model,
-        epsilon=config.layer_norm_eps,
-        use_fast_variance=False,
-        scale_init=ONES_INIT,
-        bias_init=ZEROS_INIT,
-        rngs=rngs,
-    )

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ml_patterns import __version__
-from ml_patterns.config import ModelConfig
+from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.io import atomic_write
 
 FORMAT = "ml-patterns-checkpoint/1"

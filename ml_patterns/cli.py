@@ -18,7 +18,7 @@ DEFAULT_DATA_DIR = Path("data/nci")
 
 
 def _add_prepare(parser: argparse.ArgumentParser) -> None:
-    from ml_patterns.config import PrepareConfig
+    from ml_patterns.molecules.config import PrepareConfig
 
     defaults = PrepareConfig()
     parser.add_argument("--out", type=Path, default=DEFAULT_DATA_DIR, help=f"output directory (default: {DEFAULT_DATA_DIR})")
@@ -40,8 +40,8 @@ def _add_prepare(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
-    from ml_patterns.config import PrepareConfig
-    from ml_patterns.prepare import prepare_dataset
+    from ml_patterns.molecules.config import PrepareConfig
+    from ml_patterns.molecules.prepare import prepare_dataset
 
     if args.rdkit_properties is None:
         properties = PrepareConfig().rdkit_properties if args.csv is None else ()
@@ -76,7 +76,7 @@ def _add_info(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_info(args: argparse.Namespace) -> int:
-    from ml_patterns.prepare import read_manifest, verify_checksums
+    from ml_patterns.molecules.prepare import read_manifest, verify_checksums
 
     manifest = read_manifest(args.dir)
     print(json.dumps(manifest, indent=1) if args.json else format_manifest(manifest, args.dir))

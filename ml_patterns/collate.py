@@ -18,7 +18,7 @@ key                shape     torch dtype             JAX side (numpy) dtype
                    or a dict name -> [B] float32 (multi-task records), names in the first record's order
 =================  ========  ======================  =====================
 
-Padding goes on the right, with ``pad_token_id`` (``ml_patterns.tokenizer.PAD_ID`` = 0 by default).
+Padding goes on the right, with ``pad_token_id`` (``ml_patterns.molecules.tokenizer.PAD_ID`` = 0 by default).
 ``labels`` is absent when no record has a ``"label"``. The JAX side returns numpy arrays, ready for
 ``jax.device_put`` (or a sharded put); it never touches a device itself.
 
@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 
-from ml_patterns.prepare import read_manifest
+from ml_patterns.molecules.prepare import read_manifest
 
 INT32_MAX = np.iinfo(np.int32).max
 FLOAT32_MAX = float(np.finfo(np.float32).max)

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from ml_patterns.data import BatchSampler
+from ml_patterns.samplers import BatchSampler
 
 T = TypeVar("T")
 _DONE = object()

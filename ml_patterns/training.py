@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from ml_patterns.batches import prepare_batch
+from ml_patterns.molecules.batches import prepare_batch
 from ml_patterns.callbacks import Callback
-from ml_patterns.config import ModelConfig
-from ml_patterns.data import BatchSampler
+from ml_patterns.molecules.config import ModelConfig
+from ml_patterns.samplers import BatchSampler
 from ml_patterns.history import History
 from ml_patterns.io import atomic_write_bytes, atomic_write_text, staged_directory
 from ml_patterns.loader import batch_rng
@@ -55,7 +55,7 @@ TRAIN_STREAM, EVAL_STREAM = 0, 1
 
 
 class BatchPreparer:
-    """Turns a collated batch into the model's batch (``ml_patterns.batches``), identically on both
+    """Turns a collated batch into the model's batch (``ml_patterns.molecules.batches``), identically on both
     backends: the randomness of batch i of epoch e (token masking) is ``batch_rng`` of its position.
 
     Evaluation batches use their own stream and no epoch, so a validation loss is comparable across

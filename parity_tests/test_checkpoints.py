@@ -6,12 +6,14 @@ import pytest
 import torch
 
 import jax_impl.models
+import jax_impl.molecules.models
 import jax_impl.state
 import torch_impl.models
+import torch_impl.molecules.models
 import torch_impl.state
 from ml_patterns import parity
 from ml_patterns.checkpoint import read_metadata
-from ml_patterns.config import ModelConfig
+from ml_patterns.molecules.config import ModelConfig
 from parity_tests import tolerances
 from parity_tests.test_models import config_for, real_batch
 
@@ -53,8 +55,8 @@ def test_a_checkpoint_loads_into_the_other_backend(writer, reader, architecture,
 
 def test_load_into_an_existing_model_of_the_other_backend(default_dataset, tmp_path):
     config = config_for(default_dataset[1], "multitask")
-    jax_model = jax_impl.models.build_model(ModelConfig(**{**config.__dict__, "seed": 11}))
+    jax_model = jax_impl.molecules.models.build_model(ModelConfig(**{**config.__dict__, "seed": 11}))
     jax_model.save(tmp_path / "jax.safetensors")
-    torch_model = torch_impl.models.build_model(config).load(tmp_path / "jax.safetensors")
+    torch_model = torch_impl.molecules.models.build_model(config).load(tmp_path / "jax.safetensors")
     expected = jax_impl.state.to_numpy(jax_model)
     assert all(np.array_equal(torch_impl.state.to_numpy(torch_model)[k], v) for k, v in expected.items())

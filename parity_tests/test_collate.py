@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from jax_impl.collate import collate_molecules as jax_collate
 from ml_patterns.collate import dataset_buckets
-from ml_patterns.data import BatchSampler, LazyDataset
+from ml_patterns.data import LazyDataset
+from ml_patterns.samplers import BatchSampler
 from torch_impl.collate import collate_molecules as torch_collate
 
 

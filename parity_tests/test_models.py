@@ -16,17 +16,19 @@ import torch
 
 import jax
 import jax_impl.models
+import jax_impl.molecules.models
 import jax_impl.state
 import torch_impl.models
+import torch_impl.molecules.models
 import torch_impl.state
 from bench.parity_report import build_pair, measure
 from jax_impl.collate import collate_molecules
 from ml_patterns import parity
-from ml_patterns.batches import prepare_batch
-from ml_patterns.config import ModelConfig
+from ml_patterns.molecules.batches import prepare_batch
+from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.data import LazyDataset
-from ml_patterns.masking import FIRST_REGULAR_ID
-from ml_patterns.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from ml_patterns.molecules.masking import FIRST_REGULAR_ID
+from ml_patterns.molecules.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from parity_tests import tolerances
 
 BATCH, LENGTH = 8, 48
@@ -97,8 +99,8 @@ def pair(request, manifest):
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_both_backends_name_and_shape_the_weights_alike(manifest, architecture):
     config = config_for(manifest, architecture)
-    torch_arrays = torch_impl.state.to_numpy(torch_impl.models.build_model(config))
-    jax_arrays = jax_impl.state.to_numpy(jax_impl.models.build_model(config))
+    torch_arrays = torch_impl.state.to_numpy(torch_impl.molecules.models.build_model(config))
+    jax_arrays = jax_impl.state.to_numpy(jax_impl.molecules.models.build_model(config))
     assert sorted(torch_arrays) == sorted(jax_arrays)
     assert {k: v.shape for k, v in torch_arrays.items()} == {k: v.shape for k, v in jax_arrays.items()}
 
@@ -106,7 +108,7 @@ def test_both_backends_name_and_shape_the_weights_alike(manifest, architecture):
 def test_torch_to_jax_to_torch_is_bit_exact(pair):
     config, torch_model, jax_model = pair
     original = torch_impl.state.to_numpy(torch_model)
-    back = torch_impl.models.build_model(ModelConfig(**{**config.__dict__, "seed": 99}))
+    back = torch_impl.molecules.models.build_model(ModelConfig(**{**config.__dict__, "seed": 99}))
     torch_impl.state.from_numpy(back, jax_impl.state.to_numpy(jax_model))
     result = torch_impl.state.to_numpy(back)
     for name, array in original.items():
@@ -181,8 +183,8 @@ def test_eval_mode_turns_dropout_off_exactly(manifest, default_dataset):
     batch = real_batch(default_dataset[0], config, seed=2)
     torch_model, jax_model = build_pair(config)
     weights = torch_impl.state.to_numpy(torch_model)
-    torch_plain = torch_impl.models.build_model(without, weights=weights).eval()
-    jax_plain = jax_impl.models.build_model(without, weights=weights)
+    torch_plain = torch_impl.molecules.models.build_model(without, weights=weights).eval()
+    jax_plain = jax_impl.molecules.models.build_model(without, weights=weights)
     jax_plain.eval()
     with torch.no_grad():
         a, b = torch_model(torch_impl.models.as_batch(batch)), torch_plain(torch_impl.models.as_batch(batch))

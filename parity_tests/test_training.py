@@ -14,14 +14,16 @@ import pytest
 
 import jax_impl.data
 import jax_impl.models
+import jax_impl.molecules.models
 import jax_impl.state
 import jax_impl.training
 import torch_impl.data
 import torch_impl.models
+import torch_impl.molecules.models
 import torch_impl.state
 import torch_impl.training
 from ml_patterns.callbacks import EarlyStopping
-from ml_patterns.config import ModelConfig
+from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.optim import OptimizerConfig, ScheduleConfig
 from parity_tests.tolerances import HISTORY
@@ -61,8 +63,8 @@ def small_config(manifest, architecture: str) -> ModelConfig:
 
 
 def run_both(config, optimizer, train, val, callbacks=lambda: ()):
-    torch_model = torch_impl.models.build_model(config)
-    jax_model = jax_impl.models.build_model(config)
+    torch_model = torch_impl.molecules.models.build_model(config)
+    jax_model = jax_impl.molecules.models.build_model(config)
     jax_impl.state.from_numpy(jax_model, torch_impl.state.to_numpy(torch_model))
     histories = {}
     for name, impl, model in (("torch", torch_impl, torch_model), ("jax", jax_impl, jax_model)):
@@ -81,7 +83,7 @@ def test_training_histories_agree(data, run):
     manifest, train, val = data
     architecture, optimizer = RUNS[run]
     config = small_config(manifest, architecture)
-    initial = torch_impl.state.to_numpy(torch_impl.models.build_model(config))
+    initial = torch_impl.state.to_numpy(torch_impl.molecules.models.build_model(config))
     histories, torch_model, jax_model = run_both(config, optimizer, train, val)
     torch_history, jax_history = histories["torch"], histories["jax"]
     assert len(torch_history) == len(jax_history) == EPOCHS

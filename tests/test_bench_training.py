@@ -7,9 +7,10 @@ import pytest
 from torch.utils.flop_counter import FlopCounterMode
 
 import torch_impl.models
+import torch_impl.molecules.models
 from bench import frameworks, training
 from bench.common import QUICK_CONTENDERS, BenchContext
-from ml_patterns.prepare import read_manifest
+from ml_patterns.molecules.prepare import read_manifest
 
 TINY = training.StepSize("tiny", d_model=16, n_layers=1, n_heads=2, batch=8, length=16)
 # Three AdamW steps from copied weights: PARITY.md's training-history tolerance (CPU).
@@ -85,7 +86,7 @@ def test_overhead_stats_pair_each_round_with_the_bare_loop():
 def test_flop_count_matches_torch_flop_counter(default_dataset):
     # An independent count: torch's FlopCounterMode sees every mm/bmm of forward and backward.
     problem = training.make_problem(default_dataset[0], read_manifest(default_dataset[0]), TINY)
-    model = torch_impl.models.build_model(problem.config, weights=problem.weights)
+    model = torch_impl.molecules.models.build_model(problem.config, weights=problem.weights)
     with FlopCounterMode(display=False) as counter:
         model.compute_loss(torch_impl.models.as_batch(problem.batch)).backward()
     assert training.train_step_flops(problem.config, TINY.batch, TINY.length) == counter.get_total_flops()

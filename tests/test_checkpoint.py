@@ -11,14 +11,16 @@ import pytest
 from safetensors import safe_open
 
 import jax_impl.models
+import jax_impl.molecules.models
 import jax_impl.state
 import torch_impl.models
+import torch_impl.molecules.models
 import torch_impl.state
 from ml_patterns import checkpoint
 from ml_patterns.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
-from ml_patterns.config import ModelConfig
+from ml_patterns.molecules.config import ModelConfig
 
-BACKENDS = ((torch_impl.models, torch_impl.state), (jax_impl.models, jax_impl.state))
+BACKENDS = ((torch_impl.molecules.models, torch_impl.state), (jax_impl.molecules.models, jax_impl.state))
 IDS = ("torch", "jax")
 CONFIG = ModelConfig(vocab_size=30, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_len=24,
                      tasks=("a",), target_mean=(0.5,), target_std=(2.0,))

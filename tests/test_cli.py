@@ -38,7 +38,7 @@ def test_prepare_with_user_csv(tmp_path, capsys):
 
 def test_console_script_does_not_load_a_framework_for_core_commands():
     code = "import sys; from ml_patterns.cli import main; main(['--version'])"
-    probe = "import sys, ml_patterns.cli, ml_patterns.data, ml_patterns.prepare; print(sorted(m for m in ('torch', 'jax') if m in sys.modules))"
+    probe = "import sys, ml_patterns.cli, ml_patterns.data, ml_patterns.molecules.prepare; print(sorted(m for m in ('torch', 'jax') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

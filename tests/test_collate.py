@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from jax_impl.collate import collate_molecules as jax_collate
 from ml_patterns import collate as core
-from ml_patterns.data import BatchSampler, LazyDataset
+from ml_patterns.data import LazyDataset
+from ml_patterns.samplers import BatchSampler
 from torch_impl.collate import collate_molecules as torch_collate
 
 BACKENDS = pytest.mark.parametrize("collate", [torch_collate, jax_collate], ids=["torch", "jax"])

@@ -5,10 +5,10 @@ import shutil
 
 import pytest
 
-from ml_patterns.config import PrepareConfig
+from ml_patterns.molecules.config import PrepareConfig
 from ml_patterns.data import DatasetError, LazyDataset
-from ml_patterns.prepare import prepare_dataset, read_default_rows, verify_checksums
-from ml_patterns.tokenizer import SmilesTokenizer
+from ml_patterns.molecules.prepare import default_csv_path, prepare_dataset, read_default_rows, verify_checksums
+from ml_patterns.molecules.tokenizer import SmilesTokenizer
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_unparsable_rows_are_reported_with_line_numbers(default_dataset):
     assert manifest["counts"]["rows_read"] == 4999
     assert manifest["counts"]["skipped"] == len(manifest["skipped"]) > 0
     lines = [row["line"] for row in manifest["skipped"]]
-    with open(__import__("ml_patterns.prepare").prepare.default_csv_path()) as handle:
+    with open(default_csv_path()) as handle:
         text = handle.read().splitlines()
     for row in manifest["skipped"]:
         assert text[row["line"] - 1].startswith(row["smiles"])
@@ -106,7 +106,7 @@ def test_user_csv_missing_column(tmp_path):
 
 
 def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
-    import ml_patterns.prepare as prepare_module
+    import ml_patterns.molecules.prepare as prepare_module
 
     def explode(*args, **kwargs):
         raise KeyboardInterrupt

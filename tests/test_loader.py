@@ -3,7 +3,8 @@ import threading
 import numpy as np
 import pytest
 
-from ml_patterns.data import BatchSampler, LazyDataset
+from ml_patterns.data import LazyDataset
+from ml_patterns.samplers import BatchSampler
 from ml_patterns.loader import BatchLoader, Prefetcher, batch_rng, sample_count
 
 

@@ -1,12 +1,12 @@
-"""BERT-style masking and the models' batch contract (ml_patterns.masking, ml_patterns.batches)."""
+"""BERT-style masking and the models' batch contract (ml_patterns.molecules.masking, ml_patterns.molecules.batches)."""
 
 import numpy as np
 import pytest
 
-from ml_patterns.batches import destandardize, prepare_autoencoder_batch, prepare_batch, prepare_multitask_batch
-from ml_patterns.config import ModelConfig
-from ml_patterns.masking import FIRST_REGULAR_ID, NEVER_MASKED, mask_tokens
-from ml_patterns.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
+from ml_patterns.molecules.batches import destandardize, prepare_autoencoder_batch, prepare_batch, prepare_multitask_batch
+from ml_patterns.molecules.config import ModelConfig
+from ml_patterns.molecules.masking import FIRST_REGULAR_ID, NEVER_MASKED, mask_tokens
+from ml_patterns.molecules.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
 
 VOCAB = 40
 

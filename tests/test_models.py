@@ -8,15 +8,17 @@ import torch
 from flax import nnx
 
 import jax_impl.models
+import jax_impl.molecules.models
 import torch_impl.models
+import torch_impl.molecules.models
 from jax_impl import state as jax_state
-from ml_patterns.batches import prepare_batch
-from ml_patterns.config import ModelConfig
-from ml_patterns.masking import FIRST_REGULAR_ID
-from ml_patterns.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from ml_patterns.molecules.batches import prepare_batch
+from ml_patterns.molecules.config import ModelConfig
+from ml_patterns.molecules.masking import FIRST_REGULAR_ID
+from ml_patterns.molecules.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from torch_impl import state as torch_state
 
-IMPLS = (torch_impl.models, jax_impl.models)
+IMPLS = (torch_impl, jax_impl)
 IDS = ("torch", "jax")
 VOCAB, LENGTH = 30, 12
 
@@ -41,7 +43,7 @@ def numpy_batch(config: ModelConfig, seed: int = 0, lengths=(12, 5, 3, 9)) -> di
 
 
 def build(impl, config):
-    model = impl.build_model(config)
+    model = impl.molecules.models.build_model(config)
     model.eval()
     return model
 
@@ -51,8 +53,8 @@ def value(x) -> float:
 
 
 def run(impl, model, batch, **kwargs) -> dict:
-    out = model(impl.as_batch(batch), **kwargs)
-    return (torch_state if impl is torch_impl.models else jax_state).tree_to_numpy(out)
+    out = model(impl.models.as_batch(batch), **kwargs)
+    return (torch_state if impl is torch_impl else jax_state).tree_to_numpy(out)
 
 
 @pytest.mark.parametrize("impl", IMPLS, ids=IDS)
@@ -62,10 +64,10 @@ def test_multitask_outputs_and_losses(impl):
     out = run(impl, model, batch)
     assert list(out) == ["a", "b", "mlm"]
     assert out["a"].shape == (4,) and out["mlm"].shape == (4, LENGTH, VOCAB)
-    total, parts = model.loss_parts(impl.as_batch(batch))
+    total, parts = model.loss_parts(impl.models.as_batch(batch))
     assert list(parts) == ["a", "b", "mlm"]
     assert value(total) == pytest.approx(value(parts["a"]) + value(parts["b"]) + value(parts["mlm"]), rel=1e-6)
-    assert value(model.compute_loss(impl.as_batch(batch))) == value(total)
+    assert value(model.compute_loss(impl.models.as_batch(batch))) == value(total)
     # Regression losses are MSE in standardized units.
     expected = np.mean((out["a"] - batch["labels"]["a"]) ** 2)
     assert value(parts["a"]) == pytest.approx(expected, rel=1e-5)
@@ -81,14 +83,14 @@ def test_a_named_task_returns_that_head_alone(impl):
         assert list(one) == [task]
         np.testing.assert_array_equal(one[task], everything[task])
     with pytest.raises(KeyError, match=r"unknown task 'logP'; known tasks: \['a', 'b', 'mlm'\]"):
-        model(impl.as_batch(batch), task="logP")
+        model(impl.models.as_batch(batch), task="logP")
 
 
 @pytest.mark.parametrize("impl", IMPLS, ids=IDS)
 def test_mlm_weight_weighs_the_masked_token_loss_and_zero_drops_the_head(impl):
     batch = numpy_batch(tiny())
-    one = build(impl, tiny()).loss_parts(impl.as_batch(batch))
-    half = build(impl, tiny(mlm_weight=0.5)).loss_parts(impl.as_batch(batch))
+    one = build(impl, tiny()).loss_parts(impl.models.as_batch(batch))
+    half = build(impl, tiny(mlm_weight=0.5)).loss_parts(impl.models.as_batch(batch))
     assert value(half[0]) == pytest.approx(value(one[0]) - 0.5 * value(one[1]["mlm"]), rel=1e-6)
     no_mlm = build(impl, tiny(mlm_weight=0.0))
     assert list(run(impl, no_mlm, numpy_batch(tiny(mlm_weight=0.0)))) == ["a", "b"]
@@ -122,7 +124,7 @@ def test_the_decoder_is_causal(impl):
 @pytest.mark.parametrize("impl", IMPLS, ids=IDS)
 def test_encoder_decoder_parts(impl):
     config = tiny(architecture="autoencoder")
-    model, batch = build(impl, config), impl.as_batch(numpy_batch(config))
+    model, batch = build(impl, config), impl.models.as_batch(numpy_batch(config))
     encoded = model.encode(batch)
     assert set(encoded) == {"hidden", "pooled"} and tuple(encoded["pooled"].shape) == (4, 16)
     decoded = model.decode(encoded, batch)
@@ -137,12 +139,12 @@ def test_a_batch_longer_than_max_len_is_refused(impl):
     config = tiny(max_len=LENGTH)
     model = build(impl, tiny(max_len=8))
     with pytest.raises(ValueError, match="sequence length 12 exceeds the model's max_len 8"):
-        model(impl.as_batch(numpy_batch(config)))
+        model(impl.models.as_batch(numpy_batch(config)))
 
 
 def test_torch_dropout_train_and_eval():
     config = tiny(dropout=0.3, attention_dropout=0.3)
-    model, batch = torch_impl.models.build_model(config), torch_impl.models.as_batch(numpy_batch(config))
+    model, batch = torch_impl.molecules.models.build_model(config), torch_impl.models.as_batch(numpy_batch(config))
     assert model.training  # built in training mode, as torch modules are
     a, b = model(batch)["a"], model(batch)["a"]
     assert not torch.equal(a, b)
@@ -152,7 +154,7 @@ def test_torch_dropout_train_and_eval():
 
 def test_jax_functional_form_is_pure_given_a_key():
     config = tiny(dropout=0.3, attention_dropout=0.3)
-    model, batch = jax_impl.models.build_model(config), jax_impl.models.as_batch(numpy_batch(config))
+    model, batch = jax_impl.molecules.models.build_model(config), jax_impl.models.as_batch(numpy_batch(config))
     fn, params, rest = jax_impl.models.functional(model)
     loss = jax.jit(fn.loss, static_argnames="train")
     key = jax.random.key(7)
@@ -169,8 +171,8 @@ def test_jax_functional_form_is_pure_given_a_key():
 
 @pytest.mark.parametrize("impl", IMPLS, ids=IDS)
 def test_build_model_is_seeded(impl):
-    to_numpy = (torch_state if impl is torch_impl.models else jax_state).to_numpy
-    a, b, c = (to_numpy(impl.build_model(tiny(seed=s))) for s in (0, 0, 1))
+    to_numpy = (torch_state if impl is torch_impl else jax_state).to_numpy
+    a, b, c = (to_numpy(impl.molecules.models.build_model(tiny(seed=s))) for s in (0, 0, 1))
     name = "backbone.layers.0.attention.q_proj.weight"
     np.testing.assert_array_equal(a[name], b[name])
     assert not np.array_equal(a[name], c[name])
@@ -180,14 +182,14 @@ def test_torch_build_model_leaves_the_global_rng_alone():
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    torch_impl.models.build_model(tiny())
+    torch_impl.molecules.models.build_model(tiny())
     torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("impl", IMPLS, ids=IDS)
 def test_init_follows_the_init_pattern(impl):
     """xavier-uniform Linear kernels, N(0, 0.02) embeddings, LayerNorm ones/zeros, zero biases."""
-    arrays = (torch_state if impl is torch_impl.models else jax_state).to_numpy(impl.build_model(tiny()))
+    arrays = (torch_state if impl is torch_impl else jax_state).to_numpy(impl.molecules.models.build_model(tiny()))
     weight = arrays["backbone.layers.0.feed_forward.linear1.weight"]  # [32, 16]
     assert np.abs(weight).max() <= np.sqrt(6 / (16 + 32)) and weight.std() == pytest.approx(np.sqrt(2 / (16 + 32)), rel=0.1)
     assert arrays["backbone.embeddings.positions.weight"].std() == pytest.approx(0.02, rel=0.1)  # 24 x 16 draws
@@ -197,7 +199,7 @@ def test_init_follows_the_init_pattern(impl):
 
 @pytest.mark.parametrize("impl", IMPLS, ids=IDS)
 def test_multitask_model_needs_a_head(impl):
-    kwargs = {} if impl is torch_impl.models else {"rngs": nnx.Rngs(0)}
-    backbone = impl.SmilesEncoder(tiny(), **kwargs)
+    kwargs = {} if impl is torch_impl else {"rngs": nnx.Rngs(0)}
+    backbone = impl.molecules.models.SmilesEncoder(tiny(), **kwargs)
     with pytest.raises(ValueError, match="at least one head"):
-        impl.MultiTaskModel(backbone, {})
+        impl.models.MultiTaskModel(backbone, {})

@@ -4,6 +4,7 @@ import pytest
 from torch.utils.flop_counter import FlopCounterMode
 
 import torch_impl.models
+import torch_impl.molecules.models
 from bench import models as bench_models
 from bench.common import BenchContext
 from tests.test_models import LENGTH, numpy_batch, tiny
@@ -12,7 +13,7 @@ from tests.test_models import LENGTH, numpy_batch, tiny
 @pytest.mark.parametrize("architecture", ["multitask", "autoencoder"])
 def test_flop_count_matches_torchs_counter(architecture):
     config = tiny(architecture=architecture, dropout=0.0, attention_dropout=0.0)
-    model = torch_impl.models.build_model(config)
+    model = torch_impl.molecules.models.build_model(config)
     batch = torch_impl.models.as_batch(numpy_batch(config))
     with FlopCounterMode(display=False) as counter:
         model.compute_loss(batch).backward()

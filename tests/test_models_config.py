@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ml_patterns.config import ModelConfig
+from ml_patterns.molecules.config import ModelConfig
 
 
 def test_from_manifest_takes_vocabulary_targets_and_statistics(default_dataset):

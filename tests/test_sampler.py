@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ml_patterns.data import BatchSampler
+from ml_patterns.samplers import BatchSampler
 
 
 def batches(sampler, epochs=1):

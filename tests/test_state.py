@@ -10,13 +10,15 @@ import torch
 from flax import nnx
 
 import jax_impl.models
+import jax_impl.molecules.models
 import jax_impl.state
 import torch_impl.models
+import torch_impl.molecules.models
 import torch_impl.state
 from ml_patterns.checkpoint import WeightMismatchError
-from ml_patterns.config import ModelConfig
+from ml_patterns.molecules.config import ModelConfig
 
-BACKENDS = ((torch_impl.models, torch_impl.state), (jax_impl.models, jax_impl.state))
+BACKENDS = ((torch_impl.molecules.models, torch_impl.state), (jax_impl.molecules.models, jax_impl.state))
 IDS = ("torch", "jax")
 CONFIG = ModelConfig(vocab_size=30, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_len=24,
                      tasks=("a",), target_mean=(0.0,), target_std=(1.0,))
@@ -71,8 +73,8 @@ def test_one_error_lists_every_bad_key(models, state):
 
 
 def test_torch_loads_into_the_parameters_dtype():
-    model = torch_impl.models.build_model(CONFIG).to(torch.bfloat16)
-    arrays = torch_impl.state.to_numpy(torch_impl.models.build_model(CONFIG))
+    model = torch_impl.molecules.models.build_model(CONFIG).to(torch.bfloat16)
+    arrays = torch_impl.state.to_numpy(torch_impl.molecules.models.build_model(CONFIG))
     torch_impl.state.from_numpy(model, arrays)
     assert model.get_parameter(Q).dtype == torch.bfloat16
     out = torch_impl.state.to_numpy(model)
@@ -81,9 +83,9 @@ def test_torch_loads_into_the_parameters_dtype():
 
 
 def test_jax_loads_into_the_parameters_dtype_and_reads_bfloat16_arrays():
-    model = jax_impl.models.build_model(CONFIG)
+    model = jax_impl.molecules.models.build_model(CONFIG)
     nnx.update(model, jax.tree.map(lambda p: p.astype(jnp.bfloat16), nnx.state(model, nnx.Param)))
-    arrays = jax_impl.state.to_numpy(jax_impl.models.build_model(CONFIG))
+    arrays = jax_impl.state.to_numpy(jax_impl.molecules.models.build_model(CONFIG))
     halved = {name: a.astype(ml_dtypes.bfloat16) for name, a in arrays.items()}
     jax_impl.state.from_numpy(model, halved)
     assert model.backbone.layers[0].attention.q_proj.kernel[...].dtype == jnp.bfloat16
@@ -91,7 +93,7 @@ def test_jax_loads_into_the_parameters_dtype_and_reads_bfloat16_arrays():
 
 
 def test_jax_layout_rule():
-    model = jax_impl.models.build_model(CONFIG)
+    model = jax_impl.molecules.models.build_model(CONFIG)
     arrays = jax_impl.state.to_numpy(model)
     layer = model.backbone.layers[0]
     np.testing.assert_array_equal(arrays[Q], np.asarray(layer.attention.q_proj.kernel[...]).T)  # [out, in]
@@ -102,19 +104,19 @@ def test_jax_layout_rule():
 
 
 def test_jax_to_numpy_maps_a_state_shaped_like_the_parameters():
-    model = jax_impl.models.build_model(CONFIG)
+    model = jax_impl.molecules.models.build_model(CONFIG)
     _, params, _ = jax_impl.models.functional(model)
     doubled = jax.tree.map(lambda p: 2 * p, params)
     arrays, twice = jax_impl.state.to_numpy(model), jax_impl.state.to_numpy(model, doubled)
     np.testing.assert_array_equal(twice[Q], 2 * arrays[Q])
-    other = jax_impl.models.build_model(ModelConfig(**{**CONFIG.__dict__, "tasks": ("b",)}))
+    other = jax_impl.molecules.models.build_model(ModelConfig(**{**CONFIG.__dict__, "tasks": ("b",)}))
     with pytest.raises(KeyError, match="heads.b.dense.bias is not a parameter of MultiTaskModel"):
         jax_impl.state.to_numpy(model, nnx.state(other, nnx.Param))
 
 
 def test_jax_builds_from_weights_without_initializing():
-    arrays = torch_impl.state.to_numpy(torch_impl.models.build_model(CONFIG))
-    model = jax_impl.models.build_model(CONFIG, weights=arrays)
+    arrays = torch_impl.state.to_numpy(torch_impl.molecules.models.build_model(CONFIG))
+    model = jax_impl.molecules.models.build_model(CONFIG, weights=arrays)
     out = jax_impl.state.to_numpy(model)
     assert all(np.array_equal(out[name], arrays[name]) for name in arrays)
     # Every leaf is a real array: the dropout streams were reseeded out of the abstract build.

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from ml_patterns.prepare import read_default_rows
-from ml_patterns.tokenizer import (
+from ml_patterns.molecules.prepare import read_default_rows
+from ml_patterns.molecules.tokenizer import (
     BOS_ID,
     EOS_ID,
     MASK_ID,

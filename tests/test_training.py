@@ -15,12 +15,14 @@ import torch
 
 import jax_impl.data
 import jax_impl.models
+import jax_impl.molecules.models
 import jax_impl.training
 import torch_impl.data
 import torch_impl.models
+import torch_impl.molecules.models
 import torch_impl.training
 from ml_patterns.callbacks import EarlyStopping, HistoryLogger, ModelCheckpoint, StopReason
-from ml_patterns.config import ModelConfig
+from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.optim import OptimizerConfig
 from ml_patterns.training import load_training_checkpoint
@@ -44,7 +46,7 @@ def config_for(manifest, dropout=0.1):
 
 def make_trainer(impl, manifest, callbacks=(), dropout=0.1, optimizer=OPTIMIZER):
     torch.manual_seed(0)  # torch's dropout draws from the global generator
-    return impl.training.Trainer(impl.models.build_model(config_for(manifest, dropout)), optimizer, list(callbacks))
+    return impl.training.Trainer(impl.molecules.models.build_model(config_for(manifest, dropout)), optimizer, list(callbacks))
 
 
 def loaders(impl, train, val):
@@ -55,7 +57,7 @@ def loaders(impl, train, val):
 def test_train_returns_per_epoch_history(backend, data):
     impl = IMPLS[backend]
     manifest, train, val = data
-    model = impl.models.build_model(config_for(manifest))
+    model = impl.molecules.models.build_model(config_for(manifest))
     history = impl.training.train(model, *loaders(impl, train, val), OPTIMIZER, 3)
     assert list(history) == ["train_loss", "val_loss"]
     assert len(history["train_loss"]) == len(history["val_loss"]) == 3
@@ -167,7 +169,7 @@ KILLED_RUN = textwrap.dedent("""
 
 
 def run_data():
-    from ml_patterns.prepare import prepare_dataset
+    from ml_patterns.molecules.prepare import prepare_dataset
 
     root = Path(os.environ["ML_PATTERNS_TEST_DATA"])
     manifest = json.loads((root / "manifest.json").read_text()) if root.exists() else prepare_dataset(root, progress=False)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ml_patterns.collate import flatten_batch
-from ml_patterns.tokenizer import PAD_ID
+from ml_patterns.molecules.tokenizer import PAD_ID
 
 
 def collate_molecules(

@@ -11,7 +11,7 @@ import functools
 
 from torch.utils.data import DataLoader
 
-from ml_patterns.data import BatchSampler
+from ml_patterns.samplers import BatchSampler
 from torch_impl.collate import collate_molecules
 
 

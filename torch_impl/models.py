@@ -7,7 +7,7 @@ The contract (``BaseModel``)
     ``forward(batch) -> dict[str, Tensor]`` (JAX: ``__call__``), ``loss_parts(batch) -> (total,
     {part: value})`` with ``compute_loss(batch)`` its total, a scalar; ``save(path)`` / ``load(path)``
     write and read a portable checkpoint (``ml_patterns.checkpoint``). Batches are dicts of tensors
-    built by ``ml_patterns.batches`` (the keys each model reads are listed there) and converted with
+    built by ``ml_patterns.molecules.batches`` (the keys each model reads are listed there) and converted with
     ``as_batch``. ``train()`` / ``eval()`` switch dropout.
 
 Compositions
@@ -20,35 +20,6 @@ Compositions
     ``{task: output}``; ``task="TPSA"`` returns ``{"TPSA": output}`` alone; an unknown task raises
     ``KeyError`` listing the known ones. The total loss is ``CombinedLoss`` of the heads' losses.
 
-Molecule models (``build_model(config)``, ``ml_patterns.config.ModelConfig``)
-    ``SmilesEncoder``: token + learned position embeddings, ``n_layers`` pre-LayerNorm Transformer
-    layers, a final LayerNorm; returns ``{"hidden": [B, L, D], "pooled": [B, D]}``, pooled being the
-    mean over real tokens (``attention_mask``). "multitask": ``MultiTaskModel`` with one
-    ``RegressionHead`` per target (``[B]``, standardized units, MSE loss) and a ``MaskedTokenHead``
-    (``[B, L, vocab]`` logits, masked cross-entropy on ``mlm_input_ids``). "autoencoder":
-    ``EncoderDecoder(SmilesEncoder, SmilesDecoder)``: the decoder adds the projected pooled vector
-    (the latent: the only path from encoder to decoder, a real bottleneck) to its token and position
-    embeddings and runs causal pre-LayerNorm layers, teacher forced; ``{"logits": [B, L - 1, vocab]}``,
-    loss the masked cross-entropy of the reconstruction.
-
-Choices made identically on both sides (../shared/PARITY.md):
-    - Attention is written out (separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` Linear layers)
-      rather than ``nn.MultiheadAttention``/``nnx.MultiHeadAttention``: those pack or reshape the
-      projections differently (``in_proj_weight`` ``[3D, D]`` vs ``DenseGeneral`` ``[D, H, hd]``) and
-      torch's has a fused fast path with its own numerics. Written out, the two sides run the same
-      operations and weight transfer is a transpose.
-    - Scores are ``(q @ k^T) * head_dim ** -0.5``; masked keys are set to ``finfo(dtype).min`` with a
-      ``where``, not added: the softmax then gives them exactly 0 (whenever a row has one real key,
-      always true here as BOS is real) and a fully masked row stays finite (uniform) instead of NaN.
-    - LayerNorm epsilon ``config.layer_norm_eps`` (Flax: ``use_fast_variance=False``, the two-pass
-      variance torch computes); GELU exact (erf) unless ``config.gelu_approximate``.
-    - Initialization: ``init_weights`` (xavier-uniform Linear, N(0, 0.02) embeddings, LayerNorm 1/0),
-      seeded by ``config.seed``. Parity never relies on seeds: weights are copied (``state``).
-    - No ``padding_idx``: PAD positions reach no output (their keys are masked, pooling and losses
-      skip them), so the PAD row's gradient is exactly zero on both sides anyway, and torch's
-      ``padding_idx`` would add a behaviour Flax's ``Embed`` lacks.
-    - No weight tying between embeddings and output layers: tied parameters would appear under two
-      names in torch's ``state_dict`` and as one in Flax's state.
 """
 
 from __future__ import annotations
@@ -58,15 +29,12 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ml_patterns import checkpoint
-from ml_patterns.batches import check_length
-from ml_patterns.config import MLM_TASK, ModelConfig, unknown_task_error
+from ml_patterns.molecules.config import ModelConfig, unknown_task_error
 from torch_impl import state
-from torch_impl.init import init_weights
-from torch_impl.losses import CombinedLoss, masked_cross_entropy
+from torch_impl.losses import CombinedLoss
 
 
 class BaseModel(nn.Module):
@@ -148,186 +116,8 @@ class MultiTaskModel(BaseModel):
         return combined(outputs, {name: batch for name in self.heads})
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention: ``x [B, L, D]``, ``mask`` bool ``[B, 1 | L, L]`` (True: may attend)."""
-
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.n_heads, self.scale = n_heads, (d_model // n_heads) ** -0.5
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d_model, d_model) for _ in range(4))
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, length, d = x.shape
-        q, k, v = (proj(x).view(b, length, self.n_heads, -1).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale  # (b, h, l, l)
-        scores = scores.masked_fill(~mask[:, None], torch.finfo(scores.dtype).min)
-        weights = self.dropout(torch.softmax(scores, dim=-1))
-        return self.out_proj(torch.matmul(weights, v).transpose(1, 2).reshape(b, length, d))
-
-
-class FeedForward(nn.Module):
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.linear1 = nn.Linear(config.d_model, config.d_ff)
-        self.linear2 = nn.Linear(config.d_ff, config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
-        self.approximate = _gelu_form(config)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear2(self.dropout(F.gelu(self.linear1(x), approximate=self.approximate)))
-
-
-class TransformerLayer(nn.Module):
-    """Pre-LayerNorm: ``x + dropout(attention(norm1(x)))``, then ``x + dropout(feed_forward(norm2(x)))``."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.attention = Attention(config.d_model, config.n_heads, config.attention_dropout)
-        self.norm2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.feed_forward = FeedForward(config)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.norm1(x), mask))
-        return x + self.dropout(self.feed_forward(self.norm2(x)))
-
-
-class Embeddings(nn.Module):
-    """Token + learned position embeddings, then dropout: ``ids [B, L]`` int -> ``[B, L, D]``."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.tokens = nn.Embedding(config.vocab_size, config.d_model)
-        self.positions = nn.Embedding(config.max_len, config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        check_length(ids.shape[1], self.positions.num_embeddings)
-        positions = torch.arange(ids.shape[1], device=ids.device)
-        return self.dropout(self.tokens(ids) + self.positions(positions))
-
-
-class SmilesEncoder(nn.Module):
-    """``batch["input_ids"]`` int ``[B, L]``, ``batch["attention_mask"]`` bool ``[B, L]`` ->
-    ``{"hidden": [B, L, D], "pooled": [B, D]}`` (pooled: mean of ``hidden`` over real tokens)."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.embeddings = Embeddings(config)
-        self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.n_layers))
-        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        key_mask = batch["attention_mask"]
-        x = self.embeddings(batch["input_ids"])
-        for layer in self.layers:
-            x = layer(x, key_mask[:, None, :])
-        hidden = self.final_norm(x)
-        weights = key_mask[..., None].to(hidden.dtype)
-        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # an all-PAD row pools to 0
-        return {"hidden": hidden, "pooled": pooled}
-
-
-class SmilesDecoder(nn.Module):
-    """Teacher-forced causal decoder conditioned on ``encoded["pooled"]`` ``[B, D]`` (the latent).
-
-    Reads ``decoder_input_ids`` / ``decoder_attention_mask`` ``[B, T]``; returns
-    ``{"logits": [B, T, vocab]}``. ``loss`` scores them against ``decoder_targets`` where ``decoder_mask``.
-    """
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.latent = nn.Linear(config.d_model, config.d_model)
-        self.embeddings = Embeddings(config)
-        self.layers = nn.ModuleList(TransformerLayer(config) for _ in range(config.n_decoder_layers))
-        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size)
-
-    def forward(self, encoded: dict, batch: dict) -> dict[str, torch.Tensor]:
-        ids, key_mask = batch["decoder_input_ids"], batch["decoder_attention_mask"]
-        x = self.embeddings(ids) + self.latent(encoded["pooled"])[:, None, :]
-        causal = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool, device=ids.device).tril()
-        mask = key_mask[:, None, :] & causal[None]
-        for layer in self.layers:
-            x = layer(x, mask)
-        return {"logits": self.lm_head(self.final_norm(x))}
-
-    def loss(self, decoded: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = masked_cross_entropy(decoded["logits"], batch["decoder_targets"], batch["decoder_mask"])
-        return loss, {"reconstruction": loss}
-
-
-class RegressionHead(nn.Module):
-    """``features["pooled"]`` ``[B, D]`` -> ``[B]`` (standardized units); MSE against ``batch["labels"][label]``."""
-
-    input_key = "input_ids"
-
-    def __init__(self, config: ModelConfig, label: str, loss_weight: float = 1.0):
-        super().__init__()
-        self.label, self.loss_weight = label, loss_weight
-        self.dense = nn.Linear(config.d_model, config.d_model)
-        self.dropout = nn.Dropout(config.dropout)
-        self.out = nn.Linear(config.d_model, 1)
-        self.approximate = _gelu_form(config)
-
-    def forward(self, features: dict) -> torch.Tensor:
-        hidden = self.dropout(F.gelu(self.dense(features["pooled"]), approximate=self.approximate))
-        return self.out(hidden)[:, 0]
-
-    def loss(self, prediction: torch.Tensor, batch: dict) -> torch.Tensor:
-        return torch.mean((prediction - batch["labels"][self.label]) ** 2)
-
-
-class MaskedTokenHead(nn.Module):
-    """BERT's MLM head: ``features["hidden"]`` ``[B, L, D]`` -> logits ``[B, L, vocab]``
-    (dense, GELU, LayerNorm, decoder); masked cross-entropy against ``mlm_targets`` where ``mlm_mask``."""
-
-    input_key = "mlm_input_ids"
-
-    def __init__(self, config: ModelConfig, loss_weight: float = 1.0):
-        super().__init__()
-        self.loss_weight = loss_weight
-        self.dense = nn.Linear(config.d_model, config.d_model)
-        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.decoder = nn.Linear(config.d_model, config.vocab_size)
-        self.approximate = _gelu_form(config)
-
-    def forward(self, features: dict) -> torch.Tensor:
-        return self.decoder(self.norm(F.gelu(self.dense(features["hidden"]), approximate=self.approximate)))
-
-    def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
-        return masked_cross_entropy(logits, batch["mlm_targets"], batch["mlm_mask"])
-
-
-def build_model(config: ModelConfig, *, weights: Mapping[str, np.ndarray] | None = None) -> BaseModel:
-    """The molecule model of ``config.architecture``, initialized by ``init_weights`` from
-    ``config.seed`` (torch's global RNG is left as it was), then given ``weights`` (canonical
-    arrays, e.g. ``jax_impl.state.to_numpy`` of a JAX model) if passed."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        if config.architecture == "autoencoder":
-            model = EncoderDecoder(SmilesEncoder(config), SmilesDecoder(config), config=config)
-        else:
-            heads = {task: RegressionHead(config, task) for task in config.tasks}
-            if config.has_mlm_head:
-                heads[MLM_TASK] = MaskedTokenHead(config, loss_weight=config.mlm_weight)
-            model = MultiTaskModel(SmilesEncoder(config), heads, config=config)
-        model.apply(init_weights)
-    if weights is not None:
-        state.from_numpy(model, weights)
-    return model
-
-
-def load_model(path: str | os.PathLike) -> BaseModel:
-    """Rebuilds the model a checkpoint (from either backend) was saved from, with its weights."""
-    arrays, metadata = checkpoint.load_checkpoint(path)
-    return build_model(checkpoint.config_from_metadata(metadata, path), weights=arrays)
-
-
 def as_batch(batch: Mapping, device: torch.device | str | None = None) -> dict:
-    """A batch of numpy arrays (``ml_patterns.batches``) as tensors: integers as int64, the rest kept."""
+    """A batch of numpy arrays (``ml_patterns.molecules.batches``) as tensors: integers as int64, the rest kept."""
     out = {}
     for key, value in batch.items():
         if isinstance(value, Mapping):
@@ -337,8 +127,3 @@ def as_batch(batch: Mapping, device: torch.device | str | None = None) -> dict:
             dtype = torch.int64 if np.issubdtype(array.dtype, np.integer) else None
             out[key] = torch.tensor(array, dtype=dtype, device=device)
     return out
-
-
-def _gelu_form(config: ModelConfig) -> str:
-    return "tanh" if config.gelu_approximate else "none"
-

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from ml_patterns.tokenizer import MASK_ID
+from ml_patterns.molecules.tokenizer import MASK_ID
 
 # Properties computed with RDKit for the default dataset; each name is the RDKit descriptor that
-# ml_patterns.prepare computes (see RDKIT_PROPERTIES there).
+# ml_patterns.molecules.prepare computes (see RDKIT_PROPERTIES there).
 DEFAULT_RDKIT_PROPERTIES = ("MolLogP", "MolWt", "NumRings", "NumHDonors")
 
 
@@ -64,7 +64,7 @@ class ModelConfig:
     # masked-token head. "autoencoder": the same encoder, pooled to one latent vector, and a
     # causal Transformer decoder reconstructing the tokens from it.
     architecture: str = "multitask"
-    # Token vocabulary, special tokens included (ml_patterns.tokenizer: PAD=0 ... MASK=4).
+    # Token vocabulary, special tokens included (ml_patterns.molecules.tokenizer: PAD=0 ... MASK=4).
     vocab_size: int = 128
     # Rows of the learned position table: the longest padded batch a model accepts (a longer one
     # is refused with an error, not truncated). The default dataset's longest molecule is 270
@@ -95,7 +95,7 @@ class ModelConfig:
     # 0 leaves the masked-token head out.
     mlm_weight: float = 1.0
     # BERT's corruption: this fraction of the real tokens is selected for prediction; of those 80%
-    # become MASK, 10% a random token, 10% stay (ml_patterns.masking).
+    # become MASK, 10% a random token, 10% stay (ml_patterns.molecules.masking).
     mlm_mask_prob: float = 0.15
     # Seeds parameter initialization (both backends) and JAX's dropout streams.
     seed: int = 0
@@ -136,7 +136,7 @@ class ModelConfig:
 
     @classmethod
     def from_manifest(cls, manifest: dict, **overrides) -> ModelConfig:
-        """The config for a prepared dataset (``ml_patterns.prepare``'s manifest), then ``overrides``.
+        """The config for a prepared dataset (``ml_patterns.molecules.prepare``'s manifest), then ``overrides``.
 
         ``max_len`` stays the default (or the override): collate with ``max_length=config.max_len``
         so that a longer molecule is cut rather than refused.

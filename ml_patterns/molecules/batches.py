@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ml_patterns.config import ModelConfig
-from ml_patterns.masking import mask_tokens
+from ml_patterns.molecules.config import ModelConfig
+from ml_patterns.molecules.masking import mask_tokens
 
 MULTITASK_KEYS = ("input_ids", "attention_mask", "labels")
 MLM_KEYS = ("mlm_input_ids", "mlm_targets", "mlm_mask")

@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from ml_patterns.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS
+from ml_patterns.molecules.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID, SPECIAL_TOKENS
 
 # Ids below this are special tokens; a "random token" replacement is drawn from [FIRST_REGULAR_ID, vocab).
 FIRST_REGULAR_ID = len(SPECIAL_TOKENS)

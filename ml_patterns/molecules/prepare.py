@@ -25,9 +25,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ml_patterns import __version__
-from ml_patterns.config import PrepareConfig
+from ml_patterns.molecules.config import PrepareConfig
 from ml_patterns.io import atomic_write_text, sha256_file, staged_directory
-from ml_patterns.tokenizer import SmilesTokenizer, TokenizationError, tokenize
+from ml_patterns.molecules.tokenizer import SmilesTokenizer, TokenizationError, tokenize
 
 SPLITS = ("train", "val", "test")
 DEFAULT_SOURCE_NAME = "RDKit NCI first_5k.tpsa.csv"
