@@ -303,6 +303,7 @@ class _Side:
 
             import torch_impl.data
             import torch_impl.models
+            import torch_impl.molecules.models
             import torch_impl.state
             import torch_impl.training
 
@@ -317,6 +318,7 @@ class _Side:
 
             import jax_impl.data
             import jax_impl.models
+            import jax_impl.molecules.models
             import jax_impl.state
             import jax_impl.training
 

@@ -18,19 +18,16 @@ from parity_tests import tolerances
 from parity_tests.test_models import config_for, real_batch
 
 FORWARD = parity.Tolerance(rtol=tolerances.FORWARD.rtol, atol=tolerances.FORWARD.atol)
-SIDES = {
-    "torch": (torch_impl.models, torch_impl.state),
-    "jax": (jax_impl.models, jax_impl.state),
-}
+SIDES = {"torch": torch_impl, "jax": jax_impl}
 
 
 def forward(side: str, model, batch: dict) -> dict:
-    models, state = SIDES[side]
+    impl = SIDES[side]
     model.eval()
     if side == "torch":
         with torch.no_grad():
-            return state.tree_to_numpy(model(models.as_batch(batch)))
-    return state.tree_to_numpy(model(models.as_batch(batch)))
+            return impl.state.tree_to_numpy(model(impl.models.as_batch(batch)))
+    return impl.state.tree_to_numpy(model(impl.models.as_batch(batch)))
 
 
 @pytest.mark.parametrize("architecture", ["multitask", "autoencoder"])
@@ -38,14 +35,14 @@ def forward(side: str, model, batch: dict) -> dict:
 def test_a_checkpoint_loads_into_the_other_backend(writer, reader, architecture, default_dataset, tmp_path):
     config = config_for(default_dataset[1], architecture, seed=5)
     batch = real_batch(default_dataset[0], config, seed=2)
-    original = SIDES[writer][0].build_model(config)
+    original = SIDES[writer].molecules.models.build_model(config)
     path = tmp_path / f"{writer}.safetensors"
     original.save(path)
     assert read_metadata(path)["backend"] == writer
 
-    loaded = SIDES[reader][0].load_model(path)
+    loaded = SIDES[reader].molecules.models.load_model(path)
     assert loaded.config == config and type(loaded).__name__ == type(original).__name__
-    written, read = SIDES[writer][1].to_numpy(original), SIDES[reader][1].to_numpy(loaded)
+    written, read = SIDES[writer].state.to_numpy(original), SIDES[reader].state.to_numpy(loaded)
     assert sorted(written) == sorted(read)
     assert all(written[name].tobytes() == read[name].tobytes() for name in written)
 
