@@ -6,13 +6,16 @@ Divergences, and why:
 
 - ``__call__`` is the forward pass (NNX's convention); ``train()`` / ``eval()`` set dropout's
   ``deterministic`` flag as in torch, and a freshly built model is in training mode, like torch's.
-- The pure functional form for ``jax.jit`` and ``jax.grad`` (which torch has no need of):
+- The pure functional form for ``jax.jit`` and ``jax.grad`` (which torch has no need of), for any
+  NNX module with ``compute_loss(batch)``:
 
       fn, params, rest = functional(model)        # nnx.split(model, nnx.Param, ...)
-      loss_and_grad = jax.jit(jax.value_and_grad(fn.loss, has_aux=True), static_argnames="train")
-      (loss, parts), grads = loss_and_grad(params, rest, batch, key=key, train=True)
+      loss_and_grad = jax.jit(jax.value_and_grad(fn.compute_loss, has_aux=True), static_argnames="train")
+      (loss, rest), grads = loss_and_grad(params, rest, batch, key=key, train=True)
 
-  ``params`` are the trainable ``nnx.Param`` leaves, ``rest`` the dropout streams' RNG state.
+  ``params`` are the trainable ``nnx.Param`` leaves, ``rest`` everything else (dropout streams' RNG
+  state, batch statistics), returned as the call left it. ``fn.loss`` is the same for models with
+  ``loss_parts`` and returns ``(total, {part: value})``.
   With ``train=True`` dropout is on and its masks are a pure function of ``key`` (every stream is
   reseeded from it, each to a distinct key), so a step is deterministic given its key; with
   ``train=False`` (the default) no key is needed. ``fn.merge(params, rest)`` rebuilds the module.
@@ -131,6 +134,13 @@ class Functional:
         """``model(batch, **kwargs)`` (e.g. ``task=``), as a pure function."""
         return self._model(params, rest, key, train)(batch, **kwargs)
 
+    def compute_loss(self, params, rest, batch, *, key: jax.Array | None = None, train: bool = False):
+        """``(loss, rest after the call)``: ``model.compute_loss(batch)`` as a pure function; the
+        trainers' steps are built on it. ``rest`` comes back as the call left it (batch statistics)."""
+        model = self._model(params, rest, key, train)
+        loss = model.compute_loss(batch)
+        return loss, nnx.split(model, nnx.Param, ...)[2]
+
     def loss(self, params, rest, batch: dict, *, key: jax.Array | None = None, train: bool = False):
         """``(total loss, {part: loss})``: ``model.loss_parts(batch)`` as a pure function."""
         return self._model(params, rest, key, train).loss_parts(batch)
@@ -149,7 +159,7 @@ class Functional:
         return model
 
 
-def functional(model: BaseModel) -> tuple[Functional, nnx.State, nnx.State]:
+def functional(model: nnx.Module) -> tuple[Functional, nnx.State, nnx.State]:
     """``(Functional, params, rest)`` from ``nnx.split(model, nnx.Param, ...)``."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     return Functional(graphdef), params, rest

@@ -3,6 +3,11 @@ jitted once with the state donated, and optax. The contract: ``torch_impl.traini
 
 Divergences, and why:
 
+- The model is any Flax NNX module with ``compute_loss(batch) -> scalar``; the optimizer an
+  ``optax.GradientTransformation`` or an ``OptimizerConfig``. The step is built from the model's
+  ``compute_loss`` through its pure form (``models.functional``); batches go to the device with
+  ``jax.device_put`` (numpy int64 becomes int32, JAX's default).
+
 - The state is a pytree, ``TrainState(params, rest, opt_state, step)``; the model object is
   updated from it lazily (``sync_model``: once per epoch, or when a callback or ``save_checkpoint``
   needs the weights), as Keras' JAX trainer does, never per step.
@@ -15,6 +20,7 @@ Divergences, and why:
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,12 +32,12 @@ import optax
 from flax import nnx
 
 from jax_impl import state as weights
-from jax_impl.models import BaseModel, Functional, as_batch, functional
+from jax_impl.models import Functional, functional
 from jax_impl.optim import build_optimizer
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
 from ml_patterns.optim import OptimizerConfig
-from ml_patterns.training import OPTIMIZER_SLOTS, TrainerBase
+from ml_patterns.training import OPTIMIZER_SLOTS, BatchTransform, TrainerBase
 
 # optax state field holding each canonical slot: (state type, field)
 _SLOT_FIELDS = {
@@ -43,59 +49,73 @@ _SLOT_FIELDS = {
 
 class TrainState(NamedTuple):
     params: nnx.State
-    rest: nnx.State  # non-trainable module state (dropout RNG streams), passed through
+    rest: nnx.State  # non-trainable module state (dropout RNG streams, batch statistics)
     opt_state: optax.OptState
     step: jax.Array  # int32: optimizer updates so far
 
 
-def make_steps(model: BaseModel, optimizer: OptimizerConfig, seed: int):
+def make_steps(model: nnx.Module, optimizer: OptimizerConfig | optax.GradientTransformation, seed: int):
     """``(train_step, eval_step)`` for ``model``, each jitted once.
 
-    ``train_step(state, batch) -> (state, metrics)`` with ``metrics = {"loss": scalar, part: scalar}``;
+    ``train_step(state, batch) -> (state, {"loss": scalar})`` from ``model.compute_loss``;
     ``eval_step(params, rest, batch) -> loss`` (dropout off). Trainers of the same model structure,
-    optimizer config and seed share the compiled steps (a resumed trainer does not recompile).
+    optimizer (config, or the same transformation object) and seed share the compiled steps (a
+    resumed trainer does not recompile).
     """
     fn, _, _ = functional(model)
     return _compiled_steps(fn, optimizer, seed)
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_steps(fn: Functional, optimizer_config: OptimizerConfig, seed: int):
-    optimizer = build_optimizer(optimizer_config)
+def _compiled_steps(fn: Functional, optimizer: OptimizerConfig | optax.GradientTransformation, seed: int):
+    transformation = build_optimizer(optimizer) if isinstance(optimizer, OptimizerConfig) else optimizer
     base_key = jax.random.key(seed)
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(base_key, state.step)
-        grad_fn = jax.value_and_grad(fn.loss, has_aux=True)
-        (loss, parts), grads = grad_fn(state.params, state.rest, batch, key=key, train=True)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        grad_fn = jax.value_and_grad(fn.compute_loss, has_aux=True)
+        (loss, rest), grads = grad_fn(state.params, state.rest, batch, key=key, train=True)
+        updates, opt_state = transformation.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, state.rest, opt_state, state.step + 1), {"loss": loss, **parts}
+        return TrainState(params, rest, opt_state, state.step + 1), {"loss": loss}
 
-    def eval_step(params: nnx.State, rest: nnx.State, batch: dict) -> jax.Array:
-        return fn.loss(params, rest, batch)[0]
+    def eval_step(params: nnx.State, rest: nnx.State, batch: Any) -> jax.Array:
+        return fn.compute_loss(params, rest, batch)[0]
 
     return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
 
 
 class Trainer(TrainerBase):
-    """See ``torch_impl.training`` for the contract; the loop is ``ml_patterns.training.TrainerBase``."""
+    """See ``torch_impl.training`` for the contract; the loop is ``ml_patterns.training.TrainerBase``.
+
+    ``seed``: of the dropout keys (default: the model's ``config.seed`` if it has one, else 0).
+    """
 
     backend = "jax"
 
     def __init__(
         self,
-        model: BaseModel,
-        optimizer: OptimizerConfig,
+        model: nnx.Module,
+        optimizer: OptimizerConfig | optax.GradientTransformation,
         callbacks: Sequence[Callback] = (),
         *,
         device: str | jax.Device | None = None,
+        batch_transform: BatchTransform | None = None,
+        stop_on_non_finite: bool = True,
+        seed: int | None = None,
     ):
-        super().__init__(model, optimizer, callbacks)
+        if isinstance(optimizer, OptimizerConfig):
+            config = optimizer
+        elif isinstance(optimizer, optax.GradientTransformation):
+            config = None
+        else:
+            raise TypeError(f"optimizer must be an optax.GradientTransformation or an OptimizerConfig, got {type(optimizer).__name__}")
+        super().__init__(model, config, callbacks, batch_transform=batch_transform, stop_on_non_finite=stop_on_non_finite)
         self.device = jax.devices(device)[0] if isinstance(device, str) else device
-        self.optimizer = build_optimizer(optimizer)
-        config = getattr(model, "config", None)
-        self.train_step, self.eval_step = make_steps(model, optimizer, config.seed if config else 0)
+        self.optimizer = build_optimizer(optimizer) if config is not None else optimizer
+        if seed is None:
+            seed = getattr(getattr(model, "config", None), "seed", 0)
+        self.train_step, self.eval_step = make_steps(model, optimizer, seed)
         self.state = self._initial_state()
 
     def _initial_state(self) -> TrainState:
@@ -108,15 +128,14 @@ class Trainer(TrainerBase):
         # uncommitted arrays would make the second call of the step compile it again.
         return jax.device_put(state, self.device or jax.devices()[0])
 
-    def _to_batch(self, prepared: dict) -> dict:
-        batch = as_batch(prepared)
-        return jax.device_put(batch, self.device) if self.device is not None else batch
+    def _to_batch(self, batch: Any) -> Any:
+        return jax.device_put(batch, self.device)
 
-    def _train_step(self, batch: dict) -> jax.Array:
+    def _train_step(self, batch: Any) -> jax.Array:
         self.state, metrics = self.train_step(self.state, batch)
         return metrics["loss"]
 
-    def _eval_step(self, batch: dict) -> jax.Array:
+    def _eval_step(self, batch: Any) -> jax.Array:
         return self.eval_step(self.state.params, self.state.rest, batch)
 
     def _after_epoch(self) -> None:
@@ -124,8 +143,8 @@ class Trainer(TrainerBase):
 
     # -- the model object and what callbacks use --------------------------------------------
     def sync_model(self) -> None:
-        """Writes the trained parameters into ``self.model`` (copies: the step donates its own)."""
-        nnx.update(self.model, _device_copy(self.state.params))
+        """Writes the trained state into ``self.model`` (copies: the step donates its own)."""
+        nnx.update(self.model, *_device_copy((self.state.params, self.state.rest)))
 
     def snapshot_weights(self) -> dict[str, np.ndarray]:
         return weights.to_numpy(self.model, self.state.params)
@@ -145,7 +164,9 @@ class Trainer(TrainerBase):
 
     def _write_model(self, path: Path) -> None:
         self.sync_model()
-        self.model.save(path)
+        versions = {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")}
+        checkpoint.save_checkpoint(path, weights.to_numpy(self.model), backend="jax", model_class=type(self.model).__name__,
+                                   config=getattr(self.model, "config", None), versions=versions)
 
     def _load_weights(self, model_file: Path) -> None:
         arrays, _ = checkpoint.load_checkpoint(model_file)
@@ -153,6 +174,9 @@ class Trainer(TrainerBase):
         self.state = self._initial_state()
 
     def _optimizer_arrays(self) -> dict[str, np.ndarray]:
+        if self.optimizer_config is None:
+            leaves = jax.tree.leaves(self.state.opt_state)
+            return {f"opt_state/{i:05d}": np.asarray(jax.device_get(leaf)) for i, leaf in enumerate(leaves)}
         arrays = {}
         for slot in OPTIMIZER_SLOTS[self.optimizer_config.name]:
             state_type, field = _SLOT_FIELDS[slot]
@@ -178,6 +202,27 @@ class Trainer(TrainerBase):
         opt_state = _map_states(self.optimizer.init(self.state.params), restore)
         self.state = self._committed(self.state._replace(opt_state=opt_state, step=jnp.array(step, jnp.int32)))
 
+    def _framework_optimizer_json(self) -> dict:
+        return {"class": "optax.GradientTransformation", "leaves": _leaf_paths(self.state.opt_state)}
+
+    def _check_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
+        fresh = self.optimizer.init(self.state.params)
+        paths = _leaf_paths(fresh)
+        if saved.get("leaves") != paths or len(arrays) != len(paths):
+            raise ValueError(f"{source}: the optimizer state has leaves {saved.get('leaves')}, this optimizer's are "
+                             f"{paths}: another optax transformation?")
+        for i, (path, leaf) in enumerate(zip(paths, jax.tree.leaves(fresh))):
+            saved_leaf = arrays[f"opt_state/{i:05d}"]
+            if saved_leaf.shape != leaf.shape or saved_leaf.dtype != leaf.dtype:
+                raise ValueError(f"{source}: optimizer state leaf {path} is {saved_leaf.dtype}{list(saved_leaf.shape)}, "
+                                 f"this optimizer's is {leaf.dtype}{list(leaf.shape)}")
+
+    def _load_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
+        treedef = jax.tree.structure(self.state.opt_state)
+        leaves = [jnp.asarray(arrays[f"opt_state/{i:05d}"]) for i in range(treedef.num_leaves)]
+        opt_state = jax.tree.unflatten(treedef, leaves)
+        self.state = self._committed(self.state._replace(opt_state=opt_state, step=jnp.array(int(saved["step"]), jnp.int32)))
+
     def _params_tree(self, arrays: dict[str, np.ndarray], source: str) -> nnx.State:
         """Canonical arrays shaped like the parameters, as an ``nnx.State`` like ``state.params``."""
         fn, params, rest = functional(self.model)
@@ -187,15 +232,17 @@ class Trainer(TrainerBase):
 
 
 def train(
-    model: BaseModel,
+    model: nnx.Module,
     train_loader: Iterable,
     val_loader: Iterable | None,
-    optimizer: OptimizerConfig,
+    optimizer: OptimizerConfig | optax.GradientTransformation,
     num_epochs: int,
     device: str | jax.Device | None = None,
+    *,
+    batch_transform: BatchTransform | None = None,
 ) -> dict[str, list[float]]:
     """See ``torch_impl.training.train``; the model is updated in place at the end."""
-    history = Trainer(model, optimizer, device=device).fit(train_loader, val_loader, num_epochs)
+    history = Trainer(model, optimizer, device=device, batch_transform=batch_transform).fit(train_loader, val_loader, num_epochs)
     return {"train_loss": history["train_loss"], "val_loss": history.metrics.get("val_loss", [])}
 
 
@@ -204,6 +251,10 @@ def _device_copy(tree: Any) -> Any:
     """A copy of every array of ``tree`` in one dispatch (eager ``jnp.copy`` per leaf cost ~20 ms
     an epoch for the small models here)."""
     return jax.tree.map(jnp.copy, tree)
+
+
+def _leaf_paths(tree: Any) -> list[str]:
+    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
 def _is_optax_state(node: Any) -> bool:

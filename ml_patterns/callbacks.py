@@ -6,10 +6,12 @@ callbacks never touch a framework. Their decisions are pure functions of the met
 (``EarlyStopping.update``, ``ModelCheckpoint.plan``), tested from tables, and every callback has
 ``state_dict()``/``load_state_dict()`` so a resumed run decides exactly as the uninterrupted one.
 
-Hook order per run: ``on_train_start``, then per epoch ``on_epoch_start``, ``on_batch_end`` (every
-batch; ``logs`` holds device values, so a callback that reads them forces a host sync and should do
-it rarely), ``on_epoch_end`` (``logs`` holds the epoch's floats, e.g. ``train_loss``, ``val_loss``),
-and finally ``on_train_end``.
+The hooks are the seed's, in this order per run: ``on_train_start(trainer)``, then per epoch
+``on_epoch_start(epoch, trainer)``, ``on_batch_end(batch_idx, trainer, loss)`` after every
+optimizer step, ``on_epoch_end(epoch, trainer, metrics)`` (``metrics``: the epoch's floats,
+``train_loss`` and ``val_loss``), and finally ``on_train_end(trainer)``. ``loss`` in
+``on_batch_end`` is the batch's mean loss as a device scalar (a torch tensor, a JAX array):
+``float(loss)`` works on both, and is a host sync, so a callback should read it rarely.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class TrainerProtocol(Protocol):
     should_stop: bool
     stop_reason: str | None
     history: History
+    batches_per_epoch: int | None  # None when the loader has no len()
+    last_batch_size: int  # samples in the batch of the latest on_batch_end
 
     def save_checkpoint(self, path: str | os.PathLike) -> None: ...
 
@@ -48,11 +52,11 @@ class Callback:
 
     def on_train_start(self, trainer: TrainerProtocol) -> None: ...
 
-    def on_epoch_start(self, trainer: TrainerProtocol, epoch: int) -> None: ...
+    def on_epoch_start(self, epoch: int, trainer: TrainerProtocol) -> None: ...
 
-    def on_batch_end(self, trainer: TrainerProtocol, batch_index: int, logs: Mapping[str, Any]) -> None: ...
+    def on_batch_end(self, batch_idx: int, trainer: TrainerProtocol, loss: Any) -> None: ...
 
-    def on_epoch_end(self, trainer: TrainerProtocol, epoch: int, logs: Mapping[str, float]) -> None: ...
+    def on_epoch_end(self, epoch: int, trainer: TrainerProtocol, metrics: Mapping[str, float]) -> None: ...
 
     def on_train_end(self, trainer: TrainerProtocol) -> None: ...
 
@@ -87,57 +91,66 @@ class StopReason(str, enum.Enum):
 
 
 class EarlyStopping(Callback):
-    """Stops training when the monitored metric stops improving.
+    """Stops training when the monitored metric stops improving: the seed's
+    ``EarlyStopping(patience=10, min_delta=1e-4)``, deciding as Keras 3's ``on_epoch_end`` does.
 
-    Semantics follow Keras 3 and Lightning (pinned by table tests in tests/test_callbacks.py):
+    Per epoch (``update``), exactly Keras 3's rule:
 
-    - an epoch improves when ``current`` beats ``best`` by more than ``min_delta`` (strict);
-    - training stops at the end of the ``patience``-th consecutive epoch without improvement, so
+    - epochs before ``start_from_epoch`` are ignored entirely;
+    - otherwise ``wait`` grows by one, and the epoch improves when ``current`` beats ``best`` by
+      more than ``min_delta`` (strict; ``best`` starts at +inf, or -inf with ``mode="max"``);
+    - an improving epoch becomes ``best`` and never stops training; it resets ``wait`` only if it
+      also beats ``baseline`` (when one is given), so with a baseline no epoch reaches, training
+      stops ``patience`` epochs after the first monitored one;
+    - a non-improving epoch stops training once ``wait >= patience`` (and it is not epoch 0): so
       ``[6, 5, 5, 5, 5, 5]`` with ``patience=3`` stops after epoch 4 (0-based). flax's
       ``early_stopping`` would wait one epoch more; we do not;
-    - ``baseline``: the value to beat from the start; epochs that improve on the best so far but
-      not on the baseline still count towards ``patience`` (Keras);
-    - epochs before ``start_from_epoch`` are ignored entirely;
-    - ``check_finite``: a NaN or infinite value stops at once; ``stopping_threshold``: stop once
-      the metric is better than it; ``divergence_threshold``: stop once it is worse than it;
-    - ``restore_best_weights``: the trainer's weights are snapshot at each improvement and put back
-      at the end of training, unless the last epoch was the best.
+    - ``restore_best_weights``: the weights of the best epoch (of the first monitored epoch until
+      one improves) are put back at the end of training, unless the last epoch was the best.
+
+    Options beyond Keras, off by default (Lightning's): ``check_finite`` stops at once on a NaN or
+    infinite value (the trainer already stops on non-finite losses by default, see
+    ``ml_patterns.training``); ``stopping_threshold`` stops once the metric is better than it, and
+    ``divergence_threshold`` once it is worse than it. A monitored key missing from the metrics
+    raises a ``KeyError`` listing those present (Keras warns and skips the epoch).
     """
 
     def __init__(
         self,
+        patience: int = 10,
+        min_delta: float = 1e-4,
+        *,
         monitor: str = "val_loss",
         mode: str = "min",
-        patience: int = 3,
-        min_delta: float = 0.0,
         baseline: float | None = None,
         start_from_epoch: int = 0,
         restore_best_weights: bool = False,
-        check_finite: bool = True,
+        check_finite: bool = False,
         stopping_threshold: float | None = None,
         divergence_threshold: float | None = None,
+        verbose: bool = False,
     ):
         _check_mode(mode)
-        if patience < 1:
-            raise ValueError(f"patience must be at least 1, got {patience}")
+        if patience < 0:
+            raise ValueError(f"patience must be non-negative, got {patience}")
         if min_delta < 0:
             raise ValueError(f"min_delta must be non-negative, got {min_delta}")
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
         self.baseline, self.start_from_epoch = baseline, start_from_epoch
         self.restore_best_weights, self.check_finite = restore_best_weights, check_finite
         self.stopping_threshold, self.divergence_threshold = stopping_threshold, divergence_threshold
+        self.verbose = verbose
         self._better = _BETTER[mode]
-        self.best: float | None = None
+        self.best = math.inf if mode == "min" else -math.inf
         self.best_epoch: int | None = None
         self.wait = 0
         self.stopped_epoch: int | None = None
         self.stop_reason = StopReason.NOT_STOPPED
         self._best_weights: Any = None
+        self._best_weights_epoch: int | None = None
         self._last_epoch: int | None = None
 
-    def _improves(self, current: float, reference: float | None) -> bool:
-        if reference is None:
-            return True
+    def _improves(self, current: float, reference: float) -> bool:
         delta = self.min_delta if self.mode == "max" else -self.min_delta
         return self._better(current - delta, reference)
 
@@ -148,38 +161,42 @@ class EarlyStopping(Callback):
             return False, False
         if self.check_finite and not math.isfinite(current):
             return False, self._stop(epoch, StopReason.NON_FINITE)
-        improved = self._improves(current, self.best)
-        if improved:
-            self.best, self.best_epoch = current, epoch
-        if improved and (self.baseline is None or self._improves(current, self.baseline)):
-            self.wait = 0
-        else:
-            self.wait += 1
         if self.stopping_threshold is not None and self._better(current, self.stopping_threshold):
-            return improved, self._stop(epoch, StopReason.STOPPING_THRESHOLD)
+            return self._improves(current, self.best), self._stop(epoch, StopReason.STOPPING_THRESHOLD)
         if self.divergence_threshold is not None and self._better(self.divergence_threshold, current):
-            return improved, self._stop(epoch, StopReason.DIVERGENCE_THRESHOLD)
-        if self.wait >= self.patience:
-            return improved, self._stop(epoch, StopReason.PATIENCE_EXHAUSTED)
-        return improved, False
+            return False, self._stop(epoch, StopReason.DIVERGENCE_THRESHOLD)
+        self.wait += 1
+        if self._improves(current, self.best):
+            self.best, self.best_epoch = current, epoch
+            if self.baseline is None or self._improves(current, self.baseline):
+                self.wait = 0
+            return True, False
+        if self.wait >= self.patience and epoch > 0:
+            return False, self._stop(epoch, StopReason.PATIENCE_EXHAUSTED)
+        return False, False
 
     def _stop(self, epoch: int, reason: StopReason) -> bool:
         self.stopped_epoch, self.stop_reason = epoch, reason
         return True
 
     def on_train_start(self, trainer: TrainerProtocol) -> None:
-        self._best_weights = None
+        self._best_weights = self._best_weights_epoch = None
 
-    def on_epoch_end(self, trainer: TrainerProtocol, epoch: int, logs: Mapping[str, float]) -> None:
-        improved, stop = self.update(epoch, monitored_value(logs, self.monitor))
-        if improved and self.restore_best_weights:
+    def on_epoch_end(self, epoch: int, trainer: TrainerProtocol, metrics: Mapping[str, float]) -> None:
+        current = monitored_value(metrics, self.monitor)
+        improved, stop = self.update(epoch, current)
+        # Keras: the first monitored epoch's weights stand for the best until an epoch improves.
+        if self.restore_best_weights and (improved or self._best_weights is None) and epoch >= self.start_from_epoch:
             self._best_weights = trainer.snapshot_weights()
+            self._best_weights_epoch = epoch
         if stop:
             trainer.should_stop = True
-            trainer.stop_reason = f"EarlyStopping at epoch {epoch}: {self.stop_reason.value} ({self.monitor}={logs[self.monitor]})"
+            trainer.stop_reason = f"EarlyStopping at epoch {epoch}: {self.stop_reason.value} ({self.monitor}={current})"
+            if self.verbose:
+                print(f"Early stopping at epoch {epoch}: {self.stop_reason.value}")
 
     def on_train_end(self, trainer: TrainerProtocol) -> None:
-        if self.restore_best_weights and self._best_weights is not None and self.best_epoch != self._last_epoch:
+        if self.restore_best_weights and self._best_weights is not None and self._best_weights_epoch != self._last_epoch:
             trainer.restore_weights(self._best_weights)
 
     def state_dict(self) -> dict:
@@ -202,40 +219,44 @@ class EarlyStopping(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Saves checkpoints named from a template, keeping the best ``save_top_k`` by the monitor.
+    """Saves full training checkpoints: the seed's ``ModelCheckpoint(path, save_best_only=True)``,
+    writing ``path/epoch_{epoch}`` through ``trainer.save_checkpoint`` (a directory, written atomically).
 
     Args:
-        dirpath: directory for the checkpoints (created on the first save).
-        filename: ``str.format`` template over ``epoch`` and the epoch's logs, e.g.
-            ``"epoch{epoch:03d}-{val_loss:.4f}"``; ``.ckpt`` is appended.
-        monitor, mode: what "best" means. ``monitor=None`` saves every epoch (no ranking).
-        save_top_k: keep the k best checkpoints (``-1``: keep all; ``0``: none but ``last``).
-        save_best_only: save only when the monitor improves on the best so far (Keras); the files
-            kept are still bounded by ``save_top_k``.
-        save_last: also write ``last.ckpt`` every epoch (what a resume starts from).
+        path: directory for the checkpoints (created on the first save).
+        save_best_only: save only when the monitor improves on the best so far (strictly, as the
+            seed); ``False``: save every epoch.
+        filename: ``str.format`` template over ``epoch`` and the epoch's metrics, e.g.
+            ``"epoch{epoch:03d}-{val_loss:.4f}"``.
+        monitor, mode: what "best" means. ``monitor=None`` ranks nothing (needs ``save_best_only=False``).
+        save_top_k: keep only the k best checkpoints by the monitor, deleting the others (``-1``,
+            the default: keep every one saved; ``0``: none but ``last``).
+        save_last: also write ``path/last`` every epoch (what a resume starts from).
 
-    Every save goes through ``trainer.save_checkpoint``, which writes atomically; a checkpoint is
-    deleted only after its replacement is on disk.
+    A checkpoint is deleted only after its replacement is on disk. A NaN or infinite monitored
+    value is never "best".
     """
 
     LAST = "last"
 
     def __init__(
         self,
-        dirpath: str | os.PathLike,
-        filename: str = "epoch{epoch:03d}-{val_loss:.4f}",
+        path: str | os.PathLike,
+        save_best_only: bool = True,
+        *,
+        filename: str = "epoch_{epoch}",
         monitor: str | None = "val_loss",
         mode: str = "min",
-        save_top_k: int = 1,
-        save_best_only: bool = False,
+        save_top_k: int = -1,
         save_last: bool = False,
     ):
         _check_mode(mode)
         if save_top_k < -1:
             raise ValueError(f"save_top_k must be -1, 0 or positive, got {save_top_k}")
-        if monitor is None and save_top_k not in (-1, 0):
-            raise ValueError("save_top_k needs a monitor to rank checkpoints by; use save_top_k=-1 to keep every epoch")
-        self.dirpath, self.filename, self.monitor, self.mode = Path(dirpath), filename, monitor, mode
+        if monitor is None and (save_best_only or save_top_k not in (-1, 0)):
+            raise ValueError("save_best_only and save_top_k need a monitor to rank checkpoints by; "
+                             "with monitor=None pass save_best_only=False")
+        self.dirpath, self.filename, self.monitor, self.mode = Path(path), filename, monitor, mode
         self.save_top_k, self.save_best_only, self.save_last = save_top_k, save_best_only, save_last
         self._better = _BETTER[mode]
         self.best_k: dict[str, float] = {}  # path -> monitored value
@@ -249,7 +270,7 @@ class ModelCheckpoint(Callback):
         missing = [name for name in needed if name not in fields]
         if missing:
             raise KeyError(f"checkpoint filename {self.filename!r} uses {missing}, not among {sorted(fields)}")
-        return self.dirpath / (self.filename.format(**fields) + ".ckpt")
+        return self.dirpath / self.filename.format(**fields)
 
     def plan(self, epoch: int, logs: Mapping[str, float]) -> tuple[Path | None, list[str]]:
         """The pure decision: ``(path to save or None, paths to delete after saving)``."""
@@ -276,13 +297,14 @@ class ModelCheckpoint(Callback):
             return max(self.best_k, key=lambda p: self.best_k[p])
         return min(self.best_k, key=lambda p: self.best_k[p])
 
-    def on_epoch_end(self, trainer: TrainerProtocol, epoch: int, logs: Mapping[str, float]) -> None:
-        path, delete = self.plan(epoch, logs)
+    def on_epoch_end(self, epoch: int, trainer: TrainerProtocol, metrics: Mapping[str, float]) -> None:
+        path, delete = self.plan(epoch, metrics)
         if path is not None:
             self.dirpath.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(path)
-            if self.monitor is not None:
-                current = monitored_value(logs, self.monitor)
+            # Saving every epoch needs no monitor; when the metrics hold it, "best" is still tracked.
+            if self.monitor is not None and self.monitor in metrics:
+                current = monitored_value(metrics, self.monitor)
                 self.best_k[str(path)] = current
                 if self.best_model_score is None or self._better(current, self.best_model_score):
                     self.best_model_path, self.best_model_score = str(path), current
@@ -292,7 +314,7 @@ class ModelCheckpoint(Callback):
                 self.best_k.pop(old, None)
         if self.save_last:
             self.dirpath.mkdir(parents=True, exist_ok=True)
-            last = self.dirpath / f"{self.LAST}.ckpt"
+            last = self.dirpath / self.LAST
             trainer.save_checkpoint(last)
             self.last_model_path = str(last)
 
@@ -323,7 +345,7 @@ class HistoryLogger(Callback):
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 
-    def on_epoch_end(self, trainer: TrainerProtocol, epoch: int, logs: Mapping[str, float]) -> None:
+    def on_epoch_end(self, epoch: int, trainer: TrainerProtocol, metrics: Mapping[str, float]) -> None:
         trainer.history.write(self.path)
 
 
@@ -339,24 +361,24 @@ class ProgressBar(Callback):
         self.refresh_s, self.disable = refresh_s, disable
         self._bar = None
 
-    def on_epoch_start(self, trainer: TrainerProtocol, epoch: int) -> None:
+    def on_epoch_start(self, epoch: int, trainer: TrainerProtocol) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=getattr(trainer, "batches_per_epoch", None), desc=f"epoch {epoch}", unit="batch",
+        self._bar = tqdm(total=trainer.batches_per_epoch, desc=f"epoch {epoch}", unit="batch",
                          disable=self.disable, leave=False, dynamic_ncols=True)
         self._samples, self._start, self._last_refresh = 0, time.perf_counter(), 0.0
 
-    def on_batch_end(self, trainer: TrainerProtocol, batch_index: int, logs: Mapping[str, Any]) -> None:
-        self._samples += int(logs.get("batch_size", 0))
+    def on_batch_end(self, batch_idx: int, trainer: TrainerProtocol, loss: Any) -> None:
+        self._samples += trainer.last_batch_size
         self._bar.update(1)
         now = time.perf_counter()
-        if now - self._last_refresh >= self.refresh_s and "loss" in logs:
+        if now - self._last_refresh >= self.refresh_s:
             self._last_refresh = now
             rate = self._samples / max(now - self._start, 1e-9)
-            self._bar.set_postfix(loss=f"{float(logs['loss']):.4f}", samples_per_s=f"{rate:,.0f}", refresh=False)
+            self._bar.set_postfix(loss=f"{float(loss):.4f}", samples_per_s=f"{rate:,.0f}", refresh=False)
 
-    def on_epoch_end(self, trainer: TrainerProtocol, epoch: int, logs: Mapping[str, float]) -> None:
+    def on_epoch_end(self, epoch: int, trainer: TrainerProtocol, metrics: Mapping[str, float]) -> None:
         self._bar.close()
         if not self._bar.disable:
-            summary = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, float))
+            summary = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
             self._bar.write(f"epoch {epoch}: {summary}")

@@ -1,42 +1,64 @@
-"""What both trainers share: the epoch-mean rule, batch preparation, and the full training checkpoint.
+"""What both trainers share: the loop and its hooks, the epoch-mean rule, the full training checkpoint.
+
+The loop (``TrainerBase.fit``) works for any model with ``compute_loss(batch) -> scalar`` and any
+loader yielding batches that are mappings (or other pytrees) of arrays: nothing in it knows about
+molecules. Per batch, in this order::
+
+    batch = batch_transform(batch, epoch, batch_index, train=True)   # optional, on the host
+    batch = <to the device>                                          # the backend's
+    loss  = <one optimizer step on model.compute_loss(batch)>         # a device scalar
+    callback.on_batch_end(batch_index, trainer, loss)                 # float(loss) is a host sync
+
+A ``batch_transform`` is where a workload's batch preparation lives (the molecule models':
+``ml_patterns.molecules.batches.BatchPreparer``, standardized labels and token masks drawn from
+``batch_rng(seed, epoch, batch_index)``, so both backends and a resumed run see the same batch).
+Evaluation batches get ``epoch=0, train=False``.
 
 Epoch means. A loss reported for an epoch is ``sum_b n_b * loss_b / sum_b n_b`` over its batches,
-with ``n_b`` the number of molecules in batch b and ``loss_b`` the batch's mean loss: every molecule
+with ``n_b`` the number of samples in batch b and ``loss_b`` the batch's mean loss: every sample
 weighs the same, whatever batch it landed in (a short last batch does not count as a full one).
-Both backends accumulate ``n_b * loss_b`` and ``n_b`` on the device and read them once per epoch.
+``n_b`` is the leading dimension of the batch's first array (mapping order; after the transform),
+unless the loader or the model defines ``batch_size(batch) -> int`` (the loader's is asked first,
+with the batch as the loader yielded it; the model's with the batch ``compute_loss`` receives).
+Both backends accumulate ``n_b * loss_b`` on the device and read it once per epoch.
+
+Non-finite losses. By default (``stop_on_non_finite=True``) training stops at the end of the first
+epoch whose train or val loss is NaN or infinite, ``stop_reason`` saying so: the check reads the
+epoch means already on the host, so it costs no extra sync.
 
 Full training checkpoint: a directory, published atomically (``ml_patterns.io.staged_directory``)::
 
     PATH/model.safetensors      the model, in the portable format of ml_patterns.checkpoint
-    PATH/optimizer.safetensors  optimizer slots in the canonical naming: "<slot>/<parameter name>",
-                                slots exp_avg/exp_avg_sq (Adam family) or momentum_buffer (SGD),
-                                arrays in the parameter's canonical (torch) layout
+    PATH/optimizer.safetensors  the optimizer's arrays (below)
     PATH/trainer_state.json     next epoch, optimizer step, sampler state, callback states, history,
                                 the backend that wrote it, format version
 
-Either backend resumes from a checkpoint written by either backend: the canonical names and
-layouts are the same on both sides.
+With an ``ml_patterns.optim.OptimizerConfig`` the optimizer's arrays are its slots in the canonical
+naming, ``"<slot>/<parameter name>"`` (exp_avg/exp_avg_sq for the Adam family, momentum_buffer for
+SGD) in the parameter's canonical (torch) layout, so either backend resumes a checkpoint written
+by either. With a framework optimizer instance (a ``torch.optim.Optimizer``, an
+``optax.GradientTransformation``) they are that framework's own state (torch: the tensors of
+``optimizer.state_dict()``, its other entries in the JSON; optax: the leaves of the state pytree),
+which only the same backend resumes: the other refuses, saying why.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from ml_patterns.molecules.batches import prepare_batch
 from ml_patterns.callbacks import Callback
-from ml_patterns.molecules.config import ModelConfig
-from ml_patterns.samplers import BatchSampler
 from ml_patterns.history import History
 from ml_patterns.io import atomic_write_bytes, atomic_write_text, staged_directory
-from ml_patterns.loader import batch_rng
 from ml_patterns.optim import OptimizerConfig
+from ml_patterns.samplers import BatchSampler
 
 FORMAT = "ml-patterns-training-checkpoint/1"
 MODEL_FILE = "model.safetensors"
@@ -51,38 +73,55 @@ OPTIMIZER_SLOTS = {
     "adamw": ("exp_avg", "exp_avg_sq"),
 }
 
-TRAIN_STREAM, EVAL_STREAM = 0, 1
+
+class BatchTransform(Protocol):
+    """``transform(batch, epoch, batch_index, *, train) -> batch``, run on the host before the
+    batch goes to the device (evaluation batches: ``epoch=0, train=False``)."""
+
+    def __call__(self, batch: Any, epoch: int, batch_index: int, *, train: bool) -> Any: ...
 
 
-class BatchPreparer:
-    """Turns a collated batch into the model's batch (``ml_patterns.molecules.batches``), identically on both
-    backends: the randomness of batch i of epoch e (token masking) is ``batch_rng`` of its position.
-
-    Evaluation batches use their own stream and no epoch, so a validation loss is comparable across
-    epochs. A model without a config (not one of the molecule models) gets the collated batch as is.
-    """
-
-    def __init__(self, config: ModelConfig | None):
-        self.config = config
-
-    def __call__(self, collated: Mapping, epoch: int, batch_index: int, *, train: bool) -> dict:
-        if self.config is None:
-            return dict(collated)
-        numpy_batch = _as_numpy(collated)
-        stream = TRAIN_STREAM if train else EVAL_STREAM
-        rng = batch_rng(self.config.seed, epoch if train else 0, batch_index, stream=stream)
-        return prepare_batch(numpy_batch, self.config, rng)
+def leading_dimension(batch: Any) -> int:
+    """The first dimension of the first array in ``batch`` (mappings in their order, then
+    sequences): the default number of samples in a batch."""
+    first = _first_array(batch)
+    if first is None or not first.shape:
+        raise ValueError(
+            f"cannot tell how many samples a batch of type {type(batch).__name__} holds (no array with a leading "
+            "dimension first); define batch_size(batch) -> int on the model or the loader"
+        )
+    return int(first.shape[0])
 
 
-def _as_numpy(tree: Mapping) -> dict:
-    # np.asarray reads a CPU torch tensor without copying and leaves numpy arrays as they are.
-    return {k: _as_numpy(v) if isinstance(v, Mapping) else np.asarray(v) for k, v in tree.items()}
+def _first_array(tree: Any) -> Any:
+    if hasattr(tree, "shape"):
+        return tree
+    children = tree.values() if isinstance(tree, Mapping) else tree if isinstance(tree, (list, tuple)) else ()
+    for child in children:
+        found = _first_array(child)
+        if found is not None:
+            return found
+    return None
 
 
-def epoch_mean(total: Any, count: int) -> float:
+def batch_size_hook(owner: Any) -> Callable[[Any], int] | None:
+    """``owner.batch_size`` if it is a method (a torch ``DataLoader``'s ``batch_size`` is an int: not one)."""
+    hook = getattr(owner, "batch_size", None)
+    return hook if callable(hook) else None
+
+
+def non_finite_reason(epoch: int, logs: Mapping[str, float]) -> str | None:
+    """Why training must stop after this epoch's losses, or None while they are finite."""
+    bad = {k: v for k, v in logs.items() if k in ("train_loss", "val_loss") and not math.isfinite(v)}
+    if not bad:
+        return None
+    return f"stopped after epoch {epoch}: {', '.join(f'{k}={v}' for k, v in bad.items())} is not finite"
+
+
+def epoch_mean(total: Any, count: int, what: str) -> float:
     """``total / count`` for a device scalar ``total`` (torch or JAX): the epoch's one host sync."""
     if count == 0:
-        raise ValueError("the loader yielded no batch")
+        raise ValueError(f"the {what} loader yielded no batch")
     return float(total) / count
 
 
@@ -102,11 +141,6 @@ def load_callback_states(callbacks: Sequence, states: list[dict], source: str | 
         raise ValueError(f"{source} holds {len(states)} callback states, this trainer has {len(callbacks)} callbacks")
     for callback, state in zip(callbacks, states):
         callback.load_state_dict(state)
-
-
-def batch_size_of(batch: Mapping) -> int:
-    """Molecules in a model batch: the first dimension of its ``input_ids``."""
-    return int(batch["input_ids"].shape[0])
 
 
 def optimizer_arrays_to_slots(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
@@ -148,7 +182,8 @@ def save_training_checkpoint(
 
     with staged_directory(Path(path), overwrite=True) as staging:
         write_model(staging / MODEL_FILE)
-        atomic_write_bytes(staging / OPTIMIZER_FILE, save({k: np.ascontiguousarray(v) for k, v in optimizer_arrays.items()}))
+        # np.asarray(order="C"), not ascontiguousarray: that one makes a 0-d step count 1-d.
+        atomic_write_bytes(staging / OPTIMIZER_FILE, save({k: np.asarray(v, order="C") for k, v in optimizer_arrays.items()}))
         atomic_write_text(staging / STATE_FILE, json.dumps({"format": FORMAT, **state}, indent=1) + "\n")
 
 
@@ -180,25 +215,35 @@ class TrainerBase:
     """The training loop, its hooks and its checkpoints, written once; a backend adds the arithmetic.
 
     The contract users see is documented on ``torch_impl.training``. A backend's ``Trainer``
-    implements the methods below that raise ``NotImplementedError``: how a prepared batch reaches
-    the device, one optimizer step, one evaluation step, and how its weights and optimizer state
-    convert to and from the canonical arrays of a checkpoint.
+    implements the methods below that raise ``NotImplementedError``: how a batch reaches the
+    device, one optimizer step, one evaluation step, and how its weights and optimizer state
+    convert to and from the arrays of a checkpoint.
     """
 
     backend: str
 
-    def __init__(self, model: Any, optimizer: OptimizerConfig, callbacks: Sequence[Callback]):
+    def __init__(
+        self,
+        model: Any,
+        optimizer_config: OptimizerConfig | None,
+        callbacks: Sequence[Callback],
+        *,
+        batch_transform: BatchTransform | None = None,
+        stop_on_non_finite: bool = True,
+    ):
         self.model = model
-        self.optimizer_config = optimizer
+        self.optimizer_config = optimizer_config  # None: a framework optimizer instance
         self.callbacks = list(callbacks)
+        self.batch_transform = batch_transform
+        self.stop_on_non_finite = stop_on_non_finite
         self.history = History()
         self.epoch = 0  # the next epoch to run
         self.should_stop = False
         self.stop_reason: str | None = None
         self.batches_per_epoch: int | None = None
+        self.last_batch_size = 0  # samples in the batch just trained (what on_batch_end's loss averages)
         # Per epoch run by this trainer: {"epoch", "train_s", "val_s"} (each ends on a host sync).
         self.epoch_times: list[dict[str, float]] = []
-        self._prepare = BatchPreparer(getattr(model, "config", None))
         self._train_loader: Any = None
         self._pending_sampler_state: dict | None = None
 
@@ -217,52 +262,69 @@ class TrainerBase:
         while self.epoch < num_epochs and not self.should_stop:
             epoch = self.epoch
             for callback in self.callbacks:
-                callback.on_epoch_start(self, epoch)
+                callback.on_epoch_start(epoch, self)
             start = time.perf_counter()
-            logs = {"train_loss": self._train_epoch(train_loader, epoch)}
+            metrics = {"train_loss": self._train_epoch(train_loader, epoch)}
             trained = time.perf_counter()
             if val_loader is not None:
-                logs["val_loss"] = self.evaluate(val_loader)
+                metrics["val_loss"] = self.evaluate(val_loader)
             self.epoch_times.append({"epoch": epoch, "train_s": trained - start, "val_s": time.perf_counter() - trained})
-            self.history.append(epoch, logs)
+            self.history.append(epoch, metrics)
             self.epoch += 1  # before the callbacks: a checkpoint written now resumes at the next epoch
             self._after_epoch()
+            reason = non_finite_reason(epoch, metrics) if self.stop_on_non_finite else None
+            if reason is not None:
+                self.should_stop, self.stop_reason = True, reason
             for callback in self.callbacks:
-                callback.on_epoch_end(self, epoch, logs)
+                callback.on_epoch_end(epoch, self, metrics)
         for callback in self.callbacks:
             callback.on_train_end(self)
         return self.history
 
+    def _batches(self, loader: Iterable, epoch: int, *, train: bool):
+        """``(index, device batch, samples)`` per batch of ``loader``."""
+        loader_size = batch_size_hook(loader)
+        model_size = batch_size_hook(self.model)
+        for index, raw in enumerate(loader):
+            host = raw if self.batch_transform is None else self.batch_transform(raw, epoch, index, train=train)
+            batch = self._to_batch(host)
+            if loader_size is not None:
+                n = int(loader_size(raw))
+            elif model_size is not None:
+                n = int(model_size(batch))
+            else:
+                n = leading_dimension(host)  # the host batch: its mapping order is the user's on both backends
+            yield index, batch, n
+
     def _train_epoch(self, loader: Iterable, epoch: int) -> float:
         self._set_mode(train=True)
         total, count = 0.0, 0
-        for index, collated in enumerate(loader):
-            batch = self._to_batch(self._prepare(collated, epoch, index, train=True))
+        for index, batch, n in self._batches(loader, epoch, train=True):
             loss = self._train_step(batch)
-            n = batch_size_of(batch)
             total = total + loss * n  # stays on the device: no host sync inside the epoch
             count += n
-            if self.callbacks:
-                logs = {"loss": loss, "batch_size": n}
-                for callback in self.callbacks:
-                    callback.on_batch_end(self, index, logs)
-        return epoch_mean(total, count)
+            self.last_batch_size = n
+            for callback in self.callbacks:
+                callback.on_batch_end(index, self, loss)
+        return epoch_mean(total, count, "training")
 
     def evaluate(self, loader: Iterable) -> float:
-        """The loss over ``loader``, weighted per molecule, dropout off."""
+        """The loss over ``loader``, weighted per sample, dropout off."""
         self._set_mode(train=False)
         total, count = 0.0, 0
-        for index, collated in enumerate(loader):
-            batch = self._to_batch(self._prepare(collated, 0, index, train=False))
-            n = batch_size_of(batch)
+        for _, batch, n in self._batches(loader, 0, train=False):
             total = total + self._eval_step(batch) * n
             count += n
-        return epoch_mean(total, count)
+        return epoch_mean(total, count, "evaluation")
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Writes the full training checkpoint (see this module's docstring) atomically."""
         sampler = find_sampler(self._train_loader)
+        if self.optimizer_config is not None:
+            optimizer = {"name": self.optimizer_config.name, "step": self.optimizer_step}
+        else:
+            optimizer = {"framework": self.backend, "step": self.optimizer_step, **self._framework_optimizer_json()}
         save_training_checkpoint(
             path,
             write_model=self._write_model,
@@ -270,7 +332,7 @@ class TrainerBase:
             state={
                 "backend": self.backend,
                 "epoch": self.epoch,
-                "optimizer": {"name": self.optimizer_config.name, "step": self.optimizer_step},
+                "optimizer": optimizer,
                 "sampler": sampler.state_dict() if sampler is not None else None,
                 "callbacks": [callback.state_dict() for callback in self.callbacks],
                 "history": self.history.state_dict(),
@@ -280,15 +342,41 @@ class TrainerBase:
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restores model, optimizer, schedule, epoch, history, callbacks and (at the next ``fit``)
-        the sampler from a checkpoint written by either backend."""
+        the sampler. A checkpoint of an ``OptimizerConfig`` run resumes on either backend; one of a
+        framework optimizer instance only on the backend that wrote it."""
         model_file, optimizer_arrays, saved = load_training_checkpoint(path)
-        name = saved["optimizer"]["name"]
-        if name != self.optimizer_config.name:
-            raise ValueError(f"{path} was written with optimizer {name!r}, this trainer uses {self.optimizer_config.name!r}")
-        slots = optimizer_arrays_to_slots(optimizer_arrays)
-        check_optimizer_state(name, slots, self._parameter_names(), str(path))
+        optimizer = saved["optimizer"]
+        if self.optimizer_config is not None:
+            if "framework" in optimizer:
+                raise ValueError(
+                    f"{path} was written by a trainer with a {optimizer['framework']} optimizer instance "
+                    f"({optimizer.get('class')}); this trainer uses OptimizerConfig({self.optimizer_config.name!r}). "
+                    "Resume it with the same kind of optimizer"
+                )
+            name = optimizer["name"]
+            if name != self.optimizer_config.name:
+                raise ValueError(f"{path} was written with optimizer {name!r}, this trainer uses {self.optimizer_config.name!r}")
+            slots = optimizer_arrays_to_slots(optimizer_arrays)
+            check_optimizer_state(name, slots, self._parameter_names(), str(path))
+        elif "framework" not in optimizer:
+            raise ValueError(
+                f"{path} was written with OptimizerConfig({optimizer['name']!r}); this trainer has a {self.backend} "
+                "optimizer instance. Resume it with a trainer given that OptimizerConfig"
+            )
+        elif optimizer["framework"] != self.backend:
+            raise ValueError(
+                f"{path} holds the state of a {optimizer['framework']} optimizer ({optimizer.get('class')}), which "
+                f"only {optimizer['framework']} can read: {self.backend} optimizers keep other state in another "
+                f"layout. Resume it with {optimizer['framework']}'s Trainer, or train with an "
+                "ml_patterns.optim.OptimizerConfig, whose checkpoints both backends resume"
+            )
+        else:
+            self._check_framework_optimizer(optimizer_arrays, optimizer, str(path))
         self._load_weights(model_file)
-        self._load_optimizer(slots, int(saved["optimizer"]["step"]))
+        if self.optimizer_config is not None:
+            self._load_optimizer(slots, int(optimizer["step"]))
+        else:
+            self._load_framework_optimizer(optimizer_arrays, optimizer, str(path))
         self.epoch = int(saved["epoch"])
         self.history.load_state_dict(saved["history"])
         load_callback_states(self.callbacks, saved["callbacks"], path)
@@ -302,7 +390,7 @@ class TrainerBase:
     def _after_epoch(self) -> None:
         """Called after each epoch, before the callbacks see it."""
 
-    def _to_batch(self, prepared: dict) -> Any:
+    def _to_batch(self, batch: Any) -> Any:
         raise NotImplementedError
 
     def _train_step(self, batch: Any) -> Any:
@@ -327,10 +415,22 @@ class TrainerBase:
         raise NotImplementedError
 
     def _optimizer_arrays(self) -> dict[str, np.ndarray]:
-        """``{"<slot>/<parameter name>": array}`` for the slots of ``OPTIMIZER_SLOTS``."""
+        """OptimizerConfig: ``{"<slot>/<parameter name>": array}`` for the slots of ``OPTIMIZER_SLOTS``;
+        a framework optimizer: its own arrays, named as ``_load_framework_optimizer`` reads them."""
         raise NotImplementedError
 
     def _load_optimizer(self, slots: dict[str, dict[str, np.ndarray]], step: int) -> None:
+        raise NotImplementedError
+
+    def _framework_optimizer_json(self) -> dict:
+        """The JSON part of a framework optimizer's state (``"class"`` at least)."""
+        raise NotImplementedError
+
+    def _check_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
+        """Refuses (ValueError naming ``source``) a framework optimizer state this trainer's optimizer cannot take."""
+        raise NotImplementedError
+
+    def _load_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
         raise NotImplementedError
 
     def _backend_state(self) -> dict:

@@ -1,4 +1,5 @@
-"""Trainer of each backend alone: callbacks, checkpoints, resume (bit-exact), a kill mid-save."""
+"""Trainer of each backend alone: generic models and framework optimizers, the molecule workload's
+batch transform, callbacks, checkpoints, resume (bit-exact), a kill mid-save, the non-finite stop."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
+from flax import nnx
 
 import jax_impl.data
 import jax_impl.models
@@ -21,7 +25,8 @@ import torch_impl.data
 import torch_impl.models
 import torch_impl.molecules.models
 import torch_impl.training
-from ml_patterns.callbacks import EarlyStopping, HistoryLogger, ModelCheckpoint, StopReason
+from ml_patterns.callbacks import Callback, EarlyStopping, HistoryLogger, ModelCheckpoint, StopReason
+from ml_patterns.molecules.batches import BatchPreparer
 from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.optim import OptimizerConfig
@@ -46,7 +51,9 @@ def config_for(manifest, dropout=0.1):
 
 def make_trainer(impl, manifest, callbacks=(), dropout=0.1, optimizer=OPTIMIZER):
     torch.manual_seed(0)  # torch's dropout draws from the global generator
-    return impl.training.Trainer(impl.molecules.models.build_model(config_for(manifest, dropout)), optimizer, list(callbacks))
+    config = config_for(manifest, dropout)
+    return impl.training.Trainer(impl.molecules.models.build_model(config), optimizer, list(callbacks),
+                                 batch_transform=BatchPreparer(config))
 
 
 def loaders(impl, train, val):
@@ -57,8 +64,9 @@ def loaders(impl, train, val):
 def test_train_returns_per_epoch_history(backend, data):
     impl = IMPLS[backend]
     manifest, train, val = data
-    model = impl.molecules.models.build_model(config_for(manifest))
-    history = impl.training.train(model, *loaders(impl, train, val), OPTIMIZER, 3)
+    config = config_for(manifest)
+    model = impl.molecules.models.build_model(config)
+    history = impl.training.train(model, *loaders(impl, train, val), OPTIMIZER, 3, batch_transform=BatchPreparer(config))
     assert list(history) == ["train_loss", "val_loss"]
     assert len(history["train_loss"]) == len(history["val_loss"]) == 3
     assert all(np.isfinite(history["train_loss"])) and history["train_loss"][2] < history["train_loss"][0]
@@ -103,27 +111,16 @@ def test_checkpoint_resumes_in_the_other_backend(writer, reader, data, tmp_path)
 def test_callbacks_drive_the_trainer(backend, data, tmp_path):
     impl = IMPLS[backend]
     manifest, train, val = data
-    checkpoints = ModelCheckpoint(tmp_path / "ckpts", filename="epoch{epoch}", save_top_k=2, save_last=True)
-    stopper = EarlyStopping(patience=1, min_delta=10.0)  # no epoch improves by 10: stops after epoch 1
+    checkpoints = ModelCheckpoint(tmp_path / "ckpts", False, filename="epoch{epoch}", save_top_k=2, save_last=True)
+    stopper = EarlyStopping(1, 10.0)  # epoch 0 improves on +inf, epoch 1 not by 10: stops after epoch 1
     trainer = make_trainer(impl, manifest, [checkpoints, stopper, HistoryLogger(tmp_path / "history")])
     history = trainer.fit(*loaders(impl, train, val), num_epochs=5)
     assert len(history) == 2 and trainer.should_stop
     assert stopper.stop_reason is StopReason.PATIENCE_EXHAUSTED and "EarlyStopping at epoch 1" in trainer.stop_reason
-    assert sorted(p.name for p in (tmp_path / "ckpts").iterdir()) == ["epoch0.ckpt", "epoch1.ckpt", "last.ckpt"]
-    _, _, saved = load_training_checkpoint(tmp_path / "ckpts" / "last.ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpts").iterdir()) == ["epoch0", "epoch1", "last"]
+    _, _, saved = load_training_checkpoint(tmp_path / "ckpts" / "last")
     assert saved["epoch"] == 2 and saved["optimizer"]["step"] == 12 and saved["history"] == history.as_dict()
     assert json.loads((tmp_path / "history.json").read_text()) == history.as_dict()
-
-
-@pytest.mark.parametrize("backend", IMPLS)
-def test_non_finite_loss_stops_training(backend, data):
-    impl = IMPLS[backend]
-    manifest, train, val = data
-    diverging = OptimizerConfig("sgd", learning_rate=1e12, momentum=0.9)
-    stopper = EarlyStopping(monitor="train_loss", patience=5)
-    history = make_trainer(impl, manifest, [stopper], optimizer=diverging).fit(*loaders(impl, train, val), num_epochs=6)
-    assert stopper.stop_reason is StopReason.NON_FINITE
-    assert len(history) < 6 and not np.isfinite(history["train_loss"][-1])
 
 
 @pytest.mark.parametrize("backend", IMPLS)
@@ -187,12 +184,12 @@ def test_a_run_killed_during_a_checkpoint_save_loses_nothing(backend, data, defa
 
     # The last complete checkpoint (after epoch 1) is intact; the interrupted one left only a
     # hidden staging directory, which no reader takes for a checkpoint.
-    _, _, saved = load_training_checkpoint(out / "last.ckpt")
+    _, _, saved = load_training_checkpoint(out / "last")
     assert saved["epoch"] == 2
-    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == ["last.ckpt"]
+    assert [p.name for p in out.iterdir() if not p.name.startswith(".")] == ["last"]
 
     resumed = make_trainer(impl, manifest, [ModelCheckpoint(out, save_top_k=0, save_last=True)])
-    resumed.load_checkpoint(out / "last.ckpt")
+    resumed.load_checkpoint(out / "last")
     history = resumed.fit(*loaders(impl, train, val), num_epochs=4)
     reference = make_trainer(impl, manifest).fit(*loaders(impl, train, val), num_epochs=4)
     assert history.as_dict() == reference.as_dict()
@@ -205,3 +202,176 @@ def test_jax_trainer_compiles_its_step_once_per_shape(data):
     trainer.fit(*loaders(jax_impl, train, val), num_epochs=2)  # one padded shape (COLLATE)
     assert trainer.train_step._cache_size() == 1
     assert trainer.eval_step._cache_size() == 1
+
+
+# -- generic models, framework optimizers --------------------------------------------------------
+class TorchRegressor(torch.nn.Module):
+    """Any nn.Module with compute_loss: no BaseModel, no config."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.out = torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)
+
+    def compute_loss(self, batch):
+        return torch.mean((self.out(torch.tanh(self.hidden(batch["x"])))[:, 0] - batch["y"]) ** 2)
+
+
+class JaxRegressor(nnx.Module):
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        self.hidden, self.out = nnx.Linear(4, 8, rngs=rngs), nnx.Linear(8, 1, rngs=rngs)
+
+    def compute_loss(self, batch):
+        return jnp.mean((self.out(jnp.tanh(self.hidden(batch["x"])))[:, 0] - batch["y"]) ** 2)
+
+
+def regressor(backend):
+    torch.manual_seed(0)
+    return TorchRegressor() if backend == "torch" else JaxRegressor()
+
+
+def framework_optimizer(backend, model, lr=0.05):
+    if backend == "torch":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    return optax.adamw(lr, weight_decay=0.01)
+
+
+def regression_batches(sizes=(16, 16, 8)):
+    """Batches of ``{"x": float32 [n, 4], "y": float32 [n]}``, a short last one."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(sum(sizes), 4)).astype(np.float32)
+    y = np.sin(x.sum(axis=1)).astype(np.float32)
+    bounds = np.cumsum((0, *sizes))
+    return [{"x": x[a:b], "y": y[a:b]} for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class Recorder(Callback):
+    def __init__(self):
+        self.events = []
+
+    def on_train_start(self, trainer):
+        self.events.append(("train_start",))
+
+    def on_epoch_start(self, epoch, trainer):
+        self.events.append(("epoch_start", epoch))
+
+    def on_batch_end(self, batch_idx, trainer, loss):
+        self.events.append(("batch_end", batch_idx, float(loss), trainer.last_batch_size))
+
+    def on_epoch_end(self, epoch, trainer, metrics):
+        self.events.append(("epoch_end", epoch, dict(metrics)))
+
+    def on_train_end(self, trainer):
+        self.events.append(("train_end",))
+
+
+@pytest.mark.parametrize("backend", IMPLS)
+def test_seed_train_with_a_framework_optimizer_and_seed_hooks(backend):
+    impl, model = IMPLS[backend], regressor(backend)
+    batches = regression_batches()
+    history = impl.training.train(model, batches, batches, framework_optimizer(backend, model), 3)
+    assert list(history) == ["train_loss", "val_loss"] and history["val_loss"][-1] < history["val_loss"][0]
+
+    recorder, seen = Recorder(), []
+
+    def transform(batch, epoch, batch_index, *, train):
+        seen.append((epoch, batch_index, train))
+        return batch
+
+    model = regressor(backend)
+    trainer = impl.training.Trainer(model, framework_optimizer(backend, model), [recorder], batch_transform=transform)
+    trainer.fit(batches, batches, num_epochs=2)
+    names = [event[0] for event in recorder.events]
+    assert names == ["train_start", *(["epoch_start", *["batch_end"] * 3, "epoch_end"] * 2), "train_end"]
+    assert seen == [(e if train else 0, i, train) for e in (0, 1) for train in (True, False) for i in range(3)]
+    # The epoch's train loss is the per-sample mean of the losses on_batch_end received.
+    batch_ends = [event for event in recorder.events if event[0] == "batch_end"][:3]
+    assert [event[3] for event in batch_ends] == [16, 16, 8]
+    weighted = sum(loss * n for _, _, loss, n in batch_ends) / 40
+    assert recorder.events[5][2]["train_loss"] == pytest.approx(weighted, rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", IMPLS)
+def test_samples_per_batch_default_and_hooks(backend):
+    impl, model = IMPLS[backend], regressor(backend)
+    trainer = impl.training.Trainer(model, framework_optimizer(backend, model))
+    uneven, whole = trainer.evaluate(regression_batches()), trainer.evaluate(regression_batches((40,)))
+    assert uneven == pytest.approx(whole, rel=1e-6)  # the leading dimension of the first array: per sample
+
+    class CountsBatches(list):
+        def batch_size(self, batch):
+            return 1  # every batch weighs the same, whatever it holds
+
+    per_batch = trainer.evaluate(CountsBatches(regression_batches()))
+    means = [trainer.evaluate([batch]) for batch in regression_batches()]
+    assert per_batch == pytest.approx(np.mean(means), rel=1e-6) and per_batch != pytest.approx(uneven, rel=1e-3)
+    model.batch_size = lambda batch: 1  # the model's hook, asked when the loader has none
+    assert trainer.evaluate(regression_batches()) == pytest.approx(per_batch, rel=1e-6)
+
+
+@pytest.mark.parametrize("backend", IMPLS)
+def test_framework_optimizer_resume_is_bit_exact(backend, tmp_path):
+    impl, batches = IMPLS[backend], regression_batches()
+
+    def trainer():
+        model = regressor(backend)
+        return impl.training.Trainer(model, framework_optimizer(backend, model))
+
+    reference = trainer().fit(batches, batches, num_epochs=4).as_dict()
+    first = trainer()
+    first.fit(batches, batches, num_epochs=2)
+    first.save_checkpoint(tmp_path / "ckpt")
+    resumed = trainer()
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    assert resumed.optimizer_step == 6
+    assert resumed.fit(batches, batches, num_epochs=4).as_dict() == reference
+
+
+@pytest.mark.parametrize(("writer", "reader"), [("torch", "jax"), ("jax", "torch")])
+def test_framework_optimizer_checkpoint_is_refused_by_the_other_backend(writer, reader, tmp_path):
+    model = regressor(writer)
+    IMPLS[writer].training.Trainer(model, framework_optimizer(writer, model)).save_checkpoint(tmp_path / "ckpt")
+    model = regressor(reader)
+    other = IMPLS[reader].training.Trainer(model, framework_optimizer(reader, model))
+    with pytest.raises(ValueError, match=f"which only {writer} can read.*OptimizerConfig"):
+        other.load_checkpoint(tmp_path / "ckpt")
+    portable = IMPLS[writer].training.Trainer(regressor(writer), OPTIMIZER)
+    with pytest.raises(ValueError, match="optimizer instance"):
+        portable.load_checkpoint(tmp_path / "ckpt")
+
+
+def test_torch_checkpoint_of_another_optimizer_class_is_refused(tmp_path):
+    model = regressor("torch")
+    torch_impl.training.Trainer(model, framework_optimizer("torch", model)).save_checkpoint(tmp_path / "ckpt")
+    model = regressor("torch")
+    sgd = torch_impl.training.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match="torch.optim.AdamW, this trainer has a torch.optim.SGD"):
+        sgd.load_checkpoint(tmp_path / "ckpt")
+
+
+def test_optax_checkpoint_of_another_transformation_is_refused(tmp_path):
+    model = regressor("jax")
+    jax_impl.training.Trainer(model, optax.adamw(0.1, weight_decay=0.01)).save_checkpoint(tmp_path / "ckpt")
+    other = jax_impl.training.Trainer(regressor("jax"), optax.sgd(0.1, momentum=0.9))
+    with pytest.raises(ValueError, match="another optax transformation"):
+        other.load_checkpoint(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("backend", IMPLS)
+def test_training_stops_after_the_first_non_finite_epoch(backend):
+    impl, batches = IMPLS[backend], regression_batches()
+    diverging = OptimizerConfig("sgd", learning_rate=1e30, momentum=0.0)
+    trainer = impl.training.Trainer(regressor(backend), diverging)
+    history = trainer.fit(batches, batches, num_epochs=6)
+    finite = [bool(np.isfinite(t) and np.isfinite(v)) for t, v in zip(history["train_loss"], history["val_loss"])]
+    assert finite[-1] is False and all(finite[:-1]) and len(history) < 6
+    assert trainer.should_stop and f"stopped after epoch {len(history) - 1}" in trainer.stop_reason
+    assert "is not finite" in trainer.stop_reason
+    keeps_going = impl.training.Trainer(regressor(backend), diverging, stop_on_non_finite=False)
+    assert len(keeps_going.fit(batches, batches, num_epochs=6)) == 6
+
+
+@pytest.mark.parametrize("backend", IMPLS)
+def test_unknown_optimizer_type_is_refused(backend):
+    with pytest.raises(TypeError, match="optimizer must be"):
+        IMPLS[backend].training.Trainer(regressor(backend), "adam")

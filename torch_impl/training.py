@@ -2,37 +2,40 @@
 
 The contract, documented here once (``jax_impl.training`` mirrors it name for name):
 
-- ``Trainer(model, optimizer, callbacks=(), device=None)``: ``model`` is a ``models.BaseModel``
-  (anything with ``compute_loss(batch) -> scalar``), ``optimizer`` an
-  ``ml_patterns.optim.OptimizerConfig``. ``fit(train_loader, val_loader=None, num_epochs=1)`` runs
-  epochs ``trainer.epoch`` .. ``num_epochs - 1`` (``num_epochs`` is the total, so a resumed trainer
-  continues where it stopped) and returns the ``History``: ``train_loss`` and ``val_loss`` per
-  epoch, weighted per molecule (``ml_patterns.training``).
-- Loaders yield collated batches (``data.make_loader``); a molecule model's batch is then prepared
-  by ``ml_patterns.training.BatchPreparer`` (standardized labels, token masks), the same on both sides.
-- No host sync inside an epoch: losses accumulate on the device and are read once per epoch. The
-  only exception is a callback that reads ``logs["loss"]`` in ``on_batch_end`` (ProgressBar does,
-  at most twice a second).
-- Hooks and callbacks: ``ml_patterns.callbacks``. ``save_checkpoint(path)`` writes the full
-  training checkpoint of ``ml_patterns.training``; ``load_checkpoint(path)`` restores one written
-  by either backend, and the next ``fit`` resumes from it.
-- ``train(...)``: the same loop without callbacks, returning ``{"train_loss": [...], "val_loss": [...]}``.
+- ``Trainer(model, optimizer, callbacks=(), *, device=None, batch_transform=None,
+  stop_on_non_finite=True)``: ``model`` is any ``nn.Module`` with ``compute_loss(batch) -> scalar
+  tensor``; ``optimizer`` a ``torch.optim.Optimizer`` over the model's parameters, or an
+  ``ml_patterns.optim.OptimizerConfig`` (built here; its checkpoints resume on either backend).
+  ``fit(train_loader, val_loader=None, num_epochs=1)`` runs epochs ``trainer.epoch`` ..
+  ``num_epochs - 1`` (``num_epochs`` is the total, so a resumed trainer continues where it stopped)
+  and returns the ``History``: ``train_loss`` and ``val_loss`` per epoch, weighted per sample.
+- Loaders yield batches: a mapping (or list/tuple) of numpy arrays or tensors, moved to ``device``
+  (numpy integers become int64, torch's integer default). ``batch_transform``, samples per batch,
+  the non-finite stop and the checkpoint format: ``ml_patterns.training``.
+- No host sync inside an epoch: losses accumulate on the device and are read once per epoch. A
+  callback's ``float(loss)`` in ``on_batch_end`` is a sync (ProgressBar does it at most twice a second).
+- Hooks and callbacks: ``ml_patterns.callbacks``. ``save_checkpoint(path)`` writes the full training
+  checkpoint; ``load_checkpoint(path)`` restores one, and the next ``fit`` resumes from it.
+- ``train(model, train_loader, val_loader, optimizer, num_epochs, device=None)``: the seed's
+  function, returning ``{"train_loss": [...], "val_loss": [...]}``.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
 from ml_patterns.optim import OptimizerConfig
-from ml_patterns.training import OPTIMIZER_SLOTS, TrainerBase
+from ml_patterns.training import OPTIMIZER_SLOTS, BatchTransform, TrainerBase
 from torch_impl import state
-from torch_impl.models import as_batch
 from torch_impl.optim import build_optimizer
 
 
@@ -44,30 +47,42 @@ class Trainer(TrainerBase):
     def __init__(
         self,
         model: torch.nn.Module,
-        optimizer: OptimizerConfig,
+        optimizer: OptimizerConfig | torch.optim.Optimizer,
         callbacks: Sequence[Callback] = (),
         *,
         device: str | torch.device | None = None,
+        batch_transform: BatchTransform | None = None,
+        stop_on_non_finite: bool = True,
     ):
         self.device = torch.device(device) if device is not None else _default_device()
-        super().__init__(model.to(self.device), optimizer, callbacks)
-        self.optimizer = build_optimizer(optimizer, self.model.parameters())
+        if isinstance(optimizer, OptimizerConfig):
+            config = optimizer
+        elif isinstance(optimizer, torch.optim.Optimizer):
+            config = None
+        else:
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer or an OptimizerConfig, got {type(optimizer).__name__}")
+        # .to() moves parameters in place: an optimizer built over them before keeps pointing at them.
+        super().__init__(model.to(self.device), config, callbacks, batch_transform=batch_transform,
+                         stop_on_non_finite=stop_on_non_finite)
+        self.optimizer = optimizer if config is None else build_optimizer(config, self.model.parameters())
+        self._steps = 0  # a framework optimizer's updates (our Optimizer counts its own)
 
     def _set_mode(self, train: bool) -> None:
         self.model.train(train)
 
-    def _to_batch(self, prepared: dict) -> dict:
-        return as_batch(prepared, self.device)
+    def _to_batch(self, batch: Any) -> Any:
+        return to_device(batch, self.device)
 
-    def _train_step(self, batch: dict) -> torch.Tensor:
+    def _train_step(self, batch: Any) -> torch.Tensor:
         self.optimizer.zero_grad()
         loss = self.model.compute_loss(batch)
         loss.backward()
         self.optimizer.step()
+        self._steps += 1
         return loss.detach()
 
     @torch.no_grad()
-    def _eval_step(self, batch: dict) -> torch.Tensor:
+    def _eval_step(self, batch: Any) -> torch.Tensor:
         return self.model.compute_loss(batch)
 
     # -- what callbacks use -----------------------------------------------------------------
@@ -77,10 +92,10 @@ class Trainer(TrainerBase):
     def restore_weights(self, snapshot: dict[str, torch.Tensor]) -> None:
         self.model.load_state_dict(snapshot)
 
-    # -- checkpoints: conversions to and from the canonical arrays --------------------------
+    # -- checkpoints: conversions to and from the arrays of a checkpoint --------------------
     @property
     def optimizer_step(self) -> int:
-        return self.optimizer.step_count
+        return self._steps if self.optimizer_config is None else self.optimizer.step_count
 
     def _named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         return [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
@@ -89,14 +104,20 @@ class Trainer(TrainerBase):
         return [name for name, _ in self._named_parameters()]
 
     def _write_model(self, path: Path) -> None:
-        self.model.save(path)
+        checkpoint.save_checkpoint(path, state.to_numpy(self.model), backend="torch", model_class=type(self.model).__name__,
+                                   config=getattr(self.model, "config", None), versions={"torch": torch.__version__})
 
     def _load_weights(self, model_file: Path) -> None:
-        self.model.load(model_file)
+        arrays, _ = checkpoint.load_checkpoint(model_file)
+        state.from_numpy(self.model, arrays, source=str(model_file))
 
     def _optimizer_arrays(self) -> dict[str, np.ndarray]:
-        """Zeros before the first step: torch creates its state lazily; zero moments are what optax
-        starts from, and mean the same."""
+        if self.optimizer_config is None:
+            return {f"state/{index}/{key}": state.tensor_to_numpy(value).copy()
+                    for index, entry in self.optimizer.state_dict()["state"].items()
+                    for key, value in entry.items() if torch.is_tensor(value)}
+        # Zeros before the first step: torch creates its state lazily; zero moments are what optax
+        # starts from, and mean the same.
         arrays = {}
         for name, parameter in self._named_parameters():
             slots = self.optimizer.optimizer.state.get(parameter, {})
@@ -115,6 +136,38 @@ class Trainer(TrainerBase):
             optimizer.state[parameter] = entry
         self.optimizer.set_step(step)
 
+    def _framework_optimizer_json(self) -> dict:
+        saved = self.optimizer.state_dict()
+        scalars = {f"{index}/{key}": value for index, entry in saved["state"].items()
+                   for key, value in entry.items() if not torch.is_tensor(value)}
+        return {"class": type(self.optimizer).__name__, "param_groups": _json_checked(saved["param_groups"]),
+                "scalars": _json_checked(scalars)}
+
+    def _check_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
+        if saved.get("class") != type(self.optimizer).__name__:
+            raise ValueError(f"{source} holds the state of a torch.optim.{saved.get('class')}, this trainer has a "
+                             f"torch.optim.{type(self.optimizer).__name__}")
+
+    def _load_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
+        entries: dict[int, dict[str, Any]] = {}
+        for key, value in arrays.items():
+            _, index, name = key.split("/", 2)
+            entries.setdefault(int(index), {})[name] = torch.from_numpy(value.copy())
+        for key, value in saved["scalars"].items():
+            index, name = key.split("/", 1)
+            entries.setdefault(int(index), {})[name] = value
+        current = self.optimizer.state_dict()["param_groups"]
+        if len(current) != len(saved["param_groups"]):
+            raise ValueError(f"{source}: {len(saved['param_groups'])} parameter groups, this optimizer has {len(current)}")
+        # JSON has no tuples: give back the tuple-ness of the optimizer's own entries (betas).
+        groups = [{k: tuple(v) if isinstance(mine.get(k), tuple) else v for k, v in group.items()}
+                  for group, mine in zip(saved["param_groups"], current)]
+        try:
+            self.optimizer.load_state_dict({"state": entries, "param_groups": groups})
+        except (ValueError, KeyError) as error:
+            raise ValueError(f"{source}: the optimizer state does not fit this optimizer: {error}") from None
+        self._steps = int(saved["step"])
+
     def _backend_state(self) -> dict:
         # Dropout draws from torch's global generator: restoring it makes a resume bit-exact.
         return {"torch_rng_state": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
@@ -125,18 +178,44 @@ class Trainer(TrainerBase):
             torch.set_rng_state(torch.from_numpy(rng.copy()))
 
 
+def to_device(batch: Any, device: torch.device | str) -> Any:
+    """``batch`` with every array on ``device``: tensors moved, numpy arrays converted (integers to
+    int64, torch's integer default), mappings, lists and tuples walked; anything else kept."""
+    if torch.is_tensor(batch):
+        return batch.to(device)
+    if isinstance(batch, np.ndarray):
+        dtype = torch.int64 if np.issubdtype(batch.dtype, np.integer) else None
+        return torch.as_tensor(batch, dtype=dtype, device=device)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
 def train(
     model: torch.nn.Module,
     train_loader: Iterable,
     val_loader: Iterable | None,
-    optimizer: OptimizerConfig,
+    optimizer: OptimizerConfig | torch.optim.Optimizer,
     num_epochs: int,
     device: str | torch.device | None = None,
+    *,
+    batch_transform: BatchTransform | None = None,
 ) -> dict[str, list[float]]:
     """Trains ``model`` for ``num_epochs``; returns ``{"train_loss": [...], "val_loss": [...]}``
-    (per-epoch means weighted per molecule; ``val_loss`` empty without a ``val_loader``)."""
-    history = Trainer(model, optimizer, device=device).fit(train_loader, val_loader, num_epochs)
+    (per-epoch means weighted per sample; ``val_loss`` empty without a ``val_loader``)."""
+    history = Trainer(model, optimizer, device=device, batch_transform=batch_transform).fit(train_loader, val_loader, num_epochs)
     return {"train_loss": history["train_loss"], "val_loss": history.metrics.get("val_loss", [])}
+
+
+def _json_checked(value: Any) -> Any:
+    """``value`` if it survives JSON as itself (numbers, strings, lists, dicts, tuples as lists)."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=True))
+    except TypeError as error:
+        raise TypeError(f"this optimizer's state holds a value JSON cannot keep ({error}); a torch.optim "
+                        "optimizer with tensor hyperparameters cannot be checkpointed, use float ones") from None
 
 
 def _default_device() -> torch.device:

@@ -1,7 +1,8 @@
 """The batch contract of the molecule models, built once in numpy from a collated batch.
 
-Both backends' ``compute_loss`` read the dicts built here (converted with ``models.as_batch``), so
-torch and JAX train on the same arrays: the same standardized labels, the same masked tokens.
+Both backends' ``compute_loss`` read the dicts built here, so torch and JAX train on the same
+arrays: the same standardized labels, the same masked tokens. ``BatchPreparer`` is the trainers'
+batch transform for these models (``Trainer(..., batch_transform=BatchPreparer(config))``).
 
 A collated batch (``collate.collate_molecules``) is
 ``{"input_ids": int [B, L], "attention_mask": bool [B, L], "labels": float32 [B] | {task: float32 [B]}}``
@@ -30,8 +31,11 @@ Autoencoder batch (``prepare_autoencoder_batch``), teacher forcing by a shift of
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
+from ml_patterns.loader import batch_rng
 from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.molecules.masking import mask_tokens
 
@@ -45,6 +49,32 @@ AUTOENCODER_KEYS = (
     "decoder_targets",
     "decoder_mask",
 )
+
+TRAIN_STREAM, EVAL_STREAM = 0, 1
+
+
+class BatchPreparer:
+    """The molecule models' batch transform (``ml_patterns.training.BatchTransform``): a collated
+    batch to the model's batch (``prepare_batch``), identically on both backends. The randomness of
+    batch i of epoch e (token masking) is ``batch_rng`` of its position, so a resumed run and the
+    other backend draw the same masks.
+
+    Evaluation batches use their own stream and no epoch, so a validation loss is comparable across
+    epochs.
+    """
+
+    def __init__(self, config: ModelConfig):
+        self.config = config
+
+    def __call__(self, collated: Mapping, epoch: int, batch_index: int, *, train: bool) -> dict:
+        stream = TRAIN_STREAM if train else EVAL_STREAM
+        rng = batch_rng(self.config.seed, epoch if train else 0, batch_index, stream=stream)
+        return prepare_batch(_as_numpy(collated), self.config, rng)
+
+
+def _as_numpy(tree: Mapping) -> dict:
+    # np.asarray reads a CPU torch tensor without copying and leaves numpy arrays as they are.
+    return {k: _as_numpy(v) if isinstance(v, Mapping) else np.asarray(v) for k, v in tree.items()}
 
 
 def prepare_batch(collated: dict, config: ModelConfig, rng: np.random.Generator | None = None) -> dict:
