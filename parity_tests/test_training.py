@@ -23,6 +23,7 @@ import torch_impl.molecules.models
 import torch_impl.state
 import torch_impl.training
 from ml_patterns.callbacks import EarlyStopping
+from ml_patterns.molecules.batches import BatchPreparer
 from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.optim import OptimizerConfig, ScheduleConfig
@@ -68,7 +69,7 @@ def run_both(config, optimizer, train, val, callbacks=lambda: ()):
     jax_impl.state.from_numpy(jax_model, torch_impl.state.to_numpy(torch_model))
     histories = {}
     for name, impl, model in (("torch", torch_impl, torch_model), ("jax", jax_impl, jax_model)):
-        trainer = impl.training.Trainer(model, optimizer, callbacks())
+        trainer = impl.training.Trainer(model, optimizer, callbacks(), batch_transform=BatchPreparer(config))
         histories[name] = trainer.fit(
             impl.data.make_loader(train, BATCH, seed=7, **COLLATE),
             impl.data.make_loader(val, 32, shuffle=False, **COLLATE),
