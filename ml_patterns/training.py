@@ -136,8 +136,9 @@ def find_sampler(loader: Any) -> BatchSampler | None:
 
 
 def load_callback_states(callbacks: Sequence, states: list[dict], source: str | os.PathLike) -> None:
-    """Hands each callback its saved state; the callbacks must be the ones the run was saved with."""
-    if len(states) != len(callbacks):
+    """Hands each callback its saved state; the callbacks must be the ones the run was saved with
+    (a trainer without callbacks, e.g. to evaluate or fine-tune, takes none of them)."""
+    if callbacks and len(states) != len(callbacks):
         raise ValueError(f"{source} holds {len(states)} callback states, this trainer has {len(callbacks)} callbacks")
     for callback, state in zip(callbacks, states):
         callback.load_state_dict(state)
