@@ -4,7 +4,7 @@ and ModelCheckpoint in the seed's positional order, then a resume from the best 
 Run: ``python examples/callbacks.py`` (a few seconds on a CPU).
 """
 
-# expect: ^jax: stopped after \d+ epochs \(EarlyStopping at epoch \d+.*\), best checkpoint epoch_\d+ resumes at epoch \d+$
+# expect: ^jax: stopped after \d+ epochs \(EarlyStopping at epoch \d+.*\), best checkpoint epoch_\d+ resumes
 
 import tempfile
 from pathlib import Path
@@ -27,7 +27,8 @@ class LossPrinter(Callback):
         self.loss = float(loss) if batch_idx == 10 else getattr(self, "loss", None)
 
     def on_epoch_end(self, epoch, trainer, metrics):
-        print(f"  epoch {epoch}: batch 10 {self.loss:.4f}, train={metrics['train_loss']:.4f}, val={metrics['val_loss']:.4f}")
+        train, val = metrics["train_loss"], metrics["val_loss"]
+        print(f"  epoch {epoch}: batch 10 {self.loss:.4f}, train={train:.4f}, val={val:.4f}")
 
 
 def batches(n: int, seed: int) -> list[dict[str, np.ndarray]]:

@@ -109,8 +109,10 @@ class Trainer(TrainerBase):
         elif isinstance(optimizer, optax.GradientTransformation):
             config = None
         else:
-            raise TypeError(f"optimizer must be an optax.GradientTransformation or an OptimizerConfig, got {type(optimizer).__name__}")
-        super().__init__(model, config, callbacks, batch_transform=batch_transform, stop_on_non_finite=stop_on_non_finite)
+            raise TypeError("optimizer must be an optax.GradientTransformation or an OptimizerConfig, "
+                            f"got {type(optimizer).__name__}")
+        super().__init__(model, config, callbacks, batch_transform=batch_transform,
+                         stop_on_non_finite=stop_on_non_finite)
         self.device = jax.devices(device)[0] if isinstance(device, str) else device
         self.optimizer = build_optimizer(optimizer) if config is not None else optimizer
         if seed is None:
@@ -121,7 +123,8 @@ class Trainer(TrainerBase):
     def _initial_state(self) -> TrainState:
         _, params, rest = functional(self.model)
         params = _device_copy(params)  # the step donates its state: never the model's arrays
-        return self._committed(TrainState(params, _device_copy(rest), self.optimizer.init(params), jnp.zeros((), jnp.int32)))
+        step = jnp.zeros((), jnp.int32)
+        return self._committed(TrainState(params, _device_copy(rest), self.optimizer.init(params), step))
 
     def _committed(self, state: TrainState) -> TrainState:
         # Every leaf committed to the device, as the step's outputs are: a state mixing committed and
@@ -165,8 +168,9 @@ class Trainer(TrainerBase):
     def _write_model(self, path: Path) -> None:
         self.sync_model()
         versions = {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")}
-        checkpoint.save_checkpoint(path, weights.to_numpy(self.model), backend="jax", model_class=type(self.model).__name__,
-                                   config=getattr(self.model, "config", None), versions=versions)
+        checkpoint.save_checkpoint(path, weights.to_numpy(self.model), backend="jax",
+                                   model_class=type(self.model).__name__, config=getattr(self.model, "config", None),
+                                   versions=versions)
 
     def _load_weights(self, model_file: Path) -> None:
         arrays, _ = checkpoint.load_checkpoint(model_file)
@@ -214,14 +218,16 @@ class Trainer(TrainerBase):
         for i, (path, leaf) in enumerate(zip(paths, jax.tree.leaves(fresh))):
             saved_leaf = arrays[f"opt_state/{i:05d}"]
             if saved_leaf.shape != leaf.shape or saved_leaf.dtype != leaf.dtype:
-                raise ValueError(f"{source}: optimizer state leaf {path} is {saved_leaf.dtype}{list(saved_leaf.shape)}, "
+                raise ValueError(f"{source}: optimizer state leaf {path} is "
+                                 f"{saved_leaf.dtype}{list(saved_leaf.shape)}, "
                                  f"this optimizer's is {leaf.dtype}{list(leaf.shape)}")
 
     def _load_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
         treedef = jax.tree.structure(self.state.opt_state)
         leaves = [jnp.asarray(arrays[f"opt_state/{i:05d}"]) for i in range(treedef.num_leaves)]
         opt_state = jax.tree.unflatten(treedef, leaves)
-        self.state = self._committed(self.state._replace(opt_state=opt_state, step=jnp.array(int(saved["step"]), jnp.int32)))
+        step = jnp.array(int(saved["step"]), jnp.int32)
+        self.state = self._committed(self.state._replace(opt_state=opt_state, step=step))
 
     def _params_tree(self, arrays: dict[str, np.ndarray], source: str) -> nnx.State:
         """Canonical arrays shaped like the parameters, as an ``nnx.State`` like ``state.params``."""
@@ -242,7 +248,8 @@ def train(
     batch_transform: BatchTransform | None = None,
 ) -> dict[str, list[float]]:
     """See ``torch_impl.training.train``; the model is updated in place at the end."""
-    history = Trainer(model, optimizer, device=device, batch_transform=batch_transform).fit(train_loader, val_loader, num_epochs)
+    trainer = Trainer(model, optimizer, device=device, batch_transform=batch_transform)
+    history = trainer.fit(train_loader, val_loader, num_epochs)
     return {"train_loss": history["train_loss"], "val_loss": history.metrics.get("val_loss", [])}
 
 

@@ -196,7 +196,8 @@ class EarlyStopping(Callback):
                 print(f"Early stopping at epoch {epoch}: {self.stop_reason.value}")
 
     def on_train_end(self, trainer: TrainerProtocol) -> None:
-        if self.restore_best_weights and self._best_weights is not None and self._best_weights_epoch != self._last_epoch:
+        best_is_last = self._best_weights_epoch == self._last_epoch
+        if self.restore_best_weights and self._best_weights is not None and not best_is_last:
             trainer.restore_weights(self._best_weights)
 
     def state_dict(self) -> dict:

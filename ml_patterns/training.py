@@ -184,7 +184,8 @@ def save_training_checkpoint(
     with staged_directory(Path(path), overwrite=True) as staging:
         write_model(staging / MODEL_FILE)
         # np.asarray(order="C"), not ascontiguousarray: that one makes a 0-d step count 1-d.
-        atomic_write_bytes(staging / OPTIMIZER_FILE, save({k: np.asarray(v, order="C") for k, v in optimizer_arrays.items()}))
+        arrays = {k: np.asarray(v, order="C") for k, v in optimizer_arrays.items()}
+        atomic_write_bytes(staging / OPTIMIZER_FILE, save(arrays))
         atomic_write_text(staging / STATE_FILE, json.dumps({"format": FORMAT, **state}, indent=1) + "\n")
 
 
@@ -269,7 +270,8 @@ class TrainerBase:
             trained = time.perf_counter()
             if val_loader is not None:
                 metrics["val_loss"] = self.evaluate(val_loader)
-            self.epoch_times.append({"epoch": epoch, "train_s": trained - start, "val_s": time.perf_counter() - trained})
+            validated = time.perf_counter()
+            self.epoch_times.append({"epoch": epoch, "train_s": trained - start, "val_s": validated - trained})
             self.history.append(epoch, metrics)
             self.epoch += 1  # before the callbacks: a checkpoint written now resumes at the next epoch
             self._after_epoch()
@@ -356,7 +358,8 @@ class TrainerBase:
                 )
             name = optimizer["name"]
             if name != self.optimizer_config.name:
-                raise ValueError(f"{path} was written with optimizer {name!r}, this trainer uses {self.optimizer_config.name!r}")
+                raise ValueError(f"{path} was written with optimizer {name!r}, "
+                                 f"this trainer uses {self.optimizer_config.name!r}")
             slots = optimizer_arrays_to_slots(optimizer_arrays)
             check_optimizer_state(name, slots, self._parameter_names(), str(path))
         elif "framework" not in optimizer:

@@ -23,9 +23,9 @@ import torch_impl.molecules.models
 import torch_impl.state
 import torch_impl.training
 from ml_patterns.callbacks import EarlyStopping
+from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.molecules.batches import BatchPreparer
 from ml_patterns.molecules.config import ModelConfig
-from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.optim import OptimizerConfig, ScheduleConfig
 from parity_tests.tolerances import HISTORY
 

@@ -148,7 +148,8 @@ def test_restore_best_weights():
     ([0.9, 0.8, 0.7, 0.71, 0.72, 0.73], dict(patience=5, baseline=0.5), 3, 4, 2),
 ])
 def test_restore_best_weights_as_keras(values, kwargs, stop_requested_at, trained, weights):
-    stopped_at, trainer = run(EarlyStopping(restore_best_weights=True, **kwargs), values, stop_requested_at=stop_requested_at)
+    callback = EarlyStopping(restore_best_weights=True, **kwargs)
+    stopped_at, trainer = run(callback, values, stop_requested_at=stop_requested_at)
     assert stopped_at + 1 == trained
     assert trainer.weights == weights
 
@@ -164,7 +165,9 @@ def test_missing_monitor_lists_available_keys():
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(mode="minimum"), "mode must be"), (dict(patience=-1), "patience must be"), (dict(min_delta=-1), "min_delta must be"),
+    (dict(mode="minimum"), "mode must be"),
+    (dict(patience=-1), "patience must be"),
+    (dict(min_delta=-1), "min_delta must be"),
 ])
 def test_early_stopping_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

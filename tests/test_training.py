@@ -26,9 +26,9 @@ import torch_impl.models
 import torch_impl.molecules.models
 import torch_impl.training
 from ml_patterns.callbacks import Callback, EarlyStopping, HistoryLogger, ModelCheckpoint, StopReason
+from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.molecules.batches import BatchPreparer
 from ml_patterns.molecules.config import ModelConfig
-from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.optim import OptimizerConfig
 from ml_patterns.training import load_training_checkpoint
 
@@ -66,7 +66,8 @@ def test_train_returns_per_epoch_history(backend, data):
     manifest, train, val = data
     config = config_for(manifest)
     model = impl.molecules.models.build_model(config)
-    history = impl.training.train(model, *loaders(impl, train, val), OPTIMIZER, 3, batch_transform=BatchPreparer(config))
+    history = impl.training.train(model, *loaders(impl, train, val), OPTIMIZER, 3,
+                                  batch_transform=BatchPreparer(config))
     assert list(history) == ["train_loss", "val_loss"]
     assert len(history["train_loss"]) == len(history["val_loss"]) == 3
     assert all(np.isfinite(history["train_loss"])) and history["train_loss"][2] < history["train_loss"][0]
@@ -375,3 +376,21 @@ def test_training_stops_after_the_first_non_finite_epoch(backend):
 def test_unknown_optimizer_type_is_refused(backend):
     with pytest.raises(TypeError, match="optimizer must be"):
         IMPLS[backend].training.Trainer(regressor(backend), "adam")
+
+
+def test_jax_trainer_carries_batch_statistics():
+    """Non-parameter state a compute_loss updates (BatchNorm's running mean) flows through the
+    jitted step and back into the model."""
+
+    class Normalized(nnx.Module):
+        def __init__(self):
+            rngs = nnx.Rngs(0)
+            self.hidden, self.norm = nnx.Linear(4, 4, rngs=rngs), nnx.BatchNorm(4, rngs=rngs)
+            self.out = nnx.Linear(4, 1, rngs=rngs)
+
+        def compute_loss(self, batch):
+            return jnp.mean((self.out(self.norm(self.hidden(batch["x"])))[:, 0] - batch["y"]) ** 2)
+
+    model = Normalized()
+    jax_impl.training.train(model, regression_batches(), None, optax.adam(1e-2), 2)
+    assert np.abs(np.asarray(model.norm.mean[...])).max() > 1e-3  # starts at zeros

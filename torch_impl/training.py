@@ -60,7 +60,8 @@ class Trainer(TrainerBase):
         elif isinstance(optimizer, torch.optim.Optimizer):
             config = None
         else:
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer or an OptimizerConfig, got {type(optimizer).__name__}")
+            raise TypeError("optimizer must be a torch.optim.Optimizer or an OptimizerConfig, "
+                            f"got {type(optimizer).__name__}")
         # .to() moves parameters in place: an optimizer built over them before keeps pointing at them.
         super().__init__(model.to(self.device), config, callbacks, batch_transform=batch_transform,
                          stop_on_non_finite=stop_on_non_finite)
@@ -104,8 +105,9 @@ class Trainer(TrainerBase):
         return [name for name, _ in self._named_parameters()]
 
     def _write_model(self, path: Path) -> None:
-        checkpoint.save_checkpoint(path, state.to_numpy(self.model), backend="torch", model_class=type(self.model).__name__,
-                                   config=getattr(self.model, "config", None), versions={"torch": torch.__version__})
+        checkpoint.save_checkpoint(path, state.to_numpy(self.model), backend="torch",
+                                   model_class=type(self.model).__name__, config=getattr(self.model, "config", None),
+                                   versions={"torch": torch.__version__})
 
     def _load_weights(self, model_file: Path) -> None:
         arrays, _ = checkpoint.load_checkpoint(model_file)
@@ -158,7 +160,8 @@ class Trainer(TrainerBase):
             entries.setdefault(int(index), {})[name] = value
         current = self.optimizer.state_dict()["param_groups"]
         if len(current) != len(saved["param_groups"]):
-            raise ValueError(f"{source}: {len(saved['param_groups'])} parameter groups, this optimizer has {len(current)}")
+            raise ValueError(f"{source}: {len(saved['param_groups'])} parameter groups, "
+                             f"this optimizer has {len(current)}")
         # JSON has no tuples: give back the tuple-ness of the optimizer's own entries (betas).
         groups = [{k: tuple(v) if isinstance(mine.get(k), tuple) else v for k, v in group.items()}
                   for group, mine in zip(saved["param_groups"], current)]
@@ -205,7 +208,8 @@ def train(
 ) -> dict[str, list[float]]:
     """Trains ``model`` for ``num_epochs``; returns ``{"train_loss": [...], "val_loss": [...]}``
     (per-epoch means weighted per sample; ``val_loss`` empty without a ``val_loader``)."""
-    history = Trainer(model, optimizer, device=device, batch_transform=batch_transform).fit(train_loader, val_loader, num_epochs)
+    trainer = Trainer(model, optimizer, device=device, batch_transform=batch_transform)
+    history = trainer.fit(train_loader, val_loader, num_epochs)
     return {"train_loss": history["train_loss"], "val_loss": history.metrics.get("val_loss", [])}
 
 
