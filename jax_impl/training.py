@@ -132,7 +132,7 @@ class Trainer(TrainerBase):
         return jax.device_put(state, self.device or jax.devices()[0])
 
     def _to_batch(self, batch: Any) -> Any:
-        return jax.device_put(batch, self.device)
+        return to_device(batch, self.device)
 
     def _train_step(self, batch: Any) -> jax.Array:
         self.state, metrics = self.train_step(self.state, batch)
@@ -235,6 +235,12 @@ class Trainer(TrainerBase):
         scratch = fn.merge(_device_copy(params), rest)  # a copy of the model, written into
         weights.from_numpy(scratch, arrays, source=source)
         return _device_copy(nnx.state(scratch, nnx.Param))
+
+
+def to_device(batch: Any, device: jax.Device | None = None) -> Any:
+    """``batch`` (a pytree of numpy or JAX arrays) on ``device`` (None: the default one); numpy
+    int64 becomes int32 and float64 float32, JAX's defaults. See ``torch_impl.training.to_device``."""
+    return jax.device_put(batch, device)
 
 
 def train(

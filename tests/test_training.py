@@ -25,7 +25,7 @@ import torch_impl.data
 import torch_impl.models
 import torch_impl.molecules.models
 import torch_impl.training
-from ml_patterns.callbacks import Callback, EarlyStopping, HistoryLogger, ModelCheckpoint, StopReason
+from ml_patterns.callbacks import Callback, EarlyStopping, HistoryLogger, ModelCheckpoint, ProgressBar, StopReason
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.molecules.batches import BatchPreparer
 from ml_patterns.molecules.config import ModelConfig
@@ -280,7 +280,8 @@ def test_seed_train_with_a_framework_optimizer_and_seed_hooks(backend):
         return batch
 
     model = regressor(backend)
-    trainer = impl.training.Trainer(model, framework_optimizer(backend, model), [recorder], batch_transform=transform)
+    callbacks = [recorder, ProgressBar(refresh_s=0.0, disable=True)]  # the bar reads every batch's loss
+    trainer = impl.training.Trainer(model, framework_optimizer(backend, model), callbacks, batch_transform=transform)
     trainer.fit(batches, batches, num_epochs=2)
     names = [event[0] for event in recorder.events]
     assert names == ["train_start", *(["epoch_start", *["batch_end"] * 3, "epoch_end"] * 2), "train_end"]
