@@ -12,6 +12,10 @@ optimizer step, ``on_epoch_end(epoch, trainer, metrics)`` (``metrics``: the epoc
 ``train_loss`` and ``val_loss``), and finally ``on_train_end(trainer)``. ``loss`` in
 ``on_batch_end`` is the batch's mean loss as a device scalar (a torch tensor, a JAX array):
 ``float(loss)`` works on both, and is a host sync, so a callback should read it rarely.
+
+A trainer calls only the hooks a callback defines and saves ``state_dict()`` only where there is
+one, so a callback written against the seed's own ``Callback`` base class (three hooks, no state)
+drives both trainers as it is.
 """
 
 from __future__ import annotations

@@ -74,6 +74,10 @@ OPTIMIZER_SLOTS = {
 }
 
 
+# A callback may define any of them (the seed's own Callback class has only the middle three).
+HOOKS = ("on_train_start", "on_epoch_start", "on_batch_end", "on_epoch_end", "on_train_end")
+
+
 class BatchTransform(Protocol):
     """``transform(batch, epoch, batch_index, *, train) -> batch``, run on the host before the
     batch goes to the device (evaluation batches: ``epoch=0, train=False``)."""
@@ -141,7 +145,8 @@ def load_callback_states(callbacks: Sequence, states: list[dict], source: str | 
     if callbacks and len(states) != len(callbacks):
         raise ValueError(f"{source} holds {len(states)} callback states, this trainer has {len(callbacks)} callbacks")
     for callback, state in zip(callbacks, states):
-        callback.load_state_dict(state)
+        if hasattr(callback, "load_state_dict"):
+            callback.load_state_dict(state)
 
 
 def optimizer_arrays_to_slots(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
@@ -248,6 +253,7 @@ class TrainerBase:
         self.epoch_times: list[dict[str, float]] = []
         self._train_loader: Any = None
         self._pending_sampler_state: dict | None = None
+        self._hooks: dict[str, list[Callable]] = {name: [] for name in HOOKS}  # the callbacks' bound hooks, per fit
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, num_epochs: int = 1) -> History:
@@ -259,12 +265,13 @@ class TrainerBase:
             self._pending_sampler_state = None
         self.batches_per_epoch = len(train_loader) if hasattr(train_loader, "__len__") else None
         self.should_stop = False
-        for callback in self.callbacks:
-            callback.on_train_start(self)
+        self._hooks = {name: [getattr(c, name) for c in self.callbacks if hasattr(c, name)] for name in HOOKS}
+        for hook in self._hooks["on_train_start"]:
+            hook(self)
         while self.epoch < num_epochs and not self.should_stop:
             epoch = self.epoch
-            for callback in self.callbacks:
-                callback.on_epoch_start(epoch, self)
+            for hook in self._hooks["on_epoch_start"]:
+                hook(epoch, self)
             start = time.perf_counter()
             metrics = {"train_loss": self._train_epoch(train_loader, epoch)}
             trained = time.perf_counter()
@@ -278,10 +285,10 @@ class TrainerBase:
             reason = non_finite_reason(epoch, metrics) if self.stop_on_non_finite else None
             if reason is not None:
                 self.should_stop, self.stop_reason = True, reason
-            for callback in self.callbacks:
-                callback.on_epoch_end(epoch, self, metrics)
-        for callback in self.callbacks:
-            callback.on_train_end(self)
+            for hook in self._hooks["on_epoch_end"]:
+                hook(epoch, self, metrics)
+        for hook in self._hooks["on_train_end"]:
+            hook(self)
         return self.history
 
     def _batches(self, loader: Iterable, epoch: int, *, train: bool):
@@ -307,8 +314,8 @@ class TrainerBase:
             total = total + loss * n  # stays on the device: no host sync inside the epoch
             count += n
             self.last_batch_size = n
-            for callback in self.callbacks:
-                callback.on_batch_end(index, self, loss)
+            for hook in self._hooks["on_batch_end"]:
+                hook(index, self, loss)
         return epoch_mean(total, count, "training")
 
     def evaluate(self, loader: Iterable) -> float:
@@ -337,7 +344,7 @@ class TrainerBase:
                 "epoch": self.epoch,
                 "optimizer": optimizer,
                 "sampler": sampler.state_dict() if sampler is not None else None,
-                "callbacks": [callback.state_dict() for callback in self.callbacks],
+                "callbacks": [c.state_dict() if hasattr(c, "state_dict") else {} for c in self.callbacks],
                 "history": self.history.state_dict(),
                 **self._backend_state(),
             },

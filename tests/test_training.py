@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from abc import ABC
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -395,3 +396,60 @@ def test_jax_trainer_carries_batch_statistics():
     model = Normalized()
     jax_impl.training.train(model, regression_batches(), None, optax.adam(1e-2), 2)
     assert np.abs(np.asarray(model.norm.mean[...])).max() > 1e-3  # starts at zeros
+
+
+# -- the seed's callbacks, verbatim (their own base class: three hooks, no state_dict) -----------
+class SeedCallback(ABC):  # noqa: B024 (the seed's: an ABC without abstract methods)
+    def on_epoch_start(self, epoch: int, trainer) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int, trainer, metrics: dict) -> None:
+        pass
+
+    def on_batch_end(self, batch_idx: int, trainer, loss: float) -> None:
+        pass
+
+
+class SeedEarlyStopping(SeedCallback):
+    def __init__(self, patience: int = 10, min_delta: float = 1e-4):
+        self.patience = patience
+        self.min_delta = min_delta
+        self.best_loss = float("inf")
+        self.counter = 0
+
+    def on_epoch_end(self, epoch: int, trainer, metrics: dict) -> None:
+        val_loss = metrics.get("val_loss", float("inf"))
+        if val_loss < self.best_loss - self.min_delta:
+            self.best_loss = val_loss
+            self.counter = 0
+        else:
+            self.counter += 1
+        if self.counter >= self.patience:
+            trainer.should_stop = True
+            print(f"Early stopping at epoch {epoch}")
+
+
+class SeedModelCheckpoint(SeedCallback):
+    def __init__(self, path: Path, save_best_only: bool = True):
+        self.path = path
+        self.save_best_only = save_best_only
+        self.best_loss = float("inf")
+
+    def on_epoch_end(self, epoch: int, trainer, metrics: dict) -> None:
+        val_loss = metrics.get("val_loss", float("inf"))
+        if not self.save_best_only or val_loss < self.best_loss:
+            self.best_loss = val_loss
+            trainer.save_checkpoint(self.path / f"epoch_{epoch}.pt")
+
+
+@pytest.mark.parametrize("backend", IMPLS)
+def test_the_seeds_own_callbacks_drive_the_trainer(backend, tmp_path, capsys):
+    impl, batches, model = IMPLS[backend], regression_batches(), regressor(backend)
+    callbacks = [SeedEarlyStopping(patience=1, min_delta=10.0), SeedModelCheckpoint(tmp_path)]
+    history = impl.training.Trainer(model, framework_optimizer(backend, model), callbacks).fit(batches, batches, 5)
+    assert len(history) == 2 and "Early stopping at epoch 1" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0.pt", "epoch_1.pt"]  # val_loss fell both epochs
+    model = regressor(backend)
+    resumed = impl.training.Trainer(model, framework_optimizer(backend, model), callbacks)
+    resumed.load_checkpoint(tmp_path / "epoch_0.pt")
+    assert resumed.epoch == 1 and resumed.history["val_loss"] == history["val_loss"][:1]
