@@ -3,24 +3,28 @@ import pytest
 from ml_patterns.optim import OptimizerConfig, ScheduleConfig, learning_rate_at
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(name="rmsprop"),
-    dict(name="adamw"),  # weight decay must be explicit
-    dict(name="adam_l2"),
-    dict(name="adam", weight_decay=0.1),
-    dict(name="sgd", learning_rate=0.0),
-    dict(name="sgd", clip_grad_norm=0.0),
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(name="rmsprop"), "unknown optimizer 'rmsprop'"),
+    (dict(name="adamw"), "adamw needs an explicit weight_decay"),  # torch's and optax's defaults differ
+    (dict(name="adam_l2"), "adam_l2 needs an explicit weight_decay"),
+    (dict(name="adam", weight_decay=0.1), "adam has no weight decay"),
+    (dict(name="sgd", learning_rate=0.0), "learning_rate must be positive"),
+    (dict(name="sgd", clip_grad_norm=0.0), "clip_grad_norm must be positive"),
 ])
-def test_bad_optimizer_configs(kwargs):
-    with pytest.raises(ValueError):
+def test_bad_optimizer_configs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         OptimizerConfig(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(warmup_steps=10, total_steps=10), dict(warmup_steps=-1, total_steps=5),
-                                    dict(warmup_steps=1, total_steps=5, final_fraction=2.0)])
-def test_bad_schedules(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs", [dict(warmup_steps=10, total_steps=10), dict(warmup_steps=-1, total_steps=5)])
+def test_bad_schedule_lengths(kwargs):
+    with pytest.raises(ValueError, match="need 0 <= warmup_steps < total_steps"):
         ScheduleConfig(**kwargs)
+
+
+def test_bad_schedule_final_fraction():
+    with pytest.raises(ValueError, match=r"final_fraction must lie in \[0, 1\]"):
+        ScheduleConfig(warmup_steps=1, total_steps=5, final_fraction=2.0)
 
 
 def test_warmup_cosine_shape():
