@@ -1,6 +1,6 @@
-"""Models, JAX side (Flax NNX). The contract, the architecture and every cross-framework choice are
-documented once in ``torch_impl.models``; this module mirrors it class for class and attribute for
-attribute, so ``jax_impl.state`` maps parameter paths onto torch's names by rule.
+"""Models, JAX side (Flax NNX): the seed's ``BaseModel``, ``EncoderDecoder`` and ``MultiTaskModel``,
+generic. The contract is documented once in ``torch_impl.models``; this module mirrors it class for
+class and attribute for attribute, so ``jax_impl.state`` maps parameter paths onto torch's names by rule.
 
 Divergences, and why:
 
@@ -28,7 +28,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,19 +37,29 @@ import numpy as np
 from flax import nnx
 
 from jax_impl import state
-from jax_impl.losses import CombinedLoss
 from ml_patterns import checkpoint
-from ml_patterns.molecules.config import ModelConfig, unknown_task_error
+
+LossFn = Callable[[Any, Any], Any]
 
 
 class BaseModel(nnx.Module):
-    def __init__(self, config: ModelConfig | None = None):
-        self.config = config
+    config = None  # the molecule models set their ModelConfig; stored in checkpoints
 
-    def loss_parts(self, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
-        raise NotImplementedError
+    def __init__(self, loss_fn: LossFn | None = None):
+        self.loss_fn = loss_fn
 
-    def compute_loss(self, batch: dict) -> jax.Array:
+    def loss_parts(self, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+        if self.loss_fn is not None:
+            out = self.loss_fn(self, batch)
+            return out if isinstance(out, tuple) else (out, {})
+        if type(self).compute_loss is not BaseModel.compute_loss:
+            return self.compute_loss(batch), {}
+        raise NotImplementedError(
+            f"{type(self).__name__} has no loss: pass loss_fn=fn(model, batch) when building it, or define "
+            "compute_loss(batch) (or loss_parts(batch)) in a subclass"
+        )
+
+    def compute_loss(self, batch) -> jax.Array:
         return self.loss_parts(batch)[0]
 
     def save(self, path: str | os.PathLike) -> None:
@@ -61,62 +72,51 @@ class BaseModel(nnx.Module):
             versions={name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax")},
         )
 
-    def load(self, path: str | os.PathLike) -> BaseModel:
+    def load(self, path: str | os.PathLike, device: jax.Device | str | None = None) -> BaseModel:
+        """Loads a portable checkpoint (either backend's) in place; ``device`` (a ``jax.Device`` or a
+        platform name such as ``"cpu"``) puts the parameters there. A ``torch.save`` file is refused
+        with the command that converts it."""
         arrays, _ = checkpoint.load_checkpoint(path)
         state.from_numpy(self, arrays, source=str(path))
+        if device is not None:
+            device = jax.devices(device)[0] if isinstance(device, str) else device
+            nnx.update(self, jax.device_put(nnx.state(self, nnx.Param), device))
         return self
 
 
 class EncoderDecoder(BaseModel):
-    def __init__(self, encoder: nnx.Module, decoder: nnx.Module, *, config: ModelConfig | None = None):
-        super().__init__(config)
+    def __init__(self, encoder: nnx.Module, decoder: nnx.Module, *, loss_fn: LossFn | None = None):
+        super().__init__(loss_fn)
         self.encoder, self.decoder = encoder, decoder
 
-    def encode(self, batch: dict) -> dict[str, jax.Array]:
-        return self.encoder(batch)
+    def encode(self, x):
+        return self.encoder(x)
 
-    def decode(self, encoded: dict, batch: dict) -> dict[str, jax.Array]:
-        return self.decoder(encoded, batch)
+    def decode(self, z, *context):
+        return self.decoder(z, *context)
 
-    def __call__(self, batch: dict) -> dict[str, jax.Array]:
-        encoded = self.encode(batch)
-        return {**encoded, **self.decode(encoded, batch)}
-
-    def loss_parts(self, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
-        decoded = self.decode(self.encode(batch), batch)
-        return self.decoder.loss(decoded, batch)
+    def __call__(self, x):
+        return self.decode(self.encode(x))
 
 
 class MultiTaskModel(BaseModel):
-    def __init__(self, backbone: nnx.Module, heads: Mapping[str, nnx.Module], *, config: ModelConfig | None = None):
-        super().__init__(config)
+    def __init__(self, backbone: nnx.Module, heads: Mapping[str, nnx.Module], *, loss_fn: LossFn | None = None):
+        super().__init__(loss_fn)
         if not heads:
             raise ValueError("MultiTaskModel needs at least one head")
         self.backbone = backbone
         self.heads = nnx.Dict(heads)
 
-    def __call__(self, batch: dict, task: str | None = None) -> dict[str, jax.Array]:
+    def __call__(self, x, task: str | None = None) -> dict[str, Any]:
         if task is not None and task not in self.heads:
-            raise unknown_task_error(task, self.heads.keys())
-        features = self.backbone(batch)
+            raise KeyError(f"unknown task {task!r}; known tasks: {list(self.heads)}")
+        features = self.backbone(x)
         names = list(self.heads) if task is None else [task]
         return {name: self.heads[name](features) for name in names}
 
-    def loss_parts(self, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
-        features, outputs = {}, {}
-        for name, head in self.heads.items():
-            if head.input_key not in features:  # one backbone pass per distinct input
-                features[head.input_key] = self.backbone({**batch, "input_ids": batch[head.input_key]})
-            outputs[name] = head(features[head.input_key])
-        combined = CombinedLoss(
-            {name: head.loss for name, head in self.heads.items()},
-            {name: head.loss_weight for name, head in self.heads.items()},
-        )
-        return combined(outputs, {name: batch for name in self.heads})
-
 
 def as_batch(batch: Mapping) -> dict:
-    """A batch of numpy arrays (``ml_patterns.molecules.batches``) as JAX arrays (integers int32, as JAX's default)."""
+    """A (nested) dict of numpy arrays as JAX arrays (integers int32, as JAX's default)."""
     return {k: as_batch(v) if isinstance(v, Mapping) else jnp.asarray(np.asarray(v)) for k, v in batch.items()}
 
 

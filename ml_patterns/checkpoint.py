@@ -15,7 +15,11 @@ header ``__metadata__`` holds one key, ``"ml_patterns"``, a JSON document::
 ``tensors_sha256`` covers every tensor's name, dtype, shape and bytes, so a flipped bit in the data
 is caught on load, not only a truncated file. Writes are atomic (``ml_patterns.io.atomic_write``:
 temporary file, fsync, rename): an interrupted save leaves the previous checkpoint intact. Loading
-parses the header and the raw buffers only; nothing is ever unpickled.
+parses the header and the raw buffers only; nothing is ever unpickled. A file written by
+``torch.save`` (a zip archive, or a bare pickle for the legacy format) is recognized by its first
+bytes and refused with the command that converts it (``ml-patterns convert IN.pt OUT.safetensors``,
+``torch_impl.state.convert_torch_file``); the torch side also reads such files directly
+(``torch_impl.state.read_weights``, ``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ from ml_patterns.io import atomic_write
 FORMAT = "ml-patterns-checkpoint/1"
 METADATA_KEY = "ml_patterns"
 BACKENDS = ("torch", "jax")
+# What ``sniff`` calls a file written by torch.save: the zip archive (torch >= 1.6) and the legacy pickle.
+TORCH_ZIP, PICKLE = "torch.save zip archive", "pickle"
+TORCH_KINDS = (TORCH_ZIP, PICKLE)
 
 
 class CheckpointError(ValueError):
@@ -95,7 +102,7 @@ def save_checkpoint(
     arrays: Mapping[str, np.ndarray],
     *,
     backend: str,
-    model_class: str,
+    model_class: str | None,
     config: ModelConfig | None,
     versions: Mapping[str, str],
 ) -> Path:
@@ -158,6 +165,22 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return _metadata(path, _parse_header(path, blob, header_only=True))
 
 
+def sniff(path: str | os.PathLike) -> str:
+    """What a file is, from its first bytes: ``"safetensors"``, ``TORCH_ZIP``, ``PICKLE`` or ``"unknown"``."""
+    with open(path, "rb") as handle:
+        return _kind(handle.read(9))
+
+
+def _kind(prefix: bytes) -> str:
+    if prefix.startswith(b"PK\x03\x04"):
+        return TORCH_ZIP
+    if len(prefix) >= 2 and prefix[0] == 0x80 and 2 <= prefix[1] <= 5:  # PROTO opcode, protocols 2-5
+        return PICKLE
+    if len(prefix) == 9 and prefix[8:9] == b"{":  # 8-byte header size, then the JSON header
+        return "safetensors"
+    return "unknown"
+
+
 def config_from_metadata(metadata: dict, path: str | os.PathLike) -> ModelConfig:
     if metadata.get("config") is None:
         raise CheckpointError(f"{path}: the checkpoint stores no ModelConfig (saved from a model built without one)")
@@ -188,9 +211,21 @@ _MAX_HEADER = 100_000_000
 
 
 def _parse_header(path: Path, data: bytes, *, header_only: bool = False) -> dict:
+    kind = _kind(data[:9])
+    if kind in TORCH_KINDS:
+        # Never unpickled here: the torch side reads such a file with torch.load(weights_only=True).
+        what = "a PyTorch torch.save file" if kind == TORCH_ZIP else "a pickle (a legacy PyTorch torch.save file?)"
+        raise CheckpointError(
+            f"{path}: this is {what}, not safetensors; convert it with `ml-patterns convert {path} OUT.safetensors`"
+        )
     if len(data) < 8:
         raise CheckpointError(f"{path}: truncated ({len(data)} bytes; a safetensors file starts with an 8-byte header size)")
     (size,) = struct.unpack("<Q", data[:8])
+    if (size > _MAX_HEADER or 8 + size > len(data)) and kind == "unknown" and len(data) > 8:
+        raise CheckpointError(
+            f"{path}: not a safetensors file (it starts with {bytes(data[:16])!r}: neither a safetensors header, "
+            "a torch.save zip archive nor a pickle)"
+        )
     if size > _MAX_HEADER or 8 + size > len(data):
         raise CheckpointError(f"{path}: truncated or corrupt (header of {size} bytes claimed, file has {len(data)})")
     try:

@@ -37,7 +37,8 @@
     that a caller can aggregate exactly across batches (``sum(sums) / sum(counts)``, the flax WMT
     example's habit) instead of averaging means.
 
-``CombinedLoss`` (defined here, re-exported by both backends): see its docstring.
+``CombinedLoss``: see its docstring (defined here and re-exported by ``jax_impl.losses``; torch's is an
+``nn.Module`` built on the same checks).
 """
 
 from __future__ import annotations
@@ -106,6 +107,49 @@ def target_out_of_range(position: Sequence[int], value: int, vocab: int, n_bad: 
     )
 
 
+def check_losses(losses: Mapping[str, Any], weights: Mapping[str, float] | None) -> dict[str, float]:
+    """Validates ``CombinedLoss``'s arguments; returns ``{name: weight}`` for every loss, in order."""
+    if not losses:
+        raise ValueError("CombinedLoss needs at least one loss")
+    for name, fn in losses.items():
+        if not callable(fn):
+            raise TypeError(f"loss {name!r} is not callable: {fn!r}")
+    weights = dict(weights or {})
+    unknown = sorted(set(weights) - set(losses))
+    if unknown:
+        raise ValueError(f"weights given for unknown loss name(s) {unknown}; losses are {list(losses)}")
+    for name, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise ValueError(f"weight of loss {name!r} must be a finite Python number, got {weight!r}")
+    return {name: float(weights.get(name, 1.0)) for name in losses}
+
+
+def combine(
+    losses: Mapping[str, Callable[[Any, Any], Any]],
+    weights: Mapping[str, float],
+    predictions: Mapping[str, Any],
+    targets: Mapping[str, Any],
+) -> tuple[Any, dict[str, Any]]:
+    """``(weighted_sum(values, weights), values)`` with ``values[name] = losses[name](predictions[name],
+    targets[name])``; a missing prediction or target raises ``KeyError`` naming it."""
+    for kind, given in (("prediction", predictions), ("target", targets)):
+        missing = [name for name in losses if name not in given]
+        if missing:
+            raise KeyError(f"{kind} missing for loss(es) {missing}; {kind}s given: {sorted(given)}")
+    values = {name: fn(predictions[name], targets[name]) for name, fn in losses.items()}
+    return weighted_sum(values, weights), values
+
+
+def weighted_sum(values: Mapping[str, Any], weights: Mapping[str, float]) -> Any:
+    """``sum(weights[name] * values[name])`` in the order of ``values``: plain arithmetic, so it works
+    on tensors, arrays and tracers alike."""
+    terms = [weights[name] * value for name, value in values.items()]
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
 class CombinedLoss:
     """A weighted sum of named losses: ``total = sum(weights[name] * losses[name](pred, target))``.
 
@@ -118,9 +162,11 @@ class CombinedLoss:
     Calling it with ``predictions`` and ``targets``, two mappings holding (at least) every loss
     name, returns ``(total, {name: unweighted value})``, in the order of ``losses``.
 
-    It holds only Python functions and numbers and does plain arithmetic on what the losses return,
-    so it works unchanged on torch tensors and inside ``jax.jit`` (a pure function of its inputs);
-    both backends re-export it.
+    This class holds only Python functions and numbers and does plain arithmetic on what the losses
+    return, so it is a pure function of its inputs inside ``jax.jit``; ``jax_impl.losses`` re-exports
+    it. ``torch_impl.losses.CombinedLoss`` is the seed's ``nn.Module`` over an ``nn.ModuleDict`` (a
+    loss with parameters is registered and moves with ``.to()``), with the same arguments, checks
+    and result, built on ``check_losses`` and ``combine``.
 
     Raises:
         ValueError: no loss; a weight for a name that is not a loss; a weight that is not a finite
@@ -129,32 +175,11 @@ class CombinedLoss:
     """
 
     def __init__(self, losses: Mapping[str, Callable[[Any, Any], Any]], weights: Mapping[str, float] | None = None):
-        if not losses:
-            raise ValueError("CombinedLoss needs at least one loss")
-        for name, fn in losses.items():
-            if not callable(fn):
-                raise TypeError(f"loss {name!r} is not callable: {fn!r}")
-        weights = dict(weights or {})
-        unknown = sorted(set(weights) - set(losses))
-        if unknown:
-            raise ValueError(f"weights given for unknown loss name(s) {unknown}; losses are {list(losses)}")
-        for name, weight in weights.items():
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-                raise ValueError(f"weight of loss {name!r} must be a finite Python number, got {weight!r}")
+        self.weights = check_losses(losses, weights)
         self.losses = dict(losses)
-        self.weights = {name: float(weights.get(name, 1.0)) for name in self.losses}
 
     def __call__(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        for kind, given in (("prediction", predictions), ("target", targets)):
-            missing = [name for name in self.losses if name not in given]
-            if missing:
-                raise KeyError(f"{kind} missing for loss(es) {missing}; {kind}s given: {sorted(given)}")
-        values = {name: fn(predictions[name], targets[name]) for name, fn in self.losses.items()}
-        terms = [self.weights[name] * value for name, value in values.items()]
-        total = terms[0]
-        for term in terms[1:]:
-            total = total + term
-        return total, values
+        return combine(self.losses, self.weights, predictions, targets)
 
     def __repr__(self) -> str:
         return f"CombinedLoss({list(self.losses)}, weights={self.weights})"

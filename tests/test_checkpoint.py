@@ -147,7 +147,7 @@ def test_model_save_load_and_load_model(models, state, tmp_path):
     model.save(tmp_path / "model.safetensors")
     metadata = read_metadata(tmp_path / "model.safetensors")
     assert metadata["backend"] == IDS[BACKENDS.index((models, state))]
-    assert metadata["model_class"] == "MultiTaskModel"
+    assert metadata["model_class"] == "SmilesMultiTaskModel"
     expected = state.to_numpy(model)
     other = models.build_model(ModelConfig(**{**CONFIG.__dict__, "seed": 3}))
     assert other.load(tmp_path / "model.safetensors") is other
@@ -174,3 +174,103 @@ def test_a_model_without_config_saves_but_cannot_be_rebuilt(models, state, tmp_p
     model.save(tmp_path / "model.safetensors")
     with pytest.raises(CheckpointError, match="stores no ModelConfig"):
         models.load_model(tmp_path / "model.safetensors")
+
+
+# ---- files written by the seed's torch.save(state_dict) ------------------------------------------
+
+def torch_pair():
+    import torch
+
+    torch.manual_seed(0)
+    source = torch_impl.models.EncoderDecoder(torch.nn.Linear(8, 3), torch.nn.Linear(3, 8))
+    torch.manual_seed(1)
+    target = torch_impl.models.EncoderDecoder(torch.nn.Linear(8, 3), torch.nn.Linear(3, 8))
+    return source, target
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy-pickle"])
+def test_torch_loads_a_torch_save_state_dict(tmp_path, zip_format):
+    import torch
+
+    source, target = torch_pair()
+    path = tmp_path / "model.pt"
+    torch.save(source.state_dict(), path, _use_new_zipfile_serialization=zip_format)
+    assert target.load(path, "cpu") is target  # the seed's load(path, device)
+    expected = torch_impl.state.to_numpy(source)
+    assert all(np.array_equal(torch_impl.state.to_numpy(target)[k], v) for k, v in expected.items())
+
+
+def test_jax_and_the_core_refuse_a_torch_save_file_naming_the_conversion(tmp_path):
+    import torch
+
+    source, _ = torch_pair()
+    torch.save(source.state_dict(), tmp_path / "model.pt")
+    convert = r"this is a PyTorch torch\.save file, not safetensors; convert it with `ml-patterns convert .*model\.pt OUT\.safetensors`"
+    with pytest.raises(CheckpointError, match=convert):
+        load_checkpoint(tmp_path / "model.pt")
+    jax_model = jax_impl.models.EncoderDecoder(nnx_linear(8, 3), nnx_linear(3, 8))
+    with pytest.raises(CheckpointError, match=convert):
+        jax_model.load(tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="model.pt: this is a PyTorch torch.save file"):
+        read_metadata(tmp_path / "model.pt")
+
+
+def nnx_linear(d_in, d_out):
+    from flax import nnx
+
+    return nnx.Linear(d_in, d_out, rngs=nnx.Rngs(0))
+
+
+def test_convert_a_torch_file_for_both_backends(tmp_path):
+    import torch
+
+    source, target = torch_pair()
+    torch.save(source.state_dict(), tmp_path / "model.pt")
+    out = torch_impl.state.convert_torch_file(tmp_path / "model.pt", tmp_path / "model.safetensors")
+    assert out == tmp_path / "model.safetensors" and checkpoint.sniff(out) == "safetensors"
+    assert read_metadata(out)["config"] is None
+    expected = torch_impl.state.to_numpy(source)
+    jax_model = jax_impl.models.EncoderDecoder(nnx_linear(8, 3), nnx_linear(3, 8)).load(out, "cpu")
+    assert all(np.array_equal(jax_impl.state.to_numpy(jax_model)[k], v) for k, v in expected.items())
+    target.load(out)
+    assert all(np.array_equal(torch_impl.state.to_numpy(target)[k], v) for k, v in expected.items())
+
+
+def test_a_torch_file_that_is_not_a_state_dict_of_tensors_is_refused(tmp_path):
+    import torch
+
+    source, target = torch_pair()
+    torch.save({"model": source.state_dict(), "epoch": 3}, tmp_path / "bundle.pt")
+    with pytest.raises(CheckpointError, match=r"bundle\.pt: not a state_dict of tensors: 2 entries are not tensors: 'model' \(OrderedDict\), 'epoch' \(int\); save model.state_dict\(\) alone"):
+        target.load(tmp_path / "bundle.pt")
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match=r"list\.pt: holds a list, not a state_dict"):
+        torch_impl.state.convert_torch_file(tmp_path / "list.pt", tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_torch_never_unpickles_objects_from_a_torch_file(tmp_path):
+    import torch
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    _, target = torch_pair()
+    for name, protocol_file in (("zip.pt", True), ("legacy.pt", False)):
+        torch.save({"w": Exploit()}, tmp_path / name, _use_new_zipfile_serialization=protocol_file)
+        with pytest.raises(CheckpointError, match=rf"{name}: a PyTorch file that torch.load\(weights_only=True\) cannot read"):
+            target.load(tmp_path / name)
+    assert not marker.exists()
+
+
+def test_garbage_is_named_as_not_a_safetensors_file(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"hello, this is not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=r"not a safetensors file \(it starts with b'hello, this is n'"):
+        load_checkpoint(path)
+    _, target = torch_pair()
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        target.load(path)

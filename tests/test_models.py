@@ -203,3 +203,100 @@ def test_multitask_model_needs_a_head(impl):
     backbone = impl.molecules.models.SmilesEncoder(tiny(), **kwargs)
     with pytest.raises(ValueError, match="at least one head"):
         impl.models.MultiTaskModel(backbone, {})
+
+
+# ---- the generic compositions, as the seed writes them ------------------------------------------
+
+def linear(impl, d_in: int, d_out: int, seed: int = 0):
+    if impl is torch_impl:
+        torch.manual_seed(seed)
+        return torch.nn.Linear(d_in, d_out)
+    return nnx.Linear(d_in, d_out, rngs=nnx.Rngs(seed))
+
+
+def as_numpy(x) -> np.ndarray:
+    return x.detach().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def array(impl, values: np.ndarray):
+    return torch.from_numpy(values) if impl is torch_impl else jax.numpy.asarray(values)
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=IDS)
+def test_generic_encoder_decoder_on_plain_arrays(impl):
+    model = impl.models.EncoderDecoder(linear(impl, 8, 3), linear(impl, 3, 8, seed=1))
+    x = array(impl, np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32))
+    z = model.encode(x)
+    assert tuple(z.shape) == (5, 3)
+    assert tuple(model.decode(z).shape) == (5, 8)
+    np.testing.assert_array_equal(as_numpy(model(x)), as_numpy(model.decode(model.encode(x))))
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=IDS)
+def test_generic_multitask_model_with_plain_heads(impl):
+    heads = {"a": linear(impl, 4, 1, seed=1), "b": linear(impl, 4, 2, seed=2)}
+    model = impl.models.MultiTaskModel(linear(impl, 8, 4), heads)
+    x = array(impl, np.ones((3, 8), np.float32))
+    out = model(x)
+    assert list(out) == ["a", "b"] and tuple(out["a"].shape) == (3, 1) and tuple(out["b"].shape) == (3, 2)
+    one = model(x, task="b")
+    assert list(one) == ["b"]
+    np.testing.assert_array_equal(as_numpy(one["b"]), as_numpy(out["b"]))
+    with pytest.raises(KeyError, match=r"unknown task 'c'; known tasks: \['a', 'b'\]"):
+        model(x, task="c")
+    names = set((torch_state if impl is torch_impl else jax_state).to_numpy(model))
+    assert names == {"backbone.weight", "backbone.bias", "heads.a.weight", "heads.a.bias", "heads.b.weight", "heads.b.bias"}
+
+
+def mse(impl):
+    return torch.nn.functional.mse_loss if impl is torch_impl else (lambda a, b: jax.numpy.mean((a - b) ** 2))
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=IDS)
+def test_a_generic_model_gets_its_loss_from_loss_fn_or_a_subclass(impl):
+    x = array(impl, np.random.default_rng(1).normal(size=(4, 8)).astype(np.float32))
+    batch = {"x": x}
+    bare = impl.models.EncoderDecoder(linear(impl, 8, 3), linear(impl, 3, 8))
+    with pytest.raises(NotImplementedError, match="EncoderDecoder has no loss: pass loss_fn="):
+        bare.compute_loss(batch)
+
+    def reconstruction(model, batch):
+        return mse(impl)(model(batch["x"]), batch["x"])
+
+    with_fn = impl.models.EncoderDecoder(linear(impl, 8, 3), linear(impl, 3, 8), loss_fn=reconstruction)
+    expected = float(np.mean((as_numpy(with_fn(x)) - as_numpy(x)) ** 2))
+    assert value(with_fn.compute_loss(batch)) == pytest.approx(expected, rel=1e-6)
+    total, parts = with_fn.loss_parts(batch)
+    assert parts == {} and value(total) == value(with_fn.compute_loss(batch))
+
+    class Reconstruct(impl.models.EncoderDecoder):  # the seed's way: a subclass defines compute_loss
+        def compute_loss(self, batch):
+            return reconstruction(self, batch)
+
+    sub = Reconstruct(with_fn.encoder, with_fn.decoder)
+    assert value(sub.compute_loss(batch)) == value(with_fn.compute_loss(batch))
+    assert value(sub.loss_parts(batch)[0]) == value(with_fn.compute_loss(batch))
+
+    parted = impl.models.MultiTaskModel(
+        linear(impl, 8, 4), {"a": linear(impl, 4, 8)},
+        loss_fn=lambda m, b: (lambda loss: (loss, {"a": loss}))(mse(impl)(m(b["x"])["a"], b["x"])),
+    )
+    total, parts = parted.loss_parts(batch)
+    assert list(parts) == ["a"] and value(total) == value(parts["a"])
+
+
+def test_jax_generic_model_with_loss_fn_differentiates_under_jit():
+    model = jax_impl.models.EncoderDecoder(
+        linear(jax_impl, 8, 3), linear(jax_impl, 3, 8), loss_fn=lambda m, b: jax.numpy.mean((m(b["x"]) - b["x"]) ** 2)
+    )
+    batch = {"x": jax.numpy.ones((2, 8))}
+    loss, grads = nnx.jit(nnx.value_and_grad(lambda m, b: m.compute_loss(b)))(model, batch)
+    assert float(loss) == pytest.approx(float(model.compute_loss(batch)), rel=1e-6)
+    assert grads["encoder"]["kernel"][...].shape == (8, 3) and float(jax.numpy.abs(grads["encoder"]["kernel"][...]).sum()) > 0
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=IDS)
+def test_the_molecule_models_are_the_generic_compositions(impl):
+    multitask, autoencoder = build(impl, tiny()), build(impl, tiny(architecture="autoencoder"))
+    assert isinstance(multitask, impl.models.MultiTaskModel) and isinstance(autoencoder, impl.models.EncoderDecoder)
+    assert type(multitask).__name__ == "SmilesMultiTaskModel" and type(autoencoder).__name__ == "SmilesAutoencoder"

@@ -110,7 +110,7 @@ def test_jax_to_numpy_maps_a_state_shaped_like_the_parameters():
     arrays, twice = jax_impl.state.to_numpy(model), jax_impl.state.to_numpy(model, doubled)
     np.testing.assert_array_equal(twice[Q], 2 * arrays[Q])
     other = jax_impl.molecules.models.build_model(ModelConfig(**{**CONFIG.__dict__, "tasks": ("b",)}))
-    with pytest.raises(KeyError, match="heads.b.dense.bias is not a parameter of MultiTaskModel"):
+    with pytest.raises(KeyError, match="heads.b.dense.bias is not a parameter of SmilesMultiTaskModel"):
         jax_impl.state.to_numpy(model, nnx.state(other, nnx.Param))
 
 

@@ -9,12 +9,47 @@ pass, and the backward pass builds the gradient in place in its own output buffe
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import torch
+from torch import nn
 
 from ml_patterns import losses as core
-from ml_patterns.losses import CombinedLoss, TargetOutOfRangeError
+from ml_patterns.losses import TargetOutOfRangeError
 
 __all__ = ["CombinedLoss", "TargetOutOfRangeError", "masked_cross_entropy", "masked_cross_entropy_sum"]
+
+
+class CombinedLoss(nn.Module):
+    """The seed's combined loss: ``ml_patterns.losses.CombinedLoss``'s arguments, checks and result,
+    as an ``nn.Module`` whose losses live in an ``nn.ModuleDict`` (``self.losses``), so a loss with
+    parameters or buffers is registered, saved in ``state_dict`` and moved by ``.to()``. A plain
+    function is accepted too (wrapped in a parameterless module)."""
+
+    def __init__(self, losses: Mapping[str, nn.Module | Callable], weights: Mapping[str, float] | None = None):
+        super().__init__()
+        self.weights = core.check_losses(losses, weights)
+        self.losses = nn.ModuleDict(
+            {name: fn if isinstance(fn, nn.Module) else _FunctionLoss(fn) for name, fn in losses.items()}
+        )
+
+    def forward(
+        self, predictions: Mapping[str, Any], targets: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return core.combine(self.losses, self.weights, predictions, targets)
+
+
+class _FunctionLoss(nn.Module):
+    def __init__(self, fn: Callable):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, prediction, target):
+        return self.fn(prediction, target)
+
+    def extra_repr(self) -> str:
+        return getattr(self.fn, "__qualname__", repr(self.fn))
 
 
 def masked_cross_entropy(

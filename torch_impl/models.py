@@ -1,54 +1,74 @@
-"""Models, torch side: the contract, the generic compositions and the molecule models.
+"""Models, torch side: the seed's ``BaseModel``, ``EncoderDecoder`` and ``MultiTaskModel``, generic.
 
-``jax_impl.models`` mirrors this module class for class, attribute for attribute (so parameter
-paths match and ``state`` maps them by rule, not by table); the contract is documented here once.
+``jax_impl.models`` mirrors this module class for class; the contract is documented here once. The
+molecule models (``torch_impl.molecules.models``) are one application of these classes.
 
-The contract (``BaseModel``)
-    ``forward(batch) -> dict[str, Tensor]`` (JAX: ``__call__``), ``loss_parts(batch) -> (total,
-    {part: value})`` with ``compute_loss(batch)`` its total, a scalar; ``save(path)`` / ``load(path)``
-    write and read a portable checkpoint (``ml_patterns.checkpoint``). Batches are dicts of tensors
-    built by ``ml_patterns.molecules.batches`` (the keys each model reads are listed there) and converted with
-    ``as_batch``. ``train()`` / ``eval()`` switch dropout.
+The contract (``BaseModel``, an ``nn.Module``)
+    ``forward(...)`` (JAX: ``__call__``) and ``compute_loss(batch) -> scalar``, the loss a trainer
+    minimizes; ``batch`` is whatever the loader yields (usually a dict of tensors). ``loss_parts(batch)
+    -> (total, {part: value})`` gives the total with its named parts for logging (``{}`` when the
+    model has none). A model defines its loss in one of three ways:
 
-Compositions
-    ``EncoderDecoder(encoder, decoder)``: ``encode(batch) -> dict``, ``decode(encoded, batch) -> dict``,
-    ``forward(batch)`` returns both dicts merged; the loss is the decoder's ``loss(decoded, batch)``.
-    ``MultiTaskModel(backbone, heads)``: ``backbone(batch) -> features`` (a dict); each head maps the
-    features to its output and knows its own loss (``head.loss(output, batch)``), weight
-    (``head.loss_weight``) and input (``head.input_key``: the batch key holding the token ids its loss
-    is trained on). ``forward(batch, task=None)`` runs every head on ``batch["input_ids"]`` and returns
-    ``{task: output}``; ``task="TPSA"`` returns ``{"TPSA": output}`` alone; an unknown task raises
-    ``KeyError`` listing the known ones. The total loss is ``CombinedLoss`` of the heads' losses.
+    - a subclass overrides ``compute_loss(batch)`` (the seed's way; ``loss_parts`` then returns it
+      with no parts), or ``loss_parts(batch)`` (``compute_loss`` is then its total);
+    - or the model is given ``loss_fn(model, batch) -> total | (total, {part: value})`` when built,
+      e.g. ``EncoderDecoder(enc, dec, loss_fn=lambda m, b: F.mse_loss(m(b["x"]), b["x"]))``.
 
+    A model with neither raises ``NotImplementedError`` saying so. ``save(path)`` writes the weights
+    as a portable safetensors checkpoint (``ml_patterns.checkpoint``, readable by both backends);
+    ``load(path, device=None)`` reads one, or a file written by the seed's ``torch.save(state_dict)``
+    (through ``torch.load(..., weights_only=True)`` only), into this model and moves the model to
+    ``device`` when given. ``config``: the description the model was built from, stored in checkpoints
+    so a loader can rebuild it (the molecule models' ``ModelConfig``; None otherwise).
+
+Compositions (the seed's, on plain tensors and any submodules)
+    ``EncoderDecoder(encoder, decoder)``: ``encode(x) = encoder(x)``, ``decode(z, *context) =
+    decoder(z, *context)`` (extra inputs, e.g. teacher-forcing targets, pass through to the decoder),
+    ``forward(x) = decode(encode(x))``.
+    ``MultiTaskModel(backbone, heads)``: ``forward(x, task=None) -> {task: head(backbone(x))}`` for
+    every head, or for ``task`` alone; an unknown task raises ``KeyError`` listing the known ones.
+    ``heads`` is a mapping name -> module, held in an ``nn.ModuleDict`` (its names become parameter
+    names: ``heads.<name>.weight``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from ml_patterns import checkpoint
-from ml_patterns.molecules.config import ModelConfig, unknown_task_error
 from torch_impl import state
-from torch_impl.losses import CombinedLoss
+
+LossFn = Callable[[Any, Any], Any]
 
 
 class BaseModel(nn.Module):
-    """The model contract (module docstring). ``config`` is the ``ModelConfig`` it was built from,
-    stored in checkpoints so ``load_model`` can rebuild it (None for hand-assembled models)."""
+    """The model contract (module docstring)."""
 
-    def __init__(self, config: ModelConfig | None = None):
+    config = None  # the molecule models set their ModelConfig; stored in checkpoints
+
+    def __init__(self, loss_fn: LossFn | None = None):
         super().__init__()
-        self.config = config
+        self.loss_fn = loss_fn
 
-    def loss_parts(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        raise NotImplementedError
+    def loss_parts(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.loss_fn is not None:
+            out = self.loss_fn(self, batch)
+            return out if isinstance(out, tuple) else (out, {})
+        if type(self).compute_loss is not BaseModel.compute_loss:
+            return self.compute_loss(batch), {}
+        raise NotImplementedError(
+            f"{type(self).__name__} has no loss: pass loss_fn=fn(model, batch) when building it, or define "
+            "compute_loss(batch) (or loss_parts(batch)) in a subclass"
+        )
 
-    def compute_loss(self, batch: dict) -> torch.Tensor:
+    def compute_loss(self, batch) -> torch.Tensor:
+        """The scalar loss of ``batch`` (see the module docstring for how a model defines it)."""
         return self.loss_parts(batch)[0]
 
     def save(self, path: str | os.PathLike) -> None:
@@ -61,63 +81,51 @@ class BaseModel(nn.Module):
             versions={"torch": torch.__version__},
         )
 
-    def load(self, path: str | os.PathLike) -> BaseModel:
-        """Loads a checkpoint written by either backend into this model, in place; returns it."""
-        arrays, _ = checkpoint.load_checkpoint(path)
-        state.from_numpy(self, arrays, source=str(path))
-        return self
+    def load(self, path: str | os.PathLike, device: torch.device | str | None = None) -> BaseModel:
+        """Loads weights saved by either backend, or by ``torch.save(state_dict)``, into this model in
+        place, then moves it to ``device`` if given; returns the model.
+
+        Raises:
+            ml_patterns.checkpoint.CheckpointError: a file that is neither (saying what it is).
+            ml_patterns.checkpoint.WeightMismatchError: weights that do not fit this model.
+        """
+        state.from_numpy(self, state.read_weights(path), source=str(path))
+        return self if device is None else self.to(device)
 
 
 class EncoderDecoder(BaseModel):
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, *, config: ModelConfig | None = None):
-        super().__init__(config)
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, *, loss_fn: LossFn | None = None):
+        super().__init__(loss_fn)
         self.encoder, self.decoder = encoder, decoder
 
-    def encode(self, batch: dict) -> dict[str, torch.Tensor]:
-        return self.encoder(batch)
+    def encode(self, x):
+        return self.encoder(x)
 
-    def decode(self, encoded: dict, batch: dict) -> dict[str, torch.Tensor]:
-        return self.decoder(encoded, batch)
+    def decode(self, z, *context):
+        return self.decoder(z, *context)
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        encoded = self.encode(batch)
-        return {**encoded, **self.decode(encoded, batch)}
-
-    def loss_parts(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        decoded = self.decode(self.encode(batch), batch)
-        return self.decoder.loss(decoded, batch)
+    def forward(self, x):
+        return self.decode(self.encode(x))
 
 
 class MultiTaskModel(BaseModel):
-    def __init__(self, backbone: nn.Module, heads: Mapping[str, nn.Module], *, config: ModelConfig | None = None):
-        super().__init__(config)
+    def __init__(self, backbone: nn.Module, heads: Mapping[str, nn.Module], *, loss_fn: LossFn | None = None):
+        super().__init__(loss_fn)
         if not heads:
             raise ValueError("MultiTaskModel needs at least one head")
         self.backbone = backbone
         self.heads = nn.ModuleDict(heads)
 
-    def forward(self, batch: dict, task: str | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, x, task: str | None = None) -> dict[str, Any]:
         if task is not None and task not in self.heads:
-            raise unknown_task_error(task, self.heads.keys())
-        features = self.backbone(batch)
+            raise KeyError(f"unknown task {task!r}; known tasks: {list(self.heads)}")
+        features = self.backbone(x)
         names = list(self.heads) if task is None else [task]
         return {name: self.heads[name](features) for name in names}
 
-    def loss_parts(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        features, outputs = {}, {}
-        for name, head in self.heads.items():
-            if head.input_key not in features:  # one backbone pass per distinct input
-                features[head.input_key] = self.backbone({**batch, "input_ids": batch[head.input_key]})
-            outputs[name] = head(features[head.input_key])
-        combined = CombinedLoss(
-            {name: head.loss for name, head in self.heads.items()},
-            {name: head.loss_weight for name, head in self.heads.items()},
-        )
-        return combined(outputs, {name: batch for name in self.heads})
-
 
 def as_batch(batch: Mapping, device: torch.device | str | None = None) -> dict:
-    """A batch of numpy arrays (``ml_patterns.molecules.batches``) as tensors: integers as int64, the rest kept."""
+    """A (nested) dict of numpy arrays as tensors: integers as int64, the rest keeping their dtype."""
     out = {}
     for key, value in batch.items():
         if isinstance(value, Mapping):

@@ -1,18 +1,23 @@
-"""Weight transfer, torch side: the model's weights as canonical numpy arrays, and back.
+"""Weight transfer, torch side: the model's weights as canonical numpy arrays, and back; weight files.
 
 The canonical naming and layout *is* torch's ``state_dict`` (``ml_patterns.checkpoint``), so this
 side only converts: tensors to numpy copies, numpy to tensors. ``jax_impl.state`` does the renaming.
+Files written by ``torch.save(state_dict)`` (the seed's format) are read here alone, through
+``torch.load(..., weights_only=True)``, and ``convert_torch_file`` turns one into a portable checkpoint.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ml_patterns.checkpoint import canonical_array, check_arrays
+from ml_patterns import checkpoint
+from ml_patterns.checkpoint import CheckpointError, canonical_array, check_arrays
 
 
 def to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
@@ -48,3 +53,52 @@ def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
 def tree_to_numpy(tree: Mapping) -> dict:
     """A nested dict of tensors (outputs, gradients) as numpy arrays, e.g. for ``ml_patterns.parity``."""
     return {k: tree_to_numpy(v) if isinstance(v, Mapping) else tensor_to_numpy(v) for k, v in tree.items()}
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Canonical arrays from a portable checkpoint (verified: ``checkpoint.load_checkpoint``) or from
+    a ``torch.save(state_dict)`` file (``read_torch_file``), told apart by their first bytes."""
+    if checkpoint.sniff(path) in checkpoint.TORCH_KINDS:
+        return read_torch_file(path)
+    return checkpoint.load_checkpoint(path)[0]
+
+
+def read_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """``{name: array}`` of a file written by ``torch.save(state_dict)``, read with
+    ``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary objects.
+
+    Raises:
+        CheckpointError: a file ``weights_only`` refuses, a corrupt file, or content that is not a
+            flat mapping of names to tensors (naming what it holds instead).
+    """
+    path = Path(path)
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # pickle.UnpicklingError, RuntimeError (bad zip), EOFError, ...
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path}: a PyTorch file that torch.load(weights_only=True) cannot read ({first_line}); "
+            "only state_dicts of tensors are accepted, arbitrary pickled objects never"
+        ) from None
+    if not isinstance(content, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(content).__name__}, not a state_dict (a mapping of names to tensors)")
+    others = {str(name): type(value).__name__ for name, value in content.items() if not isinstance(value, torch.Tensor)}
+    if others:
+        listed = ", ".join(f"{name!r} ({kind})" for name, kind in list(others.items())[:5])
+        raise CheckpointError(
+            f"{path}: not a state_dict of tensors: {len(others)} entr{'y is' if len(others) == 1 else 'ies are'} "
+            f"not tensors: {listed}; save model.state_dict() alone"
+        )
+    return {str(name): canonical_array(tensor_to_numpy(tensor)) for name, tensor in content.items()}
+
+
+def convert_torch_file(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Converts a ``torch.save(state_dict)`` file into a portable checkpoint that both backends read
+    (``ml-patterns convert IN.pt OUT.safetensors``); returns the destination. The checkpoint stores no
+    model config (a state_dict has none): load it with ``model.load(path)`` into a model you build."""
+    arrays = read_torch_file(source)
+    return checkpoint.save_checkpoint(
+        destination, arrays, backend="torch", model_class=None, config=None, versions={"torch": torch.__version__}
+    )

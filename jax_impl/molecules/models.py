@@ -16,6 +16,7 @@ from jax_impl.init import EMBEDDING_INIT, LINEAR_KERNEL_INIT, ONES_INIT, ZEROS_I
 from jax_impl.losses import masked_cross_entropy
 from jax_impl.models import BaseModel, EncoderDecoder, MultiTaskModel
 from ml_patterns import checkpoint
+from ml_patterns.losses import weighted_sum
 from ml_patterns.molecules.batches import check_length
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 
@@ -149,6 +150,36 @@ class MaskedTokenHead(nnx.Module):
         return masked_cross_entropy(logits, batch["mlm_targets"], batch["mlm_mask"])
 
 
+class SmilesAutoencoder(EncoderDecoder):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        super().__init__(SmilesEncoder(config, rngs=rngs), SmilesDecoder(config, rngs=rngs))
+        self.config = config
+
+    def __call__(self, batch: dict) -> dict[str, jax.Array]:
+        encoded = self.encode(batch)
+        return {**encoded, **self.decode(encoded, batch)}
+
+    def loss_parts(self, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return self.decoder.loss(self.decode(self.encode(batch), batch), batch)
+
+
+class SmilesMultiTaskModel(MultiTaskModel):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        heads = {task: RegressionHead(config, task, rngs=rngs) for task in config.tasks}
+        if config.has_mlm_head:
+            heads[MLM_TASK] = MaskedTokenHead(config, loss_weight=config.mlm_weight, rngs=rngs)
+        super().__init__(SmilesEncoder(config, rngs=rngs), heads)
+        self.config = config
+
+    def loss_parts(self, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
+        features, losses = {}, {}
+        for name, head in self.heads.items():
+            if head.input_key not in features:  # one backbone pass per distinct input
+                features[head.input_key] = self.backbone({**batch, "input_ids": batch[head.input_key]})
+            losses[name] = head.loss(head(features[head.input_key]), batch)
+        return weighted_sum(losses, {name: head.loss_weight for name, head in self.heads.items()}), losses
+
+
 def build_model(
     config: ModelConfig, *, weights: Mapping[str, np.ndarray] | None = None, rngs: nnx.Rngs | None = None
 ) -> BaseModel:
@@ -171,12 +202,8 @@ def build_model(
 
 
 def _build(config: ModelConfig, rngs: nnx.Rngs) -> BaseModel:
-    if config.architecture == "autoencoder":
-        return EncoderDecoder(SmilesEncoder(config, rngs=rngs), SmilesDecoder(config, rngs=rngs), config=config)
-    heads = {task: RegressionHead(config, task, rngs=rngs) for task in config.tasks}
-    if config.has_mlm_head:
-        heads[MLM_TASK] = MaskedTokenHead(config, loss_weight=config.mlm_weight, rngs=rngs)
-    return MultiTaskModel(SmilesEncoder(config, rngs=rngs), heads, config=config)
+    model_class = SmilesAutoencoder if config.architecture == "autoencoder" else SmilesMultiTaskModel
+    return model_class(config, rngs=rngs)
 
 
 def load_model(path: str | os.PathLike) -> BaseModel:

@@ -1,15 +1,23 @@
 """The molecule models, torch side, built on the generic compositions of ``torch_impl.models``.
 
 Molecule models (``build_model(config)``, ``ml_patterns.molecules.config.ModelConfig``)
+    Batches are dicts of tensors built by ``ml_patterns.molecules.batches`` (the keys each model reads
+    are listed there) and converted with ``torch_impl.models.as_batch``.
     ``SmilesEncoder``: token + learned position embeddings, ``n_layers`` pre-LayerNorm Transformer
     layers, a final LayerNorm; returns ``{"hidden": [B, L, D], "pooled": [B, D]}``, pooled being the
-    mean over real tokens (``attention_mask``). "multitask": ``MultiTaskModel`` with one
+    mean over real tokens (``attention_mask``).
+    "multitask": ``SmilesMultiTaskModel``, a ``MultiTaskModel(SmilesEncoder, heads)`` with one
     ``RegressionHead`` per target (``[B]``, standardized units, MSE loss) and a ``MaskedTokenHead``
-    (``[B, L, vocab]`` logits, masked cross-entropy on ``mlm_input_ids``). "autoencoder":
-    ``EncoderDecoder(SmilesEncoder, SmilesDecoder)``: the decoder adds the projected pooled vector
-    (the latent: the only path from encoder to decoder, a real bottleneck) to its token and position
-    embeddings and runs causal pre-LayerNorm layers, teacher forced; ``{"logits": [B, L - 1, vocab]}``,
-    loss the masked cross-entropy of the reconstruction.
+    (``[B, L, vocab]`` logits, masked cross-entropy on ``mlm_input_ids``). ``forward(batch, task=None)``
+    is the generic one; each head knows its loss (``head.loss(output, batch)``), weight
+    (``head.loss_weight``) and input (``head.input_key``: the batch key holding the token ids its loss
+    is trained on); ``loss_parts`` returns their weighted sum and ``{task: loss}``.
+    "autoencoder": ``SmilesAutoencoder``, an ``EncoderDecoder(SmilesEncoder, SmilesDecoder)``:
+    ``encode(batch) -> {"hidden", "pooled"}``, ``decode(encoded, batch) -> {"logits"}`` (the batch
+    brings the teacher-forcing inputs), ``forward(batch)`` both dicts merged. The decoder adds the
+    projected pooled vector (the latent: the only path from encoder to decoder, a real bottleneck) to
+    its token and position embeddings and runs causal pre-LayerNorm layers, teacher forced;
+    ``{"logits": [B, L - 1, vocab]}``, loss the masked cross-entropy of the reconstruction.
 
 Choices made identically on both sides (../shared/PARITY.md):
     - Attention is written out (separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` Linear layers)
@@ -42,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml_patterns import checkpoint
+from ml_patterns.losses import weighted_sum
 from ml_patterns.molecules.batches import check_length
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from torch_impl import state
@@ -203,19 +212,48 @@ class MaskedTokenHead(nn.Module):
         return masked_cross_entropy(logits, batch["mlm_targets"], batch["mlm_mask"])
 
 
+class SmilesAutoencoder(EncoderDecoder):
+    """``EncoderDecoder(SmilesEncoder, SmilesDecoder)`` on molecule batches (module docstring)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(SmilesEncoder(config), SmilesDecoder(config))
+        self.config = config
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        encoded = self.encode(batch)
+        return {**encoded, **self.decode(encoded, batch)}
+
+    def loss_parts(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.decoder.loss(self.decode(self.encode(batch), batch), batch)
+
+
+class SmilesMultiTaskModel(MultiTaskModel):
+    """``MultiTaskModel(SmilesEncoder, heads)``: a regression head per target, and the masked-token
+    head unless ``config.mlm_weight`` is 0 (module docstring)."""
+
+    def __init__(self, config: ModelConfig):
+        heads = {task: RegressionHead(config, task) for task in config.tasks}
+        if config.has_mlm_head:
+            heads[MLM_TASK] = MaskedTokenHead(config, loss_weight=config.mlm_weight)
+        super().__init__(SmilesEncoder(config), heads)
+        self.config = config
+
+    def loss_parts(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        features, losses = {}, {}
+        for name, head in self.heads.items():
+            if head.input_key not in features:  # one backbone pass per distinct input
+                features[head.input_key] = self.backbone({**batch, "input_ids": batch[head.input_key]})
+            losses[name] = head.loss(head(features[head.input_key]), batch)
+        return weighted_sum(losses, {name: head.loss_weight for name, head in self.heads.items()}), losses
+
+
 def build_model(config: ModelConfig, *, weights: Mapping[str, np.ndarray] | None = None) -> BaseModel:
     """The molecule model of ``config.architecture``, initialized by ``init_weights`` from
     ``config.seed`` (torch's global RNG is left as it was), then given ``weights`` (canonical
     arrays, e.g. ``jax_impl.state.to_numpy`` of a JAX model) if passed."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        if config.architecture == "autoencoder":
-            model = EncoderDecoder(SmilesEncoder(config), SmilesDecoder(config), config=config)
-        else:
-            heads = {task: RegressionHead(config, task) for task in config.tasks}
-            if config.has_mlm_head:
-                heads[MLM_TASK] = MaskedTokenHead(config, loss_weight=config.mlm_weight)
-            model = MultiTaskModel(SmilesEncoder(config), heads, config=config)
+        model = SmilesAutoencoder(config) if config.architecture == "autoencoder" else SmilesMultiTaskModel(config)
         model.apply(init_weights)
     if weights is not None:
         state.from_numpy(model, weights)
