@@ -5,103 +5,150 @@ from __future__ import annotations
 import collections
 import json
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-Record = dict[str, Any]
+Record = Any
+
+# How many shards' resolved paths and line offsets are remembered after they are closed: bounded,
+# so memory stays flat however many distinct files an index names.
+_REMEMBERED_SHARDS = 64
 
 
 class DatasetError(ValueError):
-    """A prepared dataset is malformed; the message names the file and the index involved."""
+    """A dataset is malformed; the message names the file and the index entry involved."""
 
 
 class LazyDataset:
-    """Random access to records of a prepared dataset (``ml-patterns prepare``), loaded on access.
+    """The seed's lazy dataset: ``data_path/index.json`` lists the items, each loaded on access.
 
-    Construction reads ``root/index.json`` only. ``dataset[i]`` opens the shard named by entry i (a
-    few shards stay open, least recently used closed first), seeks to the record's line and parses
-    that line alone: memory stays flat however large the dataset.
+    Construction reads ``index.json`` only: a JSON list of entries (any layout, pretty-printed or
+    not), each an object with a ``"file"`` path relative to ``data_path``. ``dataset[i]`` loads entry
+    i, applies ``transform`` if given, and returns the result:
+
+    - an entry with a ``"row"`` is line ``row`` of a JSON-lines shard (what ``ml-patterns prepare``
+      writes: ``{"input_ids": list[int], "label": float | dict[str, float], "smiles": str}``). The
+      fast path: a few shards stay open (least recently used closed first), each line's offset is
+      found once, and an access is a seek plus one line parsed.
+    - an entry without is one item per file, read by ``_load_file(path)``, which a subclass
+      overrides (the seed's extension point); the built-in one goes by extension: ``.json`` /
+      ``.jsonl`` (the parsed JSON), ``.npy`` (the array), ``.npz`` (``{name: array}``); pickled
+      objects are refused (``allow_pickle=False``).
+
+    Records need not be molecules: whatever the file holds is the item. Memory stays flat however
+    many items are read (the caches are bounded). Only regular files are opened: a FIFO, device,
+    socket or directory in place of a file is refused with its path (opening a FIFO would block).
+    Paths leading outside ``data_path`` (``..``, absolute, or through a symlink) are refused.
 
     Args:
-        root: the dataset directory.
-        transform: optional ``record -> record`` applied on every access.
+        data_path: the dataset directory.
+        transform: optional ``item -> item`` applied on every access.
         split: ``"train"``, ``"val"`` or ``"test"`` to see one split (entries whose ``"split"``
             matches, in index order); ``None`` for every entry.
         max_open_shards: how many shard files stay open at once.
-
-    ``dataset[i]`` returns ``{"input_ids": list[int], "label": float | dict[str, float],
-    "smiles": str}`` (then whatever ``transform`` makes of it).
     """
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        data_path: str | os.PathLike,
         transform: Callable[[Record], Record] | None = None,
         *,
         split: str | None = None,
         max_open_shards: int = 8,
     ):
-        self.root = Path(root)
+        self.data_path = Path(data_path)
         self.transform = transform
         self.split = split
         self.max_open_shards = max_open_shards
-        entries = _read_index(self.root / "index.json")
+        self.index = _read_index(self.data_path / "index.json")
         if split is not None:
-            known = sorted({e.get("split") for e in entries if isinstance(e.get("split"), str)})
+            known = sorted({e.get("split") for e in self.index if isinstance(e.get("split"), str)})
             if split not in known:
-                raise DatasetError(f"{self.root / 'index.json'}: no entry has split {split!r}; splits present: {known}")
-            entries = [e for e in entries if e.get("split") == split]
-        self._entries = entries
-        self._resolved: dict[str, Path] = {}
+                raise DatasetError(f"{self._index_path}: no entry has split {split!r}; splits present: {known}")
+            self.index = [e for e in self.index if e.get("split") == split]
         self._shards: collections.OrderedDict[Path, _Shard] = collections.OrderedDict()
-        # Line offsets outlive the open file (8 bytes a record), so reopening an evicted shard does
-        # not rescan it.
-        self._offsets: dict[Path, np.ndarray] = {}
+        # Resolved path and line offsets per shard name (8 bytes a record), kept after the shard is
+        # closed so reopening it does not rescan it; bounded, least recently used dropped first.
+        self._shard_info: collections.OrderedDict[str, tuple[Path, np.ndarray | None]] = collections.OrderedDict()
+
+    @property
+    def _index_path(self) -> Path:
+        return self.data_path / "index.json"
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.index)
 
     def __getitem__(self, idx: int) -> Record:
         if isinstance(idx, (bool, np.bool_)) or not isinstance(idx, (int, np.integer)):
             raise TypeError(f"dataset index must be an integer, got {type(idx).__name__}")
-        if not 0 <= idx < len(self._entries):
+        if not 0 <= idx < len(self.index):
             # Negative indices are refused rather than wrapped: a sampler producing -1 is a bug.
-            raise IndexError(f"index {idx} out of range for dataset {self.root} of {len(self._entries)} records")
-        entry = self._entries[idx]
-        path = self._entry_path(idx, entry)
-        row = entry.get("row", 0)
-        if isinstance(row, bool) or not isinstance(row, int) or row < 0:
-            raise DatasetError(f"{self.root / 'index.json'}: entry {idx} has an invalid row {row!r}")
-        record = self._shard(path, idx).read(row, idx)
+            raise IndexError(f"index {idx} out of range for dataset {self.data_path} of {len(self.index)} records")
+        entry = self.index[idx]
+        relative = entry.get("file")
+        if not isinstance(relative, str) or not relative:
+            raise DatasetError(f"{self._index_path}: entry {idx} has no 'file' string")
+        if "row" in entry:
+            row = entry["row"]
+            if isinstance(row, bool) or not isinstance(row, int) or row < 0:
+                raise DatasetError(f"{self._index_path}: entry {idx} has an invalid row {row!r}")
+            record = self._shard(relative, idx).read(row, idx)
+        else:
+            path = _resolve_inside(self.data_path, relative, idx)
+            _check_regular(path, idx)
+            try:
+                record = self._load_file(path)
+            except DatasetError as error:
+                raise DatasetError(f"entry {idx}: {error}") from None
         return self.transform(record) if self.transform is not None else record
 
     def __iter__(self) -> Iterator[Record]:
         for idx in range(len(self)):
             yield self[idx]
 
-    def _entry_path(self, idx: int, entry: dict) -> Path:
-        relative = entry.get("file")
-        if not isinstance(relative, str) or not relative:
-            raise DatasetError(f"{self.root / 'index.json'}: entry {idx} has no 'file' string")
-        resolved = self._resolved.get(relative)
-        if resolved is None:
-            resolved = _resolve_inside(self.root, relative, idx)
-            self._resolved[relative] = resolved
-        return resolved
+    def _load_file(self, path: Path) -> Record:
+        """One item from its own file (entries without ``"row"``); override for other formats."""
+        suffix = path.suffix.lower()
+        if suffix in (".json", ".jsonl"):
+            try:
+                return json.loads(path.read_bytes())
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise DatasetError(f"{path} is not valid JSON: {error}") from None
+        if suffix in (".npy", ".npz"):
+            try:
+                if suffix == ".npy":
+                    return np.load(path, allow_pickle=False)
+                with np.load(path, allow_pickle=False) as arrays:
+                    return {name: arrays[name] for name in arrays.files}
+            except (ValueError, OSError, EOFError) as error:  # object arrays, corrupt or truncated files
+                raise DatasetError(f"{path} cannot be read as {suffix}: {error}") from None
+        raise DatasetError(
+            f"{path}: no built-in loader for {suffix or 'extensionless'!r} files (.json, .jsonl, .npy, .npz); "
+            "subclass LazyDataset and override _load_file(path)"
+        )
 
-    def _shard(self, path: Path, idx: int) -> _Shard:
+    def _shard(self, relative: str, idx: int) -> _Shard:
+        info = self._shard_info.get(relative)
+        if info is None:
+            info = (_resolve_inside(self.data_path, relative, idx), None)
+        else:
+            self._shard_info.move_to_end(relative)
+        path, offsets = info
         shard = self._shards.get(path)
         if shard is None:
-            shard = _Shard(path, idx, self._offsets.get(path))
-            self._offsets[path] = shard.offsets
+            shard = _Shard(path, idx, offsets)
             self._shards[path] = shard
             if len(self._shards) > self.max_open_shards:
                 self._shards.popitem(last=False)[1].close()
         else:
             self._shards.move_to_end(path)
+        self._shard_info[relative] = (path, shard.offsets)
+        if len(self._shard_info) > max(_REMEMBERED_SHARDS, self.max_open_shards):
+            self._shard_info.popitem(last=False)
         return shard
 
     def close(self) -> None:
@@ -124,7 +171,7 @@ def _read_index(path: Path) -> list[dict]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: is {path.parent} a dataset written by `ml-patterns prepare`?") from None
+        raise FileNotFoundError(f"{path} not found: is {path.parent} a dataset (an index.json listing its files)?") from None
     try:
         entries = json.loads(text)
     except json.JSONDecodeError as error:
@@ -150,15 +197,28 @@ def _resolve_inside(root: Path, relative: str, idx: int) -> Path:
     return resolved
 
 
+_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_regular(path: Path, idx: int) -> None:
+    """Refuses what is not a regular file before anything opens it (a FIFO would block ``open``)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} (needed by entry {idx}) does not exist") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
+        raise DatasetError(f"entry {idx}: {path} is {kind}, not a regular file; only regular files are read as data")
+
+
 class _Shard:
     """One open JSON-lines shard and the byte offset of each of its lines."""
 
     def __init__(self, path: Path, idx: int, offsets: np.ndarray | None = None):
         self.path = path
-        try:
-            self.handle = open(path, "rb")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"shard {path} (needed by entry {idx}) does not exist") from None
+        _check_regular(path, idx)
+        self.handle = open(path, "rb")
         if offsets is None:
             # One sequential pass over the file; afterwards each read is a seek plus one line.
             lengths = [len(line) for line in self.handle]
@@ -172,12 +232,9 @@ class _Shard:
         self.handle.seek(start)
         line = self.handle.read(end - start)
         try:
-            record = json.loads(line)
+            return json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise DatasetError(f"entry {idx}: row {row} of shard {self.path} is not valid JSON: {error}") from None
-        if not isinstance(record, dict) or "input_ids" not in record:
-            raise DatasetError(f"entry {idx}: row {row} of shard {self.path} is not a record with 'input_ids'")
-        return record
 
     def close(self) -> None:
         self.handle.close()

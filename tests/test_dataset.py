@@ -234,3 +234,103 @@ def test_checksums_detect_tampering(dataset_copy):
     shard = dataset_copy / "shards" / "shard-00001.jsonl"
     shard.write_bytes(shard.read_bytes().replace(b"C", b"N", 1))
     assert verify_checksums(dataset_copy) == ["shards/shard-00001.jsonl"]
+
+
+# ---- the seed's layout: one item per file, loaded by _load_file --------------------------------
+
+def test_one_item_per_file_by_extension(tmp_path):
+    import numpy as np
+
+    (tmp_path / "items").mkdir()
+    (tmp_path / "items" / "a.json").write_text(json.dumps({"x": [1.0, 2.0], "y": 3}, indent=4))  # pretty-printed
+    np.save(tmp_path / "items" / "b.npy", np.arange(6, dtype=np.int32).reshape(2, 3))
+    np.savez(tmp_path / "items" / "c.npz", x=np.ones(3), y=np.int64(1))
+    entries = [{"file": "items/a.json"}, {"file": "items/b.npy"}, {"file": "items/c.npz"}]
+    (tmp_path / "index.json").write_text(json.dumps(entries, indent=2))  # a pretty-printed index too
+    dataset = LazyDataset(tmp_path, transform=None)
+    assert dataset.data_path == tmp_path and dataset.index == entries and len(dataset) == 3
+    assert dataset[0] == {"x": [1.0, 2.0], "y": 3}  # no input_ids needed
+    np.testing.assert_array_equal(dataset[1], np.arange(6).reshape(2, 3))
+    assert dataset[1].dtype == np.int32
+    item = dataset[2]
+    assert sorted(item) == ["x", "y"] and item["y"] == 1
+    np.testing.assert_array_equal(item["x"], np.ones(3))
+
+
+def test_a_subclass_load_file_is_used(tmp_path):
+    (tmp_path / "items").mkdir()
+    for i in range(3):
+        (tmp_path / "items" / f"{i}.txt").write_text(f"{i} {i * i}")
+    (tmp_path / "index.json").write_text(json.dumps([{"file": f"items/{i}.txt"} for i in range(3)]))
+
+    class TextDataset(LazyDataset):
+        def _load_file(self, path):
+            x, y = path.read_text().split()
+            return {"x": int(x), "y": int(y)}
+
+    assert [item["y"] for item in TextDataset(tmp_path, transform=lambda r: {**r, "y": -r["y"]})] == [0, -1, -4]
+    with pytest.raises(DatasetError, match=r"entry 0: .*0\.txt: no built-in loader for '\.txt' files .*override _load_file"):
+        LazyDataset(tmp_path)[0]
+
+
+def test_pickled_or_corrupt_item_files_are_refused(tmp_path):
+    import numpy as np
+
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "index.json").write_text(json.dumps([{"file": "objects.npy"}, {"file": "bad.json"}]))
+    dataset = LazyDataset(tmp_path)
+    with pytest.raises(DatasetError, match=r"entry 0: .*objects\.npy cannot be read as \.npy: .*allow_pickle=False"):
+        dataset[0]
+    with pytest.raises(DatasetError, match=r"entry 1: .*bad\.json is not valid JSON"):
+        dataset[1]
+    write_index(tmp_path, [{"file": "missing.json"}])
+    with pytest.raises(FileNotFoundError, match=r"missing\.json \(needed by entry 0\) does not exist"):
+        LazyDataset(tmp_path)[0]
+
+
+@pytest.mark.parametrize("row", [True, False], ids=["shard", "item-file"])
+@pytest.mark.parametrize("kind", ["FIFO", "directory"])
+def test_only_regular_files_are_opened(tmp_path, row, kind):
+    target = tmp_path / "data.jsonl"
+    os.mkfifo(target) if kind == "FIFO" else target.mkdir()
+    write_index(tmp_path, [{"file": "data.jsonl", **({"row": 0} if row else {})}])
+    # A FIFO without a writer would block open() forever: the refusal must come before any open.
+    with pytest.raises(DatasetError, match=rf"entry 0: .*data\.jsonl is a {kind}, not a regular file"):
+        LazyDataset(tmp_path)[0]
+
+
+@pytest.mark.parametrize("row", [True, False], ids=["shard-rows", "item-files"])
+def test_memory_stays_flat_however_many_items_are_read(tmp_path, row):
+    """Reading 3000 items not read before allocates (almost) nothing that stays: the caches are
+    bounded. The earlier dataset kept ~0.65 kB per distinct file touched."""
+    import gc
+    import tracemalloc
+
+    n_warm, n = 500, 3000
+    (tmp_path / "items").mkdir()
+    for i in range(n_warm + n):
+        (tmp_path / "items" / f"{i}.json").write_text('{"x": [1, 2, 3]}\n')
+    write_index(tmp_path, [{"file": f"items/{i}.json", **({"row": 0} if row else {})} for i in range(n_warm + n)])
+    # Traced from the start: the caches' contents must be traced when they are replaced later, or
+    # the untraced frees would hide the turnover and count it as growth.
+    tracemalloc.start()
+    try:
+        dataset = LazyDataset(tmp_path)
+        for i in range(n_warm):  # the bounded caches fill up here
+            dataset[i]
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(n_warm, n_warm + n):
+            dataset[i]
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown / n < 16, f"{grown / n:.0f} bytes kept per item read"
+
+
+def test_shard_records_need_not_be_molecules(tmp_path):
+    (tmp_path / "rows.jsonl").write_text('{"x": 1}\n[1, 2]\n')
+    write_index(tmp_path, [{"file": "rows.jsonl", "row": 0}, {"file": "rows.jsonl", "row": 1}])
+    assert list(LazyDataset(tmp_path)) == [{"x": 1}, [1, 2]]
