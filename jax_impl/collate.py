@@ -22,7 +22,7 @@ def collate_molecules(
     max_length: int | None = None,
     truncate: bool = True,
 ) -> dict[str, Any]:
-    """Records -> ``{"input_ids": int32 [B, L], "attention_mask": bool [B, L], "labels": float32 [B] | dict}``."""
+    """Records -> ``{"input_ids": int32 [B, L], "attention_mask": bool [B, L], "labels": float32 | int32 [B] | dict}``."""
     flat = flatten_batch(
         batch, pad_token_id, pad_to_multiple_of=pad_to_multiple_of, buckets=buckets, max_length=max_length, truncate=truncate
     )
@@ -31,6 +31,13 @@ def collate_molecules(
     # Row-major boolean assignment fills each row's first ``length`` slots with its ids, in order.
     input_ids[attention_mask] = flat.ids
     out = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if flat.labels is not None:
-        out["labels"] = flat.labels
+    if isinstance(flat.labels, dict):
+        out["labels"] = {name: _jax_width(values) for name, values in flat.labels.items()}
+    elif flat.labels is not None:
+        out["labels"] = _jax_width(flat.labels)
     return out
+
+
+def _jax_width(labels: np.ndarray) -> np.ndarray:
+    # Integer labels as int32, JAX's default integer (the core checked that they fit).
+    return labels.astype(np.int32) if labels.dtype == np.int64 else labels

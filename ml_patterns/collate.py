@@ -14,9 +14,14 @@ key                shape     torch dtype             JAX side (numpy) dtype
 =================  ========  ======================  =====================
 ``input_ids``      [B, L]    int64                   int32
 ``attention_mask`` [B, L]    bool (True = token)     bool
-``labels``         [B]       float32                 float32
-                   or a dict name -> [B] float32 (multi-task records), names in the first record's order
+``labels``         [B]       float32, or int64       float32, or int32
+                   or a dict name -> [B] (multi-task records), names in the first record's order
 =================  ========  ======================  =====================
+
+A label (or, for dict labels, each name's column) whose values are all integers (Python ``int`` or
+numpy integers) stays integer, so class ids reach ``F.cross_entropy`` / optax's integer-label
+cross-entropy as they are: int64 on torch, int32 on JAX (JAX's default width; values outside int32
+are refused on both sides so that both hold the same numbers). Any other label is float32.
 
 Padding goes on the right, with ``pad_token_id`` (``ml_patterns.molecules.tokenizer.PAD_ID`` = 0 by default).
 ``labels`` is absent when no record has a ``"label"``. The JAX side returns numpy arrays, ready for
@@ -38,7 +43,7 @@ Padded length ``L`` (longest = the longest record, after truncation):
 Errors (``ValueError``/``TypeError``, naming the record index): an empty batch, a record that is not
 a mapping or has no ``input_ids``, empty or non-integer or negative ids (or ids past int32), some
 records labelled and others not, multi-task records whose label names differ, labels that are not
-finite numbers.
+finite numbers, integer labels outside int32.
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ import numpy as np
 
 from ml_patterns.molecules.prepare import read_manifest
 
-INT32_MAX = np.iinfo(np.int32).max
+INT32_MIN, INT32_MAX = int(np.iinfo(np.int32).min), int(np.iinfo(np.int32).max)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _MISSING = object()
 Labels = np.ndarray | dict[str, np.ndarray] | None
@@ -69,7 +74,7 @@ class FlatBatch:
     ids: np.ndarray  # [sum(lengths)] int64, every record's ids one after another (truncated)
     lengths: np.ndarray  # [B] int64, each >= 1
     padded_length: int  # L
-    labels: Labels  # [B] float32, or name -> [B] float32, or None
+    labels: Labels  # [B] float32 or int64 (integer labels), or name -> such an array, or None
 
 
 def check_options(
@@ -220,7 +225,7 @@ def _labels(batch: Sequence[Mapping[str, Any]]) -> Labels:
             raise ValueError(f"record {first} has a 'label' but record 0 has none: label every record or none")
         raise ValueError(f"record {labels.index(_MISSING)} has no 'label' but record 0 has one: label every record or none")
     if not isinstance(labels[0], Mapping):
-        return _label_table([(label,) for label in labels], ("label",))[0]
+        return _label_columns([(label,) for label in labels], ("label",))[0]
     names = tuple(labels[0])
     if not names:
         raise ValueError("record 0 has an empty dict of labels")
@@ -232,7 +237,7 @@ def _labels(batch: Sequence[Mapping[str, Any]]) -> Labels:
     # Every name of record 0 present and as many names: the same names.
     if set(map(len, labels)) != {len(names)}:
         raise _label_names_error(labels, names)
-    return dict(zip(names, _label_table(rows, tuple(f"label {name!r}" for name in names))))
+    return dict(zip(names, _label_columns(rows, tuple(f"label {name!r}" for name in names))))
 
 
 def _label_names_error(labels: list, names: tuple[str, ...]) -> ValueError:
@@ -246,18 +251,34 @@ def _label_names_error(labels: list, names: tuple[str, ...]) -> ValueError:
     return ValueError("labels differ between records")
 
 
-def _label_table(rows: list[tuple], whats: tuple[str, ...]) -> np.ndarray:
-    """``rows[i][k]`` = record i's label k (described by ``whats[k]``) -> ``[K, B]`` float32, each
-    row contiguous, refusing what is not a finite real number."""
+def _label_columns(rows: list[tuple], whats: tuple[str, ...]) -> list[np.ndarray]:
+    """``rows[i][k]`` = record i's label k (described by ``whats[k]``) -> K contiguous ``[B]`` arrays:
+    int64 for a column of integers, float32 otherwise; refuses what is not a finite real number."""
     table = np.array(rows)  # one conversion; strings, None, dicts leave it non-numeric
     if table.shape != (len(rows), len(whats)) or table.dtype.kind not in "iuf":
         raise _label_type_error(rows, whats)
-    # One comparison catches NaN, infinities and values that float32 cannot hold.
-    representable = np.abs(table) <= FLOAT32_MAX
-    if not representable.all():
-        i, k = np.argwhere(~representable)[0]
-        raise ValueError(f"record {i}: {whats[k]} = {rows[i][k]!r} is not a finite float32")
-    return np.ascontiguousarray(table.T, dtype=np.float32)
+    if table.dtype.kind in "iu":
+        integer = [True] * len(whats)
+    else:  # a float table may still hold integer columns beside float ones; short-circuits on a float
+        integer = [all(type(row[k]) is int or isinstance(row[k], np.integer) for row in rows) for k in range(len(whats))]
+    columns = []
+    for k, is_integer in enumerate(integer):
+        column = table[:, k]
+        if is_integer:
+            # Exact in the table: float64 holds every integer below 2**53, and larger ones fail here.
+            in_range = (column >= INT32_MIN) & (column <= INT32_MAX)
+            if not in_range.all():
+                i = int(np.argmin(in_range))
+                raise ValueError(f"record {i}: {whats[k]} = {rows[i][k]!r} is an integer outside int32 [{INT32_MIN}, {INT32_MAX}]")
+            columns.append(np.ascontiguousarray(column, dtype=np.int64))
+            continue
+        # One comparison catches NaN, infinities and values that float32 cannot hold.
+        representable = np.abs(column) <= FLOAT32_MAX
+        if not representable.all():
+            i = int(np.argmin(representable))
+            raise ValueError(f"record {i}: {whats[k]} = {rows[i][k]!r} is not a finite float32")
+        columns.append(np.ascontiguousarray(column, dtype=np.float32))
+    return columns
 
 
 def _label_type_error(rows: list[tuple], whats: tuple[str, ...]) -> Exception:

@@ -1,7 +1,7 @@
 """Collate: torch against JAX (numpy), exactly equal, on random batches and on the default dataset.
 
-The dtypes differ by contract (torch int64 ids, numpy int32 ids, as ``ml_patterns.collate`` documents);
-the values must be identical (PARITY.md: collate outputs exactly equal).
+The dtypes differ by contract (torch int64 ids and integer labels, numpy int32, as ``ml_patterns.collate``
+documents); the values must be identical (PARITY.md: collate outputs exactly equal).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def _assert_same(torch_out: dict, jax_out: dict) -> None:
         else:
             pairs = [(t_labels.numpy(), j_labels)]
         for t, j in pairs:
-            assert t.dtype == j.dtype == np.float32
+            # Integer labels: int64 on torch, int32 on JAX (the documented widths); float labels float32.
+            assert (t.dtype, j.dtype) in ((np.float32, np.float32), (np.int64, np.int32))
             np.testing.assert_array_equal(t, j)
 
 
@@ -47,18 +48,20 @@ def _reference(batch, pad_token_id, length):
 @st.composite
 def batches(draw):
     size = draw(st.integers(1, 12))
-    label_kind = draw(st.sampled_from(["none", "single", "multi"]))
+    label_kind = draw(st.sampled_from(["none", "single", "multi", "classes"]))
     names = draw(st.lists(st.sampled_from(["TPSA", "MolWt", "logS", "pKa"]), min_size=1, max_size=3, unique=True))
     as_array = draw(st.booleans())
     batch = []
     for _ in range(size):
         ids = draw(st.lists(st.integers(0, 2**31 - 1), min_size=1, max_size=40))
         record = {"input_ids": np.array(ids, np.int64) if as_array else ids, "smiles": "C"}
-        number = st.floats(allow_nan=False, allow_infinity=False, width=32) | st.integers(-(10**6), 10**6)
+        number = st.floats(allow_nan=False, allow_infinity=False, width=32) | st.integers(-(2**31), 2**31 - 1)
         if label_kind == "single":
             record["label"] = draw(number)
         elif label_kind == "multi":
             record["label"] = {name: draw(number) for name in names}
+        elif label_kind == "classes":  # integer class ids: stay integer on both sides
+            record["label"] = {"class": draw(st.integers(0, 9)), "score": draw(number)}
         batch.append(record)
     padding = draw(
         st.sampled_from([{}, {"pad_to_multiple_of": 8}, {"buckets": (8, 24, 40)}, {"max_length": 16}, {"max_length": 32, "pad_to_multiple_of": 16}])

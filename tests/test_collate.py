@@ -139,6 +139,26 @@ def test_bad_options_are_refused(options, error, message):
         core.flatten_batch(_records([2]), **options)
 
 
+@BACKENDS
+def test_integer_labels_stay_integer(collate):
+    """Class ids reach integer-label cross-entropy as integers: int64 on torch, int32 on JAX."""
+    int_dtype = torch.int64 if collate is torch_collate else np.int32
+    records = [{"input_ids": [1, 2], "label": c} for c in (0, 2, np.int64(1))]
+    labels = collate(records)["labels"]
+    assert labels.dtype == int_dtype
+    np.testing.assert_array_equal(_numpy(labels), [0, 2, 1])
+    mixed = [{"input_ids": [1], "label": {"class": c, "score": s}} for c, s in ((3, 0.5), (1, 2))]
+    out = collate(mixed)["labels"]
+    assert out["class"].dtype == int_dtype and out["score"].dtype in (torch.float32, np.float32)
+    np.testing.assert_array_equal(_numpy(out["class"]), [3, 1])
+    np.testing.assert_array_equal(_numpy(out["score"]), np.array([0.5, 2.0], np.float32))
+    floats = collate([{"input_ids": [1], "label": v} for v in (1, 2.5)])["labels"]  # one float: float32
+    assert floats.dtype in (torch.float32, np.float32)
+    if collate is torch_collate:
+        logits = torch.zeros(3, 4, requires_grad=True)
+        torch.nn.functional.cross_entropy(logits, labels).backward()  # float labels would be refused here
+
+
 # ---- bad batches ---------------------------------------------------------------------------------
 
 
@@ -179,6 +199,8 @@ def _without(index, key):
         (_with(2, label={"TPSA": None, "MolWt": 1.0}), TypeError, "record 2: label 'TPSA' = None is not a number"),
         (_with(0, label={"TPSA": float("nan"), "MolWt": 1.0}), ValueError, "record 0: label 'TPSA' = nan is not a finite"),
         (_with(1, label={"TPSA": 1e39, "MolWt": 1.0}), ValueError, "record 1: label 'TPSA' = 1e\\+39 is not a finite float32"),
+        ([{"input_ids": [1], "label": 1}, {"input_ids": [1], "label": 2**31}], ValueError,
+         r"record 1: label = 2147483648 is an integer outside int32 \[-2147483648, 2147483647\]"),
         (_records([2], labels="single") + [{"input_ids": [1], "label": {"a": 1.0}}], ValueError, "record 1 has a dict of labels"),
     ],
 )
