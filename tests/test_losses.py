@@ -313,7 +313,6 @@ def _mse(prediction, target):
 
 @pytest.mark.parametrize("impl", [torch_losses, jax_losses], ids=["torch", "jax"])
 def test_combined_loss_weights_and_reports_each_part(impl):
-    assert impl.CombinedLoss is core.CombinedLoss  # one implementation, re-exported
     combined = impl.CombinedLoss({"a": _mse, "b": _mse}, weights={"b": 0.5})
     to = torch.tensor if impl is torch_losses else jnp.asarray
     predictions = {"a": to(np.array([1.0, 2.0], np.float32)), "b": to(np.array([3.0], np.float32)), "extra": None}
@@ -324,14 +323,21 @@ def test_combined_loss_weights_and_reports_each_part(impl):
     assert float(total) == 2.5 + 0.5 * 4.0
 
 
-def test_combined_loss_errors_name_the_loss():
+def test_the_jax_combined_loss_is_the_cores_pure_one():
+    assert jax_losses.CombinedLoss is core.CombinedLoss
+
+
+@pytest.mark.parametrize("impl", [torch_losses, jax_losses], ids=["torch", "jax"])
+def test_combined_loss_errors_name_the_loss(impl):
     with pytest.raises(ValueError, match=r"unknown loss name\(s\) \['c'\]"):
-        core.CombinedLoss({"a": _mse}, weights={"c": 1.0})
+        impl.CombinedLoss({"a": _mse}, weights={"c": 1.0})
     with pytest.raises(ValueError, match="weight of loss 'a' must be a finite"):
-        core.CombinedLoss({"a": _mse}, weights={"a": float("inf")})
+        impl.CombinedLoss({"a": _mse}, weights={"a": float("inf")})
     with pytest.raises(ValueError, match="at least one loss"):
-        core.CombinedLoss({})
-    combined = core.CombinedLoss({"a": _mse, "b": _mse})
+        impl.CombinedLoss({})
+    with pytest.raises(TypeError, match="loss 'a' is not callable: 3"):
+        impl.CombinedLoss({"a": 3})
+    combined = impl.CombinedLoss({"a": _mse, "b": _mse})
     with pytest.raises(KeyError, match=r"prediction missing for loss\(es\) \['b'\]"):
         combined({"a": np.ones(2)}, {"a": np.ones(2), "b": np.ones(2)})
     with pytest.raises(KeyError, match=r"target missing for loss\(es\) \['a'\]"):
@@ -356,3 +362,31 @@ def test_combined_loss_is_a_pure_function_under_jit_and_grad():
     np.testing.assert_allclose(value, expected, rtol=1e-6)
     np.testing.assert_allclose(parts["value"], 1.0)
     np.testing.assert_allclose(grads["v"], np.full(3, 2.0 * 2.0 / 3), rtol=1e-6)
+
+
+class _ScaledMSE(torch.nn.Module):
+    """A loss with a parameter and a buffer, as the seed's ``dict[str, nn.Module]`` allows."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_scale = torch.nn.Parameter(torch.zeros(()))
+        self.register_buffer("offset", torch.ones(()))
+
+    def forward(self, prediction, target):
+        return torch.exp(self.log_scale) * ((prediction - target - self.offset) ** 2).mean()
+
+
+def test_torch_combined_loss_is_a_module_that_registers_its_losses():
+    combined = torch_losses.CombinedLoss({"scaled": _ScaledMSE(), "plain": torch.nn.functional.l1_loss}, {"plain": 0.5})
+    assert isinstance(combined, torch.nn.Module) and isinstance(combined.losses, torch.nn.ModuleDict)
+    assert [name for name, _ in combined.named_parameters()] == ["losses.scaled.log_scale"]
+    assert sorted(combined.state_dict()) == ["losses.scaled.log_scale", "losses.scaled.offset"]
+    combined.to(torch.float64)  # moves with .to(), as a device move would
+    assert combined.losses["scaled"].log_scale.dtype == torch.float64
+    assert combined.losses["scaled"].offset.dtype == torch.float64
+    prediction = {"scaled": torch.ones(3, dtype=torch.float64), "plain": torch.ones(2)}
+    target = {"scaled": torch.zeros(3, dtype=torch.float64), "plain": torch.zeros(2)}
+    total, parts = combined(prediction, target)
+    assert parts["scaled"].item() == 0.0 and parts["plain"].item() == 1.0 and total.item() == 0.5
+    total.backward()
+    assert combined.losses["scaled"].log_scale.grad is not None  # the loss's parameter trains with the model
