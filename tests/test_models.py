@@ -277,10 +277,11 @@ def test_a_generic_model_gets_its_loss_from_loss_fn_or_a_subclass(impl):
     assert value(sub.compute_loss(batch)) == value(with_fn.compute_loss(batch))
     assert value(sub.loss_parts(batch)[0]) == value(with_fn.compute_loss(batch))
 
-    parted = impl.models.MultiTaskModel(
-        linear(impl, 8, 4), {"a": linear(impl, 4, 8)},
-        loss_fn=lambda m, b: (lambda loss: (loss, {"a": loss}))(mse(impl)(m(b["x"])["a"], b["x"])),
-    )
+    def with_parts(model, batch):
+        loss = mse(impl)(model(batch["x"])["a"], batch["x"])
+        return loss, {"a": loss}
+
+    parted = impl.models.MultiTaskModel(linear(impl, 8, 4), {"a": linear(impl, 4, 8)}, loss_fn=with_parts)
     total, parts = parted.loss_parts(batch)
     assert list(parts) == ["a"] and value(total) == value(parts["a"])
 

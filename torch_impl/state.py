@@ -76,7 +76,7 @@ def read_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
-    except Exception as error:  # pickle.UnpicklingError, RuntimeError (bad zip), EOFError, ...
+    except Exception as error:  # noqa: BLE001 (UnpicklingError, RuntimeError for a bad zip, EOFError, ...)
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
             f"{path}: a PyTorch file that torch.load(weights_only=True) cannot read ({first_line}); "

@@ -41,11 +41,6 @@ MLM_TASK = "mlm"
 ARCHITECTURES = ("multitask", "autoencoder")
 
 
-def unknown_task_error(task: str, known) -> KeyError:
-    """What ``MultiTaskModel.forward(batch, task=...)`` raises for a task it has no head for."""
-    return KeyError(f"unknown task {task!r}; known tasks: {list(known)}")
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The molecule models of ``models.build_model`` (both backends), with every default explicit.
