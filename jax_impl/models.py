@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -38,29 +38,14 @@ from flax import nnx
 
 from jax_impl import state
 from ml_patterns import checkpoint
+from ml_patterns.models import LossFn, LossMixin
 
-LossFn = Callable[[Any, Any], Any]
 
-
-class BaseModel(nnx.Module):
+class BaseModel(LossMixin, nnx.Module):
     config = None  # the molecule models set their ModelConfig; stored in checkpoints
 
     def __init__(self, loss_fn: LossFn | None = None):
         self.loss_fn = loss_fn
-
-    def loss_parts(self, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-        if self.loss_fn is not None:
-            out = self.loss_fn(self, batch)
-            return out if isinstance(out, tuple) else (out, {})
-        if type(self).compute_loss is not BaseModel.compute_loss:
-            return self.compute_loss(batch), {}
-        raise NotImplementedError(
-            f"{type(self).__name__} has no loss: pass loss_fn=fn(model, batch) when building it, or define "
-            "compute_loss(batch) (or loss_parts(batch)) in a subclass"
-        )
-
-    def compute_loss(self, batch) -> jax.Array:
-        return self.loss_parts(batch)[0]
 
     def save(self, path: str | os.PathLike) -> None:
         checkpoint.save_checkpoint(

@@ -34,7 +34,7 @@ Compositions (the seed's, on plain tensors and any submodules)
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -42,34 +42,18 @@ import torch
 from torch import nn
 
 from ml_patterns import checkpoint
+from ml_patterns.models import LossFn, LossMixin
 from torch_impl import state
 
-LossFn = Callable[[Any, Any], Any]
 
-
-class BaseModel(nn.Module):
-    """The model contract (module docstring)."""
+class BaseModel(LossMixin, nn.Module):
+    """The model contract (module docstring); the loss half is ``ml_patterns.models.LossMixin``."""
 
     config = None  # the molecule models set their ModelConfig; stored in checkpoints
 
     def __init__(self, loss_fn: LossFn | None = None):
         super().__init__()
         self.loss_fn = loss_fn
-
-    def loss_parts(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if self.loss_fn is not None:
-            out = self.loss_fn(self, batch)
-            return out if isinstance(out, tuple) else (out, {})
-        if type(self).compute_loss is not BaseModel.compute_loss:
-            return self.compute_loss(batch), {}
-        raise NotImplementedError(
-            f"{type(self).__name__} has no loss: pass loss_fn=fn(model, batch) when building it, or define "
-            "compute_loss(batch) (or loss_parts(batch)) in a subclass"
-        )
-
-    def compute_loss(self, batch) -> torch.Tensor:
-        """The scalar loss of ``batch`` (see the module docstring for how a model defines it)."""
-        return self.loss_parts(batch)[0]
 
     def save(self, path: str | os.PathLike) -> None:
         checkpoint.save_checkpoint(

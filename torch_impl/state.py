@@ -4,6 +4,8 @@ The canonical naming and layout *is* torch's ``state_dict`` (``ml_patterns.check
 side only converts: tensors to numpy copies, numpy to tensors. ``jax_impl.state`` does the renaming.
 Files written by ``torch.save(state_dict)`` (the seed's format) are read here alone, through
 ``torch.load(..., weights_only=True)``, and ``convert_torch_file`` turns one into a portable checkpoint.
+These three functions have no JAX twin: reading a torch file needs torch (the JAX side reads the
+converted checkpoint).
 """
 
 from __future__ import annotations

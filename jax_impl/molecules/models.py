@@ -16,7 +16,7 @@ from jax_impl.init import EMBEDDING_INIT, LINEAR_KERNEL_INIT, ONES_INIT, ZEROS_I
 from jax_impl.losses import masked_cross_entropy
 from jax_impl.models import BaseModel, EncoderDecoder, MultiTaskModel
 from ml_patterns import checkpoint
-from ml_patterns.losses import weighted_sum
+from ml_patterns.models import head_losses
 from ml_patterns.molecules.batches import check_length
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 
@@ -172,12 +172,7 @@ class SmilesMultiTaskModel(MultiTaskModel):
         self.config = config
 
     def loss_parts(self, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
-        features, losses = {}, {}
-        for name, head in self.heads.items():
-            if head.input_key not in features:  # one backbone pass per distinct input
-                features[head.input_key] = self.backbone({**batch, "input_ids": batch[head.input_key]})
-            losses[name] = head.loss(head(features[head.input_key]), batch)
-        return weighted_sum(losses, {name: head.loss_weight for name, head in self.heads.items()}), losses
+        return head_losses(self.backbone, self.heads, batch)
 
 
 def build_model(

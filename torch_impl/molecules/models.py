@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml_patterns import checkpoint
-from ml_patterns.losses import weighted_sum
+from ml_patterns.models import head_losses
 from ml_patterns.molecules.batches import check_length
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from torch_impl import state
@@ -239,12 +239,7 @@ class SmilesMultiTaskModel(MultiTaskModel):
         self.config = config
 
     def loss_parts(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        features, losses = {}, {}
-        for name, head in self.heads.items():
-            if head.input_key not in features:  # one backbone pass per distinct input
-                features[head.input_key] = self.backbone({**batch, "input_ids": batch[head.input_key]})
-            losses[name] = head.loss(head(features[head.input_key]), batch)
-        return weighted_sum(losses, {name: head.loss_weight for name, head in self.heads.items()}), losses
+        return head_losses(self.backbone, self.heads, batch)
 
 
 def build_model(config: ModelConfig, *, weights: Mapping[str, np.ndarray] | None = None) -> BaseModel:
