@@ -55,7 +55,8 @@ def main() -> None:
         dataset = LazyDataset(root, transform=to_arrays)
         print(f"{len(dataset)} items; item 1 (from {dataset.index[1]['file']}): {dataset[1]}")
         text = TextDataset(root)
-        assert all(np.allclose(text[i]["x"], dataset[i]["x"]) and text[i]["y"] == dataset[i]["y"] for i in range(len(text)))
+        for i in range(len(text)):  # the same items, read by the subclass from the .txt files
+            assert np.allclose(text[i]["x"], dataset[i]["x"]) and text[i]["y"] == dataset[i]["y"]
         loader = DataLoader(dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0))
         for batch in loader:  # torch's default collate stacks the dicts: x float32 [B, 4], y int64 [B]
             print({name: (tuple(value.shape), value.dtype) for name, value in batch.items()})

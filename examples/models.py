@@ -50,7 +50,8 @@ def main() -> None:
     print(f"autoencoder loss after 50 Adam steps: {loss.item():.4f}")
 
     multi = TwoTasks(nn.Sequential(nn.Linear(8, 16), nn.ReLU()), {"value": nn.Linear(16, 1), "class": nn.Linear(16, 3)})
-    print("tasks", {name: tuple(out.shape) for name, out in multi(batch["x"]).items()}, "loss", multi.compute_loss(batch).item())
+    print("tasks", {name: tuple(out.shape) for name, out in multi(batch["x"]).items()})
+    print(f"multi-task loss {multi.compute_loss(batch).item():.4f}")
     print("one task", list(multi(batch["x"], task="class")))
 
     # The JAX twin, with nnx layers; the same loss, written with jnp.
@@ -68,7 +69,8 @@ def main() -> None:
         torch_out, again_out = autoencoder(batch["x"]).numpy(), again(batch["x"]).numpy()
     jax_out = np.asarray(jax_autoencoder(jnp.asarray(x)))
     print(f"torch vs JAX after loading: max |diff| = {np.abs(torch_out - jax_out).max():.2e}")
-    print(f"JAX loss {float(jax_autoencoder.compute_loss({'x': jnp.asarray(x)})):.4f}; .pt reload equal: {np.array_equal(torch_out, again_out)}")
+    print(f"JAX loss {float(jax_autoencoder.compute_loss({'x': jnp.asarray(x)})):.4f}")
+    print(f".pt reloaded exactly: {np.array_equal(torch_out, again_out)}")
 
 
 if __name__ == "__main__":

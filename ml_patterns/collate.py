@@ -260,7 +260,7 @@ def _label_columns(rows: list[tuple], whats: tuple[str, ...]) -> list[np.ndarray
     if table.dtype.kind in "iu":
         integer = [True] * len(whats)
     else:  # a float table may still hold integer columns beside float ones; short-circuits on a float
-        integer = [all(type(row[k]) is int or isinstance(row[k], np.integer) for row in rows) for k in range(len(whats))]
+        integer = [all(_is_integer(row[k]) for row in rows) for k in range(len(whats))]
     columns = []
     for k, is_integer in enumerate(integer):
         column = table[:, k]
@@ -269,7 +269,9 @@ def _label_columns(rows: list[tuple], whats: tuple[str, ...]) -> list[np.ndarray
             in_range = (column >= INT32_MIN) & (column <= INT32_MAX)
             if not in_range.all():
                 i = int(np.argmin(in_range))
-                raise ValueError(f"record {i}: {whats[k]} = {rows[i][k]!r} is an integer outside int32 [{INT32_MIN}, {INT32_MAX}]")
+                raise ValueError(
+                    f"record {i}: {whats[k]} = {rows[i][k]!r} is an integer outside int32 [{INT32_MIN}, {INT32_MAX}]"
+                )
             columns.append(np.ascontiguousarray(column, dtype=np.int64))
             continue
         # One comparison catches NaN, infinities and values that float32 cannot hold.
@@ -279,6 +281,10 @@ def _label_columns(rows: list[tuple], whats: tuple[str, ...]) -> list[np.ndarray
             raise ValueError(f"record {i}: {whats[k]} = {rows[i][k]!r} is not a finite float32")
         columns.append(np.ascontiguousarray(column, dtype=np.float32))
     return columns
+
+
+def _is_integer(value: Any) -> bool:
+    return type(value) is int or isinstance(value, np.integer)  # bool is refused elsewhere
 
 
 def _label_type_error(rows: list[tuple], whats: tuple[str, ...]) -> Exception:

@@ -171,7 +171,9 @@ def _read_index(path: Path) -> list[dict]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: is {path.parent} a dataset (an index.json listing its files)?") from None
+        raise FileNotFoundError(
+            f"{path} not found: is {path.parent} a dataset (an index.json listing its files)?"
+        ) from None
     try:
         entries = json.loads(text)
     except json.JSONDecodeError as error:

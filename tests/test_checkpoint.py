@@ -205,7 +205,10 @@ def test_jax_and_the_core_refuse_a_torch_save_file_naming_the_conversion(tmp_pat
 
     source, _ = torch_pair()
     torch.save(source.state_dict(), tmp_path / "model.pt")
-    convert = r"this is a PyTorch torch\.save file, not safetensors; convert it with `ml-patterns convert .*model\.pt OUT\.safetensors`"
+    convert = (
+        r"this is a PyTorch torch\.save file, not safetensors; "
+        r"convert it with `ml-patterns convert .*model\.pt OUT\.safetensors`"
+    )
     with pytest.raises(CheckpointError, match=convert):
         load_checkpoint(tmp_path / "model.pt")
     jax_model = jax_impl.models.EncoderDecoder(nnx_linear(8, 3), nnx_linear(3, 8))
@@ -241,7 +244,11 @@ def test_a_torch_file_that_is_not_a_state_dict_of_tensors_is_refused(tmp_path):
 
     source, target = torch_pair()
     torch.save({"model": source.state_dict(), "epoch": 3}, tmp_path / "bundle.pt")
-    with pytest.raises(CheckpointError, match=r"bundle\.pt: not a state_dict of tensors: 2 entries are not tensors: 'model' \(OrderedDict\), 'epoch' \(int\); save model.state_dict\(\) alone"):
+    expected = (
+        r"bundle\.pt: not a state_dict of tensors: 2 entries are not tensors: "
+        r"'model' \(OrderedDict\), 'epoch' \(int\); save model.state_dict\(\) alone"
+    )
+    with pytest.raises(CheckpointError, match=expected):
         target.load(tmp_path / "bundle.pt")
     torch.save([torch.zeros(2)], tmp_path / "list.pt")
     with pytest.raises(CheckpointError, match=r"list\.pt: holds a list, not a state_dict"):
@@ -261,7 +268,8 @@ def test_torch_never_unpickles_objects_from_a_torch_file(tmp_path):
     _, target = torch_pair()
     for name, protocol_file in (("zip.pt", True), ("legacy.pt", False)):
         torch.save({"w": Exploit()}, tmp_path / name, _use_new_zipfile_serialization=protocol_file)
-        with pytest.raises(CheckpointError, match=rf"{name}: a PyTorch file that torch.load\(weights_only=True\) cannot read"):
+        expected = rf"{name}: a PyTorch file that torch.load\(weights_only=True\) cannot read"
+        with pytest.raises(CheckpointError, match=expected):
             target.load(tmp_path / name)
     assert not marker.exists()
 

@@ -269,7 +269,8 @@ def test_a_subclass_load_file_is_used(tmp_path):
             return {"x": int(x), "y": int(y)}
 
     assert [item["y"] for item in TextDataset(tmp_path, transform=lambda r: {**r, "y": -r["y"]})] == [0, -1, -4]
-    with pytest.raises(DatasetError, match=r"entry 0: .*0\.txt: no built-in loader for '\.txt' files .*override _load_file"):
+    expected = r"entry 0: .*0\.txt: no built-in loader for '\.txt' files .*override _load_file"
+    with pytest.raises(DatasetError, match=expected):
         LazyDataset(tmp_path)[0]
 
 

@@ -22,7 +22,8 @@ def collate_molecules(
     max_length: int | None = None,
     truncate: bool = True,
 ) -> dict[str, Any]:
-    """Records -> ``{"input_ids": int64 [B, L], "attention_mask": bool [B, L], "labels": float32 | int64 [B] | dict}``."""
+    """Records -> ``{"input_ids": int64 [B, L], "attention_mask": bool [B, L],
+    "labels": float32 | int64 [B] | dict}``."""
     flat = flatten_batch(
         batch, pad_token_id, pad_to_multiple_of=pad_to_multiple_of, buckets=buckets, max_length=max_length, truncate=truncate
     )

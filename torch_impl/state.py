@@ -85,7 +85,9 @@ def read_torch_file(path: str | os.PathLike) -> dict[str, np.ndarray]:
             "only state_dicts of tensors are accepted, arbitrary pickled objects never"
         ) from None
     if not isinstance(content, Mapping):
-        raise CheckpointError(f"{path}: holds a {type(content).__name__}, not a state_dict (a mapping of names to tensors)")
+        raise CheckpointError(
+            f"{path}: holds a {type(content).__name__}, not a state_dict (a mapping of names to tensors)"
+        )
     others = {str(name): type(value).__name__ for name, value in content.items() if not isinstance(value, torch.Tensor)}
     if others:
         listed = ", ".join(f"{name!r} ({kind})" for name, kind in list(others.items())[:5])
