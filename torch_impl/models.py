@@ -7,7 +7,7 @@ The contract (``BaseModel``, an ``nn.Module``)
     ``forward(...)`` (JAX: ``__call__``) and ``compute_loss(batch) -> scalar``, the loss a trainer
     minimizes; ``batch`` is whatever the loader yields (usually a dict of tensors). ``loss_parts(batch)
     -> (total, {part: value})`` gives the total with its named parts for logging (``{}`` when the
-    model has none). A model defines its loss in one of three ways:
+    model has none). A model defines its loss in one of these ways:
 
     - a subclass overrides ``compute_loss(batch)`` (the seed's way; ``loss_parts`` then returns it
       with no parts), or ``loss_parts(batch)`` (``compute_loss`` is then its total);
