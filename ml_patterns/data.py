@@ -70,9 +70,9 @@ class LazyDataset:
             if split not in known:
                 raise DatasetError(f"{self._index_path}: no entry has split {split!r}; splits present: {known}")
             self.index = [e for e in self.index if e.get("split") == split]
-        self._shards: collections.OrderedDict[Path, _Shard] = collections.OrderedDict()
-        # Resolved path and line offsets per shard name (8 bytes a record), kept after the shard is
-        # closed so reopening it does not rescan it; bounded, least recently used dropped first.
+        self._shards: collections.OrderedDict[str, _Shard] = collections.OrderedDict()  # by index name
+        # Resolved path and line offsets (8 bytes a record) of closed shards, so reopening one does
+        # not rescan it; bounded, least recently used dropped first.
         self._shard_info: collections.OrderedDict[str, tuple[Path, np.ndarray | None]] = collections.OrderedDict()
 
     @property
@@ -132,24 +132,23 @@ class LazyDataset:
         )
 
     def _shard(self, relative: str, idx: int) -> _Shard:
-        info = self._shard_info.get(relative)
-        if info is None:
-            info = (_resolve_inside(self.data_path, relative, idx), None)
-        else:
-            self._shard_info.move_to_end(relative)
-        path, offsets = info
-        shard = self._shards.get(path)
-        if shard is None:
-            shard = _Shard(path, idx, offsets)
-            self._shards[path] = shard
-            if len(self._shards) > self.max_open_shards:
-                self._shards.popitem(last=False)[1].close()
-        else:
-            self._shards.move_to_end(path)
-        self._shard_info[relative] = (path, shard.offsets)
-        if len(self._shard_info) > max(_REMEMBERED_SHARDS, self.max_open_shards):
-            self._shard_info.popitem(last=False)
+        shard = self._shards.get(relative)
+        if shard is not None:  # the common case: one lookup
+            self._shards.move_to_end(relative)
+            return shard
+        path, offsets = self._shard_info.pop(relative, (None, None))
+        shard = _Shard(path or _resolve_inside(self.data_path, relative, idx), idx, offsets)
+        self._shards[relative] = shard
+        if len(self._shards) > self.max_open_shards:
+            closed_name, closed = self._shards.popitem(last=False)
+            closed.close()
+            self._remember(closed_name, closed)
         return shard
+
+    def _remember(self, relative: str, shard: _Shard) -> None:
+        self._shard_info[relative] = (shard.path, shard.offsets)
+        if len(self._shard_info) > _REMEMBERED_SHARDS:
+            self._shard_info.popitem(last=False)
 
     def close(self) -> None:
         for shard in self._shards.values():
@@ -157,9 +156,12 @@ class LazyDataset:
         self._shards.clear()
 
     def __getstate__(self) -> dict:
-        # Open files don't cross process boundaries (DataLoader workers): each process reopens.
+        # Open files don't cross process boundaries (DataLoader workers): each process reopens,
+        # with the offsets already found.
         state = self.__dict__.copy()
         state["_shards"] = collections.OrderedDict()
+        state["_shard_info"] = collections.OrderedDict(self._shard_info)
+        state["_shard_info"].update((name, (shard.path, shard.offsets)) for name, shard in self._shards.items())
         return state
 
     def __del__(self) -> None:
@@ -169,6 +171,7 @@ class LazyDataset:
 
 def _read_index(path: Path) -> list[dict]:
     try:
+        _check_regular(path, None)
         text = path.read_text()
     except FileNotFoundError:
         raise FileNotFoundError(
@@ -203,15 +206,17 @@ _NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.
                 (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def _check_regular(path: Path, idx: int) -> None:
-    """Refuses what is not a regular file before anything opens it (a FIFO would block ``open``)."""
+def _check_regular(path: Path, idx: int | None) -> None:
+    """Refuses what is not a regular file before anything opens it (a FIFO would block ``open``);
+    ``idx``: the index entry that needs the file (None: the index itself)."""
+    needed_by = "the dataset" if idx is None else f"entry {idx}"
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} (needed by entry {idx}) does not exist") from None
+        raise FileNotFoundError(f"{path} (needed by {needed_by}) does not exist") from None
     if not stat.S_ISREG(mode):
         kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a regular file")
-        raise DatasetError(f"entry {idx}: {path} is {kind}, not a regular file; only regular files are read as data")
+        raise DatasetError(f"{needed_by}: {path} is {kind}, not a regular file; only regular files are read as data")
 
 
 class _Shard:

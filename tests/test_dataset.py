@@ -301,6 +301,12 @@ def test_only_regular_files_are_opened(tmp_path, row, kind):
         LazyDataset(tmp_path)[0]
 
 
+def test_an_index_that_is_not_a_regular_file_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "index.json")
+    with pytest.raises(DatasetError, match=r"the dataset: .*index\.json is a FIFO, not a regular file"):
+        LazyDataset(tmp_path)
+
+
 @pytest.mark.parametrize("row", [True, False], ids=["shard-rows", "item-files"])
 def test_memory_stays_flat_however_many_items_are_read(tmp_path, row):
     """Reading 3000 items not read before allocates (almost) nothing that stays: the caches are
