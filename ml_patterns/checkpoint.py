@@ -8,7 +8,8 @@ backend loads into the other.
 File layout: a standard safetensors file (readable by ``safetensors.safe_open`` anywhere) whose
 header ``__metadata__`` holds one key, ``"ml_patterns"``, a JSON document::
 
-    {"format": "ml-patterns-checkpoint/1", "backend": "torch" | "jax", "model_class": "MultiTaskModel",
+    {"format": "ml-patterns-checkpoint/1", "backend": "torch" | "jax",
+     "model_class": "SmilesMultiTaskModel" | null (a converted torch.save file),
      "config": {...ModelConfig fields...} | null, "versions": {"torch": "2.13.0", ...},
      "created_at": "2025-...Z", "tensors_sha256": "<hex>"}
 
