@@ -5,6 +5,8 @@ it with the built-in loaders, then with a subclass whose ``_load_file`` reads a 
 and batches it with a torch DataLoader.  Run: ``python examples/lazy_dataset.py``.
 """
 
+# expect: ^\{'x': \(\(4, 4\), torch\.float32\), 'y': \(\(4,\), torch\.int64\)\}$
+
 from __future__ import annotations
 
 import json

@@ -5,6 +5,8 @@ way). A checkpoint saved by torch loads into the JAX twin (same names), and torc
 seed's ``torch.save(state_dict)`` files.  Run: ``python examples/models.py``.
 """
 
+# expect: ^torch vs JAX after loading: max \|diff\| = \d\.\d\de-(0[6-9]|[1-9]\d)$
+
 from __future__ import annotations
 
 import tempfile
