@@ -1,20 +1,21 @@
-"""Collate cost per backend, against the seed's pure-Python list padding (the baseline below).
+"""Collate cost per backend, against the seed's pure-Python list padding (the baseline below), and
+the copy of a collated batch to each device of the run.
 
 Records are read from the dataset before timing: only collating is timed. Each timed call
 collates the same shuffled batches of 256 real molecules; the figure is per batch. torch runs twice:
 with the process's intra-op threads (collate in the main process) and with one thread, as in a
 ``DataLoader`` worker; on a small busy machine, waking a thread pool for a 50k-element fill costs
-more than the fill.
+more than the fill. Collating is host work, so those rows are the CPU's whatever ``--device``
+says; the copy to the device (``runtime.to_device``, as the trainers do it) is timed per device.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from bench.common import time_call
+from bench.common import BenchContext, result_row, time_call
+from bench.harness import RUNTIMES
 from jax_impl.collate import collate_molecules as jax_collate
 from ml_patterns.data import LazyDataset
 from ml_patterns.samplers import BatchSampler
@@ -53,8 +54,9 @@ def _numpy_array(values, kind):
     return np.array(values, dtype=_NUMPY_DTYPES[kind])
 
 
-def run(data_dir: Path, quick: bool) -> list[dict]:
-    dataset = LazyDataset(data_dir)
+def run(ctx: BenchContext) -> list[dict]:
+    quick = ctx.quick
+    dataset = LazyDataset(ctx.data_dir)
     n_batches = 4 if quick else 16
     sampler = BatchSampler(len(dataset), BATCH_SIZE, shuffle=True, seed=0, drop_last=True)
     batches = [[dataset[i] for i in indices] for indices, _ in zip(sampler, range(n_batches))]
@@ -95,10 +97,39 @@ def run(data_dir: Path, quick: bool) -> list[dict]:
                     "throughput": {"value": tokens / timing.median_s, "unit": "tokens/s"},
                     "microseconds_per_batch": per_batch * 1e6,
                     "speedup_vs_baseline": baseline_s / per_batch,
-                    "detail": f"{n_batches} batches per timed call, {tokens / n_batches:.0f} real tokens per batch",
+                    "detail": f"{n_batches} batches per timed call, {tokens / n_batches:.0f} real tokens per batch; "
+                    "host work (CPU) for every device",
                 }
             )
+    return rows + transfer_rows(ctx, batches, repeats)
+
+
+def transfer_rows(ctx: BenchContext, batches: list[list[dict]], repeats: int) -> list[dict]:
+    """The copy of collated batches to each device, per framework, as its trainer makes it."""
+    collated = [jax_collate(batch) for batch in batches]
+    nbytes = sum(array.nbytes for batch in collated for array in _leaves(batch))
+    rows = []
+    for device in ctx.devices:
+        for framework, runtime in RUNTIMES.items():
+            dev = runtime.device(device)
+            if dev is None:
+                continue
+
+            def copy_all(runtime=runtime, dev=dev) -> None:
+                for batch in collated:
+                    moved = runtime.to_device(batch, dev)
+                runtime.wait(dev, moved)
+
+            timing = time_call(copy_all, repeats=repeats, warmup=1)
+            rows.append(result_row("collate", f"copy {len(collated)} collated batches to the device",
+                                   f"{framework}_impl.runtime.to_device", device, timing, items=nbytes / 2**20,
+                                   unit="MiB/s", detail="numpy batch -> the framework's arrays on the device"))
     return rows
+
+
+def _leaves(tree: dict):
+    for value in tree.values():
+        yield from _leaves(value) if isinstance(value, dict) else [value]
 
 
 def _torch_pair():

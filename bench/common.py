@@ -2,7 +2,7 @@
 environment recorded with each number. Imports no framework: the runner pins the CPUs before torch
 or jax is loaded (see ``restrict_cpus``).
 
-Timing rules (STYLE.md, habit 9): warm-up calls first (compilation and caches happen there and are
+Timing rules (nanoGPT's bench.py, docs/ARCHITECTURE.md): warm-up calls first (compilation and caches happen there and are
 timed apart by the caller), a synchronization inside the timed region (``block_until_ready`` /
 ``torch.cuda.synchronize``), the median of the repeats as the headline, and the spread beside it.
 """
@@ -21,37 +21,50 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-CONTENDERS = ("torch eager", "torch.compile", "jax.jit")
-FRAMEWORK = {"torch eager": "torch", "torch.compile": "torch", "jax.jit": "jax"}
-# --quick leaves torch.compile out: its cold compile alone takes ~50 s on two cores.
-QUICK_CONTENDERS = ("torch eager", "jax.jit")
+
+
+@dataclasses.dataclass(frozen=True)
+class Contender:
+    """A way to run a workload's step: a framework, compiled or not. Every workload that races the
+    frameworks takes its contenders from ``CONTENDERS`` (``bench.harness`` runs them); a new way to
+    run (a data-parallel step, another compiler) is one more row here and one branch in the harness."""
+
+    name: str
+    framework: str  # "torch" or "jax": the runtime (torch_impl.runtime / jax_impl.runtime) it uses
+    compile_backend: str | None = None  # torch.compile's backend; None: eager (torch) or jax.jit
+    quick: bool = True  # part of a --quick run
+
+
+CONTENDERS = {
+    contender.name: contender
+    for contender in (
+        Contender("torch eager", "torch"),
+        # --quick leaves torch.compile out: its cold compile alone takes ~50 s on two cores.
+        Contender("torch.compile", "torch", compile_backend="inductor", quick=False),
+        Contender("jax.jit", "jax"),
+    )
+}
+QUICK_CONTENDERS = tuple(name for name, contender in CONTENDERS.items() if contender.quick)
 # The framework-free workloads (data loading) use this contender name.
 SHARED = "numpy (shared by both backends)"
-
-# float32 matmul precision, set the same on both sides by bench.frameworks.configured (PARITY.md:
-# on A100/H100 JAX runs float32 matmuls in TF32 by default and torch does not). CPUs compute full
-# float32 under either policy.
-PRECISION_POLICIES = {
-    "float32": {"torch": "highest", "tf32": False, "jax": "highest", "summary": "full float32 matmuls on both sides (TF32 off)"},
-    "tf32": {"torch": "high", "tf32": True, "jax": "tensorfloat32", "summary": "TF32 matmuls on both sides (on GPUs that have it)"},
-}
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchContext:
     """What the runner hands every workload: ``run(ctx) -> list[dict]`` of ``result_row``s.
 
-    A workload runs each contender of ``contenders`` on each device of ``devices`` that its
-    framework can use (``bench.frameworks.torch_device`` / ``jax_device``), and returns a
-    ``skipped_row`` naming the reason for each one it cannot run.
+    A workload runs on each device of ``devices`` (host-side work, such as reading the dataset,
+    runs on the CPU whatever the device, and says so), each contender of ``contenders`` that
+    races there (``bench.harness``), and returns a ``skipped_row`` naming the reason for each one
+    it cannot run.
     """
 
     data_dir: Path
     quick: bool
     devices: tuple[str, ...]  # "cpu", "gpu"
     threads: int  # CPUs both frameworks run on (torch intra-op threads = XLA:CPU's pool)
-    precision: str  # a key of PRECISION_POLICIES
-    contenders: tuple[str, ...] = CONTENDERS
+    precision: str  # a key of ml_patterns.parity.PRECISIONS
+    contenders: tuple[str, ...] = tuple(CONTENDERS)
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "data_dir": str(self.data_dir)}
@@ -228,7 +241,7 @@ def restrict_cpus(threads: int) -> Iterator[dict]:
     This is how both frameworks get the same number of threads: XLA:CPU sizes its thread pool from
     the affinity mask when its backend starts and has no other setting for it (only
     ``--xla_cpu_multi_thread_eigen=false``, which means one thread), while torch takes
-    ``torch.set_num_threads`` (done by ``bench.frameworks.configured``). Every thread of the
+    ``torch.set_num_threads`` (done by ``bench.harness.configured``). Every thread of the
     process is pinned, and threads started inside inherit the mask. Enter this before jax's backend
     starts: a pool started earlier keeps its size (then more threads than CPUs); the yielded record
     says which frameworks were loaded before.
@@ -279,7 +292,7 @@ def environment() -> dict:
     """Library versions, machine and thread settings to store beside every number.
 
     Reads package metadata only: it imports no framework, so it is safe to call from anywhere.
-    ``bench.frameworks.describe`` adds what only the loaded frameworks can say (devices, threads,
+    ``bench.harness.describe`` adds what only the loaded frameworks can say (devices, threads,
     precision).
     """
     return {

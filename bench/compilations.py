@@ -5,18 +5,18 @@ to a jitted next-token step (embedding -> linear -> masked cross-entropy, value 
 real step whose compilations are counted by tracing (jit traces exactly once per new input
 signature) and whose epoch time includes them. Both backends collate to the same shapes (parity
 tests), so the shape counts hold for torch too; there they cost nothing in eager mode, and a
-recompilation each under ``torch.compile`` without dynamic shapes.
+recompilation each under ``torch.compile`` without dynamic shapes. Runs on each device of the run
+that JAX has (batches copied there before timing).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.common import time_call
+from bench.common import BenchContext, skipped_row, time_call
+from jax_impl import runtime
 from jax_impl.collate import collate_molecules
 from jax_impl.losses import masked_cross_entropy
 from ml_patterns.collate import dataset_buckets
@@ -27,10 +27,23 @@ from ml_patterns.molecules.prepare import read_manifest
 WIDTH = 64
 
 
-def run(data_dir: Path, quick: bool) -> list[dict]:
-    dataset = LazyDataset(data_dir, split="train")
-    vocab = read_manifest(data_dir)["vocab_size"]
-    ladder = dataset_buckets(data_dir)
+def run(ctx: BenchContext) -> list[dict]:
+    rows = []
+    for device in ctx.devices:
+        dev = runtime.device(device)
+        if dev is None:
+            rows.append(skipped_row("compilations", "one epoch of the default train split", "jax.jit", device,
+                                    f"jax has no {device} device here"))
+            continue
+        rows += _device_rows(ctx, dev, device)
+    return rows
+
+
+def _device_rows(ctx: BenchContext, dev: jax.Device, device: str) -> list[dict]:
+    quick = ctx.quick
+    dataset = LazyDataset(ctx.data_dir, split="train")
+    vocab = read_manifest(ctx.data_dir)["vocab_size"]
+    ladder = dataset_buckets(ctx.data_dir)
     strategies = {
         "pad to longest": {},
         "pad_to_multiple_of=8": {"pad_to_multiple_of": 8},
@@ -41,9 +54,9 @@ def run(data_dir: Path, quick: bool) -> list[dict]:
         sampler = BatchSampler(len(dataset), batch_size, shuffle=True, seed=0, drop_last=True)
         records = [[dataset[i] for i in indices] for indices in sampler]
         for name, padding in strategies.items():
-            batches = [collate_molecules(batch, **padding) for batch in records]
+            batches = jax.device_put([collate_molecules(batch, **padding) for batch in records], dev)
             step, traces = _counting_step()
-            params = _params(vocab)
+            params = jax.device_put(_params(vocab), dev)
 
             def epoch(step=step, params=params, batches=batches) -> None:
                 for batch in batches:
@@ -60,7 +73,7 @@ def run(data_dir: Path, quick: bool) -> list[dict]:
                     "benchmark": "compilations",
                     "workload": f"one epoch of the default train split, batch {batch_size}, drop_last",
                     "contender": name,
-                    "device": str(jax.devices()[0].platform),
+                    "device": device,
                     "timing": timing.as_dict(),
                     "throughput": {"value": len(batches) / timing.median_s, "unit": "steps/s (compiles included)"},
                     "compile_s": timing.median_s - steady.median_s,  # first epoch minus a compiled one

@@ -4,13 +4,15 @@ own ``F.cross_entropy(ignore_index=-100)`` (the baseline) and the optax recipe o
 Each timed call computes the mean loss over the unmasked positions (15% masked, as padding) and its
 gradient with respect to the float32 logits.
 
-Peak extra memory is measured, never estimated: each contender runs once in a fresh Python process
-(``python -m bench.losses --peak ...``) that loads only its own framework, builds the inputs, warms
-up on a tiny input, resets the kernel's peak-RSS counter (``/proc/self/clear_refs``), runs one
-forward + backward and reads ``VmHWM``. Reported: that peak minus the RSS before the call, minus
-the gradient's own bytes (the output every contender must return). CPU only: torch has no CPU
-allocator statistics. JAX rows also carry XLA's own account (``compiled.memory_analysis()``:
-``temp_size_in_bytes`` is what the program needs beyond its arguments and outputs).
+Runs on every device of the run. Peak extra memory is measured, never estimated. On the CPU each
+contender runs once in a fresh Python process (``python -m bench.losses --peak ...``) that loads
+only its own framework, builds the inputs, warms up on a tiny input, resets the kernel's peak-RSS
+counter (``/proc/self/clear_refs``), runs one forward + backward and reads ``VmHWM``. Reported:
+that peak minus the RSS before the call, minus the gradient's own bytes (the output every
+contender must return). On a GPU: torch's allocator peak over the call minus what it held before
+and the gradient; JAX's XLA account. JAX rows always carry XLA's own account
+(``compiled.memory_analysis()``: ``temp_size_in_bytes`` is what the program needs beyond its
+arguments and outputs).
 
 Framework imports happen inside the contenders' builders so that a measuring process loads only the
 framework it measures.
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import time_call
+from bench.common import BenchContext, time_call
 
 SHAPES = ((64, 128, 1024), (8, 512, 32768))
 IGNORE = -100
@@ -49,26 +51,34 @@ def _inputs(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.nda
     return logits, targets, mask
 
 
-def _build(contender: str, shape) -> tuple[Callable[[], object], float | None, dict | None]:
-    """``(call, compile_s, memory_analysis)``: ``call()`` runs forward + backward, synchronized, and
-    returns the gradient."""
+def _build(contender: str, shape, device: str = "cpu") -> tuple[Callable[[], object], float | None, dict | None]:
+    """``(call, compile_s, memory_analysis)``: ``call()`` runs forward + backward on ``device``,
+    synchronized, and returns the gradient."""
     logits, targets, mask = _inputs(shape)
     if contender.startswith("torch"):
         import torch
         import torch.nn.functional as F
 
+        from torch_impl import runtime
         from torch_impl.losses import masked_cross_entropy
 
-        x, t, m = torch.from_numpy(logits).requires_grad_(), torch.from_numpy(targets), torch.from_numpy(mask)
+        dev = runtime.device(device)
+        x = torch.from_numpy(logits).to(dev).requires_grad_()
+        t, m = torch.from_numpy(targets).to(dev), torch.from_numpy(mask).to(dev)
         if contender == BASELINE:
             flat_x, flat_t = x.view(-1, shape[2]), t.view(-1)
 
-            def call():  # CPU ops are synchronous: the gradient is ready when it returns
-                return torch.autograd.grad(F.cross_entropy(flat_x, flat_t, ignore_index=IGNORE), x)[0]
+            def loss():
+                return F.cross_entropy(flat_x, flat_t, ignore_index=IGNORE)
         else:
 
-            def call():
-                return torch.autograd.grad(masked_cross_entropy(x, t, m), x)[0]
+            def loss():
+                return masked_cross_entropy(x, t, m)
+
+        def call():
+            grad = torch.autograd.grad(loss(), x)[0]
+            runtime.wait(dev)
+            return grad
 
         return call, None, None
 
@@ -76,6 +86,7 @@ def _build(contender: str, shape) -> tuple[Callable[[], object], float | None, d
     import jax.numpy as jnp
     import optax
 
+    from jax_impl import runtime
     from jax_impl.losses import masked_cross_entropy
 
     def optax_recipe(x, t, m):
@@ -85,7 +96,7 @@ def _build(contender: str, shape) -> tuple[Callable[[], object], float | None, d
 
     loss_fn = masked_cross_entropy if contender == "jax_ours" else optax_recipe
     # Transfers are asynchronous: wait, so that a memory measurement does not count the copy.
-    args = jax.block_until_ready((jnp.asarray(logits), jnp.asarray(targets, jnp.int32), jnp.asarray(mask)))
+    args = jax.block_until_ready(jax.device_put((logits, targets.astype(np.int32), mask), runtime.device(device)))
     start = time.perf_counter()
     compiled = jax.jit(jax.grad(loss_fn)).lower(*args).compile()
     compile_s = time.perf_counter() - start
@@ -97,47 +108,71 @@ def _build(contender: str, shape) -> tuple[Callable[[], object], float | None, d
     return (lambda: jax.block_until_ready(compiled(*args))), compile_s, memory
 
 
-def run(data_dir: Path, quick: bool) -> list[dict]:
-    """``data_dir`` is unused: the inputs are synthetic logits of the sizes a language model makes."""
+def run(ctx: BenchContext) -> list[dict]:
+    """The inputs are synthetic logits of the sizes a language model makes (``ctx.data_dir`` is unused)."""
     rows = []
-    for shape in SHAPES[:1] if quick else SHAPES:
-        logits_bytes = int(np.prod(shape)) * 4
-        baseline_s = None
-        for contender, name in CONTENDERS.items():
-            call, compile_s, analysis = _build(contender, shape)
-            repeats = 3 if quick else (7 if logits_bytes < 2**28 else 5)
-            timing = time_call(call, repeats=repeats, warmup=1)
-            del call
-            baseline_s = baseline_s or timing.median_s
-            extra = _peak_extra_bytes(contender, shape)
-            rows.append(
-                {
-                    "benchmark": "masked_cross_entropy",
-                    "workload": f"forward+backward, logits [{shape[0]}, {shape[1]}, {shape[2]}] float32",
-                    "contender": name,
-                    "device": "cpu",
-                    "timing": timing.as_dict(),
-                    "throughput": {"value": shape[0] * shape[1] / timing.median_s, "unit": "positions/s"},
-                    "compile_s": compile_s,
-                    "peak_memory": {
-                        "bytes": extra,
-                        "how": "peak RSS of one forward+backward in a fresh process, minus RSS before, minus the gradient",
-                    },
-                    "time_vs_baseline": timing.median_s / baseline_s,
-                    "extra_memory_in_logits_buffers": None if extra is None else extra / logits_bytes,
-                    "xla_memory_analysis": analysis,
-                    "detail": f"15% of positions masked; logits buffer {logits_bytes / 2**20:.0f} MiB",
-                }
-            )
+    for device in ctx.devices:
+        for shape in SHAPES[:1] if ctx.quick else SHAPES:
+            rows += _shape_rows(shape, device, ctx.quick)
     return rows
 
 
-def _peak_extra_bytes(contender: str, shape) -> int | None:
+def _shape_rows(shape, device: str, quick: bool) -> list[dict]:
+    logits_bytes = int(np.prod(shape)) * 4
+    baseline_s = None
+    rows = []
+    for contender, name in CONTENDERS.items():
+        call, compile_s, analysis = _build(contender, shape, device)
+        repeats = 3 if quick else (7 if logits_bytes < 2**28 else 5)
+        timing = time_call(call, repeats=repeats, warmup=1)
+        del call
+        baseline_s = baseline_s or timing.median_s
+        extra, how = _peak_extra_bytes(contender, shape, device, analysis)
+        rows.append(
+            {
+                "benchmark": "masked_cross_entropy",
+                "workload": f"forward+backward, logits [{shape[0]}, {shape[1]}, {shape[2]}] float32",
+                "contender": name,
+                "device": device,
+                "timing": timing.as_dict(),
+                "throughput": {"value": shape[0] * shape[1] / timing.median_s, "unit": "positions/s"},
+                "compile_s": compile_s,
+                "peak_memory": {"bytes": extra, "how": how},
+                "time_vs_baseline": timing.median_s / baseline_s,
+                "extra_memory_in_logits_buffers": None if extra is None else extra / logits_bytes,
+                "xla_memory_analysis": analysis,
+                "detail": f"15% of positions masked; logits buffer {logits_bytes / 2**20:.0f} MiB",
+            }
+        )
+    return rows
+
+
+def _peak_extra_bytes(contender: str, shape, device: str, analysis: dict | None) -> tuple[int | None, str]:
+    """``(bytes, how)``: the call's peak memory beyond its inputs and its gradient (module docstring)."""
+    grad_bytes = int(np.prod(shape)) * 4
+    if device == "gpu":
+        if analysis is not None:
+            return analysis["temp_size_in_bytes"], "XLA memory analysis: temporaries of the compiled call"
+        return _torch_gpu_extra_bytes(contender, shape) - grad_bytes, "torch.cuda peak over the call, minus before and the gradient"
     if not Path("/proc/self/clear_refs").exists():
-        return None  # not Linux: no resettable peak-RSS counter
+        return None, "n/a: no resettable peak-RSS counter (not Linux)"
     command = [sys.executable, "-m", "bench.losses", "--peak", contender, *map(str, shape)]
     done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
-    return json.loads(done.stdout.strip().splitlines()[-1])["extra_bytes"]
+    extra = json.loads(done.stdout.strip().splitlines()[-1])["extra_bytes"]
+    return extra, "peak RSS of one forward+backward in a fresh process, minus RSS before, minus the gradient"
+
+
+def _torch_gpu_extra_bytes(contender: str, shape) -> int:
+    import torch
+
+    call, _, _ = _build(contender, shape, "gpu")
+    call()  # kernels loaded, caches warm
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    grad = call()
+    extra = torch.cuda.max_memory_allocated() - before
+    del grad
+    return extra
 
 
 def _measure_peak(contender: str, shape: tuple[int, int, int]) -> dict:

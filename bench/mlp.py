@@ -1,4 +1,4 @@
-"""Train step of an MLP at three sizes: torch eager, ``torch.compile`` and ``jax.jit`` (Flax NNX + optax).
+"""Train step of an MLP at three sizes, for every contender (torch eager, ``torch.compile``, ``jax.jit``).
 
 One step is forward, MSE loss, backward and an Adam update on a fixed batch (data loading is
 benchmarked apart). Both sides start from the same numpy weights and batch, so they do the same
@@ -12,8 +12,6 @@ The largest size is matmul-bound, so its GFLOP/s against the device's measured m
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +21,9 @@ import torch
 from flax import nnx
 from torch import nn
 
-from bench import frameworks
-from bench.common import BenchContext, Timing, failure_reason, measure_steps, result_row, skipped_row
+from bench import flops
+from bench.common import BenchContext
+from bench.harness import Step, contender_rows
 
 BENCHMARK = "mlp_train_step"
 LEARNING_RATE = 1e-3
@@ -39,13 +38,6 @@ class MLPSize:
 
     def describe(self) -> str:
         return f"{self.name}: batch {self.batch}, {self.depth} x Linear({self.width}, {self.width}), Adam"
-
-    def matmul_flops(self) -> int:
-        """Matmul FLOPs of one train step (bias, ReLU, loss and Adam are not counted)."""
-        per_matmul = 2 * self.batch * self.width * self.width
-        # forward: one matmul per layer; backward: the weight gradient of every layer and the input
-        # gradient of every layer but the first (the batch needs none, and neither side computes it).
-        return per_matmul * (self.depth + self.depth + self.depth - 1)
 
 
 # CPU: a step of ~1 ms (overhead-bound), ~15 ms and ~200 ms (matmul-bound) on two cores at ~120
@@ -82,34 +74,17 @@ def run(ctx: BenchContext) -> list[dict]:
     for device in ctx.devices:
         for size in SIZES[device][:1] if ctx.quick else SIZES[device]:
             problem = make_problem(size)
-            for contender in ctx.contenders:
-                rows.append(CONTENDERS[contender](problem, device, ctx.quick))
-                frameworks.release_memory()
+            rows += contender_rows(BENCHMARK, size.describe(), step(problem), ctx, device, items=size.batch,
+                                   unit="samples/s", flops=flops.mlp_train_step(size.batch, size.width, size.depth),
+                                   detail=f"MSE loss, Adam lr {LEARNING_RATE}, float32")
     return rows
 
 
-def torch_eager(problem: Problem, device: str, quick: bool) -> dict:
-    return _torch(problem, device, quick, compile_backend=None)
+def step(problem: Problem) -> Step:
+    return Step(torch=lambda device: torch_step(problem, device), jax=lambda device: jax_step(problem, device))
 
 
-def torch_compiled(problem: Problem, device: str, quick: bool, backend: str = "inductor") -> dict:
-    """``torch.compile(step)``; compile time is the warm-up steps' time beyond as many timed steps.
-
-    A failure to compile (no C++ compiler, a Python version dynamo does not support) skips this
-    contender with the reason, rather than ending the run.
-    """
-    try:
-        return _torch(problem, device, quick, compile_backend=backend)
-    except Exception as error:  # reported as the skip reason, not swallowed
-        return skipped_row(BENCHMARK, problem.size.describe(), "torch.compile", device, failure_reason("torch.compile", error))
-
-
-def _torch(problem: Problem, device: str, quick: bool, compile_backend: str | None) -> dict:
-    contender = "torch eager" if compile_backend is None else "torch.compile"
-    dev = frameworks.torch_device(device)
-    if dev is None:
-        return skipped_row(BENCHMARK, problem.size.describe(), contender, device, f"torch has no {device} device here")
-    frameworks.reset_peak_memory(dev)
+def torch_step(problem: Problem, device: torch.device):
     layers = []
     for kernel, bias in zip(problem.kernels, problem.biases):
         linear = nn.Linear(*kernel.shape)
@@ -117,9 +92,9 @@ def _torch(problem: Problem, device: str, quick: bool, compile_backend: str | No
             linear.weight.copy_(torch.from_numpy(kernel.T))  # torch keeps [out, in]
             linear.bias.copy_(torch.from_numpy(bias))
         layers += [linear, nn.ReLU()]
-    model = nn.Sequential(*layers[:-1]).to(dev)
+    model = nn.Sequential(*layers[:-1]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    x, y = torch.from_numpy(problem.x).to(dev), torch.from_numpy(problem.y).to(dev)
+    x, y = torch.from_numpy(problem.x).to(device), torch.from_numpy(problem.y).to(device)
 
     def train_step() -> torch.Tensor:
         loss = nn.functional.mse_loss(model(x), y)
@@ -128,21 +103,14 @@ def _torch(problem: Problem, device: str, quick: bool, compile_backend: str | No
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    losses, timing, compile_s = frameworks.measure_torch_step(train_step, dev, quick, compile_backend)
-    return _row(problem, contender, device, timing, compile_s, frameworks.torch_peak_memory(dev), losses)
+    return train_step
 
 
-def jax_jit(problem: Problem, device: str, quick: bool) -> dict:
-    """The functional NNX form (PARITY.md): split once, ``jax.jit`` a pure step over the state,
-    donated; compile time is ``lower(...).compile()``, timed apart."""
-    dev = frameworks.jax_device(device)
-    if dev is None:
-        return skipped_row(BENCHMARK, problem.size.describe(), "jax.jit", device, f"jax has no {device} backend here")
-    jax.clear_caches()  # compile from scratch, like every other contender
+def jax_step(problem: Problem, device: jax.Device):
+    """The functional NNX form (docs/PARITY.md, JAX habits): split once, ``jax.jit`` a pure step
+    over the state, donated."""
     graphdef, params = nnx.split(_NnxMLP(problem))
     optimizer = optax.adam(LEARNING_RATE)
-    state = jax.device_put((params, optimizer.init(params)), dev)
-    x, y = jax.device_put(problem.x, dev), jax.device_put(problem.y, dev)
 
     def loss_fn(params: nnx.State, x: jax.Array, y: jax.Array) -> jax.Array:
         return jnp.mean((nnx.merge(graphdef, params)(x) - y) ** 2)
@@ -153,18 +121,7 @@ def jax_jit(problem: Problem, device: str, quick: bool) -> dict:
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
-    start = time.perf_counter()
-    compiled = jax.jit(train_step, donate_argnums=0).lower(state, x, y).compile()
-    compile_s = time.perf_counter() - start
-    holder = [state]
-    del state  # donated on the first call
-
-    def step() -> jax.Array:
-        holder[0], loss = compiled(holder[0], x, y)
-        return loss
-
-    losses, _, timing = measure_steps(step, lambda: jax.block_until_ready(holder[0]), quick)
-    return _row(problem, "jax.jit", device, timing, compile_s, frameworks.jax_step_memory(compiled), losses)
+    return jax.jit(train_step, donate_argnums=0), (params, optimizer.init(params)), (problem.x, problem.y)
 
 
 class _NnxMLP(nnx.Module):
@@ -179,19 +136,3 @@ class _NnxMLP(nnx.Module):
         for layer in self.layers[:-1]:
             x = jax.nn.relu(layer(x))
         return self.layers[-1](x)
-
-
-CONTENDERS: dict[str, Callable[[Problem, str, bool], dict]] = {
-    "torch eager": torch_eager,
-    "torch.compile": torch_compiled,
-    "jax.jit": jax_jit,
-}
-
-
-def _row(problem: Problem, contender: str, device: str, timing: Timing, compile_s, memory: dict, losses: list[float]) -> dict:
-    size = problem.size
-    return result_row(
-        BENCHMARK, size.describe(), contender, device, timing,
-        items=size.batch, unit="samples/s", flops=size.matmul_flops(), compile_s=compile_s, peak_memory=memory,
-        detail=f"MSE loss, Adam lr {LEARNING_RATE}, float32", warmup_losses=losses,
-    )

@@ -5,8 +5,7 @@ torch, ``jax.value_and_grad`` of the functional ``loss`` on JAX) on one fixed pr
 dataset: what a model costs, without the optimizer (``bench.training`` times the whole train step).
 Both architectures (the multi-task model, the autoencoder) at two sizes. Every contender starts
 from the same canonical weights and batch; the losses of its warm-up calls are kept as the proof
-that the contenders did the same arithmetic. Compile time is timed apart: ``lower().compile()`` for
-JAX, the warm-up calls' excess over as many timed calls for ``torch.compile`` (compiled cold).
+that the contenders did the same arithmetic. Timing and compile time: ``bench.harness``.
 
 Dropout is 0, so both backends do the same work (their dropout masks could not match anyway).
 """
@@ -14,8 +13,6 @@ Dropout is 0, so both backends do the same work (their dropout masks could not m
 from __future__ import annotations
 
 import dataclasses
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -24,16 +21,18 @@ import torch
 
 import jax_impl.models
 import jax_impl.molecules.models
-import torch_impl.models
 import torch_impl.molecules.models
+import torch_impl.runtime
 import torch_impl.state
-from bench import frameworks
-from bench.common import BenchContext, Timing, failure_reason, measure_steps, result_row, skipped_row
+from bench import flops
+from bench.common import BenchContext
+from bench.harness import Step, contender_rows
 from jax_impl.collate import collate_molecules
+from ml_patterns.data import LazyDataset
+from ml_patterns.errors import UsageError
+from ml_patterns.loader import batch_rng
 from ml_patterns.molecules.batches import prepare_batch
 from ml_patterns.molecules.config import ARCHITECTURES, ModelConfig
-from ml_patterns.data import LazyDataset
-from ml_patterns.loader import batch_rng
 from ml_patterns.molecules.prepare import read_manifest
 
 BENCHMARK = "model_forward_backward"
@@ -56,7 +55,8 @@ class ModelSize:
         )
 
     def describe(self, architecture: str) -> str:
-        return f"{architecture} {self.name}: d_model {self.d_model} x {self.n_layers} layers, batch {self.batch} x length {self.length}"
+        return (f"{architecture} {self.name}: d_model {self.d_model} x {self.n_layers} layers, "
+                f"batch {self.batch} x length {self.length}")
 
 
 # CPU (one core): ~0.1 s and ~1 s per call (3 and 20 GFLOP). GPU: launch-bound
@@ -65,37 +65,6 @@ SIZES = {
     "cpu": (ModelSize("small", 64, 2, 4, 32, 64), ModelSize("medium", 128, 4, 4, 32, 64)),
     "gpu": (ModelSize("small", 256, 4, 4, 64, 128), ModelSize("medium", 512, 8, 8, 128, 256)),
 }
-
-
-def forward_backward_flops(config: ModelConfig, batch: int, length: int) -> int:
-    """Matmul FLOPs of one forward + backward: 3 x the forward's (each matmul's backward is two
-    matmuls of its size, for the input and the weight gradient). Embeddings, LayerNorm, softmax,
-    GELU and the losses are not counted.
-
-    The multi-task encoder runs once per distinct head input (clean tokens for the regression
-    heads, masked ones for the masked-token head); the autoencoder's decoder sees ``length - 1``
-    tokens.
-    """
-    d, vocab = config.d_model, config.vocab_size
-
-    def layers(n: int, tokens_per_row: int) -> int:
-        # q, k, v and output projections, the feed-forward pair; attention scores and the weighted
-        # sum of the values, [tokens x tokens] per head over head_dim (all heads: d).
-        tokens = batch * tokens_per_row
-        per_layer = 2 * tokens * (4 * d * d + 2 * d * config.d_ff) + 2 * 2 * batch * tokens_per_row**2 * d
-        return n * per_layer
-
-    if config.architecture == "autoencoder":
-        decoded = batch * (length - 1)
-        forward = layers(config.n_layers, length) + layers(config.n_decoder_layers, length - 1)
-        forward += 2 * batch * d * d + 2 * decoded * d * vocab  # latent projection, lm_head
-    else:
-        passes = bool(config.tasks) + config.has_mlm_head
-        forward = passes * layers(config.n_layers, length)
-        forward += len(config.tasks) * 2 * batch * (d * d + d)  # regression heads on the pooled vector
-        if config.has_mlm_head:
-            forward += 2 * batch * length * (d * d + d * vocab)  # dense, decoder to the vocabulary
-    return 3 * forward
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,16 +79,21 @@ class Problem:
         return self.size.describe(self.architecture)
 
 
-def make_problem(data_dir: Path, manifest: dict, architecture: str, size: ModelSize) -> Problem:
-    """The first ``size.batch`` training molecules, padded (or cut) to ``size.length``, prepared as
-    batch 0 of epoch 0 (token masks from ``batch_rng(0, 0, 0)``); weights from torch's build_model."""
-    config = size.config(manifest, architecture)
+def first_batch(data_dir: Path, config: ModelConfig, batch: int, length: int) -> dict:
+    """The first ``batch`` training molecules, padded (or cut) to ``length`` and prepared as batch 0
+    of epoch 0 (token masks from ``batch_rng(seed, 0, 0)``, as the Trainer draws them)."""
     dataset = LazyDataset(data_dir, split="train")
-    if len(dataset) < size.batch:
-        raise ValueError(f"{data_dir}: the train split has {len(dataset)} molecules, fewer than the batch of {size.batch}")
-    collated = collate_molecules([dataset[i] for i in range(size.batch)], buckets=(size.length,), max_length=size.length)
+    if len(dataset) < batch:
+        raise UsageError(f"{data_dir}: the train split has {len(dataset)} molecules, fewer than the batch of {batch}")
+    collated = collate_molecules([dataset[i] for i in range(batch)], buckets=(length,), max_length=length)
     dataset.close()
-    batch = prepare_batch(collated, config, batch_rng(0, 0, 0))
+    return prepare_batch(collated, config, batch_rng(config.seed, 0, 0))
+
+
+def make_problem(data_dir: Path, manifest: dict, architecture: str, size: ModelSize) -> Problem:
+    """``first_batch`` of the size; weights from torch's build_model."""
+    config = size.config(manifest, architecture)
+    batch = first_batch(data_dir, config, size.batch, size.length)
     weights = torch_impl.state.to_numpy(torch_impl.molecules.models.build_model(config))
     return Problem(architecture, size, config, weights, batch)
 
@@ -131,33 +105,26 @@ def run(ctx: BenchContext) -> list[dict]:
         for size in SIZES[device][:1] if ctx.quick else SIZES[device]:
             for architecture in ARCHITECTURES:
                 problem = make_problem(ctx.data_dir, manifest, architecture, size)
-                for contender in ctx.contenders:
-                    rows.append(CONTENDERS[contender](problem, device, ctx.quick))
-                    frameworks.release_memory()
+                config = problem.config
+                heads = (f"{len(config.tasks)} regression heads + masked-token head" if architecture == "multitask"
+                         else f"encoder + {config.n_decoder_layers}-layer causal decoder")
+                rows += contender_rows(
+                    BENCHMARK, problem.describe(), step(problem), ctx, device, items=size.batch, unit="samples/s",
+                    flops=flops.forward_backward(config, size.batch, size.length),
+                    detail=f"loss and every parameter's gradient, no optimizer; {heads}, d_ff {config.d_ff}, "
+                    "float32, dropout 0",
+                )
     return rows
 
 
-def torch_eager(problem: Problem, device: str, quick: bool) -> dict:
-    return _torch(problem, device, quick, compile_backend=None)
+def step(problem: Problem) -> Step:
+    return Step(torch=lambda device: torch_step(problem, device), jax=lambda device: jax_step(problem))
 
 
-def torch_compiled(problem: Problem, device: str, quick: bool, backend: str = "inductor") -> dict:
-    """``torch.compile`` of the whole call (forward, loss, backward); a failure to compile skips
-    this contender with the reason."""
-    try:
-        return _torch(problem, device, quick, compile_backend=backend)
-    except Exception as error:  # reported as the skip reason, not swallowed
-        return skipped_row(BENCHMARK, problem.describe(), "torch.compile", device, failure_reason("torch.compile", error))
-
-
-def _torch(problem: Problem, device: str, quick: bool, compile_backend: str | None) -> dict:
-    contender = "torch eager" if compile_backend is None else "torch.compile"
-    dev = frameworks.torch_device(device)
-    if dev is None:
-        return skipped_row(BENCHMARK, problem.describe(), contender, device, f"torch has no {device} device here")
-    frameworks.reset_peak_memory(dev)
-    model = torch_impl.molecules.models.build_model(problem.config, weights=problem.weights).to(dev)
-    batch = torch_impl.models.as_batch(problem.batch, dev)
+def torch_step(problem: Problem, device: torch.device):
+    """``compute_loss`` + ``backward``, the gradients left in ``.grad``."""
+    model = torch_impl.molecules.models.build_model(problem.config, weights=problem.weights).to(device)
+    batch = torch_impl.runtime.to_device(problem.batch, device)
 
     def forward_backward() -> torch.Tensor:
         model.zero_grad(set_to_none=True)
@@ -165,47 +132,19 @@ def _torch(problem: Problem, device: str, quick: bool, compile_backend: str | No
         loss.backward()
         return loss.detach()
 
-    losses, timing, compile_s = frameworks.measure_torch_step(forward_backward, dev, quick, compile_backend)
-    return _row(problem, contender, device, timing, compile_s, frameworks.torch_peak_memory(dev), losses)
+    return forward_backward
 
 
-def jax_jit(problem: Problem, device: str, quick: bool) -> dict:
-    """``jax.jit(jax.value_and_grad(fn.loss))`` of the functional form, compiled by
-    ``lower(...).compile()``, timed apart."""
-    dev = frameworks.jax_device(device)
-    if dev is None:
-        return skipped_row(BENCHMARK, problem.describe(), "jax.jit", device, f"jax has no {device} backend here")
-    jax.clear_caches()  # compile from scratch, like every other contender
-    fn, params, rest = jax_impl.models.functional(jax_impl.molecules.models.build_model(problem.config, weights=problem.weights))
-    params, rest, batch = jax.device_put((params, rest, jax_impl.models.as_batch(problem.batch)), dev)
-    loss_and_grad = jax.jit(jax.value_and_grad(lambda p, r, b: fn.loss(p, r, b)[0]))
-    start = time.perf_counter()
-    compiled = loss_and_grad.lower(params, rest, batch).compile()
-    compile_s = time.perf_counter() - start
-    holder = [None]
+def jax_step(problem: Problem):
+    """``jax.value_and_grad`` of the functional ``loss``; the state is the gradients' buffer (the
+    outputs must include them, or XLA would not compute them)."""
+    fn, params, rest = jax_impl.models.functional(
+        jax_impl.molecules.models.build_model(problem.config, weights=problem.weights))
+    loss_and_grad = jax.value_and_grad(lambda p, r, b: fn.loss(p, r, b)[0])
 
-    def forward_backward() -> jax.Array:
-        loss, holder[0] = compiled(params, rest, batch)
-        return loss
+    def forward_backward(grads, params, rest, batch):
+        loss, grads = loss_and_grad(params, rest, batch)
+        return grads, loss
 
-    losses, _, timing = measure_steps(forward_backward, lambda: jax.block_until_ready(holder[0]), quick)
-    return _row(problem, "jax.jit", device, timing, compile_s, frameworks.jax_step_memory(compiled), losses)
-
-
-CONTENDERS: dict[str, Callable[[Problem, str, bool], dict]] = {
-    "torch eager": torch_eager,
-    "torch.compile": torch_compiled,
-    "jax.jit": jax_jit,
-}
-
-
-def _row(problem: Problem, contender: str, device: str, timing: Timing, compile_s, memory: dict, losses: list[float]) -> dict:
-    size, config = problem.size, problem.config
-    heads = (f"{len(config.tasks)} regression heads + masked-token head" if problem.architecture == "multitask"
-             else f"encoder + {config.n_decoder_layers}-layer causal decoder")
-    detail = f"loss and every parameter's gradient, no optimizer; {heads}, d_ff {config.d_ff}, float32, dropout 0"
-    return result_row(
-        BENCHMARK, problem.describe(), contender, device, timing, items=size.batch, unit="samples/s",
-        flops=forward_backward_flops(config, size.batch, size.length), compile_s=compile_s, peak_memory=memory,
-        detail=detail, warmup_losses=losses,
-    )
+    zeros = jax.tree.map(jax.numpy.zeros_like, params)
+    return jax.jit(forward_backward, donate_argnums=0), zeros, (params, rest, jax_impl.models.as_batch(problem.batch))

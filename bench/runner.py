@@ -9,45 +9,30 @@ then add GFLOP/s and the fraction of peak to every row that counts its FLOPs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import importlib
 import json
 
-from bench.common import CONTENDERS, FRAMEWORK, QUICK_CONTENDERS, BenchContext, cpu_count, environment, restrict_cpus
+from bench.common import CONTENDERS, QUICK_CONTENDERS, BenchContext, cpu_count, environment, restrict_cpus
+from ml_patterns.errors import UsageError
 from ml_patterns.io import atomic_write_text
 
 
-@dataclasses.dataclass(frozen=True)
-class Workload:
-    """A benchmark module whose ``run`` returns result rows (``bench.common.result_row``).
-
-    ``run(ctx: BenchContext)`` by default; ``takes_context=False`` for a module written against the
-    older ``run(data_dir: Path, quick: bool)``, which cannot see ``--device`` and runs where it
-    decides. The module is imported only when it runs, after the CPUs are pinned.
-    """
-
-    module: str
-    takes_context: bool = True
-
-    def __call__(self, ctx: BenchContext) -> list[dict]:
-        run = importlib.import_module(self.module).run
-        return run(ctx) if self.takes_context else run(ctx.data_dir, ctx.quick)
-
-
-BENCHMARKS: dict[str, Workload] = {
-    "data": Workload("bench.data_loading"),
-    "mlp": Workload("bench.mlp"),
-    "collate": Workload("bench.collate", takes_context=False),
-    "losses": Workload("bench.losses", takes_context=False),
-    "compilations": Workload("bench.compilations", takes_context=False),
-    "training": Workload("bench.training"),
-    "models": Workload("bench.models"),
+# name -> the module whose ``run(ctx: BenchContext) -> list[dict]`` returns result rows
+# (``bench.common.result_row``). A module is imported only when it runs, after the CPUs are pinned.
+BENCHMARKS = {
+    "data": "bench.data_loading",
+    "mlp": "bench.mlp",
+    "collate": "bench.collate",
+    "losses": "bench.losses",
+    "compilations": "bench.compilations",
+    "training": "bench.training",
+    "models": "bench.models",
 }
 
-# What --quick runs when --only does not say: each at its smallest, the whole under 2 minutes on
-# 2 cores. Left out: compilations (an epoch per padding strategy) and models (a compilation per
-# model and size); `--quick --only NAME` still runs them small.
+# What --quick runs when --only does not say: each at its smallest, a few minutes on 2 cores. Left
+# out: compilations (an epoch per padding strategy) and models (a compilation per model and size);
+# `--quick --only NAME` still runs them small.
 QUICK_BENCHMARKS = ("data", "mlp", "collate", "losses", "training")
 
 REQUIRED = ("benchmark", "workload", "contender", "device")
@@ -58,7 +43,7 @@ def run_benchmarks(args: argparse.Namespace) -> int:
     selected = list(dict.fromkeys(args.only or (QUICK_BENCHMARKS if args.quick else BENCHMARKS)))
     unknown = sorted(set(selected) - set(BENCHMARKS))
     if unknown:
-        raise ValueError(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
+        raise UsageError(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
     if not (args.data / "manifest.json").is_file():
         from ml_patterns.molecules.prepare import prepare_dataset
 
@@ -68,23 +53,23 @@ def run_benchmarks(args: argparse.Namespace) -> int:
     machine = environment()  # before the run: the load average is other processes' load
     with restrict_cpus(threads) as thread_record:
         # The first framework import: after the CPUs are pinned (XLA sizes its pool from them).
-        from bench import frameworks, peak
+        from bench import harness, peak
 
-        devices = frameworks.resolve_devices(args.device)
-        with frameworks.configured(threads, args.precision) as framework_record:
+        devices = harness.resolve_devices(args.device)
+        with harness.configured(threads, args.precision) as framework_record:
             ctx = BenchContext(
                 data_dir=args.data,
                 quick=args.quick,
                 devices=devices,
                 threads=threads,
                 precision=args.precision,
-                contenders=QUICK_CONTENDERS if args.quick else CONTENDERS,
+                contenders=QUICK_CONTENDERS if args.quick else tuple(CONTENDERS),
             )
             print(f"measuring the matmul peak on {', '.join(devices)} ...", flush=True)
             rows = peak.measure(ctx)
             for name in selected:
                 print(f"running {name} ...", flush=True)
-                rows.extend(_checked(name, BENCHMARKS[name](ctx)))
+                rows.extend(_checked(name, importlib.import_module(BENCHMARKS[name]).run(ctx)))
 
     results = [row for row in rows if "skipped" not in row]
     peaks = peak.peaks(results)
@@ -133,7 +118,8 @@ def _add_peak_fractions(results: list[dict], peaks: dict[str, dict[str, float]])
     for row in results:
         flops, device_peaks = row.get("flops_per_call"), peaks.get(row["device"], {})
         gflops = flops / row["timing"]["median_s"] / 1e9 if flops else None
-        own = device_peaks.get(FRAMEWORK.get(row["contender"], ""))
+        contender = CONTENDERS.get(row["contender"])
+        own = device_peaks.get(contender.framework) if contender else None
         row["gflops"] = gflops
         row["fraction_of_peak"] = gflops / device_peaks["peak"] if gflops and device_peaks else None
         row["fraction_of_framework_peak"] = gflops / own if gflops and own else None

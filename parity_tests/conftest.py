@@ -1,4 +1,4 @@
-"""Strict numerics for the parity suite (STYLE.md, Equinox's habit) and full float32 on both sides.
+"""Strict numerics for the parity suite (Equinox's habit) and full float32 on both sides.
 
 - JAX: strict dtype promotion and rank promotion raise, so a silent up-cast or broadcast fails loudly;
   matmuls at "highest" precision (TF32 would otherwise be on for float32 on A100/H100).
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import jax
 import pytest
-import torch
 
-jax.config.update("jax_default_matmul_precision", "highest")
-torch.backends.cuda.matmul.allow_tf32 = False
-torch.backends.cudnn.allow_tf32 = False
+import jax_impl.runtime
+import torch_impl.runtime
+
+for runtime in (torch_impl.runtime, jax_impl.runtime):
+    runtime.set_precision("float32")
 
 
 def pytest_configure(config):

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import os
-import sys
 import threading
-import types
 
 import numpy as np
 import pytest
 
 from bench import runner
-from bench.common import BenchContext, cpu_count, plan_repeats, restrict_cpus, result_row, time_call
-from ml_patterns.cli import main
+from bench.common import CONTENDERS, Contender, cpu_count, plan_repeats, restrict_cpus, time_call
+from ml_patterns_app.cli import main
 
-# Equal losses prove the contenders ran the same workload: PARITY.md's forward tolerance (copied
-# weights), here over the first Adam steps too.
+# Equal losses prove the contenders ran the same workload: the forward tolerance of docs/PARITY.md
+# (copied weights), here over the first Adam steps too.
 LOSS_RTOL = {"cpu": 1e-5, "gpu": 1e-4}
 
 
@@ -100,32 +100,33 @@ torch_compile_warnings = pytest.mark.filterwarnings(
 def test_torch_compile_contender_times_compile_apart():
     # inductor's cold compile is ~50 s on two cores; aot_eager runs the same path (dynamo, AOT
     # autograd, the warm-up accounting) in seconds.
-    from bench import frameworks, mlp
+    from bench import harness, mlp
 
-    problem = mlp.make_problem(mlp.MLPSize("tiny", 8, 16, 2))
-    with frameworks.configured(cpu_count(), "float32"):
-        compiled = mlp.torch_compiled(problem, "cpu", quick=True, backend="aot_eager")
-        eager = mlp.torch_eager(problem, "cpu", quick=True)
-    assert "skipped" not in compiled, compiled.get("skipped")
-    assert compiled["contender"] == "torch.compile" and compiled["compile_s"] > 0 and eager["compile_s"] is None
-    np.testing.assert_allclose(compiled["warmup_losses"], eager["warmup_losses"], rtol=LOSS_RTOL["cpu"])
+    step = mlp.step(mlp.make_problem(mlp.MLPSize("tiny", 8, 16, 2)))
+    with harness.configured(cpu_count(), "float32"):
+        compiled = harness.measure(step, Contender("torch.compile", "torch", "aot_eager"), "cpu", quick=True)
+        eager = harness.measure(step, CONTENDERS["torch eager"], "cpu", quick=True)
+        jitted = harness.measure(step, CONTENDERS["jax.jit"], "cpu", quick=True)
+    assert not isinstance(compiled, str), compiled
+    assert compiled.compile_s > 0 and eager.compile_s is None and jitted.compile_s > 0
+    np.testing.assert_allclose(compiled.warmup_losses, eager.warmup_losses, rtol=LOSS_RTOL["cpu"])
+    np.testing.assert_allclose(jitted.warmup_losses, eager.warmup_losses, rtol=LOSS_RTOL["cpu"])
+    assert jitted.peak_memory["bytes"] > 0 and eager.peak_memory["bytes"] is None
 
 
 def test_a_failing_torch_compile_is_skipped_with_its_reason():
-    from bench import frameworks, mlp
+    from bench import harness, mlp
 
-    problem = mlp.make_problem(mlp.MLPSize("tiny", 8, 16, 2))
-    with frameworks.configured(cpu_count(), "float32"):
-        row = mlp.torch_compiled(problem, "cpu", quick=True, backend="no_such_backend")
-    assert row["contender"] == "torch.compile" and "no_such_backend" in row["skipped"]
+    step = mlp.step(mlp.make_problem(mlp.MLPSize("tiny", 8, 16, 2)))
+    with harness.configured(cpu_count(), "float32"):
+        reason = harness.measure(step, Contender("torch.compile", "torch", "no_such_backend"), "cpu", quick=True)
+    assert isinstance(reason, str) and reason.startswith("torch.compile failed") and "no_such_backend" in reason
 
 
 def test_gpu_requested_without_one_is_a_clear_error(default_dataset, tmp_path, capsys):
-    import torch
+    from bench import harness
 
-    from bench import frameworks
-
-    if frameworks.jax_device("gpu") is not None or torch.cuda.is_available():
+    if any(runtime.device("gpu") is not None for runtime in harness.RUNTIMES.values()):
         pytest.skip("this machine has a GPU")
     args = ["bench", "--device", "gpu", "--only", "data", "--out", str(tmp_path), "--data", str(default_dataset[0])]
     assert main(args) == 2
@@ -133,23 +134,19 @@ def test_gpu_requested_without_one_is_a_clear_error(default_dataset, tmp_path, c
     assert not (tmp_path / "bench.json").exists()
 
 
-def test_unknown_benchmark_is_refused(tmp_path, capsys):
-    assert main(["bench", "--only", "nope", "--out", str(tmp_path), "--data", str(tmp_path / "data")]) == 2
-    assert "unknown benchmark(s) ['nope']" in capsys.readouterr().err
+def test_unknown_benchmark_is_refused_with_the_valid_names(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--only", "nope", "--out", str(tmp_path), "--data", str(tmp_path / "data")])
+    assert exit_info.value.code == 2
+    assert "argument --only: invalid choice: 'nope' (choose from" in capsys.readouterr().err
 
 
-def test_workloads_with_the_older_signature_get_data_dir_and_quick(monkeypatch, tmp_path):
-    calls = []
-
-    def run(data_dir, quick):
-        calls.append((data_dir, quick))
-        return [result_row("legacy", "w", "c", "cpu", time_call(lambda: None, repeats=2), items=1, unit="items/s")]
-
-    monkeypatch.setitem(sys.modules, "fake_legacy_bench", types.SimpleNamespace(run=run))
-    ctx = BenchContext(data_dir=tmp_path, quick=True, devices=("cpu",), threads=1, precision="float32")
-    rows = runner._checked("legacy", runner.Workload("fake_legacy_bench", takes_context=False)(ctx))
-    assert calls == [(tmp_path, True)]
-    assert rows[0]["benchmark"] == "legacy" and rows[0]["compile_s"] is None and rows[0]["flops_per_call"] is None
+def test_every_workload_takes_the_context_and_every_contender_has_a_framework():
+    for name, module in runner.BENCHMARKS.items():
+        run = importlib.import_module(module).run
+        assert list(inspect.signature(run).parameters) == ["ctx"], name
+    assert {contender.framework for contender in CONTENDERS.values()} == {"torch", "jax"}
+    assert [name for name, c in CONTENDERS.items() if not c.quick] == ["torch.compile"]
 
 
 def test_a_malformed_row_names_the_benchmark():

@@ -8,12 +8,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import torch_impl.models
 import torch_impl.molecules.models
-from bench import frameworks, training
-from bench.common import QUICK_CONTENDERS, BenchContext
+from bench import flops, harness, training
+from bench.common import QUICK_CONTENDERS, BenchContext, Contender
+from bench.models import ModelSize, make_problem
+from ml_patterns.errors import UsageError
 from ml_patterns.molecules.prepare import read_manifest
 
-TINY = training.StepSize("tiny", d_model=16, n_layers=1, n_heads=2, batch=8, length=16)
-# Three AdamW steps from copied weights: PARITY.md's training-history tolerance (CPU).
+TINY = ModelSize("tiny", d_model=16, n_layers=1, n_heads=2, batch=8, length=16)
+WORKLOAD = TINY.describe("multitask")
+# Three AdamW steps from copied weights: the training-history tolerance of docs/PARITY.md (CPU).
 LOSS_RTOL = 1e-4
 
 
@@ -22,7 +25,7 @@ def quick_rows(default_dataset):
     root, _ = default_dataset
     ctx = BenchContext(data_dir=root, quick=True, devices=("cpu",), threads=1, precision="float32",
                        contenders=QUICK_CONTENDERS)
-    with pytest.MonkeyPatch.context() as patch, frameworks.configured(1, "float32"):
+    with pytest.MonkeyPatch.context() as patch, harness.configured(1, "float32"):
         patch.setitem(training.SIZES, "cpu", (TINY, TINY))
         return training.run(ctx)
 
@@ -33,16 +36,16 @@ def by(rows, benchmark):
 
 def test_train_step_rows_count_flops_and_agree_across_contenders(quick_rows, default_dataset):
     steps = by(quick_rows, training.STEP)
-    assert set(steps) == {(TINY.describe(), contender) for contender in QUICK_CONTENDERS}  # quick: one size
-    config = TINY.config(read_manifest(default_dataset[0]))
+    assert set(steps) == {(WORKLOAD, contender) for contender in QUICK_CONTENDERS}  # quick: one size
+    config = TINY.config(read_manifest(default_dataset[0]), "multitask")
     for row in steps.values():
         assert "skipped" not in row, row
         assert row["device"] == "cpu" and row["timing"]["median_s"] > 0 and row["timing"]["repeats"] == 5
-        assert row["flops_per_call"] == training.train_step_flops(config, TINY.batch, TINY.length) > 0
+        assert row["flops_per_call"] == flops.forward_backward(config, TINY.batch, TINY.length) > 0
         assert row["steps_per_s"] == pytest.approx(1 / row["timing"]["median_s"])
         assert row["throughput"] == {"value": pytest.approx(TINY.batch / row["timing"]["median_s"]), "unit": "samples/s"}
         assert len(row["warmup_losses"]) == 3 and all(np.isfinite(row["warmup_losses"]))
-    eager, jitted = steps[TINY.describe(), "torch eager"], steps[TINY.describe(), "jax.jit"]
+    eager, jitted = steps[WORKLOAD, "torch eager"], steps[WORKLOAD, "jax.jit"]
     assert eager["compile_s"] is None and jitted["compile_s"] > 0 and jitted["peak_memory"]["bytes"] > 0
     np.testing.assert_allclose(jitted["warmup_losses"], eager["warmup_losses"], rtol=LOSS_RTOL)
     assert eager["warmup_losses"][2] < eager["warmup_losses"][0]  # the steps train
@@ -50,7 +53,7 @@ def test_train_step_rows_count_flops_and_agree_across_contenders(quick_rows, def
 
 def test_overhead_rows_compare_each_loop_with_the_bare_loop(quick_rows):
     overhead = [row for row in quick_rows if row["benchmark"] == training.OVERHEAD]
-    jax_compile_s = by(quick_rows, training.STEP)[TINY.describe(), "jax.jit"]["compile_s"]
+    jax_compile_s = by(quick_rows, training.STEP)[WORKLOAD, "jax.jit"]["compile_s"]
     molecules = training.QUICK_OVERHEAD_BATCHES * TINY.batch
     assert len(overhead) == len(training.VARIANTS) * len(QUICK_CONTENDERS)
     for contender in QUICK_CONTENDERS:
@@ -85,11 +88,11 @@ def test_overhead_stats_pair_each_round_with_the_bare_loop():
 
 def test_flop_count_matches_torch_flop_counter(default_dataset):
     # An independent count: torch's FlopCounterMode sees every mm/bmm of forward and backward.
-    problem = training.make_problem(default_dataset[0], read_manifest(default_dataset[0]), TINY)
+    problem = make_problem(default_dataset[0], read_manifest(default_dataset[0]), "multitask", TINY)
     model = torch_impl.molecules.models.build_model(problem.config, weights=problem.weights)
     with FlopCounterMode(display=False) as counter:
         model.compute_loss(torch_impl.models.as_batch(problem.batch)).backward()
-    assert training.train_step_flops(problem.config, TINY.batch, TINY.length) == counter.get_total_flops()
+    assert flops.forward_backward(problem.config, TINY.batch, TINY.length) == counter.get_total_flops()
 
 
 def test_interleaved_warms_up_then_rotates_the_order():
@@ -101,14 +104,15 @@ def test_interleaved_warms_up_then_rotates_the_order():
 
 
 def test_a_failing_torch_compile_is_skipped_with_its_reason(default_dataset):
-    problem = training.make_problem(default_dataset[0], read_manifest(default_dataset[0]), TINY)
-    with frameworks.configured(1, "float32"):
-        row = training.torch_compiled(problem, "cpu", quick=True, backend="no_such_backend")
-    assert row["contender"] == "torch.compile" and "no_such_backend" in row["skipped"]
+    problem = make_problem(default_dataset[0], read_manifest(default_dataset[0]), "multitask", TINY)
+    with harness.configured(1, "float32"):
+        reason = harness.measure(training.step(problem), Contender("torch.compile", "torch", "no_such_backend"),
+                                 "cpu", quick=True)
+    assert "no_such_backend" in reason
 
 
 def test_a_split_smaller_than_the_batch_is_refused(default_dataset):
     root, manifest = default_dataset
-    huge = training.StepSize("huge", 16, 1, 2, batch=manifest["splits"]["train"] + 1, length=16)
-    with pytest.raises(ValueError, match="fewer than the batch"):
-        training.make_problem(root, manifest, huge)
+    huge = ModelSize("huge", 16, 1, 2, batch=manifest["splits"]["train"] + 1, length=16)
+    with pytest.raises(UsageError, match="fewer than the batch"):
+        make_problem(root, manifest, "multitask", huge)

@@ -5,6 +5,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import torch_impl.models
 import torch_impl.molecules.models
+from bench import flops
 from bench import models as bench_models
 from bench.common import BenchContext
 from tests.test_models import LENGTH, numpy_batch, tiny
@@ -17,7 +18,7 @@ def test_flop_count_matches_torchs_counter(architecture):
     batch = torch_impl.models.as_batch(numpy_batch(config))
     with FlopCounterMode(display=False) as counter:
         model.compute_loss(batch).backward()
-    assert bench_models.forward_backward_flops(config, 4, LENGTH) == counter.get_total_flops()
+    assert flops.forward_backward(config, 4, LENGTH) == counter.get_total_flops()
 
 
 def test_quick_run_rows(default_dataset, monkeypatch):

@@ -92,12 +92,19 @@ def test_table_lists_failures_only_on_request():
     assert full.splitlines()[-1].startswith("1 of 2 passed")
 
 
-def test_policy_numbers_match_the_parity_suite():
+def test_the_parity_suite_uses_the_one_tolerance_table():
     from parity_tests import tolerances
 
-    assert (parity.FORWARD.rtol, parity.FORWARD.atol) == (tolerances.FORWARD.rtol, tolerances.FORWARD.atol)
-    assert (parity.LOSS.rtol, parity.LOSS.atol) == (tolerances.LOSS.rtol, tolerances.LOSS.atol)
-    assert (parity.GRADIENT.rtol, parity.GRADIENT.atol) == (tolerances.GRADIENT.rtol, tolerances.GRADIENT.atol)
+    for name in ("FORWARD", "LOSS", "GRADIENT", "HISTORY", "EXACT", "GPU"):
+        assert getattr(tolerances, name) is getattr(parity, name)
+
+
+def test_tolerance_lookup_by_quantity_and_device():
+    assert parity.tolerance("history") == Tolerance(rtol=1e-4, atol=1e-6)
+    assert parity.tolerance("history", "gpu") == Tolerance(rtol=1e-3, atol=1e-6)
+    assert parity.tolerance("gradient", "gpu").rtol > parity.GRADIENT.rtol
+    with pytest.raises(KeyError, match="no tolerance for 'outputs' on 'cpu'"):
+        parity.tolerance("outputs")
 
 
 # The command: a tiny multi-task model (both tests share its compilation; the autoencoder's report
@@ -106,7 +113,7 @@ TINY = {"architecture": "multitask", "d_model": 16, "n_heads": 2, "n_layers": 1,
 
 
 def test_parity_command_passes_on_the_default_dataset(default_dataset, tmp_path, capsys):
-    from ml_patterns.cli import main
+    from ml_patterns_app.cli import main
 
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
@@ -121,8 +128,8 @@ def test_parity_command_passes_on_the_default_dataset(default_dataset, tmp_path,
 
 def test_parity_command_fails_and_names_the_parameter(default_dataset, tmp_path, capsys, monkeypatch):
     import jax_impl.state
-    from bench import parity_report
-    from ml_patterns.cli import main
+    from ml_patterns_app import parity_report
+    from ml_patterns_app.cli import main
 
     build_pair = parity_report.build_pair
 
@@ -144,9 +151,14 @@ def test_parity_command_fails_and_names_the_parameter(default_dataset, tmp_path,
 
 
 def test_parity_command_rejects_a_bad_config(default_dataset, tmp_path, capsys):
-    from ml_patterns.cli import main
+    from ml_patterns_app.cli import main
 
     config = tmp_path / "bad.json"
     config.write_text(json.dumps({"d_modle": 16}))
     assert main(["parity", "--data", str(default_dataset[0]), "--config", str(config)]) == 2
-    assert "unknown ModelConfig field(s) ['d_modle']" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"ml-patterns parity: error: {config}: unknown ModelConfig field(s) ['d_modle']" in err
+    assert "Traceback" not in err
+    config.write_text("[1, 2]")
+    assert main(["parity", "--data", str(default_dataset[0]), "--config", str(config)]) == 2
+    assert "expected a JSON object of ModelConfig fields, got list" in capsys.readouterr().err

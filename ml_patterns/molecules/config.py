@@ -6,8 +6,9 @@ import dataclasses
 
 from ml_patterns.molecules.tokenizer import MASK_ID
 
-# Properties computed with RDKit for the default dataset; each name is the RDKit descriptor that
-# ml_patterns.molecules.prepare computes (see RDKIT_PROPERTIES there).
+# The RDKit descriptors ml_patterns.molecules.prepare can add as targets (named as RDKit names
+# them), and those the default dataset gets.
+RDKIT_PROPERTIES = ("MolLogP", "MolWt", "NumRings", "NumHDonors", "TPSA", "NumHAcceptors", "NumRotatableBonds")
 DEFAULT_RDKIT_PROPERTIES = ("MolLogP", "MolWt", "NumRings", "NumHDonors")
 
 

@@ -14,7 +14,6 @@ float32 rounding from a real difference (see ``ml_patterns.parity``). Exit statu
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import functools
@@ -28,15 +27,18 @@ import torch
 
 import jax_impl.models
 import jax_impl.molecules.models
+import jax_impl.runtime
 import jax_impl.state
 import torch_impl.models
 import torch_impl.molecules.models
+import torch_impl.runtime
 import torch_impl.state
 from jax_impl.collate import collate_molecules
 from ml_patterns import parity
+from ml_patterns.data import LazyDataset
+from ml_patterns.errors import UsageError
 from ml_patterns.molecules.batches import prepare_batch
 from ml_patterns.molecules.config import ARCHITECTURES, ModelConfig
-from ml_patterns.data import LazyDataset
 from ml_patterns.molecules.prepare import read_manifest
 
 TOLERANCES = {"outputs": parity.FORWARD, "loss": parity.LOSS, "gradients": parity.GRADIENT}
@@ -161,27 +163,36 @@ def _torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(data: Path, config_file: Path | None = None, batch_size: int = 16, seed: int = 0) -> int:
     """The ``parity`` subcommand: one report per architecture; 0 if every row passed, 1 otherwise."""
-    # Full float32 on both sides, as the parity policy requires (TF32 would otherwise be on for
-    # JAX's float32 matmuls on A100/H100 GPUs).
-    jax.config.update("jax_default_matmul_precision", "highest")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    manifest = read_manifest(args.data)
-    overrides = json.loads(Path(args.config).read_text()) if args.config else {}
-    if not isinstance(overrides, dict):
-        raise ValueError(f"{args.config}: expected a JSON object of ModelConfig fields")
+    for runtime in (torch_impl.runtime, jax_impl.runtime):
+        runtime.set_precision("float32")  # the parity policy: full float32 on both sides
+    manifest = read_manifest(data)
+    overrides = read_overrides(config_file) if config_file else {}
     architectures = [overrides.pop("architecture")] if "architecture" in overrides else list(ARCHITECTURES)
     failed = False
     for architecture in architectures:
-        config = ModelConfig.from_manifest(manifest, **{**overrides, "architecture": architecture, "seed": args.seed})
-        batch = real_batch(args.data, config, args.batch_size, args.seed)
+        try:
+            config = ModelConfig.from_manifest(manifest, **{**overrides, "architecture": architecture, "seed": seed})
+        except (TypeError, ValueError) as error:  # the user's fields: name the file they came from
+            raise UsageError(f"{config_file}: {error}") from error
+        batch = real_batch(data, config, batch_size, seed)
         torch_model, jax_model = build_pair(config)
         report = compare_models(torch_model, jax_model, batch)
         shape = "x".join(map(str, batch["input_ids"].shape))
-        print(f"\n== {architecture}: {type(torch_model).__name__}, batch {shape} from {args.data} (val split) ==")
+        print(f"\n== {architecture}: {type(torch_model).__name__}, batch {shape} from {data} (val split) ==")
         print(report.format_table())
         failed |= not report.passed
     print("\nparity: FAILED" if failed else "\nparity: all rows passed")
     return 1 if failed else 0
+
+
+def read_overrides(path: Path) -> dict:
+    """A JSON object of ``ModelConfig`` fields; anything else is a ``UsageError`` naming the file."""
+    try:
+        overrides = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(overrides, dict):
+        raise UsageError(f"{path}: expected a JSON object of ModelConfig fields, got {type(overrides).__name__}")
+    return overrides

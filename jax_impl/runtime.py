@@ -1,0 +1,111 @@
+"""Where and how JAX runs; the contract: ``torch_impl.runtime``.
+
+Divergences, and why:
+
+- ``peak_memory`` reads the device's ``memory_stats()`` (GPU); XLA cannot reset it, so
+  ``reset_peak_memory`` does nothing and the figure is the process's peak on that device.
+- ``wait(device, value)`` blocks on ``value`` (JAX dispatches asynchronously, per array).
+- ``compilations(trainer)`` counts the executables in the caches of the trainer's jitted train and
+  eval steps: one per input signature (shapes, dtypes, placement) they were called with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import importlib.metadata
+import os
+from collections.abc import Iterator, Mapping
+
+import jax
+import numpy as np
+
+from jax_impl.models import as_batch
+from jax_impl.state import tree_to_numpy
+from ml_patterns.errors import UsageError
+from ml_patterns.parity import PRECISIONS
+
+_PRECISION = {"float32": "highest", "tf32": "tensorfloat32"}
+
+
+def device(kind: str) -> jax.Device | None:
+    if kind not in ("cpu", "gpu"):
+        raise UsageError(f"unknown device kind {kind!r}: use 'cpu' or 'gpu'")
+    try:
+        return jax.devices(kind)[0]
+    except RuntimeError:  # "Unknown backend: 'gpu' requested, but no platforms ... are present"
+        return None
+
+
+def select_device(choice: str = "auto") -> jax.Device:
+    if choice == "auto":
+        return device("gpu") or device("cpu")
+    found = device(choice)
+    if found is None:
+        raise UsageError(f"--device {choice}: jax has no GPU backend (install jax[cuda12] on a GPU machine)")
+    return found
+
+
+def set_precision(policy: str = "float32") -> None:
+    if policy not in _PRECISION:
+        raise UsageError(f"unknown precision policy {policy!r}; known: {sorted(PRECISIONS)}")
+    jax.config.update("jax_default_matmul_precision", _PRECISION[policy])
+
+
+@contextlib.contextmanager
+def precision_policy(policy: str) -> Iterator[None]:
+    saved = jax.config.jax_default_matmul_precision
+    set_precision(policy)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_default_matmul_precision", saved)
+
+
+def precision() -> dict:
+    return {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision}
+
+
+def describe(dev: jax.Device) -> dict:
+    gpu = dev.platform == "gpu"
+    return {
+        "device": {"kind": "gpu" if gpu else "cpu", "name": dev.device_kind if gpu else f"CPU ({os.cpu_count()} cores)"},
+        "versions": {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")},
+        "threads": os.environ.get("XLA_FLAGS") or "XLA default (the CPUs of the affinity mask)",
+        "precision": f"float32; jax_default_matmul_precision={jax.config.jax_default_matmul_precision}",
+    }
+
+
+def reset_peak_memory(dev: jax.Device) -> None:
+    pass  # XLA keeps no resettable peak (module docstring)
+
+
+def peak_memory(dev: jax.Device) -> dict | None:
+    if dev.platform != "gpu":
+        return None
+    stats = dev.memory_stats() or {}
+    return {"bytes": stats.get("peak_bytes_in_use"), "how": "jax Device.memory_stats()['peak_bytes_in_use']"}
+
+
+def to_device(batch: Mapping, dev: jax.Device) -> dict:
+    return jax.device_put(as_batch(batch), dev)
+
+
+def wait(dev: jax.Device, value: object = None) -> None:
+    if value is not None:
+        jax.block_until_ready(value)
+
+
+def release_memory() -> None:
+    gc.collect()
+
+
+def compilations(trainer) -> int | None:
+    # _cache_size() is a jitted function's own count of its executables (jax has no public one).
+    return int(trainer.train_step._cache_size() + trainer.eval_step._cache_size())
+
+
+def predict(model, batch: Mapping, dev: jax.Device, task: str | None = None) -> dict[str, np.ndarray]:
+    model.eval()
+    outputs = model(to_device(batch, dev), **({} if task is None else {"task": task}))
+    return tree_to_numpy(outputs)

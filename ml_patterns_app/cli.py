@@ -1,0 +1,260 @@
+"""The ``ml-patterns`` command line.
+
+Each subcommand is an ``(add_arguments, run, help)`` triple registered in ``SUBCOMMANDS``. This
+module is the dispatch: a subcommand that needs a backend imports it inside ``run``, so ``prepare``
+and ``info`` start without loading torch or jax.
+
+Errors: the user's mistakes (``USER_ERRORS``: a bad flag value, a missing or corrupt dataset or
+checkpoint, an output that exists) print one line and exit with status 2; anything else is a bug
+and keeps its traceback. Ctrl-C exits with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ml_patterns import __version__
+from ml_patterns.checkpoint import CheckpointError, WeightMismatchError
+from ml_patterns.data import DatasetError
+from ml_patterns.errors import UsageError
+from ml_patterns.molecules.tokenizer import TokenizationError
+
+DEFAULT_DATA_DIR = Path("data/nci")
+USER_ERRORS = (UsageError, DatasetError, CheckpointError, WeightMismatchError, TokenizationError,
+               FileNotFoundError, FileExistsError)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help; one without a value (None, off) says in its text what
+    happens then."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or "(default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def rdkit_properties(text: str) -> tuple[str, ...]:
+    from ml_patterns.molecules.config import RDKIT_PROPERTIES
+
+    names = tuple(name for name in text.split(",") if name)
+    unknown = [name for name in names if name not in RDKIT_PROPERTIES]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown RDKit propert(y/ies) {unknown}; accepted: {','.join(RDKIT_PROPERTIES)}")
+    return names
+
+
+# -- prepare / info: the dataset -------------------------------------------------------------
+def _add_prepare(parser: argparse.ArgumentParser) -> None:
+    from ml_patterns.molecules.config import DEFAULT_RDKIT_PROPERTIES, RDKIT_PROPERTIES, PrepareConfig
+
+    defaults = PrepareConfig()
+    parser.add_argument("--out", type=Path, default=DEFAULT_DATA_DIR, help="output directory")
+    parser.add_argument("--csv", type=Path, default=None,
+                        help="your own CSV instead of the embedded RDKit NCI set (needs --target-cols)")
+    parser.add_argument("--smiles-col", default="smiles", help="SMILES column of --csv")
+    parser.add_argument("--target-cols", default=None, help="comma-separated label columns of --csv, e.g. logS,pKa")
+    parser.add_argument(
+        "--rdkit-properties", type=rdkit_properties, default=None,
+        help=f"comma-separated RDKit descriptors to add as targets, of: {','.join(RDKIT_PROPERTIES)}; "
+        f"'' for none (default: {','.join(DEFAULT_RDKIT_PROPERTIES)} for the embedded set, none for --csv)",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the train/val/test split")
+    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="molecules held out for validation")
+    parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction, help="molecules held out for test")
+    parser.add_argument("--shard-size", type=positive_int, default=defaults.shard_size, help="records per shard file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from ml_patterns.molecules.config import PrepareConfig
+    from ml_patterns.molecules.prepare import prepare_dataset
+
+    if args.csv is not None and not args.target_cols:
+        raise UsageError("--csv needs --target-cols (the label columns to train on)")
+    properties = args.rdkit_properties
+    if properties is None:
+        properties = PrepareConfig().rdkit_properties if args.csv is None else ()
+    try:
+        config = PrepareConfig(seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                               shard_size=args.shard_size, rdkit_properties=properties)
+    except ValueError as error:  # fractions out of range: the flags' values
+        raise UsageError(str(error)) from error
+    manifest = prepare_dataset(
+        args.out,
+        csv_path=args.csv,
+        smiles_col=args.smiles_col,
+        target_cols=args.target_cols.split(",") if args.target_cols else None,
+        config=config,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(format_manifest(manifest, args.out))
+    return 0
+
+
+def _add_info(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", type=Path, nargs="?", default=DEFAULT_DATA_DIR, help="a prepared dataset")
+    parser.add_argument("--json", action="store_true", help="print the raw manifest as JSON")
+    parser.add_argument("--verify", action="store_true", help="recompute every file's checksum (exit status 1 on a mismatch)")
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from ml_patterns.molecules.prepare import read_manifest, verify_checksums
+
+    manifest = read_manifest(args.dir)
+    print(json.dumps(manifest, indent=1) if args.json else format_manifest(manifest, args.dir))
+    if args.verify:
+        bad = verify_checksums(args.dir)
+        if bad:
+            print(f"checksum mismatch in {len(bad)} file(s): {', '.join(bad)}", file=sys.stderr)
+            return 1
+        print(f"checksums: all {len(manifest['checksums'])} files match")
+    return 0
+
+
+def format_manifest(manifest: dict, root: Path) -> str:
+    counts, splits, lengths = manifest["counts"], manifest["splits"], manifest["sequence_length"]
+    lines = [
+        f"dataset   {root}",
+        f"source    {manifest['source']['name']} ({manifest['source']['path']})",
+        f"molecules {counts['molecules']} kept of {counts['rows_read']} rows, {counts['skipped']} skipped",
+        "splits    " + ", ".join(f"{k} {v}" for k, v in splits.items()) + f" (seed {manifest['config']['seed']})",
+        f"vocab     {manifest['vocab_size']} tokens; sequence length min {lengths['min']}, "
+        f"mean {lengths['mean']:.1f}, max {lengths['max']} (with BOS/EOS)",
+        f"targets   ({manifest['statistics_from']})",
+    ]
+    for name, stats in manifest["targets"].items():
+        lines.append(f"  {name:<12} mean {stats['mean']:10.4f}  std {stats['std']:10.4f}")
+    for row in manifest["skipped"][:10]:
+        lines.append(f"skipped   line {row['line']}: {row['reason']} ({row['smiles'][:40]})")
+    if counts["skipped"] > 10:
+        lines.append(f"skipped   ... and {counts['skipped'] - 10} more (see manifest.json)")
+    return "\n".join(lines)
+
+
+# -- compare / parity / bench: the backends ---------------------------------------------------
+def _add_compare(parser: argparse.ArgumentParser) -> None:
+    from ml_patterns_app.compare.settings import DEVICES, MODELS, CompareSettings
+
+    defaults = CompareSettings()
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR,
+                        help="a prepared dataset (the default one is prepared there if missing)")
+    parser.add_argument("--model", choices=MODELS, default=defaults.model, help="the molecule model to train")
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, help="training epochs")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="molecules per batch")
+    parser.add_argument("--max-train-molecules", type=non_negative_int, default=defaults.max_train_molecules,
+                        help="train on the first N training molecules only (0: all of them)")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="auto: a CUDA GPU when present, else the CPU; gpu: an error without one")
+    parser.add_argument("--out", type=Path, default=Path("runs/compare"),
+                        help="directory for report.md, results.json and the plots (replaced as a whole)")
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from ml_patterns_app.compare.runner import WorkerFailed, run_compare
+    from ml_patterns_app.compare.settings import CompareSettings
+
+    settings = CompareSettings(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                               max_train_molecules=args.max_train_molecules)
+    try:
+        return run_compare(settings, args.data, args.out, args.device)
+    except WorkerFailed as error:  # the worker printed its own traceback above
+        print(f"ml-patterns compare: {error}", file=sys.stderr)
+        return 1
+
+
+def _add_parity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="a prepared dataset (its val split is used)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="JSON object of ModelConfig fields overriding the dataset's defaults "
+                        '(with "architecture": check that model only; default: both models, default sizes)')
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="molecules in the compared batch")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the batch and its token masks")
+
+
+def _run_parity(args: argparse.Namespace) -> int:
+    from ml_patterns_app.parity_report import run
+
+    return run(args.data, args.config, args.batch_size, args.seed)
+
+
+def _add_bench(parser: argparse.ArgumentParser) -> None:
+    from bench.runner import BENCHMARKS, QUICK_BENCHMARKS  # framework-free
+    from ml_patterns.parity import PRECISIONS
+
+    parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), default=None, metavar="NAME",
+                        help=f"run only this benchmark (repeatable), one of: {', '.join(BENCHMARKS)} "
+                        "(default: all; with --quick: " + ", ".join(QUICK_BENCHMARKS) + ")")
+    parser.add_argument("--quick", action="store_true",
+                        help="smallest sizes, few repeats, no torch.compile: a smoke test of a few minutes")
+    parser.add_argument("--device", choices=("cpu", "gpu", "all"), default="all",
+                        help="cpu, gpu (a CUDA GPU; an error if there is none) or all devices present")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPUs for both torch and XLA (default: every CPU this process may use)")
+    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="float32",
+                        help="float32 matmul precision on both sides: "
+                        + "; ".join(f"{name}: {summary}" for name, summary in PRECISIONS.items()))
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="a prepared dataset (prepared if missing)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="where bench.json, bench.md and bench.png go")
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from bench.runner import run_benchmarks
+
+    return run_benchmarks(args)
+
+
+SUBCOMMANDS = {
+    "compare": (_add_compare, _run_compare,
+                "train one model in PyTorch and in JAX from the same start: parity, metrics, speed"),
+    "prepare": (_add_prepare, _run_prepare, "build the lazy on-disk dataset (default: RDKit's NCI set)"),
+    "info": (_add_info, _run_info, "print a prepared dataset's manifest"),
+    "bench": (_add_bench, _run_bench, "benchmark torch eager, torch.compile and jax.jit on each workload"),
+    "parity": (_add_parity, _run_parity, "compare the molecule models across torch and JAX: outputs, losses, gradients"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ml-patterns", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ml-patterns {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_arguments, _, help_text) in SUBCOMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text,
+                                     formatter_class=HelpFormatter))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _, run, _ = SUBCOMMANDS[args.command]
+    try:
+        return run(args)
+    except USER_ERRORS as error:
+        print(f"ml-patterns {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nml-patterns {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

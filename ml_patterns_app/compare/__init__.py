@@ -1,0 +1,13 @@
+"""``ml-patterns compare``: the same training run in PyTorch and in JAX, on real molecules.
+
+- ``settings``: what the run is (``CompareSettings``), the backends and their labels;
+- ``runner``: the parent process: prepares the data, launches one worker per backend, shows their
+  live progress, stops them on Ctrl-C;
+- ``worker``: one backend's training run, in its own process (``python -m ml_patterns_app.compare.worker``);
+- ``report``: the two results compared against the history tolerance, ``report.md``,
+  ``results.json`` and the plots.
+"""
+
+from ml_patterns_app.compare.runner import run_compare
+
+__all__ = ["run_compare"]

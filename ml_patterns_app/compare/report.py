@@ -1,0 +1,179 @@
+"""``ml-patterns compare``'s verdict: the two histories against the history tolerance, the test
+metrics and the speed side by side, written as ``results.json``, ``report.md`` and two plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import statistics
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from bench.common import environment
+from ml_patterns import parity
+from ml_patterns.io import atomic_write_bytes, atomic_write_text, staged_directory
+from ml_patterns_app.compare.settings import BACKENDS, LABELS, CompareSettings
+
+FILES = ("report.md", "results.json", "loss_curves.png", "speed.png")
+AGREE = "they agree numerically: every epoch's losses are within the training-history tolerance"
+DISAGREE = "they DISAGREE: some epoch's losses are outside the training-history tolerance (see the table)"
+
+
+def build_report(settings: CompareSettings, manifest: dict, results: dict, data_dir: Path) -> dict:
+    """``results``: each backend's worker result (``worker.run_worker``)."""
+    device_kind = "gpu" if any(r["device"]["kind"] == "gpu" for r in results.values()) else "cpu"
+    tolerance = parity.tolerance("history", device_kind)
+    rows, passed = [], True
+    torch_h, jax_h = results["torch"]["history"], results["jax"]["history"]
+    for epoch in range(len(torch_h["epoch"])):
+        row = {"epoch": epoch}
+        for key in ("train_loss", "val_loss"):
+            a, b = torch_h[key][epoch], jax_h[key][epoch]
+            diff = abs(a - b)
+            ok = diff <= tolerance.atol + tolerance.rtol * abs(a)
+            passed &= ok
+            row[key] = {"torch": a, "jax": b, "abs_diff": diff, "rel_diff": diff / max(abs(a), 1e-30), "pass": ok}
+        rows.append(row)
+    speed = {backend: _speed(results[backend]) for backend in BACKENDS}
+    return {
+        "settings": dataclasses.asdict(settings),
+        "dataset": {"path": str(data_dir), "source": manifest["source"]["name"], "splits": manifest["splits"],
+                    "max_length": results["torch"]["max_length"], "truncated_molecules": results["torch"]["truncated"]},
+        "device_kind": device_kind,
+        "tolerance": {"rtol": tolerance.rtol, "atol": tolerance.atol,
+                      "source": "training histories, docs/PARITY.md (ml_patterns.parity)"},
+        "parity": {"passed": passed, "epochs": rows},
+        "test_metrics": {backend: results[backend]["test_metrics"] for backend in BACKENDS},
+        "speed": speed,
+        "backends": {backend: {k: results[backend][k] for k in ("device", "versions", "threads", "precision")}
+                     for backend in BACKENDS},
+        "environment": environment(),
+        "verdict": _verdict(speed, passed, results),
+    }
+
+
+def _speed(result: dict) -> dict:
+    times = result["epoch_times"]
+    train = [t["train_s"] for t in times]
+    steady = statistics.median(train[1:] or train)
+    steps, samples = result["steps_per_epoch"], result["samples_per_epoch"]
+    return {
+        "first_epoch_s": train[0],
+        "steady_epoch_s": steady,
+        # The first epoch's extra time: compilation for jax.jit (one per batch shape), warm-up for torch.
+        "warmup_s": max(0.0, train[0] - steady),
+        "steps_per_s": steps / steady,
+        "samples_per_s": samples / steady,
+        "epoch_with_validation_s": statistics.median(t["train_s"] + t["val_s"] for t in times[1:] or times),
+        "compilations": result.get("compilations"),
+        "peak_memory_bytes": result["peak_memory_bytes"],
+        "peak_memory_kind": result["peak_memory_kind"],
+    }
+
+
+def _verdict(speed: dict, passed: bool, results: dict) -> str:
+    torch_rate, jax_rate = speed["torch"]["steps_per_s"], speed["jax"]["steps_per_s"]
+    faster, slower = ("jax", "torch") if jax_rate > torch_rate else ("torch", "jax")
+    ratio = max(torch_rate, jax_rate) / min(torch_rate, jax_rate)
+    device = results["torch"]["device"]["name"]
+    return (f"On this machine ({device}), {LABELS[faster]} trains this model {ratio:.2f}x faster than "
+            f"{LABELS[slower]} at steady state ({speed[faster]['steps_per_s']:.1f} vs "
+            f"{speed[slower]['steps_per_s']:.1f} steps/s), and {AGREE if passed else DISAGREE}.")
+
+
+def format_summary(report: dict) -> str:
+    tolerance = report["tolerance"]
+    lines = [f"Parity (per epoch, rtol {tolerance['rtol']:g}, atol {tolerance['atol']:g}):",
+             "| epoch | loss | torch | jax | abs diff | rel diff | pass |", "|---|---|---|---|---|---|---|"]
+    for row in report["parity"]["epochs"]:
+        for key in ("train_loss", "val_loss"):
+            cell = row[key]
+            lines.append(f"| {row['epoch']} | {key} | {cell['torch']:.6f} | {cell['jax']:.6f} | {cell['abs_diff']:.2e} "
+                         f"| {cell['rel_diff']:.2e} | {'yes' if cell['pass'] else 'NO'} |")
+    lines += ["", "Test split:", "| metric | torch | jax |", "|---|---|---|"]
+    torch_m, jax_m = report["test_metrics"]["torch"], report["test_metrics"]["jax"]
+    for name in torch_m:
+        lines.append(f"| {name} | {torch_m[name]:.4f} | {jax_m[name]:.4f} |")
+    lines += ["", "Speed:",
+              "| backend | warm-up / compile | steady epoch | steps/s | samples/s | epoch + validation "
+              "| compilations | peak memory |",
+              "|---|---|---|---|---|---|---|---|"]
+    for backend, s in report["speed"].items():
+        memory = f"{s['peak_memory_bytes'] / 2**20:.0f} MiB ({s['peak_memory_kind']})"
+        compilations = s["compilations"] if s["compilations"] is not None else "n/a"
+        lines.append(f"| {LABELS[backend]} | {s['warmup_s']:.2f} s | {s['steady_epoch_s']:.2f} s "
+                     f"| {s['steps_per_s']:.1f} | {s['samples_per_s']:.0f} | {s['epoch_with_validation_s']:.2f} s "
+                     f"| {compilations} | {memory} |")
+    lines += ["", "Verdict: " + report["verdict"]]
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out: Path) -> None:
+    """Writes ``FILES`` into ``out``, replacing it as a whole and only once all are written: an
+    interruption (Ctrl-C, a crash) leaves the previous report, never half of a new one."""
+    with staged_directory(out, overwrite=True) as staging:
+        atomic_write_text(staging / "results.json", json.dumps(report, indent=1) + "\n")
+        atomic_write_text(staging / "report.md", _markdown(report))
+        atomic_write_bytes(staging / "loss_curves.png", _png(_loss_curves(report)))
+        atomic_write_bytes(staging / "speed.png", _png(_speed_bars(report)))
+
+
+def _markdown(report: dict) -> str:
+    env, dataset = report["environment"], report["dataset"]
+    lines = [
+        f"# ml-patterns compare: {report['settings']['model']} model, {report['settings']['epochs']} epochs",
+        "",
+        f"- data: {dataset['source']} ({dataset['path']}), splits {dataset['splits']}; sequences truncated to "
+        f"{dataset['max_length']} tokens: {dataset['truncated_molecules']} molecules",
+        f"- machine: {env['platform']}, {env['processor']}, {env['cpus_available']} CPUs available",
+    ]
+    for backend, info in report["backends"].items():
+        versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+        lines.append(f"- {LABELS[backend]}: {info['device']['name']}; {versions}; threads {info['threads']}; "
+                     f"precision: {info['precision']}")
+    lines.append(f"- wall time of the whole comparison: {report['wall_time_s']:.0f} s")
+    return ("\n".join(lines) + "\n\n" + format_summary(report)
+            + "\n\n![loss curves](loss_curves.png)\n![speed](speed.png)\n")
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
+def _loss_curves(report: dict) -> Figure:
+    figure = Figure(figsize=(6, 4), layout="tight")
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    epochs = [row["epoch"] for row in report["parity"]["epochs"]]
+    for key, style in (("train_loss", "-"), ("val_loss", "--")):
+        for backend, marker in (("torch", "o"), ("jax", "x")):
+            values = [row[key][backend] for row in report["parity"]["epochs"]]
+            ax.plot(epochs, values, style, marker=marker, label=f"{LABELS[backend]} {key}")
+    ax.set_xticks(epochs)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("Training histories (the curves should overlap)")
+    ax.legend(fontsize=8)
+    return figure
+
+
+def _speed_bars(report: dict) -> Figure:
+    figure = Figure(figsize=(8, 3.5), layout="tight")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
+    names = [LABELS[b] for b in BACKENDS]
+    colors = ["#ee4c2c", "#4285f4"]
+    axes[0].bar(names, [report["speed"][b]["samples_per_s"] for b in BACKENDS], color=colors)
+    axes[0].set_ylabel("samples/s (steady state, higher is better)")
+    axes[1].bar(names, [report["speed"][b]["warmup_s"] for b in BACKENDS], color=colors)
+    axes[1].set_ylabel("warm-up / compile time, s")
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    verdict = report["verdict"]
+    figure.suptitle(verdict[:90] + ("..." if len(verdict) > 90 else ""), fontsize=8)
+    return figure

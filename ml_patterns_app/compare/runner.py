@@ -1,0 +1,134 @@
+"""The parent process of ``ml-patterns compare``: prepare, launch the workers, show their progress,
+compare, report.
+
+Each backend trains in its own subprocess (``worker``), so its timings and peak memory are its own,
+not the other framework's thread pools or allocations; they run one after the other, each with the
+machine to itself, the torch worker first (it writes the initial weights the JAX worker reads).
+A worker's progress arrives on its stdout as JSON lines and is shown as one live status line per
+backend (a line per epoch when stdout is not a terminal); its stderr (warnings, errors) passes
+straight through. Ctrl-C stops the running worker and starts no other, and no report is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
+from ml_patterns_app.compare.report import build_report, format_summary, write_report
+from ml_patterns_app.compare.settings import BACKENDS, LABELS, CompareSettings
+
+# Seconds a worker gets to exit after Ctrl-C before it is killed.
+STOP_GRACE_S = 5.0
+
+
+class WorkerFailed(RuntimeError):
+    """A worker exited with an error; its traceback was printed on stderr above."""
+
+
+def run_compare(settings: CompareSettings, data: Path, out: Path, device: str = "auto") -> int:
+    """Trains ``settings`` on every backend of ``BACKENDS``, writes the report into ``out``; returns 0
+    when the histories agree, 1 when they do not."""
+    started = time.perf_counter()
+    if not (data / "manifest.json").is_file():
+        print(f"preparing the default dataset in {data} ...", flush=True)
+        prepare_dataset(data, progress=True)
+    manifest = read_manifest(data)
+    with tempfile.TemporaryDirectory() as scratch:
+        results = {}
+        for index, backend in enumerate(BACKENDS):
+            job = {"data": str(data), "settings": dataclasses.asdict(settings), "device": device,
+                   "weights": str(Path(scratch) / "initial.safetensors"), "write_weights": index == 0}
+            results[backend] = run_worker(backend, job, Path(scratch) / f"{backend}.json")
+    report = build_report(settings, manifest, results, data)
+    report["wall_time_s"] = time.perf_counter() - started
+    write_report(report, out)
+    print("\n" + format_summary(report))
+    print(f"\nwrote {out / 'report.md'}, results.json, loss_curves.png, speed.png ({report['wall_time_s']:.0f} s)")
+    return 0 if report["parity"]["passed"] else 1
+
+
+def run_worker(backend: str, job: dict, out: Path) -> dict:
+    """Runs one worker to the end, rendering its progress; its result, read from ``out``."""
+    command = worker_command(backend, job, out)
+    status = StatusLine(LABELS[backend], sys.stdout)
+    status.show("starting")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as process:
+        try:
+            for line in process.stdout:
+                status.event(line)
+            code = process.wait()
+        except BaseException:  # Ctrl-C (KeyboardInterrupt) or anything else: the worker must not outlive us
+            stop(process)
+            status.finish("stopped")
+            raise
+    if code != 0:
+        status.finish(f"failed (exit status {code})")
+        raise WorkerFailed(f"the {LABELS[backend]} worker failed (exit status {code}); its error is printed above")
+    status.finish("done")
+    return json.loads(out.read_text())
+
+
+def worker_command(backend: str, job: dict, out: Path) -> list[str]:
+    return [sys.executable, "-m", "ml_patterns_app.compare.worker", backend, json.dumps(job), str(out)]
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Interrupts a worker (as Ctrl-C would: it shares our terminal, so it usually has the signal
+    already), then kills it if it has not exited within ``STOP_GRACE_S``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class StatusLine:
+    """One backend's progress: rewritten in place on a terminal, a line per epoch otherwise."""
+
+    def __init__(self, label: str, stream):
+        self.label, self.stream = label, stream
+        self.live = stream.isatty()
+        self.width = 0
+
+    def event(self, line: str) -> None:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:  # not a progress event: pass it through
+            self._print(line.rstrip("\n"))
+            return
+        kind = event.pop("event", None)
+        if kind == "batch":
+            self.show(f"epoch {event['epoch'] + 1}/{event['epochs']}  batch {event['batch']}/{event['batches']}  "
+                      f"loss {event['loss']:.4f}  {event['steps_per_s']:.1f} steps/s")
+        elif kind == "epoch":
+            losses = "  ".join(f"{k} {v:.4f}" for k, v in event.items() if k.endswith("loss"))
+            self._print(f"epoch {event['epoch'] + 1}/{event['epochs']}  {losses}  ({event['seconds']:.1f} s)")
+        elif kind == "status":
+            self.show(event["text"])
+
+    def show(self, text: str) -> None:
+        """A transient status: overwrites the current line on a terminal; not shown otherwise."""
+        if self.live:
+            text = f"{self.label:<16} {text}"
+            self.stream.write("\r" + text.ljust(self.width))
+            self.stream.flush()
+            self.width = len(text)
+
+    def finish(self, text: str) -> None:
+        self._print(text)
+
+    def _print(self, text: str) -> None:
+        line = f"{self.label:<16} {text}"
+        self.stream.write(("\r" + line.ljust(self.width) if self.live else line) + "\n")
+        self.stream.flush()
+        self.width = 0

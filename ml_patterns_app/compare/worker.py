@@ -1,0 +1,158 @@
+"""One backend's training run for ``ml-patterns compare``, in a process of its own.
+
+    python -m ml_patterns_app.compare.worker BACKEND JOB_JSON OUT_JSON
+
+The first worker builds the model and writes the initial weights (a portable checkpoint); the
+next one reads them, so both backends start from the same weights. Progress goes to stdout as one JSON object per line
+(``ProgressEvents``), which the parent renders; anything else a worker prints goes to stderr.
+The result (history, epoch times, test metrics, device, versions, peak memory) goes to OUT_JSON.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ml_patterns.callbacks import Callback
+from ml_patterns.collate import bucket_ladder
+from ml_patterns.data import LazyDataset, Subset
+from ml_patterns.molecules.batches import destandardize
+from ml_patterns.molecules.config import MLM_TASK, ModelConfig
+from ml_patterns.molecules.prepare import read_manifest
+from ml_patterns.training import BatchPreparer
+from ml_patterns_app.compare.settings import CompareSettings
+
+# A status line at most this often: reading the loss is a host sync.
+REFRESH_S = 0.5
+
+
+def emit(event: str, **fields) -> None:
+    """One progress event on stdout, for the parent (``runner``) to render."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+class ProgressEvents(Callback):
+    """Epoch, batch, loss and steps/s as JSON lines, at most every ``REFRESH_S`` seconds."""
+
+    def __init__(self, epochs: int, batches: int):
+        self.epochs, self.batches = epochs, batches
+
+    def on_epoch_start(self, trainer, epoch: int) -> None:
+        self._start, self._last, self._steps = time.perf_counter(), 0.0, 0
+
+    def on_batch_end(self, trainer, batch_index: int, logs) -> None:
+        self._steps += 1
+        now = time.perf_counter()
+        if now - self._last >= REFRESH_S:
+            self._last = now
+            emit("batch", epoch=trainer.epoch, epochs=self.epochs, batch=batch_index + 1, batches=self.batches,
+                 loss=float(logs["loss"]), steps_per_s=self._steps / max(now - self._start, 1e-9))
+
+    def on_epoch_end(self, trainer, epoch: int, logs) -> None:
+        emit("epoch", epoch=epoch, epochs=self.epochs, seconds=time.perf_counter() - self._start,
+             **{k: v for k, v in logs.items() if isinstance(v, float)})
+
+
+def run_worker(backend: str, job: dict, out: Path) -> None:
+    impl = importlib.import_module(f"{backend}_impl")
+    for module in ("data", "molecules.models", "runtime", "training"):
+        importlib.import_module(f"{backend}_impl.{module}")
+    runtime = impl.runtime
+    runtime.set_precision("float32")  # parity needs full float32 on both sides (docs/PARITY.md)
+    device = runtime.select_device(job["device"])
+
+    data = Path(job["data"])
+    settings = CompareSettings(**job["settings"])
+    manifest = read_manifest(data)
+    # Batches are padded to a ladder of lengths (a bounded number of jax.jit compilations); the
+    # position table covers the longest rung.
+    lengths = manifest["sequence_length"]
+    buckets = bucket_ladder(lengths["min"], min(lengths["max"], settings.max_length))
+    config = settings.model_config(manifest, max_len=buckets[-1])
+    train = LazyDataset(data, split="train")
+    if settings.max_train_molecules:
+        train = Subset(train, range(min(settings.max_train_molecules, len(train))))
+    val, test = LazyDataset(data, split="val"), LazyDataset(data, split="test")
+    collate = {"buckets": buckets, "max_length": buckets[-1]}
+    steps = -(-len(train) // settings.batch_size)
+
+    weights = Path(job["weights"])
+    if job["write_weights"]:  # the first worker: the one set of initial weights, for every backend
+        model = impl.molecules.models.build_model(config)
+        model.save(weights)
+    else:
+        model = impl.molecules.models.load_model(weights)
+    runtime.reset_peak_memory(device)
+    trainer = impl.training.Trainer(model, settings.optimizer(steps * settings.epochs),
+                                    [ProgressEvents(settings.epochs, steps)], device=device)
+    loader = impl.data.make_loader
+    trainer.fit(loader(train, settings.batch_size, seed=settings.seed, **collate),
+                loader(val, settings.batch_size, shuffle=False, **collate), settings.epochs)
+    emit("status", text="evaluating on the test split")
+    test_loader = loader(test, settings.batch_size, shuffle=False, **collate)
+    result = {
+        "history": trainer.history.as_dict(),
+        "epoch_times": trainer.epoch_times,
+        "steps_per_epoch": steps,
+        "samples_per_epoch": len(train),
+        "truncated": {name: sum(len(r["input_ids"]) > buckets[-1] for r in split) for name, split in
+                      (("train", train), ("val", val), ("test", test))},
+        "max_length": buckets[-1],
+        "compilations": runtime.compilations(trainer),
+        "test_metrics": test_metrics(runtime, trainer.model, device, config, test_loader),
+        **runtime.describe(device),
+        **_peak_memory(runtime, device),
+    }
+    out.write_text(json.dumps(result))
+
+
+def _peak_memory(runtime, device) -> dict:
+    measured = runtime.peak_memory(device)
+    if measured is not None:
+        return {"peak_memory_bytes": measured["bytes"], "peak_memory_kind": measured["how"]}
+    # ru_maxrss is in KiB on Linux: the worker's whole process, framework and data included.
+    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "peak_memory_kind": "process peak RSS"}
+
+
+def test_metrics(runtime, model, device, config: ModelConfig, loader) -> dict[str, float]:
+    """MAE per property in the targets' own units, and token accuracy, over the test split."""
+    prepare = BatchPreparer(config)
+    errors: dict[str, list] = {task: [] for task in config.tasks}
+    correct = total = 0
+    for index, collated in enumerate(loader):
+        batch = prepare(collated, 0, index, train=False)
+        if config.architecture == "autoencoder":
+            logits = runtime.predict(model, batch, device)["logits"]
+            hits = (logits.argmax(-1) == batch["decoder_targets"]) & batch["decoder_mask"]
+            correct, total = correct + int(hits.sum()), total + int(batch["decoder_mask"].sum())
+            continue
+        outputs = runtime.predict(model, batch, device)
+        predicted = destandardize({task: outputs[task] for task in config.tasks}, config)
+        truth = destandardize(batch["labels"], config)
+        for task in config.tasks:
+            errors[task].append(np.abs(predicted[task] - truth[task]))
+        if config.has_mlm_head:
+            logits = runtime.predict(model, {**batch, "input_ids": batch["mlm_input_ids"]}, device, MLM_TASK)[MLM_TASK]
+            hits = (logits.argmax(-1) == batch["mlm_targets"]) & batch["mlm_mask"]
+            correct, total = correct + int(hits.sum()), total + int(batch["mlm_mask"].sum())
+    metrics = {f"MAE {task}": float(np.concatenate(errors[task]).mean()) for task in config.tasks if errors[task]}
+    name = "reconstruction token accuracy" if config.architecture == "autoencoder" else "masked-token accuracy"
+    metrics[name] = correct / max(total, 1)
+    return metrics
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        raise SystemExit("usage: python -m ml_patterns_app.compare.worker BACKEND JOB_JSON OUT "
+                         "(run `ml-patterns compare` instead)")
+    try:
+        run_worker(sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]))
+    except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal: the parent reports it
+        sys.exit(130)

@@ -1,0 +1,136 @@
+"""Where and how torch runs: the device, the float32 policy, what to record beside a number, peak
+memory, compilations, and prediction. Every app (``ml-patterns compare``, ``parity``, ``bench``)
+and the parity suite go through here rather than setting torch globals themselves.
+
+The contract, documented here once (``jax_impl.runtime`` mirrors it name for name):
+
+- ``device(kind)``: the first ``"cpu"`` or ``"gpu"`` device, or ``None`` where there is none.
+- ``select_device(choice)``: ``"auto"`` (a GPU when present), ``"cpu"`` or ``"gpu"`` (a
+  ``UsageError`` naming what to install when there is none).
+- ``set_precision(policy)`` / ``precision_policy(policy)``: a float32 matmul policy of
+  ``ml_patterns.parity.PRECISIONS`` for the process, or for a block. ``"float32"`` (full float32,
+  TF32 off) is what parity needs; ``precision()`` reads the settings in force back.
+- ``describe(device)``: ``{"device": {"kind", "name"}, "versions", "threads", "precision"}``, JSON-ready.
+- ``reset_peak_memory(device)`` / ``peak_memory(device)``: the most the framework's allocator held
+  on ``device`` since the reset, ``{"bytes", "how"}``, or ``None`` where it keeps no statistics (CPU).
+- ``to_device(batch, device)``: a numpy batch (``ml_patterns.molecules.batches``) as the
+  framework's arrays on ``device``, as the trainer's step takes it.
+- ``wait(device, value=None)``: blocks until the work queued on ``device`` (or producing ``value``) is done.
+- ``release_memory()``: frees cached device memory between measurements.
+- ``compilations(trainer)``: how many programs the trainer's compiled steps hold (``None``: torch
+  eager compiles nothing).
+- ``predict(model, batch, device, task=None)``: the model's outputs on a numpy batch as numpy,
+  in eval mode (dropout off); the model is left in eval mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import torch
+
+from ml_patterns.errors import UsageError
+from ml_patterns.parity import PRECISIONS
+from torch_impl.models import as_batch
+from torch_impl.state import tree_to_numpy
+
+# policy -> (torch.set_float32_matmul_precision, cuDNN TF32)
+_PRECISION = {"float32": ("highest", False), "tf32": ("high", True)}
+
+
+def device(kind: str) -> torch.device | None:
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind == "gpu":
+        return torch.device("cuda") if torch.cuda.is_available() else None
+    raise UsageError(f"unknown device kind {kind!r}: use 'cpu' or 'gpu'")
+
+
+def select_device(choice: str = "auto") -> torch.device:
+    if choice == "auto":
+        return device("gpu") or device("cpu")
+    found = device(choice)
+    if found is None:
+        raise UsageError(f"--device {choice}: torch sees no CUDA GPU (install torch's CUDA build on a GPU machine)")
+    return found
+
+
+def set_precision(policy: str = "float32") -> None:
+    if policy not in _PRECISION:
+        raise UsageError(f"unknown precision policy {policy!r}; known: {sorted(PRECISIONS)}")
+    matmul, cudnn_tf32 = _PRECISION[policy]
+    torch.set_float32_matmul_precision(matmul)  # sets torch.backends.cuda.matmul.allow_tf32 with it
+    torch.backends.cudnn.allow_tf32 = cudnn_tf32
+
+
+@contextlib.contextmanager
+def precision_policy(policy: str) -> Iterator[None]:
+    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+    set_precision(policy)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cudnn.allow_tf32 = saved[1]
+
+
+def precision() -> dict:
+    return {
+        "torch.get_float32_matmul_precision()": torch.get_float32_matmul_precision(),
+        "torch.backends.cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "torch.backends.cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+    }
+
+
+def describe(dev: torch.device) -> dict:
+    gpu = dev.type == "cuda"
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    return {
+        "device": {"kind": "gpu" if gpu else "cpu",
+                   "name": torch.cuda.get_device_name(dev) if gpu else f"CPU ({os.cpu_count()} cores)"},
+        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda},
+        "threads": torch.get_num_threads(),
+        "precision": f"float32; TF32 {'on' if tf32 else 'off'}" if gpu else "float32",
+    }
+
+
+def reset_peak_memory(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def peak_memory(dev: torch.device) -> dict | None:
+    if dev.type == "cuda":
+        return {"bytes": torch.cuda.max_memory_allocated(dev), "how": "torch.cuda.max_memory_allocated"}
+    return None  # torch keeps no CPU allocator statistics
+
+
+def to_device(batch: Mapping, dev: torch.device) -> dict:
+    return as_batch(batch, dev)
+
+
+def wait(dev: torch.device, value: object = None) -> None:
+    if dev.type == "cuda":  # CPU ops run synchronously
+        torch.cuda.synchronize(dev)
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def compilations(trainer: object) -> int | None:
+    return None
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batch: Mapping, dev: torch.device, task: str | None = None) -> dict[str, np.ndarray]:
+    """``model(batch)`` (``batch``: numpy arrays, ``ml_patterns.molecules.batches``) as numpy arrays."""
+    model.eval()
+    outputs = model(to_device(batch, dev), **({} if task is None else {"task": task}))
+    return tree_to_numpy(outputs)
