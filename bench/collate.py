@@ -121,9 +121,18 @@ def transfer_rows(ctx: BenchContext, batches: list[list[dict]], repeats: int) ->
                 runtime.wait(dev, moved)
 
             timing = time_call(copy_all, repeats=repeats, warmup=1)
-            rows.append(result_row("collate", f"copy {len(collated)} collated batches to the device",
-                                   f"{framework}_impl.runtime.to_device", device, timing, items=nbytes / 2**20,
-                                   unit="MiB/s", detail="numpy batch -> the framework's arrays on the device"))
+            rows.append(
+                result_row(
+                    "collate",
+                    f"copy {len(collated)} collated batches to the device",
+                    f"{framework}_impl.runtime.to_device",
+                    device,
+                    timing,
+                    items=nbytes / 2**20,
+                    unit="MiB/s",
+                    detail="numpy batch -> the framework's arrays on the device",
+                )
+            )
     return rows
 
 

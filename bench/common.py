@@ -2,9 +2,10 @@
 environment recorded with each number. Imports no framework: the runner pins the CPUs before torch
 or jax is loaded (see ``restrict_cpus``).
 
-Timing rules (nanoGPT's bench.py, docs/ARCHITECTURE.md): warm-up calls first (compilation and caches happen there and are
-timed apart by the caller), a synchronization inside the timed region (``block_until_ready`` /
-``torch.cuda.synchronize``), the median of the repeats as the headline, and the spread beside it.
+Timing rules (as nanoGPT's bench.py; docs/ARCHITECTURE.md): warm-up calls first (compilation and
+caches happen there and are timed apart by the caller), a synchronization inside the timed region
+(``block_until_ready`` / ``torch.cuda.synchronize``), the median of the repeats as the headline, and
+the spread beside it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +259,9 @@ def restrict_cpus(threads: int) -> Iterator[dict]:
         yield record
         return
     if not hasattr(os, "sched_setaffinity"):
-        raise ValueError(f"--threads {threads}: this OS cannot pin a process to CPUs, so XLA's thread pool cannot be limited")
+        raise ValueError(
+            f"--threads {threads}: this OS cannot pin a process to CPUs, so XLA's thread pool cannot be limited"
+        )
     mask = os.sched_getaffinity(0)
     _pin_all_threads(sorted(mask)[:threads])
     record["how"] = f"affinity mask restricted to CPUs {sorted(os.sched_getaffinity(0))}"

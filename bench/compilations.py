@@ -21,8 +21,8 @@ from jax_impl.collate import collate_molecules
 from jax_impl.losses import masked_cross_entropy
 from ml_patterns.collate import dataset_buckets
 from ml_patterns.data import LazyDataset
-from ml_patterns.samplers import BatchSampler
 from ml_patterns.molecules.prepare import read_manifest
+from ml_patterns.samplers import BatchSampler
 
 WIDTH = 64
 
@@ -32,8 +32,15 @@ def run(ctx: BenchContext) -> list[dict]:
     for device in ctx.devices:
         dev = runtime.device(device)
         if dev is None:
-            rows.append(skipped_row("compilations", "one epoch of the default train split", "jax.jit", device,
-                                    f"jax has no {device} device here"))
+            rows.append(
+                skipped_row(
+                    "compilations",
+                    "one epoch of the default train split",
+                    "jax.jit",
+                    device,
+                    f"jax has no {device} device here",
+                )
+            )
             continue
         rows += _device_rows(ctx, dev, device)
     return rows

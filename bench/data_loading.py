@@ -31,20 +31,43 @@ def run(ctx: BenchContext) -> list[dict]:
             fresh[i]
         fresh.close()
 
-    for workload, fn in (("random reads, shards open", random_reads), ("random reads, from construction", cold_random_reads)):
+    for workload, fn in (
+        ("random reads, shards open", random_reads),
+        ("random reads, from construction", cold_random_reads),
+    ):
         timing = time_call(fn, repeats=repeats, warmup=1)
-        rows.append(result_row("lazy_dataset", workload, SHARED, "cpu", timing, items=reads, unit="records/s",
-                               detail=f"{len(dataset)} records, {reads} reads"))
+        rows.append(
+            result_row(
+                "lazy_dataset",
+                workload,
+                SHARED,
+                "cpu",
+                timing,
+                items=reads,
+                unit="records/s",
+                detail=f"{len(dataset)} records, {reads} reads",
+            )
+        )
     dataset.close()
 
     for n in (5_000, 1_000_000):
         sampler = BatchSampler(n, 256, shuffle=True, seed=0)
 
-        def one_epoch() -> None:
+        def one_epoch(sampler: BatchSampler = sampler) -> None:
             for _ in sampler:
                 pass
 
         timing = time_call(one_epoch, repeats=repeats, warmup=1)
-        rows.append(result_row("batch_sampler", f"one epoch, n={n:,}, batch 256", SHARED, "cpu", timing,
-                               items=n, unit="indices/s", detail="shuffled"))
+        rows.append(
+            result_row(
+                "batch_sampler",
+                f"one epoch, n={n:,}, batch 256",
+                SHARED,
+                "cpu",
+                timing,
+                items=n,
+                unit="indices/s",
+                detail="shuffled",
+            )
+        )
     return rows

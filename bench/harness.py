@@ -78,8 +78,19 @@ def contender_rows(benchmark: str, workload: str, step: Step, ctx: BenchContext,
         if isinstance(measured, str):
             rows.append(skipped_row(benchmark, workload, name, device, measured))
         else:
-            rows.append(result_row(benchmark, workload, name, device, measured.timing, compile_s=measured.compile_s,
-                                   peak_memory=measured.peak_memory, warmup_losses=measured.warmup_losses, **row))
+            rows.append(
+                result_row(
+                    benchmark,
+                    workload,
+                    name,
+                    device,
+                    measured.timing,
+                    compile_s=measured.compile_s,
+                    peak_memory=measured.peak_memory,
+                    warmup_losses=measured.warmup_losses,
+                    **row,
+                )
+            )
         RUNTIMES[contender.framework].release_memory()
     return rows
 
@@ -146,8 +157,10 @@ def compiled_memory(compiled) -> dict:
     """``{"bytes", "how"}``: what a compiled JAX step with donated arguments holds while it runs."""
     analysis = compiled.memory_analysis()
     return {
-        "bytes": analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-        - analysis.alias_size_in_bytes + analysis.temp_size_in_bytes,
+        "bytes": analysis.argument_size_in_bytes
+        + analysis.output_size_in_bytes
+        - analysis.alias_size_in_bytes
+        + analysis.temp_size_in_bytes,
         "how": "XLA memory analysis of the compiled step: arguments + outputs - donated + temporaries",
     }
 

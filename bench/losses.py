@@ -153,7 +153,9 @@ def _peak_extra_bytes(contender: str, shape, device: str, analysis: dict | None)
     if device == "gpu":
         if analysis is not None:
             return analysis["temp_size_in_bytes"], "XLA memory analysis: temporaries of the compiled call"
-        return _torch_gpu_extra_bytes(contender, shape) - grad_bytes, "torch.cuda peak over the call, minus before and the gradient"
+        return _torch_gpu_extra_bytes(
+            contender, shape
+        ) - grad_bytes, "torch.cuda peak over the call, minus before and the gradient"
     if not Path("/proc/self/clear_refs").exists():
         return None, "n/a: no resettable peak-RSS counter (not Linux)"
     command = [sys.executable, "-m", "bench.losses", "--peak", contender, *map(str, shape)]

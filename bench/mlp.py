@@ -74,9 +74,17 @@ def run(ctx: BenchContext) -> list[dict]:
     for device in ctx.devices:
         for size in SIZES[device][:1] if ctx.quick else SIZES[device]:
             problem = make_problem(size)
-            rows += contender_rows(BENCHMARK, size.describe(), step(problem), ctx, device, items=size.batch,
-                                   unit="samples/s", flops=flops.mlp_train_step(size.batch, size.width, size.depth),
-                                   detail=f"MSE loss, Adam lr {LEARNING_RATE}, float32")
+            rows += contender_rows(
+                BENCHMARK,
+                size.describe(),
+                step(problem),
+                ctx,
+                device,
+                items=size.batch,
+                unit="samples/s",
+                flops=flops.mlp_train_step(size.batch, size.width, size.depth),
+                detail=f"MSE loss, Adam lr {LEARNING_RATE}, float32",
+            )
     return rows
 
 

@@ -49,14 +49,24 @@ class ModelSize:
 
     def config(self, manifest: dict, architecture: str) -> ModelConfig:
         return ModelConfig.from_manifest(
-            manifest, architecture=architecture, d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers,
-            n_decoder_layers=self.n_layers, d_ff=4 * self.d_model, max_len=self.length, dropout=0.0,
-            attention_dropout=0.0, seed=0,
+            manifest,
+            architecture=architecture,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            n_layers=self.n_layers,
+            n_decoder_layers=self.n_layers,
+            d_ff=4 * self.d_model,
+            max_len=self.length,
+            dropout=0.0,
+            attention_dropout=0.0,
+            seed=0,
         )
 
     def describe(self, architecture: str) -> str:
-        return (f"{architecture} {self.name}: d_model {self.d_model} x {self.n_layers} layers, "
-                f"batch {self.batch} x length {self.length}")
+        return (
+            f"{architecture} {self.name}: d_model {self.d_model} x {self.n_layers} layers, "
+            f"batch {self.batch} x length {self.length}"
+        )
 
 
 # CPU (one core): ~0.1 s and ~1 s per call (3 and 20 GFLOP). GPU: launch-bound
@@ -106,10 +116,19 @@ def run(ctx: BenchContext) -> list[dict]:
             for architecture in ARCHITECTURES:
                 problem = make_problem(ctx.data_dir, manifest, architecture, size)
                 config = problem.config
-                heads = (f"{len(config.tasks)} regression heads + masked-token head" if architecture == "multitask"
-                         else f"encoder + {config.n_decoder_layers}-layer causal decoder")
+                heads = (
+                    f"{len(config.tasks)} regression heads + masked-token head"
+                    if architecture == "multitask"
+                    else f"encoder + {config.n_decoder_layers}-layer causal decoder"
+                )
                 rows += contender_rows(
-                    BENCHMARK, problem.describe(), step(problem), ctx, device, items=size.batch, unit="samples/s",
+                    BENCHMARK,
+                    problem.describe(),
+                    step(problem),
+                    ctx,
+                    device,
+                    items=size.batch,
+                    unit="samples/s",
                     flops=flops.forward_backward(config, size.batch, size.length),
                     detail=f"loss and every parameter's gradient, no optimizer; {heads}, d_ff {config.d_ff}, "
                     "float32, dropout 0",
@@ -139,7 +158,8 @@ def jax_step(problem: Problem):
     """``jax.value_and_grad`` of the functional ``loss``; the state is the gradients' buffer (the
     outputs must include them, or XLA would not compute them)."""
     fn, params, rest = jax_impl.models.functional(
-        jax_impl.molecules.models.build_model(problem.config, weights=problem.weights))
+        jax_impl.molecules.models.build_model(problem.config, weights=problem.weights)
+    )
     loss_and_grad = jax.value_and_grad(lambda p, r, b: fn.loss(p, r, b)[0])
 
     def forward_backward(grads, params, rest, batch):

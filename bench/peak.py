@@ -39,11 +39,24 @@ def measure(ctx: BenchContext) -> list[dict]:
         for contender, framework, timer in (("torch eager", "torch", _torch), ("jax.jit", "jax", _jax)):
             dev = RUNTIMES[framework].device(device)
             if dev is None:
-                rows.append(skipped_row(BENCHMARK, workload, contender, device, f"{framework} has no {device} device here"))
+                rows.append(
+                    skipped_row(BENCHMARK, workload, contender, device, f"{framework} has no {device} device here")
+                )
                 continue
             timing, compile_s = timer(a, b, dev, ctx.quick)
-            rows.append(result_row(BENCHMARK, workload, contender, device, timing, items=flops.matmul(n, n, n) / 1e9,
-                                   unit="GFLOP/s", flops=flops.matmul(n, n, n), compile_s=compile_s))
+            rows.append(
+                result_row(
+                    BENCHMARK,
+                    workload,
+                    contender,
+                    device,
+                    timing,
+                    items=flops.matmul(n, n, n) / 1e9,
+                    unit="GFLOP/s",
+                    flops=flops.matmul(n, n, n),
+                    compile_s=compile_s,
+                )
+            )
     return rows
 
 

@@ -17,7 +17,6 @@ from bench.common import CONTENDERS, QUICK_CONTENDERS, BenchContext, cpu_count, 
 from ml_patterns.errors import UsageError
 from ml_patterns.io import atomic_write_text
 
-
 # name -> the module whose ``run(ctx: BenchContext) -> list[dict]`` returns result rows
 # (``bench.common.result_row``). A module is imported only when it runs, after the CPUs are pinned.
 BENCHMARKS = {
@@ -75,7 +74,7 @@ def run_benchmarks(args: argparse.Namespace) -> int:
     peaks = peak.peaks(results)
     _add_peak_fractions(results, peaks)
     report = {
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "quick": args.quick,
         "context": ctx.as_dict(),
         "environment": {**machine, **framework_record, "threads": thread_record},
@@ -129,8 +128,19 @@ def _name(row: dict) -> str:
     return f"{row['benchmark']} / {row['workload']} / {row['contender']} / {row['device']}"
 
 
-COLUMNS = ("benchmark", "workload", "contender", "device", "median", "IQR", "throughput", "GFLOP/s",
-           "of peak", "compile", "memory")
+COLUMNS = (
+    "benchmark",
+    "workload",
+    "contender",
+    "device",
+    "median",
+    "IQR",
+    "throughput",
+    "GFLOP/s",
+    "of peak",
+    "compile",
+    "memory",
+)
 
 
 def format_table(results: list[dict]) -> str:
@@ -170,7 +180,11 @@ def format_summary(results: list[dict]) -> str:
         for contender in CONTENDERS:
             row = rows.get(contender)
             fraction = row and row.get("fraction_of_peak")
-            cells.append("" if row is None else f"{row['throughput']['value'] / base:.2f}x" + (f" ({fraction:.0%})" if fraction else ""))
+            cells.append(
+                ""
+                if row is None
+                else f"{row['throughput']['value'] / base:.2f}x" + (f" ({fraction:.0%})" if fraction else "")
+            )
         lines.append(f"| {benchmark} | {workload} | {device} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -226,9 +240,11 @@ def _markdown(report: dict, table: str, summary: str) -> str:
     ]
     load = env["load_average_1_5_15min"]
     if load and load[0] > 0.5 * threads["cpus_available"]:
-        lines.append(f"- **busy machine**: 1-minute load average {load[0]:.1f} on {threads['cpus_available']} CPUs "
-                     "before the run: other processes shared the cores, so expect noise (torch's OpenMP threads wait at "
-                     "barriers for descheduled peers and can run many times slower; `--threads 1` avoids that)")
+        lines.append(
+            f"- **busy machine**: 1-minute load average {load[0]:.1f} on {threads['cpus_available']} CPUs "
+            "before the run: other processes shared the cores, so expect noise (torch's OpenMP threads wait at "
+            "barriers for descheduled peers and can run many times slower; `--threads 1` avoids that)"
+        )
     if report["quick"]:
         lines.append(
             "- **quick run**: the smallest size of each workload, 5 repeats, and no torch.compile (its cold "

@@ -58,8 +58,10 @@ from ml_patterns.training import BatchPreparer
 
 OVERHEAD, STEP = "trainer_overhead", "transformer_train_step"
 OPTIMIZER = OptimizerConfig("adamw", learning_rate=1e-3, weight_decay=0.01)
-IMPLS = {"torch": (torch_impl.molecules.models, torch_impl.training, torch_impl.data),
-         "jax": (jax_impl.molecules.models, jax_impl.training, jax_impl.data)}
+IMPLS = {
+    "torch": (torch_impl.molecules.models, torch_impl.training, torch_impl.data),
+    "jax": (jax_impl.molecules.models, jax_impl.training, jax_impl.data),
+}
 
 BARE = "bare loop"
 STEPS_ONLY = "bare loop, batches prepared before timing"
@@ -142,12 +144,22 @@ def bare_step(framework: str, trainer) -> tuple[Callable[[dict], object], Callab
 # -- transformer_train_step ---------------------------------------------------------------------
 def train_step_rows(problem: Problem, device: str, ctx: BenchContext) -> list[dict]:
     size, config = problem.size, problem.config
-    detail = (f"multi-task model ({len(config.tasks)} regression heads + masked-token head, d_ff {config.d_ff}, "
-              f"{config.n_heads} heads), one fixed prepared batch, AdamW lr {OPTIMIZER.learning_rate} "
-              f"wd {OPTIMIZER.weight_decay}, float32, dropout 0")
-    rows = contender_rows(STEP, problem.size.describe("multitask"), step(problem), ctx, device, items=size.batch,
-                          unit="samples/s", flops=flops.forward_backward(config, size.batch, size.length),
-                          detail=detail)
+    detail = (
+        f"multi-task model ({len(config.tasks)} regression heads + masked-token head, d_ff {config.d_ff}, "
+        f"{config.n_heads} heads), one fixed prepared batch, AdamW lr {OPTIMIZER.learning_rate} "
+        f"wd {OPTIMIZER.weight_decay}, float32, dropout 0"
+    )
+    rows = contender_rows(
+        STEP,
+        problem.size.describe("multitask"),
+        step(problem),
+        ctx,
+        device,
+        items=size.batch,
+        unit="samples/s",
+        flops=flops.forward_backward(config, size.batch, size.length),
+        detail=detail,
+    )
     for row in rows:
         if "timing" in row:
             row["steps_per_s"] = 1.0 / row["timing"]["median_s"]
@@ -188,7 +200,9 @@ def epoch_variants(framework: str, problem: Problem, device, collated: list, log
             train_step(runtime.to_device(preparer(batch, epoch, index, train=True), device))
         wait()
 
-    prepared = [runtime.to_device(preparer(batch, 0, index, train=True), device) for index, batch in enumerate(collated)]
+    prepared = [
+        runtime.to_device(preparer(batch, 0, index, train=True), device) for index, batch in enumerate(collated)
+    ]
 
     def steps_only() -> None:
         for batch in prepared:
@@ -223,7 +237,7 @@ def interleaved(variants: dict[str, Callable[[], None]], rounds: int) -> dict[st
     names = list(variants)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             variants[name]()
             samples[name].append(time.perf_counter() - start)
@@ -239,9 +253,11 @@ def overhead_rows(problem: Problem, device: str, ctx: BenchContext, jax_compile_
     n_batches = whole if limit is None else min(limit, whole)
     dataset = Subset(train, range(n_batches * size.batch))
     rounds = QUICK_ROUNDS if ctx.quick else ROUNDS
-    common = (f"; {n_batches} pre-collated batches, the same for every variant (collation and file reads excluded: "
-              f"see 'data'), padded (or cut) to {size.length} tokens; {size.describe('multitask')}; median of "
-              f"{rounds} interleaved rounds after one warm-up epoch each (compilation)")
+    common = (
+        f"; {n_batches} pre-collated batches, the same for every variant (collation and file reads excluded: "
+        f"see 'data'), padded (or cut) to {size.length} tokens; {size.describe('multitask')}; median of "
+        f"{rounds} interleaved rounds after one warm-up epoch each (compilation)"
+    )
     workload = {v: f"{v}: epoch of {n_batches} x {size.batch} molecules ({size.name} model)" for v in VARIANTS}
     rows = []
     with tempfile.TemporaryDirectory() as log_dir:
@@ -256,17 +272,27 @@ def overhead_rows(problem: Problem, device: str, ctx: BenchContext, jax_compile_
                 rows += [skipped_row(OVERHEAD, workload[v], name, device, reason) for v in VARIANTS]
                 continue
             make_loader = IMPLS[framework][2].make_loader
-            loader = make_loader(dataset, size.batch, seed=0, drop_last=True, buckets=(size.length,),
-                                 max_length=size.length)
+            loader = make_loader(
+                dataset, size.batch, seed=0, drop_last=True, buckets=(size.length,), max_length=size.length
+            )
             variants = epoch_variants(framework, problem, dev, list(loader), Path(log_dir) / framework)
             samples = interleaved(variants, rounds)
             compile_s = jax_compile_s if framework == "jax" else None
             for variant, extra in overhead_stats(samples).items():
-                rows.append(result_row(
-                    OVERHEAD, workload[variant], name, device, Timing.from_samples(samples[variant]),
-                    items=n_batches * size.batch, unit="samples/s", compile_s=compile_s,
-                    detail=DETAILS[variant] + common, **extra,
-                ))
+                rows.append(
+                    result_row(
+                        OVERHEAD,
+                        workload[variant],
+                        name,
+                        device,
+                        Timing.from_samples(samples[variant]),
+                        items=n_batches * size.batch,
+                        unit="samples/s",
+                        compile_s=compile_s,
+                        detail=DETAILS[variant] + common,
+                        **extra,
+                    )
+                )
             RUNTIMES[framework].release_memory()
     train.close()
     return rows
@@ -282,8 +308,10 @@ def overhead_stats(samples: dict[str, list[float]]) -> dict[str, dict[str, float
         if variant in (FIT, FIT_CALLBACKS):
             # Other processes only ever add time: on a busy machine the fastest epochs of each are
             # the cleaner comparison, so both figures are kept.
-            stats[variant] = {"overhead_pct": 100 * (paired - 1),
-                              "overhead_pct_of_minima": 100 * (min(seconds) / min(base) - 1)}
+            stats[variant] = {
+                "overhead_pct": 100 * (paired - 1),
+                "overhead_pct_of_minima": 100 * (min(seconds) / min(base) - 1),
+            }
         elif variant == STEPS_ONLY:
             stats[variant] = {"preparation_pct": 100 * (1 - paired)}
         else:

@@ -69,7 +69,10 @@ def precision() -> dict:
 def describe(dev: jax.Device) -> dict:
     gpu = dev.platform == "gpu"
     return {
-        "device": {"kind": "gpu" if gpu else "cpu", "name": dev.device_kind if gpu else f"CPU ({os.cpu_count()} cores)"},
+        "device": {
+            "kind": "gpu" if gpu else "cpu",
+            "name": dev.device_kind if gpu else f"CPU ({os.cpu_count()} cores)",
+        },
         "versions": {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")},
         "threads": os.environ.get("XLA_FLAGS") or "XLA default (the CPUs of the affinity mask)",
         "precision": f"float32; jax_default_matmul_precision={jax.config.jax_default_matmul_precision}",

@@ -122,8 +122,15 @@ class Report:
                 shape = f"{shape} vs {_shape_text(row.actual_shape)}"
             result = ("ok" if row.passed else "FAIL") + (f" ({row.note})" if row.note else "")
             lines.append(
-                (row.path, shape, f"{row.max_abs_diff:.3e}", f"{row.max_rel_diff:.3e}",
-                 f"{row.tolerance.rtol:g}", f"{row.tolerance.atol:g}", result)
+                (
+                    row.path,
+                    shape,
+                    f"{row.max_abs_diff:.3e}",
+                    f"{row.max_rel_diff:.3e}",
+                    f"{row.tolerance.rtol:g}",
+                    f"{row.tolerance.atol:g}",
+                    result,
+                )
             )
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
@@ -172,7 +179,13 @@ def compare(
 
 
 def compare_arrays(
-    path: str, expected, actual, tolerance: Tolerance, *, reference=None, names: tuple[str, str] = ("expected", "actual")
+    path: str,
+    expected,
+    actual,
+    tolerance: Tolerance,
+    *,
+    reference=None,
+    names: tuple[str, str] = ("expected", "actual"),
 ) -> Row:
     a, b = _as_float(expected, path), _as_float(actual, path)
     if a.shape != b.shape:

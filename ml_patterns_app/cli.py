@@ -23,8 +23,15 @@ from ml_patterns.errors import UsageError
 from ml_patterns.molecules.tokenizer import TokenizationError
 
 DEFAULT_DATA_DIR = Path("data/nci")
-USER_ERRORS = (UsageError, DatasetError, CheckpointError, WeightMismatchError, TokenizationError,
-               FileNotFoundError, FileExistsError)
+USER_ERRORS = (
+    UsageError,
+    DatasetError,
+    CheckpointError,
+    WeightMismatchError,
+    TokenizationError,
+    FileNotFoundError,
+    FileExistsError,
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -57,7 +64,9 @@ def rdkit_properties(text: str) -> tuple[str, ...]:
     names = tuple(name for name in text.split(",") if name)
     unknown = [name for name in names if name not in RDKIT_PROPERTIES]
     if unknown:
-        raise argparse.ArgumentTypeError(f"unknown RDKit propert(y/ies) {unknown}; accepted: {','.join(RDKIT_PROPERTIES)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown RDKit propert(y/ies) {unknown}; accepted: {','.join(RDKIT_PROPERTIES)}"
+        )
     return names
 
 
@@ -67,18 +76,28 @@ def _add_prepare(parser: argparse.ArgumentParser) -> None:
 
     defaults = PrepareConfig()
     parser.add_argument("--out", type=Path, default=DEFAULT_DATA_DIR, help="output directory")
-    parser.add_argument("--csv", type=Path, default=None,
-                        help="your own CSV instead of the embedded RDKit NCI set (needs --target-cols)")
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help="your own CSV instead of the embedded RDKit NCI set (needs --target-cols)",
+    )
     parser.add_argument("--smiles-col", default="smiles", help="SMILES column of --csv")
     parser.add_argument("--target-cols", default=None, help="comma-separated label columns of --csv, e.g. logS,pKa")
     parser.add_argument(
-        "--rdkit-properties", type=rdkit_properties, default=None,
+        "--rdkit-properties",
+        type=rdkit_properties,
+        default=None,
         help=f"comma-separated RDKit descriptors to add as targets, of: {','.join(RDKIT_PROPERTIES)}; "
         f"'' for none (default: {','.join(DEFAULT_RDKIT_PROPERTIES)} for the embedded set, none for --csv)",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the train/val/test split")
-    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction, help="molecules held out for validation")
-    parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction, help="molecules held out for test")
+    parser.add_argument(
+        "--val-fraction", type=float, default=defaults.val_fraction, help="molecules held out for validation"
+    )
+    parser.add_argument(
+        "--test-fraction", type=float, default=defaults.test_fraction, help="molecules held out for test"
+    )
     parser.add_argument("--shard-size", type=positive_int, default=defaults.shard_size, help="records per shard file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -94,8 +113,13 @@ def _run_prepare(args: argparse.Namespace) -> int:
     if properties is None:
         properties = PrepareConfig().rdkit_properties if args.csv is None else ()
     try:
-        config = PrepareConfig(seed=args.seed, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                               shard_size=args.shard_size, rdkit_properties=properties)
+        config = PrepareConfig(
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            shard_size=args.shard_size,
+            rdkit_properties=properties,
+        )
     except ValueError as error:  # fractions out of range: the flags' values
         raise UsageError(str(error)) from error
     manifest = prepare_dataset(
@@ -114,7 +138,9 @@ def _run_prepare(args: argparse.Namespace) -> int:
 def _add_info(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, nargs="?", default=DEFAULT_DATA_DIR, help="a prepared dataset")
     parser.add_argument("--json", action="store_true", help="print the raw manifest as JSON")
-    parser.add_argument("--verify", action="store_true", help="recompute every file's checksum (exit status 1 on a mismatch)")
+    parser.add_argument(
+        "--verify", action="store_true", help="recompute every file's checksum (exit status 1 on a mismatch)"
+    )
 
 
 def _run_info(args: argparse.Namespace) -> int:
@@ -156,25 +182,42 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
     from ml_patterns_app.compare.settings import DEVICES, MODELS, CompareSettings
 
     defaults = CompareSettings()
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR,
-                        help="a prepared dataset (the default one is prepared there if missing)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="a prepared dataset (the default one is prepared there if missing)",
+    )
     parser.add_argument("--model", choices=MODELS, default=defaults.model, help="the molecule model to train")
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, help="training epochs")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="molecules per batch")
-    parser.add_argument("--max-train-molecules", type=non_negative_int, default=defaults.max_train_molecules,
-                        help="train on the first N training molecules only (0: all of them)")
-    parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help="auto: a CUDA GPU when present, else the CPU; gpu: an error without one")
-    parser.add_argument("--out", type=Path, default=Path("runs/compare"),
-                        help="directory for report.md, results.json and the plots (replaced as a whole)")
+    parser.add_argument(
+        "--max-train-molecules",
+        type=non_negative_int,
+        default=defaults.max_train_molecules,
+        help="train on the first N training molecules only (0: all of them)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="auto: a CUDA GPU when present, else the CPU; gpu: an error without one",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/compare"),
+        help="directory for report.md, results.json and the plots (replaced as a whole)",
+    )
 
 
 def _run_compare(args: argparse.Namespace) -> int:
     from ml_patterns_app.compare.runner import WorkerFailed, run_compare
     from ml_patterns_app.compare.settings import CompareSettings
 
-    settings = CompareSettings(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                               max_train_molecules=args.max_train_molecules)
+    settings = CompareSettings(
+        model=args.model, epochs=args.epochs, batch_size=args.batch_size, max_train_molecules=args.max_train_molecules
+    )
     try:
         return run_compare(settings, args.data, args.out, args.device)
     except WorkerFailed as error:  # the worker printed its own traceback above
@@ -183,10 +226,16 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 
 def _add_parity(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="a prepared dataset (its val split is used)")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="JSON object of ModelConfig fields overriding the dataset's defaults "
-                        '(with "architecture": check that model only; default: both models, default sizes)')
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA_DIR, help="a prepared dataset (its val split is used)"
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="JSON object of ModelConfig fields overriding the dataset's defaults "
+        '(with "architecture": check that model only; default: both models, default sizes)',
+    )
     parser.add_argument("--batch-size", type=positive_int, default=16, help="molecules in the compared batch")
     parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the batch and its token masks")
 
@@ -201,20 +250,43 @@ def _add_bench(parser: argparse.ArgumentParser) -> None:
     from bench.runner import BENCHMARKS, QUICK_BENCHMARKS  # framework-free
     from ml_patterns.parity import PRECISIONS
 
-    parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), default=None, metavar="NAME",
-                        help=f"run only this benchmark (repeatable), one of: {', '.join(BENCHMARKS)} "
-                        "(default: all; with --quick: " + ", ".join(QUICK_BENCHMARKS) + ")")
-    parser.add_argument("--quick", action="store_true",
-                        help="smallest sizes, few repeats, no torch.compile: a smoke test of a few minutes")
-    parser.add_argument("--device", choices=("cpu", "gpu", "all"), default="all",
-                        help="cpu, gpu (a CUDA GPU; an error if there is none) or all devices present")
-    parser.add_argument("--threads", type=positive_int, default=None,
-                        help="CPUs for both torch and XLA (default: every CPU this process may use)")
-    parser.add_argument("--precision", choices=sorted(PRECISIONS), default="float32",
-                        help="float32 matmul precision on both sides: "
-                        + "; ".join(f"{name}: {summary}" for name, summary in PRECISIONS.items()))
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=sorted(BENCHMARKS),
+        default=None,
+        metavar="NAME",
+        help=f"run only this benchmark (repeatable), one of: {', '.join(BENCHMARKS)} "
+        "(default: all; with --quick: " + ", ".join(QUICK_BENCHMARKS) + ")",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smallest sizes, few repeats, no torch.compile: a smoke test of a few minutes",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "gpu", "all"),
+        default="all",
+        help="cpu, gpu (a CUDA GPU; an error if there is none) or all devices present",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPUs for both torch and XLA (default: every CPU this process may use)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=sorted(PRECISIONS),
+        default="float32",
+        help="float32 matmul precision on both sides: "
+        + "; ".join(f"{name}: {summary}" for name, summary in PRECISIONS.items()),
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="a prepared dataset (prepared if missing)")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="where bench.json, bench.md and bench.png go")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/bench"), help="where bench.json, bench.md and bench.png go"
+    )
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -224,12 +296,19 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 
 SUBCOMMANDS = {
-    "compare": (_add_compare, _run_compare,
-                "train one model in PyTorch and in JAX from the same start: parity, metrics, speed"),
+    "compare": (
+        _add_compare,
+        _run_compare,
+        "train one model in PyTorch and in JAX from the same start: parity, metrics, speed",
+    ),
     "prepare": (_add_prepare, _run_prepare, "build the lazy on-disk dataset (default: RDKit's NCI set)"),
     "info": (_add_info, _run_info, "print a prepared dataset's manifest"),
     "bench": (_add_bench, _run_bench, "benchmark torch eager, torch.compile and jax.jit on each workload"),
-    "parity": (_add_parity, _run_parity, "compare the molecule models across torch and JAX: outputs, losses, gradients"),
+    "parity": (
+        _add_parity,
+        _run_parity,
+        "compare the molecule models across torch and JAX: outputs, losses, gradients",
+    ),
 }
 
 
@@ -238,8 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ml-patterns {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, _, help_text) in SUBCOMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text,
-                                     formatter_class=HelpFormatter))
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter))
     return parser
 
 

@@ -156,7 +156,9 @@ def _cast_floats(tree: dict, cast) -> dict:
 
 
 def _is_float(value) -> bool:
-    return value.dtype.is_floating_point if isinstance(value, torch.Tensor) else jnp.issubdtype(value.dtype, jnp.floating)
+    return (
+        value.dtype.is_floating_point if isinstance(value, torch.Tensor) else jnp.issubdtype(value.dtype, jnp.floating)
+    )
 
 
 def _torch_dtype(name: str) -> torch.dtype:

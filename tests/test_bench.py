@@ -156,18 +156,26 @@ def test_a_malformed_row_names_the_benchmark():
 
 def test_time_call_synchronizes_once_per_sample():
     calls = {"fn": 0, "sync": 0}
-    timing = time_call(lambda: calls.__setitem__("fn", calls["fn"] + 1), repeats=4, warmup=2, number=3,
-                       sync=lambda: calls.__setitem__("sync", calls["sync"] + 1))
+    timing = time_call(
+        lambda: calls.__setitem__("fn", calls["fn"] + 1),
+        repeats=4,
+        warmup=2,
+        number=3,
+        sync=lambda: calls.__setitem__("sync", calls["sync"] + 1),
+    )
     assert calls == {"fn": 2 + 4 * 3, "sync": 1 + 4}
     assert timing.repeats == 4 and timing.number == 3 and timing.median_s > 0
 
 
-@pytest.mark.parametrize(("call_s", "quick", "expected"), [
-    (0.2, False, (1, 10)),  # 2 s of samples
-    (0.001, False, (10, 50)),  # batched to 10 ms samples, capped at 50
-    (5.0, False, (1, 7)),  # at least 7 samples
-    (0.001, True, (10, 5)),
-])
+@pytest.mark.parametrize(
+    ("call_s", "quick", "expected"),
+    [
+        (0.2, False, (1, 10)),  # 2 s of samples
+        (0.001, False, (10, 50)),  # batched to 10 ms samples, capped at 50
+        (5.0, False, (1, 7)),  # at least 7 samples
+        (0.001, True, (10, 5)),
+    ],
+)
 def test_plan_repeats(call_s, quick, expected):
     assert plan_repeats(call_s, quick) == expected
 

@@ -23,8 +23,9 @@ LOSS_RTOL = 1e-4
 @pytest.fixture(scope="module")
 def quick_rows(default_dataset):
     root, _ = default_dataset
-    ctx = BenchContext(data_dir=root, quick=True, devices=("cpu",), threads=1, precision="float32",
-                       contenders=QUICK_CONTENDERS)
+    ctx = BenchContext(
+        data_dir=root, quick=True, devices=("cpu",), threads=1, precision="float32", contenders=QUICK_CONTENDERS
+    )
     with pytest.MonkeyPatch.context() as patch, harness.configured(1, "float32"):
         patch.setitem(training.SIZES, "cpu", (TINY, TINY))
         return training.run(ctx)
@@ -43,7 +44,10 @@ def test_train_step_rows_count_flops_and_agree_across_contenders(quick_rows, def
         assert row["device"] == "cpu" and row["timing"]["median_s"] > 0 and row["timing"]["repeats"] == 5
         assert row["flops_per_call"] == flops.forward_backward(config, TINY.batch, TINY.length) > 0
         assert row["steps_per_s"] == pytest.approx(1 / row["timing"]["median_s"])
-        assert row["throughput"] == {"value": pytest.approx(TINY.batch / row["timing"]["median_s"]), "unit": "samples/s"}
+        assert row["throughput"] == {
+            "value": pytest.approx(TINY.batch / row["timing"]["median_s"]),
+            "unit": "samples/s",
+        }
         assert len(row["warmup_losses"]) == 3 and all(np.isfinite(row["warmup_losses"]))
     eager, jitted = steps[WORKLOAD, "torch eager"], steps[WORKLOAD, "jax.jit"]
     assert eager["compile_s"] is None and jitted["compile_s"] > 0 and jitted["peak_memory"]["bytes"] > 0
@@ -59,7 +63,7 @@ def test_overhead_rows_compare_each_loop_with_the_bare_loop(quick_rows):
     for contender in QUICK_CONTENDERS:
         rows = {row["workload"].split(":")[0]: row for row in overhead if row["contender"] == contender}
         assert set(rows) == set(training.VARIANTS)
-        for variant, row in rows.items():
+        for row in rows.values():
             assert "skipped" not in row, row
             assert row["timing"]["repeats"] == training.QUICK_ROUNDS and row["timing"]["median_s"] > 0
             assert row["throughput"]["value"] == pytest.approx(molecules / row["timing"]["median_s"])
@@ -106,8 +110,9 @@ def test_interleaved_warms_up_then_rotates_the_order():
 def test_a_failing_torch_compile_is_skipped_with_its_reason(default_dataset):
     problem = make_problem(default_dataset[0], read_manifest(default_dataset[0]), "multitask", TINY)
     with harness.configured(1, "float32"):
-        reason = harness.measure(training.step(problem), Contender("torch.compile", "torch", "no_such_backend"),
-                                 "cpu", quick=True)
+        reason = harness.measure(
+            training.step(problem), Contender("torch.compile", "torch", "no_such_backend"), "cpu", quick=True
+        )
     assert "no_such_backend" in reason
 
 

@@ -40,8 +40,25 @@ def test_prepare_with_user_csv(tmp_path, capsys):
     csv = tmp_path / "mine.csv"
     csv.write_text("smiles,y\nCCO,1\nCCN,2\nCCC,3\n")
     out = tmp_path / "ds"
-    assert main(["prepare", "--out", str(out), "--csv", str(csv), "--target-cols", "y", "--quiet",
-                 "--val-fraction", "0", "--test-fraction", "0"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--out",
+                str(out),
+                "--csv",
+                str(csv),
+                "--target-cols",
+                "y",
+                "--quiet",
+                "--val-fraction",
+                "0",
+                "--test-fraction",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert "molecules 3 kept of 3 rows" in capsys.readouterr().out
     assert main(["prepare", "--out", str(out), "--csv", str(csv), "--target-cols", "y", "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err
@@ -108,8 +125,10 @@ def test_every_option_has_help_with_its_default(command):
 
 def test_console_script_does_not_load_a_framework_for_core_commands():
     code = "import sys; from ml_patterns_app.cli import main; main(['--version'])"
-    probe = ("import sys, ml_patterns_app.cli, ml_patterns.data, ml_patterns.molecules.prepare; "
-             "ml_patterns_app.cli.build_parser(); print(sorted(m for m in ('torch', 'jax') if m in sys.modules))")
+    probe = (
+        "import sys, ml_patterns_app.cli, ml_patterns.data, ml_patterns.molecules.prepare; "
+        "ml_patterns_app.cli.build_parser(); print(sorted(m for m in ('torch', 'jax') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

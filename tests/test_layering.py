@@ -15,5 +15,7 @@ def test_import_contracts_hold(monkeypatch):
 
 def test_no_contract_has_an_exemption():
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
-    assert {"ml_patterns_app", "bench"} <= set(next(c for c in contracts if "app layer" in c["name"])["forbidden_modules"])
+    assert {"ml_patterns_app", "bench"} <= set(
+        next(c for c in contracts if "app layer" in c["name"])["forbidden_modules"]
+    )
     assert [c["name"] for c in contracts if c.get("ignore_imports")] == []

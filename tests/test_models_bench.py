@@ -23,11 +23,20 @@ def test_flop_count_matches_torchs_counter(architecture):
 
 def test_quick_run_rows(default_dataset, monkeypatch):
     monkeypatch.setitem(bench_models.SIZES, "cpu", (bench_models.ModelSize("tiny", 16, 1, 2, 4, 24),))
-    ctx = BenchContext(data_dir=default_dataset[0], quick=True, devices=("cpu",), threads=1, precision="float32",
-                       contenders=("torch eager", "jax.jit"))
+    ctx = BenchContext(
+        data_dir=default_dataset[0],
+        quick=True,
+        devices=("cpu",),
+        threads=1,
+        precision="float32",
+        contenders=("torch eager", "jax.jit"),
+    )
     rows = bench_models.run(ctx)
     assert [(r["workload"].split()[0], r["contender"]) for r in rows] == [
-        ("multitask", "torch eager"), ("multitask", "jax.jit"), ("autoencoder", "torch eager"), ("autoencoder", "jax.jit"),
+        ("multitask", "torch eager"),
+        ("multitask", "jax.jit"),
+        ("autoencoder", "torch eager"),
+        ("autoencoder", "jax.jit"),
     ]
     for torch_row, jax_row in (rows[:2], rows[2:]):
         # Same weights, same batch: the same loss, to float32 rounding.

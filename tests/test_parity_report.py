@@ -119,9 +119,16 @@ def test_parity_command_passes_on_the_default_dataset(default_dataset, tmp_path,
     config.write_text(json.dumps(TINY))
     assert main(["parity", "--data", str(default_dataset[0]), "--config", str(config), "--batch-size", "4"]) == 0
     out = capsys.readouterr().out
-    for expected in ("== multitask: MultiTaskModel", "outputs/mlm", "outputs/TPSA", "loss/total", "loss/mlm",
-                     "gradients/backbone.layers.0.attention.q_proj.weight", "gradients/heads.TPSA.out.bias",
-                     "parity: all rows passed"):
+    for expected in (
+        "== multitask: MultiTaskModel",
+        "outputs/mlm",
+        "outputs/TPSA",
+        "loss/total",
+        "loss/mlm",
+        "gradients/backbone.layers.0.attention.q_proj.weight",
+        "gradients/heads.TPSA.out.bias",
+        "parity: all rows passed",
+    ):
         assert expected in out
     assert "== autoencoder" not in out  # "architecture" in the config picks one
 

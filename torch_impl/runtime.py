@@ -90,8 +90,10 @@ def describe(dev: torch.device) -> dict:
     gpu = dev.type == "cuda"
     tf32 = torch.backends.cuda.matmul.allow_tf32
     return {
-        "device": {"kind": "gpu" if gpu else "cpu",
-                   "name": torch.cuda.get_device_name(dev) if gpu else f"CPU ({os.cpu_count()} cores)"},
+        "device": {
+            "kind": "gpu" if gpu else "cpu",
+            "name": torch.cuda.get_device_name(dev) if gpu else f"CPU ({os.cpu_count()} cores)",
+        },
         "versions": {"torch": torch.__version__, "cuda": torch.version.cuda},
         "threads": torch.get_num_threads(),
         "precision": f"float32; TF32 {'on' if tf32 else 'off'}" if gpu else "float32",
@@ -129,7 +131,9 @@ def compilations(trainer: object) -> int | None:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, batch: Mapping, dev: torch.device, task: str | None = None) -> dict[str, np.ndarray]:
+def predict(
+    model: torch.nn.Module, batch: Mapping, dev: torch.device, task: str | None = None
+) -> dict[str, np.ndarray]:
     """``model(batch)`` (``batch``: numpy arrays, ``ml_patterns.molecules.batches``) as numpy arrays."""
     model.eval()
     outputs = model(to_device(batch, dev), **({} if task is None else {"task": task}))

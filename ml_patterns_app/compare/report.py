@@ -40,16 +40,26 @@ def build_report(settings: CompareSettings, manifest: dict, results: dict, data_
     speed = {backend: _speed(results[backend]) for backend in BACKENDS}
     return {
         "settings": dataclasses.asdict(settings),
-        "dataset": {"path": str(data_dir), "source": manifest["source"]["name"], "splits": manifest["splits"],
-                    "max_length": results["torch"]["max_length"], "truncated_molecules": results["torch"]["truncated"]},
+        "dataset": {
+            "path": str(data_dir),
+            "source": manifest["source"]["name"],
+            "splits": manifest["splits"],
+            "max_length": results["torch"]["max_length"],
+            "truncated_molecules": results["torch"]["truncated"],
+        },
         "device_kind": device_kind,
-        "tolerance": {"rtol": tolerance.rtol, "atol": tolerance.atol,
-                      "source": "training histories, docs/PARITY.md (ml_patterns.parity)"},
+        "tolerance": {
+            "rtol": tolerance.rtol,
+            "atol": tolerance.atol,
+            "source": "training histories, docs/PARITY.md (ml_patterns.parity)",
+        },
         "parity": {"passed": passed, "epochs": rows},
         "test_metrics": {backend: results[backend]["test_metrics"] for backend in BACKENDS},
         "speed": speed,
-        "backends": {backend: {k: results[backend][k] for k in ("device", "versions", "threads", "precision")}
-                     for backend in BACKENDS},
+        "backends": {
+            backend: {k: results[backend][k] for k in ("device", "versions", "threads", "precision")}
+            for backend in BACKENDS
+        },
         "environment": environment(),
         "verdict": _verdict(speed, passed, results),
     }
@@ -79,34 +89,46 @@ def _verdict(speed: dict, passed: bool, results: dict) -> str:
     faster, slower = ("jax", "torch") if jax_rate > torch_rate else ("torch", "jax")
     ratio = max(torch_rate, jax_rate) / min(torch_rate, jax_rate)
     device = results["torch"]["device"]["name"]
-    return (f"On this machine ({device}), {LABELS[faster]} trains this model {ratio:.2f}x faster than "
-            f"{LABELS[slower]} at steady state ({speed[faster]['steps_per_s']:.1f} vs "
-            f"{speed[slower]['steps_per_s']:.1f} steps/s), and {AGREE if passed else DISAGREE}.")
+    return (
+        f"On this machine ({device}), {LABELS[faster]} trains this model {ratio:.2f}x faster than "
+        f"{LABELS[slower]} at steady state ({speed[faster]['steps_per_s']:.1f} vs "
+        f"{speed[slower]['steps_per_s']:.1f} steps/s), and {AGREE if passed else DISAGREE}."
+    )
 
 
 def format_summary(report: dict) -> str:
     tolerance = report["tolerance"]
-    lines = [f"Parity (per epoch, rtol {tolerance['rtol']:g}, atol {tolerance['atol']:g}):",
-             "| epoch | loss | torch | jax | abs diff | rel diff | pass |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Parity (per epoch, rtol {tolerance['rtol']:g}, atol {tolerance['atol']:g}):",
+        "| epoch | loss | torch | jax | abs diff | rel diff | pass |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in report["parity"]["epochs"]:
         for key in ("train_loss", "val_loss"):
             cell = row[key]
-            lines.append(f"| {row['epoch']} | {key} | {cell['torch']:.6f} | {cell['jax']:.6f} | {cell['abs_diff']:.2e} "
-                         f"| {cell['rel_diff']:.2e} | {'yes' if cell['pass'] else 'NO'} |")
+            lines.append(
+                f"| {row['epoch']} | {key} | {cell['torch']:.6f} | {cell['jax']:.6f} | {cell['abs_diff']:.2e} "
+                f"| {cell['rel_diff']:.2e} | {'yes' if cell['pass'] else 'NO'} |"
+            )
     lines += ["", "Test split:", "| metric | torch | jax |", "|---|---|---|"]
     torch_m, jax_m = report["test_metrics"]["torch"], report["test_metrics"]["jax"]
     for name in torch_m:
         lines.append(f"| {name} | {torch_m[name]:.4f} | {jax_m[name]:.4f} |")
-    lines += ["", "Speed:",
-              "| backend | warm-up / compile | steady epoch | steps/s | samples/s | epoch + validation "
-              "| compilations | peak memory |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Speed:",
+        "| backend | warm-up / compile | steady epoch | steps/s | samples/s | epoch + validation "
+        "| compilations | peak memory |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for backend, s in report["speed"].items():
         memory = f"{s['peak_memory_bytes'] / 2**20:.0f} MiB ({s['peak_memory_kind']})"
         compilations = s["compilations"] if s["compilations"] is not None else "n/a"
-        lines.append(f"| {LABELS[backend]} | {s['warmup_s']:.2f} s | {s['steady_epoch_s']:.2f} s "
-                     f"| {s['steps_per_s']:.1f} | {s['samples_per_s']:.0f} | {s['epoch_with_validation_s']:.2f} s "
-                     f"| {compilations} | {memory} |")
+        lines.append(
+            f"| {LABELS[backend]} | {s['warmup_s']:.2f} s | {s['steady_epoch_s']:.2f} s "
+            f"| {s['steps_per_s']:.1f} | {s['samples_per_s']:.0f} | {s['epoch_with_validation_s']:.2f} s "
+            f"| {compilations} | {memory} |"
+        )
     lines += ["", "Verdict: " + report["verdict"]]
     return "\n".join(lines)
 
@@ -132,11 +154,17 @@ def _markdown(report: dict) -> str:
     ]
     for backend, info in report["backends"].items():
         versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
-        lines.append(f"- {LABELS[backend]}: {info['device']['name']}; {versions}; threads {info['threads']}; "
-                     f"precision: {info['precision']}")
+        lines.append(
+            f"- {LABELS[backend]}: {info['device']['name']}; {versions}; threads {info['threads']}; "
+            f"precision: {info['precision']}"
+        )
     lines.append(f"- wall time of the whole comparison: {report['wall_time_s']:.0f} s")
-    return ("\n".join(lines) + "\n\n" + format_summary(report)
-            + "\n\n![loss curves](loss_curves.png)\n![speed](speed.png)\n")
+    return (
+        "\n".join(lines)
+        + "\n\n"
+        + format_summary(report)
+        + "\n\n![loss curves](loss_curves.png)\n![speed](speed.png)\n"
+    )
 
 
 def _png(figure: Figure) -> bytes:

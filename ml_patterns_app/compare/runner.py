@@ -43,8 +43,13 @@ def run_compare(settings: CompareSettings, data: Path, out: Path, device: str = 
     with tempfile.TemporaryDirectory() as scratch:
         results = {}
         for index, backend in enumerate(BACKENDS):
-            job = {"data": str(data), "settings": dataclasses.asdict(settings), "device": device,
-                   "weights": str(Path(scratch) / "initial.safetensors"), "write_weights": index == 0}
+            job = {
+                "data": str(data),
+                "settings": dataclasses.asdict(settings),
+                "device": device,
+                "weights": str(Path(scratch) / "initial.safetensors"),
+                "write_weights": index == 0,
+            }
             results[backend] = run_worker(backend, job, Path(scratch) / f"{backend}.json")
     report = build_report(settings, manifest, results, data)
     report["wall_time_s"] = time.perf_counter() - started
@@ -108,8 +113,10 @@ class StatusLine:
             return
         kind = event.pop("event", None)
         if kind == "batch":
-            self.show(f"epoch {event['epoch'] + 1}/{event['epochs']}  batch {event['batch']}/{event['batches']}  "
-                      f"loss {event['loss']:.4f}  {event['steps_per_s']:.1f} steps/s")
+            self.show(
+                f"epoch {event['epoch'] + 1}/{event['epochs']}  batch {event['batch']}/{event['batches']}  "
+                f"loss {event['loss']:.4f}  {event['steps_per_s']:.1f} steps/s"
+            )
         elif kind == "epoch":
             losses = "  ".join(f"{k} {v:.4f}" for k, v in event.items() if k.endswith("loss"))
             self._print(f"epoch {event['epoch'] + 1}/{event['epochs']}  {losses}  ({event['seconds']:.1f} s)")

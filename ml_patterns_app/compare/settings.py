@@ -40,12 +40,25 @@ class CompareSettings:
         # Dropout off: torch and JAX draw dropout masks from different generators, so two runs with
         # it on cannot agree to the history tolerance (docs/PARITY.md).
         return ModelConfig.from_manifest(
-            manifest, architecture=self.model, d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers,
-            n_decoder_layers=max(1, self.n_layers // 2), d_ff=self.d_ff, dropout=0.0, attention_dropout=0.0,
-            max_len=max_len, seed=self.seed,
+            manifest,
+            architecture=self.model,
+            d_model=self.d_model,
+            n_heads=self.n_heads,
+            n_layers=self.n_layers,
+            n_decoder_layers=max(1, self.n_layers // 2),
+            d_ff=self.d_ff,
+            dropout=0.0,
+            attention_dropout=0.0,
+            max_len=max_len,
+            seed=self.seed,
         )
 
     def optimizer(self, steps: int) -> OptimizerConfig:
         schedule = ScheduleConfig(warmup_steps=max(1, int(self.warmup_fraction * steps)), total_steps=max(2, steps))
-        return OptimizerConfig("adamw", learning_rate=self.learning_rate, weight_decay=self.weight_decay,
-                               clip_grad_norm=self.clip_grad_norm, schedule=schedule)
+        return OptimizerConfig(
+            "adamw",
+            learning_rate=self.learning_rate,
+            weight_decay=self.weight_decay,
+            clip_grad_norm=self.clip_grad_norm,
+            schedule=schedule,
+        )

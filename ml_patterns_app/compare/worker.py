@@ -51,12 +51,24 @@ class ProgressEvents(Callback):
         now = time.perf_counter()
         if now - self._last >= REFRESH_S:
             self._last = now
-            emit("batch", epoch=trainer.epoch, epochs=self.epochs, batch=batch_index + 1, batches=self.batches,
-                 loss=float(logs["loss"]), steps_per_s=self._steps / max(now - self._start, 1e-9))
+            emit(
+                "batch",
+                epoch=trainer.epoch,
+                epochs=self.epochs,
+                batch=batch_index + 1,
+                batches=self.batches,
+                loss=float(logs["loss"]),
+                steps_per_s=self._steps / max(now - self._start, 1e-9),
+            )
 
     def on_epoch_end(self, trainer, epoch: int, logs) -> None:
-        emit("epoch", epoch=epoch, epochs=self.epochs, seconds=time.perf_counter() - self._start,
-             **{k: v for k, v in logs.items() if isinstance(v, float)})
+        emit(
+            "epoch",
+            epoch=epoch,
+            epochs=self.epochs,
+            seconds=time.perf_counter() - self._start,
+            **{k: v for k, v in logs.items() if isinstance(v, float)},
+        )
 
 
 def run_worker(backend: str, job: dict, out: Path) -> None:
@@ -89,11 +101,15 @@ def run_worker(backend: str, job: dict, out: Path) -> None:
     else:
         model = impl.molecules.models.load_model(weights)
     runtime.reset_peak_memory(device)
-    trainer = impl.training.Trainer(model, settings.optimizer(steps * settings.epochs),
-                                    [ProgressEvents(settings.epochs, steps)], device=device)
+    trainer = impl.training.Trainer(
+        model, settings.optimizer(steps * settings.epochs), [ProgressEvents(settings.epochs, steps)], device=device
+    )
     loader = impl.data.make_loader
-    trainer.fit(loader(train, settings.batch_size, seed=settings.seed, **collate),
-                loader(val, settings.batch_size, shuffle=False, **collate), settings.epochs)
+    trainer.fit(
+        loader(train, settings.batch_size, seed=settings.seed, **collate),
+        loader(val, settings.batch_size, shuffle=False, **collate),
+        settings.epochs,
+    )
     emit("status", text="evaluating on the test split")
     test_loader = loader(test, settings.batch_size, shuffle=False, **collate)
     result = {
@@ -101,8 +117,10 @@ def run_worker(backend: str, job: dict, out: Path) -> None:
         "epoch_times": trainer.epoch_times,
         "steps_per_epoch": steps,
         "samples_per_epoch": len(train),
-        "truncated": {name: sum(len(r["input_ids"]) > buckets[-1] for r in split) for name, split in
-                      (("train", train), ("val", val), ("test", test))},
+        "truncated": {
+            name: sum(len(r["input_ids"]) > buckets[-1] for r in split)
+            for name, split in (("train", train), ("val", val), ("test", test))
+        },
         "max_length": buckets[-1],
         "compilations": runtime.compilations(trainer),
         "test_metrics": test_metrics(runtime, trainer.model, device, config, test_loader),
@@ -117,8 +135,10 @@ def _peak_memory(runtime, device) -> dict:
     if measured is not None:
         return {"peak_memory_bytes": measured["bytes"], "peak_memory_kind": measured["how"]}
     # ru_maxrss is in KiB on Linux: the worker's whole process, framework and data included.
-    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "peak_memory_kind": "process peak RSS"}
+    return {
+        "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_memory_kind": "process peak RSS",
+    }
 
 
 def test_metrics(runtime, model, device, config: ModelConfig, loader) -> dict[str, float]:
@@ -150,8 +170,9 @@ def test_metrics(runtime, model, device, config: ModelConfig, loader) -> dict[st
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
-        raise SystemExit("usage: python -m ml_patterns_app.compare.worker BACKEND JOB_JSON OUT "
-                         "(run `ml-patterns compare` instead)")
+        raise SystemExit(
+            "usage: python -m ml_patterns_app.compare.worker BACKEND JOB_JSON OUT (run `ml-patterns compare` instead)"
+        )
     try:
         run_worker(sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]))
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal: the parent reports it
