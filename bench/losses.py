@@ -1,5 +1,5 @@
 """Masked cross-entropy, forward + backward: time and peak extra memory, per backend, against torch's
-own ``F.cross_entropy(ignore_index=-100)`` (the baseline) and the optax recipe of PARITY.md.
+own ``F.cross_entropy(ignore_index=-100)`` (the baseline) and the optax recipe of docs/PARITY.md.
 
 Each timed call computes the mean loss over the unmasked positions (15% masked, as padding) and its
 gradient with respect to the float32 logits.

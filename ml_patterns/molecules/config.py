@@ -46,7 +46,7 @@ ARCHITECTURES = ("multitask", "autoencoder")
 class ModelConfig:
     """The molecule models of ``models.build_model`` (both backends), with every default explicit.
 
-    Where PyTorch and JAX/Flax defaults differ (../shared/PARITY.md) the choice is made here, once,
+    Where PyTorch and JAX/Flax defaults differ (docs/PARITY.md) the choice is made here, once,
     and both backends read it: LayerNorm epsilon, the GELU form. Attention scaling
     (``1/sqrt(head_dim)``) and the masking value (``finfo(dtype).min``, applied with ``where``) are
     fixed in the backends' attention and documented in ``torch_impl.models``.

@@ -19,7 +19,7 @@ Molecule models (``build_model(config)``, ``ml_patterns.molecules.config.ModelCo
     its token and position embeddings and runs causal pre-LayerNorm layers, teacher forced;
     ``{"logits": [B, L - 1, vocab]}``, loss the masked cross-entropy of the reconstruction.
 
-Choices made identically on both sides (../shared/PARITY.md):
+Choices made identically on both sides (docs/PARITY.md):
     - Attention is written out (separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` Linear layers)
       rather than ``nn.MultiheadAttention``/``nnx.MultiHeadAttention``: those pack or reshape the
       projections differently (``in_proj_weight`` ``[3D, D]`` vs ``DenseGeneral`` ``[D, H, hd]``) and
