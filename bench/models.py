@@ -121,19 +121,26 @@ def run(ctx: BenchContext) -> list[dict]:
                     if architecture == "multitask"
                     else f"encoder + {config.n_decoder_layers}-layer causal decoder"
                 )
-                rows += contender_rows(
-                    BENCHMARK,
-                    problem.describe(),
-                    step(problem),
-                    ctx,
-                    device,
-                    items=size.batch,
-                    unit="samples/s",
-                    flops=flops.forward_backward(config, size.batch, size.length),
-                    detail=f"loss and every parameter's gradient, no optimizer; {heads}, d_ff {config.d_ff}, "
-                    "float32, dropout 0",
-                )
+                detail = f"loss and every parameter's gradient, no optimizer; {heads}, d_ff {config.d_ff}, float32"
+                rows += problem_rows(BENCHMARK, problem, step(problem), ctx, device, detail + ", dropout 0")
     return rows
+
+
+def problem_rows(benchmark: str, problem: Problem, step: Step, ctx: BenchContext, device: str, detail: str) -> list:
+    """``step`` of ``problem`` for every contender: samples/s and the model's forward + backward FLOPs."""
+    size = problem.size
+    flop_count = flops.forward_backward(problem.config, size.batch, size.length)
+    return contender_rows(
+        benchmark,
+        problem.describe(),
+        step,
+        ctx,
+        device,
+        items=size.batch,
+        unit="samples/s",
+        flops=flop_count,
+        detail=detail,
+    )
 
 
 def step(problem: Problem) -> Step:

@@ -46,10 +46,9 @@ import jax_impl.training
 import torch_impl.data
 import torch_impl.molecules.models
 import torch_impl.training
-from bench import flops
 from bench.common import CONTENDERS, BenchContext, Timing, result_row, skipped_row
-from bench.harness import RUNTIMES, Step, contender_rows
-from bench.models import ModelSize, Problem, make_problem
+from bench.harness import RUNTIMES, Step
+from bench.models import ModelSize, Problem, make_problem, problem_rows
 from ml_patterns.callbacks import HistoryLogger, ProgressBar
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.molecules.prepare import read_manifest
@@ -143,23 +142,13 @@ def bare_step(framework: str, trainer) -> tuple[Callable[[dict], object], Callab
 
 # -- transformer_train_step ---------------------------------------------------------------------
 def train_step_rows(problem: Problem, device: str, ctx: BenchContext) -> list[dict]:
-    size, config = problem.size, problem.config
+    config = problem.config
     detail = (
         f"multi-task model ({len(config.tasks)} regression heads + masked-token head, d_ff {config.d_ff}, "
         f"{config.n_heads} heads), one fixed prepared batch, AdamW lr {OPTIMIZER.learning_rate} "
         f"wd {OPTIMIZER.weight_decay}, float32, dropout 0"
     )
-    rows = contender_rows(
-        STEP,
-        problem.size.describe("multitask"),
-        step(problem),
-        ctx,
-        device,
-        items=size.batch,
-        unit="samples/s",
-        flops=flops.forward_backward(config, size.batch, size.length),
-        detail=detail,
-    )
+    rows = problem_rows(STEP, problem, step(problem), ctx, device, detail)
     for row in rows:
         if "timing" in row:
             row["steps_per_s"] = 1.0 / row["timing"]["median_s"]
