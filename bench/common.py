@@ -165,6 +165,15 @@ def measure_steps(
     return [float(loss) for loss in losses], warmup_s, timing
 
 
+def compile_jax(jitted: Callable, *args) -> tuple[Callable, float]:
+    """``(compiled, seconds)``: a ``jax.jit`` function compiled ahead of time for ``args``, timed on
+    its own: the one place JAX compile time is measured (framework-free, so a process measuring one
+    framework alone can use it)."""
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
 def warmup_excess_s(warmup_s: list[float], timing: Timing) -> float:
     """The warm-up steps' time beyond as many timed steps: ``torch.compile``'s compile time, which
     happens inside its first calls."""

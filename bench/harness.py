@@ -12,7 +12,7 @@ compile-time and memory rules for all:
 - torch: ``step.torch(device)`` returns ``call() -> loss``; eager, or ``torch.compile(call)`` from
   cold caches, its compile time the warm-up calls' excess over as many timed calls;
 - JAX: ``step.jax(device)`` returns ``(jitted, state, args)`` with ``jitted(state, *args) -> (state,
-  loss)``, the state donated; ``jitted.lower(...).compile()`` is timed apart (``compile_jax``).
+  loss)``, the state donated; ``jitted.lower(...).compile()`` is timed apart (``bench.common.compile_jax``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import time
 from collections.abc import Callable, Iterator
 
 # JAX reserves 75% of GPU memory when its backend starts, which would starve torch running in the
@@ -38,6 +37,7 @@ from bench.common import (  # noqa: E402
     BenchContext,
     Contender,
     Timing,
+    compile_jax,
     failure_reason,
     measure_steps,
     result_row,
@@ -143,14 +143,6 @@ def _measure_jax(step: Step, dev: jax.Device, quick: bool) -> Measured:
 
     losses, _, timing = measure_steps(call, lambda: jax.block_until_ready(holder[0]), quick)
     return Measured(timing, compile_s, compiled_memory(compiled), losses)
-
-
-def compile_jax(jitted: Callable, *args) -> tuple[Callable, float]:
-    """``(compiled, seconds)``: ``jitted`` compiled ahead of time for ``args``; the one place JAX
-    compile time is measured."""
-    start = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    return compiled, time.perf_counter() - start
 
 
 def compiled_memory(compiled) -> dict:

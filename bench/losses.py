@@ -24,13 +24,12 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import BenchContext, time_call
+from bench.common import BenchContext, compile_jax, time_call
 
 SHAPES = ((64, 128, 1024), (8, 512, 32768))
 IGNORE = -100
@@ -97,9 +96,7 @@ def _build(contender: str, shape, device: str = "cpu") -> tuple[Callable[[], obj
     loss_fn = masked_cross_entropy if contender == "jax_ours" else optax_recipe
     # Transfers are asynchronous: wait, so that a memory measurement does not count the copy.
     args = jax.block_until_ready(jax.device_put((logits, targets.astype(np.int32), mask), runtime.device(device)))
-    start = time.perf_counter()
-    compiled = jax.jit(jax.grad(loss_fn)).lower(*args).compile()
-    compile_s = time.perf_counter() - start
+    compiled, compile_s = compile_jax(jax.jit(jax.grad(loss_fn)), *args)
     analysis = compiled.memory_analysis()
     memory = {
         key: int(getattr(analysis, key))
