@@ -173,7 +173,12 @@ if __name__ == "__main__":
         raise SystemExit(
             "usage: python -m ml_patterns_app.compare.worker BACKEND JOB_JSON OUT (run `ml-patterns compare` instead)"
         )
+    from ml_patterns_app.cli import USER_ERRORS
+
     try:
         run_worker(sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]))
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal: the parent reports it
         sys.exit(130)
+    except USER_ERRORS as error:  # e.g. --device gpu without one: one line, as the CLI prints it
+        print(f"ml-patterns compare ({sys.argv[1]} worker): error: {error}", file=sys.stderr)
+        sys.exit(2)
