@@ -5,8 +5,6 @@ Divergences, and why:
 - ``peak_memory`` reads the device's ``memory_stats()`` (GPU); XLA cannot reset it, so
   ``reset_peak_memory`` does nothing and the figure is the process's peak on that device.
 - ``wait(device, value)`` blocks on ``value`` (JAX dispatches asynchronously, per array).
-- ``compilations(trainer)`` counts the executables in the caches of the trainer's jitted train and
-  eval steps: one per input signature (shapes, dtypes, placement) they were called with.
 """
 
 from __future__ import annotations
@@ -20,8 +18,8 @@ from collections.abc import Iterator, Mapping
 import jax
 import numpy as np
 
-from jax_impl.models import as_batch
 from jax_impl.state import tree_to_numpy
+from jax_impl.training import to_device
 from ml_patterns.errors import UsageError
 from ml_patterns.parity import PRECISIONS
 
@@ -90,10 +88,6 @@ def peak_memory(dev: jax.Device) -> dict | None:
     return {"bytes": stats.get("peak_bytes_in_use"), "how": "jax Device.memory_stats()['peak_bytes_in_use']"}
 
 
-def to_device(batch: Mapping, dev: jax.Device) -> dict:
-    return jax.device_put(as_batch(batch), dev)
-
-
 def wait(dev: jax.Device, value: object = None) -> None:
     if value is not None:
         jax.block_until_ready(value)
@@ -101,11 +95,6 @@ def wait(dev: jax.Device, value: object = None) -> None:
 
 def release_memory() -> None:
     gc.collect()
-
-
-def compilations(trainer) -> int | None:
-    # _cache_size() is a jitted function's own count of its executables (jax has no public one).
-    return int(trainer.train_step._cache_size() + trainer.eval_step._cache_size())
 
 
 def predict(model, batch: Mapping, dev: jax.Device, task: str | None = None) -> dict[str, np.ndarray]:

@@ -144,6 +144,12 @@ class Trainer(TrainerBase):
     def _after_epoch(self) -> None:
         self.sync_model()
 
+    def compilations(self) -> int:
+        """Programs compiled for the train and eval steps so far: one per input signature (batch
+        shape, dtypes, placement) they were called with, which padding to a ladder of lengths bounds."""
+        # _cache_size(): a jitted function's count of its executables (jax has no public one).
+        return int(self.train_step._cache_size() + self.eval_step._cache_size())
+
     # -- the model object and what callbacks use --------------------------------------------
     def sync_model(self) -> None:
         """Writes the trained state into ``self.model`` (copies: the step donates its own)."""

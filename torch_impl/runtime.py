@@ -1,5 +1,5 @@
 """Where and how torch runs: the device, the float32 policy, what to record beside a number, peak
-memory, compilations, and prediction. Every app (``ml-patterns compare``, ``parity``, ``bench``)
+memory, and prediction. Every app (``ml-patterns compare``, ``parity``, ``bench``)
 and the parity suite go through here rather than setting torch globals themselves.
 
 The contract, documented here once (``jax_impl.runtime`` mirrors it name for name):
@@ -13,12 +13,10 @@ The contract, documented here once (``jax_impl.runtime`` mirrors it name for nam
 - ``describe(device)``: ``{"device": {"kind", "name"}, "versions", "threads", "precision"}``, JSON-ready.
 - ``reset_peak_memory(device)`` / ``peak_memory(device)``: the most the framework's allocator held
   on ``device`` since the reset, ``{"bytes", "how"}``, or ``None`` where it keeps no statistics (CPU).
-- ``to_device(batch, device)``: a numpy batch (``ml_patterns.molecules.batches``) as the
-  framework's arrays on ``device``, as the trainer's step takes it.
+- ``to_device(batch, device)``: a batch of numpy arrays as the framework's arrays on ``device``,
+  as the trainer's step takes it (the trainers' own ``training.to_device``).
 - ``wait(device, value=None)``: blocks until the work queued on ``device`` (or producing ``value``) is done.
 - ``release_memory()``: frees cached device memory between measurements.
-- ``compilations(trainer)``: how many programs the trainer's compiled steps hold (``None``: torch
-  eager compiles nothing).
 - ``predict(model, batch, device, task=None)``: the model's outputs on a numpy batch as numpy,
   in eval mode (dropout off); the model is left in eval mode.
 """
@@ -35,8 +33,8 @@ import torch
 
 from ml_patterns.errors import UsageError
 from ml_patterns.parity import PRECISIONS
-from torch_impl.models import as_batch
 from torch_impl.state import tree_to_numpy
+from torch_impl.training import to_device
 
 # policy -> (torch.set_float32_matmul_precision, cuDNN TF32)
 _PRECISION = {"float32": ("highest", False), "tf32": ("high", True)}
@@ -111,10 +109,6 @@ def peak_memory(dev: torch.device) -> dict | None:
     return None  # torch keeps no CPU allocator statistics
 
 
-def to_device(batch: Mapping, dev: torch.device) -> dict:
-    return as_batch(batch, dev)
-
-
 def wait(dev: torch.device, value: object = None) -> None:
     if dev.type == "cuda":  # CPU ops run synchronously
         torch.cuda.synchronize(dev)
@@ -124,10 +118,6 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def compilations(trainer: object) -> int | None:
-    return None
 
 
 @torch.no_grad()

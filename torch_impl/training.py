@@ -86,6 +86,11 @@ class Trainer(TrainerBase):
     def _eval_step(self, batch: Any) -> torch.Tensor:
         return self.model.compute_loss(batch)
 
+    def compilations(self) -> int | None:
+        """Programs compiled for this trainer's steps so far; None: eager torch compiles nothing
+        (``jax_impl.training.Trainer.compilations`` counts JAX's, one per batch shape)."""
+        return None
+
     # -- what callbacks use -----------------------------------------------------------------
     def snapshot_weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}

@@ -22,10 +22,9 @@ import numpy as np
 from ml_patterns.callbacks import Callback
 from ml_patterns.collate import bucket_ladder
 from ml_patterns.data import LazyDataset, Subset
-from ml_patterns.molecules.batches import destandardize
+from ml_patterns.molecules.batches import BatchPreparer, destandardize
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from ml_patterns.molecules.prepare import read_manifest
-from ml_patterns.training import BatchPreparer
 from ml_patterns_app.compare.settings import CompareSettings
 
 # A status line at most this often: reading the loss is a host sync.
@@ -43,31 +42,31 @@ class ProgressEvents(Callback):
     def __init__(self, epochs: int, batches: int):
         self.epochs, self.batches = epochs, batches
 
-    def on_epoch_start(self, trainer, epoch: int) -> None:
-        self._start, self._last, self._steps = time.perf_counter(), 0.0, 0
+    def on_epoch_start(self, epoch: int, trainer) -> None:
+        self._epoch, self._start, self._last, self._steps = epoch, time.perf_counter(), 0.0, 0
 
-    def on_batch_end(self, trainer, batch_index: int, logs) -> None:
+    def on_batch_end(self, batch_idx: int, trainer, loss) -> None:
         self._steps += 1
         now = time.perf_counter()
         if now - self._last >= REFRESH_S:
             self._last = now
             emit(
                 "batch",
-                epoch=trainer.epoch,
+                epoch=self._epoch,
                 epochs=self.epochs,
-                batch=batch_index + 1,
+                batch=batch_idx + 1,
                 batches=self.batches,
-                loss=float(logs["loss"]),
+                loss=float(loss),
                 steps_per_s=self._steps / max(now - self._start, 1e-9),
             )
 
-    def on_epoch_end(self, trainer, epoch: int, logs) -> None:
+    def on_epoch_end(self, epoch: int, trainer, metrics) -> None:
         emit(
             "epoch",
             epoch=epoch,
             epochs=self.epochs,
             seconds=time.perf_counter() - self._start,
-            **{k: v for k, v in logs.items() if isinstance(v, float)},
+            **{k: v for k, v in metrics.items() if isinstance(v, float)},
         )
 
 
@@ -102,7 +101,11 @@ def run_worker(backend: str, job: dict, out: Path) -> None:
         model = impl.molecules.models.load_model(weights)
     runtime.reset_peak_memory(device)
     trainer = impl.training.Trainer(
-        model, settings.optimizer(steps * settings.epochs), [ProgressEvents(settings.epochs, steps)], device=device
+        model,
+        settings.optimizer(steps * settings.epochs),
+        [ProgressEvents(settings.epochs, steps)],
+        device=device,
+        batch_transform=BatchPreparer(config),
     )
     loader = impl.data.make_loader
     trainer.fit(
@@ -122,7 +125,7 @@ def run_worker(backend: str, job: dict, out: Path) -> None:
             for name, split in (("train", train), ("val", val), ("test", test))
         },
         "max_length": buckets[-1],
-        "compilations": runtime.compilations(trainer),
+        "compilations": trainer.compilations(),
         "test_metrics": test_metrics(runtime, trainer.model, device, config, test_loader),
         **runtime.describe(device),
         **_peak_memory(runtime, device),
