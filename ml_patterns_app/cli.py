@@ -295,6 +295,25 @@ def _run_bench(args: argparse.Namespace) -> int:
     return run_benchmarks(args)
 
 
+def _add_convert(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", type=Path, help="a file written by torch.save(model.state_dict()) (e.g. IN.pt)")
+    parser.add_argument("destination", type=Path, help="the portable checkpoint to write (e.g. OUT.safetensors)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from torch_impl.state import convert_torch_file
+
+    if args.destination.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.destination} already exists (pass --overwrite to replace it)")
+    written = convert_torch_file(args.source, args.destination)
+    print(
+        f"wrote {written}: the state_dict of {args.source} as a portable checkpoint; load it into a model you "
+        "build with model.load(path), on either backend (it holds no model config)"
+    )
+    return 0
+
+
 SUBCOMMANDS = {
     "compare": (
         _add_compare,
@@ -308,6 +327,11 @@ SUBCOMMANDS = {
         _add_parity,
         _run_parity,
         "compare the molecule models across torch and JAX: outputs, losses, gradients",
+    ),
+    "convert": (
+        _add_convert,
+        _run_convert,
+        "convert a torch.save(state_dict) file into a portable checkpoint both backends read",
     ),
 }
 

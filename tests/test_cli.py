@@ -132,3 +132,33 @@ def test_console_script_does_not_load_a_framework_for_core_commands():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_convert_writes_a_portable_checkpoint_of_a_state_dict(tmp_path, capsys):
+    import numpy as np
+    import torch
+
+    from ml_patterns.checkpoint import load_checkpoint
+
+    layer = torch.nn.Linear(3, 2)
+    torch.save(layer.state_dict(), tmp_path / "in.pt")
+    out = tmp_path / "out.safetensors"
+    assert main(["convert", str(tmp_path / "in.pt"), str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    arrays, metadata = load_checkpoint(out)
+    assert metadata["backend"] == "torch" and metadata["config"] is None
+    for name, tensor in layer.state_dict().items():
+        np.testing.assert_array_equal(arrays[name], tensor.numpy())
+    assert main(["convert", str(tmp_path / "in.pt"), str(out)]) == 2
+    assert "already exists (pass --overwrite to replace it)" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "in.pt"), str(out), "--overwrite"]) == 0
+
+
+def test_convert_refuses_what_is_not_a_state_dict_in_one_line(tmp_path, capsys):
+    import torch
+
+    torch.save({"step": 3}, tmp_path / "not_tensors.pt")
+    assert main(["convert", str(tmp_path / "not_tensors.pt"), str(tmp_path / "out.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ml-patterns convert: error: ") and "not a state_dict of tensors" in err
+    assert "Traceback" not in err and not (tmp_path / "out.safetensors").exists()
