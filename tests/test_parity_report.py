@@ -120,7 +120,7 @@ def test_parity_command_passes_on_the_default_dataset(default_dataset, tmp_path,
     assert main(["parity", "--data", str(default_dataset[0]), "--config", str(config), "--batch-size", "4"]) == 0
     out = capsys.readouterr().out
     for expected in (
-        "== multitask: MultiTaskModel",
+        "== multitask: SmilesMultiTaskModel, batch 4x",
         "outputs/mlm",
         "outputs/TPSA",
         "loss/total",
