@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from ml_patterns import __version__
-from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.io import atomic_write
+from ml_patterns.losses import BOOL, FLOAT, INT  # numpy's kind letters, as the losses' checks use them
+from ml_patterns.molecules.config import ModelConfig
 
 FORMAT = "ml-patterns-checkpoint/1"
 METADATA_KEY = "ml_patterns"
@@ -69,23 +70,57 @@ class WeightMismatchError(ValueError):
         super().__init__(f"{source} do not fit the model; " + "; ".join(parts))
 
 
-def check_arrays(expected_shapes: Mapping[str, tuple[int, ...]], arrays: Mapping, *, source: str = "arrays") -> None:
-    """Raises one ``WeightMismatchError`` naming every key that is missing, unexpected, not a
-    floating-point array, or of the wrong shape (``expected_shapes`` in the canonical layout)."""
-    missing = [name for name in expected_shapes if name not in arrays]
-    unexpected = [name for name in arrays if name not in expected_shapes]
+# A key that one backend's layer has and the other's lacks, by its last name part -> the sibling
+# key that tells the layer is there. torch's BatchNorm counts the batches it has seen
+# (``num_batches_tracked``, int64; read only with ``momentum=None``, a cumulative average); flax's
+# ``nnx.BatchNorm`` has no such count. A model that has the key loads a file without it keeping its
+# own value (as torch itself does for state_dicts older than the key); a model without it ignores it.
+ONE_SIDED = {"num_batches_tracked": "running_mean"}
+
+_KIND_NAMES = {FLOAT: "floating point", INT: "integer", BOOL: "bool"}
+
+
+def dtype_kind(dtype) -> str:
+    """``FLOAT``, ``INT`` or ``BOOL`` for a numpy dtype (ml_dtypes' bfloat16 is ``FLOAT``); numpy's
+    own kind letter for anything else (``"c"`` complex, ...)."""
+    dtype = np.dtype(dtype)
+    if dtype.name == "bfloat16" or np.issubdtype(dtype, np.floating):
+        return FLOAT
+    if np.issubdtype(dtype, np.integer):
+        return INT
+    return BOOL if dtype == np.bool_ else dtype.kind
+
+
+def check_arrays(expected: Mapping[str, tuple[tuple[int, ...], str]], arrays: Mapping, *, source: str = "arrays") -> None:
+    """Raises one ``WeightMismatchError`` naming every key that is missing, unexpected, of another
+    dtype kind, or of the wrong shape.
+
+    ``expected``: ``{canonical name: (shape, dtype kind)}``, the kind a ``dtype_kind`` letter. An
+    array of the expected kind fits whatever its width (the loaders cast it to the model's dtype: a
+    float64 file into float32 weights); another kind never does (float into an integer counter, or
+    an integer array into float weights, is a wrong file, not a cast). ``ONE_SIDED`` keys are
+    neither missing when absent nor unexpected when present beside their sibling.
+    """
+    missing = [name for name in expected if name not in arrays and not _one_sided(name, expected)]
+    unexpected = [name for name in arrays if name not in expected and not _one_sided(name, expected)]
     mismatched = []
-    for name, shape in expected_shapes.items():
+    for name, (shape, kind) in expected.items():
         if name not in arrays:
             continue
         array = arrays[name]
         dtype = getattr(array, "dtype", None)
-        if dtype is None or not _is_floating(np.dtype(dtype)):
-            mismatched.append(f"{name} (dtype {dtype}, expected floating point)")
+        if dtype is None or dtype_kind(dtype) != kind:
+            mismatched.append(f"{name} (dtype {dtype}, expected {_KIND_NAMES.get(kind, kind)})")
         elif tuple(array.shape) != tuple(shape):
             mismatched.append(f"{name} (shape {list(array.shape)}, expected {list(shape)})")
     if missing or unexpected or mismatched:
         raise WeightMismatchError(missing, unexpected, mismatched, source)
+
+
+def _one_sided(name: str, expected: Mapping[str, object]) -> bool:
+    prefix, _, leaf = name.rpartition(".")
+    sibling = ONE_SIDED.get(leaf)
+    return sibling is not None and (f"{prefix}.{sibling}" if prefix else sibling) in expected
 
 
 def canonical_array(array: np.ndarray) -> np.ndarray:
@@ -261,7 +296,3 @@ def _metadata(path: Path, header: dict) -> dict:
     if missing:
         raise CheckpointError(f"{path}: metadata lacks {missing}")
     return metadata
-
-
-def _is_floating(dtype: np.dtype) -> bool:
-    return np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16"

@@ -17,15 +17,16 @@ from torch import nn
 
 from ml_patterns import losses as core
 from ml_patterns.losses import TargetOutOfRangeError
+from torch_impl.state import dtype_kind
 
 __all__ = ["CombinedLoss", "TargetOutOfRangeError", "masked_cross_entropy", "masked_cross_entropy_sum"]
 
 
 class CombinedLoss(nn.Module):
-    """The seed's combined loss: ``ml_patterns.losses.CombinedLoss``'s arguments, checks and result,
-    as an ``nn.Module`` whose losses live in an ``nn.ModuleDict`` (``self.losses``), so a loss with
-    parameters or buffers is registered, saved in ``state_dict`` and moved by ``.to()``. A plain
-    function is accepted too (wrapped in a parameterless module)."""
+    """The seed's combined loss (contract: ``ml_patterns.losses``) as an ``nn.Module`` whose losses
+    live in an ``nn.ModuleDict`` (``self.losses``), so a loss with parameters or buffers is
+    registered, saved in ``state_dict`` and moved by ``.to()``. A plain function is accepted too
+    (wrapped in a parameterless module)."""
 
     def __init__(self, losses: Mapping[str, nn.Module | Callable], weights: Mapping[str, float] | None = None):
         super().__init__()
@@ -69,9 +70,9 @@ def masked_cross_entropy_sum(
         logits.shape,
         targets.shape,
         mask.shape,
-        logits_kind=_kind(logits.dtype),
-        targets_kind=_kind(targets.dtype),
-        mask_kind=_kind(mask.dtype),
+        logits_kind=dtype_kind(logits.dtype),
+        targets_kind=dtype_kind(targets.dtype),
+        mask_kind=dtype_kind(mask.dtype),
         label_smoothing=label_smoothing,
     )
     compute_dtype = torch.float32 if torch.finfo(logits.dtype).bits < 32 else logits.dtype
@@ -159,12 +160,3 @@ def _loss_gradient(rows, targets, coef, smoothing):
         grad.sub_((smoothing / rows.shape[-1]) * coef)
     return grad
 
-
-def _kind(dtype: torch.dtype) -> str:
-    if dtype == torch.bool:
-        return core.BOOL
-    if dtype.is_floating_point:
-        return core.FLOAT
-    if dtype.is_complex:
-        return "c"
-    return core.INT

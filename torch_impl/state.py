@@ -28,20 +28,35 @@ def to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
 
 
 def from_numpy(model: nn.Module, arrays: Mapping[str, np.ndarray], *, source: str = "arrays") -> None:
-    """Copies canonical ``arrays`` into ``model`` in place, cast to each parameter's dtype.
+    """Copies canonical ``arrays`` into ``model`` in place (parameters and buffers), cast to each
+    one's dtype; a ``checkpoint.ONE_SIDED`` key the arrays lack (BatchNorm's
+    ``num_batches_tracked``, in a JAX-written file) keeps the model's value.
 
     Raises:
-        ml_patterns.checkpoint.WeightMismatchError: listing every missing, unexpected or wrongly
-            shaped key (nothing is copied then).
+        ml_patterns.checkpoint.WeightMismatchError: listing every missing, unexpected, wrongly
+            shaped key, or one of another dtype kind (floats for an integer buffer, or the reverse);
+            nothing is copied then.
     """
     current = model.state_dict()
-    check_arrays({name: tuple(t.shape) for name, t in current.items()}, arrays, source=source)
+    check_arrays({name: (tuple(t.shape), dtype_kind(t.dtype)) for name, t in current.items()}, arrays, source=source)
     # canonical_array copies (the arrays may be read-only views of a file's bytes) and turns an
     # ml_dtypes bfloat16 array, which torch cannot read, into float32.
     model.load_state_dict(
-        {name: torch.from_numpy(canonical_array(arrays[name])).to(t.device, t.dtype) for name, t in current.items()},
+        {
+            name: torch.from_numpy(canonical_array(arrays[name])).to(t.device, t.dtype) if name in arrays else t
+            for name, t in current.items()
+        },
         strict=True,
     )
+
+
+def dtype_kind(dtype: torch.dtype) -> str:
+    """``checkpoint.dtype_kind``'s letter for a torch dtype."""
+    if dtype.is_floating_point:
+        return checkpoint.FLOAT
+    if dtype == torch.bool:
+        return checkpoint.BOOL
+    return "c" if dtype.is_complex else checkpoint.INT
 
 
 def tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
