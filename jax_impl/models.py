@@ -59,13 +59,13 @@ class BaseModel(LossMixin, nnx.Module):
 
     def load(self, path: str | os.PathLike, device: jax.Device | str | None = None) -> BaseModel:
         """Loads a portable checkpoint (either backend's) in place; ``device`` (a ``jax.Device`` or a
-        platform name such as ``"cpu"``) puts the parameters there. A ``torch.save`` file is refused
-        with the command that converts it."""
+        platform name such as ``"cpu"``) puts the parameters and running statistics there. A
+        ``torch.save`` file is refused with the command that converts it."""
         arrays, _ = checkpoint.load_checkpoint(path)
         state.from_numpy(self, arrays, source=str(path))
         if device is not None:
             device = jax.devices(device)[0] if isinstance(device, str) else device
-            nnx.update(self, jax.device_put(nnx.state(self, nnx.Param), device))
+            nnx.update(self, jax.device_put(nnx.state(self, state.STATE), device))
         return self
 
 

@@ -156,12 +156,14 @@ class Trainer(TrainerBase):
         nnx.update(self.model, *_device_copy((self.state.params, self.state.rest)))
 
     def snapshot_weights(self) -> dict[str, np.ndarray]:
-        return weights.to_numpy(self.model, self.state.params)
+        # What a checkpoint holds: the parameters and the running statistics (part of state.rest).
+        statistics = nnx.filter_state(self.state.rest, weights.STATE)
+        return weights.to_numpy(self.model, nnx.merge_state(self.state.params, statistics))
 
     def restore_weights(self, snapshot: dict[str, np.ndarray]) -> None:
         weights.from_numpy(self.model, snapshot, source="restored weights")
-        _, params, _ = functional(self.model)
-        self.state = self._committed(self.state._replace(params=_device_copy(params)))
+        _, params, rest = functional(self.model)
+        self.state = self._committed(self.state._replace(params=_device_copy(params), rest=_device_copy(rest)))
 
     # -- checkpoints: conversions to and from the canonical arrays --------------------------
     @property
@@ -169,7 +171,7 @@ class Trainer(TrainerBase):
         return int(self.state.step)
 
     def _parameter_names(self) -> list[str]:
-        return list(weights.to_numpy(self.model))
+        return [name for name, _ in weights.canonical_layout(self.model, (nnx.Param,)).values()]
 
     def _write_model(self, path: Path) -> None:
         self.sync_model()
@@ -239,7 +241,7 @@ class Trainer(TrainerBase):
         """Canonical arrays shaped like the parameters, as an ``nnx.State`` like ``state.params``."""
         fn, params, rest = functional(self.model)
         scratch = fn.merge(_device_copy(params), rest)  # a copy of the model, written into
-        weights.from_numpy(scratch, arrays, source=source)
+        weights.from_numpy(scratch, arrays, source=source, variables=(nnx.Param,))
         return _device_copy(nnx.state(scratch, nnx.Param))
 
 
