@@ -1,4 +1,5 @@
-"""Losses, JAX side. The contract (shapes, dtypes, masking, all-masked, errors): ``ml_patterns.losses``.
+"""Losses, JAX side. The contract (shapes, dtypes, masking, all-masked, errors, CombinedLoss):
+``ml_patterns.losses``.
 
 Divergences from ``torch_impl.losses``, and why:
 
@@ -13,15 +14,42 @@ Divergences from ``torch_impl.losses``, and why:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from ml_patterns import losses as core
-from ml_patterns.losses import CombinedLoss, TargetOutOfRangeError
+from ml_patterns.losses import TargetOutOfRangeError
 
 __all__ = ["CombinedLoss", "TargetOutOfRangeError", "masked_cross_entropy", "masked_cross_entropy_sum"]
+
+
+class CombinedLoss(nnx.Module):
+    """The seed's combined loss (contract: ``ml_patterns.losses``), the twin of torch's ``nn.Module``:
+    an ``nnx.Module`` whose losses live in an ``nnx.Dict`` (``self.losses``), so a loss that is an
+    ``nnx.Module`` with parameters is part of ``nnx.state`` of the model holding it (trained, saved
+    and loaded with it). A plain function is a static entry of the dict."""
+
+    def __init__(self, losses: Mapping[str, nnx.Module | Callable], weights: Mapping[str, float] | None = None):
+        weights = core.check_losses(losses, weights)
+        self.losses = nnx.Dict(losses)
+        # Static, and a tuple because a dict is unhashable: the graphdef of the model holding this
+        # loss must hash (the trainers key their compiled steps on it). It also keeps the order of
+        # ``losses``, which the graph does not (it stores the dict's entries sorted by name).
+        self._weights = tuple(weights.items())
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """``{name: weight}`` for every loss, in the order given."""
+        return dict(self._weights)
+
+    def __call__(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> tuple[jax.Array, dict]:
+        losses = {name: self.losses[name] for name, _ in self._weights}
+        return core.combine(losses, self.weights, predictions, targets)
 
 
 def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array, *, label_smoothing: float = 0.0) -> jax.Array:

@@ -37,8 +37,28 @@
     that a caller can aggregate exactly across batches (``sum(sums) / sum(counts)``, the flax WMT
     example's habit) instead of averaging means.
 
-``CombinedLoss``: see its docstring (defined here and re-exported by ``jax_impl.losses``; torch's is an
-``nn.Module`` built on the same checks).
+``CombinedLoss(losses, weights=None)``
+    The seed's weighted sum of named losses: ``total = sum(weights[name] * losses[name](prediction,
+    target))``.
+
+    - ``losses``: name -> ``fn(prediction, target) -> scalar``, a plain function or a module of the
+      backend (torch ``nn.Module``, NNX ``nnx.Module``), which may hold parameters. A loss needing
+      several target arrays takes them as one value, e.g.
+      ``lambda logits, t: masked_cross_entropy(logits, *t)`` with the target ``(ids, mask)``.
+    - ``weights``: name -> Python number; a name left out weighs 1.0.
+
+    Calling it with ``predictions`` and ``targets``, two mappings holding (at least) every loss
+    name, returns ``(total, {name: unweighted value})``, in the order of ``losses``.
+
+    It is a module on each backend (torch's ``nn.Module`` over an ``nn.ModuleDict``; on JAX an
+    ``nnx.Module`` over an ``nnx.Dict``), so a loss with parameters is part of its model: trained
+    by the optimizer over the model's parameters, saved and loaded with it. Both are thin shells
+    over ``check_losses`` (arguments) and ``combine`` (the call), which do plain arithmetic on what
+    the losses return, so the JAX one is a pure function of its state and inputs inside ``jax.jit``.
+
+    Raises ``ValueError`` for no loss, a weight for a name that is not a loss, or a weight that is
+    not a finite number; ``TypeError`` for a loss that is not callable; ``KeyError`` (when called)
+    for a prediction or target missing for a loss, naming it.
 """
 
 from __future__ import annotations
@@ -149,37 +169,3 @@ def weighted_sum(values: Mapping[str, Any], weights: Mapping[str, float]) -> Any
         total = total + term
     return total
 
-
-class CombinedLoss:
-    """A weighted sum of named losses: ``total = sum(weights[name] * losses[name](pred, target))``.
-
-    Args:
-        losses: name -> ``fn(prediction, target) -> scalar``. A loss needing several target arrays
-            takes them as one value, e.g. ``lambda logits, t: masked_cross_entropy(logits, *t)``
-            with the target ``(ids, mask)``.
-        weights: name -> Python number; a name left out weighs 1.0.
-
-    Calling it with ``predictions`` and ``targets``, two mappings holding (at least) every loss
-    name, returns ``(total, {name: unweighted value})``, in the order of ``losses``.
-
-    This class holds only Python functions and numbers and does plain arithmetic on what the losses
-    return, so it is a pure function of its inputs inside ``jax.jit``; ``jax_impl.losses`` re-exports
-    it. ``torch_impl.losses.CombinedLoss`` is the seed's ``nn.Module`` over an ``nn.ModuleDict`` (a
-    loss with parameters is registered and moves with ``.to()``), with the same arguments, checks
-    and result, built on ``check_losses`` and ``combine``.
-
-    Raises:
-        ValueError: no loss; a weight for a name that is not a loss; a weight that is not a finite
-            number.
-        KeyError: (when called) a prediction or target missing for a loss, naming it.
-    """
-
-    def __init__(self, losses: Mapping[str, Callable[[Any, Any], Any]], weights: Mapping[str, float] | None = None):
-        self.weights = check_losses(losses, weights)
-        self.losses = dict(losses)
-
-    def __call__(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
-        return combine(self.losses, self.weights, predictions, targets)
-
-    def __repr__(self) -> str:
-        return f"CombinedLoss({list(self.losses)}, weights={self.weights})"
