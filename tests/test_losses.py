@@ -12,8 +12,10 @@ import optax
 import pytest
 import torch
 import torch.nn.functional as F
+from flax import nnx
 
 from jax_impl import losses as jax_losses
+from jax_impl import state as jax_state
 from ml_patterns import losses as core
 from torch_impl import losses as torch_losses
 
@@ -323,10 +325,6 @@ def test_combined_loss_weights_and_reports_each_part(impl):
     assert float(total) == 2.5 + 0.5 * 4.0
 
 
-def test_the_jax_combined_loss_is_the_cores_pure_one():
-    assert jax_losses.CombinedLoss is core.CombinedLoss
-
-
 @pytest.mark.parametrize("impl", [torch_losses, jax_losses], ids=["torch", "jax"])
 def test_combined_loss_errors_name_the_loss(impl):
     with pytest.raises(ValueError, match=r"unknown loss name\(s\) \['c'\]"):
@@ -390,3 +388,39 @@ def test_torch_combined_loss_is_a_module_that_registers_its_losses():
     assert parts["scaled"].item() == 0.0 and parts["plain"].item() == 1.0 and total.item() == 0.5
     total.backward()
     assert combined.losses["scaled"].log_scale.grad is not None  # the loss's parameter trains with the model
+
+
+class _JaxScaledMSE(nnx.Module):
+    """The JAX twin of ``_ScaledMSE``'s parameter (NNX has no buffers)."""
+
+    def __init__(self):
+        self.log_scale = nnx.Param(jnp.zeros(()))
+
+    def __call__(self, prediction, target):
+        return jnp.exp(self.log_scale[...]) * ((prediction - target) ** 2).mean()
+
+
+def test_jax_combined_loss_is_a_module_whose_loss_parameters_are_its_state():
+    combined = jax_losses.CombinedLoss({"scaled": _JaxScaledMSE(), "plain": _mse}, {"plain": 0.5})
+    assert isinstance(combined, nnx.Module) and isinstance(combined.losses, nnx.Dict)
+    # Saved under the names torch's ModuleDict gives the same parameter.
+    assert list(jax_state.to_numpy(combined)) == ["losses.scaled.log_scale"]
+    torch_combined = torch_losses.CombinedLoss({"scaled": _ScaledMSE(), "plain": _mse}, {"plain": 0.5})
+    assert [name for name, _ in torch_combined.named_parameters()] == ["losses.scaled.log_scale"]
+    prediction = {"scaled": jnp.ones(3), "plain": jnp.ones(2)}
+    target = {"scaled": jnp.zeros(3), "plain": jnp.zeros(2)}
+    grads = nnx.grad(lambda loss: loss(prediction, target)[0])(combined)
+    assert float(grads["losses"]["scaled"]["log_scale"][...]) == 1.0  # d/ds exp(s) * 1 at s = 0: trained
+    hash(nnx.graphdef(combined))  # hashable: the trainers key their compiled steps on a model's graphdef
+
+
+def test_jax_combined_loss_keeps_the_order_of_its_losses_through_split_and_merge():
+    combined = jax_losses.CombinedLoss({"b": _mse, "a": _JaxScaledMSE()}, {"a": 2.0})
+    graphdef, state = nnx.split(combined)
+    prediction, target = {"a": jnp.ones(2), "b": jnp.full(2, 3.0)}, {"a": jnp.zeros(2), "b": jnp.zeros(2)}
+    total, parts = nnx.merge(graphdef, state)(prediction, target)
+    assert list(parts) == ["b", "a"] and nnx.merge(graphdef, state).weights == {"b": 1.0, "a": 2.0}
+    assert float(total) == 9.0 + 2.0 * 1.0
+    jitted_total, _ = jax.jit(lambda s: nnx.merge(graphdef, s)(prediction, target))(state)
+    assert float(jitted_total) == float(total)
+

@@ -37,7 +37,6 @@ from jax_impl import collate as jax_collate
 from jax_impl import losses as jax_losses
 from jax_impl import models as jax_models
 from ml_patterns import callbacks
-from ml_patterns.checkpoint import WeightMismatchError
 from ml_patterns.data import LazyDataset
 from torch_impl import collate as torch_collate
 from torch_impl import init as torch_init
@@ -247,9 +246,6 @@ class TorchNormalized(torch_models.BaseModel):
         return self.net(x)
 
 
-@pytest.mark.xfail(strict=True, raises=WeightMismatchError,
-                   reason="ml_patterns.checkpoint.check_arrays refuses every non-floating array, so BatchNorm's "
-                   "int64 num_batches_tracked buffer fails load(): 'expected floating point'")
 @pytest.mark.parametrize("writer", ["save", "torch.save"])
 def test_torch_base_model_with_batch_norm_loads_its_own_files(writer, tmp_path):
     torch.manual_seed(0)
@@ -262,9 +258,6 @@ def test_torch_base_model_with_batch_norm_loads_its_own_files(writer, tmp_path):
     assert all(torch.equal(loaded[name], value) for name, value in expected.items())
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="jax_impl.state.to_numpy writes nnx.Param leaves only: BatchNorm's running mean and var "
-                   "(nnx.BatchStat) are not saved, so a loaded model predicts differently in eval mode")
 def test_jax_base_model_with_batch_norm_keeps_its_running_statistics(tmp_path):
     class Normalized(jax_models.BaseModel):
         def __init__(self, rngs: nnx.Rngs):
@@ -555,9 +548,6 @@ class JaxLearnedScaleMSE(nnx.Module):
         return jnp.exp(-self.log_var[...]) * jnp.mean((prediction - target) ** 2) + self.log_var[...]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="jax_impl.losses.CombinedLoss is a plain object, not an NNX node: a loss module inside it "
-                   "is invisible to nnx.state, so its parameters are silently never trained or saved")
 def test_a_loss_with_parameters_trains_with_its_jax_model():
     class LearnedScale(jax_models.BaseModel):
         def __init__(self, rngs: nnx.Rngs):

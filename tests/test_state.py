@@ -12,11 +12,14 @@ from flax import nnx
 import jax_impl.models
 import jax_impl.molecules.models
 import jax_impl.state
+import jax_impl.training
 import torch_impl.models
 import torch_impl.molecules.models
 import torch_impl.state
+import torch_impl.training
 from ml_patterns.checkpoint import WeightMismatchError
 from ml_patterns.molecules.config import ModelConfig
+from ml_patterns.optim import OptimizerConfig
 
 BACKENDS = ((torch_impl.molecules.models, torch_impl.state), (jax_impl.molecules.models, jax_impl.state))
 IDS = ("torch", "jax")
@@ -122,3 +125,150 @@ def test_jax_builds_from_weights_without_initializing():
     # Every leaf is a real array: the dropout streams were reseeded out of the abstract build.
     leaves = jax.tree.leaves(nnx.state(model))
     assert all(isinstance(leaf, jax.Array) for leaf in leaves)
+
+
+# ---- BatchNorm: integer buffers, running statistics, a key only torch has ----------------------
+
+class TorchNormed(torch_impl.models.BaseModel):
+    """Linear -> BatchNorm -> Linear, named as JaxNormed is."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.hidden, self.norm, self.out = torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.out(self.norm(self.hidden(x)))[:, 0]
+
+    def compute_loss(self, batch):
+        return ((self(batch["x"]) - batch["y"]) ** 2).mean()
+
+
+class JaxNormed(jax_impl.models.BaseModel):
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        rngs = nnx.Rngs(seed)
+        self.hidden, self.norm = nnx.Linear(4, 3, rngs=rngs), nnx.BatchNorm(3, rngs=rngs)
+        self.out = nnx.Linear(3, 1, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.norm(self.hidden(x)))[:, 0]
+
+    def compute_loss(self, batch):
+        return jnp.mean((self(batch["x"]) - batch["y"]) ** 2)
+
+
+NORMED = {"torch": (TorchNormed, torch_impl.state), "jax": (JaxNormed, jax_impl.state)}
+STATISTICS = ("norm.running_mean", "norm.running_var")
+
+
+def normed_batches(n_batches=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(2.0, 3.0, size=(8 * n_batches, 4)).astype(np.float32)
+    y = x.sum(axis=1).astype(np.float32)
+    return [{"x": x[i:i + 8], "y": y[i:i + 8]} for i in range(0, len(x), 8)]
+
+
+def trained_torch_normed():
+    model = TorchNormed()
+    model(torch.from_numpy(normed_batches()[0]["x"]))  # training mode: the statistics and the count move
+    return model
+
+
+def test_torch_integer_buffers_load_by_kind_and_refuse_floats():
+    arrays = torch_impl.state.to_numpy(trained_torch_normed())
+    assert arrays["norm.num_batches_tracked"].dtype == np.int64 and arrays["norm.num_batches_tracked"] == 1
+    target = TorchNormed(seed=1)
+    torch_impl.state.from_numpy(target, {**arrays, "norm.num_batches_tracked": np.array(7, np.int32)})
+    assert target.norm.num_batches_tracked.dtype == torch.int64 and target.norm.num_batches_tracked.item() == 7
+    np.testing.assert_array_equal(target.norm.running_var.numpy(), arrays["norm.running_var"])
+    wrong = {**arrays, "norm.num_batches_tracked": np.array(7.0, np.float32), "out.bias": np.zeros(1, np.int64)}
+    with pytest.raises(WeightMismatchError) as caught:
+        torch_impl.state.from_numpy(target, wrong, source="f.safetensors")
+    assert caught.value.mismatched == ["norm.num_batches_tracked (dtype float32, expected integer)",
+                                       "out.bias (dtype int64, expected floating point)"]
+
+
+def test_torch_keeps_its_own_count_when_a_file_lacks_it_and_only_a_batch_norm_may_lack_it():
+    arrays = torch_impl.state.to_numpy(trained_torch_normed())
+    del arrays["norm.num_batches_tracked"]  # as a JAX model writes it
+    target = TorchNormed(seed=1)
+    target.norm.num_batches_tracked.fill_(5)
+    torch_impl.state.from_numpy(target, arrays)
+    assert target.norm.num_batches_tracked.item() == 5
+    np.testing.assert_array_equal(target.norm.running_mean.numpy(), arrays["norm.running_mean"])
+    with pytest.raises(WeightMismatchError, match=r"unexpected 1: hidden\.num_batches_tracked"):
+        torch_impl.state.from_numpy(target, {**arrays, "hidden.num_batches_tracked": np.array(1)})
+    with pytest.raises(WeightMismatchError, match=r"missing 1: norm\.running_mean"):
+        torch_impl.state.from_numpy(target, {k: v for k, v in arrays.items() if k != "norm.running_mean"})
+
+
+def test_jax_batch_norm_layout_holds_the_running_statistics_under_torchs_names():
+    model = JaxNormed()
+    model(jnp.asarray(normed_batches()[0]["x"]))  # training mode: the statistics move
+    arrays = jax_impl.state.to_numpy(model)
+    torch_names = set(torch_impl.state.to_numpy(TorchNormed()))
+    assert set(arrays) == torch_names - {"norm.num_batches_tracked"}
+    np.testing.assert_array_equal(arrays["norm.running_mean"], np.asarray(model.norm.mean[...]))
+    np.testing.assert_array_equal(arrays["norm.running_var"], np.asarray(model.norm.var[...]))
+    np.testing.assert_array_equal(arrays["norm.weight"], np.asarray(model.norm.scale[...]))
+    # values shaped like the parameters (gradients, optimizer slots) convert to the parameters' names
+    _, params, _ = jax_impl.models.functional(model)
+    assert set(jax_impl.state.to_numpy(model, params)) == set(arrays) - set(STATISTICS)
+
+
+def test_jax_loads_statistics_ignores_torchs_count_and_can_load_parameters_alone():
+    torch_arrays = torch_impl.state.to_numpy(trained_torch_normed())
+    model = JaxNormed(seed=1)
+    jax_impl.state.from_numpy(model, torch_arrays)  # num_batches_tracked: torch's alone, ignored
+    np.testing.assert_array_equal(np.asarray(model.norm.mean[...]), torch_arrays["norm.running_mean"])
+    params_only = {k: v for k, v in torch_arrays.items() if k not in (*STATISTICS, "norm.num_batches_tracked")}
+    with pytest.raises(WeightMismatchError, match=r"missing 2: norm\.running_mean, norm\.running_var"):
+        jax_impl.state.from_numpy(JaxNormed(seed=1), params_only)
+    fresh = JaxNormed(seed=1)
+    jax_impl.state.from_numpy(fresh, params_only, variables=(nnx.Param,))
+    np.testing.assert_array_equal(np.asarray(fresh.norm.var[...]), np.ones(3, np.float32))  # untouched
+    np.testing.assert_array_equal(jax_impl.state.to_numpy(fresh)["hidden.weight"], torch_arrays["hidden.weight"])
+    with pytest.raises(WeightMismatchError, match=r"norm\.running_var \(dtype int64, expected floating point\)"):
+        jax_impl.state.from_numpy(JaxNormed(), {**torch_arrays, "norm.running_var": np.ones(3, np.int64)})
+
+
+def test_a_torch_batch_norm_checkpoint_loads_into_jax_and_back(tmp_path):
+    source = trained_torch_normed()
+    source.save(tmp_path / "torch.safetensors")
+    jax_model = JaxNormed(seed=1).load(tmp_path / "torch.safetensors", "cpu")
+    source.eval(), jax_model.eval()
+    x = normed_batches(seed=1)[0]["x"]
+    with torch.no_grad():
+        expected = source(torch.from_numpy(x)).numpy()
+    # Eval mode normalizes with the running statistics: equal outputs need them transferred.
+    np.testing.assert_allclose(np.asarray(jax_model(jnp.asarray(x))), expected, rtol=1e-5, atol=1e-6)
+    jax_model.save(tmp_path / "jax.safetensors")
+    back = TorchNormed(seed=1).load(tmp_path / "jax.safetensors")
+    written, read = torch_impl.state.to_numpy(source), torch_impl.state.to_numpy(back)
+    assert all(np.array_equal(read[name], written[name]) for name in written if name != "norm.num_batches_tracked")
+    assert read["norm.num_batches_tracked"] == 0  # the JAX file has no count: the loading model's own stays
+
+
+@pytest.mark.parametrize("backend", NORMED)
+def test_the_trainers_keep_the_running_statistics(backend, tmp_path):
+    """restore_best_weights' snapshot/restore and a checkpoint resume (OptimizerConfig: its slots are
+    named like the parameters alone) carry the statistics, on the model and in the trainer's state."""
+    model_class, state = NORMED[backend]
+    trainer_class = torch_impl.training.Trainer if backend == "torch" else jax_impl.training.Trainer
+    batches = normed_batches()
+    trainer = trainer_class(model_class(), OptimizerConfig("adam", learning_rate=0.01))
+    trainer.fit(batches, None, 1)
+    snapshot, loss = trainer.snapshot_weights(), trainer.evaluate(batches)
+    trainer.save_checkpoint(tmp_path / "checkpoint")
+    trainer.fit(batches, None, 2)
+    assert trainer.evaluate(batches) != loss
+    trainer.restore_weights(snapshot)
+    assert trainer.evaluate(batches) == loss  # evaluation reads the restored statistics
+    expected = state.to_numpy(trainer.model)
+    resumed = trainer_class(model_class(seed=1), OptimizerConfig("adam", learning_rate=0.01))
+    resumed.load_checkpoint(tmp_path / "checkpoint")
+    loaded = state.to_numpy(resumed.model)
+    assert all(np.array_equal(loaded[name], expected[name]) for name in expected)
+    assert resumed.evaluate(batches) == loss
+    assert any(not np.array_equal(expected[name], state.to_numpy(model_class())[name]) for name in STATISTICS)
