@@ -96,6 +96,23 @@ def test_a_flipped_byte_in_the_data_is_caught_by_the_checksum(tmp_path):
         load_checkpoint(path)
 
 
+def test_integer_and_bool_arrays_keep_their_dtype_under_the_checksum(tmp_path):
+    """A BatchNorm's int64 count is stored as it is (not widened to float), and covered by the checksum."""
+    stored = {"norm.num_batches_tracked": np.array(7, np.int64), "w": np.ones(2, np.float32), "flags": np.array([True])}
+    path = save_checkpoint(tmp_path / "m.safetensors", stored, backend="torch", model_class="Toy", config=None,
+                           versions={})
+    loaded, _ = load_checkpoint(path)
+    assert {name: loaded[name].dtype for name in stored} == {name: value.dtype for name, value in stored.items()}
+    assert loaded["norm.num_batches_tracked"] == 7
+    data = bytearray(path.read_bytes())
+    (size,) = struct.unpack("<Q", data[:8])
+    start = 8 + size + json.loads(data[8:8 + size])["norm.num_batches_tracked"]["data_offsets"][0]
+    data[start] ^= 0x01  # 7 -> 6: a valid int64, caught only by the checksum
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the checksum"):
+        load_checkpoint(path)
+
+
 def test_a_corrupt_header_is_refused(tmp_path):
     path = write(tmp_path / "model.safetensors")
     data = bytearray(path.read_bytes())
