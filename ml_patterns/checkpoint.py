@@ -91,7 +91,9 @@ def dtype_kind(dtype) -> str:
     return BOOL if dtype == np.bool_ else dtype.kind
 
 
-def check_arrays(expected: Mapping[str, tuple[tuple[int, ...], str]], arrays: Mapping, *, source: str = "arrays") -> None:
+def check_arrays(
+    expected: Mapping[str, tuple[tuple[int, ...], str]], arrays: Mapping, *, source: str = "arrays"
+) -> None:
     """Raises one ``WeightMismatchError`` naming every key that is missing, unexpected, of another
     dtype kind, or of the wrong shape.
 
