@@ -6,38 +6,42 @@ renamed into place, see ``ml_patterns.io.staged_directory``)::
     DIR/index.json         list; entry i = {"file": "shards/shard-00000.jsonl", "row": r, "split": "train"}
     DIR/shards/*.jsonl     one JSON record per line: {"smiles", "input_ids", "label"}
     DIR/vocab.json         the tokenizer's vocabulary
-    DIR/manifest.json      source, counts, skipped rows, targets (mean/std on train), splits, checksums
+    DIR/manifest.json      source, counts, skipped rows, duplicates, targets (mean/std on train), splits,
+                           config, checksums
 
 RDKit is imported here only, and only while preparing: reading a prepared dataset needs numpy alone.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime
 import json
-import math
-from collections.abc import Iterator
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from ml_patterns import __version__
+from ml_patterns.data import DatasetError
+from ml_patterns.errors import OptionError
+from ml_patterns.io import atomic_write_text, check_destination, sha256_file, staged_directory
 from ml_patterns.molecules.config import PrepareConfig
-from ml_patterns.io import atomic_write_text, sha256_file, staged_directory
+from ml_patterns.molecules.sources import (
+    SkippedRow,
+    SourceRow,
+    default_csv_path,
+    read_csv_rows,
+    read_default_rows,
+    require_regular_file,
+)
 from ml_patterns.molecules.tokenizer import SmilesTokenizer, TokenizationError, tokenize
 
 SPLITS = ("train", "val", "test")
 DEFAULT_SOURCE_NAME = "RDKit NCI first_5k.tpsa.csv"
-
-
-def default_csv_path() -> Path:
-    """The NCI set shipped inside the RDKit wheel: 5,000 SMILES with TPSA values, no header."""
-    from rdkit import RDConfig
-
-    return Path(RDConfig.RDDataDir) / "NCI" / "first_5k.tpsa.csv"
+FORMAT_PREFIX = "ml-patterns-lazy-dataset/"
 
 
 def _rdkit_descriptors() -> dict:
@@ -52,57 +56,6 @@ def _rdkit_descriptors() -> dict:
         "NumHAcceptors": rdMolDescriptors.CalcNumHBA,
         "NumRotatableBonds": rdMolDescriptors.CalcNumRotatableBonds,
     }
-
-
-@dataclasses.dataclass(frozen=True)
-class SourceRow:
-    line: int  # 1-based line number in the source file, for error reports
-    smiles: str
-    targets: dict[str, float]
-
-
-@dataclasses.dataclass(frozen=True)
-class SkippedRow:
-    line: int
-    smiles: str
-    reason: str
-
-
-def read_default_rows() -> Iterator[SourceRow | SkippedRow]:
-    """Rows of RDKit's NCI file: ``SMILES,TPSA`` with ``#`` comment lines and no header."""
-    path = default_csv_path()
-    with open(path, newline="") as handle:
-        for line_number, fields in enumerate(csv.reader(handle), start=1):
-            if not fields or fields[0].startswith("#"):
-                continue
-            yield _parse_row(line_number, fields[0], {"TPSA": fields[1] if len(fields) > 1 else ""})
-
-
-def read_csv_rows(path: Path, smiles_col: str, target_cols: list[str]) -> Iterator[SourceRow | SkippedRow]:
-    """Rows of a user's CSV with a header naming ``smiles_col`` and every one of ``target_cols``."""
-    path = Path(path)
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in (smiles_col, *target_cols) if c not in (reader.fieldnames or [])]
-        if missing:
-            raise KeyError(f"{path}: column(s) {missing} not in the header {reader.fieldnames}")
-        # Line 1 is the header, so the first data row is line 2.
-        for line_number, row in enumerate(reader, start=2):
-            yield _parse_row(line_number, row[smiles_col], {c: row[c] for c in target_cols})
-
-
-def _parse_row(line: int, smiles: str, raw_targets: dict[str, str]) -> SourceRow | SkippedRow:
-    smiles = smiles.strip()
-    targets = {}
-    for name, raw in raw_targets.items():
-        try:
-            value = float(raw)
-        except (TypeError, ValueError):
-            return SkippedRow(line, smiles, f"target {name!r} is not a number: {raw!r}")
-        if not math.isfinite(value):
-            return SkippedRow(line, smiles, f"target {name!r} is not finite: {raw!r}")
-        targets[name] = value
-    return SourceRow(line, smiles, targets)
 
 
 def _check_molecule(row: SourceRow, descriptor_names: tuple[str, ...]) -> SourceRow | SkippedRow:
@@ -120,10 +73,7 @@ def _check_molecule(row: SourceRow, descriptor_names: tuple[str, ...]) -> Source
         return SkippedRow(row.line, row.smiles, str(error))
     descriptors = _rdkit_descriptors()
     extra = {name: float(descriptors[name](mol)) for name in descriptor_names}
-    clash = sorted(set(extra) & set(row.targets))
-    if clash:
-        raise ValueError(f"target(s) {clash} are both source columns and RDKit properties; drop one")
-    return SourceRow(row.line, row.smiles, {**row.targets, **extra})
+    return SourceRow(row.line, row.smiles, {**row.targets, **extra}, canonical=Chem.MolToSmiles(mol))
 
 
 def split_assignment(n: int, config: PrepareConfig) -> np.ndarray:
@@ -153,19 +103,29 @@ def prepare_dataset(
     ``config.rdkit_properties``). Otherwise ``target_cols`` of the CSV are the labels and
     ``config.rdkit_properties`` are added only if non-empty. Rows RDKit cannot parse, or whose
     labels are missing or not finite, are skipped and listed (line number and reason) in the
-    manifest's ``"skipped"``.
+    manifest's ``"skipped"``. Rows repeating a molecule (same canonical SMILES) are kept and counted in
+    ``"duplicates"``; those whose labels differ from the first occurrence are listed there
+    (``"conflicts"``: line, first line, SMILES, both labels) and warned about (``ConflictingLabelsWarning``).
+
+    ``overwrite`` replaces only a dataset this function wrote (its manifest, and no file it does not
+    list); never a directory holding the source CSV, nor the working directory or one above it.
+    Everything is checked before the source is read: a bad option or output fails at once.
     """
     from rdkit import RDLogger
 
     out = Path(out)
+    source_columns = ("TPSA",) if csv_path is None else tuple(target_cols or ())
+    _check_options(config, csv_path, source_columns)
+    source_path = default_csv_path() if csv_path is None else Path(csv_path)
+    require_regular_file(source_path)
+    destination = {"overwrite": overwrite, "foreign": foreign_to_prepare, "protect": (source_path,)}
+    check_destination(out, **destination)
     if csv_path is None:
         rows = read_default_rows()
-        source = {"name": DEFAULT_SOURCE_NAME, "path": str(default_csv_path()), "sha256": sha256_file(default_csv_path())}
+        source = {"name": DEFAULT_SOURCE_NAME, "path": str(source_path), "sha256": sha256_file(source_path)}
     else:
-        if not target_cols:
-            raise ValueError("a CSV source needs at least one target column (--target-cols)")
-        rows = read_csv_rows(csv_path, smiles_col, target_cols)
-        source = {"name": Path(csv_path).name, "path": str(csv_path), "sha256": sha256_file(Path(csv_path))}
+        rows = read_csv_rows(source_path, smiles_col, list(target_cols))
+        source = {"name": source_path.name, "path": str(csv_path), "sha256": sha256_file(source_path)}
 
     kept: list[SourceRow] = []
     skipped: list[SkippedRow] = []
@@ -178,6 +138,16 @@ def prepare_dataset(
         RDLogger.EnableLog("rdApp.*")
     if not kept:
         raise ValueError(f"no usable molecule in {source['path']} ({len(skipped)} rows skipped)")
+    duplicates, conflicts = _duplicates(kept)
+    if conflicts:
+        first = conflicts[0]
+        warnings.warn(
+            f"{source['path']}: {len(conflicts)} row(s) repeat a molecule with different labels (first: line "
+            f"{first['line']} vs line {first['first_line']}, {first['smiles'][:40]}); all are kept, see "
+            "\"duplicates\" in manifest.json",
+            ConflictingLabelsWarning,
+            stacklevel=2,
+        )
 
     tokenizer = SmilesTokenizer.build(row.smiles for row in kept)
     target_names = list(kept[0].targets)
@@ -185,14 +155,73 @@ def prepare_dataset(
 
     encoded = [tokenizer.encode(row.smiles) for row in kept]
 
-    with staged_directory(out, overwrite=overwrite) as staging:
+    with staged_directory(out, **destination) as staging:
         index = _write_shards(staging, kept, encoded, splits, config, target_names, progress)
         atomic_write_text(staging / "index.json", json.dumps(index, separators=(",", ":")) + "\n")
         tokenizer.save(staging / "vocab.json")
         manifest = _manifest(staging, source, kept, encoded, skipped, target_names, splits, tokenizer, config)
+        manifest["duplicates"] = {"rows": duplicates, "conflicting": len(conflicts), "conflicts": conflicts}
         # Written last: a directory holding a manifest is complete.
         atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+class ConflictingLabelsWarning(UserWarning):
+    """The source lists one molecule more than once with different labels."""
+
+
+def _check_options(config: PrepareConfig, csv_path: Path | None, source_columns: tuple[str, ...]) -> None:
+    """Refuses what ``PrepareConfig`` cannot know to refuse, naming the option (and its flag)."""
+    seed = config.seed
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise OptionError("seed", f"{{option}} must be an integer >= 0, got {seed!r}")
+    known = tuple(_rdkit_descriptors())
+    unknown = [name for name in config.rdkit_properties if name not in known]
+    if unknown:
+        raise OptionError("rdkit_properties", f"{{option}} names unknown RDKit properties {unknown}; known: {', '.join(known)}")
+    if csv_path is not None and not source_columns:
+        raise OptionError("target_cols", "{option} must name at least one label column of the CSV")
+    clash = sorted(set(source_columns) & set(config.rdkit_properties))
+    if clash:
+        raise OptionError("rdkit_properties", f"{{option}} {clash} are also source columns; drop them from one of the two")
+
+
+def foreign_to_prepare(directory: Path) -> str | None:
+    """Why ``directory`` is not a dataset that ``prepare_dataset`` may replace, or ``None`` if it is."""
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return "it is not a dataset written by `ml-patterns prepare` (no readable manifest.json)"
+    if not isinstance(manifest, dict) or not str(manifest.get("format", "")).startswith(FORMAT_PREFIX):
+        return "its manifest.json is not an ml-patterns dataset manifest"
+    checksums = manifest.get("checksums")
+    if not isinstance(checksums, dict):
+        return "its manifest.json lists no files ('checksums'), so what it holds cannot be told apart"
+    ours = {"manifest.json", *checksums}
+    others = []
+    for parent, directories, files in os.walk(directory):
+        for name in files + [d for d in directories if os.path.islink(os.path.join(parent, d))]:
+            relative = Path(parent, name).relative_to(directory).as_posix()
+            if relative not in ours:
+                others.append(relative)
+    if others:
+        return f"it holds {len(others)} file(s) prepare did not write ({', '.join(sorted(others)[:3])}); move them first"
+    return None
+
+
+def _duplicates(kept: list[SourceRow]) -> tuple[int, list[dict]]:
+    """Rows repeating an earlier molecule, and those of them whose labels differ from the first one's."""
+    first: dict[str, SourceRow] = {}
+    duplicates, conflicts = 0, []
+    for row in kept:
+        earlier = first.setdefault(row.canonical, row)
+        if earlier is row:
+            continue
+        duplicates += 1
+        if row.targets != earlier.targets:
+            conflicts.append({"line": row.line, "first_line": earlier.line, "smiles": row.smiles,
+                              "labels": row.targets, "first_labels": earlier.targets})
+    return duplicates, conflicts
 
 
 def _write_shards(staging, kept, encoded, splits, config, target_names, progress) -> list[dict]:
@@ -217,7 +246,7 @@ def _manifest(staging, source, kept, encoded, skipped, target_names, splits, tok
     lengths = np.array([len(ids) for ids in encoded])
     files = sorted(p for p in staging.rglob("*") if p.is_file())
     return {
-        "format": "ml-patterns-lazy-dataset/1",
+        "format": f"{FORMAT_PREFIX}1",
         "created_by": f"ml-patterns {__version__}",
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "source": source,
@@ -237,25 +266,108 @@ def _manifest(staging, source, kept, encoded, skipped, target_names, splits, tok
 
 
 def verify_checksums(root: Path) -> list[str]:
-    """Returns the files whose sha256 differs from the manifest's (empty when all match)."""
+    """Returns the files whose sha256 differs from the manifest's (empty when all match).
+
+    Raises ``DatasetError`` (naming the file and the key) for a malformed manifest, an empty checksum
+    table, or an index whose entries are malformed, lack a checksummed file, or disagree with the
+    manifest's split counts: a dataset that would be read wrongly does not pass as verified.
+    """
     root = Path(root)
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = read_manifest(root)
+    manifest_path = root / "manifest.json"
+    if not manifest["checksums"]:
+        raise DatasetError(f"{manifest_path}: 'checksums' is empty, nothing can be verified; prepare the dataset again")
     bad = []
     for relative, expected in manifest["checksums"].items():
         path = root / relative
         if not path.is_file() or sha256_file(path) != expected:
             bad.append(relative)
+    if "index.json" not in manifest["checksums"]:
+        raise DatasetError(f"{manifest_path}: 'checksums' has no entry for index.json")
+    if "index.json" not in bad:
+        _check_index(root / "index.json", manifest)
     return bad
 
 
+def _check_index(path: Path, manifest: dict) -> None:
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(entries, list):
+        raise DatasetError(f"{path} must hold a JSON list of entries, got {type(entries).__name__}")
+    counts = dict.fromkeys(SPLITS, 0)
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{path}: entry {i} must be an object, got {type(entry).__name__}")
+        if entry.get("split") not in SPLITS:
+            raise DatasetError(f"{path}: entry {i} has 'split' {entry.get('split')!r}, not one of {SPLITS}")
+        row = entry.get("row")
+        if isinstance(row, bool) or not isinstance(row, int) or row < 0:
+            raise DatasetError(f"{path}: entry {i} has 'row' {row!r}, not an integer >= 0")
+        if entry.get("file") not in manifest["checksums"]:
+            raise DatasetError(f"{path}: entry {i} has 'file' {entry.get('file')!r}, which has no checksum in the manifest")
+        counts[entry["split"]] += 1
+    if counts != manifest["splits"]:
+        raise DatasetError(f"{path}: split sizes {counts} differ from the manifest's 'splits' {manifest['splits']}")
+
+
 def read_manifest(root: Path) -> dict:
+    """The manifest of the dataset at ``root``, its keys and their types checked (``DatasetError`` names the key)."""
     path = Path(root) / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: {root} is not a prepared dataset, or its preparation did not finish"
         )
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
+        raise DatasetError(f"{path} is not valid JSON: {error}") from None
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{path} is not UTF-8 text: {error}") from None
+    _check_manifest(manifest, path)
+    return manifest
 
+
+# The manifest keys a reader relies on and their types; "a.b" is key b of the object at key a.
+_MANIFEST_KEYS = {
+    "format": str, "source": dict, "source.name": str, "source.path": str,
+    "counts": dict, "counts.rows_read": int, "counts.molecules": int, "counts.skipped": int,
+    "skipped": list, "targets": dict, "statistics_from": str,
+    "splits": dict, "splits.train": int, "splits.val": int, "splits.test": int,
+    "config": dict, "config.seed": int, "vocab_size": int,
+    "sequence_length": dict, "sequence_length.min": int, "sequence_length.max": int, "sequence_length.mean": float,
+    "checksums": dict,
+}
+_TYPE_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer", float: "a number"}
+
+
+def _check_manifest(manifest, path: Path) -> None:
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path} must hold a JSON object, got {type(manifest).__name__}")
+    for key, kind in _MANIFEST_KEYS.items():
+        parent, _, name = key.rpartition(".")
+        holder = manifest[parent] if parent else manifest
+        if name not in holder:
+            raise DatasetError(f"{path}: key {key!r} is missing")
+        _check_type(holder[name], kind, path, key)
+    if not manifest["format"].startswith(FORMAT_PREFIX):
+        raise DatasetError(f"{path}: 'format' is {manifest['format']!r}, not an ml-patterns dataset ({FORMAT_PREFIX}N)")
+    for name, stats in manifest["targets"].items():
+        _check_type(stats, dict, path, f"targets.{name}")
+        for stat in ("mean", "std"):
+            _check_type(stats.get(stat), float, path, f"targets.{name}.{stat}")
+    for i, row in enumerate(manifest["skipped"]):
+        _check_type(row, dict, path, f"skipped[{i}]")
+    for relative, digest in manifest["checksums"].items():
+        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise DatasetError(f"{path}: 'checksums.{relative}' must be a sha256 hex digest, got {digest!r}")
+
+
+def _check_type(value, kind: type, path: Path, key: str) -> None:
+    if kind is float:
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        fits = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not fits:
+        raise DatasetError(f"{path}: {key!r} must be {_TYPE_NAMES[kind]}, got {value!r}")
