@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 OPTIMIZERS = ("sgd", "adam", "adam_l2", "adamw")
 
@@ -38,10 +39,16 @@ class ScheduleConfig:
     final_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.warmup_steps < self.total_steps:
-            raise ValueError(f"need 0 <= warmup_steps < total_steps, got {self.warmup_steps}, {self.total_steps}")
-        if not 0 <= self.final_fraction <= 1:
-            raise ValueError(f"final_fraction must lie in [0, 1], got {self.final_fraction}")
+        problems = []
+        for name in ("warmup_steps", "total_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                problems.append(f"{name} must be an integer, got {value!r}")
+        if not problems and not 0 <= self.warmup_steps < self.total_steps:
+            problems.append(f"need 0 <= warmup_steps < total_steps, got {self.warmup_steps}, {self.total_steps}")
+        _check_range(problems, "final_fraction", self.final_fraction, 0.0, 1.0, "[0, 1]")
+        if problems:
+            raise ValueError("invalid ScheduleConfig: " + "; ".join(problems))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,14 +70,41 @@ class OptimizerConfig:
             raise ValueError(f"{self.name} needs an explicit weight_decay (torch and optax defaults differ)")
         if self.name == "adam" and self.weight_decay:
             raise ValueError("adam has no weight decay; use adam_l2 (coupled, torch's Adam) or adamw (decoupled)")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
-        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
-            raise ValueError(f"clip_grad_norm must be positive, got {self.clip_grad_norm}")
+        # A NaN or infinite hyperparameter trains on silently into NaN weights: refuse it here, with
+        # the field and the range that makes sense.
+        problems = []
+        _check_range(problems, "learning_rate", self.learning_rate, 0.0, math.inf, "(0, inf)", low_open=True)
+        if self.weight_decay is not None:
+            _check_range(problems, "weight_decay", self.weight_decay, 0.0, math.inf, "[0, inf)")
+        _check_range(problems, "momentum", self.momentum, 0.0, 1.0, "[0, 1)", high_open=True)
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            problems.append(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
+        else:
+            for i, beta in enumerate(self.betas):
+                _check_range(problems, f"betas[{i}]", beta, 0.0, 1.0, "[0, 1)", high_open=True)
+        _check_range(problems, "eps", self.eps, 0.0, math.inf, "(0, inf)", low_open=True)
+        if self.clip_grad_norm is not None:
+            _check_range(problems, "clip_grad_norm", self.clip_grad_norm, 0.0, math.inf, "(0, inf) or None",
+                         low_open=True)
+        if self.schedule is not None and not isinstance(self.schedule, ScheduleConfig):
+            problems.append(f"schedule must be a ScheduleConfig or None, got {type(self.schedule).__name__}")
+        if problems:
+            raise ValueError("invalid OptimizerConfig: " + "; ".join(problems))
 
     @property
     def decay(self) -> float:
         return self.weight_decay or 0.0
+
+
+def _check_range(problems: list[str], name: str, value, low: float, high: float, allowed: str, *,
+                 low_open: bool = False, high_open: bool = False) -> None:
+    """Appends a message naming ``name`` and its ``allowed`` range unless ``value`` is a finite number in it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        problems.append(f"{name} must be a number in {allowed}, got {value!r}")
+        return
+    if not math.isfinite(value) or value < low or value > high or (low_open and value == low) or (
+            high_open and value == high):
+        problems.append(f"{name} must be a finite number in {allowed}, got {value!r}")
 
 
 def learning_rate_at(config: OptimizerConfig, step: int) -> float:
