@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from hypothesis import settings
 
 from ml_patterns.molecules.prepare import prepare_dataset
 
-# CI machines are small and shared: hypothesis' per-example deadline would make timing, not
-# correctness, fail a test.
-settings.register_profile("ml-patterns", deadline=None, print_blob=True)
-settings.load_profile("ml-patterns")
+# Hypothesis profiles. CI machines are small and shared: the per-example deadline would make
+# timing, not correctness, fail a test (deadline=None in both). "ci", the default wherever the tests
+# run, is derandomized (examples drawn from a hash of each test, no example database): every run, in
+# CI or on a laptop, checks the same examples, so a failure reproduces by running the test again, and
+# print_blob prints the @reproduce_failure line of the failing example. "explore" draws fresh
+# examples each run (fix them with pytest's --hypothesis-seed=N) to hunt for new failures: select it
+# with HYPOTHESIS_PROFILE=explore or --hypothesis-profile=explore.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("explore", deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # The tests' models are tiny: intra-op parallelism gains nothing on them, and on a busy 2-core
 # machine torch's spinning worker threads slowed a training test twentyfold. Benchmarks (bench/)
