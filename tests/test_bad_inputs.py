@@ -1,0 +1,477 @@
+"""The bad-input catalogue (issue 14): every way a user or a crash has fed us something wrong, one row each.
+
+Each row says how to provoke the case, what must happen (an exception and its message, a warning, a
+command's exit code and its one-line message, or a success that handles the input right), and what
+must survive: the scratch directory is snapshotted (paths, kinds, modes, contents) after the row's
+setup and compared after the call, so a row that deletes, half-writes or leaves a file behind fails,
+whatever it raised. ``kept`` adds row-specific checks; ``changes`` marks the rows whose job is to
+change the directory (a dataset written, a leftover cleaned), checked by ``kept`` instead.
+
+Verdicts: ``refused`` was already refused cleanly before issue 14; ``fixed-harmful`` and ``fixed-weak``
+were harmful or weak (a traceback, a misleading or silent answer) and are fixed; ``open`` rows are
+strict xfails, so fixing one fails the test until its verdict is updated. ``new`` marks cases found
+while building the catalogue rather than listed in the issue. A failure mode found later gets a row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ml_patterns.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ml_patterns.data import DatasetError, LazyDataset
+from ml_patterns.errors import DestinationError, DestinationExistsError, OptionError
+from ml_patterns.molecules.config import PrepareConfig
+from ml_patterns.molecules.prepare import ConflictingLabelsWarning, prepare_dataset, read_manifest, verify_checksums
+from ml_patterns.molecules.sources import SourceError
+from ml_patterns.molecules.tokenizer import SmilesTokenizer, TokenizationError, tokenize
+from ml_patterns.optim import OptimizerConfig
+
+VERDICTS = ("refused", "fixed-harmful", "fixed-weak", "open")
+ALL_TRAIN = PrepareConfig(rdkit_properties=(), val_fraction=0.0, test_fraction=0.0)
+MOLECULES = "smiles,y\nCCO,1\nCCN,2\nCCC,3\n"
+
+
+@dataclasses.dataclass
+class Scene:
+    """A scratch directory with the means to fill it; ``root`` is also the working directory."""
+
+    root: Path
+    default_dataset: Path
+    monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture
+
+    def file(self, relative: str, content: str | bytes = MOLECULES) -> Path:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return path
+
+    def dataset(self, relative: str = "ds") -> Path:
+        """A copy of the default dataset, which the row may then damage."""
+        return Path(shutil.copytree(self.default_dataset, self.root / relative))
+
+    def prepare(self, out: str = "ds", csv: str | None = "mols.csv", **kwargs):
+        options = {"csv_path": None if csv is None else self.root / csv, "target_cols": ["y"] if csv else None,
+                   "config": ALL_TRAIN, "progress": False}
+        return prepare_dataset(self.root / out if out else out, **{**options, **kwargs})
+
+    def cli(self, *argv: str) -> tuple[int, str]:
+        """``ml-patterns ARGV`` in this process: (exit code, standard error)."""
+        from ml_patterns.cli import main
+
+        self.capsys.readouterr()
+        try:
+            code = main(list(argv))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+            if not isinstance(exit_.code, int):
+                print(exit_.code, file=sys.stderr)
+        return code, self.capsys.readouterr().err
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    verdict: str
+    provoke: Callable[[Scene], object]
+    # An exception or warning class, an exit code (the row runs a command: provoke returns cli()'s
+    # pair), or None for a call that must succeed (checked by ``kept``).
+    expect: type[BaseException] | int | None
+    message: str = ""  # regex searched in the error, the warning or the command's stderr
+    setup: Callable[[Scene], None] = lambda scene: None
+    kept: Callable[[Scene, object], None] | None = None
+    changes: bool = False
+    new: bool = False
+    skip: str = ""  # why the row cannot run here (checked at collection)
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    state = {}
+    for parent, directories, files in os.walk(root):
+        for name in directories + files:
+            path = Path(parent, name)
+            info = os.lstat(path)
+            kind = stat.S_IFMT(info.st_mode)
+            content = (os.readlink(path) if stat.S_ISLNK(info.st_mode)
+                       else hashlib.sha256(path.read_bytes()).hexdigest() if stat.S_ISREG(info.st_mode) else None)
+            state[path.relative_to(root).as_posix()] = (kind, stat.S_IMODE(info.st_mode), content)
+    return state
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def rewrite_json(path: Path, change: Callable[[object], object], *, rechecksum: bool = False) -> None:
+    """Edits a JSON file of a dataset; with ``rechecksum`` its checksum in the manifest follows."""
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    if rechecksum:
+        manifest_path = path.parent / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["checksums"][path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        manifest_path.write_text(json.dumps(manifest))
+
+
+def edit_manifest(scene: Scene, change: Callable[[dict], None]) -> None:
+    def apply(manifest):
+        change(manifest)
+        return manifest
+
+    rewrite_json(scene.root / "ds" / "manifest.json", apply)
+
+
+def entry_without_split(entries):
+    del entries[3]["split"]
+    return entries
+
+
+def write_index(scene: Scene, entries: list[dict]) -> None:
+    (scene.root / "ds" / "index.json").write_text(json.dumps(entries))
+
+
+def flip_byte(path: Path, offset: int = -3) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def small_checkpoint(scene: Scene) -> Path:
+    import numpy as np
+
+    arrays = {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}
+    return save_checkpoint(scene.root / "model.safetensors", arrays, backend="torch", model_class="Toy",
+                           config=None, versions={})
+
+
+def pickle_file(scene: Scene) -> None:
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(scene.root / "pwned"), "w"))
+
+    scene.file("model.safetensors", pickle.dumps(Exploit()))
+
+
+def interrupted_prepare(scene: Scene) -> None:
+    import ml_patterns.molecules.prepare as prepare_module
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    scene.monkeypatch.setattr(prepare_module, "_manifest", interrupt)
+    scene.prepare()
+
+
+def with_umask(mask: int, action: Callable[[], object]) -> object:
+    previous = os.umask(mask)
+    try:
+        return action()
+    finally:
+        os.umask(previous)
+
+
+def modes(root: Path) -> set[tuple[str, int]]:
+    return {(kind, stat.S_IMODE(os.lstat(Path(parent, name)).st_mode))
+            for parent, directories, files in os.walk(root)
+            for kind, names in (("dir", directories), ("file", files)) for name in names}
+
+
+def skipped(manifest) -> list[tuple[int, str]]:
+    return [(row["line"], row["reason"]) for row in manifest["skipped"]]
+
+
+def cli_info(scene: Scene) -> tuple[int, str]:
+    return scene.cli("info", str(scene.root / "ds"))
+
+
+CASES = [
+    # -- where prepare writes (issue 14, harmful 1 and the weak output cases) -------------------
+    Case("prepare-overwrite-dir-holding-the-source", "fixed-harmful",
+         lambda s: s.prepare(out="mine", csv="mine/mols.csv", overwrite=True),
+         DestinationError, r"refusing to write to .*mine: it holds .*mine/mols\.csv, which must be kept",
+         setup=lambda s: (s.file("mine/mols.csv"), s.file("mine/notes.txt", "mine"))),
+    Case("prepare-overwrite-dir-that-is-not-a-dataset", "fixed-harmful",
+         lambda s: s.prepare(out="mine", overwrite=True),
+         DestinationError, r"refusing to replace .*mine: it is not a dataset written by `ml-patterns prepare`",
+         setup=lambda s: (s.file("mols.csv"), s.file("mine/thesis.tex", "chapter 1"))),
+    Case("prepare-overwrite-dataset-holding-user-files", "fixed-harmful",
+         lambda s: s.prepare(overwrite=True),
+         DestinationError, r"it holds 1 file\(s\) prepare did not write \(shards/my-notes\.txt\)",
+         setup=lambda s: (s.file("mols.csv"), s.dataset(), s.file("ds/shards/my-notes.txt", "x")), new=True),
+    Case("prepare-out-dot", "fixed-weak", lambda s: s.prepare(out=".", overwrite=True),
+         DestinationError, r"refusing to write to .*: it is the working directory or holds it",
+         setup=lambda s: s.file("mols.csv")),
+    Case("prepare-out-parent-of-cwd", "fixed-weak",
+         lambda s: (s.monkeypatch.chdir(s.root / "sub"), s.prepare(out="..", csv="sub/mols.csv", overwrite=True)),
+         DestinationError, r"working directory or holds it", setup=lambda s: s.file("sub/mols.csv"), new=True),
+    Case("prepare-out-is-a-file", "fixed-weak", lambda s: s.prepare(out="afile", overwrite=True),
+         DestinationError, r"refusing to replace .*afile: it is not a directory",
+         setup=lambda s: (s.file("mols.csv"), s.file("afile", "precious"))),
+    Case("prepare-out-unwritable", "fixed-weak", lambda s: s.prepare(out="/sys/ml-patterns-ds"),
+         DestinationError, r"cannot create /sys/ml-patterns-ds: (Operation not permitted|Permission denied)",
+         setup=lambda s: s.file("mols.csv"), kept=lambda s, _: not os.path.lexists("/sys/ml-patterns-ds"),
+         skip="" if os.path.isdir("/sys/kernel") else "needs Linux's /sys"),
+    Case("prepare-out-exists", "refused", lambda s: s.prepare(),
+         DestinationExistsError, r"ds already exists \(pass overwrite=True to replace it\)",
+         setup=lambda s: (s.file("mols.csv"), s.dataset())),
+    Case("prepare-out-exists-cli-says-the-flag", "open",
+         lambda s: s.cli("prepare", "--out", "ds", "--csv", "mols.csv", "--target-cols", "y", "--quiet"),
+         2, r"ds already exists \(pass --overwrite to replace it\)",
+         setup=lambda s: (s.file("mols.csv"), s.dataset())),
+    Case("prepare-interrupted", "refused", interrupted_prepare, KeyboardInterrupt, "^$",
+         setup=lambda s: s.file("mols.csv")),
+    Case("prepare-cleans-staging-of-killed-runs", "fixed-weak", lambda s: s.prepare(), None,
+         setup=lambda s: (s.file("mols.csv"), s.file(f".ds.{dead_pid()}-0badc0de.partial/index.json", "[")),
+         changes=True, kept=lambda s, _: sorted(os.listdir(s.root)) == ["ds", "mols.csv"]),
+    Case("prepare-reports-an-orphaned-old-copy", "fixed-weak", lambda s: s.prepare(),
+         UserWarning, r"\.ds\.\d+\.old holds the previous ds from an interrupted replacement; rename it",
+         setup=lambda s: (s.file("mols.csv"), s.file(f".ds.{dead_pid()}.old/manifest.json", "{}")),
+         changes=True, kept=lambda s, _: len(os.listdir(s.root)) == 3, new=True),
+    # -- the source table -----------------------------------------------------------------------
+    Case("csv-utf8-bom", "fixed-weak", lambda s: s.prepare(), None,
+         setup=lambda s: s.file("mols.csv", b"\xef\xbb\xbf" + MOLECULES.encode()), changes=True,
+         kept=lambda s, manifest: manifest["counts"]["molecules"] == 3),
+    Case("csv-1mb-smiles-field", "fixed-weak", lambda s: s.prepare(), None,
+         setup=lambda s: s.file("mols.csv", MOLECULES + "C" * 1_000_000 + ",4\n"), changes=True,
+         kept=lambda s, manifest: skipped(manifest) == [
+             (5, "SMILES of 1000000 characters, over 10000 (an unbalanced quote?)")]),
+    Case("csv-not-utf8", "fixed-weak", lambda s: s.prepare(), SourceError,
+         r"mols\.csv, line 4: byte 0xff at column 3 is not UTF-8; save the file as UTF-8",
+         setup=lambda s: s.file("mols.csv", b"smiles,y\nCCO,1\nCCN,2\nCC\xffC,3\n")),
+    Case("csv-quoted-newline-keeps-true-lines", "fixed-weak", lambda s: s.prepare(), None,
+         setup=lambda s: s.file("mols.csv", 'smiles,y,note\nCCO,1,"a\nb\nc"\nCCN,2,x\nnot-a-smiles,3,x\n'),
+         changes=True, kept=lambda s, manifest: skipped(manifest) == [(6, "RDKit cannot parse this SMILES")]),
+    Case("csv-duplicates-with-conflicting-labels", "fixed-weak", lambda s: s.prepare(),
+         ConflictingLabelsWarning, r"1 row\(s\) repeat a molecule with different labels \(first: line 5 vs line 2",
+         setup=lambda s: s.file("mols.csv", MOLECULES + "OCC,9\n"), changes=True),
+    Case("csv-wrong-number-of-fields", "fixed-weak", lambda s: s.prepare(), None,
+         setup=lambda s: s.file("mols.csv", "y,smiles\n1,CCO\n2\n3,CCN,x\n"), changes=True, new=True,
+         kept=lambda s, manifest: skipped(manifest) == [(3, "1 fields where the header has 2"),
+                                                        (4, "3 fields where the header has 2")]),
+    Case("csv-missing-column", "refused", lambda s: s.prepare(target_cols=["logP"]),
+         KeyError, r"column\(s\) \['logP'\] not in the header \['smiles', 'y'\]", setup=lambda s: s.file("mols.csv")),
+    Case("csv-no-usable-molecule", "refused", lambda s: s.prepare(), ValueError,
+         r"no usable molecule in .*mols\.csv \(2 rows skipped\)",
+         setup=lambda s: s.file("mols.csv", "smiles,y\nnot-a-smiles,1\nCCO,abc\n")),
+    Case("csv-bad-labels-are-skipped-with-reasons", "refused", lambda s: s.prepare(), None,
+         setup=lambda s: s.file("mols.csv", MOLECULES + "CCCC,abc\nCCCCC,nan\nC1CC,1\n"), changes=True,
+         kept=lambda s, manifest: skipped(manifest) == [(5, "target 'y' is not a number: 'abc'"),
+                                                        (6, "target 'y' is not finite: 'nan'"),
+                                                        (7, "RDKit cannot parse this SMILES")]),
+    Case("csv-missing-file", "refused", lambda s: s.prepare(csv="nope.csv"), OptionError,
+         r"csv_path: .*nope\.csv: no such file"),
+    Case("csv-is-a-directory", "fixed-weak", lambda s: s.prepare(csv="folder"), OptionError,
+         r"csv_path: .*folder is not a regular file", setup=lambda s: s.file("folder/x.csv"), new=True),
+    Case("csv-is-a-fifo", "fixed-harmful", lambda s: s.prepare(csv="pipe"), OptionError,
+         r"csv_path: .*pipe is not a regular file \(a directory, FIFO or device\)",
+         setup=lambda s: os.mkfifo(s.root / "pipe"), new=True),
+    Case("csv-without-target-columns", "refused", lambda s: s.prepare(target_cols=[]), OptionError,
+         r"target_cols must name at least one label column", setup=lambda s: s.file("mols.csv")),
+    Case("prepare-seed-negative", "fixed-weak", lambda s: s.prepare(config=PrepareConfig(seed=-1)), OptionError,
+         r"seed must be an integer >= 0, got -1", setup=lambda s: s.file("mols.csv"),
+         kept=lambda s, _: OptionError("seed", "{option} x").cli_message == "--seed x"),
+    Case("prepare-rdkit-property-unknown", "fixed-weak",
+         lambda s: s.prepare(config=PrepareConfig(rdkit_properties=("Bogus",))), OptionError,
+         r"rdkit_properties names unknown RDKit properties \['Bogus'\]; known: MolLogP, MolWt",
+         setup=lambda s: s.file("mols.csv")),
+    Case("prepare-rdkit-property-is-a-source-column", "refused",
+         lambda s: s.prepare(csv=None, config=PrepareConfig(rdkit_properties=("TPSA",))), OptionError,
+         r"rdkit_properties \['TPSA'\] are also source columns"),
+    Case("prepare-split-fractions", "refused", lambda s: PrepareConfig(val_fraction=0.6, test_fraction=0.5),
+         ValueError, r"val_fraction \+ test_fraction must leave some molecules for training"),
+    Case("cli-seed-negative-names-the-flag", "open",
+         lambda s: s.cli("prepare", "--out", "ds", "--csv", "mols.csv", "--target-cols", "y", "--seed", "-1"),
+         2, r"--seed must be an integer >= 0, got -1", setup=lambda s: s.file("mols.csv")),
+    Case("cli-csv-without-target-cols", "refused",
+         lambda s: s.cli("prepare", "--out", "ds", "--csv", "mols.csv"), 1, r"--csv needs --target-cols",
+         setup=lambda s: s.file("mols.csv")),
+    # -- a prepared dataset: manifest, index, checksums -----------------------------------------
+    Case("index-entry-without-split", "fixed-weak", lambda s: verify_checksums(s.root / "ds"), DatasetError,
+         r"ds/index\.json: entry 3 has 'split' None, not one of \('train', 'val', 'test'\)",
+         setup=lambda s: (s.dataset(), rewrite_json(s.root / "ds" / "index.json", entry_without_split,
+                                                    rechecksum=True))),
+    Case("index-entry-without-split-is-a-checksum-mismatch", "refused", lambda s: verify_checksums(s.root / "ds"),
+         None, setup=lambda s: (s.dataset(), rewrite_json(s.root / "ds" / "index.json", entry_without_split)),
+         kept=lambda s, bad: bad == ["index.json"]),
+    Case("manifest-bad-types", "fixed-weak", lambda s: read_manifest(s.root / "ds"), DatasetError,
+         r"ds/manifest\.json: 'counts\.molecules' must be an integer, got 'many'",
+         setup=lambda s: (s.dataset(), edit_manifest(s, lambda m: m["counts"].update(molecules="many")))),
+    Case("manifest-bad-types-cli", "fixed-weak", cli_info, 2,
+         r"^ml-patterns info: error: .*'sequence_length' must be an object, got \[\]$",
+         setup=lambda s: (s.dataset(), edit_manifest(s, lambda m: m.update(sequence_length=[])))),
+    Case("manifest-without-checksums", "fixed-weak", lambda s: verify_checksums(s.root / "ds"), DatasetError,
+         r"ds/manifest\.json: key 'checksums' is missing",
+         setup=lambda s: (s.dataset(), edit_manifest(s, lambda m: m.pop("checksums")))),
+    Case("manifest-empty-checksums", "fixed-weak", lambda s: verify_checksums(s.root / "ds"), DatasetError,
+         r"'checksums' is empty, nothing can be verified",
+         setup=lambda s: (s.dataset(), edit_manifest(s, lambda m: m.update(checksums={})))),
+    Case("manifest-checksum-not-a-digest", "fixed-weak", lambda s: verify_checksums(s.root / "ds"), DatasetError,
+         r"'checksums\.vocab\.json' must be a sha256 hex digest, got 42", new=True,
+         setup=lambda s: (s.dataset(), edit_manifest(s, lambda m: m["checksums"].update({"vocab.json": 42})))),
+    Case("manifest-drops-a-shard-checksum", "fixed-weak", lambda s: verify_checksums(s.root / "ds"), DatasetError,
+         r"index\.json: entry 0 has 'file' 'shards/shard-00000\.jsonl', which has no checksum", new=True,
+         setup=lambda s: (s.dataset(), edit_manifest(s, lambda m: m["checksums"].pop("shards/shard-00000.jsonl")))),
+    Case("manifest-not-json", "refused", lambda s: read_manifest(s.root / "ds"), DatasetError,
+         r"manifest\.json is not valid JSON", setup=lambda s: (s.dataset(), s.file("ds/manifest.json", "{"))),
+    Case("manifest-not-an-object", "fixed-weak", lambda s: read_manifest(s.root / "ds"), DatasetError,
+         r"manifest\.json must hold a JSON object, got list", new=True,
+         setup=lambda s: (s.dataset(), s.file("ds/manifest.json", "[]"))),
+    Case("info-on-a-directory-that-is-not-a-dataset", "refused", lambda s: s.cli("info", str(s.root)), 2,
+         r"manifest\.json not found: .* is not a prepared dataset"),
+    Case("info-verify-tampered-shard", "refused", lambda s: s.cli("info", str(s.root / "ds"), "--verify"), 1,
+         r"checksum mismatch in 1 file\(s\): shards/shard-00001\.jsonl",
+         setup=lambda s: (s.dataset(), flip_byte(s.root / "ds" / "shards" / "shard-00001.jsonl", 10))),
+    Case("info-verify-missing-shard", "refused", lambda s: s.cli("info", str(s.root / "ds"), "--verify"), 1,
+         r"checksum mismatch in 1 file\(s\): shards/shard-00002\.jsonl",
+         setup=lambda s: (s.dataset(), os.unlink(s.root / "ds" / "shards" / "shard-00002.jsonl"))),
+    # -- reading a dataset (LazyDataset) --------------------------------------------------------
+    Case("dataset-path-traversal", "refused", lambda s: LazyDataset(s.root / "ds")[0], DatasetError,
+         r"entry 0 .*escapes", setup=lambda s: (s.dataset(), write_index(s, [{"file": "../../etc/passwd", "row": 0}]))),
+    Case("dataset-absolute-path", "refused", lambda s: LazyDataset(s.root / "ds")[0], DatasetError,
+         r"entry 0 .*escapes", setup=lambda s: (s.dataset(), write_index(s, [{"file": "/etc/passwd", "row": 0}]))),
+    Case("dataset-symlink-out-of-the-root", "refused", lambda s: LazyDataset(s.root / "ds")[0], DatasetError,
+         r"entry 0 .*outside",
+         setup=lambda s: (s.dataset(), s.file("outside.jsonl", '{"input_ids": [2, 3], "label": 0.0, "smiles": ""}\n'),
+                          (s.root / "ds" / "shards" / "link.jsonl").symlink_to(s.root / "outside.jsonl"),
+                          write_index(s, [{"file": "shards/link.jsonl", "row": 0}]))),
+    Case("dataset-row-out-of-range", "refused", lambda s: LazyDataset(s.root / "ds")[0], DatasetError,
+         r"entry 0: row 100000 out of range",
+         setup=lambda s: (s.dataset(), write_index(s, [{"file": "shards/shard-00000.jsonl", "row": 100_000}]))),
+    Case("dataset-corrupt-record", "refused", lambda s: LazyDataset(s.root / "ds")[0], DatasetError,
+         r"entry 0: row 0 of shard .*shard-00000\.jsonl is not valid JSON",
+         setup=lambda s: (s.dataset(), s.file("ds/shards/shard-00000.jsonl", '{"smiles": "CC", "input_ids": [2,\n'))),
+    Case("dataset-missing-shard", "refused", lambda s: LazyDataset(s.root / "ds")[0], FileNotFoundError,
+         r"shard .*shard-00000\.jsonl \(needed by entry 0\) does not exist",
+         setup=lambda s: (s.dataset(), os.unlink(s.root / "ds" / "shards" / "shard-00000.jsonl"))),
+    Case("dataset-index-missing", "refused", lambda s: LazyDataset(s.root), FileNotFoundError,
+         r"index\.json not found: is .* a dataset written by `ml-patterns prepare`\?"),
+    Case("dataset-index-not-a-list", "refused", lambda s: LazyDataset(s.root / "ds"), DatasetError,
+         r"index\.json must hold a JSON list of entries, got dict",
+         setup=lambda s: (s.dataset(), s.file("ds/index.json", '{"file": "x"}'))),
+    Case("dataset-unknown-split", "refused", lambda s: LazyDataset(s.root / "ds", split="training"), DatasetError,
+         r"no entry has split 'training'; splits present: \['test', 'train', 'val'\]", setup=lambda s: s.dataset()),
+    Case("dataset-negative-index", "refused", lambda s: LazyDataset(s.root / "ds")[-1], IndexError,
+         r"index -1 out of range for dataset", setup=lambda s: s.dataset()),
+    # -- model checkpoints --------------------------------------------------------------------
+    Case("checkpoint-truncated", "refused", lambda s: load_checkpoint(s.root / "model.safetensors"), CheckpointError,
+         r"model\.safetensors: truncated",
+         setup=lambda s: (small_checkpoint(s), s.file("model.safetensors",
+                                                      (s.root / "model.safetensors").read_bytes()[:-1]))),
+    Case("checkpoint-flipped-byte", "refused", lambda s: load_checkpoint(s.root / "model.safetensors"),
+         CheckpointError, r"tensor data does not match the checksum written with it",
+         setup=lambda s: flip_byte(small_checkpoint(s))),
+    Case("checkpoint-pickle-core", "refused", lambda s: load_checkpoint(s.root / "model.safetensors"),
+         CheckpointError, r"model\.safetensors", setup=pickle_file,
+         kept=lambda s, _: not (s.root / "pwned").exists()),
+    Case("checkpoint-pickle-torch", "refused",
+         lambda s: __import__("torch_impl.molecules.models").molecules.models.load_model(s.root / "model.safetensors"),
+         CheckpointError, r"model\.safetensors", setup=pickle_file, kept=lambda s, _: not (s.root / "pwned").exists()),
+    Case("checkpoint-pickle-jax", "refused",
+         lambda s: __import__("jax_impl.molecules.models").molecules.models.load_model(s.root / "model.safetensors"),
+         CheckpointError, r"model\.safetensors", setup=pickle_file, kept=lambda s, _: not (s.root / "pwned").exists()),
+    Case("checkpoint-missing", "refused", lambda s: load_checkpoint(s.root / "model.safetensors"), FileNotFoundError,
+         r"model\.safetensors"),
+    # -- optimizer settings (issue 14, weak: NaN learning rate accepted) -----------------------
+    Case("optimizer-lr-nan", "fixed-weak", lambda s: OptimizerConfig("adam", learning_rate=float("nan")), ValueError,
+         r"learning_rate must be a finite number in \(0, inf\), got nan"),
+    Case("optimizer-lr-inf", "fixed-weak", lambda s: OptimizerConfig("sgd", learning_rate=float("inf")), ValueError,
+         r"learning_rate must be a finite number in \(0, inf\), got inf", new=True),
+    Case("optimizer-eps-zero", "fixed-weak", lambda s: OptimizerConfig("adam", eps=0.0), ValueError,
+         r"eps must be a finite number in \(0, inf\), got 0\.0", new=True),
+    Case("optimizer-beta-one", "fixed-weak", lambda s: OptimizerConfig("adam", betas=(0.9, 1.0)), ValueError,
+         r"betas\[1\] must be a finite number in \[0, 1\), got 1\.0", new=True),
+    Case("optimizer-negative-weight-decay", "fixed-weak",
+         lambda s: OptimizerConfig("adamw", weight_decay=-0.1), ValueError,
+         r"weight_decay must be a finite number in \[0, inf\), got -0\.1", new=True),
+    # -- file modes (issue 14, weak: 0600/0700 outputs) -----------------------------------------
+    Case("dataset-written-with-umask-022", "fixed-weak", lambda s: with_umask(0o022, s.prepare), None,
+         setup=lambda s: s.file("mols.csv"), changes=True,
+         kept=lambda s, _: modes(s.root / "ds") == {("dir", 0o755), ("file", 0o644)}),
+    Case("dataset-written-with-umask-002", "fixed-weak", lambda s: with_umask(0o002, s.prepare), None,
+         setup=lambda s: s.file("mols.csv"), changes=True,
+         kept=lambda s, _: modes(s.root / "ds") == {("dir", 0o775), ("file", 0o664)}),
+    Case("checkpoint-written-with-umask-022", "fixed-weak", lambda s: with_umask(0o022, lambda: small_checkpoint(s)),
+         None, changes=True, kept=lambda s, path: stat.S_IMODE(os.stat(path).st_mode) == 0o644),
+    # -- the tokenizer and its vocabulary -----------------------------------------------------
+    Case("vocab-not-json", "refused", lambda s: SmilesTokenizer.load(s.root / "vocab.json"), ValueError,
+         r"vocabulary file .*vocab\.json is not a valid vocabulary", setup=lambda s: s.file("vocab.json", "{")),
+    Case("vocab-tokens-not-strings", "refused", lambda s: SmilesTokenizer.load(s.root / "vocab.json"), ValueError,
+         r"'tokens' must be a list of strings", setup=lambda s: s.file("vocab.json", '{"tokens": [1, 2]}')),
+    Case("vocab-without-special-tokens", "refused", lambda s: SmilesTokenizer.load(s.root / "vocab.json"),
+         ValueError, r"vocabulary must start with the special tokens",
+         setup=lambda s: s.file("vocab.json", '{"tokens": ["C", "O"]}')),
+    Case("smiles-with-a-foreign-character", "refused", lambda s: tokenize("CC\u20acO"), TokenizationError,
+         r"character '\u20ac' at position 2 is not part of any SMILES token"),
+    Case("decode-id-outside-the-vocabulary", "refused",
+         lambda s: SmilesTokenizer.build(["CCO"]).decode([2, 99]), ValueError,
+         r"token id 99 is outside the vocabulary \[0, 7\)"),
+]
+
+
+def _param(case: Case):
+    marks = []
+    if case.verdict == "open":
+        marks.append(pytest.mark.xfail(strict=True, reason="open: see the row's message for the wanted behaviour"))
+    if case.skip:
+        marks.append(pytest.mark.skip(reason=case.skip))
+    return pytest.param(case, id=case.id, marks=marks)
+
+
+@pytest.fixture
+def scene(tmp_path, default_dataset, monkeypatch, capsys):
+    root = tmp_path / "scene"
+    root.mkdir()
+    monkeypatch.chdir(root)
+    return Scene(root, default_dataset[0], monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", [_param(case) for case in CASES])
+def test_bad_input(case: Case, scene: Scene):
+    case.setup(scene)
+    before = snapshot(scene.root)
+    result = None
+    if isinstance(case.expect, int):
+        code, err = case.provoke(scene)
+        assert code == case.expect, err
+        assert re.search(case.message, err.strip(), flags=re.MULTILINE), err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    elif case.expect is None:
+        result = case.provoke(scene)
+    else:
+        expecting = pytest.warns if issubclass(case.expect, Warning) else pytest.raises
+        with expecting(case.expect, match=case.message):
+            result = case.provoke(scene)
+    if not case.changes:
+        assert snapshot(scene.root) == before, "the call changed the scene"
+    if case.kept is not None:
+        assert case.kept(scene, result) is not False, "a row-specific check failed"
+
+
+def test_the_catalogue_is_well_formed():
+    ids = [case.id for case in CASES]
+    assert len(ids) == len(set(ids)), "case ids repeat"
+    assert {case.verdict for case in CASES} <= set(VERDICTS)
+    # Only a row that must succeed may go without a message, and a successful row that changes the
+    # scene must say what it must have done.
+    assert all(case.message or case.expect is None for case in CASES)
+    assert all(case.kept is not None for case in CASES if case.changes and case.expect is None)
+
+
+def verdict_counts() -> dict[str, int]:
+    """Rows per verdict, for release notes:
+    ``python -c "import tests.test_bad_inputs as t; print(t.verdict_counts())"``."""
+    return {verdict: sum(case.verdict == verdict for case in CASES) for verdict in VERDICTS}
