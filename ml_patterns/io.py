@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -144,7 +145,7 @@ def staged_directory(
 
     ``destination`` is checked first and again before publishing (``check_destination``, with the
     same arguments). The staging directory is a sibling of ``destination`` (same filesystem, so the
-    final rename is atomic), named ``.<name>.<pid>-<random>.partial`` so it never passes for the
+    final rename is atomic), named ``.<name>.<host>.<pid>-<random>.partial`` so it never passes for the
     output and a later run can tell it was abandoned: staging directories of runs no longer alive
     are removed, and an interrupted replacement's old copy is removed or reported
     (``clean_leftovers``). An exception, or a kill, inside the block leaves ``destination``
@@ -155,7 +156,7 @@ def staged_directory(
     created = _make_parents(checked.parent, destination)
     try:
         clean_leftovers(checked)
-        staging = _unique_sibling(checked.parent, f".{checked.name}.{os.getpid()}-", ".partial",
+        staging = _unique_sibling(checked.parent, f".{checked.name}.{_owner()}-", ".partial",
                                   lambda candidate: os.mkdir(candidate, 0o777))
     except OSError as error:
         _remove_empty(created)
@@ -198,7 +199,7 @@ def _publish(staging: Path, destination: Path) -> None:
         return
     # Move the old copy aside first: two renames, each atomic; the old data is deleted only once the
     # new data is in place, and put back if the second rename fails.
-    retired = destination.with_name(f".{destination.name}.{os.getpid()}.old")
+    retired = destination.with_name(f".{destination.name}.{_owner()}.old")
     os.replace(destination, retired)
     try:
         os.replace(staging, destination)
@@ -213,6 +214,15 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path)
     except OSError as error:
         warnings.warn(f"could not remove {path} ({error.strerror or error}); delete it yourself", stacklevel=3)
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "localhost"
+
+
+def _owner() -> str:
+    """``<host>.<pid>``: which process wrote a staging name, so that a later run can tell it died."""
+    return f"{_host()}.{os.getpid()}"
 
 
 def _alive(pid: int) -> bool:
@@ -230,17 +240,18 @@ def _alive(pid: int) -> bool:
 def clean_leftovers(destination: Path) -> None:
     """Removes what killed runs writing ``destination`` left next to it, or warns about it.
 
-    A staging directory (``.<name>.<pid>-<random>.partial``) whose process is gone is removed. An old
-    copy set aside during a replacement (``.<name>.<pid>.old``) is removed once ``destination``
-    exists again; if it does not, the old copy is the only one left and is reported, not touched.
-    Leftovers of an older naming (``.<name>.<random>.partial``, no process id) are reported. The
-    process check is local: runs on another machine sharing the directory are not seen.
+    A staging directory (``.<name>.<host>.<pid>-<random>.partial``) of this machine whose process is
+    gone is removed; other machines' (a shared filesystem) are left alone. An old copy set aside
+    during a replacement (``.<name>.<host>.<pid>.old``, or ``.<name>.<pid>.old`` as older versions
+    named it) is removed once ``destination`` exists again; if it does not, the old copy is the only
+    one left and is reported, not touched. Staging directories of older versions
+    (``.<name>.<random>.partial``, no owner) are reported.
     """
     destination = _absolute(destination)
-    name = re.escape(destination.name)
-    staging = re.compile(rf"\.{name}\.(\d+)-[0-9a-f]+\.partial")
+    name, host = re.escape(destination.name), re.escape(_host())
+    staging = re.compile(rf"\.{name}\.{host}\.(\d+)-[0-9a-f]+\.partial")
+    retired = re.compile(rf"\.{name}\.(?:{host}\.)?(\d+)\.old")
     legacy = re.compile(rf"\.{name}\.[a-z0-9_]{{8}}\.partial")
-    retired = re.compile(rf"\.{name}\.(\d+)\.old")
     try:
         siblings = sorted(destination.parent.iterdir())
     except FileNotFoundError:

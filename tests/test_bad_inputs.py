@@ -33,6 +33,7 @@ import pytest
 from ml_patterns.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ml_patterns.data import DatasetError, LazyDataset
 from ml_patterns.errors import DestinationError, DestinationExistsError, OptionError
+from ml_patterns.io import _host
 from ml_patterns.molecules.config import PrepareConfig
 from ml_patterns.molecules.prepare import ConflictingLabelsWarning, prepare_dataset, read_manifest, verify_checksums
 from ml_patterns.molecules.sources import SourceError
@@ -235,7 +236,7 @@ CASES = [
     Case("prepare-interrupted", "refused", interrupted_prepare, KeyboardInterrupt, "^$",
          setup=lambda s: s.file("mols.csv")),
     Case("prepare-cleans-staging-of-killed-runs", "fixed-weak", lambda s: s.prepare(), None,
-         setup=lambda s: (s.file("mols.csv"), s.file(f".ds.{dead_pid()}-0badc0de.partial/index.json", "[")),
+         setup=lambda s: (s.file("mols.csv"), s.file(f".ds.{_host()}.{dead_pid()}-0badc0de.partial/index.json", "[")),
          changes=True, kept=lambda s, _: sorted(os.listdir(s.root)) == ["ds", "mols.csv"]),
     Case("prepare-reports-an-orphaned-old-copy", "fixed-weak", lambda s: s.prepare(),
          UserWarning, r"\.ds\.\d+\.old holds the previous ds from an interrupted replacement; rename it",

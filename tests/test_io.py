@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from ml_patterns.errors import DestinationError, DestinationExistsError
-from ml_patterns.io import atomic_write_text, check_destination, clean_leftovers, staged_directory
+from ml_patterns.io import _host, atomic_write_text, check_destination, clean_leftovers, staged_directory
 
 
 @pytest.fixture
@@ -125,21 +125,38 @@ def dead_pid():
     return child.pid
 
 
-def test_leftovers_of_dead_runs_are_removed_live_ones_kept(tmp_path):
+def test_leftovers_of_dead_runs_are_removed_live_ones_and_other_machines_kept(tmp_path):
     out = tmp_path / "ds"
     out.mkdir()
-    dead = tmp_path / f".ds.{dead_pid()}-0a1b2c3d.partial"
-    live = tmp_path / f".ds.{os.getppid()}-0a1b2c3d.partial"
-    old = tmp_path / f".ds.{dead_pid()}.old"
+    host = _host()
+    dead = tmp_path / f".ds.{host}.{dead_pid()}-0a1b2c3d.partial"
+    live = tmp_path / f".ds.{host}.{os.getppid()}-0a1b2c3d.partial"
+    elsewhere = tmp_path / f".ds.another-machine.{dead_pid()}-0a1b2c3d.partial"
+    old = tmp_path / f".ds.{host}.{dead_pid()}.old"
+    old_unnamed_host = tmp_path / f".ds.{dead_pid()}.old"  # as versions before the host was added named it
     other = tmp_path / ".other.1.old"
-    for directory in (dead, live, old, other):
+    for directory in (dead, live, elsewhere, old, old_unnamed_host, other):
         directory.mkdir()
     clean_leftovers(out)
-    assert sorted(os.listdir(tmp_path)) == sorted(["ds", live.name, other.name])
+    assert sorted(os.listdir(tmp_path)) == sorted(["ds", live.name, elsewhere.name, other.name])
+
+
+def test_what_a_killed_run_leaves_the_next_run_removes(tmp_path):
+    killed = ("import os, sys; from ml_patterns.io import staged_directory\n"
+              "with staged_directory(sys.argv[1]) as staging:\n"
+              "    (staging / 'half.json').write_text('{')\n"
+              "    os._exit(9)  # no cleanup runs, as after a SIGKILL\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    assert subprocess.run([sys.executable, "-c", killed, str(tmp_path / "ds")], env=env, check=False).returncode == 9
+    [leftover] = os.listdir(tmp_path)
+    assert leftover.startswith(".ds.") and leftover.endswith(".partial")
+    with staged_directory(tmp_path / "ds") as staging:
+        (staging / "done.json").write_text("{}")
+    assert os.listdir(tmp_path) == ["ds"]
 
 
 def test_an_old_copy_whose_replacement_never_landed_is_reported_not_deleted(tmp_path):
-    old = tmp_path / f".ds.{dead_pid()}.old"
+    old = tmp_path / f".ds.{_host()}.{dead_pid()}.old"
     old.mkdir()
     with pytest.warns(UserWarning, match=r"holds the previous ds from an interrupted replacement; rename it"):
         clean_leftovers(tmp_path / "ds")
