@@ -26,12 +26,15 @@ Non-finite losses. By default (``stop_on_non_finite=True``) training stops at th
 epoch whose train or val loss is NaN or infinite, ``stop_reason`` saying so: the check reads the
 epoch means already on the host, so it costs no extra sync.
 
-Full training checkpoint: a directory, published atomically (``ml_patterns.io.staged_directory``)::
+Full training checkpoint: a directory, published atomically (``ml_patterns.io.staged_directory``;
+written and read by ``ml_patterns.training_checkpoint``)::
 
     PATH/model.safetensors      the model, in the portable format of ml_patterns.checkpoint
     PATH/optimizer.safetensors  the optimizer's arrays (below)
     PATH/trainer_state.json     next epoch, optimizer step, sampler state, callback states, history,
                                 the backend that wrote it, format version
+    PATH/checksums.json         the sha256 of the three files above, verified before a load applies
+                                anything (a load is all or nothing: ``TrainerBase.load_checkpoint``)
 
 With an ``ml_patterns.optim.OptimizerConfig`` the optimizer's arrays are its slots in the canonical
 naming, ``"<slot>/<parameter name>"`` (exp_avg/exp_avg_sq for the Adam family, momentum_buffer for
@@ -44,9 +47,9 @@ which only the same backend resumes: the other refuses, saying why.
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -56,14 +59,9 @@ import numpy as np
 
 from ml_patterns.callbacks import Callback
 from ml_patterns.history import History
-from ml_patterns.io import atomic_write_bytes, atomic_write_text, staged_directory
 from ml_patterns.optim import OptimizerConfig
 from ml_patterns.samplers import BatchSampler
-
-FORMAT = "ml-patterns-training-checkpoint/1"
-MODEL_FILE = "model.safetensors"
-OPTIMIZER_FILE = "optimizer.safetensors"
-STATE_FILE = "trainer_state.json"
+from ml_patterns.training_checkpoint import load_training_checkpoint, save_training_checkpoint
 
 # Optimizer slots per OptimizerConfig.name, in the canonical naming of both sides.
 OPTIMIZER_SLOTS = {
@@ -170,52 +168,6 @@ def check_optimizer_state(name: str, slots: Mapping[str, Mapping], parameter_nam
         unexpected = sorted(set(arrays) - set(parameter_names))
         if missing or unexpected:
             raise ValueError(f"{source}: optimizer slot {slot!r} missing {missing}, unexpected {unexpected}")
-
-
-def save_training_checkpoint(
-    path: str | os.PathLike,
-    *,
-    write_model: Callable[[Path], None],
-    optimizer_arrays: Mapping[str, np.ndarray],
-    state: dict,
-) -> None:
-    """Writes a full training checkpoint directory at ``path``, replacing any previous one atomically.
-
-    A kill at any moment leaves either the previous checkpoint or the new one, never a mix: the new
-    one is written into a hidden staging directory and renamed over the old one only when complete.
-    """
-    from safetensors.numpy import save
-
-    with staged_directory(Path(path), overwrite=True) as staging:
-        write_model(staging / MODEL_FILE)
-        # np.asarray(order="C"), not ascontiguousarray: that one makes a 0-d step count 1-d.
-        arrays = {k: np.asarray(v, order="C") for k, v in optimizer_arrays.items()}
-        atomic_write_bytes(staging / OPTIMIZER_FILE, save(arrays))
-        atomic_write_text(staging / STATE_FILE, json.dumps({"format": FORMAT, **state}, indent=1) + "\n")
-
-
-def load_training_checkpoint(path: str | os.PathLike) -> tuple[Path, dict[str, np.ndarray], dict[str, Any]]:
-    """``(model file, optimizer arrays, trainer state)`` of a full checkpoint, checked for completeness."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"training checkpoint {path} does not exist (or is not a directory)")
-    missing = [name for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE) if not (path / name).is_file()]
-    if missing:
-        raise ValueError(f"training checkpoint {path} is incomplete: {missing} missing")
-    try:
-        state = json.loads((path / STATE_FILE).read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path / STATE_FILE} is not valid JSON: {error}") from None
-    if state.get("format") != FORMAT:
-        raise ValueError(f"{path / STATE_FILE}: format {state.get('format')!r}, expected {FORMAT!r}")
-    try:
-        optimizer_arrays = load_file(path / OPTIMIZER_FILE)
-    except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path / OPTIMIZER_FILE} is corrupt: {error}") from None
-    return path / MODEL_FILE, optimizer_arrays, state
 
 
 class TrainerBase:
@@ -353,9 +305,35 @@ class TrainerBase:
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restores model, optimizer, schedule, epoch, history, callbacks and (at the next ``fit``)
         the sampler. A checkpoint of an ``OptimizerConfig`` run resumes on either backend; one of a
-        framework optimizer instance only on the backend that wrote it."""
-        model_file, optimizer_arrays, saved = load_training_checkpoint(path)
+        framework optimizer instance only on the backend that wrote it.
+
+        All or nothing: every file is checked against its checksum and everything is read and
+        checked (state types, optimizer, callbacks) before anything is applied; should applying
+        fail all the same, the trainer is put back as it was, from a checkpoint of itself written
+        first (the save/load path both backends resume from bit for bit). A failed load changes
+        neither the weights, the optimizer, the epoch, the history nor the callbacks.
+        """
+        checkpoint = load_training_checkpoint(path)
+        slots = self._check_checkpoint(path, *checkpoint)
+        with tempfile.TemporaryDirectory(prefix="ml-patterns-undo-") as scratch:
+            undo = Path(scratch) / "trainer"
+            pending_sampler_state = self._pending_sampler_state
+            self.save_checkpoint(undo)
+            try:
+                self._apply_checkpoint(path, *checkpoint, slots)
+            except BaseException:
+                before = load_training_checkpoint(undo)
+                self._apply_checkpoint(undo, *before, self._check_checkpoint(undo, *before))
+                self._pending_sampler_state = pending_sampler_state
+                raise
+
+    def _check_checkpoint(self, path, model_file: Path, optimizer_arrays: dict, saved: dict) -> dict | None:
+        """Refuses a checkpoint this trainer cannot take, changing nothing; returns the optimizer slots
+        of an ``OptimizerConfig`` checkpoint."""
         optimizer = saved["optimizer"]
+        if self.callbacks and len(saved["callbacks"]) != len(self.callbacks):
+            raise ValueError(f"{path} holds {len(saved['callbacks'])} callback states, this trainer has "
+                             f"{len(self.callbacks)} callbacks: resume with the callbacks the run was saved with")
         if self.optimizer_config is not None:
             if "framework" in optimizer:
                 raise ValueError(
@@ -369,28 +347,32 @@ class TrainerBase:
                                  f"this trainer uses {self.optimizer_config.name!r}")
             slots = optimizer_arrays_to_slots(optimizer_arrays)
             check_optimizer_state(name, slots, self._parameter_names(), str(path))
-        elif "framework" not in optimizer:
+            return slots
+        if "framework" not in optimizer:
             raise ValueError(
                 f"{path} was written with OptimizerConfig({optimizer['name']!r}); this trainer has a {self.backend} "
                 "optimizer instance. Resume it with a trainer given that OptimizerConfig"
             )
-        elif optimizer["framework"] != self.backend:
+        if optimizer["framework"] != self.backend:
             raise ValueError(
                 f"{path} holds the state of a {optimizer['framework']} optimizer ({optimizer.get('class')}), which "
                 f"only {optimizer['framework']} can read: {self.backend} optimizers keep other state in another "
                 f"layout. Resume it with {optimizer['framework']}'s Trainer, or train with an "
                 "ml_patterns.optim.OptimizerConfig, whose checkpoints both backends resume"
             )
-        else:
-            self._check_framework_optimizer(optimizer_arrays, optimizer, str(path))
+        self._check_framework_optimizer(optimizer_arrays, optimizer, str(path))
+        return None
+
+    def _apply_checkpoint(self, path, model_file: Path, optimizer_arrays: dict, saved: dict,
+                          slots: dict | None) -> None:
         self._load_weights(model_file)
-        if self.optimizer_config is not None:
-            self._load_optimizer(slots, int(optimizer["step"]))
+        if slots is not None:
+            self._load_optimizer(slots, saved["optimizer"]["step"])
         else:
-            self._load_framework_optimizer(optimizer_arrays, optimizer, str(path))
-        self.epoch = int(saved["epoch"])
-        self.history.load_state_dict(saved["history"])
+            self._load_framework_optimizer(optimizer_arrays, saved["optimizer"], str(path))
         load_callback_states(self.callbacks, saved["callbacks"], path)
+        self.epoch = saved["epoch"]
+        self.history.load_state_dict(saved["history"])
         self._pending_sampler_state = saved["sampler"]
         self._load_backend_state(saved)
 

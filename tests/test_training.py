@@ -142,7 +142,7 @@ KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
     import torch
     torch.set_num_threads(1)  # as the parent (conftest.py): the same arithmetic, bit for bit
-    import ml_patterns.training as training
+    import ml_patterns.training_checkpoint as training
     from tests.test_training import IMPLS, ModelCheckpoint, loaders, make_trainer, run_data
 
     backend, out = sys.argv[1], sys.argv[2]
