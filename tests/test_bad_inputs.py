@@ -25,11 +25,14 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ml_patterns.callbacks import Callback
 from ml_patterns.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ml_patterns.data import DatasetError, LazyDataset
 from ml_patterns.errors import DestinationError, DestinationExistsError, OptionError
@@ -53,6 +56,8 @@ class Scene:
     default_dataset: Path
     monkeypatch: pytest.MonkeyPatch
     capsys: pytest.CaptureFixture
+    resumer: Any = None  # a trainer that a row loads a damaged checkpoint into
+    resumer_state: dict | None = None  # its state before the row
 
     def file(self, relative: str, content: str | bytes = MOLECULES) -> Path:
         path = self.root / relative
@@ -421,6 +426,129 @@ CASES = [
          lambda s: SmilesTokenizer.build(["CCO"]).decode([2, 99]), ValueError,
          r"token id 99 is outside the vocabulary \[0, 7\)"),
 ]
+
+
+# -- training checkpoints: a small regressor trained a little on each backend ------------------
+class Counter(Callback):
+    """Counts epochs, resumably; with ``fail`` it refuses any saved state (a callback that breaks mid-load)."""
+
+    def __init__(self, fail: bool = False):
+        self.seen, self.fail = 0, fail
+
+    def on_epoch_end(self, epoch, trainer, metrics):
+        self.seen += 1
+
+    def state_dict(self) -> dict:
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.fail:
+            raise RuntimeError("this callback cannot take the saved state")
+        self.seen = state["seen"]
+
+
+def trainer(backend: str, epochs: int, callbacks=()):
+    from tests.test_training import IMPLS, regression_batches, regressor
+
+    optimizer = OptimizerConfig("adamw", learning_rate=0.05, weight_decay=0.01)
+    trained = IMPLS[backend].training.Trainer(regressor(backend), optimizer, list(callbacks))
+    trained.fit(regression_batches(), num_epochs=epochs)
+    return trained
+
+
+def trainer_state(trained) -> dict:
+    """What a load may change, as plain values: weights, optimizer arrays, trainer state, callback states."""
+    from safetensors.numpy import load_file
+
+    with tempfile.TemporaryDirectory() as scratch:
+        trained.save_checkpoint(Path(scratch) / "c")
+        model, _ = load_checkpoint(Path(scratch) / "c" / "model.safetensors")
+        optimizer = load_file(Path(scratch) / "c" / "optimizer.safetensors")
+        state = json.loads((Path(scratch) / "c" / "trainer_state.json").read_text())
+    return {"model": {k: v.tobytes() for k, v in model.items()},
+            "optimizer": {k: v.tobytes() for k, v in optimizer.items()}, "state": state}
+
+
+def resume_setup(backend: str, damage: Callable[[Path], None] = lambda path: None, saved_callbacks=(),
+                 callbacks=()) -> Callable[[Scene], None]:
+    """A checkpoint after 1 epoch at scene/ckpt, damaged; a trainer 2 epochs on (``scene.resumer``)
+    whose state is recorded, so that the row can check a failed load left it as it was."""
+    def setup(scene: Scene) -> None:
+        trainer(backend, 1, saved_callbacks).save_checkpoint(scene.root / "ckpt")
+        damage(scene.root / "ckpt")
+        scene.resumer = trainer(backend, 2, callbacks)
+        scene.resumer_state = trainer_state(scene.resumer)
+
+    return setup
+
+
+def resumer_unchanged(scene: Scene, _) -> bool:
+    return trainer_state(scene.resumer) == scene.resumer_state
+
+
+def rechecksum(checkpoint: Path) -> None:
+    """Rewrites checksums.json to match the files, as a tool editing a checkpoint on purpose would."""
+    from ml_patterns.training_checkpoint import CHECKSUMS_FILE, checksum_table
+
+    (checkpoint / CHECKSUMS_FILE).write_text(checksum_table(checkpoint))
+
+
+def edit_state(change: Callable[[dict], None], *, checksum: bool) -> Callable[[Path], None]:
+    def damage(checkpoint: Path) -> None:
+        path = checkpoint / "trainer_state.json"
+        state = json.loads(path.read_text())
+        change(state)
+        path.write_text(json.dumps(state))
+        if checksum:
+            rechecksum(checkpoint)
+
+    return damage
+
+
+def flip_optimizer_bytes(checkpoint: Path) -> None:
+    """64 flipped bytes at the end of the optimizer file: inside its last arrays (an Adam moment)."""
+    path = checkpoint / "optimizer.safetensors"
+    data = bytearray(path.read_bytes())
+    for offset in range(len(data) - 64, len(data)):
+        data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def training_cases(backend: str) -> list[Case]:
+    load = lambda s: s.resumer.load_checkpoint(s.root / "ckpt")  # noqa: E731
+    return [
+        Case(f"training-checkpoint-corrupt-optimizer-{backend}", "fixed-harmful", load, CheckpointError,
+             r"ckpt/optimizer\.safetensors does not match its checksum in checksums\.json",
+             setup=resume_setup(backend, flip_optimizer_bytes), kept=resumer_unchanged),
+        Case(f"training-checkpoint-edited-state-{backend}", "fixed-weak", load, CheckpointError,
+             r"ckpt/trainer_state\.json does not match its checksum", new=True,
+             setup=resume_setup(backend, edit_state(lambda state: state.update(epoch=5), checksum=False)),
+             kept=resumer_unchanged),
+        Case(f"trainer-state-epoch-not-a-number-{backend}", "fixed-weak", load, CheckpointError,
+             r"ckpt/trainer_state\.json: 'epoch' must be an integer >= 0, got 'one'",
+             setup=resume_setup(backend, edit_state(lambda state: state.update(epoch="one"), checksum=True)),
+             kept=resumer_unchanged),
+        Case(f"trainer-state-history-ragged-{backend}", "fixed-weak", load, CheckpointError,
+             r"trainer_state\.json: 'history' must be lists of one length", new=True,
+             setup=resume_setup(backend, edit_state(lambda state: state["history"]["epoch"].append(7),
+                                                    checksum=True)),
+             kept=resumer_unchanged),
+        Case(f"load-with-other-callbacks-changes-nothing-{backend}", "fixed-weak", load, ValueError,
+             r"ckpt holds 2 callback states, this trainer has 1 callbacks",
+             setup=resume_setup(backend, saved_callbacks=(Counter(), Counter()), callbacks=(Counter(),)),
+             kept=resumer_unchanged),
+        Case(f"load-failing-while-applying-is-undone-{backend}", "fixed-weak", load, RuntimeError,
+             r"this callback cannot take the saved state", new=True,
+             setup=resume_setup(backend, saved_callbacks=(Counter(),), callbacks=(Counter(fail=True),)),
+             kept=resumer_unchanged),
+        Case(f"training-checkpoint-incomplete-{backend}", "refused", load, CheckpointError,
+             r"training checkpoint .*ckpt is incomplete: \['optimizer\.safetensors'\] missing",
+             setup=resume_setup(backend, lambda path: os.unlink(path / "optimizer.safetensors")),
+             kept=resumer_unchanged),
+    ]
+
+
+CASES += training_cases("torch") + training_cases("jax")
 
 
 def _param(case: Case):
