@@ -129,7 +129,7 @@ def test_out_of_range_unmasked_target_raises_the_same_error(bad):
         lambda: torch_losses.masked_cross_entropy(torch.tensor(logits), torch.tensor(targets), torch.tensor(mask)),
         lambda: jax_losses.masked_cross_entropy(jnp.asarray(logits), jnp.asarray(targets, jnp.int32), jnp.asarray(mask)),
     ):
-        with pytest.raises(TargetOutOfRangeError) as error:
+        with pytest.raises(TargetOutOfRangeError, match=rf"targets\[1, 2\] = {bad} is outside") as error:
             call()
         messages.append(str(error.value))
     assert messages[0] == messages[1]

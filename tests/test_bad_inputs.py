@@ -515,7 +515,9 @@ def flip_optimizer_bytes(checkpoint: Path) -> None:
 
 
 def training_cases(backend: str) -> list[Case]:
-    load = lambda s: s.resumer.load_checkpoint(s.root / "ckpt")  # noqa: E731
+    def load(scene: Scene) -> None:
+        scene.resumer.load_checkpoint(scene.root / "ckpt")
+
     return [
         Case(f"training-checkpoint-corrupt-optimizer-{backend}", "fixed-harmful", load, CheckpointError,
              r"ckpt/optimizer\.safetensors does not match its checksum in checksums\.json",

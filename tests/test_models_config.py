@@ -53,6 +53,6 @@ def test_validation_names_the_problem(fields, message):
 
 
 def test_every_problem_is_reported_at_once():
-    with pytest.raises(ValueError) as caught:
+    with pytest.raises(ValueError, match="^invalid ModelConfig: ") as caught:
         ModelConfig(d_model=0, dropout=-0.1)
     assert "d_model must be positive" in str(caught.value) and "dropout must lie" in str(caught.value)

@@ -134,7 +134,7 @@ def test_load_refuses_another_optimizer(backend, data, tmp_path):
     other = make_trainer(impl, manifest, optimizer=OptimizerConfig("sgd", learning_rate=0.1))
     with pytest.raises(ValueError, match="optimizer 'adamw'"):
         other.load_checkpoint(tmp_path / "ckpt")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"training checkpoint .*missing does not exist"):
         other.load_checkpoint(tmp_path / "missing")
 
 
