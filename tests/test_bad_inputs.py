@@ -448,12 +448,28 @@ class Counter(Callback):
 
 
 def trainer(backend: str, epochs: int, callbacks=()):
-    from tests.test_training import IMPLS, regression_batches, regressor
+    from tests.test_training import IMPLS, regressor
 
     optimizer = OptimizerConfig("adamw", learning_rate=0.05, weight_decay=0.01)
     trained = IMPLS[backend].training.Trainer(regressor(backend), optimizer, list(callbacks))
-    trained.fit(regression_batches(), num_epochs=epochs)
+    if epochs:
+        trained.fit(regression_data(), num_epochs=epochs)
     return trained
+
+
+def regression_data():
+    from tests.test_training import regression_batches
+
+    return regression_batches()
+
+
+def diverging_run(backend: str):
+    """A learning rate of 1e30: the loss overflows within an epoch or two; training must stop there."""
+    from tests.test_training import IMPLS, regressor
+
+    run = IMPLS[backend].training.Trainer(regressor(backend), OptimizerConfig("sgd", learning_rate=1e30, momentum=0.0))
+    run.fit(regression_data(), regression_data(), num_epochs=6)
+    return run
 
 
 def trainer_state(trained) -> dict:
@@ -543,6 +559,11 @@ def training_cases(backend: str) -> list[Case]:
              r"this callback cannot take the saved state", new=True,
              setup=resume_setup(backend, saved_callbacks=(Counter(),), callbacks=(Counter(fail=True),)),
              kept=resumer_unchanged),
+        Case(f"training-diverges-and-stops-{backend}", "fixed-weak", lambda s: diverging_run(backend), None,
+             kept=lambda s, run: len(run.history) < 6 and "is not finite" in run.stop_reason),
+        Case(f"training-empty-val-loader-{backend}", "fixed-weak",
+             lambda s: trainer(backend, 0).fit(regression_data(), [], num_epochs=1), ValueError,
+             r"the evaluation loader yielded no batch"),
         Case(f"training-checkpoint-incomplete-{backend}", "refused", load, CheckpointError,
              r"training checkpoint .*ckpt is incomplete: \['optimizer\.safetensors'\] missing",
              setup=resume_setup(backend, lambda path: os.unlink(path / "optimizer.safetensors")),
