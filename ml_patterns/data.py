@@ -69,6 +69,11 @@ class LazyDataset:
             known = sorted({e.get("split") for e in self.index if isinstance(e.get("split"), str)})
             if split not in known:
                 raise DatasetError(f"{self._index_path}: no entry has split {split!r}; splits present: {known}")
+            # An entry without a split would silently vanish from every split.
+            unsplit = [i for i, e in enumerate(self.index) if not isinstance(e.get("split"), str)]
+            if unsplit:
+                raise DatasetError(f"{self._index_path}: entry {unsplit[0]} has no 'split' ({len(unsplit)} such "
+                                   f"entries), so split={split!r} cannot tell where they belong")
             self.index = [e for e in self.index if e.get("split") == split]
         self._shards: collections.OrderedDict[str, _Shard] = collections.OrderedDict()  # by index name
         # Resolved path and line offsets (8 bytes a record) of closed shards, so reopening one does

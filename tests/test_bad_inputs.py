@@ -172,6 +172,17 @@ def pickle_file(scene: Scene) -> None:
     scene.file("model.safetensors", pickle.dumps(Exploit()))
 
 
+def torch_pickle(scene: Scene) -> None:
+    """A torch.save file whose unpickling would create scene/pwned."""
+    import torch
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(scene.root / "pwned"), "w"))
+
+    torch.save({"w": Exploit()}, scene.root / "model.pt")
+
+
 def interrupted_prepare(scene: Scene) -> None:
     import ml_patterns.molecules.prepare as prepare_module
 
@@ -361,13 +372,24 @@ CASES = [
          r"entry 0: row 0 of shard .*shard-00000\.jsonl is not valid JSON",
          setup=lambda s: (s.dataset(), s.file("ds/shards/shard-00000.jsonl", '{"smiles": "CC", "input_ids": [2,\n'))),
     Case("dataset-missing-shard", "refused", lambda s: LazyDataset(s.root / "ds")[0], FileNotFoundError,
-         r"shard .*shard-00000\.jsonl \(needed by entry 0\) does not exist",
+         r"shards/shard-00000\.jsonl \(needed by entry 0\) does not exist",
          setup=lambda s: (s.dataset(), os.unlink(s.root / "ds" / "shards" / "shard-00000.jsonl"))),
     Case("dataset-index-missing", "refused", lambda s: LazyDataset(s.root), FileNotFoundError,
-         r"index\.json not found: is .* a dataset written by `ml-patterns prepare`\?"),
+         r"index\.json not found: is .* a dataset \(an index\.json listing its files\)\?"),
     Case("dataset-index-not-a-list", "refused", lambda s: LazyDataset(s.root / "ds"), DatasetError,
          r"index\.json must hold a JSON list of entries, got dict",
          setup=lambda s: (s.dataset(), s.file("ds/index.json", '{"file": "x"}'))),
+    Case("dataset-entry-without-split", "fixed-weak", lambda s: LazyDataset(s.root / "ds", split="train"), DatasetError,
+         r"ds/index\.json: entry 3 has no 'split' \(1 such entries\), so split='train' cannot tell where they belong",
+         setup=lambda s: (s.dataset(), rewrite_json(s.root / "ds" / "index.json", entry_without_split))),
+    Case("dataset-shard-is-a-fifo", "fixed-harmful", lambda s: LazyDataset(s.root / "ds")[0], DatasetError,
+         r"entry 0: .*shards/shard-00000\.jsonl is a FIFO, not a regular file",
+         setup=lambda s: (s.dataset(), os.unlink(s.root / "ds" / "shards" / "shard-00000.jsonl"),
+                          os.mkfifo(s.root / "ds" / "shards" / "shard-00000.jsonl"))),
+    Case("dataset-shard-is-a-directory", "fixed-weak", lambda s: LazyDataset(s.root / "ds")[0], DatasetError,
+         r"shards/shard-00000\.jsonl is a directory, not a regular file", new=True,
+         setup=lambda s: (s.dataset(), os.unlink(s.root / "ds" / "shards" / "shard-00000.jsonl"),
+                          (s.root / "ds" / "shards" / "shard-00000.jsonl").mkdir())),
     Case("dataset-unknown-split", "refused", lambda s: LazyDataset(s.root / "ds", split="training"), DatasetError,
          r"no entry has split 'training'; splits present: \['test', 'train', 'val'\]", setup=lambda s: s.dataset()),
     Case("dataset-negative-index", "refused", lambda s: LazyDataset(s.root / "ds")[-1], IndexError,
@@ -389,6 +411,14 @@ CASES = [
     Case("checkpoint-pickle-jax", "refused",
          lambda s: __import__("jax_impl.molecules.models").molecules.models.load_model(s.root / "model.safetensors"),
          CheckpointError, r"model\.safetensors", setup=pickle_file, kept=lambda s, _: not (s.root / "pwned").exists()),
+    Case("checkpoint-torch-save-of-a-malicious-object", "refused",
+         lambda s: __import__("torch_impl.state").state.read_weights(s.root / "model.pt"), CheckpointError,
+         r"model\.pt: a PyTorch file that torch\.load\(weights_only=True\) cannot read", setup=torch_pickle,
+         kept=lambda s, _: not (s.root / "pwned").exists()),
+    Case("checkpoint-torch-file-given-to-jax", "refused",
+         lambda s: __import__("jax_impl.molecules.models").molecules.models.load_model(s.root / "model.pt"),
+         CheckpointError, r"model\.pt: this is a PyTorch torch\.save file, not safetensors; convert it",
+         setup=torch_pickle, kept=lambda s, _: not (s.root / "pwned").exists()),
     Case("checkpoint-missing", "refused", lambda s: load_checkpoint(s.root / "model.safetensors"), FileNotFoundError,
          r"model\.safetensors"),
     # -- optimizer settings (issue 14, weak: NaN learning rate accepted) -----------------------
