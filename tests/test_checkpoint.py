@@ -71,7 +71,7 @@ def test_an_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch
         raise KeyboardInterrupt("killed while writing")
 
     monkeypatch.setattr(os, "fsync", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed while writing"):
         save_checkpoint(path, {"w": np.zeros(2, np.float32)}, backend="jax", model_class="Toy", config=None, versions={})
     monkeypatch.undo()
     assert path.read_bytes() == before
@@ -131,7 +131,7 @@ def test_a_pickle_is_never_unpickled(tmp_path):
 
     path = tmp_path / "model.safetensors"
     path.write_bytes(pickle.dumps(Exploit()))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: this is a pickle .*, not safetensors"):
         load_checkpoint(path)
     assert not marker.exists()
 
@@ -147,7 +147,7 @@ def test_foreign_or_future_files_are_refused(tmp_path):
     save_file(arrays(), str(future), metadata={"ml_patterns": json.dumps({"format": "ml-patterns-checkpoint/9"})})
     with pytest.raises(CheckpointError, match="unsupported checkpoint format 'ml-patterns-checkpoint/9'"):
         load_checkpoint(future)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"missing\.safetensors"):
         load_checkpoint(tmp_path / "missing.safetensors")
 
 

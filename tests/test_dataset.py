@@ -112,7 +112,7 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkey
         raise KeyboardInterrupt
 
     monkeypatch.setattr(prepare_module, "_manifest", explode)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="^$"):
         prepare_dataset(tmp_path / "nci", progress=False)
     assert os.listdir(tmp_path) == []
 
@@ -120,7 +120,7 @@ def test_interrupted_prepare_leaves_nothing_that_looks_complete(tmp_path, monkey
 def test_existing_dataset_is_kept_unless_overwrite(tmp_path, default_dataset):
     target = tmp_path / "nci"
     shutil.copytree(default_dataset[0], target)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match=r"nci already exists \(pass overwrite=True to replace it\)"):
         prepare_dataset(target, progress=False)
     assert verify_checksums(target) == []
 
@@ -159,7 +159,7 @@ def test_index_out_of_range(default_dataset, idx):
 
 
 def test_non_integer_index(default_dataset):
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="dataset index must be an integer, got str"):
         LazyDataset(default_dataset[0])["3"]
 
 
