@@ -39,7 +39,7 @@ from ml_patterns.errors import DestinationError, DestinationExistsError, OptionE
 from ml_patterns.io import _host
 from ml_patterns.molecules.config import PrepareConfig
 from ml_patterns.molecules.prepare import ConflictingLabelsWarning, prepare_dataset, read_manifest, verify_checksums
-from ml_patterns.molecules.sources import SourceError
+from ml_patterns.molecules.sources import MissingColumnsError, SourceError
 from ml_patterns.molecules.tokenizer import SmilesTokenizer, TokenizationError, tokenize
 from ml_patterns.optim import OptimizerConfig
 
@@ -280,8 +280,8 @@ CASES = [
          kept=lambda s, manifest: skipped(manifest) == [(3, "1 fields where the header has 2"),
                                                         (4, "3 fields where the header has 2")]),
     Case("csv-missing-column", "refused", lambda s: s.prepare(target_cols=["logP"]),
-         KeyError, r"column\(s\) \['logP'\] not in the header \['smiles', 'y'\]", setup=lambda s: s.file("mols.csv")),
-    Case("csv-no-usable-molecule", "refused", lambda s: s.prepare(), ValueError,
+         MissingColumnsError, r"column\(s\) \['logP'\] not in the header \['smiles', 'y'\]", setup=lambda s: s.file("mols.csv")),
+    Case("csv-no-usable-molecule", "refused", lambda s: s.prepare(), SourceError,
          r"no usable molecule in .*mols\.csv \(2 rows skipped\)",
          setup=lambda s: s.file("mols.csv", "smiles,y\nnot-a-smiles,1\nCCO,abc\n")),
     Case("csv-bad-labels-are-skipped-with-reasons", "refused", lambda s: s.prepare(), None,

@@ -31,6 +31,7 @@ from ml_patterns.io import atomic_write_text, check_destination, sha256_file, st
 from ml_patterns.molecules.config import PrepareConfig
 from ml_patterns.molecules.sources import (
     SkippedRow,
+    SourceError,
     SourceRow,
     default_csv_path,
     read_csv_rows,
@@ -137,7 +138,7 @@ def prepare_dataset(
     finally:
         RDLogger.EnableLog("rdApp.*")
     if not kept:
-        raise ValueError(f"no usable molecule in {source['path']} ({len(skipped)} rows skipped)")
+        raise SourceError(f"no usable molecule in {source['path']} ({len(skipped)} rows skipped)")
     duplicates, conflicts = _duplicates(kept)
     if conflicts:
         first = conflicts[0]

@@ -27,7 +27,14 @@ _FIELD_SIZE_LIMIT = 2**31 - 1
 
 
 class SourceError(ValueError):
-    """A source table that cannot be read; the message names the file and the line."""
+    """A source table that cannot be used; the message names the file (and the line, where there is one)."""
+
+
+class MissingColumnsError(SourceError, KeyError):
+    """The header lacks a column the options name (a ``KeyError`` too, as a missing key is)."""
+
+    def __str__(self) -> str:  # KeyError's would quote the message
+        return str(self.args[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +85,7 @@ def read_csv_rows(path: Path, smiles_col: str, target_cols: list[str]) -> Iterat
     header = next(records, (1, []))[1]
     missing = [c for c in (smiles_col, *target_cols) if c not in header]
     if missing:
-        raise KeyError(f"{path}: column(s) {missing} not in the header {header}")
+        raise MissingColumnsError(f"{path}: column(s) {missing} not in the header {header}")
     columns = {name: header.index(name) for name in (smiles_col, *target_cols)}
     for line, fields in records:
         if not fields:  # a blank line
