@@ -156,8 +156,9 @@ def staged_directory(
     created = _make_parents(checked.parent, destination)
     try:
         clean_leftovers(checked)
-        staging = _unique_sibling(checked.parent, f".{checked.name}.{_owner()}-", ".partial",
-                                  lambda candidate: os.mkdir(candidate, 0o777))
+        staging = _unique_sibling(
+            checked.parent, f".{checked.name}.{_owner()}-", ".partial", lambda candidate: os.mkdir(candidate, 0o777)
+        )
     except OSError as error:
         _remove_empty(created)
         raise DestinationError(f"cannot create {destination}: {error.strerror or error}") from error
@@ -261,14 +262,18 @@ def clean_leftovers(destination: Path) -> None:
             if not _alive(int(match[1])):
                 _remove_tree(sibling)
         elif legacy.fullmatch(sibling.name):
-            warnings.warn(f"{sibling} is left over from an interrupted run writing {destination}; delete it",
-                          stacklevel=3)
+            warnings.warn(
+                f"{sibling} is left over from an interrupted run writing {destination}; delete it", stacklevel=3
+            )
         elif (match := retired.fullmatch(sibling.name)) and not _alive(int(match[1])):
             if os.path.lexists(destination):
                 _remove_tree(sibling)
             else:
-                warnings.warn(f"{sibling} holds the previous {destination.name} from an interrupted replacement; "
-                              f"rename it to {destination} to keep it, or delete it", stacklevel=3)
+                warnings.warn(
+                    f"{sibling} holds the previous {destination.name} from an interrupted replacement; "
+                    f"rename it to {destination} to keep it, or delete it",
+                    stacklevel=3,
+                )
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:

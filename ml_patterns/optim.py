@@ -84,8 +84,9 @@ class OptimizerConfig:
                 _check_range(problems, f"betas[{i}]", beta, 0.0, 1.0, "[0, 1)", high_open=True)
         _check_range(problems, "eps", self.eps, 0.0, math.inf, "(0, inf)", low_open=True)
         if self.clip_grad_norm is not None:
-            _check_range(problems, "clip_grad_norm", self.clip_grad_norm, 0.0, math.inf, "(0, inf) or None",
-                         low_open=True)
+            _check_range(
+                problems, "clip_grad_norm", self.clip_grad_norm, 0.0, math.inf, "(0, inf) or None", low_open=True
+            )
         if self.schedule is not None and not isinstance(self.schedule, ScheduleConfig):
             problems.append(f"schedule must be a ScheduleConfig or None, got {type(self.schedule).__name__}")
         if problems:
@@ -96,14 +97,28 @@ class OptimizerConfig:
         return self.weight_decay or 0.0
 
 
-def _check_range(problems: list[str], name: str, value, low: float, high: float, allowed: str, *,
-                 low_open: bool = False, high_open: bool = False) -> None:
+def _check_range(
+    problems: list[str],
+    name: str,
+    value,
+    low: float,
+    high: float,
+    allowed: str,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     """Appends a message naming ``name`` and its ``allowed`` range unless ``value`` is a finite number in it."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         problems.append(f"{name} must be a number in {allowed}, got {value!r}")
         return
-    if not math.isfinite(value) or value < low or value > high or (low_open and value == low) or (
-            high_open and value == high):
+    if (
+        not math.isfinite(value)
+        or value < low
+        or value > high
+        or (low_open and value == low)
+        or (high_open and value == high)
+    ):
         problems.append(f"{name} must be a finite number in {allowed}, got {value!r}")
 
 

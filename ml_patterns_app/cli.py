@@ -5,8 +5,10 @@ module is the dispatch: a subcommand that needs a backend imports it inside ``ru
 and ``info`` start without loading torch or jax.
 
 Errors: the user's mistakes (``USER_ERRORS``: a bad flag value, a missing or corrupt dataset or
-checkpoint, an output that exists) print one line and exit with status 2; anything else is a bug
-and keeps its traceback. Ctrl-C exits with status 130.
+checkpoint, an output that exists) print one line (``ml_patterns.errors.cli_message``: the flag's
+wording) and exit with status 2; anything else is a bug and keeps its traceback. Ctrl-C exits with
+status 130, SIGTERM with 143, each after one line; a closed output pipe (``| head``) quietly with 141
+(``ml_patterns_app.process``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from pathlib import Path
 from ml_patterns import __version__
 from ml_patterns.checkpoint import CheckpointError, WeightMismatchError
 from ml_patterns.data import DatasetError
-from ml_patterns.errors import UsageError
+from ml_patterns.errors import UsageError, cli_message
 from ml_patterns.molecules.tokenizer import TokenizationError
+from ml_patterns_app.process import Terminated, command_process, quiet_broken_pipe
 
 DEFAULT_DATA_DIR = Path("data/nci")
 USER_ERRORS = (
@@ -91,7 +94,7 @@ def _add_prepare(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated RDKit descriptors to add as targets, of: {','.join(RDKIT_PROPERTIES)}; "
         f"'' for none (default: {','.join(DEFAULT_RDKIT_PROPERTIES)} for the embedded set, none for --csv)",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the train/val/test split")
+    parser.add_argument("--seed", type=non_negative_int, default=defaults.seed, help="seed of the train/val/test split")
     parser.add_argument(
         "--val-fraction", type=float, default=defaults.val_fraction, help="molecules held out for validation"
     )
@@ -174,10 +177,30 @@ def format_manifest(manifest: dict, root: Path) -> str:
         lines.append(f"skipped   line {row['line']}: {row['reason']} ({row['smiles'][:40]})")
     if counts["skipped"] > 10:
         lines.append(f"skipped   ... and {counts['skipped'] - 10} more (see manifest.json)")
+    duplicates = manifest.get("duplicates")  # datasets prepared before it was counted have none
+    if duplicates and duplicates["rows"]:
+        lines.append(
+            f"duplicates {duplicates['rows']} rows repeat a molecule, {duplicates['conflicting']} with other labels"
+            + (" (see manifest.json)" if duplicates["conflicting"] else "")
+        )
     return "\n".join(lines)
 
 
 # -- compare / parity / bench: the backends ---------------------------------------------------
+def dataset_argument(data: Path | None) -> Path:
+    """``--data`` of compare and bench: a given path must be a prepared dataset (a typo is an error,
+    not a reason to prepare one there); without ``--data``, the default one (prepared if missing)."""
+    if data is None:
+        return DEFAULT_DATA_DIR
+    if not (data / "manifest.json").is_file():
+        problem = "does not exist" if not data.exists() else "is not a prepared dataset (it has no manifest.json)"
+        raise UsageError(
+            f"--data {data} {problem}; prepare it with `ml-patterns prepare --out {data}`, or leave --data out "
+            f"for the default dataset ({DEFAULT_DATA_DIR}, prepared there on first use)"
+        )
+    return data
+
+
 def _add_compare(parser: argparse.ArgumentParser) -> None:
     from ml_patterns_app.compare.settings import DEVICES, MODELS, CompareSettings
 
@@ -185,8 +208,8 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         type=Path,
-        default=DEFAULT_DATA_DIR,
-        help="a prepared dataset (the default one is prepared there if missing)",
+        default=None,
+        help=f"a prepared dataset (default: {DEFAULT_DATA_DIR}, prepared there if missing)",
     )
     parser.add_argument("--model", choices=MODELS, default=defaults.model, help="the molecule model to train")
     parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, help="training epochs")
@@ -219,7 +242,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, max_train_molecules=args.max_train_molecules
     )
     try:
-        return run_compare(settings, args.data, args.out, args.device)
+        return run_compare(settings, dataset_argument(args.data), args.out, args.device)
     except WorkerFailed as error:  # the worker printed its own traceback above
         print(f"ml-patterns compare: {error}", file=sys.stderr)
         return 1
@@ -237,7 +260,9 @@ def _add_parity(parser: argparse.ArgumentParser) -> None:
         '(with "architecture": check that model only; default: both models, default sizes)',
     )
     parser.add_argument("--batch-size", type=positive_int, default=16, help="molecules in the compared batch")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the weights, the batch and its token masks")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seeds the weights, the batch and its token masks"
+    )
 
 
 def _run_parity(args: argparse.Namespace) -> int:
@@ -283,7 +308,12 @@ def _add_bench(parser: argparse.ArgumentParser) -> None:
         help="float32 matmul precision on both sides: "
         + "; ".join(f"{name}: {summary}" for name, summary in PRECISIONS.items()),
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="a prepared dataset (prepared if missing)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"a prepared dataset (default: {DEFAULT_DATA_DIR}, prepared there if missing)",
+    )
     parser.add_argument(
         "--out", type=Path, default=Path("runs/bench"), help="where bench.json, bench.md and bench.png go"
     )
@@ -292,6 +322,7 @@ def _add_bench(parser: argparse.ArgumentParser) -> None:
 def _run_bench(args: argparse.Namespace) -> int:
     from bench.runner import run_benchmarks
 
+    args.data = dataset_argument(args.data)
     return run_benchmarks(args)
 
 
@@ -348,14 +379,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _, run, _ = SUBCOMMANDS[args.command]
+    prefix = f"ml-patterns {args.command}"
     try:
-        return run(args)
+        with command_process(prefix):
+            return run(args)
     except USER_ERRORS as error:
-        print(f"ml-patterns {args.command}: error: {error}", file=sys.stderr)
+        print(f"{prefix}: error: {cli_message(error)}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"\n{prefix}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print(f"\nml-patterns {args.command}: interrupted", file=sys.stderr)
+        print(f"\n{prefix}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        quiet_broken_pipe()
+        return 141
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ def mode(path):
     return stat.S_IMODE(os.lstat(path).st_mode)
 
 
-@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775),
-                                                       (0o077, 0o600, 0o700)])
+@pytest.mark.parametrize(
+    "mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775), (0o077, 0o600, 0o700)]
+)
 def test_outputs_follow_the_umask(tmp_path, umask, mask, file_mode, dir_mode):
     umask(mask)
     atomic_write_text(tmp_path / "report.md", "hello\n")
@@ -78,8 +79,10 @@ def test_overwrite_replaces_a_directory_only_if_the_caller_says_it_wrote_it(tmp_
     assert os.listdir(out) == ["MARKER"]
 
 
-@pytest.mark.parametrize("make, kind", [(lambda p: p.write_text("x"), "not a directory"),
-                                        (lambda p: p.symlink_to(p.parent), "a symbolic link")])
+@pytest.mark.parametrize(
+    "make, kind",
+    [(lambda p: p.write_text("x"), "not a directory"), (lambda p: p.symlink_to(p.parent), "a symbolic link")],
+)
 def test_overwrite_never_replaces_a_file_or_a_link(tmp_path, make, kind):
     make(tmp_path / "out")
     with pytest.raises(DestinationError, match=f"refusing to replace .*out: it is {kind}"):
@@ -142,10 +145,12 @@ def test_leftovers_of_dead_runs_are_removed_live_ones_and_other_machines_kept(tm
 
 
 def test_what_a_killed_run_leaves_the_next_run_removes(tmp_path):
-    killed = ("import os, sys; from ml_patterns.io import staged_directory\n"
-              "with staged_directory(sys.argv[1]) as staging:\n"
-              "    (staging / 'half.json').write_text('{')\n"
-              "    os._exit(9)  # no cleanup runs, as after a SIGKILL\n")
+    killed = (
+        "import os, sys; from ml_patterns.io import staged_directory\n"
+        "with staged_directory(sys.argv[1]) as staging:\n"
+        "    (staging / 'half.json').write_text('{')\n"
+        "    os._exit(9)  # no cleanup runs, as after a SIGKILL\n"
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     assert subprocess.run([sys.executable, "-c", killed, str(tmp_path / "ds")], env=env, check=False).returncode == 9
     [leftover] = os.listdir(tmp_path)

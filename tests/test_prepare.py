@@ -36,7 +36,9 @@ def test_a_huge_field_is_skipped_with_its_line_and_the_field_limit_restored(tmp_
     huge = "C" * 1_000_000
     manifest = prepare_csv(tmp_path, f"smiles,y\nCCO,1\n{huge},2\nCCN,3\n")
     assert manifest["counts"] == {"rows_read": 3, "molecules": 2, "skipped": 1}
-    assert skipped_lines(manifest) == [(3, f"SMILES of 1000000 characters, over {MAX_SMILES_CHARS} (an unbalanced quote?)")]
+    assert skipped_lines(manifest) == [
+        (3, f"SMILES of 1000000 characters, over {MAX_SMILES_CHARS} (an unbalanced quote?)")
+    ]
     assert csv.field_size_limit() == limit
 
 
@@ -74,11 +76,15 @@ def test_duplicate_molecules_are_counted(tmp_path):
 
 
 def test_duplicate_molecules_with_different_labels_are_warned_about_and_listed(tmp_path):
-    with pytest.warns(ConflictingLabelsWarning, match=r"1 row\(s\) repeat a molecule with different labels "
-                      r"\(first: line 4 vs line 2, OCC\)"):
+    with pytest.warns(
+        ConflictingLabelsWarning,
+        match=r"1 row\(s\) repeat a molecule with different labels "
+        r"\(first: line 4 vs line 2, OCC\)",
+    ):
         manifest = prepare_csv(tmp_path, "smiles,y\nCCO,1\nCCN,2\nOCC,5\n")
     assert manifest["duplicates"]["conflicts"] == [
-        {"line": 4, "first_line": 2, "smiles": "OCC", "labels": {"y": 5.0}, "first_labels": {"y": 1.0}}]
+        {"line": 4, "first_line": 2, "smiles": "OCC", "labels": {"y": 5.0}, "first_labels": {"y": 1.0}}
+    ]
     assert json.loads((tmp_path / "ds" / "manifest.json").read_text())["duplicates"]["conflicting"] == 1
 
 
@@ -88,8 +94,11 @@ def test_the_default_dataset_has_duplicates_but_no_conflicting_labels(default_da
 
 
 def test_overwrite_replaces_a_dataset_prepare_wrote(tmp_path):
-    prepare_csv(tmp_path, "smiles,y\nCCO,1\nCCN,2\n", config=PrepareConfig(rdkit_properties=(), shard_size=1,
-                                                                            val_fraction=0.0, test_fraction=0.0))
+    prepare_csv(
+        tmp_path,
+        "smiles,y\nCCO,1\nCCN,2\n",
+        config=PrepareConfig(rdkit_properties=(), shard_size=1, val_fraction=0.0, test_fraction=0.0),
+    )
     assert len(os.listdir(tmp_path / "ds" / "shards")) == 2
     manifest = prepare_csv(tmp_path, "smiles,y\nCCC,3\n", overwrite=True)
     assert manifest["counts"]["molecules"] == 1
@@ -103,13 +112,22 @@ def test_a_csv_beside_the_output_is_fine(tmp_path):
     assert (tmp_path / "ds.csv").is_file() and (tmp_path / "ds" / "manifest.json").is_file()
 
 
-@pytest.mark.parametrize("options, message, flag", [
-    (dict(config=PrepareConfig(seed=-1)), r"seed must be an integer >= 0, got -1", "--seed"),
-    (dict(config=PrepareConfig(rdkit_properties=("Bogus",))),
-     r"rdkit_properties names unknown RDKit properties \['Bogus'\]; known: MolLogP", "--rdkit-properties"),
-    (dict(config=PrepareConfig(rdkit_properties=("TPSA",))), r"rdkit_properties \['TPSA'\] are also source columns",
-     "--rdkit-properties"),
-])
+@pytest.mark.parametrize(
+    "options, message, flag",
+    [
+        (dict(config=PrepareConfig(seed=-1)), r"seed must be an integer >= 0, got -1", "--seed"),
+        (
+            dict(config=PrepareConfig(rdkit_properties=("Bogus",))),
+            r"rdkit_properties names unknown RDKit properties \['Bogus'\]; known: MolLogP",
+            "--rdkit-properties",
+        ),
+        (
+            dict(config=PrepareConfig(rdkit_properties=("TPSA",))),
+            r"rdkit_properties \['TPSA'\] are also source columns",
+            "--rdkit-properties",
+        ),
+    ],
+)
 def test_bad_options_name_the_parameter_and_the_flag(tmp_path, options, message, flag):
     with pytest.raises(OptionError, match=message) as caught:
         prepare_dataset(tmp_path / "ds", progress=False, **options)

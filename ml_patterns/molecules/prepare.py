@@ -27,8 +27,8 @@ from tqdm import tqdm
 from ml_patterns import __version__
 from ml_patterns.data import DatasetError
 from ml_patterns.errors import OptionError
-from ml_patterns.io import atomic_write_text, check_destination, sha256_file, staged_directory
-from ml_patterns.molecules.config import PrepareConfig
+from ml_patterns.io import atomic_write_text, sha256_file, staged_directory
+from ml_patterns.molecules.config import RDKIT_PROPERTIES, PrepareConfig
 from ml_patterns.molecules.sources import (
     SkippedRow,
     SourceError,
@@ -112,22 +112,49 @@ def prepare_dataset(
     list); never a directory holding the source CSV, nor the working directory or one above it.
     Everything is checked before the source is read: a bad option or output fails at once.
     """
-    from rdkit import RDLogger
-
     out = Path(out)
     source_columns = ("TPSA",) if csv_path is None else tuple(target_cols or ())
     _check_options(config, csv_path, source_columns)
     source_path = default_csv_path() if csv_path is None else Path(csv_path)
     require_regular_file(source_path)
-    destination = {"overwrite": overwrite, "foreign": foreign_to_prepare, "protect": (source_path,)}
-    check_destination(out, **destination)
+    # The staging directory is made first: an output that cannot be written fails before the source is read.
+    with staged_directory(out, overwrite=overwrite, foreign=foreign_to_prepare, protect=(source_path,)) as staging:
+        source, kept, skipped = _read_source(source_path, csv_path, smiles_col, target_cols, config, progress)
+        duplicates, conflicts = _duplicates(kept)
+        if conflicts:
+            first = conflicts[0]
+            warnings.warn(
+                f"{source['path']}: {len(conflicts)} row(s) repeat a molecule with different labels (first: line "
+                f"{first['line']} vs line {first['first_line']}, {first['smiles'][:40]}); all are kept, see "
+                '"duplicates" in manifest.json',
+                ConflictingLabelsWarning,
+                stacklevel=2,
+            )
+        tokenizer = SmilesTokenizer.build(row.smiles for row in kept)
+        target_names = list(kept[0].targets)
+        splits = split_assignment(len(kept), config)
+        encoded = [tokenizer.encode(row.smiles) for row in kept]
+
+        index = _write_shards(staging, kept, encoded, splits, config, target_names, progress)
+        atomic_write_text(staging / "index.json", json.dumps(index, separators=(",", ":")) + "\n")
+        tokenizer.save(staging / "vocab.json")
+        manifest = _manifest(staging, source, kept, encoded, skipped, target_names, splits, tokenizer, config)
+        manifest["duplicates"] = {"rows": duplicates, "conflicting": len(conflicts), "conflicts": conflicts}
+        # Written last: a directory holding a manifest is complete.
+        atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+def _read_source(source_path, csv_path, smiles_col, target_cols, config, progress):
+    """``(source description, kept rows, skipped rows)``; RDKit's parse of every row."""
+    from rdkit import RDLogger
+
     if csv_path is None:
         rows = read_default_rows()
         source = {"name": DEFAULT_SOURCE_NAME, "path": str(source_path), "sha256": sha256_file(source_path)}
     else:
         rows = read_csv_rows(source_path, smiles_col, list(target_cols))
         source = {"name": source_path.name, "path": str(csv_path), "sha256": sha256_file(source_path)}
-
     kept: list[SourceRow] = []
     skipped: list[SkippedRow] = []
     RDLogger.DisableLog("rdApp.*")  # we report unparsable rows ourselves, with line numbers
@@ -139,32 +166,7 @@ def prepare_dataset(
         RDLogger.EnableLog("rdApp.*")
     if not kept:
         raise SourceError(f"no usable molecule in {source['path']} ({len(skipped)} rows skipped)")
-    duplicates, conflicts = _duplicates(kept)
-    if conflicts:
-        first = conflicts[0]
-        warnings.warn(
-            f"{source['path']}: {len(conflicts)} row(s) repeat a molecule with different labels (first: line "
-            f"{first['line']} vs line {first['first_line']}, {first['smiles'][:40]}); all are kept, see "
-            "\"duplicates\" in manifest.json",
-            ConflictingLabelsWarning,
-            stacklevel=2,
-        )
-
-    tokenizer = SmilesTokenizer.build(row.smiles for row in kept)
-    target_names = list(kept[0].targets)
-    splits = split_assignment(len(kept), config)
-
-    encoded = [tokenizer.encode(row.smiles) for row in kept]
-
-    with staged_directory(out, **destination) as staging:
-        index = _write_shards(staging, kept, encoded, splits, config, target_names, progress)
-        atomic_write_text(staging / "index.json", json.dumps(index, separators=(",", ":")) + "\n")
-        tokenizer.save(staging / "vocab.json")
-        manifest = _manifest(staging, source, kept, encoded, skipped, target_names, splits, tokenizer, config)
-        manifest["duplicates"] = {"rows": duplicates, "conflicting": len(conflicts), "conflicts": conflicts}
-        # Written last: a directory holding a manifest is complete.
-        atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=1) + "\n")
-    return manifest
+    return source, kept, skipped
 
 
 class ConflictingLabelsWarning(UserWarning):
@@ -176,15 +178,19 @@ def _check_options(config: PrepareConfig, csv_path: Path | None, source_columns:
     seed = config.seed
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise OptionError("seed", f"{{option}} must be an integer >= 0, got {seed!r}")
-    known = tuple(_rdkit_descriptors())
-    unknown = [name for name in config.rdkit_properties if name not in known]
+    unknown = [name for name in config.rdkit_properties if name not in RDKIT_PROPERTIES]
     if unknown:
-        raise OptionError("rdkit_properties", f"{{option}} names unknown RDKit properties {unknown}; known: {', '.join(known)}")
+        raise OptionError(
+            "rdkit_properties",
+            f"{{option}} names unknown RDKit properties {unknown}; known: {', '.join(RDKIT_PROPERTIES)}",
+        )
     if csv_path is not None and not source_columns:
         raise OptionError("target_cols", "{option} must name at least one label column of the CSV")
     clash = sorted(set(source_columns) & set(config.rdkit_properties))
     if clash:
-        raise OptionError("rdkit_properties", f"{{option}} {clash} are also source columns; drop them from one of the two")
+        raise OptionError(
+            "rdkit_properties", f"{{option}} {clash} are also source columns; drop them from one of the two"
+        )
 
 
 def foreign_to_prepare(directory: Path) -> str | None:
@@ -206,7 +212,9 @@ def foreign_to_prepare(directory: Path) -> str | None:
             if relative not in ours:
                 others.append(relative)
     if others:
-        return f"it holds {len(others)} file(s) prepare did not write ({', '.join(sorted(others)[:3])}); move them first"
+        return (
+            f"it holds {len(others)} file(s) prepare did not write ({', '.join(sorted(others)[:3])}); move them first"
+        )
     return None
 
 
@@ -220,8 +228,15 @@ def _duplicates(kept: list[SourceRow]) -> tuple[int, list[dict]]:
             continue
         duplicates += 1
         if row.targets != earlier.targets:
-            conflicts.append({"line": row.line, "first_line": earlier.line, "smiles": row.smiles,
-                              "labels": row.targets, "first_labels": earlier.targets})
+            conflicts.append(
+                {
+                    "line": row.line,
+                    "first_line": earlier.line,
+                    "smiles": row.smiles,
+                    "labels": row.targets,
+                    "first_labels": earlier.targets,
+                }
+            )
     return duplicates, conflicts
 
 
@@ -249,7 +264,7 @@ def _manifest(staging, source, kept, encoded, skipped, target_names, splits, tok
     return {
         "format": f"{FORMAT_PREFIX}1",
         "created_by": f"ml-patterns {__version__}",
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "source": source,
         "counts": {"rows_read": len(kept) + len(skipped), "molecules": len(kept), "skipped": len(skipped)},
         "skipped": [dataclasses.asdict(row) for row in skipped],
@@ -307,7 +322,9 @@ def _check_index(path: Path, manifest: dict) -> None:
         if isinstance(row, bool) or not isinstance(row, int) or row < 0:
             raise DatasetError(f"{path}: entry {i} has 'row' {row!r}, not an integer >= 0")
         if entry.get("file") not in manifest["checksums"]:
-            raise DatasetError(f"{path}: entry {i} has 'file' {entry.get('file')!r}, which has no checksum in the manifest")
+            raise DatasetError(
+                f"{path}: entry {i} has 'file' {entry.get('file')!r}, which has no checksum in the manifest"
+            )
         counts[entry["split"]] += 1
     if counts != manifest["splits"]:
         raise DatasetError(f"{path}: split sizes {counts} differ from the manifest's 'splits' {manifest['splits']}")
@@ -332,12 +349,28 @@ def read_manifest(root: Path) -> dict:
 
 # The manifest keys a reader relies on and their types; "a.b" is key b of the object at key a.
 _MANIFEST_KEYS = {
-    "format": str, "source": dict, "source.name": str, "source.path": str,
-    "counts": dict, "counts.rows_read": int, "counts.molecules": int, "counts.skipped": int,
-    "skipped": list, "targets": dict, "statistics_from": str,
-    "splits": dict, "splits.train": int, "splits.val": int, "splits.test": int,
-    "config": dict, "config.seed": int, "vocab_size": int,
-    "sequence_length": dict, "sequence_length.min": int, "sequence_length.max": int, "sequence_length.mean": float,
+    "format": str,
+    "source": dict,
+    "source.name": str,
+    "source.path": str,
+    "counts": dict,
+    "counts.rows_read": int,
+    "counts.molecules": int,
+    "counts.skipped": int,
+    "skipped": list,
+    "targets": dict,
+    "statistics_from": str,
+    "splits": dict,
+    "splits.train": int,
+    "splits.val": int,
+    "splits.test": int,
+    "config": dict,
+    "config.seed": int,
+    "vocab_size": int,
+    "sequence_length": dict,
+    "sequence_length.min": int,
+    "sequence_length.max": int,
+    "sequence_length.mean": float,
     "checksums": dict,
 }
 _TYPE_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer", float: "a number"}
@@ -360,6 +393,10 @@ def _check_manifest(manifest, path: Path) -> None:
             _check_type(stats.get(stat), float, path, f"targets.{name}.{stat}")
     for i, row in enumerate(manifest["skipped"]):
         _check_type(row, dict, path, f"skipped[{i}]")
+    if "duplicates" in manifest:  # absent from datasets prepared before duplicates were counted
+        _check_type(manifest["duplicates"], dict, path, "duplicates")
+        for key, kind in (("rows", int), ("conflicting", int), ("conflicts", list)):
+            _check_type(manifest["duplicates"].get(key), kind, path, f"duplicates.{key}")
     for relative, digest in manifest["checksums"].items():
         if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise DatasetError(f"{path}: 'checksums.{relative}' must be a sha256 hex digest, got {digest!r}")

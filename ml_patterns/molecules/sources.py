@@ -16,6 +16,8 @@ import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ml_patterns.errors import OptionError, UsageError
+
 # Larger than any molecule a sequence model is trained on (the models take at most a few hundred
 # tokens); a longer field is most often an unbalanced quote that swallowed the lines after it. Such a
 # row is skipped and reported, not fed to RDKit.
@@ -26,7 +28,7 @@ MAX_SMILES_CHARS = 10_000
 _FIELD_SIZE_LIMIT = 2**31 - 1
 
 
-class SourceError(ValueError):
+class SourceError(UsageError):
     """A source table that cannot be used; the message names the file (and the line, where there is one)."""
 
 
@@ -61,12 +63,12 @@ def default_csv_path() -> Path:
 
 def require_regular_file(path: Path, option: str = "csv_path") -> None:
     """Refuses a missing path, a directory, a FIFO or a device before it is opened (a FIFO would block)."""
-    from ml_patterns.errors import OptionError
-
     if not path.exists():
         raise OptionError(option, f"{{option}}: {path}: no such file", cli_flag="--csv")
     if not path.is_file():
-        raise OptionError(option, f"{{option}}: {path} is not a regular file (a directory, FIFO or device)", cli_flag="--csv")
+        raise OptionError(
+            option, f"{{option}}: {path} is not a regular file (a directory, FIFO or device)", cli_flag="--csv"
+        )
 
 
 def read_default_rows() -> Iterator[SourceRow | SkippedRow]:
@@ -91,8 +93,9 @@ def read_csv_rows(path: Path, smiles_col: str, target_cols: list[str]) -> Iterat
         if not fields:  # a blank line
             continue
         if len(fields) != len(header):
-            yield SkippedRow(line, fields[0] if fields else "",
-                             f"{len(fields)} fields where the header has {len(header)}")
+            yield SkippedRow(
+                line, fields[0] if fields else "", f"{len(fields)} fields where the header has {len(header)}"
+            )
             continue
         yield _parse_row(line, fields[columns[smiles_col]], {c: fields[columns[c]] for c in target_cols})
 
@@ -137,8 +140,11 @@ def _field_size_limit(limit: int) -> Iterator[None]:
 def _parse_row(line: int, smiles: str, raw_targets: dict[str, str]) -> SourceRow | SkippedRow:
     smiles = smiles.strip()
     if len(smiles) > MAX_SMILES_CHARS:
-        return SkippedRow(line, smiles[:40] + "...",
-                          f"SMILES of {len(smiles)} characters, over {MAX_SMILES_CHARS} (an unbalanced quote?)")
+        return SkippedRow(
+            line,
+            smiles[:40] + "...",
+            f"SMILES of {len(smiles)} characters, over {MAX_SMILES_CHARS} (an unbalanced quote?)",
+        )
     targets = {}
     for name, raw in raw_targets.items():
         try:
