@@ -135,7 +135,7 @@ def test_gpu_requested_without_one_is_a_clear_error(default_dataset, tmp_path, c
 
 
 def test_unknown_benchmark_is_refused_with_the_valid_names(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match="^2$") as exit_info:
         main(["bench", "--only", "nope", "--out", str(tmp_path), "--data", str(tmp_path / "data")])
     assert exit_info.value.code == 2
     assert "argument --only: invalid choice: 'nope' (choose from" in capsys.readouterr().err

@@ -74,7 +74,7 @@ def test_prepare_refuses_bad_flags_in_one_line(tmp_path, capsys):
 
 
 def test_rdkit_properties_are_checked_against_the_accepted_names(capsys):
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match="^2$") as exit_info:
         build_parser().parse_args(["prepare", "--rdkit-properties", "MolWt,LogP"])
     assert exit_info.value.code == 2
     assert "unknown RDKit propert(y/ies) ['LogP']; accepted: MolLogP,MolWt," in capsys.readouterr().err

@@ -102,7 +102,7 @@ def test_an_interrupted_write_leaves_the_previous_report(default_dataset, tmp_pa
         raise KeyboardInterrupt
 
     monkeypatch.setattr(compare_report, "_speed_bars", interrupted)  # the last file written
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="^$"):
         write_report({**report, "wall_time_s": 2.0}, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging directory left behind
@@ -148,9 +148,9 @@ def test_ctrl_c_stops_the_worker(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner.StatusLine, "event", ctrl_c)
     start = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="^$"):
         runner.run_worker("torch", {}, tmp_path / "out.json")
     assert time.perf_counter() - start < 30
-    with pytest.raises(ProcessLookupError):  # stopped and reaped
+    with pytest.raises(ProcessLookupError, match="No such process"):  # stopped and reaped
         os.kill(int(pid_file.read_text()), 0)
     assert not (tmp_path / "out.json").exists()
