@@ -185,6 +185,22 @@ def pickle_file(scene: Scene) -> None:
     scene.file("model.safetensors", pickle.dumps(Exploit()))
 
 
+def nothing_unpickled(scene: Scene, _) -> bool:
+    return not (scene.root / "pwned").exists()
+
+
+def torch_load_model(path: Path):
+    import torch_impl.molecules.models
+
+    return torch_impl.molecules.models.load_model(path)
+
+
+def jax_load_model(path: Path):
+    import jax_impl.molecules.models
+
+    return jax_impl.molecules.models.load_model(path)
+
+
 def torch_pickle(scene: Scene) -> None:
     """A torch.save file whose unpickling would create scene/pwned."""
     import torch
@@ -762,32 +778,17 @@ CASES = [
         r"tensor data does not match the checksum written with it",
         setup=lambda s: flip_byte(small_checkpoint(s)),
     ),
-    Case(
-        "checkpoint-pickle-core",
-        "refused",
-        lambda s: load_checkpoint(s.root / "model.safetensors"),
-        CheckpointError,
-        r"model\.safetensors",
-        setup=pickle_file,
-        kept=lambda s, _: not (s.root / "pwned").exists(),
-    ),
-    Case(
-        "checkpoint-pickle-torch",
-        "refused",
-        lambda s: __import__("torch_impl.molecules.models").molecules.models.load_model(s.root / "model.safetensors"),
-        CheckpointError,
-        r"model\.safetensors",
-        setup=pickle_file,
-        kept=lambda s, _: not (s.root / "pwned").exists(),
-    ),
-    Case(
-        "checkpoint-pickle-jax",
-        "refused",
-        lambda s: __import__("jax_impl.molecules.models").molecules.models.load_model(s.root / "model.safetensors"),
-        CheckpointError,
-        r"model\.safetensors",
-        setup=pickle_file,
-        kept=lambda s, _: not (s.root / "pwned").exists(),
+    *(
+        Case(
+            f"checkpoint-pickle-{side}",
+            "refused",
+            lambda s, load=load: load(s.root / "model.safetensors"),
+            CheckpointError,
+            r"model\.safetensors: this is a pickle \(a legacy PyTorch torch\.save file\?\), not safetensors",
+            setup=pickle_file,
+            kept=nothing_unpickled,
+        )
+        for side, load in (("core", load_checkpoint), ("torch", torch_load_model), ("jax", jax_load_model))
     ),
     Case(
         "checkpoint-torch-save-of-a-malicious-object",
@@ -796,16 +797,16 @@ CASES = [
         CheckpointError,
         r"model\.pt: a PyTorch file that torch\.load\(weights_only=True\) cannot read",
         setup=torch_pickle,
-        kept=lambda s, _: not (s.root / "pwned").exists(),
+        kept=nothing_unpickled,
     ),
     Case(
         "checkpoint-torch-file-given-to-jax",
         "refused",
-        lambda s: __import__("jax_impl.molecules.models").molecules.models.load_model(s.root / "model.pt"),
+        lambda s: jax_load_model(s.root / "model.pt"),
         CheckpointError,
         r"model\.pt: this is a PyTorch torch\.save file, not safetensors; convert it",
         setup=torch_pickle,
-        kept=lambda s, _: not (s.root / "pwned").exists(),
+        kept=nothing_unpickled,
     ),
     Case(
         "checkpoint-missing",
@@ -882,29 +883,20 @@ CASES = [
         kept=lambda s, path: stat.S_IMODE(os.stat(path).st_mode) == 0o644,
     ),
     # -- the tokenizer and its vocabulary -----------------------------------------------------
-    Case(
-        "vocab-not-json",
-        "refused",
-        lambda s: SmilesTokenizer.load(s.root / "vocab.json"),
-        ValueError,
-        r"vocabulary file .*vocab\.json is not a valid vocabulary",
-        setup=lambda s: s.file("vocab.json", "{"),
-    ),
-    Case(
-        "vocab-tokens-not-strings",
-        "refused",
-        lambda s: SmilesTokenizer.load(s.root / "vocab.json"),
-        ValueError,
-        r"'tokens' must be a list of strings",
-        setup=lambda s: s.file("vocab.json", '{"tokens": [1, 2]}'),
-    ),
-    Case(
-        "vocab-without-special-tokens",
-        "refused",
-        lambda s: SmilesTokenizer.load(s.root / "vocab.json"),
-        ValueError,
-        r"vocabulary must start with the special tokens",
-        setup=lambda s: s.file("vocab.json", '{"tokens": ["C", "O"]}'),
+    *(
+        Case(
+            f"vocab-{name}",
+            "refused",
+            lambda s: SmilesTokenizer.load(s.root / "vocab.json"),
+            ValueError,
+            message,
+            setup=lambda s, content=content: s.file("vocab.json", content),
+        )
+        for name, content, message in (
+            ("not-json", "{", r"vocabulary file .*vocab\.json is not a valid vocabulary"),
+            ("tokens-not-strings", '{"tokens": [1, 2]}', r"vocab\.json: 'tokens' must be a list of strings"),
+            ("without-special-tokens", '{"tokens": ["C", "O"]}', r"vocabulary must start with the special tokens"),
+        )
     ),
     Case(
         "smiles-with-a-foreign-character",
