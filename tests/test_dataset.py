@@ -320,18 +320,25 @@ def test_memory_stays_flat_however_many_items_are_read(tmp_path, row):
         (tmp_path / "items" / f"{i}.json").write_text('{"x": [1, 2, 3]}\n')
     write_index(tmp_path, [{"file": f"items/{i}.json", **({"row": 0} if row else {})} for i in range(n_warm + n)])
     # Traced from the start: the caches' contents must be traced when they are replaced later, or
-    # the untraced frees would hide the turnover and count it as growth.
-    tracemalloc.start()
+    # the untraced frees would hide the turnover and count it as growth. Only blocks allocated with
+    # the dataset's code on the stack count: tracemalloc sees every thread, and threads left running
+    # by earlier tests (prefetchers, framework pools) would otherwise be charged to the dataset.
+    tracemalloc.start(32)
+    only_the_dataset = [tracemalloc.Filter(True, LazyDataset.__init__.__code__.co_filename, all_frames=True)]
+
+    def dataset_bytes() -> int:
+        return sum(stat.size for stat in tracemalloc.take_snapshot().filter_traces(only_the_dataset).statistics("filename"))
+
     try:
         dataset = LazyDataset(tmp_path)
         for i in range(n_warm):  # the bounded caches fill up here
             dataset[i]
         gc.collect()
-        before = tracemalloc.get_traced_memory()[0]
+        before = dataset_bytes()
         for i in range(n_warm, n_warm + n):
             dataset[i]
         gc.collect()
-        grown = tracemalloc.get_traced_memory()[0] - before
+        grown = dataset_bytes() - before
     finally:
         tracemalloc.stop()
     assert grown / n < 16, f"{grown / n:.0f} bytes kept per item read"
