@@ -1,0 +1,132 @@
+"""Data parallelism, JAX side: a ``Mesh`` over the devices, the batch sharded along ``"data"``,
+parameters and optimizer state replicated (``NamedSharding`` + ``jax.jit``). The contract:
+``ml_patterns.distributed``; the names mirror ``torch_impl.distributed``.
+
+Divergences, and why:
+
+- One process drives all its local devices, so there is no ``launch``: ``setup()`` builds the mesh
+  over ``jax.devices()``. Several hosts: call ``jax.distributed.initialize()`` in every process first
+  (docs/DISTRIBUTED.md); ``jax.devices()`` then lists every host's devices. ``context.rank`` is
+  ``jax.process_index()``, ``world_size`` the number of devices the batch is split over.
+- The step is one pure function jitted over the GLOBAL batch (``ml_patterns.distributed.global_layout``:
+  device r holds rank r's shard): it differentiates ``global_mean(loss_sums(batch, weight))`` itself,
+  and XLA inserts the cross-device sums, so no ``ddp_objective`` scaling is needed. Dropout masks,
+  drawn inside that jit, are drawn once for the global batch, never repeated per device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ml_patterns.distributed import DATA_AXIS, global_mean
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """The mesh the batch is split over (see ``torch_impl.distributed.Context``)."""
+
+    mesh: Mesh
+
+    @property
+    def world_size(self) -> int:
+        return self.mesh.size
+
+    @property
+    def rank(self) -> int:
+        return jax.process_index()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    @property
+    def batch_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+
+
+def setup(devices: list[jax.Device] | None = None) -> Context:
+    """A one-axis (``"data"``) mesh over ``devices`` (default: every device, of every process)."""
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("setup needs at least one device")
+    return Context(Mesh(np.array(devices), (DATA_AXIS,)))
+
+
+def shard_batch(batch: Any, context: Context) -> Any:
+    """A global-layout batch (a pytree of numpy arrays, leading axis ``world_size * rows``; the row
+    weight too) as JAX arrays split along the leading axis, block r on device r."""
+
+    def put(path, array):
+        array = np.asarray(array)
+        if array.ndim == 0 or array.shape[0] % context.world_size:
+            name = jax.tree_util.keystr(path)
+            raise ValueError(
+                f"batch{name} has shape {array.shape}: its leading axis must divide by the {context.world_size} "
+                "devices; build the batch from ml_patterns.distributed.global_layout"
+            )
+        # Each process fills only the blocks of its own devices (every process holds the same global
+        # batch, from the same sampler), so this also builds the array across several hosts.
+        return jax.make_array_from_callback(array.shape, context.batch_sharding, lambda index: array[index])
+
+    return jax.tree_util.tree_map_with_path(put, batch)
+
+
+def safe_divide(total: jax.Array, count: jax.Array) -> jax.Array:
+    """``total / count``; where ``count == 0`` (every position masked: ``total`` is 0 too) 0, not NaN."""
+    return total / jnp.where(count > 0, count, jnp.ones_like(count))
+
+
+class TrainState(NamedTuple):
+    params: nnx.State
+    rest: nnx.State  # non-trainable module state, passed through
+    opt_state: optax.OptState
+
+
+def make_train_step(
+    model: nnx.Module, optimizer: optax.GradientTransformation, context: Context
+) -> tuple[Callable[[TrainState, dict, jax.Array], tuple[TrainState, jax.Array]], TrainState]:
+    """``(step, state)``: ``step(state, batch, weight) -> (state, global loss)``, jitted once with the
+    state donated and kept replicated; ``state`` starts from copies of ``model``'s parameters (the
+    model's own arrays are never donated). ``nnx.update(model, state.params)`` writes them back."""
+    if not callable(getattr(model, "loss_sums", None)):
+        raise TypeError(f"{type(model).__name__} has no loss_sums(batch, weight): see ml_patterns.distributed")
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    loss = _global_loss(graphdef)
+
+    def step(state: TrainState, batch: dict, weight: jax.Array) -> tuple[TrainState, jax.Array]:
+        value, grads = jax.value_and_grad(loss)(state.params, state.rest, batch, weight)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        return TrainState(optax.apply_updates(state.params, updates), state.rest, opt_state), value
+
+    params, rest = jax.tree.map(jnp.copy, (params, rest))
+    state = jax.device_put(TrainState(params, rest, optimizer.init(params)), context.replicated)
+    return jax.jit(step, donate_argnums=0, out_shardings=context.replicated), state
+
+
+def make_eval_step(model: nnx.Module, context: Context) -> Callable[[TrainState, dict, jax.Array], jax.Array]:
+    """``step(state, batch, weight) -> global loss``, no gradients."""
+    loss = _global_loss(nnx.split(model, nnx.Param, ...)[0])
+    return jax.jit(
+        lambda state, batch, weight: loss(state.params, state.rest, batch, weight), out_shardings=context.replicated
+    )
+
+
+def _global_loss(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
+    def loss(params: nnx.State, rest: nnx.State, batch: dict, weight: jax.Array) -> jax.Array:
+        # copy=True: fresh Variables at this trace level (jax_impl.models.Functional says why).
+        return global_mean(nnx.merge(graphdef, params, rest, copy=True).loss_sums(batch, weight), safe_divide)
+
+    return loss

@@ -1,0 +1,209 @@
+"""Data parallelism: the core's shards and reductions (pure functions, tables), and each backend's
+step on one rank/device in this process. N ranks against one: parity_tests/test_distributed.py."""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+import torch.distributed as dist
+from flax import nnx
+from hypothesis import given
+from hypothesis import strategies as st
+
+import jax_impl.distributed
+import torch_impl.distributed
+from ml_patterns.distributed import Shard, ddp_objective, global_layout, global_mean, shard, shard_sizes
+from parity_tests import distributed_runs
+
+
+def numpy_divide(total, count):
+    return total / np.where(count > 0, count, 1.0)
+
+
+# -- the core: shards -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("indices", "world_size", "expected"),
+    [
+        ([10, 11, 12, 13], 2, [([10, 11], [1, 1]), ([12, 13], [1, 1])]),
+        ([10, 11, 12, 13, 14], 2, [([10, 11, 12], [1, 1, 1]), ([13, 14, 10], [1, 1, 0])]),
+        ([10, 11, 12, 13, 14], 4, [([10, 11], [1, 1]), ([12, 10], [1, 0]), ([13, 10], [1, 0]), ([14, 10], [1, 0])]),
+        ([7], 3, [([7], [1]), ([7], [0]), ([7], [0])]),
+        ([5, 6, 7], 1, [([5, 6, 7], [1, 1, 1])]),
+    ],
+)
+def test_shard_table(indices, world_size, expected):
+    for rank, (rows, weight) in enumerate(expected):
+        part = shard(indices, world_size, rank)
+        assert part.indices == rows and part.weight.tolist() == weight and part.weight.dtype == np.float32
+
+
+@given(st.lists(st.integers(0, 10_000), min_size=1, max_size=60, unique=True), st.integers(1, 9))
+def test_shards_cover_the_batch_once_in_order(indices, world_size):
+    parts = [shard(indices, world_size, rank) for rank in range(world_size)]
+    real = [i for p in parts for i, w in zip(p.indices, p.weight) if w == 1.0]
+    assert real == indices  # every sample once, none twice, in the sampler's order
+    assert {len(p.indices) for p in parts} == {math.ceil(len(indices) / world_size)}
+    assert [p.real for p in parts] == shard_sizes(len(indices), world_size)
+    layout = global_layout(indices, world_size)
+    assert layout.indices == [i for p in parts for i in p.indices]
+    np.testing.assert_array_equal(layout.weight, np.concatenate([p.weight for p in parts]))
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        (([], 2, 0), ValueError, "empty batch"),
+        (([1, 2], 0, 0), ValueError, "world_size must be a positive int"),
+        (([1, 2], 2, 2), ValueError, r"rank must be an int in \[0, 2\)"),
+        (([1, 2], 2, -1), ValueError, "rank must be"),
+        (([1, 2], True, 0), ValueError, "world_size"),
+    ],
+)
+def test_shard_refuses_bad_arguments(args, error, match):
+    with pytest.raises(error, match=match):
+        shard(*args)
+
+
+# -- the core: sums and counts --------------------------------------------------------------------
+def test_mean_of_ddp_objectives_is_the_global_mean_and_per_rank_means_are_not():
+    """Per rank (S_tokens, C_tokens), (S_rows, C_rows): ranks with unequal token counts."""
+    ranks = [
+        {"tokens": (np.float64(6.0), np.float64(3.0)), "rows": (np.float64(1.0), np.float64(2.0))},
+        {"tokens": (np.float64(3.0), np.float64(1.0)), "rows": (np.float64(5.0), np.float64(2.0))},
+    ]
+    totals = {k: (sum(r[k][0] for r in ranks), sum(r[k][1] for r in ranks)) for k in ranks[0]}
+    expected = 9.0 / 4.0 + 6.0 / 4.0
+    assert global_mean(totals, numpy_divide) == expected
+    counts = {k: c for k, (_, c) in totals.items()}
+    # DDP averages the ranks' gradients; ddp_objective is linear in the local sums, so the same
+    # average of the objectives themselves must give the global mean.
+    objectives = [ddp_objective(r, counts, len(ranks), numpy_divide) for r in ranks]
+    assert np.mean(objectives) == expected
+    per_rank_means = np.mean([global_mean(r, numpy_divide) for r in ranks])
+    assert per_rank_means == (6.0 / 3.0 + 1.0 / 2.0 + 3.0 / 1.0 + 5.0 / 2.0) / 2 != expected
+
+
+def test_a_part_with_no_count_adds_nothing():
+    assert (
+        global_mean({"a": (np.float64(3.0), np.float64(2.0)), "b": (np.float64(0.0), np.float64(0.0))}, numpy_divide)
+        == 1.5
+    )
+
+
+def test_reductions_refuse_mismatched_parts():
+    with pytest.raises(ValueError, match="loss_sums returned no part"):
+        global_mean({}, numpy_divide)
+    with pytest.raises(KeyError, match=r"parts \['b'\] are not in both"):
+        ddp_objective({"a": (1.0, 1.0), "b": (1.0, 1.0)}, {"a": 2.0}, 2, numpy_divide)
+
+
+# -- torch: one rank in this process --------------------------------------------------------------
+@pytest.fixture
+def one_rank_group():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        yield torch_impl.distributed.setup()
+    finally:
+        torch_impl.distributed.teardown()
+
+
+def test_torch_step_on_one_rank_is_the_plain_step(one_rank_group):
+    from torch_impl.losses import masked_cross_entropy
+
+    assert (one_rank_group.world_size, one_rank_group.rank, one_rank_group.is_main) == (1, 0, True)
+    data, _ = distributed_runs.problem()
+    indices = [0, 5, 9]
+    part = shard(indices, 1, 0)
+    batch = {k: torch.from_numpy(v[part.indices]) for k, v in data.items()}
+    plain, parallel = distributed_runs._torch_model(), distributed_runs._torch_model()
+    loss = masked_cross_entropy(plain(batch["x"]), batch["y"], batch["mask"])
+    loss.backward()
+    expected = float(loss.detach())
+    torch.optim.SGD(plain.parameters(), lr=0.1).step()
+    evaluate = torch_impl.distributed.make_eval_step(parallel)
+    np.testing.assert_allclose(float(evaluate(batch, torch.from_numpy(part.weight))), expected, rtol=1e-6)
+    step = torch_impl.distributed.make_train_step(
+        parallel, torch.optim.SGD(parallel.parameters(), lr=0.1), one_rank_group
+    )
+    loss = step(batch, torch.from_numpy(part.weight))
+    assert not loss.requires_grad
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-6)
+    for (name, a), b in zip(plain.state_dict().items(), parallel.state_dict().values()):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_torch_setup_without_a_launcher_says_how_to_launch(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RuntimeError, match=r"torchrun --nproc-per-node N.*launch\(fn, N\)"):
+        torch_impl.distributed.setup()
+
+
+def test_torch_step_needs_loss_sums():
+    context = torch_impl.distributed.Context(world_size=1, rank=0, device=torch.device("cpu"))
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(TypeError, match=r"Linear has no loss_sums\(batch, weight\)"):
+        torch_impl.distributed.make_train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), context)
+
+
+@pytest.mark.parametrize("module", [torch_impl.distributed, jax_impl.distributed], ids=["torch", "jax"])
+def test_safe_divide_is_zero_and_finite_at_count_zero(module):
+    """A part with no count (every token masked) adds 0, and no NaN reaches the gradients."""
+    for count, expected in ((0.0, 0.0), (4.0, 0.75)):
+        if module is torch_impl.distributed:
+            total = torch.tensor(3.0 if count else 0.0, requires_grad=True)
+            value = module.safe_divide(total, torch.tensor(count))
+            value.backward()
+            value, grad = float(value.detach()), float(total.grad)
+        else:
+            value, grad = jax.value_and_grad(lambda t, c=count: module.safe_divide(t, jnp.float32(c)))(
+                jnp.float32(3.0 if count else 0.0)
+            )
+        assert float(value) == expected and np.isfinite(grad)
+
+
+# -- JAX: one device in this process --------------------------------------------------------------
+def test_jax_step_on_one_device_is_the_plain_step():
+    from jax_impl.losses import masked_cross_entropy
+
+    context = jax_impl.distributed.setup(jax.devices()[:1])
+    assert (context.world_size, context.rank, context.is_main) == (1, 0, True)
+    data, _ = distributed_runs.problem()
+    layout = global_layout([0, 5, 9], 1)
+    host = {k: v[layout.indices] for k, v in data.items()}
+    model = distributed_runs._jax_model()
+    expected, grads = nnx.value_and_grad(lambda m: masked_cross_entropy(m(host["x"]), host["y"], host["mask"]))(model)
+    batch, weight = jax_impl.distributed.shard_batch((host, layout.weight), context)
+    step, state = jax_impl.distributed.make_train_step(model, optax.sgd(0.1), context)
+    evaluate = jax_impl.distributed.make_eval_step(model, context)
+    np.testing.assert_allclose(float(evaluate(state, batch, weight)), float(expected), rtol=1e-6)
+    state, loss = step(state, batch, weight)
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
+    expected_kernel = model.head.kernel[...] - 0.1 * grads.head.kernel[...]  # the model itself is untouched
+    np.testing.assert_allclose(state.params["head"]["kernel"][...], expected_kernel, rtol=1e-6, atol=1e-7)
+
+
+def test_jax_shard_batch_names_an_array_that_cannot_split():
+    context = jax_impl.distributed.setup(jax.devices()[:1])
+    with pytest.raises(ValueError, match=r"batch\['count'\] has shape \(\): its leading axis must divide by the 1"):
+        jax_impl.distributed.shard_batch({"x": np.zeros((2, 3)), "count": np.float32(2)}, context)
+
+
+def test_jax_step_needs_loss_sums():
+    context = jax_impl.distributed.setup(jax.devices()[:1])
+    with pytest.raises(TypeError, match=r"Linear has no loss_sums\(batch, weight\)"):
+        jax_impl.distributed.make_train_step(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), optax.sgd(0.1), context)
+
+
+def test_shard_is_a_plain_dataclass():
+    assert Shard([1], np.ones(1, np.float32)).real == 1
