@@ -8,25 +8,26 @@ Divergences, and why:
   over ``jax.devices()``. Several hosts: call ``jax.distributed.initialize()`` in every process first
   (docs/DISTRIBUTED.md); ``jax.devices()`` then lists every host's devices. ``context.rank`` is
   ``jax.process_index()``, ``world_size`` the number of devices the batch is split over.
-- The step is one pure function jitted over the GLOBAL batch (``ml_patterns.distributed.global_layout``:
-  device r holds rank r's shard): it differentiates ``global_mean(loss_sums(batch, weight))`` itself,
-  and XLA inserts the cross-device sums, so no ``ddp_objective`` scaling is needed. Dropout masks,
-  drawn inside that jit, are drawn once for the global batch, never repeated per device.
+- The step is the Trainer's own pure step (``jax_impl.training.make_steps(..., distributed=context)``)
+  jitted over the GLOBAL batch (``ml_patterns.distributed.global_layout``: device r holds rank r's
+  shard), with ``global_loss`` for its loss: it differentiates ``global_mean(loss_sums(batch,
+  weight))`` itself, and XLA inserts the cross-device sums, so no ``ddp_objective`` scaling is needed
+  and torch's ``make_train_step``/``make_eval_step`` have no twin here. Dropout masks, drawn inside
+  that jit, are drawn once for the global batch, never repeated per device.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jax_impl.models import Functional
 from ml_patterns.distributed import DATA_AXIS, global_mean
 
 
@@ -89,44 +90,10 @@ def safe_divide(total: jax.Array, count: jax.Array) -> jax.Array:
     return total / jnp.where(count > 0, count, jnp.ones_like(count))
 
 
-class TrainState(NamedTuple):
-    params: nnx.State
-    rest: nnx.State  # non-trainable module state, passed through
-    opt_state: optax.OptState
-
-
-def make_train_step(
-    model: nnx.Module, optimizer: optax.GradientTransformation, context: Context
-) -> tuple[Callable[[TrainState, dict, jax.Array], tuple[TrainState, jax.Array]], TrainState]:
-    """``(step, state)``: ``step(state, batch, weight) -> (state, global loss)``, jitted once with the
-    state donated and kept replicated; ``state`` starts from copies of ``model``'s parameters (the
-    model's own arrays are never donated). ``nnx.update(model, state.params)`` writes them back."""
-    if not callable(getattr(model, "loss_sums", None)):
-        raise TypeError(f"{type(model).__name__} has no loss_sums(batch, weight): see ml_patterns.distributed")
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    loss = _global_loss(graphdef)
-
-    def step(state: TrainState, batch: dict, weight: jax.Array) -> tuple[TrainState, jax.Array]:
-        value, grads = jax.value_and_grad(loss)(state.params, state.rest, batch, weight)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        return TrainState(optax.apply_updates(state.params, updates), state.rest, opt_state), value
-
-    params, rest = jax.tree.map(jnp.copy, (params, rest))
-    state = jax.device_put(TrainState(params, rest, optimizer.init(params)), context.replicated)
-    return jax.jit(step, donate_argnums=0, out_shardings=context.replicated), state
-
-
-def make_eval_step(model: nnx.Module, context: Context) -> Callable[[TrainState, dict, jax.Array], jax.Array]:
-    """``step(state, batch, weight) -> global loss``, no gradients."""
-    loss = _global_loss(nnx.split(model, nnx.Param, ...)[0])
-    return jax.jit(
-        lambda state, batch, weight: loss(state.params, state.rest, batch, weight), out_shardings=context.replicated
-    )
-
-
-def _global_loss(graphdef: nnx.GraphDef) -> Callable[..., jax.Array]:
-    def loss(params: nnx.State, rest: nnx.State, batch: dict, weight: jax.Array) -> jax.Array:
-        # copy=True: fresh Variables at this trace level (jax_impl.models.Functional says why).
-        return global_mean(nnx.merge(graphdef, params, rest, copy=True).loss_sums(batch, weight), safe_divide)
-
-    return loss
+def global_loss(fn: Functional, params: nnx.State, rest: nnx.State, batch: tuple, *, key=None, train: bool = False):
+    """``(global loss, rest after the call)`` of a data-parallel batch ``(rows, weight)`` in
+    ``global_layout``: ``global_mean(model.loss_sums(rows, weight))``, whose gradient is the
+    global-mean gradient (XLA inserts the cross-device sums); ``fn`` is ``models.functional``'s."""
+    rows, weight = batch
+    parts, rest = fn.loss_sums(params, rest, rows, weight, key=key, train=train)
+    return global_mean(parts, safe_divide), rest

@@ -126,6 +126,12 @@ class Functional:
         loss = model.compute_loss(batch)
         return loss, nnx.split(model, nnx.Param, ...)[2]
 
+    def loss_sums(self, params, rest, batch, weight, *, key: jax.Array | None = None, train: bool = False):
+        """``({part: (sum, count)}, rest after the call)``: ``model.loss_sums(batch, weight)`` as a pure
+        function, for data-parallel steps (``ml_patterns.distributed``)."""
+        model = self._model(params, rest, key, train)
+        return model.loss_sums(batch, weight), nnx.split(model, nnx.Param, ...)[2]
+
     def loss(self, params, rest, batch: dict, *, key: jax.Array | None = None, train: bool = False):
         """``(total loss, {part: loss})``: ``model.loss_parts(batch)`` as a pure function."""
         return self._model(params, rest, key, train).loss_parts(batch)

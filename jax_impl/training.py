@@ -13,6 +13,9 @@ Divergences, and why:
   needs the weights), as Keras' JAX trainer does, never per step.
 - Dropout masks are a pure function of ``(config.seed, step)`` (``jax.random.fold_in``), so a
   resumed run draws exactly the masks of the uninterrupted one with no RNG state to save.
+- ``distributed``: a ``jax_impl.distributed.Context`` (or True: every device) shards each global
+  batch over its mesh, block r on device r (``ml_patterns.distributed.global_layout``), state
+  replicated; the model needs ``loss_sums(batch, weight)`` (docs/DISTRIBUTED.md).
 - The state is donated to the step: its buffers are reused in place. The model's own arrays are
   never handed to the step (they are copied in and out), so donation cannot invalidate them.
 """
@@ -31,13 +34,15 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jax_impl import distributed as distributed_
 from jax_impl import state as weights
 from jax_impl.models import Functional, functional
 from jax_impl.optim import build_optimizer
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
+from ml_patterns.distributed import global_rows
 from ml_patterns.optim import OptimizerConfig
-from ml_patterns.training import OPTIMIZER_SLOTS, BatchTransform, TrainerBase
+from ml_patterns.training import OPTIMIZER_SLOTS, BatchTransform, TrainerBase, leading_dimension
 
 # optax state field holding each canonical slot: (state type, field)
 _SLOT_FIELDS = {
@@ -54,35 +59,48 @@ class TrainState(NamedTuple):
     step: jax.Array  # int32: optimizer updates so far
 
 
-def make_steps(model: nnx.Module, optimizer: OptimizerConfig | optax.GradientTransformation, seed: int):
+def make_steps(
+    model: nnx.Module,
+    optimizer: OptimizerConfig | optax.GradientTransformation,
+    seed: int,
+    distributed: distributed_.Context | None = None,
+):
     """``(train_step, eval_step)`` for ``model``, each jitted once.
 
     ``train_step(state, batch) -> (state, {"loss": scalar})`` from ``model.compute_loss``;
     ``eval_step(params, rest, batch) -> loss`` (dropout off). Trainers of the same model structure,
     optimizer (config, or the same transformation object) and seed share the compiled steps (a
-    resumed trainer does not recompile).
+    resumed trainer does not recompile). With ``distributed``, ``batch`` is ``(rows, weight)``
+    sharded over its mesh (``distributed.shard_batch``), the loss ``distributed.global_loss`` and
+    the state kept replicated.
     """
     fn, _, _ = functional(model)
-    return _compiled_steps(fn, optimizer, seed)
+    return _compiled_steps(fn, optimizer, seed, distributed)
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_steps(fn: Functional, optimizer: OptimizerConfig | optax.GradientTransformation, seed: int):
+def _compiled_steps(fn: Functional, optimizer, seed: int, distributed: distributed_.Context | None):
     transformation = build_optimizer(optimizer) if isinstance(optimizer, OptimizerConfig) else optimizer
     base_key = jax.random.key(seed)
+    loss_fn = fn.compute_loss if distributed is None else functools.partial(distributed_.global_loss, fn)
+    # One device: the outputs follow the inputs. A mesh: state and loss replicated on every device.
+    out_shardings = None if distributed is None else distributed.replicated
 
     def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
         key = jax.random.fold_in(base_key, state.step)
-        grad_fn = jax.value_and_grad(fn.compute_loss, has_aux=True)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (loss, rest), grads = grad_fn(state.params, state.rest, batch, key=key, train=True)
         updates, opt_state = transformation.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, rest, opt_state, state.step + 1), {"loss": loss}
 
     def eval_step(params: nnx.State, rest: nnx.State, batch: Any) -> jax.Array:
-        return fn.compute_loss(params, rest, batch)[0]
+        return loss_fn(params, rest, batch)[0]
 
-    return jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
+    return (
+        jax.jit(train_step, donate_argnums=0, out_shardings=out_shardings),
+        jax.jit(eval_step, out_shardings=out_shardings),
+    )
 
 
 class Trainer(TrainerBase):
@@ -103,6 +121,7 @@ class Trainer(TrainerBase):
         batch_transform: BatchTransform | None = None,
         stop_on_non_finite: bool = True,
         seed: int | None = None,
+        distributed: distributed_.Context | bool | None = None,
     ):
         if isinstance(optimizer, OptimizerConfig):
             config = optimizer
@@ -111,13 +130,17 @@ class Trainer(TrainerBase):
         else:
             raise TypeError("optimizer must be an optax.GradientTransformation or an OptimizerConfig, "
                             f"got {type(optimizer).__name__}")
+        if distributed is True:
+            distributed = distributed_.setup()
+        if distributed and device is not None:
+            raise ValueError(f"device={device} and distributed: the mesh names the devices, leave device out")
         super().__init__(model, config, callbacks, batch_transform=batch_transform,
-                         stop_on_non_finite=stop_on_non_finite)
+                         stop_on_non_finite=stop_on_non_finite, distributed=distributed or None)
         self.device = jax.devices(device)[0] if isinstance(device, str) else device
         self.optimizer = build_optimizer(optimizer) if config is not None else optimizer
         if seed is None:
             seed = getattr(getattr(model, "config", None), "seed", 0)
-        self.train_step, self.eval_step = make_steps(model, optimizer, seed)
+        self.train_step, self.eval_step = make_steps(model, optimizer, seed, self.distributed)
         self.state = self._initial_state()
 
     def _initial_state(self) -> TrainState:
@@ -129,10 +152,15 @@ class Trainer(TrainerBase):
     def _committed(self, state: TrainState) -> TrainState:
         # Every leaf committed to the device, as the step's outputs are: a state mixing committed and
         # uncommitted arrays would make the second call of the step compile it again.
+        if self.distributed is not None:
+            return jax.device_put(state, self.distributed.replicated)
         return jax.device_put(state, self.device or jax.devices()[0])
 
     def _to_batch(self, batch: Any) -> Any:
-        return to_device(batch, self.device)
+        if self.distributed is None:
+            return to_device(batch, self.device)
+        world_size = self.distributed.world_size
+        return distributed_.shard_batch(global_rows(batch, leading_dimension(batch), world_size), self.distributed)
 
     def _train_step(self, batch: Any) -> jax.Array:
         self.state, metrics = self.train_step(self.state, batch)

@@ -196,7 +196,7 @@ class EarlyStopping(Callback):
         if stop:
             trainer.should_stop = True
             trainer.stop_reason = f"EarlyStopping at epoch {epoch}: {self.stop_reason.value} ({self.monitor}={current})"
-            if self.verbose:
+            if self.verbose and is_main(trainer):
                 print(f"Early stopping at epoch {epoch}: {self.stop_reason.value}")
 
     def on_train_end(self, trainer: TrainerProtocol) -> None:
@@ -305,7 +305,8 @@ class ModelCheckpoint(Callback):
     def on_epoch_end(self, epoch: int, trainer: TrainerProtocol, metrics: Mapping[str, float]) -> None:
         path, delete = self.plan(epoch, metrics)
         if path is not None:
-            self.dirpath.mkdir(parents=True, exist_ok=True)
+            if is_main(trainer):
+                self.dirpath.mkdir(parents=True, exist_ok=True)
             trainer.save_checkpoint(path)
             # Saving every epoch needs no monitor; when the metrics hold it, "best" is still tracked.
             if self.monitor is not None and self.monitor in metrics:
@@ -314,11 +315,12 @@ class ModelCheckpoint(Callback):
                 if self.best_model_score is None or self._better(current, self.best_model_score):
                     self.best_model_path, self.best_model_score = str(path), current
             for old in delete:
-                if old != str(path):
+                if old != str(path) and is_main(trainer):
                     _remove_checkpoint(Path(old))
                 self.best_k.pop(old, None)
         if self.save_last:
-            self.dirpath.mkdir(parents=True, exist_ok=True)
+            if is_main(trainer):
+                self.dirpath.mkdir(parents=True, exist_ok=True)
             last = self.dirpath / self.LAST
             trainer.save_checkpoint(last)
             self.last_model_path = str(last)
@@ -337,6 +339,12 @@ class ModelCheckpoint(Callback):
         self.last_model_path = state["last_model_path"]
 
 
+def is_main(trainer: TrainerProtocol) -> bool:
+    """Whether ``trainer``'s process does side effects (files, printing): under data parallelism
+    rank 0 alone; every rank still runs the callbacks, so their decisions stay the same everywhere."""
+    return getattr(trainer, "is_main", True)
+
+
 def _remove_checkpoint(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -351,7 +359,8 @@ class HistoryLogger(Callback):
         self.path = Path(path)
 
     def on_epoch_end(self, epoch: int, trainer: TrainerProtocol, metrics: Mapping[str, float]) -> None:
-        trainer.history.write(self.path)
+        if is_main(trainer):
+            trainer.history.write(self.path)
 
 
 class ProgressBar(Callback):
@@ -370,7 +379,7 @@ class ProgressBar(Callback):
         from tqdm import tqdm
 
         self._bar = tqdm(total=trainer.batches_per_epoch, desc=f"epoch {epoch}", unit="batch",
-                         disable=self.disable, leave=False, dynamic_ncols=True)
+                         disable=self.disable if is_main(trainer) else True, leave=False, dynamic_ncols=True)
         self._samples, self._start, self._last_refresh = 0, time.perf_counter(), 0.0
 
     def on_batch_end(self, batch_idx: int, trainer: TrainerProtocol, loss: Any) -> None:

@@ -70,6 +70,15 @@ class Shard:
         return int(np.count_nonzero(self.weight))
 
 
+def check_loss_sums(model: Any) -> None:
+    """Refuses a model that cannot train data-parallel, saying what it needs."""
+    if not callable(getattr(model, "loss_sums", None)):
+        raise TypeError(
+            f"{type(model).__name__} has no loss_sums(batch, weight) -> {{part: (sum, count)}}, which data-parallel "
+            "training needs to form the global mean (a mean of per-rank means is wrong): see ml_patterns.distributed"
+        )
+
+
 def check_world(world_size: int, rank: int = 0) -> None:
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ValueError(f"world_size must be a positive int, got {world_size!r}")
@@ -110,6 +119,30 @@ def global_layout(indices: Sequence[int], world_size: int) -> Shard:
     so that splitting it into ``world_size`` equal blocks gives block ``r`` = rank ``r``'s shard."""
     shards = [shard(indices, world_size, rank) for rank in range(world_size)]
     return Shard([i for s in shards for i in s.indices], np.concatenate([s.weight for s in shards]))
+
+
+def take_rows(batch: Any, positions: Sequence[int]) -> Any:
+    """Rows ``positions`` of every array in ``batch`` (numpy arrays or tensors: anything with a
+    ``shape``), walking mappings, lists and tuples; a leaf without a shape is kept as it is."""
+    if hasattr(batch, "shape"):
+        return batch[list(positions)]
+    if isinstance(batch, Mapping):
+        return {k: take_rows(v, positions) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(take_rows(v, positions) for v in batch)
+    return batch
+
+
+def rank_rows(batch: Any, n: int, world_size: int, rank: int) -> tuple[Any, np.ndarray]:
+    """``(rows, weight)``: rank ``rank``'s ``shard`` of a collated global batch of ``n`` samples."""
+    part = shard(range(n), world_size, rank)
+    return take_rows(batch, part.indices), part.weight
+
+
+def global_rows(batch: Any, n: int, world_size: int) -> tuple[Any, np.ndarray]:
+    """``(rows, weight)``: a collated global batch of ``n`` samples in ``global_layout`` (JAX)."""
+    layout = global_layout(range(n), world_size)
+    return take_rows(batch, layout.indices), layout.weight
 
 
 def global_mean(parts: Mapping[str, tuple[Any, Any]], safe_divide: Callable[[Any, Any], Any]) -> Any:

@@ -22,6 +22,13 @@ unless the loader or the model defines ``batch_size(batch) -> int`` (the loader'
 with the batch as the loader yielded it; the model's with the batch ``compute_loss`` receives).
 Both backends accumulate ``n_b * loss_b`` on the device and read it once per epoch.
 
+Data parallelism (``distributed=``, docs/DISTRIBUTED.md). Every rank's loader yields the same GLOBAL
+batch; the backend hands the step this rank's shard (``ml_patterns.distributed``) and the step
+returns the GLOBAL batch loss, from sums and counts reduced across ranks (the model needs
+``loss_sums(batch, weight)``). ``n_b`` is the global batch's, so epoch means equal one device's.
+Callbacks run on every rank (the same metrics give the same decisions, e.g. early stopping); their
+side effects, checkpoints and logs, happen on rank 0 only (``trainer.is_main``).
+
 Non-finite losses. By default (``stop_on_non_finite=True``) training stops at the end of the first
 epoch whose train or val loss is NaN or infinite, ``stop_reason`` saying so: the check reads the
 epoch means already on the host, so it costs no extra sync.
@@ -58,6 +65,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ml_patterns.callbacks import Callback
+from ml_patterns.distributed import check_loss_sums
 from ml_patterns.history import History
 from ml_patterns.optim import OptimizerConfig
 from ml_patterns.samplers import BatchSampler
@@ -189,8 +197,13 @@ class TrainerBase:
         *,
         batch_transform: BatchTransform | None = None,
         stop_on_non_finite: bool = True,
+        distributed: Any = None,
     ):
+        if distributed is not None:
+            check_loss_sums(model)
         self.model = model
+        # A backend's distributed.Context (world_size, rank, is_main), or None on one device.
+        self.distributed = distributed
         self.optimizer_config = optimizer_config  # None: a framework optimizer instance
         self.callbacks = list(callbacks)
         self.batch_transform = batch_transform
@@ -206,6 +219,12 @@ class TrainerBase:
         self._train_loader: Any = None
         self._pending_sampler_state: dict | None = None
         self._hooks: dict[str, list[Callable]] = {name: [] for name in HOOKS}  # the callbacks' bound hooks, per fit
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process does the run's side effects: always on one device; under data
+        parallelism rank 0 alone writes checkpoints and logs (``ml_patterns.distributed``)."""
+        return self.distributed is None or self.distributed.is_main
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, num_epochs: int = 1) -> History:
@@ -253,7 +272,8 @@ class TrainerBase:
             if loader_size is not None:
                 n = int(loader_size(raw))
             elif model_size is not None:
-                n = int(model_size(batch))
+                # Under data parallelism the device batch is this rank's shard: count the global one.
+                n = int(model_size(batch if self.distributed is None else host))
             else:
                 n = leading_dimension(host)  # the host batch: its mapping order is the user's on both backends
             yield index, batch, n
@@ -281,7 +301,10 @@ class TrainerBase:
 
     # -- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Writes the full training checkpoint (see this module's docstring) atomically."""
+        """Writes the full training checkpoint (see this module's docstring) atomically; under data
+        parallelism only rank 0 writes (every rank holds the same weights and optimizer state)."""
+        if not self.is_main:
+            return
         sampler = find_sampler(self._train_loader)
         if self.optimizer_config is not None:
             optimizer = {"name": self.optimizer_config.name, "step": self.optimizer_step}

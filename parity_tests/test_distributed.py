@@ -1,12 +1,15 @@
 """Data parallelism: N ranks or devices train as one device does, on both backends, and alike.
 
-The runs (``parity_tests.distributed_runs``): a masked-token model whose ranks hold unequal numbers
-of real tokens, an epoch whose last batch does not divide by N, 30 SGD steps with momentum; torch DDP
-over 2 gloo processes and JAX over 2 and 4 simulated CPU devices, each against its own one-device
-run (the plain mean loss over the global batch) and against each other. Every step's loss, every
-epoch's mean and the final weights agree within the training-history tolerance of PARITY.md (measured:
-<= 3e-7 relative). Two negative controls, written as a naive user would over plain DDP, must fail the
-same check: the mean of per-rank token means, and the global count with DDP's averaging on top.
+The runs (``parity_tests.distributed_runs``): each backend's ``Trainer`` on a masked-token model whose
+ranks hold unequal numbers of real tokens, epochs whose last batch does not divide by N, 30 SGD steps
+with momentum; torch DDP over 2 gloo processes and JAX over 2 and 4 simulated CPU devices, each
+against its own one-device run (the plain mean loss over the global batch) and against each other.
+Every step's loss, every epoch's train and val loss and the final weights agree within the
+training-history tolerance of PARITY.md (measured: <= 3e-7 relative). A checkpoint written at N=2
+(torch) or N=4 (JAX) after 3 epochs resumes at N=1 on the same backend and on the other one, and
+finishes the one-device run. Two negative controls, written as a naive user would over plain DDP,
+must fail the same check: the mean of per-rank token means, and the global count with DDP's
+averaging on top.
 
 Each backend runs in a subprocess of its own (JAX with ``JAX_NUM_CPU_DEVICES=4``, so this process's
 JAX keeps its one device); the two run at the same time.
@@ -37,7 +40,7 @@ def runs(tmp_path_factory) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     started = {
         backend: subprocess.Popen(
-            [sys.executable, "-m", "parity_tests.distributed_runs", backend, str(out / f"{backend}.json")],
+            [sys.executable, "-m", "parity_tests.distributed_runs", backend, str(out / f"{backend}.json"), str(out)],
             cwd=ROOT,
             env={**env, "JAX_NUM_CPU_DEVICES": "4"} if backend == "jax" else env,
             stdout=subprocess.PIPE,
@@ -46,7 +49,7 @@ def runs(tmp_path_factory) -> dict:
         )
         for backend in ("torch", "jax")
     }
-    results = {}
+    results = {"checkpoints": out}
     for backend, process in started.items():
         try:
             output, _ = process.communicate(timeout=TIMEOUT_S)
@@ -60,8 +63,12 @@ def runs(tmp_path_factory) -> dict:
 
 
 def assert_same_training(actual: dict, expected: dict) -> None:
-    for key in ("step_loss", "epoch_loss"):
-        np.testing.assert_allclose(actual[key], expected[key], rtol=HISTORY.rtol, atol=HISTORY.atol, err_msg=key)
+    """Every value of ``actual`` against ``expected``'s; a resumed run's steps are the last ones."""
+    for key in ("step_loss", "train_loss", "val_loss"):
+        if key in actual:
+            np.testing.assert_allclose(
+                actual[key], expected[key][-len(actual[key]) :], rtol=HISTORY.rtol, atol=HISTORY.atol, err_msg=key
+            )
     for name, value in expected["params"].items():
         np.testing.assert_allclose(actual["params"][name], value, rtol=HISTORY.rtol, atol=HISTORY.atol, err_msg=name)
 
@@ -69,15 +76,12 @@ def assert_same_training(actual: dict, expected: dict) -> None:
 def test_ranks_hold_unequal_real_tokens_and_an_uneven_last_batch():
     """The premise of the runs: without it, a mean of per-rank means would be right by accident."""
     data, _ = distributed_runs.problem()
+    world = distributed_runs.TORCH_WORLD
     unequal = uneven = 0
     for _, indices in distributed_runs.global_batches():
-        uneven += len(indices) % distributed_runs.TORCH_WORLD != 0
-        tokens = [
-            float(data["mask"][part.indices].sum(axis=1) @ part.weight)
-            for part in (
-                shard(indices, distributed_runs.TORCH_WORLD, rank) for rank in range(distributed_runs.TORCH_WORLD)
-            )
-        ]
+        uneven += len(indices) % world != 0
+        parts = [shard(indices, world, rank) for rank in range(world)]
+        tokens = [float(data["mask"][part.indices].sum(axis=1) @ part.weight) for part in parts]
         unequal += len(set(tokens)) > 1
     assert unequal >= 20 and uneven == distributed_runs.EPOCHS
 
@@ -97,11 +101,26 @@ def test_torch_ddp_and_jax_sharded_train_alike(runs, world_size):
     assert_same_training(runs["jax"][f"sharded-{world_size}"], runs["torch"]["ddp"])
 
 
+def test_only_rank_0_writes_checkpoints(runs):
+    assert (runs["checkpoints"] / "rank-0").is_dir() and not (runs["checkpoints"] / "rank-1").exists()
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_a_data_parallel_checkpoint_resumes_on_one_device(runs, backend):
+    assert_same_training(runs[backend]["resumed"], runs[backend]["reference"])
+
+
+@pytest.mark.parametrize(("writer", "reader"), [("torch-ddp", "jax"), ("jax-sharded", "torch")])
+def test_a_data_parallel_checkpoint_resumes_on_the_other_backend(runs, writer, reader):
+    resume = distributed_runs.jax_resumed if reader == "jax" else distributed_runs.torch_resumed
+    assert_same_training(resume(runs["checkpoints"] / writer), runs[reader]["reference"])
+
+
 @pytest.mark.parametrize("control", ["naive", "double"])
 def test_naive_reductions_fail_the_same_check(runs, control):
     """The check can fail: a mean of per-rank means, or averaging twice, trains differently."""
     assert runs["torch"][control]["ranks_agree"]  # DDP kept the replicas in sync: the math differs
     with pytest.raises(AssertionError):
         assert_same_training(runs["torch"][control], runs["torch"]["reference"])
-    control_loss, reference_loss = (np.array(runs["torch"][k]["epoch_loss"]) for k in (control, "reference"))
-    assert np.max(np.abs(control_loss - reference_loss) / reference_loss) > 10 * HISTORY.rtol  # by far, not by rounding
+    control_loss, reference_loss = (np.array(runs["torch"][k]["step_loss"]) for k in (control, "reference"))
+    assert np.max(np.abs(control_loss - reference_loss) / reference_loss) > 10 * HISTORY.rtol  # by far

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 import socket
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 import torch
 import torch.distributed as dist
@@ -18,8 +18,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jax_impl.distributed
+import jax_impl.training
 import torch_impl.distributed
-from ml_patterns.distributed import Shard, ddp_objective, global_layout, global_mean, shard, shard_sizes
+import torch_impl.training
+from ml_patterns.callbacks import EarlyStopping, HistoryLogger, ModelCheckpoint
+from ml_patterns.distributed import (
+    ddp_objective,
+    global_layout,
+    global_mean,
+    global_rows,
+    rank_rows,
+    shard,
+    shard_sizes,
+    take_rows,
+)
+from ml_patterns.history import History
+from ml_patterns.optim import OptimizerConfig
 from parity_tests import distributed_runs
 
 
@@ -69,6 +83,16 @@ def test_shards_cover_the_batch_once_in_order(indices, world_size):
 def test_shard_refuses_bad_arguments(args, error, match):
     with pytest.raises(error, match=match):
         shard(*args)
+
+
+def test_rows_of_a_collated_batch_per_rank_and_for_the_mesh():
+    batch = {"x": np.arange(10).reshape(5, 2), "nested": (torch.arange(5),), "name": "kept as is"}
+    rows, weight = rank_rows(batch, 5, 2, 1)
+    assert rows["x"].tolist() == [[6, 7], [8, 9], [0, 1]] and rows["nested"][0].tolist() == [3, 4, 0]
+    assert rows["name"] == "kept as is" and weight.tolist() == [1, 1, 0]
+    rows, weight = global_rows(batch, 5, 4)
+    assert rows["nested"][0].tolist() == [0, 1, 2, 0, 3, 0, 4, 0] and weight.tolist() == [1, 1, 1, 0, 1, 0, 1, 0]
+    assert take_rows(batch, [4])["x"].tolist() == [[8, 9]]
 
 
 # -- the core: sums and counts --------------------------------------------------------------------
@@ -122,10 +146,9 @@ def test_torch_step_on_one_rank_is_the_plain_step(one_rank_group):
 
     assert (one_rank_group.world_size, one_rank_group.rank, one_rank_group.is_main) == (1, 0, True)
     data, _ = distributed_runs.problem()
-    indices = [0, 5, 9]
-    part = shard(indices, 1, 0)
+    part = shard([0, 5, 9], 1, 0)
     batch = {k: torch.from_numpy(v[part.indices]) for k, v in data.items()}
-    plain, parallel = distributed_runs._torch_model(), distributed_runs._torch_model()
+    plain, parallel = distributed_runs.torch_model(), distributed_runs.torch_model()
     loss = masked_cross_entropy(plain(batch["x"]), batch["y"], batch["mask"])
     loss.backward()
     expected = float(loss.detach())
@@ -149,13 +172,6 @@ def test_torch_setup_without_a_launcher_says_how_to_launch(monkeypatch):
         torch_impl.distributed.setup()
 
 
-def test_torch_step_needs_loss_sums():
-    context = torch_impl.distributed.Context(world_size=1, rank=0, device=torch.device("cpu"))
-    model = torch.nn.Linear(2, 2)
-    with pytest.raises(TypeError, match=r"Linear has no loss_sums\(batch, weight\)"):
-        torch_impl.distributed.make_train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), context)
-
-
 @pytest.mark.parametrize("module", [torch_impl.distributed, jax_impl.distributed], ids=["torch", "jax"])
 def test_safe_divide_is_zero_and_finite_at_count_zero(module):
     """A part with no count (every token masked) adds 0, and no NaN reaches the gradients."""
@@ -173,24 +189,18 @@ def test_safe_divide_is_zero_and_finite_at_count_zero(module):
 
 
 # -- JAX: one device in this process --------------------------------------------------------------
-def test_jax_step_on_one_device_is_the_plain_step():
-    from jax_impl.losses import masked_cross_entropy
-
+def test_jax_trainer_on_a_one_device_mesh_is_the_plain_trainer():
+    plain, plain_params = distributed_runs.jax_trainer()
     context = jax_impl.distributed.setup(jax.devices()[:1])
     assert (context.world_size, context.rank, context.is_main) == (1, 0, True)
-    data, _ = distributed_runs.problem()
-    layout = global_layout([0, 5, 9], 1)
-    host = {k: v[layout.indices] for k, v in data.items()}
-    model = distributed_runs._jax_model()
-    expected, grads = nnx.value_and_grad(lambda m: masked_cross_entropy(m(host["x"]), host["y"], host["mask"]))(model)
-    batch, weight = jax_impl.distributed.shard_batch((host, layout.weight), context)
-    step, state = jax_impl.distributed.make_train_step(model, optax.sgd(0.1), context)
-    evaluate = jax_impl.distributed.make_eval_step(model, context)
-    np.testing.assert_allclose(float(evaluate(state, batch, weight)), float(expected), rtol=1e-6)
-    state, loss = step(state, batch, weight)
-    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
-    expected_kernel = model.head.kernel[...] - 0.1 * grads.head.kernel[...]  # the model itself is untouched
-    np.testing.assert_allclose(state.params["head"]["kernel"][...], expected_kernel, rtol=1e-6, atol=1e-7)
+    parallel, parallel_params = distributed_runs.jax_trainer(context)
+    expected, actual = (
+        distributed_runs.fit(t, p, epochs=1) for t, p in ((plain, plain_params), (parallel, parallel_params))
+    )
+    for key in ("step_loss", "train_loss", "val_loss"):
+        np.testing.assert_allclose(actual[key], expected[key], rtol=1e-6, err_msg=key)
+    for name, value in expected["params"].items():
+        np.testing.assert_allclose(actual["params"][name], value, rtol=1e-6, atol=1e-7, err_msg=name)
 
 
 def test_jax_shard_batch_names_an_array_that_cannot_split():
@@ -199,11 +209,50 @@ def test_jax_shard_batch_names_an_array_that_cannot_split():
         jax_impl.distributed.shard_batch({"x": np.zeros((2, 3)), "count": np.float32(2)}, context)
 
 
-def test_jax_step_needs_loss_sums():
+def test_jax_trainer_refuses_a_device_beside_a_mesh():
     context = jax_impl.distributed.setup(jax.devices()[:1])
+    with pytest.raises(ValueError, match="the mesh names the devices, leave device out"):
+        jax_impl.training.Trainer(
+            distributed_runs.jax_model(), distributed_runs.OPTIMIZER, device="cpu", distributed=context
+        )
+
+
+# -- both trainers: what data parallelism needs, and rank 0's side effects ------------------------
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_a_model_without_loss_sums_cannot_train_data_parallel(backend):
+    if backend == "torch":
+        model = torch.nn.Linear(2, 2)
+        context = torch_impl.distributed.Context(world_size=1, rank=0, device=torch.device("cpu"))
+        build = torch_impl.training.Trainer
+    else:
+        model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+        context, build = jax_impl.distributed.setup(jax.devices()[:1]), jax_impl.training.Trainer
     with pytest.raises(TypeError, match=r"Linear has no loss_sums\(batch, weight\)"):
-        jax_impl.distributed.make_train_step(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), optax.sgd(0.1), context)
+        build(model, OptimizerConfig("sgd", learning_rate=0.1), distributed=context)
 
 
-def test_shard_is_a_plain_dataclass():
-    assert Shard([1], np.ones(1, np.float32)).real == 1
+class NotMain:
+    """What a callback sees on rank 1: ``is_main`` False; ``save_checkpoint`` records its calls."""
+
+    is_main = False
+    should_stop = False
+    stop_reason = None
+
+    def __init__(self):
+        self.history, self.saved = History(), []
+        self.history.append(0, {"val_loss": 1.0})
+
+    def save_checkpoint(self, path) -> None:
+        self.saved.append(Path(path))
+
+
+def test_callbacks_leave_files_and_output_to_rank_0(tmp_path, capsys):
+    trainer = NotMain()
+    checkpoints = ModelCheckpoint(tmp_path / "ckpt", save_best_only=False, save_last=True)
+    callbacks = [checkpoints, HistoryLogger(tmp_path / "history"), EarlyStopping(patience=0, verbose=True)]
+    for epoch, loss in enumerate((1.0, 2.0)):
+        for callback in callbacks:
+            callback.on_epoch_end(epoch, trainer, {"val_loss": loss})
+    # Every rank runs the callbacks (the same decisions everywhere); only rank 0 touches disk or prints.
+    assert trainer.should_stop and len(trainer.saved) == 4
+    assert list(tmp_path.iterdir()) == [] and capsys.readouterr().out == ""

@@ -27,7 +27,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ml_patterns.distributed import check_world, ddp_objective, global_mean
+from ml_patterns.distributed import check_loss_sums, check_world, ddp_objective, global_mean
 
 _ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -112,7 +112,11 @@ def _worker(rank: int, fn, args, world_size: int, port: int, backend: str, resul
     torch.set_num_threads(1)  # N processes share the host's cores
     context = setup(backend)
     try:
-        results.put((rank, fn(context, *args)))
+        value = fn(context, *args)
+        # Every rank done with its collectives before any leaves: a peer closing its connections
+        # while another still talks to it aborts that one (gloo).
+        dist.barrier()
+        results.put((rank, value))
     finally:
         teardown()
 
@@ -155,8 +159,7 @@ def make_train_step(
     """``step(batch, weight) -> global loss`` for ``model`` (with ``loss_sums``; already on
     ``context.device``) and ``optimizer`` (anything with ``zero_grad()``/``step()`` over the model's
     parameters). DDP broadcasts rank 0's weights to every rank here."""
-    if not callable(getattr(model, "loss_sums", None)):
-        raise TypeError(f"{type(model).__name__} has no loss_sums(batch, weight): see ml_patterns.distributed")
+    check_loss_sums(model)
     device_ids = [context.device.index] if context.device.type == "cuda" else None
     ddp = DistributedDataParallel(_LossSums(model), device_ids=device_ids)
 

@@ -12,6 +12,10 @@ The contract, documented here once (``jax_impl.training`` mirrors it name for na
 - Loaders yield batches: a mapping (or list/tuple) of numpy arrays or tensors, moved to ``device``
   (numpy integers become int64, torch's integer default). ``batch_transform``, samples per batch,
   the non-finite stop and the checkpoint format: ``ml_patterns.training``.
+- ``distributed``: a ``torch_impl.distributed.Context`` (or True: ``setup()`` from torchrun's
+  environment) trains data-parallel with DDP: each rank's loader yields the same global batch, the
+  step takes this rank's shard, the model needs ``loss_sums(batch, weight)``; rank 0 alone writes
+  (docs/DISTRIBUTED.md). ``device`` is then the rank's own.
 - No host sync inside an epoch: losses accumulate on the device and are read once per epoch. A
   callback's ``float(loss)`` in ``on_batch_end`` is a sync (ProgressBar does it at most twice a second).
 - Hooks and callbacks: ``ml_patterns.callbacks``. ``save_checkpoint(path)`` writes the full training
@@ -33,8 +37,10 @@ import torch
 
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
+from ml_patterns.distributed import rank_rows
 from ml_patterns.optim import OptimizerConfig
-from ml_patterns.training import OPTIMIZER_SLOTS, BatchTransform, TrainerBase
+from ml_patterns.training import OPTIMIZER_SLOTS, BatchTransform, TrainerBase, leading_dimension
+from torch_impl import distributed as distributed_
 from torch_impl import state
 from torch_impl.optim import build_optimizer
 
@@ -53,7 +59,14 @@ class Trainer(TrainerBase):
         device: str | torch.device | None = None,
         batch_transform: BatchTransform | None = None,
         stop_on_non_finite: bool = True,
+        distributed: distributed_.Context | bool | None = None,
     ):
+        if distributed is True:
+            distributed = distributed_.setup()
+        if distributed:
+            if device is not None and torch.device(device) != distributed.device:
+                raise ValueError(f"device={device} but this rank's device is {distributed.device}: leave device out")
+            device = distributed.device
         self.device = torch.device(device) if device is not None else _default_device()
         if isinstance(optimizer, OptimizerConfig):
             config = optimizer
@@ -64,27 +77,38 @@ class Trainer(TrainerBase):
                             f"got {type(optimizer).__name__}")
         # .to() moves parameters in place: an optimizer built over them before keeps pointing at them.
         super().__init__(model.to(self.device), config, callbacks, batch_transform=batch_transform,
-                         stop_on_non_finite=stop_on_non_finite)
+                         stop_on_non_finite=stop_on_non_finite, distributed=distributed or None)
         self.optimizer = optimizer if config is None else build_optimizer(config, self.model.parameters())
+        if self.distributed is not None:  # DDP wraps the model here, broadcasting rank 0's weights
+            self._parallel_train = distributed_.make_train_step(self.model, self.optimizer, self.distributed)
+            self._parallel_eval = distributed_.make_eval_step(self.model)
         self._steps = 0  # a framework optimizer's updates (our Optimizer counts its own)
 
     def _set_mode(self, train: bool) -> None:
         self.model.train(train)
 
     def _to_batch(self, batch: Any) -> Any:
-        return to_device(batch, self.device)
+        if self.distributed is None:
+            return to_device(batch, self.device)
+        world, rank = self.distributed.world_size, self.distributed.rank
+        rows, weight = rank_rows(batch, leading_dimension(batch), world, rank)
+        return to_device(rows, self.device), torch.from_numpy(weight).to(self.device)
 
     def _train_step(self, batch: Any) -> torch.Tensor:
-        self.optimizer.zero_grad()
-        loss = self.model.compute_loss(batch)
-        loss.backward()
-        self.optimizer.step()
+        if self.distributed is not None:
+            loss = self._parallel_train(*batch)  # the global batch's loss
+        else:
+            self.optimizer.zero_grad()
+            loss = self.model.compute_loss(batch)
+            loss.backward()
+            self.optimizer.step()
+            loss = loss.detach()
         self._steps += 1
-        return loss.detach()
+        return loss
 
     @torch.no_grad()
     def _eval_step(self, batch: Any) -> torch.Tensor:
-        return self.model.compute_loss(batch)
+        return self.model.compute_loss(batch) if self.distributed is None else self._parallel_eval(*batch)
 
     def compilations(self) -> int | None:
         """Programs compiled for this trainer's steps so far; None: eager torch compiles nothing
