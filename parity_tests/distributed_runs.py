@@ -106,27 +106,34 @@ def fit(trainer, params, data: tuple | None = None, epochs: int = EPOCHS) -> dic
     }
 
 
+class TokenLosses:
+    """The token model's two losses, written once: ``losses`` is the backend's losses module."""
+
+    def compute_loss(self, batch):
+        return self.losses.masked_cross_entropy(self(batch["x"]), batch["y"], batch["mask"])
+
+    def loss_sums(self, batch, weight):
+        mask = batch["mask"] * weight[:, None]  # padding rows weigh 0
+        return {"tokens": self.losses.masked_cross_entropy_sum(self(batch["x"]), batch["y"], mask)}
+
+
 # -- torch ----------------------------------------------------------------------------------------
 def torch_model():
     import torch
     from torch import nn
 
+    from torch_impl import losses as torch_losses
     from torch_impl import state
-    from torch_impl.losses import masked_cross_entropy, masked_cross_entropy_sum
 
-    class TokenModel(nn.Module):
+    class TokenModel(TokenLosses, nn.Module):
+        losses = torch_losses
+
         def __init__(self):
             super().__init__()
             self.embed, self.head = nn.Embedding(VOCAB, DIM), nn.Linear(DIM, VOCAB)
 
         def forward(self, x):
             return self.head(torch.tanh(self.embed(x)))
-
-        def compute_loss(self, batch):
-            return masked_cross_entropy(self(batch["x"]), batch["y"], batch["mask"])
-
-        def loss_sums(self, batch, weight):
-            return {"tokens": masked_cross_entropy_sum(self(batch["x"]), batch["y"], batch["mask"] * weight[:, None])}
 
     model = TokenModel()
     state.from_numpy(model, problem()[1])
@@ -205,22 +212,18 @@ def jax_model():
     import jax.numpy as jnp
     from flax import nnx
 
+    from jax_impl import losses as jax_losses
     from jax_impl import state
-    from jax_impl.losses import masked_cross_entropy, masked_cross_entropy_sum
 
-    class TokenModel(nnx.Module):
+    class TokenModel(TokenLosses, nnx.Module):
+        losses = jax_losses
+
         def __init__(self):
             rngs = nnx.Rngs(0)
             self.embed, self.head = nnx.Embed(VOCAB, DIM, rngs=rngs), nnx.Linear(DIM, VOCAB, rngs=rngs)
 
         def __call__(self, x):
             return self.head(jnp.tanh(self.embed(x)))
-
-        def compute_loss(self, batch):
-            return masked_cross_entropy(self(batch["x"]), batch["y"], batch["mask"])
-
-        def loss_sums(self, batch, weight):
-            return {"tokens": masked_cross_entropy_sum(self(batch["x"]), batch["y"], batch["mask"] * weight[:, None])}
 
     model = TokenModel()
     state.from_numpy(model, problem()[1])
