@@ -212,10 +212,11 @@ def sniff(path: str | os.PathLike) -> str:
 def _kind(prefix: bytes) -> str:
     if prefix.startswith(b"PK\x03\x04"):
         return TORCH_ZIP
-    if len(prefix) >= 2 and prefix[0] == 0x80 and 2 <= prefix[1] <= 5:  # PROTO opcode, protocols 2-5
-        return PICKLE
+    # Before the pickle test: a header of 640 bytes (0x280) starts b"\x80\x02", like pickle's PROTO 2.
     if len(prefix) == 9 and prefix[8:9] == b"{":  # 8-byte header size, then the JSON header
         return "safetensors"
+    if len(prefix) >= 2 and prefix[0] == 0x80 and 2 <= prefix[1] <= 5:  # PROTO opcode, protocols 2-5
+        return PICKLE
     return "unknown"
 
 

@@ -299,3 +299,17 @@ def test_garbage_is_named_as_not_a_safetensors_file(tmp_path):
     _, target = torch_pair()
     with pytest.raises(CheckpointError, match="not a safetensors file"):
         target.load(path)
+
+
+@pytest.mark.parametrize("header_size", [640, 896, 1152, 1408])  # 0x80 + 256k: first bytes 80 0k, pickle's PROTO k
+def test_a_safetensors_header_size_that_starts_like_a_pickle_is_safetensors(tmp_path, header_size):
+    from safetensors.numpy import save
+
+    for padding in range(header_size):
+        data = save({"w": np.zeros(2, np.float32)}, metadata={"p": "x" * padding})
+        if struct.unpack("<Q", data[:8])[0] == header_size:
+            break
+    else:
+        pytest.fail(f"no padding gives a {header_size}-byte header")
+    (tmp_path / "w.safetensors").write_bytes(data)
+    assert checkpoint.sniff(tmp_path / "w.safetensors") == "safetensors"
