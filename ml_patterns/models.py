@@ -39,9 +39,26 @@ def head_losses(backbone: Callable, heads: Any, batch: dict) -> tuple[Any, dict[
     scoring ``head(backbone(...))`` with ``head.loss(output, batch)``. A head's ``input_key`` names
     the batch key of the token ids it is trained on (the backbone reads them as ``input_ids``): one
     backbone pass per distinct key."""
-    features, losses = {}, {}
+    outputs = _head_outputs(backbone, heads, batch)
+    losses = {name: head.loss(outputs[name], batch) for name, head in heads.items()}
+    return weighted_sum(losses, {name: head.loss_weight for name, head in heads.items()}), losses
+
+
+def head_loss_sums(backbone: Callable, heads: Any, batch: dict, weight: Any) -> dict[str, tuple[Any, Any]]:
+    """``head_losses`` for data-parallel training (``ml_patterns.distributed``): ``{name:
+    (head.loss_weight * sum, count)}`` from each head's ``loss_sums(output, batch, weight)``."""
+    outputs = _head_outputs(backbone, heads, batch)
+    parts = {}
+    for name, head in heads.items():
+        total, count = head.loss_sums(outputs[name], batch, weight)
+        parts[name] = (head.loss_weight * total, count)
+    return parts
+
+
+def _head_outputs(backbone: Callable, heads: Any, batch: dict) -> dict[str, Any]:
+    features, outputs = {}, {}
     for name, head in heads.items():
         if head.input_key not in features:
             features[head.input_key] = backbone({**batch, "input_ids": batch[head.input_key]})
-        losses[name] = head.loss(head(features[head.input_key]), batch)
-    return weighted_sum(losses, {name: head.loss_weight for name, head in heads.items()}), losses
+        outputs[name] = head(features[head.input_key])
+    return outputs

@@ -1,6 +1,6 @@
 """Training runs for the data-parallel tests, each backend in a subprocess of its own.
 
-``python -m parity_tests.distributed_runs torch|jax OUT.json CHECKPOINTS`` trains one tiny
+``python -m parity_tests.distributed_runs torch|jax OUT.json CHECKPOINTS DATA`` trains one tiny
 masked-token model (embedding, tanh, linear over the vocabulary; a masked cross-entropy whose rows
 hold 1 to 7 real tokens, so ranks hold unequal numbers of them: the torchtune trap) with each
 backend's ``Trainer``, from the same numpy weights, on the same global batches of the core
@@ -21,6 +21,10 @@ run's history as JSON:
   process's own JAX is left untouched; ``sharded-4`` writes ``CHECKPOINTS/jax-sharded``) and
   ``resumed`` (one device resuming ``jax-sharded``).
 
+Both also train the molecule multi-task model (``molecule``: one device; ``molecule-ddp``: 2
+processes; ``molecule-sharded``: 4 devices) on the default dataset prepared in DATA, from the
+initial weights the caller wrote to ``CHECKPOINTS/molecule-initial.safetensors``.
+
 Each history: ``step_loss`` (every optimizer step's global batch loss), ``train_loss`` and
 ``val_loss`` (the trainer's per-sample epoch means), and the final ``params`` (canonical names).
 """
@@ -33,9 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
+from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.distributed import shard
 from ml_patterns.loader import BatchLoader
+from ml_patterns.molecules.batches import BatchPreparer
+from ml_patterns.molecules.config import ModelConfig
+from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.optim import OptimizerConfig
 from ml_patterns.samplers import BatchSampler
 
@@ -44,6 +53,12 @@ SAMPLES, VAL_SAMPLES, BATCH, EPOCHS = 37, 21, 8, 6  # 5 global batches an epoch,
 RESUME_AT = 3  # epochs before the checkpoint that other runs resume
 OPTIMIZER = OptimizerConfig("sgd", learning_rate=0.3, momentum=0.9)
 TORCH_WORLD, JAX_WORLDS = 2, (2, 4)
+
+# The molecule multi-task model (regression heads and masked tokens) on the default dataset: 37
+# training molecules in batches of 16 (a last batch of 5), 11 validation ones, 6 AdamW steps.
+MOLECULES, VAL_MOLECULES, MOLECULE_BATCH, MOLECULE_EPOCHS = 37, 11, 16, 2
+MOLECULE_OPTIMIZER = OptimizerConfig("adamw", learning_rate=2e-3, weight_decay=0.01)
+MOLECULE_COLLATE = {"buckets": (64,), "max_length": 64}  # one padded shape: one compilation
 
 
 def problem() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -106,6 +121,45 @@ def fit(trainer, params, data: tuple | None = None, epochs: int = EPOCHS) -> dic
     }
 
 
+def molecule_config(data: Path) -> ModelConfig:
+    return ModelConfig.from_manifest(
+        read_manifest(data), architecture="multitask", d_model=32, n_heads=2, n_layers=1, n_decoder_layers=1,
+        d_ff=64, max_len=64, dropout=0.0, attention_dropout=0.0, seed=3,
+    )  # fmt: skip
+
+
+INITIAL_WEIGHTS = "molecule-initial.safetensors"  # in CHECKPOINTS, written by the caller
+
+
+def molecule_run(backend: str, data: Path, checkpoints: Path, distributed=None) -> dict:
+    """The molecule model trained by ``backend``'s Trainer (with ``distributed``): its losses."""
+    import importlib
+
+    impl = importlib.import_module(f"{backend}_impl")
+    for module in ("data", "molecules.models", "training"):
+        importlib.import_module(f"{backend}_impl.{module}")
+    config = molecule_config(data)
+    arrays, _ = checkpoint.load_checkpoint(checkpoints / INITIAL_WEIGHTS)
+    model = impl.molecules.models.build_model(config, weights=arrays)
+    device = {"device": "cpu"} if backend == "torch" and distributed is None else {}
+    trainer = impl.training.Trainer(
+        model, MOLECULE_OPTIMIZER, [StepLosses()], batch_transform=BatchPreparer(config), distributed=distributed,
+        **device,
+    )  # fmt: skip
+    train = Subset(LazyDataset(data, split="train"), range(MOLECULES))
+    val = Subset(LazyDataset(data, split="val"), range(VAL_MOLECULES))
+    history = trainer.fit(
+        impl.data.make_loader(train, MOLECULE_BATCH, seed=7, **MOLECULE_COLLATE),
+        impl.data.make_loader(val, MOLECULE_BATCH, shuffle=False, **MOLECULE_COLLATE),
+        MOLECULE_EPOCHS,
+    )
+    return {
+        "step_loss": trainer.callbacks[0].losses,
+        "train_loss": history["train_loss"],
+        "val_loss": history["val_loss"],
+    }
+
+
 class TokenLosses:
     """The token model's two losses, written once: ``losses`` is the backend's losses module."""
 
@@ -156,13 +210,14 @@ def torch_resumed(checkpoint: Path) -> dict:
     return fit(trainer, params)
 
 
-def torch_rank(context, checkpoints: Path) -> dict:
-    """One rank's runs (``launch``ed): ``{"ddp": ..., "naive": ..., "double": ...}``."""
+def torch_rank(context, checkpoints: Path, molecules: Path) -> dict:
+    """One rank's runs (``launch``ed): ``{"ddp": ..., "naive": ..., "double": ..., "molecule-ddp": ...}``."""
     (trainer, params), data = torch_trainer(context), loaders()
     fit(trainer, params, data, RESUME_AT)
     trainer.save_checkpoint(checkpoints / "torch-ddp")
     trainer.save_checkpoint(checkpoints / f"rank-{context.rank}")
-    return {"ddp": fit(trainer, params, data), **{mode: _torch_naive(context, mode) for mode in ("naive", "double")}}
+    runs = {"ddp": fit(trainer, params, data), **{mode: _torch_naive(context, mode) for mode in ("naive", "double")}}
+    return {**runs, "molecule-ddp": molecule_run("torch", molecules, checkpoints, context)}
 
 
 def _torch_naive(context, mode: str) -> dict:
@@ -195,14 +250,14 @@ def _torch_naive(context, mode: str) -> dict:
     return {"step_loss": losses, "params": {k: v.tolist() for k, v in to_numpy(model).items()}}
 
 
-def run_torch(checkpoints: Path) -> dict:
+def run_torch(checkpoints: Path, molecules: Path) -> dict:
     from torch_impl import distributed
 
     trainer, params = torch_trainer()
-    out = {"reference": fit(trainer, params)}
-    ranks = distributed.launch(torch_rank, TORCH_WORLD, checkpoints)
+    out = {"reference": fit(trainer, params), "molecule": molecule_run("torch", molecules, checkpoints)}
+    ranks = distributed.launch(torch_rank, TORCH_WORLD, checkpoints, molecules)
     for mode, run in ranks[0].items():
-        out[mode] = {**run, "ranks_agree": all(r[mode]["params"] == run["params"] for r in ranks)}
+        out[mode] = {**run, "ranks_agree": all(r[mode].get("params") == run.get("params") for r in ranks)}
     out["resumed"] = torch_resumed(checkpoints / "torch-ddp")
     return out
 
@@ -244,13 +299,16 @@ def jax_resumed(checkpoint: Path) -> dict:
     return fit(trainer, params)
 
 
-def run_jax(checkpoints: Path) -> dict:
+def run_jax(checkpoints: Path, molecules: Path) -> dict:
     import jax
 
     from jax_impl import distributed
 
     trainer, params = jax_trainer()
-    out = {"reference": fit(trainer, params)}
+    out = {"reference": fit(trainer, params), "molecule": molecule_run("jax", molecules, checkpoints)}
+    out["molecule-sharded"] = molecule_run(
+        "jax", molecules, checkpoints, distributed.setup(jax.devices()[: max(JAX_WORLDS)])
+    )
     for world_size in JAX_WORLDS:
         (trainer, params), data = jax_trainer(distributed.setup(jax.devices()[:world_size])), loaders()
         if world_size == max(JAX_WORLDS):
@@ -265,6 +323,6 @@ if __name__ == "__main__":
     # Through the module's importable name, not __main__: spawned ranks import the functions they run.
     from parity_tests import distributed_runs  # noqa: PLW0406
 
-    backend, path, checkpoints = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    backend, path, checkpoints, molecules = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
     run = distributed_runs.run_torch if backend == "torch" else distributed_runs.run_jax
-    path.write_text(json.dumps(run(checkpoints)))
+    path.write_text(json.dumps(run(checkpoints, molecules)))

@@ -3,6 +3,7 @@ step on one rank/device in this process. N ranks against one: parity_tests/test_
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import socket
 from pathlib import Path
@@ -256,3 +257,38 @@ def test_callbacks_leave_files_and_output_to_rank_0(tmp_path, capsys):
     # Every rank runs the callbacks (the same decisions everywhere); only rank 0 touches disk or prints.
     assert trainer.should_stop and len(trainer.saved) == 4
     assert list(tmp_path.iterdir()) == [] and capsys.readouterr().out == ""
+
+
+# -- the molecule models' sums and counts --------------------------------------------------------
+@pytest.mark.parametrize("architecture", ["multitask", "autoencoder"])
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_molecule_loss_sums_give_the_loss_of_the_real_rows(default_dataset, backend, architecture):
+    """``global_mean(loss_sums(batch, weight))`` is ``compute_loss`` of the rows of weight 1 alone:
+    the padding rows a shard carries change nothing."""
+    import importlib
+
+    from ml_patterns.data import LazyDataset
+    from ml_patterns.molecules.batches import BatchPreparer
+
+    impl = importlib.import_module(f"{backend}_impl")
+    for module in ("collate", "molecules.models"):
+        importlib.import_module(f"{backend}_impl.{module}")
+    data, _ = default_dataset
+    config = dataclasses.replace(distributed_runs.molecule_config(data), architecture=architecture)
+    model = impl.molecules.models.build_model(config)
+    model.eval()
+    records = [LazyDataset(data, split="train")[i] for i in range(5)]
+    # The transform first, then the rows (as the trainers do): the token masks drawn are the batch's.
+    padded = BatchPreparer(config)(
+        impl.collate.collate_molecules(records + records[:1], max_length=64), 0, 0, train=False
+    )
+    real = take_rows(padded, range(5))
+    weight = np.array([1, 1, 1, 1, 1, 0], np.float32)
+    if backend == "torch":
+        to, divide = (lambda a: torch_impl.training.to_device(a, "cpu")), torch_impl.distributed.safe_divide
+    else:
+        to, divide = jax.device_put, jax_impl.distributed.safe_divide
+    expected = np.asarray(model.compute_loss(to(real)).tolist())
+    actual = np.asarray(global_mean(model.loss_sums(to(padded), to(weight)), divide).tolist())
+    np.testing.assert_allclose(actual, expected, rtol=1e-6)
+

@@ -13,10 +13,10 @@ from flax import nnx
 
 from jax_impl import state
 from jax_impl.init import EMBEDDING_INIT, LINEAR_KERNEL_INIT, ONES_INIT, ZEROS_INIT
-from jax_impl.losses import masked_cross_entropy
+from jax_impl.losses import masked_cross_entropy, masked_cross_entropy_sum
 from jax_impl.models import BaseModel, EncoderDecoder, MultiTaskModel
 from ml_patterns import checkpoint
-from ml_patterns.models import head_losses
+from ml_patterns.models import head_loss_sums, head_losses
 from ml_patterns.molecules.batches import check_length
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 
@@ -114,6 +114,10 @@ class SmilesDecoder(nnx.Module):
         loss = masked_cross_entropy(decoded["logits"], batch["decoder_targets"], batch["decoder_mask"])
         return loss, {"reconstruction": loss}
 
+    def loss_sums(self, decoded: dict, batch: dict, weight: jax.Array) -> tuple[jax.Array, jax.Array]:
+        mask = _row_weighted(batch["decoder_mask"], weight)
+        return masked_cross_entropy_sum(decoded["logits"], batch["decoder_targets"], mask)
+
 
 class RegressionHead(nnx.Module):
     input_key = "input_ids"
@@ -132,6 +136,9 @@ class RegressionHead(nnx.Module):
     def loss(self, prediction: jax.Array, batch: dict) -> jax.Array:
         return jnp.mean((prediction - batch["labels"][self.label]) ** 2)
 
+    def loss_sums(self, prediction: jax.Array, batch: dict, weight: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return (weight * (prediction - batch["labels"][self.label]) ** 2).sum(), weight.sum()
+
 
 class MaskedTokenHead(nnx.Module):
     input_key = "mlm_input_ids"
@@ -149,6 +156,9 @@ class MaskedTokenHead(nnx.Module):
     def loss(self, logits: jax.Array, batch: dict) -> jax.Array:
         return masked_cross_entropy(logits, batch["mlm_targets"], batch["mlm_mask"])
 
+    def loss_sums(self, logits: jax.Array, batch: dict, weight: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return masked_cross_entropy_sum(logits, batch["mlm_targets"], _row_weighted(batch["mlm_mask"], weight))
+
 
 class SmilesAutoencoder(EncoderDecoder):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
@@ -162,6 +172,9 @@ class SmilesAutoencoder(EncoderDecoder):
     def loss_parts(self, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
         return self.decoder.loss(self.decode(self.encode(batch), batch), batch)
 
+    def loss_sums(self, batch: dict, weight: jax.Array) -> dict[str, tuple[jax.Array, jax.Array]]:
+        return {"reconstruction": self.decoder.loss_sums(self.decode(self.encode(batch), batch), batch, weight)}
+
 
 class SmilesMultiTaskModel(MultiTaskModel):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
@@ -173,6 +186,14 @@ class SmilesMultiTaskModel(MultiTaskModel):
 
     def loss_parts(self, batch: dict) -> tuple[jax.Array, dict[str, jax.Array]]:
         return head_losses(self.backbone, self.heads, batch)
+
+    def loss_sums(self, batch: dict, weight: jax.Array) -> dict[str, tuple[jax.Array, jax.Array]]:
+        return head_loss_sums(self.backbone, self.heads, batch, weight)
+
+
+def _row_weighted(mask: jax.Array, weight: jax.Array) -> jax.Array:
+    # A [B, L] token mask times the [B] row weight of a data-parallel shard (padding rows weigh 0).
+    return jnp.where(mask, weight[:, None], 0.0)
 
 
 def build_model(

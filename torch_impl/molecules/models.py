@@ -50,12 +50,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ml_patterns import checkpoint
-from ml_patterns.models import head_losses
+from ml_patterns.models import head_loss_sums, head_losses
 from ml_patterns.molecules.batches import check_length
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from torch_impl import state
 from torch_impl.init import init_weights
-from torch_impl.losses import masked_cross_entropy
+from torch_impl.losses import masked_cross_entropy, masked_cross_entropy_sum
 from torch_impl.models import BaseModel, EncoderDecoder, MultiTaskModel
 
 
@@ -169,6 +169,10 @@ class SmilesDecoder(nn.Module):
         loss = masked_cross_entropy(decoded["logits"], batch["decoder_targets"], batch["decoder_mask"])
         return loss, {"reconstruction": loss}
 
+    def loss_sums(self, decoded: dict, batch: dict, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = _row_weighted(batch["decoder_mask"], weight)
+        return masked_cross_entropy_sum(decoded["logits"], batch["decoder_targets"], mask)
+
 
 class RegressionHead(nn.Module):
     """``features["pooled"]`` ``[B, D]`` -> ``[B]`` (standardized units); MSE against ``batch["labels"][label]``."""
@@ -189,6 +193,9 @@ class RegressionHead(nn.Module):
 
     def loss(self, prediction: torch.Tensor, batch: dict) -> torch.Tensor:
         return torch.mean((prediction - batch["labels"][self.label]) ** 2)
+
+    def loss_sums(self, prediction: torch.Tensor, batch: dict, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (weight * (prediction - batch["labels"][self.label]) ** 2).sum(), weight.sum()
 
 
 class MaskedTokenHead(nn.Module):
@@ -211,6 +218,9 @@ class MaskedTokenHead(nn.Module):
     def loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
         return masked_cross_entropy(logits, batch["mlm_targets"], batch["mlm_mask"])
 
+    def loss_sums(self, logits: torch.Tensor, batch: dict, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return masked_cross_entropy_sum(logits, batch["mlm_targets"], _row_weighted(batch["mlm_mask"], weight))
+
 
 class SmilesAutoencoder(EncoderDecoder):
     """``EncoderDecoder(SmilesEncoder, SmilesDecoder)`` on molecule batches (module docstring)."""
@@ -226,6 +236,9 @@ class SmilesAutoencoder(EncoderDecoder):
     def loss_parts(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.decoder.loss(self.decode(self.encode(batch), batch), batch)
 
+    def loss_sums(self, batch: dict, weight: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {"reconstruction": self.decoder.loss_sums(self.decode(self.encode(batch), batch), batch, weight)}
+
 
 class SmilesMultiTaskModel(MultiTaskModel):
     """``MultiTaskModel(SmilesEncoder, heads)``: a regression head per target, and the masked-token
@@ -240,6 +253,14 @@ class SmilesMultiTaskModel(MultiTaskModel):
 
     def loss_parts(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return head_losses(self.backbone, self.heads, batch)
+
+    def loss_sums(self, batch: dict, weight: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return head_loss_sums(self.backbone, self.heads, batch, weight)
+
+
+def _row_weighted(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    # A [B, L] token mask times the [B] row weight of a data-parallel shard (padding rows weigh 0).
+    return torch.where(mask, weight[:, None], 0.0)
 
 
 def build_model(config: ModelConfig, *, weights: Mapping[str, np.ndarray] | None = None) -> BaseModel:
