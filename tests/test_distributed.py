@@ -292,3 +292,12 @@ def test_molecule_loss_sums_give_the_loss_of_the_real_rows(default_dataset, back
     actual = np.asarray(global_mean(model.loss_sums(to(padded), to(weight)), divide).tolist())
     np.testing.assert_allclose(actual, expected, rtol=1e-6)
 
+
+def test_bench_scaling_efficiency_is_against_n_times_one_worker():
+    from bench.distributed import scaling_rows
+
+    measured = {1: {"epoch_s": [2.0, 2.0], "samples": 64}, 2: {"epoch_s": [1.25, 1.25], "samples": 64}}
+    rows = scaling_rows("w", "torch eager", measured)
+    assert [row["world_size"] for row in rows] == [1, 2]
+    assert [row["scaling_efficiency"] for row in rows] == [1.0, 0.8]  # 32 -> 51.2 samples/s: 0.8 of 2 x 32
+    assert rows[1]["throughput"] == {"value": 51.2, "unit": "samples/s"}
