@@ -18,6 +18,10 @@ Molecule models (``build_model(config)``, ``ml_patterns.molecules.config.ModelCo
     projected pooled vector (the latent: the only path from encoder to decoder, a real bottleneck) to
     its token and position embeddings and runs causal pre-LayerNorm layers, teacher forced;
     ``{"logits": [B, L - 1, vocab]}``, loss the masked cross-entropy of the reconstruction.
+    Data-parallel training (``ml_patterns.distributed``): ``loss_sums(batch, weight)`` gives each
+    loss part as ``(sum, count)`` over the rows of weight 1 (a ``[B]`` float32 row weight, 0 on a
+    shard's padding rows), a head's ``loss_weight`` folded into its sum: ``{task: ...}`` through each
+    head's ``loss_sums(output, batch, weight)``, ``{"reconstruction": ...}`` for the autoencoder.
 
 Choices made identically on both sides (docs/PARITY.md):
     - Attention is written out (separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` Linear layers)
