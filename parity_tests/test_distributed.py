@@ -8,9 +8,9 @@ Every step's loss, every epoch's train and val loss and the final weights agree 
 training-history tolerance of PARITY.md (measured: <= 3e-7 relative). A checkpoint written at N=2
 (torch) or N=4 (JAX) after 3 epochs resumes at N=1 on the same backend and on the other one, and
 finishes the one-device run. The molecule multi-task model (regression heads and masked tokens,
-AdamW, the batch transform) trains alike at N=2 (torch) and N=4 (JAX). Two negative controls, written as a naive user would over plain DDP,
-must fail the same check: the mean of per-rank token means, and the global count with DDP's
-averaging on top.
+AdamW, the batch transform) trains alike at N=2 (torch) and N=4 (JAX). Two negative controls,
+written as a naive user would over plain DDP, must fail the same check: the mean of per-rank token
+means, and the global count with DDP's averaging on top.
 
 Each backend runs in a subprocess of its own (JAX with ``JAX_NUM_CPU_DEVICES=4``, so this process's
 JAX keeps its one device); the two run at the same time.

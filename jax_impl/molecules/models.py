@@ -136,7 +136,7 @@ class RegressionHead(nnx.Module):
     def loss(self, prediction: jax.Array, batch: dict) -> jax.Array:
         return jnp.mean((prediction - batch["labels"][self.label]) ** 2)
 
-    def loss_sums(self, prediction: jax.Array, batch: dict, weight: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def loss_sums(self, prediction: jax.Array, batch: dict, weight: jax.Array) -> tuple[jax.Array, ...]:
         return (weight * (prediction - batch["labels"][self.label]) ** 2).sum(), weight.sum()
 
 

@@ -198,7 +198,7 @@ class RegressionHead(nn.Module):
     def loss(self, prediction: torch.Tensor, batch: dict) -> torch.Tensor:
         return torch.mean((prediction - batch["labels"][self.label]) ** 2)
 
-    def loss_sums(self, prediction: torch.Tensor, batch: dict, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_sums(self, prediction: torch.Tensor, batch: dict, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (weight * (prediction - batch["labels"][self.label]) ** 2).sum(), weight.sum()
 
 
