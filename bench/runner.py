@@ -27,6 +27,7 @@ BENCHMARKS = {
     "compilations": "bench.compilations",
     "training": "bench.training",
     "models": "bench.models",
+    "distributed": "bench.distributed",
 }
 
 # What --quick runs when --only does not say: each at its smallest, a few minutes on 2 cores. Left

@@ -227,6 +227,13 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
         help="auto: a CUDA GPU when present, else the CPU; gpu: an error without one",
     )
     parser.add_argument(
+        "--devices",
+        type=positive_int,
+        default=1,
+        help="N > 1: also train data-parallel on N devices (torch DDP processes, JAX sharded; simulated "
+        "on a CPU) and check each against its one-device run (docs/DISTRIBUTED.md)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path("runs/compare"),
@@ -242,7 +249,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         model=args.model, epochs=args.epochs, batch_size=args.batch_size, max_train_molecules=args.max_train_molecules
     )
     try:
-        return run_compare(settings, dataset_argument(args.data), args.out, args.device)
+        return run_compare(settings, dataset_argument(args.data), args.out, args.device, args.devices)
     except WorkerFailed as error:  # the worker printed its own traceback above
         print(f"ml-patterns compare: {error}", file=sys.stderr)
         return 1

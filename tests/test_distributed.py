@@ -301,3 +301,30 @@ def test_bench_scaling_efficiency_is_against_n_times_one_worker():
     assert [row["world_size"] for row in rows] == [1, 2]
     assert [row["scaling_efficiency"] for row in rows] == [1.0, 0.8]  # 32 -> 51.2 samples/s: 0.8 of 2 x 32
     assert rows[1]["throughput"] == {"value": 51.2, "unit": "samples/s"}
+
+
+def test_compare_checks_each_backend_against_its_one_device_run():
+    from ml_patterns_app.compare.report import add_one_device_parity
+
+    def result(losses: list[float], devices: int, train_s: list[float]) -> dict:
+        return {
+            "history": {"train_loss": losses, "val_loss": losses},
+            "devices": devices,
+            "epoch_times": [{"train_s": s, "val_s": 0.5} for s in train_s],
+            "steps_per_epoch": 4,
+            "samples_per_epoch": 64,
+            "peak_memory_bytes": 2**20,
+            "peak_memory_kind": "process peak RSS",
+        }
+
+    one = result([2.0, 1.0], 1, [3.0, 2.0, 2.0])
+    runs = {
+        "torch": (one, result([2.0, 1.00005], 2, [3.0, 1.25, 1.25])),
+        "jax": (one, result([2.0, 1.01], 2, [3.0] * 3)),
+    }
+    report = {"device_kind": "cpu", "parity": {"passed": True}, "verdict": "They agree."}
+    add_one_device_parity(report, runs)
+    torch_check, jax_check = report["against_one_device"]["torch"], report["against_one_device"]["jax"]
+    assert torch_check["pass"] and torch_check["scaling_efficiency"] == 0.8  # 32 -> 51.2 samples/s on 2
+    assert not jax_check["pass"] and jax_check["max_rel_diff"] == pytest.approx(0.01)  # beyond rtol 1e-4
+    assert not report["parity"]["passed"] and report["verdict"].endswith("DIFFERENTLY from one device (see the table).")

@@ -31,11 +31,9 @@ def build_report(settings: CompareSettings, manifest: dict, results: dict, data_
     for epoch in range(len(torch_h["epoch"])):
         row = {"epoch": epoch}
         for key in ("train_loss", "val_loss"):
-            a, b = torch_h[key][epoch], jax_h[key][epoch]
-            diff = abs(a - b)
-            ok = diff <= tolerance.atol + tolerance.rtol * abs(a)
-            passed &= ok
-            row[key] = {"torch": a, "jax": b, "abs_diff": diff, "rel_diff": diff / max(abs(a), 1e-30), "pass": ok}
+            row[key] = {"torch": torch_h[key][epoch], "jax": jax_h[key][epoch]}
+            row[key].update(_difference(torch_h[key][epoch], jax_h[key][epoch], tolerance))
+            passed &= row[key]["pass"]
         rows.append(row)
     speed = {backend: _speed(results[backend]) for backend in BACKENDS}
     return {
@@ -63,6 +61,44 @@ def build_report(settings: CompareSettings, manifest: dict, results: dict, data_
         "environment": environment(),
         "verdict": _verdict(speed, passed, results),
     }
+
+
+def _difference(a: float, b: float, tolerance) -> dict:
+    diff = abs(a - b)
+    return {
+        "abs_diff": diff,
+        "rel_diff": diff / max(abs(a), 1e-30),
+        "pass": diff <= tolerance.atol + tolerance.rtol * abs(a),
+    }
+
+
+def add_one_device_parity(report: dict, runs: dict[str, tuple[dict, dict]]) -> None:
+    """``--devices N``: ``runs`` is each backend's ``(one-device result, N-device result)``. Checks every
+    epoch of the N-device history against the one-device one (the same tolerance), adds the
+    scaling, and folds the outcome into ``report["parity"]["passed"]`` and the verdict."""
+    tolerance = parity.tolerance("history", report["device_kind"])
+    checks = {}
+    for backend, (one, many) in runs.items():
+        cells = [
+            _difference(a, b, tolerance)
+            for key in ("train_loss", "val_loss")
+            for a, b in zip(one["history"][key], many["history"][key], strict=True)
+        ]
+        rate_one, rate_many = _speed(one)["samples_per_s"], _speed(many)["samples_per_s"]
+        checks[backend] = {
+            "max_rel_diff": max(cell["rel_diff"] for cell in cells),
+            "pass": all(cell["pass"] for cell in cells),
+            "samples_per_s": {"one_device": rate_one, "devices": rate_many},
+            "scaling_efficiency": rate_many / (many["devices"] * rate_one),
+        }
+    devices = next(iter(runs.values()))[1]["devices"]
+    agree = all(check["pass"] for check in checks.values())
+    report["devices"] = devices
+    report["against_one_device"] = checks
+    report["parity"]["passed"] = report["parity"]["passed"] and agree
+    report["verdict"] += f" On {devices} devices each (torch DDP, JAX sharded), both train " + (
+        "as on one device." if agree else "DIFFERENTLY from one device (see the table)."
+    )
 
 
 def _speed(result: dict) -> dict:
@@ -110,13 +146,26 @@ def format_summary(report: dict) -> str:
                 f"| {row['epoch']} | {key} | {cell['torch']:.6f} | {cell['jax']:.6f} | {cell['abs_diff']:.2e} "
                 f"| {cell['rel_diff']:.2e} | {'yes' if cell['pass'] else 'NO'} |"
             )
+    if "against_one_device" in report:
+        lines += [
+            "",
+            f"Each backend on {report['devices']} devices against its own one-device run (same tolerance):",
+            "| backend | max rel diff, every epoch | pass | samples/s, 1 device | samples/s, N devices | scaling |",
+            "|---|---|---|---|---|---|",
+        ]
+        for backend, check in report["against_one_device"].items():
+            rates = check["samples_per_s"]
+            lines.append(
+                f"| {LABELS[backend]} | {check['max_rel_diff']:.2e} | {'yes' if check['pass'] else 'NO'} "
+                f"| {rates['one_device']:.0f} | {rates['devices']:.0f} | {check['scaling_efficiency']:.0%} |"
+            )
     lines += ["", "Test split:", "| metric | torch | jax |", "|---|---|---|"]
     torch_m, jax_m = report["test_metrics"]["torch"], report["test_metrics"]["jax"]
     for name in torch_m:
         lines.append(f"| {name} | {torch_m[name]:.4f} | {jax_m[name]:.4f} |")
     lines += [
         "",
-        "Speed:",
+        "Speed:" if "devices" not in report else f"Speed ({report['devices']} devices each):",
         "| backend | warm-up / compile | steady epoch | steps/s | samples/s | epoch + validation "
         "| compilations | peak memory |",
         "|---|---|---|---|---|---|---|---|",

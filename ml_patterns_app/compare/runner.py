@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
-from ml_patterns_app.compare.report import build_report, format_summary, write_report
+from ml_patterns_app.compare.report import add_one_device_parity, build_report, format_summary, write_report
 from ml_patterns_app.compare.settings import BACKENDS, LABELS, CompareSettings
 
 # Seconds a worker gets to exit after Ctrl-C before it is killed.
@@ -32,26 +32,37 @@ class WorkerFailed(RuntimeError):
     """A worker exited with an error; its traceback was printed on stderr above."""
 
 
-def run_compare(settings: CompareSettings, data: Path, out: Path, device: str = "auto") -> int:
+def run_compare(settings: CompareSettings, data: Path, out: Path, device: str = "auto", devices: int = 1) -> int:
     """Trains ``settings`` on every backend of ``BACKENDS``, writes the report into ``out``; returns 0
-    when the histories agree, 1 when they do not."""
+    when the histories agree, 1 when they do not.
+
+    ``devices`` N > 1: each backend trains twice, on one device and data-parallel on N (torch: DDP
+    processes; JAX: a mesh of N devices, simulated on a CPU); the parity table compares the two
+    N-device runs, and each is also checked against its own one-device run (docs/DISTRIBUTED.md).
+    """
     started = time.perf_counter()
     if not (data / "manifest.json").is_file():
         print(f"preparing the default dataset in {data} ...", flush=True)
         prepare_dataset(data, progress=True)
     manifest = read_manifest(data)
+    runs = [(backend, n) for backend in BACKENDS for n in dict.fromkeys((1, devices))]
     with tempfile.TemporaryDirectory() as scratch:
         results = {}
-        for index, backend in enumerate(BACKENDS):
+        for index, (backend, n) in enumerate(runs):
             job = {
                 "data": str(data),
                 "settings": dataclasses.asdict(settings),
                 "device": device,
+                "devices": n,
                 "weights": str(Path(scratch) / "initial.safetensors"),
                 "write_weights": index == 0,
             }
-            results[backend] = run_worker(backend, job, Path(scratch) / f"{backend}.json")
-    report = build_report(settings, manifest, results, data)
+            results[backend, n] = run_worker(backend, job, Path(scratch) / f"{backend}-{n}.json")
+    report = build_report(settings, manifest, {backend: results[backend, devices] for backend in BACKENDS}, data)
+    if devices > 1:
+        add_one_device_parity(
+            report, {backend: (results[backend, 1], results[backend, devices]) for backend in BACKENDS}
+        )
     report["wall_time_s"] = time.perf_counter() - started
     write_report(report, out)
     print("\n" + format_summary(report))
@@ -62,9 +73,12 @@ def run_compare(settings: CompareSettings, data: Path, out: Path, device: str = 
 def run_worker(backend: str, job: dict, out: Path) -> dict:
     """Runs one worker to the end, rendering its progress; its result, read from ``out``."""
     command = worker_command(backend, job, out)
-    status = StatusLine(LABELS[backend], sys.stdout)
+    devices = job.get("devices", 1)
+    status = StatusLine(LABELS[backend] + (f" x{devices}" if devices > 1 else ""), sys.stdout)
     status.show("starting")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if backend == "jax" and devices > 1:  # CPU devices JAX simulates (set before it starts; GPUs unaffected)
+        env["JAX_NUM_CPU_DEVICES"] = str(devices)
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as process:
         try:
             for line in process.stdout:

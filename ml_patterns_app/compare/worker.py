@@ -22,6 +22,7 @@ import numpy as np
 from ml_patterns.callbacks import Callback
 from ml_patterns.collate import bucket_ladder
 from ml_patterns.data import LazyDataset, Subset
+from ml_patterns.errors import UsageError
 from ml_patterns.molecules.batches import BatchPreparer, destandardize
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from ml_patterns.molecules.prepare import read_manifest
@@ -71,6 +72,46 @@ class ProgressEvents(Callback):
 
 
 def run_worker(backend: str, job: dict, out: Path) -> None:
+    """One backend's run; with ``job["devices"]`` N > 1, data-parallel (docs/DISTRIBUTED.md): torch
+    over N processes this worker starts (DDP), JAX over N devices of one mesh (the parent sets
+    ``JAX_NUM_CPU_DEVICES`` for a CPU run). Rank 0 alone reports progress and writes ``out``."""
+    devices = job.get("devices", 1)
+    if backend == "torch" and devices > 1:
+        from torch_impl import distributed
+
+        gpu = job["device"] == "gpu" or (job["device"] == "auto" and _torch_cuda_count() >= devices)
+        distributed.launch(_torch_rank, devices, job, out, backend="nccl" if gpu else "gloo")
+    else:
+        _train(backend, job, out)
+
+
+def _torch_cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _torch_rank(context, job: dict, out: Path) -> None:
+    _train("torch", job, out, context)
+
+
+def _mesh(runtime, job: dict):
+    """The JAX mesh of ``job["devices"]`` devices of the selected kind, or None for one device."""
+    import jax
+
+    from jax_impl import distributed
+
+    devices = job.get("devices", 1)
+    if devices == 1:
+        return None
+    platform = runtime.select_device(job["device"]).platform
+    available = jax.devices(platform)
+    if len(available) < devices:
+        raise UsageError(f"--devices {devices} but JAX sees {len(available)} {platform} device(s)")
+    return distributed.setup(available[:devices])
+
+
+def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
     impl = importlib.import_module(f"{backend}_impl")
     for module in ("data", "molecules.models", "runtime", "training"):
         importlib.import_module(f"{backend}_impl.{module}")
@@ -99,13 +140,17 @@ def run_worker(backend: str, job: dict, out: Path) -> None:
         model.save(weights)
     else:
         model = impl.molecules.models.load_model(weights)
+    if backend == "jax":
+        distributed = _mesh(runtime, job)
+    main = distributed is None or distributed.is_main
     runtime.reset_peak_memory(device)
     trainer = impl.training.Trainer(
         model,
         settings.optimizer(steps * settings.epochs),
-        [ProgressEvents(settings.epochs, steps)],
-        device=device,
+        [ProgressEvents(settings.epochs, steps)] if main else [],
+        device=None if distributed is not None else device,
         batch_transform=BatchPreparer(config),
+        distributed=distributed,
     )
     loader = impl.data.make_loader
     trainer.fit(
@@ -113,6 +158,12 @@ def run_worker(backend: str, job: dict, out: Path) -> None:
         loader(val, settings.batch_size, shuffle=False, **collate),
         settings.epochs,
     )
+    if not main:
+        return
+    if backend == "jax" and distributed is not None:  # the weights, replicated over the mesh, to one device
+        from flax import nnx
+
+        nnx.update(trainer.model, runtime.to_device(nnx.state(trainer.model), device))
     emit("status", text="evaluating on the test split")
     test_loader = loader(test, settings.batch_size, shuffle=False, **collate)
     result = {
@@ -127,6 +178,7 @@ def run_worker(backend: str, job: dict, out: Path) -> None:
         "max_length": buckets[-1],
         "compilations": trainer.compilations(),
         "test_metrics": test_metrics(runtime, trainer.model, device, config, test_loader),
+        "devices": job.get("devices", 1),
         **runtime.describe(device),
         **_peak_memory(runtime, device),
     }
