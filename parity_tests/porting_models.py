@@ -166,7 +166,8 @@ def port(torch_model: Transformer, bugs=frozenset()) -> TransformerPort:
     transfer_weights(torch_model, model, ignore=dropped)  # what the port's author had to ignore
     if "kernel_not_transposed" in bugs:  # as a hand-written copy does: the square shape fits either way
         model.layers[0].attention.value.kernel.set_value(
-            jnp.asarray(torch_model.blocks[0].attn.v.weight.detach().numpy()))
+            jnp.asarray(torch_model.blocks[0].attn.v.weight.detach().numpy())
+        )
     return model
 
 

@@ -11,10 +11,10 @@ from ml_patterns_app.porting import (
     PortingError,
     compare_forward,
     compare_gradients,
+    compare_optimizers,
     compare_training,
     transfer_weights,
 )
-from ml_patterns_app.porting.optimizer import compare_optimizers
 from parity_tests.porting_models import (
     BUGS,
     Transformer,

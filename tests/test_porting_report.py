@@ -50,8 +50,17 @@ def _report(drift, floor, first_bad):
     steps = len(drift)
     losses = np.linspace(2.0, 1.0, steps)
     gradients = LayerReport("gradients", (), None, "The loss and every gradient agree.")
-    return TrainingReport(losses, losses * (1 + np.asarray(drift)), losses, np.asarray(drift), np.asarray(floor),
-                          5.0, gradients, first_bad, "")
+    return TrainingReport(
+        losses,
+        losses * (1 + np.asarray(drift)),
+        losses,
+        np.asarray(drift),
+        np.asarray(floor),
+        5.0,
+        gradients,
+        first_bad,
+        "",
+    )
 
 
 def test_training_report_verdict_and_plot(tmp_path):

@@ -75,9 +75,17 @@ def test_dry_run_lists_every_pair_and_writes_nothing():
     kernel = np.asarray(port.out.kernel.get_value()).copy()
     table = str(transfer_weights(source, port, dry_run=True))
     np.testing.assert_array_equal(np.asarray(port.out.kernel.get_value()), kernel)
-    for line in ("attn.in_proj_weight", "attention.query.kernel, attention.key.kernel, attention.value.kernel",
-                 "cross.k_proj_weight", "conv2.weight", "OIHW->HWIO", "offset", "shift",
-                 "bn.running_var", "skipped: torch-only counter"):
+    for line in (
+        "attn.in_proj_weight",
+        "attention.query.kernel, attention.key.kernel, attention.value.kernel",
+        "cross.k_proj_weight",
+        "conv2.weight",
+        "OIHW->HWIO",
+        "offset",
+        "shift",
+        "bn.running_var",
+        "skipped: torch-only counter",
+    ):
         assert line in table, line
     assert "problem" not in table
 
@@ -109,9 +117,15 @@ def test_one_error_lists_every_unmatched_and_mismatched_tensor():
     with pytest.raises(PortingError, match="tensor") as error:
         transfer_weights(Torch(), port)
     message = str(error.value)
-    for expected in ("torch a.bias [4]: no counterpart", "b.weight -> b.kernel: shape mismatch",
-                     "b.bias -> b.bias: shape mismatch", "nnx Linear without a counterpart: extra",
-                     "1 LayerNorm in torch, 0 in nnx", "torch c.weight", "nnx extra.kernel"):
+    for expected in (
+        "torch a.bias [4]: no counterpart",
+        "b.weight -> b.kernel: shape mismatch",
+        "b.bias -> b.bias: shape mismatch",
+        "nnx Linear without a counterpart: extra",
+        "1 LayerNorm in torch, 0 in nnx",
+        "torch c.weight",
+        "nnx extra.kernel",
+    ):
         assert expected in message, expected
     np.testing.assert_array_equal(np.asarray(port.b.kernel.get_value()), kernel)  # nothing written
 
@@ -153,9 +167,13 @@ class LowRankPort(nnx.Module):
 
 
 LOW_RANK = Rule(
-    "LowRank", LowRank, LowRankPort,
-    lambda t, n: [TensorMap(("v",), ("down",), lambda v: (v.T,), lambda d: (d.T,), "transpose"),
-                  TensorMap(("u",), ("up",), lambda u: (u.T,), lambda w: (w.T,), "transpose")],
+    "LowRank",
+    LowRank,
+    LowRankPort,
+    lambda t, n: [
+        TensorMap(("v",), ("down",), lambda v: (v.T,), lambda d: (d.T,), "transpose"),
+        TensorMap(("u",), ("up",), lambda u: (u.T,), lambda w: (w.T,), "transpose"),
+    ],
 )
 
 

@@ -6,6 +6,7 @@
     transfer_weights(torch_model, nnx_model)                        # torch -> NNX ("to_torch": back)
     print(compare_forward(torch_model, nnx_model, (tokens, mask)))  # the first layer that diverges
     print(compare_gradients(torch_model, nnx_model, batch, loss_torch, loss_jax))
+    print(compare_optimizers(lambda p: torch.optim.Adam(p, lr=1e-3), optax.adam(1e-3)))
     report = compare_training(torch_model, nnx_model, lambda p: torch.optim.Adam(p, lr=1e-3),
                               optax.adam(1e-3), batches, loss_torch, loss_jax)
     report.plot("drift.png")
@@ -16,6 +17,7 @@ Tolerances are the policy's (``ml_patterns.parity``); see docs/PORTING.md for th
 from ml_patterns_app.porting.forward import compare_forward
 from ml_patterns_app.porting.gradients import compare_gradients
 from ml_patterns_app.porting.mapping import PortingError, WeightMap, map_weights
+from ml_patterns_app.porting.optimizer import compare_optimizers
 from ml_patterns_app.porting.report import FALLBACK_BOUND, LayerReport, Row
 from ml_patterns_app.porting.rules import Rule, TensorMap, register_rule
 from ml_patterns_app.porting.training import FLOOR_MULTIPLE, TrainingReport, compare_training, drift_and_floor
@@ -33,6 +35,7 @@ __all__ = [
     "WeightMap",
     "compare_forward",
     "compare_gradients",
+    "compare_optimizers",
     "compare_training",
     "drift_and_floor",
     "map_weights",

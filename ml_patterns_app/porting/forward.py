@@ -110,10 +110,14 @@ def _run_torch(module: torch.nn.Module, watched: list[_Watch], args, kwargs) -> 
     events, handles = [], []
     for key, watch in enumerate(watched):
         target = named[watch.torch_path]
-        handles.append(target.register_forward_pre_hook(
-            lambda m, a, kw, key=key: events.append((key, "input", [io.first_array(a, kw)])), with_kwargs=True))
-        handles.append(target.register_forward_hook(
-            lambda m, a, out, key=key: events.append((key, "output", io.arrays(out)))))
+        handles.append(
+            target.register_forward_pre_hook(
+                lambda m, a, kw, key=key: events.append((key, "input", [io.first_array(a, kw)])), with_kwargs=True
+            )
+        )
+        handles.append(
+            target.register_forward_hook(lambda m, a, out, key=key: events.append((key, "output", io.arrays(out))))
+        )
     modes = {m: m.training for m in module.modules()}
     try:
         module.eval()
@@ -204,8 +208,9 @@ def _row(label, watch, what, torch_values, nnx_values, reference, tolerance) -> 
         return _missing(label, watch, what, torch_values, "nnx recorded no concrete value (traced?)")
     if len(torch_values) != len(nnx_values):
         notes.append(f"compared the first of {len(torch_values)} torch / {len(nnx_values)} nnx arrays")
-    if expected.ndim >= 3 and (watch.channels_first or
-                               (expected.shape != actual.shape and np.moveaxis(expected, 1, -1).shape == actual.shape)):
+    if expected.ndim >= 3 and (
+        watch.channels_first or (expected.shape != actual.shape and np.moveaxis(expected, 1, -1).shape == actual.shape)
+    ):
         expected, notes = np.moveaxis(expected, 1, -1), notes + ["torch moved to channels-last"]
         reference = None if reference is None else [np.moveaxis(reference[0], 1, -1)]
     truth = reference[0] if reference else None
@@ -213,8 +218,19 @@ def _row(label, watch, what, torch_values, nnx_values, reference, tolerance) -> 
         truth = None
     max_abs, max_rel, passed, note = compare_values(expected, actual, tolerance, truth)
     notes += [note] if note else []
-    return Row(label, watch.torch_path, watch.nnx_path, what, expected.shape, actual.shape, max_abs, max_rel,
-               tolerance, passed, "; ".join(notes))
+    return Row(
+        label,
+        watch.torch_path,
+        watch.nnx_path,
+        what,
+        expected.shape,
+        actual.shape,
+        max_abs,
+        max_rel,
+        tolerance,
+        passed,
+        "; ".join(notes),
+    )
 
 
 def _missing(label, watch, what, values, note) -> Row:
@@ -229,13 +245,24 @@ def _where(first: Row | None, rows: list[Row], watched: list[_Watch]) -> str:
     index = rows.index(first)
     before = f"after {rows[index - 1].label} ({rows[index - 1].what}), which agrees" if index else "at the start"
     if first.what == "input":
-        parents = [w for w in watched if w.kind == "module" and w.torch_path != first.torch_name and
-                   (w.torch_path == "" or first.torch_name.startswith(w.torch_path + "."))]
+        parents = [
+            w
+            for w in watched
+            if w.kind == "module"
+            and w.torch_path != first.torch_name
+            and (w.torch_path == "" or first.torch_name.startswith(w.torch_path + "."))
+        ]
         parent = max(parents, key=lambda w: len(w.torch_path)).label if parents else "the caller"
-        return (f"First divergence: the input of {watch.label}, {before}: look at the code between them "
-                f"in the forward of {parent} (activations, masks, reshapes, scaling).")
+        return (
+            f"First divergence: the input of {watch.label}, {before}: look at the code between them "
+            f"in the forward of {parent} (activations, masks, reshapes, scaling)."
+        )
     if watch.kind == "module":
-        return (f"First divergence: the output of {watch.label}; its input and every paired layer inside it agree: "
-                f"look at its own forward code after its last paired layer.")
-    return (f"First divergence: the {watch.kind} layer {watch.label}: its input agrees, its output does not: "
-            f"the layer itself (weights, hyperparameters such as epsilon, or its port).")
+        return (
+            f"First divergence: the output of {watch.label}; its input and every paired layer inside it agree: "
+            f"look at its own forward code after its last paired layer."
+        )
+    return (
+        f"First divergence: the {watch.kind} layer {watch.label}: its input agrees, its output does not: "
+        f"the layer itself (weights, hyperparameters such as epsilon, or its port)."
+    )

@@ -76,16 +76,20 @@ def _torch_gradients(module, batch, loss_fn, dtype) -> tuple[np.ndarray, dict[st
     loss = loss_fn(model, io.to_torch(batch, dtype))
     loss.backward()
     # An unused parameter has no gradient in torch and a zero one in JAX.
-    grads = {name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().numpy()
-             for name, p in model.named_parameters()}
+    grads = {
+        name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().numpy()
+        for name, p in model.named_parameters()
+    }
     return loss.detach().numpy(), grads
 
 
 def _nnx_gradients(module, batch, loss_fn) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     model = nnx.clone(module)  # a BatchNorm in training mode updates its statistics: on the copy
     loss, grads = nnx.value_and_grad(lambda m: loss_fn(m, batch))(model)
-    flat = {".".join(map(str, path)): np.asarray(getattr(v, "get_value", lambda v=v: v)())
-            for path, v in nnx.to_flat_state(grads)}
+    flat = {
+        ".".join(map(str, path)): np.asarray(getattr(v, "get_value", lambda v=v: v)())
+        for path, v in nnx.to_flat_state(grads)
+    }
     return np.asarray(loss), flat
 
 
@@ -93,7 +97,9 @@ def _row(label, torch_name, nnx_name, expected, actual, reference, tolerance) ->
     expected, actual = np.asarray(expected), np.asarray(actual)
     max_abs, max_rel, passed, note = compare_values(expected, actual, tolerance, reference)
     what = "loss" if label == "loss" else "gradient"
-    return Row(label, torch_name, nnx_name, what, expected.shape, actual.shape, max_abs, max_rel, tolerance, passed, note)
+    return Row(
+        label, torch_name, nnx_name, what, expected.shape, actual.shape, max_abs, max_rel, tolerance, passed, note
+    )
 
 
 def _where(failing: list[Row]) -> str:
@@ -102,5 +108,7 @@ def _where(failing: list[Row]) -> str:
     if failing[0].what == "loss":
         return "The losses differ already: run compare_forward to find the layer, or compare the loss functions."
     names = ", ".join(row.nnx_name for row in failing)
-    return (f"Gradients differ for {names}. Nearest the loss: {failing[-1].label}; if the forward agrees, look at "
-            "the backward of the code around it (detach/stop_gradient, custom gradients, in-place ops).")
+    return (
+        f"Gradients differ for {names}. Nearest the loss: {failing[-1].label}; if the forward agrees, look at "
+        "the backward of the code around it (detach/stop_gradient, custom gradients, in-place ops)."
+    )

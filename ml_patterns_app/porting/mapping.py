@@ -87,13 +87,24 @@ class WeightMap:
         header = ("torch", "shape", "nnx", "shape", "layout", "status")
         lines = [header]
         for row in self.rows:
-            lines.append((", ".join(row.torch_names), _shapes(row.torch_shapes), ", ".join(row.nnx_names) or "-",
-                          _shapes(row.nnx_shapes), row.tensor_map.layout, row.status))
+            lines.append(
+                (
+                    ", ".join(row.torch_names),
+                    _shapes(row.torch_shapes),
+                    ", ".join(row.nnx_names) or "-",
+                    _shapes(row.nnx_shapes),
+                    row.tensor_map.layout,
+                    row.status,
+                )
+            )
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
         text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
         text.insert(1, "  ".join("-" * w for w in widths))
-        notes = [f"  {p.kind} torch {p.torch.path or '<root>'} / nnx {p.nnx.path or '<root>'}: {note}"
-                 for p in self.pairs for note in p.notes]
+        notes = [
+            f"  {p.kind} torch {p.torch.path or '<root>'} / nnx {p.nnx.path or '<root>'}: {note}"
+            for p in self.pairs
+            for note in p.notes
+        ]
         if notes:
             text += ["hyperparameters that differ (transfer does not change them):", *notes]
         if self.problems:
@@ -240,7 +251,7 @@ def _pair_units(left: list[Unit], right: list[Unit], explicit: dict[str, str], p
         ns = [u for u in right if u.kind == kind and id(u) not in taken]
         pairs += [UnitPair(kind, t, n, "order", _notes(t, n)) for t, n in zip(ts, ns)]
         if len(ts) != len(ns):
-            side, rest = ("torch", ts[len(ns):]) if len(ts) > len(ns) else ("nnx", ns[len(ts):])
+            side, rest = ("torch", ts[len(ns) :]) if len(ts) > len(ns) else ("nnx", ns[len(ts) :])
             problems.append(
                 f"{len(ts)} {kind} in torch, {len(ns)} in nnx; {side} {kind} without a counterpart: "
                 + ", ".join(u.path or "<root>" for u in rest)
@@ -269,8 +280,17 @@ def _pair_rows(pair: UnitPair, direction: str, used: dict, ignore: set[str], pro
         status = _status(tensor_map, torch_names, nnx_names, sources, targets, direction)
         if status != "ok" and not status.startswith("skipped"):
             problems.append(f"{', '.join(torch_names)} -> {', '.join(nnx_names) or '-'}: {status}")
-        rows.append(Row(pair, tensor_map, torch_names, nnx_names, tuple(_shape(s) for s in sources),
-                        tuple(_shape(s) for s in targets), status))
+        rows.append(
+            Row(
+                pair,
+                tensor_map,
+                torch_names,
+                nnx_names,
+                tuple(_shape(s) for s in sources),
+                tuple(_shape(s) for s in targets),
+                status,
+            )
+        )
     return rows
 
 

@@ -37,8 +37,13 @@ def compare_optimizers(
     """
     rng = np.random.default_rng(seed)
     params = [rng.normal(size=shape).astype(np.float32) for shape in shapes]
-    grads = [[(rng.choice([-1.0, 1.0], size=p.shape) * 10.0 ** rng.uniform(-8, 0, p.shape)).astype(np.float32)
-              for p in params] for _ in range(steps)]
+    grads = [
+        [
+            (rng.choice([-1.0, 1.0], size=p.shape) * 10.0 ** rng.uniform(-8, 0, p.shape)).astype(np.float32)
+            for p in params
+        ]
+        for _ in range(steps)
+    ]
     torch_params = _torch_steps(torch_optimizer, params, grads, torch.float32)
     truth = _torch_steps(torch_optimizer, params, grads, torch.float64) if reference else None
     jax_params = _optax_steps(optax_optimizer, params, grads)
@@ -48,13 +53,29 @@ def compare_optimizers(
             label = f"step {step + 1}, parameter {i} {list(params[i].shape)}"
             ref = truth[step][i] if truth is not None else None
             max_abs, max_rel, passed, note = compare_values(torch_params[step][i], jax_params[step][i], tolerance, ref)
-            rows.append(Row(label, f"parameter {i}", f"parameter {i}", "update", params[i].shape, params[i].shape,
-                            max_abs, max_rel, tolerance, passed, note))
+            rows.append(
+                Row(
+                    label,
+                    f"parameter {i}",
+                    f"parameter {i}",
+                    "update",
+                    params[i].shape,
+                    params[i].shape,
+                    max_abs,
+                    max_rel,
+                    tolerance,
+                    passed,
+                    note,
+                )
+            )
     first = next((row for row in rows if not row.passed), None)
-    where = ("The optimizers agree." if first is None else
-             f"The optimizers differ from {first.label} on, with identical gradients: compare their "
-             "hyperparameters and formulas (epsilon inside or outside the square root, bias correction, "
-             "weight decay coupled or decoupled, defaults that differ).")
+    where = (
+        "The optimizers agree."
+        if first is None
+        else f"The optimizers differ from {first.label} on, with identical gradients: compare their "
+        "hyperparameters and formulas (epsilon inside or outside the square root, bias correction, "
+        "weight decay coupled or decoupled, defaults that differ)."
+    )
     return LayerReport("optimizer", tuple(rows), first, where)
 
 

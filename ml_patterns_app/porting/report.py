@@ -89,8 +89,19 @@ def format_rows(rows: list[Row], first: Row | None = None) -> str:
     for row in rows:
         shape = str(list(row.torch_shape)) + ("" if row.torch_shape == row.nnx_shape else f" vs {list(row.nnx_shape)}")
         result = ("ok" if row.passed else "FAIL") + (f" ({row.note})" if row.note else "")
-        lines.append((">>" if row is first else "", row.label, row.what, shape, f"{row.max_abs_diff:.2e}",
-                      f"{row.max_rel_diff:.2e}", f"{row.tolerance.rtol:g}", f"{row.tolerance.atol:g}", result))
+        lines.append(
+            (
+                ">>" if row is first else "",
+                row.label,
+                row.what,
+                shape,
+                f"{row.max_abs_diff:.2e}",
+                f"{row.max_rel_diff:.2e}",
+                f"{row.tolerance.rtol:g}",
+                f"{row.tolerance.atol:g}",
+                result,
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     text.insert(1, "  ".join("-" * w for w in widths))

@@ -132,12 +132,9 @@ def _padding(padding, rank: int):
 
 
 def _norm_notes(t, n) -> list[str]:
-    return _differs("epsilon", t.eps, n.epsilon)
-
-
-def _layernorm_notes(t, n) -> list[str]:
-    fast = ["nnx use_fast_variance=True: var = E[x^2] - E[x]^2, which cancels when |mean| >> std"]
-    return _norm_notes(t, n) + (fast if getattr(n, "use_fast_variance", False) else [])
+    """Epsilon, and flax's one-pass variance (torch computes two-pass), which rounds differently."""
+    fast = ["nnx use_fast_variance=True: var = E[x^2] - E[x]^2 (torch: two-pass), which cancels when |mean| >> std"]
+    return _differs("epsilon", t.eps, n.epsilon) + (fast if getattr(n, "use_fast_variance", False) else [])
 
 
 def _rms_notes(t, n) -> list[str]:
@@ -149,7 +146,9 @@ def _rms_notes(t, n) -> list[str]:
 def _batchnorm(t, n) -> list[TensorMap]:
     stats = [TensorMap(("running_mean",), ("mean",)), TensorMap(("running_var",), ("var",))]
     stats = stats if t.track_running_stats else []
-    counter = [TensorMap(("num_batches_tracked",), (), layout="-", note="torch-only counter (used only when momentum=None)")]
+    counter = [
+        TensorMap(("num_batches_tracked",), (), layout="-", note="torch-only counter (used only when momentum=None)")
+    ]
     return _scale_bias(t, n) + stats + (counter if t.track_running_stats else [])
 
 
@@ -171,8 +170,9 @@ def _mha(t, n) -> list[TensorMap]:
     def split(rows_per_proj: Sequence[int]):
         def to_nnx(w):  # [3E, in] or [3E]: torch stacks q, k, v along the output axis
             parts = np.split(w, np.cumsum(rows_per_proj)[:-1], axis=0)
-            return tuple(p.T.reshape(p.shape[1], heads, head_dim) if p.ndim == 2 else p.reshape(heads, head_dim)
-                         for p in parts)
+            return tuple(
+                p.T.reshape(p.shape[1], heads, head_dim) if p.ndim == 2 else p.reshape(heads, head_dim) for p in parts
+            )
 
         def to_torch(*kernels):
             return (np.concatenate([k.reshape(-1, dim).T if k.ndim == 3 else k.reshape(dim) for k in kernels]),)
@@ -188,8 +188,14 @@ def _mha(t, n) -> list[TensorMap]:
         for name, path in zip(("q_proj_weight", "k_proj_weight", "v_proj_weight"), qkv):
             maps.append(TensorMap((name,), (path,), *split([dim]), layout))
     if t.in_proj_bias is not None and _has(n.query, "bias"):
-        maps.append(TensorMap(("in_proj_bias",), ("query.bias", "key.bias", "value.bias"), *split([dim] * 3),
-                              "split q/k/v, [E]->[H,hd]"))
+        maps.append(
+            TensorMap(
+                ("in_proj_bias",),
+                ("query.bias", "key.bias", "value.bias"),
+                *split([dim] * 3),
+                "split q/k/v, [E]->[H,hd]",
+            )
+        )
 
     def out_to_nnx(w):
         return (w.T.reshape(heads, head_dim, w.shape[0]),)
@@ -197,7 +203,9 @@ def _mha(t, n) -> list[TensorMap]:
     def out_to_torch(k):
         return (k.reshape(dim, -1).T,)
 
-    maps.append(TensorMap(("out_proj.weight",), ("out.kernel",), out_to_nnx, out_to_torch, "transpose, [E,out]->[H,hd,out]"))
+    maps.append(
+        TensorMap(("out_proj.weight",), ("out.kernel",), out_to_nnx, out_to_torch, "transpose, [E,out]->[H,hd,out]")
+    )
     if t.out_proj.bias is not None and _has(n.out, "bias"):
         maps.append(TensorMap(("out_proj.bias",), ("out.bias",)))
     return maps
@@ -213,11 +221,17 @@ def _mha_notes(t, n) -> list[str]:
 BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("Linear", torch.nn.Linear, nnx.Linear, _linear),
     Rule("Embedding", torch.nn.Embedding, nnx.Embed, lambda t, n: [TensorMap(("weight",), ("embedding",))]),
-    Rule("LayerNorm", torch.nn.LayerNorm, nnx.LayerNorm, _scale_bias, _layernorm_notes),
+    Rule("LayerNorm", torch.nn.LayerNorm, nnx.LayerNorm, _scale_bias, _norm_notes),
     Rule("RMSNorm", torch.nn.RMSNorm, nnx.RMSNorm, _scale_bias, _rms_notes),
     Rule("GroupNorm", torch.nn.GroupNorm, nnx.GroupNorm, _scale_bias, _norm_notes, channels_first=True),
     Rule("Conv", (torch.nn.Conv1d, torch.nn.Conv2d), nnx.Conv, _conv, _conv_notes, channels_first=True),
-    Rule("BatchNorm", (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d), nnx.BatchNorm, _batchnorm, _batchnorm_notes,
-         channels_first=True),
+    Rule(
+        "BatchNorm",
+        (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d),
+        nnx.BatchNorm,
+        _batchnorm,
+        _batchnorm_notes,
+        channels_first=True,
+    ),
     Rule("MultiheadAttention", torch.nn.MultiheadAttention, nnx.MultiHeadAttention, _mha, _mha_notes),
 )

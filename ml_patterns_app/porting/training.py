@@ -14,10 +14,18 @@ The running max is the envelope of the divergence so far: the instantaneous diff
 chaotic runs keeps crossing zero, while how far they have come apart only grows. The second term
 is the policy's single-call loss tolerance: two backends may differ by that much on any one
 evaluation, so no step is held tighter. The runs agree while drift[t] <= FLOOR_MULTIPLE * floor[t] at
-every step. Two backends differ in rounding at every operation of every step, not by one ulp once,
-so their drift starts a few times above a one-ulp floor and then grows at the same rate (the same
-dynamics amplify both); FLOOR_MULTIPLE leaves room for that constant factor. A bug, instead, moves
-the losses apart by its own size from the first steps, orders of magnitude above the floor.
+every step. From its first update on, the perturbed run rounds differently at every operation, as
+the other backend does; FLOOR_MULTIPLE allows for two algorithms (other reduction orders, fused
+kernels) rounding somewhat more differently than one algorithm on inputs one ulp apart. A bug moves
+the losses apart by its own size, orders of magnitude above the floor.
+
+What the floor does not absorb: a *systematic* difference, however small, that the training
+dynamics amplify. Measured on the example's CNN at lr 3e-2 (an unstable phase from step ~150): torch
+float32 and float64 agree to 1e-7 over 300 steps, and so does torch rerun one ulp off, but JAX drifts
+to 2e-2. With ``jax_enable_x64``, which makes optax compute Adam's bias correction ``1 - 0.999**t``
+in float64 as torch does (in float32 it is off by up to 2e-5 relative), JAX agrees with torch to 1e-7
+over the same 300 steps. The verdict reports such a drift as divergence: the two sides do not
+compute the same updates.
 """
 
 from __future__ import annotations
@@ -41,9 +49,10 @@ from ml_patterns_app.porting.report import LayerReport
 from ml_patterns_app.porting.rules import Rule
 from ml_patterns_app.porting.transfer import transfer_weights
 
-# How far above the measured floor the cross-backend drift may go. Measured on the catalogue's
-# Transformer (tests/test_porting_training.py, 300 Adam steps at lr 1e-3): correct ports stay below
-# 2x the floor, while the Adam-epsilon bug exceeds it 100-fold within 10 steps.
+# How far above the measured floor the cross-backend drift may go. Measured (300 Adam steps unless
+# noted; worst drift/floor over all steps): correct ports 1.2 (catalogue Transformer, lr 1e-3), 0.65
+# (lr 3e-3), 0.57 (lr 1e-2), 0.15 (the example's CNN, lr 1e-3, 200 steps), 1.35 (CNN, lr 1e-2);
+# Adam with epsilon inside the square root 17.7, from step 3.
 FLOOR_MULTIPLE = 5.0
 
 
@@ -99,16 +108,20 @@ class TrainingReport:
         top.plot(steps, self.nnx_losses, "--", label="nnx")
         top.plot(steps, self.perturbed_losses, ":", label="torch, weights one ulp off")
         top.set_ylabel("loss")
-        top.legend()
-        tiny = 1e-12  # exact agreement would vanish from a log axis
-        bottom.fill_between(steps, tiny, self.multiple * self.floor, alpha=0.25,
-                            label=f"agreement band ({self.multiple:g} x floor)")
-        bottom.plot(steps, self.floor, color="gray", label="float32 noise floor")
-        bottom.plot(steps, np.maximum(self.drift, tiny), label="|nnx - torch| / |torch|")
+        top.legend(fontsize="small")
+        low = 1e-9  # exact agreement (zero) is drawn here, at the bottom of the log axis
+        noise = np.abs(self.perturbed_losses - self.torch_losses) / np.abs(self.torch_losses)
+        bottom.fill_between(
+            steps, low, self.multiple * self.floor, alpha=0.2, label=f"agreement band ({self.multiple:g} x floor)"
+        )
+        bottom.plot(steps, self.floor, color="gray", label="noise floor (running max, >= loss tolerance)")
+        bottom.plot(steps, np.maximum(noise, low), ".", color="gray", ms=2, label="torch vs torch one ulp off")
+        bottom.plot(steps, np.maximum(self.drift, low), ".", ms=3, label="|nnx - torch| / |torch|")
         bottom.set_yscale("log")
+        bottom.set_ylim(low / 2, None)
         bottom.set_xlabel("step")
-        bottom.set_ylabel("relative difference")
-        bottom.legend()
+        bottom.set_ylabel("relative difference of the loss")
+        bottom.legend(fontsize="small", loc="upper left")
         fig.tight_layout()
         path = Path(path)
         fig.savefig(path)
@@ -156,8 +169,9 @@ def compare_training(
         raise ValueError(f"{len(batches)} torch batches but {len(nnx_batches)} nnx batches")
     if transfer:
         transfer_weights(torch_module, nnx_module, rules=rules, pairs=pairs)
-    gradients = compare_gradients(torch_module, nnx_module, batches[0], loss_torch, loss_jax,
-                                  nnx_batch=nnx_batches[0], rules=rules, pairs=pairs)
+    gradients = compare_gradients(
+        torch_module, nnx_module, batches[0], loss_torch, loss_jax, nnx_batch=nnx_batches[0], rules=rules, pairs=pairs
+    )
     torch_losses = _train_torch(torch_module, torch_optimizer, batches, loss_torch, None)
     perturbed = _train_torch(torch_module, torch_optimizer, batches, loss_torch, seed)
     nnx_losses = _train_nnx(nnx_module, optax_optimizer, nnx_batches, loss_jax)
