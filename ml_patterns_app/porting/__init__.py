@@ -11,34 +11,39 @@
                               optax.adam(1e-3), batches, loss_torch, loss_jax)
     report.plot("drift.png")
 
-Tolerances are the policy's (``ml_patterns.parity``); see docs/PORTING.md for the walk-through.
+Tolerances are the policy's (``ml_patterns.parity``); docs/PORTING.md is the walk-through. Names
+are imported on first use, so ``porting.floor`` (numpy only) loads without torch or JAX.
 """
 
-from ml_patterns_app.porting.forward import compare_forward
-from ml_patterns_app.porting.gradients import compare_gradients
-from ml_patterns_app.porting.mapping import PortingError, WeightMap, map_weights
-from ml_patterns_app.porting.optimizer import compare_optimizers
-from ml_patterns_app.porting.report import FALLBACK_BOUND, LayerReport, Row
-from ml_patterns_app.porting.rules import Rule, TensorMap, register_rule
-from ml_patterns_app.porting.training import FLOOR_MULTIPLE, TrainingReport, compare_training, drift_and_floor
-from ml_patterns_app.porting.transfer import transfer_weights
+import importlib
 
-__all__ = [
-    "FALLBACK_BOUND",
-    "FLOOR_MULTIPLE",
-    "LayerReport",
-    "PortingError",
-    "Row",
-    "Rule",
-    "TensorMap",
-    "TrainingReport",
-    "WeightMap",
-    "compare_forward",
-    "compare_gradients",
-    "compare_optimizers",
-    "compare_training",
-    "drift_and_floor",
-    "map_weights",
-    "register_rule",
-    "transfer_weights",
-]
+_EXPORTS = {
+    "FALLBACK_BOUND": "report",
+    "FLOOR_MULTIPLE": "floor",
+    "LayerReport": "report",
+    "PortingError": "mapping",
+    "Row": "report",
+    "Rule": "rules",
+    "TensorMap": "rules",
+    "TrainingReport": "training",
+    "WeightMap": "mapping",
+    "compare_forward": "forward",
+    "compare_gradients": "gradients",
+    "compare_optimizers": "optimizer",
+    "compare_training": "training",
+    "drift_and_floor": "floor",
+    "map_weights": "mapping",
+    "register_rule": "rules",
+    "transfer_weights": "transfer",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__():
+    return __all__

@@ -1,32 +1,7 @@
-"""Training drift judged against a measured float32 noise floor.
+"""Training drift judged against a measured float32 noise floor (the definitions: ``floor``).
 
-Float32 training is chaotic: two runs that differ only in rounding drift apart, slowly and then
-faster. A fixed tolerance over hundreds of steps cannot tell that from a porting bug, so the floor
-is measured in the same call: the torch side trains twice from the same weights and batches, the
-second time with every weight moved by one ulp (``np.nextafter``, towards +inf or -inf at random per
-entry): a change of nothing but rounding. Per step ``t``:
-
-- drift[t] = |loss_nnx - loss_torch| / |loss_torch|, the cross-backend difference;
-- floor[t] = max(running max over s <= t of |loss_perturbed - loss_torch| / |loss_torch|,
-  LOSS.rtol + LOSS.atol / |loss_torch|).
-
-The running max is the envelope of the divergence so far: the instantaneous difference of two
-chaotic runs keeps crossing zero, while how far they have come apart only grows. The second term
-is the policy's single-call loss tolerance: two backends may differ by that much on any one
-evaluation, so no step is held tighter. The runs agree while drift[t] <= FLOOR_MULTIPLE * floor[t] at
-every step. From its first update on, the perturbed run rounds differently at every operation, as
-the other backend does; FLOOR_MULTIPLE allows for two algorithms (other reduction orders, fused
-kernels) rounding somewhat more differently than one algorithm on inputs one ulp apart. A bug moves
-the losses apart by its own size, orders of magnitude above the floor.
-
-What the floor does not absorb: a *systematic* difference, however small, that the training
-dynamics amplify. Measured on the example's CNN at lr 3e-2 (an unstable phase from step ~150): torch
-float32 and float64 agree to 1e-7 over 300 steps, and so does torch rerun one ulp off, but JAX drifts
-to 2e-2. The cause is optax's Adam: it computes the bias correction ``1 - 0.999**t`` in float32,
-off by up to 2e-5 relative, where torch computes it in float64. With the correction computed as
-``-expm1(t * log(0.999))`` (accurate in float32), or with ``jax_enable_x64``, JAX agrees with torch to
-1e-7 over the same 300 steps. The verdict reports such a drift as divergence: the two sides do not
-compute the same updates.
+``compare_training`` trains copies of both modules from one set of weights on one batch order,
+and the torch module a second time with every weight one ulp off; the verdict is ``floor``'s.
 """
 
 from __future__ import annotations
@@ -43,18 +18,12 @@ import optax
 import torch
 from flax import nnx
 
-from ml_patterns.parity import LOSS
 from ml_patterns_app.porting import inputs as io
+from ml_patterns_app.porting.floor import FLOOR_MULTIPLE, drift_and_floor, drift_figure, first_outside, one_ulp
 from ml_patterns_app.porting.gradients import JaxLoss, TorchLoss, compare_gradients
 from ml_patterns_app.porting.report import LayerReport
 from ml_patterns_app.porting.rules import Rule
 from ml_patterns_app.porting.transfer import transfer_weights
-
-# How far above the measured floor the cross-backend drift may go. Measured (300 Adam steps unless
-# noted; worst drift/floor over all steps): correct ports 1.2 (catalogue Transformer, lr 1e-3), 0.65
-# (lr 3e-3), 0.57 (lr 1e-2), 0.15 (the example's CNN, lr 1e-3, 200 steps), 1.35 (CNN, lr 1e-2);
-# Adam with epsilon inside the square root 17.7, from step 3.
-FLOOR_MULTIPLE = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,35 +67,8 @@ class TrainingReport:
 
     def plot(self, path: str | Path) -> Path:
         """Two panels: losses overlaid; |relative difference| (log) with the floor and its band."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        steps = np.arange(len(self.torch_losses))
-        fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
-        top.plot(steps, self.torch_losses, label="torch")
-        top.plot(steps, self.nnx_losses, "--", label="nnx")
-        top.plot(steps, self.perturbed_losses, ":", label="torch, weights one ulp off")
-        top.set_ylabel("loss")
-        top.legend(fontsize="small")
-        low = 1e-9  # exact agreement (zero) is drawn here, at the bottom of the log axis
-        noise = np.abs(self.perturbed_losses - self.torch_losses) / np.abs(self.torch_losses)
-        bottom.fill_between(
-            steps, low, self.multiple * self.floor, alpha=0.2, label=f"agreement band ({self.multiple:g} x floor)"
-        )
-        bottom.plot(steps, self.floor, color="gray", label="noise floor (running max, >= loss tolerance)")
-        bottom.plot(steps, np.maximum(noise, low), ".", color="gray", ms=2, label="torch vs torch one ulp off")
-        bottom.plot(steps, np.maximum(self.drift, low), ".", ms=3, label="|nnx - torch| / |torch|")
-        bottom.set_yscale("log")
-        bottom.set_ylim(low / 2, None)
-        bottom.set_xlabel("step")
-        bottom.set_ylabel("relative difference of the loss")
-        bottom.legend(fontsize="small", loc="upper left")
-        fig.tight_layout()
         path = Path(path)
-        fig.savefig(path)
-        plt.close(fig)
+        drift_figure(self.torch_losses, self.nnx_losses, self.perturbed_losses, multiple=self.multiple).savefig(path)
         return path
 
 
@@ -177,29 +119,18 @@ def compare_training(
     perturbed = _train_torch(torch_module, torch_optimizer, batches, loss_torch, seed)
     nnx_losses = _train_nnx(nnx_module, optax_optimizer, nnx_batches, loss_jax)
     drift, floor = drift_and_floor(torch_losses, nnx_losses, perturbed)
-    bad = np.flatnonzero(~(drift <= multiple * floor))  # NaN drift is bad too
-    first_bad = int(bad[0]) if bad.size else None
+    first_bad = first_outside(drift, floor, multiple)
     where = _where(gradients, first_bad, drift, floor, multiple)
     return TrainingReport(torch_losses, nnx_losses, perturbed, drift, floor, multiple, gradients, first_bad, where)
 
 
-def drift_and_floor(torch_losses, nnx_losses, perturbed_losses) -> tuple[np.ndarray, np.ndarray]:
-    """(drift, floor) per step, as defined in the module docstring (float64 arrays)."""
-    reference = np.abs(np.asarray(torch_losses, np.float64))
-    drift = np.abs(np.asarray(nnx_losses, np.float64) - torch_losses) / reference
-    noise = np.maximum.accumulate(np.abs(np.asarray(perturbed_losses, np.float64) - torch_losses) / reference)
-    return drift, np.maximum(noise, LOSS.rtol + LOSS.atol / reference)
-
-
 def nudge(module: torch.nn.Module, seed: int) -> None:
-    """Moves every floating-point parameter entry by one ulp, up or down at random (in place)."""
+    """Moves every floating-point parameter entry of ``module`` by one ulp, up or down at random."""
     rng = np.random.default_rng(seed)
     with torch.no_grad():
         for param in module.parameters():
             if param.is_floating_point():
-                values = param.detach().cpu().numpy()
-                direction = np.where(rng.random(values.shape) < 0.5, -np.inf, np.inf).astype(values.dtype)
-                param.copy_(torch.from_numpy(np.nextafter(values, direction)))
+                param.copy_(torch.from_numpy(one_ulp(param.detach().cpu().numpy(), rng)))
 
 
 def _train_torch(module, make_optimizer, batches, loss_fn, perturb_seed) -> np.ndarray:
