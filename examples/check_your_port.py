@@ -12,6 +12,8 @@ Exit status 0 when the port agrees everywhere. Replace the two models, the data 
 functions with yours.
 """
 
+# expect: ^The port agrees\.$
+
 from __future__ import annotations
 
 import argparse
