@@ -270,9 +270,28 @@ def _add_parity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--seed", type=non_negative_int, default=0, help="seeds the weights, the batch and its token masks"
     )
+    # Your own port instead of our molecule models (ml_patterns_app.porting, docs/PORTING.md).
+    parser.add_argument(
+        "--torch", metavar="MODULE:FACTORY", help="your torch model: a function returning a torch.nn.Module"
+    )
+    parser.add_argument("--jax", metavar="MODULE:FACTORY", help="its NNX port: a function returning an nnx.Module")
+    parser.add_argument(
+        "--inputs",
+        type=Path,
+        help="with --torch/--jax: a .npz of the forward's positional arguments, in order (without it: the weight "
+        "mapping only)",
+    )
 
 
 def _run_parity(args: argparse.Namespace) -> int:
+    if args.torch or args.jax:
+        if not (args.torch and args.jax):
+            raise UsageError("--torch and --jax go together: MODULE:FACTORY of your torch model and of its NNX port")
+        from ml_patterns_app.porting.command import run_user_parity
+
+        return run_user_parity(args.torch, args.jax, args.inputs)
+    if args.inputs is not None:
+        raise UsageError("--inputs goes with --torch and --jax (your own models)")
     from ml_patterns_app.parity_report import run
 
     return run(args.data, args.config, args.batch_size, args.seed)
