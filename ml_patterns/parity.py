@@ -12,9 +12,17 @@ failure says *which* output or gradient diverged and by how much, not only that 
 Sums of many terms (an embedding table's gradient adds up every occurrence of a token in the
 batch) can cancel to an element far smaller than its terms; float32 rounding of the terms then
 exceeds an elementwise relative tolerance on both backends alike. Pass ``reference`` (the same
-computation in float64) and such a leaf passes when the two sides are equally close to the truth:
-``max|actual - reference| <= ROUNDING_FACTOR * max|expected - reference| + atol``. The row says so
-(``note``), and a real bug, whose error is not rounding, still fails.
+computation in float64, by a third evaluation: neither side under test) and a leaf outside its
+tolerance still passes when, and only when,
+
+1. the two sides are equally close to the truth: ``max|actual - reference| <= ROUNDING_FACTOR *
+   max|expected - reference| + atol``, and
+2. their difference is small against the leaf: ``max|actual - expected| <= FALLBACK_BOUND *
+   max|reference|``. Rounding of cancelling sums is small against the leaf's largest entries; a
+   bug's error is not, and beyond the bound the row fails whatever the reference says.
+
+Every row the fallback decides says so in its note ("passed by float64-reference fallback: ..." or
+"float64-reference fallback refused: ...").
 
 Leaves are anything ``numpy.asarray`` accepts (numpy arrays, Python numbers, JAX arrays, CPU torch
 tensors without grad); bfloat16 and other low-precision leaves are compared in float64.
@@ -40,6 +48,12 @@ class Tolerance:
 # actual side's may be: two implementations rounding differently are each about as far from the
 # truth, not identically far.
 ROUNDING_FACTOR = 2.0
+
+# The float64 fallback's bound: the largest max|actual - expected| it accepts, relative to the
+# leaf's largest float64 entry. float32 rounding of a sum of n terms is at most about n * 6e-8 of
+# its terms: 1e-4 covers sums of ~1,000 terms. Measured: ``ml-patterns parity`` on the default data
+# has one row the fallback decides (the token embedding's gradient), at 4e-7 of its leaf.
+FALLBACK_BOUND = 1e-4
 
 # The tolerance policy (docs/PARITY.md), float32, in one place: compare, the parity report and the
 # parity suite import it. Never loosen one to pass a test: find the cause, and where it is a real,
@@ -205,10 +219,17 @@ def compare_arrays(
     if truth.shape != a.shape:
         raise ValueError(f"{path}: reference shape {truth.shape} differs from the compared shape {a.shape}")
     expected_error, actual_error = float(np.max(np.abs(a - truth))), float(np.max(np.abs(b - truth)))
-    passed = actual_error <= ROUNDING_FACTOR * expected_error + tolerance.atol
+    scale = float(np.max(np.abs(truth)))
+    close = actual_error <= ROUNDING_FACTOR * expected_error + tolerance.atol
+    bounded = max_abs <= FALLBACK_BOUND * scale
+    detail = (
+        f"max|{names[1]} - f64| {actual_error:.2e} {'<=' if close else '>'} {ROUNDING_FACTOR:g} x "
+        f"max|{names[0]} - f64| {expected_error:.2e} + atol; max|{names[1]} - {names[0]}| {max_abs:.2e} "
+        f"{'<=' if bounded else '>'} {FALLBACK_BOUND:g} x max|f64| {scale:.2e}"
+    )
+    passed = close and bounded
     note = (
-        f"float64 error {names[1]} {actual_error:.2e} "
-        f"{'<=' if passed else '>'} {ROUNDING_FACTOR:g} x {names[0]} {expected_error:.2e}"
+        f"passed by float64-reference fallback: {detail}" if passed else f"float64-reference fallback refused: {detail}"
     )
     return Row(path, a.shape, b.shape, max_abs, max_rel, tolerance, passed, note, expected_error, actual_error)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ml_patterns import parity
-from ml_patterns.parity import Tolerance, compare
+from ml_patterns.parity import ROUNDING_FACTOR, Tolerance, compare
 
 TIGHT = Tolerance(rtol=1e-6, atol=1e-6)
 
@@ -65,9 +65,20 @@ def test_a_float64_reference_tells_rounding_from_a_bug():
     assert not compare({"g": expected}, rounding, TIGHT).passed  # elementwise, the small one fails
     (row,) = compare({"g": expected}, rounding, TIGHT, reference={"g": truth}).rows
     assert row.passed and row.expected_error == pytest.approx(3e-6) and row.actual_error == pytest.approx(3e-6)
-    assert "float64 error" in row.note
+    assert row.note.startswith("passed by float64-reference fallback: max|actual - f64| 3.00e-06 <= 2 x")
     (row,) = compare({"g": expected}, bug, TIGHT, reference={"g": truth}).rows
     assert not row.passed and row.actual_error == pytest.approx(2e-4)
+    assert row.note.startswith("float64-reference fallback refused")
+
+
+def test_the_float64_fallback_is_bounded():
+    # Both sides equally far from the truth, but by 1e-3 of a leaf whose largest entry is 1: beyond
+    # FALLBACK_BOUND (1e-4), so not rounding, whatever the reference says.
+    truth = np.array([1.0, 0.0])
+    expected, actual = truth + np.array([0.0, 6e-4]), truth + np.array([0.0, -6e-4])
+    (row,) = compare({"g": expected}, {"g": actual}, TIGHT, reference={"g": truth}).rows
+    assert not row.passed and row.actual_error <= ROUNDING_FACTOR * row.expected_error
+    assert "1.20e-03 > 0.0001 x max|f64| 1.00e+00" in row.note
 
 
 def test_bfloat16_leaves_are_compared_in_float64():

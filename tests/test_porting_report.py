@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml_patterns.parity import GRADIENT, LOSS
-from ml_patterns_app.porting import FALLBACK_BOUND, LayerReport, TrainingReport, drift_and_floor
+from ml_patterns.parity import FALLBACK_BOUND, GRADIENT, LOSS
+from ml_patterns_app.porting import LayerReport, TrainingReport, drift_and_floor
 from ml_patterns_app.porting.report import compare_values
 
 # A gradient whose middle entry is a sum that cancelled: both sides are 1e-6 off the float64 truth.
@@ -18,11 +18,11 @@ TRUTH = np.array([1.0, 3e-8, -2.0])
     [
         ([1.0, 3e-8, -2.0], [1.0 + 1e-6, 3e-8, -2.0], True, ""),  # within rtol 1e-5
         ([1.0, 1.0e-6, -2.0], [1.0, -1.2e-6, -2.0], True, "passed by float64-reference fallback"),
-        ([1.0, 1.0e-6, -2.0], [1.0, -5e-6, -2.0], False, "fallback refused: |nnx-f64| 5.03e-06 > 2 x"),
+        ([1.0, 1.0e-6, -2.0], [1.0, -5e-6, -2.0], False, "fallback refused: max|nnx - f64| 5.03e-06 > 2 x"),
         # as close to the truth as allowed, but beyond the bound: torch itself is far off here
         ([1.0, 1e-3, -2.0], [1.0, -1e-3, -2.0], False, f"> {FALLBACK_BOUND:g} x max|f64| 2.00e+00"),
         ([1.0, np.nan, -2.0], [1.0, np.nan, -2.0], False, "NaN"),
-        ([1.0, 0.0], [1.0, 0.0, 0.0], False, "shape [2] vs [3]"),
+        ([1.0, 0.0], [1.0, 0.0, 0.0], False, "shape mismatch"),
     ],
 )
 def test_float64_fallback_is_explicit_and_bounded(torch_value, nnx_value, passed, note):

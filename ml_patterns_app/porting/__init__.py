@@ -18,7 +18,6 @@ are imported on first use, so ``porting.floor`` (numpy only) loads without torch
 import importlib
 
 _EXPORTS = {
-    "FALLBACK_BOUND": "report",
     "FLOOR_MULTIPLE": "floor",
     "LayerReport": "report",
     "PortingError": "mapping",

@@ -1,36 +1,18 @@
-"""One comparison per layer output or parameter gradient, with an explicit, bounded float64 fallback.
+"""One comparison per layer output, parameter gradient or optimizer step, and the reports they make.
 
 A row passes when the NNX value is within the policy's tolerance of the torch value
-(``ml_patterns.parity``: FORWARD for layer outputs, GRADIENT for gradients, LOSS for the loss).
-
-Float64 fallback. Sums of many terms that cancel (an embedding table's gradient adds every
-occurrence of a token) can end near zero, far below their terms; float32 rounding of the terms then
-exceeds an elementwise tolerance on both backends alike. Such a row still passes when a third
-evaluation in float64 (torch on a float64 copy of the module: neither side under test) shows that
-both sides are equally close to the truth, and only then:
-
-1. ``max|nnx - float64| <= ROUNDING_FACTOR * max|torch - float64| + atol`` (``ROUNDING_FACTOR`` from
-   ``ml_patterns.parity``: two implementations that round differently are each about as far from
-   the truth, not identically far), and
-2. the bound: ``max|nnx - torch| <= FALLBACK_BOUND * max|float64|``. Rounding of cancelling sums is
-   small against the leaf's largest entries; a real bug is not, so beyond the bound a row fails
-   whatever the reference says.
-
-A row decided by the fallback says so in its note ("passed by float64-reference fallback: ...").
+(``ml_patterns.parity``: FORWARD for layer outputs, GRADIENT for gradients, LOSS for the loss),
+or by the policy's explicit, bounded float64-reference fallback (``parity.compare_arrays``; the
+reference here is torch on a float64 copy of the module: neither side under test). A row the
+fallback decides says so in its note.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
-from ml_patterns.parity import ROUNDING_FACTOR, Tolerance
-
-# Largest difference the fallback accepts, relative to the largest |entry| of the float64 reference.
-# float32 rounding of a sum of n terms is at most about n * 6e-8 of its terms; 1e-4 covers sums of
-# ~1,000 terms (an embedding row's gradient over a batch) and refuses errors of a bug's size.
-FALLBACK_BOUND = 1e-4
+from ml_patterns import parity
+from ml_patterns.parity import Tolerance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,35 +34,9 @@ class Row:
 
 def compare_values(expected, actual, tolerance: Tolerance, reference=None) -> tuple[float, float, bool, str]:
     """``(max_abs_diff, max_rel_diff, passed, note)`` of ``actual`` (NNX) against ``expected`` (torch);
-    ``reference`` is the float64 value, or None for no fallback. ``max_rel_diff`` is over entries
-    where ``expected != 0``; NaN anywhere, or different shapes, fail."""
-    a, b = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
-    if a.shape != b.shape:
-        return np.nan, np.nan, False, f"shape {list(a.shape)} vs {list(b.shape)}"
-    if a.size == 0:
-        return 0.0, 0.0, True, ""
-    diff = np.abs(b - a)
-    nonzero = a != 0
-    max_abs = float(diff.max())
-    max_rel = float((diff[nonzero] / np.abs(a[nonzero])).max()) if nonzero.any() else 0.0
-    if np.isnan(a).any() or np.isnan(b).any():
-        return max_abs, max_rel, False, "NaN"
-    if bool(np.all(diff <= tolerance.atol + tolerance.rtol * np.abs(a))):
-        return max_abs, max_rel, True, ""
-    if reference is None:
-        return max_abs, max_rel, False, ""
-    truth = np.asarray(reference, np.float64)
-    torch_error, nnx_error = float(np.abs(a - truth).max()), float(np.abs(b - truth).max())
-    scale = float(np.abs(truth).max())
-    close = nnx_error <= ROUNDING_FACTOR * torch_error + tolerance.atol
-    bounded = max_abs <= FALLBACK_BOUND * scale
-    detail = (
-        f"|nnx-f64| {nnx_error:.2e} {'<=' if close else '>'} {ROUNDING_FACTOR:g} x |torch-f64| {torch_error:.2e}"
-        f" + atol; |nnx-torch| {max_abs:.2e} {'<=' if bounded else '>'} {FALLBACK_BOUND:g} x max|f64| {scale:.2e}"
-    )
-    if close and bounded:
-        return max_abs, max_rel, True, f"passed by float64-reference fallback: {detail}"
-    return max_abs, max_rel, False, f"float64-reference fallback refused: {detail}"
+    ``reference`` is the float64 value, or None for no fallback (``parity.compare_arrays``)."""
+    row = parity.compare_arrays("", expected, actual, tolerance, reference=reference, names=("torch", "nnx"))
+    return row.max_abs_diff, row.max_rel_diff, row.passed, row.note
 
 
 def format_rows(rows: list[Row], first: Row | None = None) -> str:
