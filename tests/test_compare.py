@@ -1,11 +1,12 @@
-"""``ml-patterns compare``, end to end on a slice of the default dataset, and its parts: the report
-logic, the progress display, Ctrl-C."""
+"""``ml-patterns compare``, end to end on a slice of the default dataset (and a broken JAX side that
+its verdict must fail), and its parts: the report logic, the progress display, Ctrl-C."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -15,10 +16,23 @@ from ml_patterns_app.cli import main
 from ml_patterns_app.compare import report as compare_report
 from ml_patterns_app.compare import runner
 from ml_patterns_app.compare.report import build_report, write_report
-from ml_patterns_app.compare.settings import CompareSettings
+from ml_patterns_app.compare.settings import FLOOR_LABEL, FLOOR_RUN, CompareSettings
+from ml_patterns_app.porting.floor import FLOOR_MULTIPLE
 
 
-def test_compare_end_to_end(default_dataset, tmp_path, capsys):
+def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_path, capsys, monkeypatch):
+    # Keep each worker's job and result, and the initial weights, to rerun the JAX side broken below.
+    runs, weights = {}, tmp_path / "initial.safetensors"
+    run_worker = runner.run_worker
+
+    def recording(backend, job, out, label=None):
+        result = run_worker(backend, job, out, label)
+        if job["write_weights"]:
+            shutil.copy(job["weights"], weights)
+        runs[label or backend] = (job, result)
+        return result
+
+    monkeypatch.setattr(runner, "run_worker", recording)
     out = tmp_path / "report"
     status = main(
         [
@@ -40,10 +54,13 @@ def test_compare_end_to_end(default_dataset, tmp_path, capsys):
     assert status == 0
     printed = capsys.readouterr().out
     assert "Verdict: On this machine" in printed and compare_report.AGREE in printed
-    for label in ("PyTorch (eager)", "JAX (jax.jit)"):  # progress, a line per epoch off a terminal
+    for label in ("PyTorch (eager)", "JAX (jax.jit)", FLOOR_LABEL):  # progress, a line per epoch off a terminal
         assert f"{label:<16} epoch 2/2  train_loss " in printed and f"{label:<16} done" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["parity"]["passed"] and len(results["parity"]["epochs"]) == 2
+    steps = results["parity"]["steps"]
+    assert steps["count"] == 6 and steps["first_outside"] is None and steps["worst_ratio"] <= FLOOR_MULTIPLE
+    assert steps["losses"]["torch"] != steps["losses"][FLOOR_RUN]  # one ulp off: not the same run
     for backend in ("torch", "jax"):
         assert set(results["test_metrics"][backend]) >= {"MAE TPSA", "MAE MolWt", "masked-token accuracy"}
         assert results["speed"][backend]["steps_per_s"] > 0
@@ -51,13 +68,24 @@ def test_compare_end_to_end(default_dataset, tmp_path, capsys):
     assert results["speed"]["jax"]["compilations"] >= 2  # at least one train and one eval compilation
     assert results["speed"]["torch"]["compilations"] is None
     assert sorted(p.name for p in out.iterdir()) == sorted(compare_report.FILES)
-    assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A JAX side with a porting bug (its learning rate 1.5x torch's) from the same weights: the verdict fails.
+    job, _ = runs["jax"]
+    settings = {**job["settings"], "learning_rate": 1.5 * job["settings"]["learning_rate"]}
+    broken = run_worker("jax", {**job, "settings": settings, "weights": str(weights)}, tmp_path / "broken.json")
+    results = {"torch": runs["torch"][1], "jax": broken, FLOOR_RUN: runs[FLOOR_LABEL][1]}
+    report = build_report(CompareSettings(), default_dataset[1], results, default_dataset[0])
+    assert not report["parity"]["passed"] and compare_report.DISAGREE in report["verdict"]
+    assert report["parity"]["steps"]["first_outside"] >= 1  # step 0 (before any update) agrees
+    assert report["parity"]["steps"]["worst_ratio"] > 10 * FLOOR_MULTIPLE
 
 
-def fake_result(train_losses, val_losses):
+def fake_result(train_losses, val_losses, step_losses=(2.0, 1.5, 1.0)):
     epochs = list(range(len(train_losses)))
     return {
         "history": {"epoch": epochs, "train_loss": train_losses, "val_loss": val_losses},
+        "step_losses": list(step_losses),
         "epoch_times": [{"epoch": e, "train_s": 2.0 if e == 0 else 1.0, "val_s": 0.5} for e in epochs],
         "steps_per_epoch": 10,
         "samples_per_epoch": 640,
@@ -74,25 +102,41 @@ def fake_result(train_losses, val_losses):
     }
 
 
+def fake_results(jax_steps=(2.0, 1.5, 1.0), jax_train=(2.0, 1.0), floor_steps=(2.0, 1.5, 1.0)):
+    return {
+        "torch": fake_result([2.0, 1.0], [3.0, 2.0]),
+        "jax": fake_result(list(jax_train), [3.0, 2.0], jax_steps),
+        FLOOR_RUN: fake_result([2.0, 1.0], [3.0, 2.0], floor_steps),
+    }
+
+
 @pytest.mark.parametrize(
-    ("jax_train", "passed"),
+    ("jax_steps", "jax_train", "floor_steps", "passed", "first"),
     [
-        ([2.0, 1.00005], True),  # 5e-5 relative: inside rtol 1e-4
-        ([2.0, 1.0002], False),  # 2e-4 relative: outside
+        ((2.0, 1.5, 1.0), (2.0, 1.0), (2.0, 1.5, 1.0), True, None),
+        # 1e-5 at step 1: beyond 5 x the loss tolerance (1.7e-6 at 1.5) when the floor run agreed exactly ...
+        ((2.0, 1.5 * (1 + 1e-5), 1.0), (2.0, 1.0), (2.0, 1.5, 1.0), False, 1),
+        ((2.0, 1.5 * (1 + 5e-5), 1.0), (2.0, 1.0), (2.0, 1.5, 1.0), False, 1),
+        # ... within 5 x the floor when float32 alone moved torch by 2e-5 by then (and the floor keeps it)
+        ((2.0, 1.5 * (1 + 5e-5), 1.0 + 9e-5), (2.0, 1.0), (2.0, 1.5 * (1 - 2e-5), 1.0), True, None),
+        # an epoch value beyond its floor fails too
+        ((2.0, 1.5, 1.0), (2.0, 1.0 + 1e-4), (2.0, 1.5, 1.0), False, None),
     ],
 )
-def test_report_applies_the_history_tolerance(default_dataset, jax_train, passed):
-    results = {"torch": fake_result([2.0, 1.0], [3.0, 2.0]), "jax": fake_result(jax_train, [3.0, 2.0])}
+def test_report_judges_drift_against_the_noise_floor(default_dataset, jax_steps, jax_train, floor_steps, passed, first):
+    results = fake_results(jax_steps, jax_train, floor_steps)
     report = build_report(CompareSettings(), default_dataset[1], results, default_dataset[0])
     assert report["parity"]["passed"] is passed
+    assert report["parity"]["steps"]["first_outside"] == first
     assert (compare_report.AGREE in report["verdict"]) is passed
-    assert report["tolerance"]["rtol"] == 1e-4
+    assert report["noise_floor"]["multiple"] == FLOOR_MULTIPLE
     assert report["speed"]["torch"]["warmup_s"] == pytest.approx(1.0)
     assert report["speed"]["torch"]["steps_per_s"] == pytest.approx(10.0)
+    assert "torch rerun with its initial weights one ulp off" in compare_report.format_summary(report)
 
 
 def test_an_interrupted_write_leaves_the_previous_report(default_dataset, tmp_path, monkeypatch):
-    results = {"torch": fake_result([2.0, 1.0], [3.0, 2.0]), "jax": fake_result([2.0, 1.0], [3.0, 2.0])}
+    results = fake_results()
     report = {**build_report(CompareSettings(), default_dataset[1], results, default_dataset[0]), "wall_time_s": 1.0}
     out = tmp_path / "out"
     write_report(report, out)

@@ -1,11 +1,12 @@
 """``ml-patterns compare``: the same training run in PyTorch and in JAX, on real molecules.
 
 - ``settings``: what the run is (``CompareSettings``), the backends and their labels;
-- ``runner``: the parent process: prepares the data, launches one worker per backend, shows their
-  live progress, stops them on Ctrl-C;
+- ``runner``: the parent process: prepares the data, launches one worker per backend (and torch once
+  more from the initial weights one ulp off: the noise floor), shows their live progress, stops them
+  on Ctrl-C;
 - ``worker``: one backend's training run, in its own process (``python -m ml_patterns_app.compare.worker``);
-- ``report``: the two results compared against the history tolerance, ``report.md``,
-  ``results.json`` and the plots.
+- ``report``: the two runs' losses, step by step and epoch by epoch, against the measured float32
+  noise floor (``ml_patterns_app.porting.floor``), ``report.md``, ``results.json`` and the plots.
 """
 
 from ml_patterns_app.compare.runner import run_compare

@@ -1,5 +1,7 @@
-"""``ml-patterns compare``'s verdict: the two histories against the history tolerance, the test
-metrics and the speed side by side, written as ``results.json``, ``report.md`` and two plots."""
+"""``ml-patterns compare``'s verdict: the two runs' losses, step by step and epoch by epoch, against
+the float32 noise floor measured by a third run (torch from the initial weights moved by one ulp;
+``ml_patterns_app.porting.floor``), the test metrics and the speed side by side, written as
+``results.json``, ``report.md`` and three plots."""
 
 from __future__ import annotations
 
@@ -9,32 +11,61 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from bench.common import environment
 from ml_patterns import parity
 from ml_patterns.io import atomic_write_bytes, atomic_write_text, staged_directory
-from ml_patterns_app.compare.settings import BACKENDS, LABELS, CompareSettings
+from ml_patterns_app.compare.settings import BACKENDS, FLOOR_RUN, LABELS, CompareSettings
+from ml_patterns_app.porting.floor import FLOOR_MULTIPLE, drift_and_floor, drift_figure, first_outside
 
-FILES = ("report.md", "results.json", "loss_curves.png", "speed.png")
-AGREE = "they agree numerically: every epoch's losses are within the training-history tolerance"
-DISAGREE = "they DISAGREE: some epoch's losses are outside the training-history tolerance (see the table)"
+FILES = ("report.md", "results.json", "loss_curves.png", "drift.png", "speed.png")
+AGREE = (
+    f"they agree numerically: every step's and every epoch's loss stays within {FLOOR_MULTIPLE:g}x the "
+    "float32 noise floor"
+)
+DISAGREE = (
+    f"they DISAGREE: the losses drift beyond {FLOOR_MULTIPLE:g}x the float32 noise floor "
+    "(see the parity table and drift.png)"
+)
 
 
 def build_report(settings: CompareSettings, manifest: dict, results: dict, data_dir: Path) -> dict:
-    """``results``: each backend's worker result (``worker.run_worker``)."""
+    """``results``: each backend's worker result (``worker.run_worker``), and ``FLOOR_RUN``'s (torch
+    again, its initial weights one ulp off)."""
     device_kind = "gpu" if any(r["device"]["kind"] == "gpu" for r in results.values()) else "cpu"
-    tolerance = parity.tolerance("history", device_kind)
-    rows, passed = [], True
-    torch_h, jax_h = results["torch"]["history"], results["jax"]["history"]
-    for epoch in range(len(torch_h["epoch"])):
-        row = {"epoch": epoch}
-        for key in ("train_loss", "val_loss"):
-            row[key] = {"torch": torch_h[key][epoch], "jax": jax_h[key][epoch]}
-            row[key].update(_difference(torch_h[key][epoch], jax_h[key][epoch], tolerance))
-            passed &= row[key]["pass"]
-        rows.append(row)
+    minimum = parity.tolerance("loss", device_kind)
+    torch_r, jax_r, floor_r = results["torch"], results["jax"], results[FLOOR_RUN]
+    drift, floor = drift_and_floor(torch_r["step_losses"], jax_r["step_losses"], floor_r["step_losses"], minimum)
+    first = first_outside(drift, floor)
+    ratio = drift / floor
+    steps = {
+        "count": len(drift),
+        "worst_ratio": float(np.max(ratio)),
+        "worst_step": int(np.argmax(ratio)),
+        "first_outside": first,
+        "final_drift": float(drift[-1]),
+        "final_floor": float(floor[-1]),
+        "losses": {"torch": torch_r["step_losses"], "jax": jax_r["step_losses"], FLOOR_RUN: floor_r["step_losses"]},
+    }
+    passed = first is None
+    torch_h, jax_h, floor_h = torch_r["history"], jax_r["history"], floor_r["history"]
+    rows = [{"epoch": epoch} for epoch in range(len(torch_h["epoch"]))]
+    for key in ("train_loss", "val_loss"):
+        drift_e, floor_e = drift_and_floor(torch_h[key], jax_h[key], floor_h[key], minimum)
+        for epoch, row in enumerate(rows):
+            ok = bool(drift_e[epoch] <= FLOOR_MULTIPLE * floor_e[epoch])
+            passed &= ok
+            row[key] = {
+                "torch": torch_h[key][epoch],
+                "jax": jax_h[key][epoch],
+                "torch_one_ulp": floor_h[key][epoch],
+                "rel_diff": float(drift_e[epoch]),
+                "floor": float(floor_e[epoch]),
+                "pass": ok,
+            }
     speed = {backend: _speed(results[backend]) for backend in BACKENDS}
     return {
         "settings": dataclasses.asdict(settings),
@@ -42,16 +73,17 @@ def build_report(settings: CompareSettings, manifest: dict, results: dict, data_
             "path": str(data_dir),
             "source": manifest["source"]["name"],
             "splits": manifest["splits"],
-            "max_length": results["torch"]["max_length"],
-            "truncated_molecules": results["torch"]["truncated"],
+            "max_length": torch_r["max_length"],
+            "truncated_molecules": torch_r["truncated"],
         },
         "device_kind": device_kind,
-        "tolerance": {
-            "rtol": tolerance.rtol,
-            "atol": tolerance.atol,
-            "source": "training histories, docs/PARITY.md (ml_patterns.parity)",
+        "noise_floor": {
+            "multiple": FLOOR_MULTIPLE,
+            "minimum": {"rtol": minimum.rtol, "atol": minimum.atol},
+            "how": "torch trained again from the initial weights moved by one ulp; floor = running max of its "
+            "relative loss difference, at least the single-call loss tolerance (ml_patterns_app.porting.floor)",
         },
-        "parity": {"passed": passed, "epochs": rows},
+        "parity": {"passed": passed, "steps": steps, "epochs": rows},
         "test_metrics": {backend: results[backend]["test_metrics"] for backend in BACKENDS},
         "speed": speed,
         "backends": {
@@ -133,23 +165,28 @@ def _verdict(speed: dict, passed: bool, results: dict) -> str:
 
 
 def format_summary(report: dict) -> str:
-    tolerance = report["tolerance"]
+    floor, steps = report["noise_floor"], report["parity"]["steps"]
+    first = "none" if steps["first_outside"] is None else f"step {steps['first_outside']}"
     lines = [
-        f"Parity (per epoch, rtol {tolerance['rtol']:g}, atol {tolerance['atol']:g}):",
-        "| epoch | loss | torch | jax | abs diff | rel diff | pass |",
-        "|---|---|---|---|---|---|---|",
+        f"Parity against the float32 noise floor (torch rerun with its initial weights one ulp off; agreement: "
+        f"drift <= {floor['multiple']:g}x floor):",
+        f"- every step ({steps['count']}): largest drift/floor {steps['worst_ratio']:.3g} (step {steps['worst_step']}),"
+        f" first step outside: {first}; at the last step drift {steps['final_drift']:.2e}, floor "
+        f"{steps['final_floor']:.2e}",
+        "| epoch | loss | torch | jax | torch, one ulp off | rel diff | floor | pass |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in report["parity"]["epochs"]:
         for key in ("train_loss", "val_loss"):
             cell = row[key]
             lines.append(
-                f"| {row['epoch']} | {key} | {cell['torch']:.6f} | {cell['jax']:.6f} | {cell['abs_diff']:.2e} "
-                f"| {cell['rel_diff']:.2e} | {'yes' if cell['pass'] else 'NO'} |"
+                f"| {row['epoch']} | {key} | {cell['torch']:.6f} | {cell['jax']:.6f} | {cell['torch_one_ulp']:.6f} "
+                f"| {cell['rel_diff']:.2e} | {cell['floor']:.2e} | {'yes' if cell['pass'] else 'NO'} |"
             )
     if "against_one_device" in report:
         lines += [
             "",
-            f"Each backend on {report['devices']} devices against its own one-device run (same tolerance):",
+            f"Each backend on {report['devices']} devices against its own one-device run (history tolerance):",
             "| backend | max rel diff, every epoch | pass | samples/s, 1 device | samples/s, N devices | scaling |",
             "|---|---|---|---|---|---|",
         ]
@@ -189,6 +226,9 @@ def write_report(report: dict, out: Path) -> None:
         atomic_write_text(staging / "results.json", json.dumps(report, indent=1) + "\n")
         atomic_write_text(staging / "report.md", _markdown(report))
         atomic_write_bytes(staging / "loss_curves.png", _png(_loss_curves(report)))
+        losses = report["parity"]["steps"]["losses"]
+        figure = drift_figure(losses["torch"], losses["jax"], losses[FLOOR_RUN], names=("torch", "jax"))
+        atomic_write_bytes(staging / "drift.png", _png(figure))
         atomic_write_bytes(staging / "speed.png", _png(_speed_bars(report)))
 
 
@@ -212,7 +252,7 @@ def _markdown(report: dict) -> str:
         "\n".join(lines)
         + "\n\n"
         + format_summary(report)
-        + "\n\n![loss curves](loss_curves.png)\n![speed](speed.png)\n"
+        + "\n\n![loss curves](loss_curves.png)\n![drift against the noise floor](drift.png)\n![speed](speed.png)\n"
     )
 
 

@@ -3,7 +3,8 @@ compare, report.
 
 Each backend trains in its own subprocess (``worker``), so its timings and peak memory are its own,
 not the other framework's thread pools or allocations; they run one after the other, each with the
-machine to itself, the torch worker first (it writes the initial weights the JAX worker reads).
+machine to itself, the torch worker first (it writes the initial weights the JAX worker reads),
+then torch once more from those weights moved by one ulp: the float32 noise floor of the verdict.
 A worker's progress arrives on its stdout as JSON lines and is shown as one live status line per
 backend (a line per epoch when stdout is not a terminal); its stderr (warnings, errors) passes
 straight through. Ctrl-C stops the running worker and starts no other, and no report is written.
@@ -20,9 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from ml_patterns.checkpoint import config_from_metadata, load_checkpoint, save_checkpoint
 from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
-from ml_patterns_app.compare.report import add_one_device_parity, build_report, format_summary, write_report
-from ml_patterns_app.compare.settings import BACKENDS, LABELS, CompareSettings
+from ml_patterns_app.compare.report import FILES, add_one_device_parity, build_report, format_summary, write_report
+from ml_patterns_app.compare.settings import BACKENDS, FLOOR_LABEL, FLOOR_RUN, LABELS, CompareSettings
+from ml_patterns_app.porting.floor import one_ulp
 
 # Seconds a worker gets to exit after Ctrl-C before it is killed.
 STOP_GRACE_S = 5.0
@@ -58,7 +63,13 @@ def run_compare(settings: CompareSettings, data: Path, out: Path, device: str = 
                 "write_weights": index == 0,
             }
             results[backend, n] = run_worker(backend, job, Path(scratch) / f"{backend}-{n}.json")
-    report = build_report(settings, manifest, {backend: results[backend, devices] for backend in BACKENDS}, data)
+        # The noise floor: torch once more, on the compared device count, from the weights one ulp off.
+        initial = Path(scratch) / "initial.safetensors"
+        weights = one_ulp_weights(initial, Path(scratch) / "one_ulp.safetensors", settings.seed)
+        job = {**job, "devices": devices, "weights": str(weights), "write_weights": False}
+        floor = run_worker("torch", job, Path(scratch) / f"{FLOOR_RUN}.json", FLOOR_LABEL)
+    compared = {backend: results[backend, devices] for backend in BACKENDS}
+    report = build_report(settings, manifest, {**compared, FLOOR_RUN: floor}, data)
     if devices > 1:
         add_one_device_parity(
             report, {backend: (results[backend, 1], results[backend, devices]) for backend in BACKENDS}
@@ -66,15 +77,35 @@ def run_compare(settings: CompareSettings, data: Path, out: Path, device: str = 
     report["wall_time_s"] = time.perf_counter() - started
     write_report(report, out)
     print("\n" + format_summary(report))
-    print(f"\nwrote {out / 'report.md'}, results.json, loss_curves.png, speed.png ({report['wall_time_s']:.0f} s)")
+    print(f"\nwrote {out / FILES[0]}, {', '.join(FILES[1:])} ({report['wall_time_s']:.0f} s)")
     return 0 if report["parity"]["passed"] else 1
 
 
-def run_worker(backend: str, job: dict, out: Path) -> dict:
+def one_ulp_weights(source: Path, destination: Path, seed: int) -> Path:
+    """``source``'s checkpoint with every floating-point entry moved by one ulp (``porting.floor``)."""
+    arrays, metadata = load_checkpoint(source)
+    rng = np.random.default_rng(seed)
+    moved = {
+        name: one_ulp(array, rng) if np.issubdtype(array.dtype, np.floating) else array
+        for name, array in sorted(arrays.items())
+    }
+    config = config_from_metadata(metadata, source)
+    return save_checkpoint(
+        destination,
+        moved,
+        backend=metadata["backend"],
+        model_class=metadata["model_class"],
+        config=config,
+        versions=metadata["versions"],
+    )
+
+
+def run_worker(backend: str, job: dict, out: Path, label: str | None = None) -> dict:
     """Runs one worker to the end, rendering its progress; its result, read from ``out``."""
     command = worker_command(backend, job, out)
     devices = job.get("devices", 1)
-    status = StatusLine(LABELS[backend] + (f" x{devices}" if devices > 1 else ""), sys.stdout)
+    label = (label or LABELS[backend]) + (f" x{devices}" if devices > 1 else "")
+    status = StatusLine(label, sys.stdout)
     status.show("starting")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if backend == "jax" and devices > 1:  # CPU devices JAX simulates (set before it starts; GPUs unaffected)
@@ -90,7 +121,7 @@ def run_worker(backend: str, job: dict, out: Path) -> dict:
             raise
     if code != 0:
         status.finish(f"failed (exit status {code})")
-        raise WorkerFailed(f"the {LABELS[backend]} worker failed (exit status {code}); its error is printed above")
+        raise WorkerFailed(f"the {label} worker failed (exit status {code}); its error is printed above")
     status.finish("done")
     return json.loads(out.read_text())
 

@@ -9,6 +9,9 @@ from ml_patterns.optim import OptimizerConfig, ScheduleConfig
 
 BACKENDS = ("torch", "jax")
 LABELS = {"torch": "PyTorch (eager)", "jax": "JAX (jax.jit)"}
+# The third run: torch again, from the initial weights moved by one ulp (the float32 noise floor).
+FLOOR_RUN = "torch_one_ulp"
+FLOOR_LABEL = "PyTorch, ulp off"
 MODELS = ("multitask", "autoencoder")
 DEVICES = ("auto", "cpu", "gpu")
 

@@ -5,7 +5,8 @@
 The first worker builds the model and writes the initial weights (a portable checkpoint); the
 next one reads them, so both backends start from the same weights. Progress goes to stdout as one JSON object per line
 (``ProgressEvents``), which the parent renders; anything else a worker prints goes to stderr.
-The result (history, epoch times, test metrics, device, versions, peak memory) goes to OUT_JSON.
+The result (history, every step's loss, epoch times, test metrics, device, versions, peak memory)
+goes to OUT_JSON.
 """
 
 from __future__ import annotations
@@ -69,6 +70,22 @@ class ProgressEvents(Callback):
             seconds=time.perf_counter() - self._start,
             **{k: v for k, v in metrics.items() if isinstance(v, float)},
         )
+
+
+class StepLosses(Callback):
+    """Every step's training loss, for the noise-floor verdict. Kept on the device during the epoch
+    and read once at its end: no host sync per step."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+        self._pending: list = []
+
+    def on_batch_end(self, batch_idx: int, trainer, loss) -> None:
+        self._pending.append(loss)
+
+    def on_epoch_end(self, epoch: int, trainer, metrics) -> None:
+        self.losses += [float(loss) for loss in self._pending]
+        self._pending = []
 
 
 def run_worker(backend: str, job: dict, out: Path) -> None:
@@ -144,10 +161,11 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         distributed = _mesh(runtime, job)
     main = distributed is None or distributed.is_main
     runtime.reset_peak_memory(device)
+    step_losses = StepLosses()
     trainer = impl.training.Trainer(
         model,
         settings.optimizer(steps * settings.epochs),
-        [ProgressEvents(settings.epochs, steps)] if main else [],
+        [ProgressEvents(settings.epochs, steps), step_losses] if main else [step_losses],
         device=None if distributed is not None else device,
         batch_transform=BatchPreparer(config),
         distributed=distributed,
@@ -168,6 +186,7 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
     test_loader = loader(test, settings.batch_size, shuffle=False, **collate)
     result = {
         "history": trainer.history.as_dict(),
+        "step_losses": step_losses.losses,
         "epoch_times": trainer.epoch_times,
         "steps_per_epoch": steps,
         "samples_per_epoch": len(train),

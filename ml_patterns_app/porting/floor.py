@@ -36,7 +36,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ml_patterns.parity import LOSS
+from ml_patterns.parity import LOSS, Tolerance
 
 # How far above the measured floor the cross-backend drift may go. Measured (300 Adam steps unless
 # noted; worst drift/floor over all steps): correct ports 1.2 (catalogue Transformer, lr 1e-3), 0.65
@@ -45,13 +45,16 @@ from ml_patterns.parity import LOSS
 FLOOR_MULTIPLE = 5.0
 
 
-def drift_and_floor(reference_losses, other_losses, one_ulp_losses) -> tuple[np.ndarray, np.ndarray]:
-    """(drift, floor) per step, as defined in the module docstring (float64 arrays)."""
+def drift_and_floor(
+    reference_losses, other_losses, one_ulp_losses, minimum: Tolerance = LOSS
+) -> tuple[np.ndarray, np.ndarray]:
+    """(drift, floor) per step, as defined in the module docstring (float64 arrays); ``minimum`` is the
+    single-call loss tolerance (the policy's for the device: ``parity.tolerance("loss", kind)``)."""
     reference = np.asarray(reference_losses, np.float64)
     scale = np.abs(reference)
     drift = np.abs(np.asarray(other_losses, np.float64) - reference) / scale
     noise = np.maximum.accumulate(np.abs(np.asarray(one_ulp_losses, np.float64) - reference) / scale)
-    return drift, np.maximum(noise, LOSS.rtol + LOSS.atol / scale)
+    return drift, np.maximum(noise, minimum.rtol + minimum.atol / scale)
 
 
 def first_outside(drift: np.ndarray, floor: np.ndarray, multiple: float = FLOOR_MULTIPLE) -> int | None:
