@@ -146,12 +146,9 @@ class Report:
                     result,
                 )
             )
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
-        text.insert(1, "  ".join("-" * width for width in widths))
         failed = len(self.failures)
-        text.append(f"{len(self.rows) - failed} of {len(self.rows)} passed ({self.names[1]} against {self.names[0]})")
-        return "\n".join(text)
+        summary = f"{len(self.rows) - failed} of {len(self.rows)} passed ({self.names[1]} against {self.names[0]})"
+        return text_table(lines) + "\n" + summary
 
     def raise_if_failed(self) -> None:
         if not self.passed:
@@ -232,6 +229,14 @@ def compare_arrays(
         f"passed by float64-reference fallback: {detail}" if passed else f"float64-reference fallback refused: {detail}"
     )
     return Row(path, a.shape, b.shape, max_abs, max_rel, tolerance, passed, note, expected_error, actual_error)
+
+
+def text_table(lines: list[tuple[str, ...]]) -> str:
+    """Columns padded to their widest cell, a rule under the first line (the header)."""
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(text)
 
 
 def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from flax import nnx
 
+from ml_patterns.parity import text_table
 from ml_patterns_app.porting.rules import Rule, TensorMap, active_rules
 
 LOOSE = "parameter"  # the kind of a loose parameter pair
@@ -97,9 +98,7 @@ class WeightMap:
                     row.status,
                 )
             )
-        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
-        text.insert(1, "  ".join("-" * w for w in widths))
+        text = [text_table(lines)]
         notes = [
             f"  {p.kind} torch {p.torch.path or '<root>'} / nnx {p.nnx.path or '<root>'}: {note}"
             for p in self.pairs

@@ -58,11 +58,8 @@ def format_rows(rows: list[Row], first: Row | None = None) -> str:
                 result,
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    text = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
-    text.insert(1, "  ".join("-" * w for w in widths))
     failed = sum(not row.passed for row in rows)
-    return "\n".join([*text, f"{len(rows) - failed} of {len(rows)} passed"])
+    return parity.text_table(lines) + f"\n{len(rows) - failed} of {len(rows)} passed"
 
 
 @dataclasses.dataclass(frozen=True)
