@@ -78,3 +78,14 @@ def test_the_quoted_parity_verdicts_are_the_ones_the_program_prints():
     source = (ROOT / "ml_patterns_app" / "parity_report.py").read_text()
     for quoted in ("parity: all rows passed", "parity: FAILED"):
         assert f"`{quoted}`" in README and quoted in source
+
+
+def test_the_check_your_own_port_example_runs_as_written():
+    """The README's porting example is complete: its code block runs as it stands and its own
+    asserts (forward and training agree) hold."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Check your own port") :]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {"__name__": "readme_example"}
+    exec(compile(code, "README.md (Check your own port)", "exec"), namespace)
+    assert namespace["training"].passed and len(namespace["training"].torch_losses) == 100
