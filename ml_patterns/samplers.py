@@ -2,15 +2,20 @@
 
 Both backends iterate a sampler of this module over a dataset (torch through ``DataLoader``'s
 ``batch_sampler``, JAX through ``ml_patterns.loader.BatchLoader``), so they see identical records in
-identical order.
+identical order. ``BatchSampler`` draws batches at random; ``LengthGroupedSampler`` puts molecules of
+similar length together so that little of each padded batch is padding (``padding_utilization``
+measures how little).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from ml_patterns.collate import padded_length
 
 
 class BatchSampler:
@@ -38,10 +43,15 @@ class BatchSampler:
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
 
     def order(self, epoch: int) -> np.ndarray:
-        """The index order of ``epoch``: ``[n]`` int64."""
+        """The index order of ``epoch``: ``[n]`` int64; batch i is ``order[i * batch_size:][:batch_size]``."""
         if not self.shuffle:
             return np.arange(self.n)
         return np.random.default_rng((self.seed, epoch)).permutation(self.n)
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """Every batch of ``epoch`` (what iterating a fresh epoch yields), leaving the state alone."""
+        order = self.order(epoch)
+        return [order[i * self.batch_size : (i + 1) * self.batch_size].tolist() for i in range(len(self))]
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self.order(self.epoch)
@@ -55,7 +65,11 @@ class BatchSampler:
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.position = epoch, 0
 
-    def state_dict(self) -> dict[str, int | bool]:
+    def _grouping(self) -> dict | None:
+        """What besides the constructor's plain arguments fixes the batches (None: nothing)."""
+        return None
+
+    def state_dict(self) -> dict:
         return {
             "epoch": self.epoch,
             "position": self.position,
@@ -64,14 +78,123 @@ class BatchSampler:
             "seed": self.seed,
             "shuffle": self.shuffle,
             "drop_last": self.drop_last,
+            "grouping": self._grouping(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Restores ``epoch`` and ``position``; refuses a state from a differently built sampler."""
         mine = self.state_dict()
-        mismatched = {k: (state.get(k), mine[k]) for k in ("n", "batch_size", "seed", "shuffle", "drop_last") if state.get(k) != mine[k]}
+        # A state saved before "grouping" existed has none: .get gives None, a plain sampler's value.
+        keys = ("n", "batch_size", "seed", "shuffle", "drop_last", "grouping")
+        mismatched = {k: (state.get(k), mine[k]) for k in keys if state.get(k) != mine[k]}
         if mismatched:
             raise ValueError(f"sampler state does not match this sampler (saved, current): {mismatched}")
         if not 0 <= state["position"] <= len(self):
             raise ValueError(f"sampler state position {state['position']} outside [0, {len(self)}]")
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+
+class LengthGroupedSampler(BatchSampler):
+    """Batches of records of similar length, in a shuffled order: little padding, still random.
+
+    What Hugging Face's Trainer does with ``group_by_length`` (its "megabatches"): each epoch, a
+    seeded permutation is cut into groups of ``group_batches`` batches; each group is sorted by
+    length (longest first, ties in permutation order) and cut into batches; then the order of the
+    full batches is shuffled, so an epoch does not run from long to short. The one short batch (when
+    ``batch_size`` does not divide ``n``) comes last, or is dropped with ``drop_last``. Batches stay
+    a pure function of ``(seed, epoch, lengths)``: both backends, and a resumed run, see the same ones.
+
+    ``shuffle=False`` sorts the whole dataset by length, longest first (evaluation: order does not
+    matter there, padding does).
+
+    Args:
+        lengths: ``[n]`` integers, record i's sequence length (``sequence_lengths(dataset)``).
+        group_batches: batches per sorted group: larger groups pad less but mix lengths less.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int] | np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        group_batches: int = 50,
+    ):
+        lengths = np.asarray(lengths)
+        if lengths.ndim != 1 or (lengths.size and lengths.dtype.kind not in "iu"):
+            raise ValueError(f"lengths must be a 1-D array of integers, got {lengths.shape} {lengths.dtype}")
+        if lengths.size and lengths.min() < 0:
+            raise ValueError(f"lengths must be non-negative; record {int(np.argmin(lengths))} has {lengths.min()}")
+        if group_batches < 1:
+            raise ValueError(f"group_batches must be positive, got {group_batches}")
+        super().__init__(len(lengths), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.lengths = lengths.astype(np.int64)
+        self.group_batches = group_batches
+
+    def order(self, epoch: int) -> np.ndarray:
+        longest_first = -self.lengths
+        if not self.shuffle:
+            return np.argsort(longest_first, kind="stable")
+        rng = np.random.default_rng((self.seed, epoch))
+        permutation = rng.permutation(self.n)
+        group = self.group_batches * self.batch_size
+        # Sorting each group's permuted indices (stably) keeps equal lengths in permuted order.
+        groups = np.split(permutation, range(group, self.n, group))
+        grouped = np.concatenate([chunk[np.argsort(longest_first[chunk], kind="stable")] for chunk in groups])
+        full = self.n // self.batch_size
+        batches = grouped[: full * self.batch_size].reshape(full, self.batch_size)
+        return np.concatenate([batches[rng.permutation(full)].reshape(-1), grouped[full * self.batch_size :]])
+
+    def _grouping(self) -> dict:
+        # A checksum of the lengths: resuming over other data would silently give other batches.
+        return {"group_batches": self.group_batches, "lengths_crc32": zlib.crc32(self.lengths.tobytes())}
+
+
+def sequence_lengths(dataset) -> np.ndarray:
+    """``[len(dataset)]`` int64: the number of ``input_ids`` of every record, read once.
+
+    A dataset that knows its lengths without parsing records exposes a ``lengths()`` method; others
+    are read record by record (about 25 ms for the 4,000 default training molecules).
+    """
+    known = getattr(dataset, "lengths", None)
+    if callable(known):
+        lengths = np.asarray(known(), dtype=np.int64)
+        if lengths.shape != (len(dataset),):
+            name = type(dataset).__name__
+            raise ValueError(f"{name}.lengths() returned shape {lengths.shape}, expected ({len(dataset)},)")
+        return lengths
+    return np.fromiter((len(dataset[i]["input_ids"]) for i in range(len(dataset))), dtype=np.int64, count=len(dataset))
+
+
+def padding_utilization(
+    sampler: BatchSampler,
+    lengths: Sequence[int] | np.ndarray,
+    *,
+    buckets: Sequence[int] | None = None,
+    pad_to_multiple_of: int | None = None,
+    max_length: int | None = None,
+    epochs: Sequence[int] = (0,),
+) -> dict[str, float]:
+    """How much of the padded work is real, over ``epochs`` of ``sampler``'s batches.
+
+    Each batch is padded as ``collate_molecules`` pads it (same options; records truncated at
+    ``max_length``). Returns ``{"token": sum l / sum L, "attention": sum l^2 / sum L^2}`` where each
+    record contributes its real length ``l`` and its batch's padded length ``L``: the fractions of
+    the token positions and of the attention matrix entries that are not padding.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if max_length is not None:
+        lengths = np.minimum(lengths, max_length)
+    options = tuple(buckets) if buckets is not None else None
+    real = padded = real_sq = padded_sq = 0
+    for epoch in epochs:
+        for batch in sampler.batches(epoch):
+            members = lengths[batch]
+            width = padded_length(int(members.max()), pad_to_multiple_of, options)
+            real, real_sq = real + int(members.sum()), real_sq + int((members**2).sum())
+            padded, padded_sq = padded + width * len(batch), padded_sq + width**2 * len(batch)
+    if padded == 0:
+        raise ValueError("the sampler yields no batch: nothing to measure")
+    return {"token": real / padded, "attention": real_sq / padded_sq}
