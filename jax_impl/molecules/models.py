@@ -22,6 +22,11 @@ from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 
 
 class Attention(nnx.Module):
+    """Mirrors torch's ``Attention``; its core is always ``reference_attention``, the einsums written
+    out. ``jax.nn.dot_product_attention`` fuses nothing on a CPU (its "xla" implementation is the
+    same einsums, masking and softmax under a vmap over query groups), ran 1.2-1.5x slower under
+    XLA:CPU at the compare model's shapes (docs/PERFORMANCE.md) and has no dropout."""
+
     def __init__(self, d_model: int, n_heads: int, dropout: float, *, rngs: nnx.Rngs):
         self.n_heads, self.scale = n_heads, (d_model // n_heads) ** -0.5
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (_linear(d_model, d_model, rngs) for _ in range(4))
@@ -29,11 +34,17 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
         b, length, d = x.shape
-        q, k, v = (proj(x).reshape(b, length, self.n_heads, -1) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * self.scale
-        scores = jnp.where(mask[:, None], scores, jnp.finfo(scores.dtype).min)
-        weights = self.dropout(jax.nn.softmax(scores, axis=-1))
-        return self.out_proj(jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, length, d))
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        q, k, v = (proj(x).reshape(b, length, self.n_heads, -1) for proj in projections)  # (b, l, h, hd)
+        return self.out_proj(reference_attention(q, k, v, mask, self.scale, self.dropout).reshape(b, length, d))
+
+
+def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, dropout) -> jax.Array:
+    """Attention written out: ``q, k, v`` ``[B, L, H, hd]``, ``mask`` bool ``[B, 1 | L, L]`` -> ``[B, L, H, hd]``
+    (torch's twin takes ``[B, H, L, hd]``, its own heads-first layout)."""
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    scores = jnp.where(mask[:, None], scores, jnp.finfo(scores.dtype).min)
+    return jnp.einsum("bhqk,bkhd->bqhd", dropout(jax.nn.softmax(scores, axis=-1)), v)
 
 
 class FeedForward(nnx.Module):

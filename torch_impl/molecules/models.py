@@ -24,14 +24,16 @@ Molecule models (``build_model(config)``, ``ml_patterns.molecules.config.ModelCo
     head's ``loss_sums(output, batch, weight)``, ``{"reconstruction": ...}`` for the autoencoder.
 
 Choices made identically on both sides (docs/PARITY.md):
-    - Attention is written out (separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` Linear layers)
-      rather than ``nn.MultiheadAttention``/``nnx.MultiHeadAttention``: those pack or reshape the
-      projections differently (``in_proj_weight`` ``[3D, D]`` vs ``DenseGeneral`` ``[D, H, hd]``) and
-      torch's has a fused fast path with its own numerics. Written out, the two sides run the same
-      operations and weight transfer is a transpose.
-    - Scores are ``(q @ k^T) * head_dim ** -0.5``; masked keys are set to ``finfo(dtype).min`` with a
-      ``where``, not added: the softmax then gives them exactly 0 (whenever a row has one real key,
-      always true here as BOS is real) and a fully masked row stays finite (uniform) instead of NaN.
+    - Attention has separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` Linear layers rather than
+      ``nn.MultiheadAttention``/``nnx.MultiHeadAttention``: those pack or reshape the projections
+      differently (``in_proj_weight`` ``[3D, D]`` vs ``DenseGeneral`` ``[D, H, hd]``), so weight
+      transfer would be more than a transpose. Its core is ``F.scaled_dot_product_attention`` on
+      torch and the written-out einsums on JAX (what XLA:CPU runs fastest: docs/PERFORMANCE.md);
+      ``reference_attention`` is the written-out torch form the parity tests compare both against.
+    - Scores are ``(q @ k^T) * head_dim ** -0.5``; masked keys get ``finfo(dtype).min`` (a ``where``,
+      or an additive bias in the fused kernel), not ``-inf``: the softmax then gives them exactly 0
+      (whenever a row has one real key, always true here as BOS is real) and a fully masked row
+      stays finite (uniform) instead of NaN.
     - LayerNorm epsilon ``config.layer_norm_eps`` (Flax: ``use_fast_variance=False``, the two-pass
       variance torch computes); GELU exact (erf) unless ``config.gelu_approximate``.
     - Initialization: ``init_weights`` (xavier-uniform Linear, N(0, 0.02) embeddings, LayerNorm 1/0),
@@ -64,21 +66,41 @@ from torch_impl.models import BaseModel, EncoderDecoder, MultiTaskModel
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention: ``x [B, L, D]``, ``mask`` bool ``[B, 1 | L, L]`` (True: may attend)."""
+    """Multi-head self-attention: ``x [B, L, D]``, ``mask`` bool ``[B, 1 | L, L]`` (True: may attend).
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    ``fused`` (the default) runs ``F.scaled_dot_product_attention``: one kernel, forward and
+    backward, about twice as fast as the written-out form on a CPU at L >= 64 (docs/PERFORMANCE.md).
+    ``fused=False`` runs ``reference_attention``, which the parity tests hold it to. The mask is
+    passed as an additive ``finfo.min`` bias, not as a boolean: SDPA turns a boolean mask into
+    ``-inf`` and returns 0 for a fully masked row, where the reference (and JAX) give a uniform average.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float, *, fused: bool = True):
         super().__init__()
-        self.n_heads, self.scale = n_heads, (d_model // n_heads) ** -0.5
+        self.n_heads, self.scale, self.fused = n_heads, (d_model // n_heads) ** -0.5, fused
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d_model, d_model) for _ in range(4))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, length, d = x.shape
-        q, k, v = (proj(x).view(b, length, self.n_heads, -1).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        scores = torch.matmul(q, k.transpose(-2, -1)) * self.scale  # (b, h, l, l)
-        scores = scores.masked_fill(~mask[:, None], torch.finfo(scores.dtype).min)
-        weights = self.dropout(torch.softmax(scores, dim=-1))
-        return self.out_proj(torch.matmul(weights, v).transpose(1, 2).reshape(b, length, d))
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        q, k, v = (proj(x).view(b, length, self.n_heads, -1).transpose(1, 2) for proj in projections)  # (b, h, l, hd)
+        if self.fused:
+            bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~mask, torch.finfo(q.dtype).min)
+            p = self.dropout.p if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None], dropout_p=p, scale=self.scale)
+        else:
+            out = reference_attention(q, k, v, mask, self.scale, self.dropout)
+        return self.out_proj(out.transpose(1, 2).reshape(b, length, d))  # (b, l, h, hd) -> (b, l, d)
+
+
+def reference_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, dropout: nn.Module
+) -> torch.Tensor:
+    """Attention written out: ``q, k, v`` ``[B, H, L, hd]``, ``mask`` bool ``[B, 1 | L, L]`` -> ``[B, H, L, hd]``."""
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (b, h, l, l)
+    scores = scores.masked_fill(~mask[:, None], torch.finfo(scores.dtype).min)
+    return torch.matmul(dropout(torch.softmax(scores, dim=-1)), v)
 
 
 class FeedForward(nn.Module):
