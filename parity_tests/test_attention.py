@@ -1,7 +1,7 @@
 """Attention's fast paths against the written-out reference, values and gradients, float32.
 
-torch runs ``F.scaled_dot_product_attention`` (``Attention(fused=True)``, the default); JAX runs the
-written-out einsums (``jax.nn.dot_product_attention`` is slower under XLA:CPU: docs/PERFORMANCE.md).
+torch runs ``F.scaled_dot_product_attention`` (``Attention(fused=True)``, the default); JAX runs it
+written out (``jax.nn.dot_product_attention`` is slower under XLA:CPU: docs/PERFORMANCE.md).
 Both are held to torch's ``reference_attention`` (``fused=False``) with copied weights, on masks
 with padding: the encoder's key mask ``[B, 1, L]``, the decoder's causal one ``[B, L, L]``, and a
 row with no key at all, which must stay finite (a uniform average) as the reference has it.
@@ -125,19 +125,17 @@ def test_jax_path_matches_jax_nn_dot_product_attention(kind):
     mask = jnp.asarray(masks(kind))
     scale = (D // H) ** -0.5
 
-    def ours(q, k, v):
-        return jnp.sum(jax_models.reference_attention(q, k, v, mask, scale, lambda w: w) * cotangent)
+    def ours(q, k, v):  # [B, L, H, hd] in and out, as the library's
+        heads_first = (t.transpose(0, 2, 1, 3) for t in (q, k, v))
+        return jax_models.reference_attention(*heads_first, mask, scale, lambda w: w).transpose(0, 2, 1, 3)
 
     def library(q, k, v):
-        return jnp.sum(jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale) * cotangent)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale)
 
-    for a, b in zip(jax.grad(ours, argnums=(0, 1, 2))(q, k, v), jax.grad(library, argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(ours(q, k, v), library(q, k, v), rtol=0, atol=tolerances.FORWARD.atol)
+    grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=(0, 1, 2))(q, k, v) for f in (ours, library)]
+    for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=tolerances.GRADIENT.rtol, atol=tolerances.GRADIENT.atol)
-    np.testing.assert_allclose(
-        jax_models.reference_attention(q, k, v, mask, scale, lambda w: w),
-        jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], scale=scale),
-        rtol=0, atol=tolerances.FORWARD.atol,
-    )
 
 
 def test_torch_fused_dropout_only_in_training_and_unbiased():

@@ -28,7 +28,7 @@ Choices made identically on both sides (docs/PARITY.md):
       ``nn.MultiheadAttention``/``nnx.MultiHeadAttention``: those pack or reshape the projections
       differently (``in_proj_weight`` ``[3D, D]`` vs ``DenseGeneral`` ``[D, H, hd]``), so weight
       transfer would be more than a transpose. Its core is ``F.scaled_dot_product_attention`` on
-      torch and the written-out einsums on JAX (what XLA:CPU runs fastest: docs/PERFORMANCE.md);
+      torch and the written-out form on JAX (what XLA:CPU runs fastest: docs/PERFORMANCE.md);
       ``reference_attention`` is the written-out torch form the parity tests compare both against.
     - Scores are ``(q @ k^T) * head_dim ** -0.5``; masked keys get ``finfo(dtype).min`` (a ``where``,
       or an additive bias in the fused kernel), not ``-inf``: the softmax then gives them exactly 0
