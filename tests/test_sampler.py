@@ -29,13 +29,16 @@ def test_each_epoch_is_a_new_permutation_covering_every_index_once():
     assert sampler.epoch == 2
 
 
-@pytest.mark.parametrize(("n", "batch_size", "drop_last", "sizes"), [
-    (10, 4, False, [4, 4, 2]),
-    (10, 4, True, [4, 4]),
-    (8, 4, True, [4, 4]),
-    (0, 4, False, []),
-    (3, 4, True, []),
-])
+@pytest.mark.parametrize(
+    ("n", "batch_size", "drop_last", "sizes"),
+    [
+        (10, 4, False, [4, 4, 2]),
+        (10, 4, True, [4, 4]),
+        (8, 4, True, [4, 4]),
+        (0, 4, False, []),
+        (3, 4, True, []),
+    ],
+)
 def test_lengths_and_last_batch(n, batch_size, drop_last, sizes):
     sampler = BatchSampler(n, batch_size, shuffle=False, drop_last=drop_last)
     assert [len(b) for b in sampler] == sizes
@@ -176,12 +179,15 @@ def test_plain_state_saved_before_grouping_existed_still_loads():
     assert sampler.position == 4
 
 
-@pytest.mark.parametrize(("lengths", "kwargs", "match"), [
-    (np.zeros((2, 3), dtype=int), {}, "1-D array of integers"),
-    (np.array([1.5, 2.0]), {}, "1-D array of integers"),
-    (np.array([3, -1]), {}, "record 1 has -1"),
-    (np.array([3, 1]), {"group_batches": 0}, "group_batches"),
-])
+@pytest.mark.parametrize(
+    ("lengths", "kwargs", "match"),
+    [
+        (np.zeros((2, 3), dtype=int), {}, "1-D array of integers"),
+        (np.array([1.5, 2.0]), {}, "1-D array of integers"),
+        (np.array([3, -1]), {}, "record 1 has -1"),
+        (np.array([3, 1]), {"group_batches": 0}, "group_batches"),
+    ],
+)
 def test_grouped_bad_arguments(lengths, kwargs, match):
     with pytest.raises(ValueError, match=match):
         LengthGroupedSampler(lengths, 2, **kwargs)

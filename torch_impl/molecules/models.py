@@ -310,4 +310,3 @@ def load_model(path: str | os.PathLike) -> BaseModel:
 
 def _gelu_form(config: ModelConfig) -> str:
     return "tanh" if config.gelu_approximate else "none"
-
