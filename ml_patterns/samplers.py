@@ -152,6 +152,24 @@ class LengthGroupedSampler(BatchSampler):
         return {"group_batches": self.group_batches, "lengths_crc32": zlib.crc32(self.lengths.tobytes())}
 
 
+def make_sampler(
+    dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    drop_last: bool = False,
+    group_by_length: bool = False,
+) -> BatchSampler:
+    """The sampler the backends' ``make_loader`` iterate: ``LengthGroupedSampler`` over the records'
+    lengths (read once, here) with ``group_by_length``, else ``BatchSampler``."""
+    if group_by_length:
+        return LengthGroupedSampler(
+            sequence_lengths(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
+    return BatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+
+
 def sequence_lengths(dataset) -> np.ndarray:
     """``[len(dataset)]`` int64: the number of ``input_ids`` of every record, read once.
 

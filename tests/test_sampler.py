@@ -239,3 +239,24 @@ def test_default_dataset_grouped_batches_are_80_percent_real_tokens(default_data
     grouped = padding_utilization(LengthGroupedSampler(lengths, 64, seed=0), lengths, **options)
     assert random["token"] < 0.35 and random["attention"] < 0.15
     assert grouped["token"] >= 0.80 and grouped["attention"] >= 0.55
+
+
+def test_both_backends_loaders_group_by_length_alike(default_dataset):
+    import jax_impl.data
+    import torch_impl.data
+    from ml_patterns.training import find_sampler
+
+    dataset = LazyDataset(default_dataset[0], split="val")
+    ladder = bucket_ladder(default_dataset[1]["sequence_length"]["min"], 128)
+    seen = {}
+    for name, impl in (("torch", torch_impl.data), ("jax", jax_impl.data)):
+        loader = impl.make_loader(dataset, 64, seed=2, group_by_length=True, buckets=ladder, max_length=128)
+        sampler = find_sampler(loader)
+        assert isinstance(sampler, LengthGroupedSampler)
+        expected = sampler.batches(0)
+        batches = list(loader)
+        real = [np.asarray(b["attention_mask"]).sum(1).tolist() for b in batches]
+        assert real == [[min(len(dataset[i]["input_ids"]), 128) for i in batch] for batch in expected]
+        seen[name] = [np.asarray(b["input_ids"]).tolist() for b in batches]
+    assert seen["torch"] == seen["jax"]
+    assert not isinstance(find_sampler(torch_impl.data.make_loader(dataset, 64)), LengthGroupedSampler)

@@ -11,7 +11,7 @@ import functools
 
 from torch.utils.data import DataLoader
 
-from ml_patterns.samplers import BatchSampler
+from ml_patterns.samplers import make_sampler
 from torch_impl.collate import collate_molecules
 
 
@@ -22,6 +22,7 @@ def make_loader(
     shuffle: bool = True,
     seed: int = 0,
     drop_last: bool = False,
+    group_by_length: bool = False,
     num_workers: int = 0,
     **collate_options,
 ) -> DataLoader:
@@ -29,12 +30,16 @@ def make_loader(
 
     Args:
         dataset: e.g. ``ml_patterns.data.LazyDataset``.
-        batch_size, shuffle, seed, drop_last: the ``BatchSampler``'s.
+        batch_size, shuffle, seed, drop_last: the sampler's (``ml_patterns.samplers``).
+        group_by_length: batches of molecules of similar length (``LengthGroupedSampler``, the
+            records' lengths read once here), else random batches (``BatchSampler``).
         num_workers: worker processes (0: load in the training process). Workers only change where
             records are read; the batches and their order stay the sampler's.
         **collate_options: ``collate_molecules`` keywords (``buckets``, ``max_length``, ...).
     """
-    sampler = BatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    sampler = make_sampler(
+        dataset, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last, group_by_length=group_by_length
+    )
     return DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -19,6 +19,11 @@ The contract, documented here once (``jax_impl.runtime`` mirrors it name for nam
 - ``release_memory()``: frees cached device memory between measurements.
 - ``predict(model, batch, device, task=None)``: the model's outputs on a numpy batch as numpy,
   in eval mode (dropout off); the model is left in eval mode.
+- ``enable_compile_cache(directory)``: keeps what the framework compiles in ``directory``, for the
+  next process to load instead of compiling (JAX: every jitted program, however small). The
+  directory must belong to the user and be writable by nobody else: a compiled program read from
+  it is run as is. Returns what it did, for the record; torch eager compiles nothing, so here it
+  does nothing (``torch.compile`` keeps its own cache, ``TORCHINDUCTOR_CACHE_DIR``).
 """
 
 from __future__ import annotations
@@ -128,3 +133,7 @@ def predict(
     model.eval()
     outputs = model(to_device(batch, dev), **({} if task is None else {"task": task}))
     return tree_to_numpy(outputs)
+
+
+def enable_compile_cache(directory: str | os.PathLike) -> dict:
+    return {"compile_cache": None, "why": "torch eager compiles nothing"}
