@@ -28,6 +28,7 @@ BENCHMARKS = {
     "training": "bench.training",
     "models": "bench.models",
     "distributed": "bench.distributed",
+    "compare_model": "bench.compare_model",
 }
 
 # What --quick runs when --only does not say: each at its smallest, a few minutes on 2 cores. Left

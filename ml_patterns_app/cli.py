@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -234,6 +235,24 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
         "on a CPU) and check each against its one-device run (docs/DISTRIBUTED.md)",
     )
     parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="CPUs for each backend's worker, torch and XLA alike (default: every CPU this process may use; "
+        "on a busy machine 1 is faster and steadier)",
+    )
+    parser.add_argument(
+        "--random-batches",
+        action="store_true",
+        help="draw batches at random instead of grouping molecules of similar length (3x the padding)",
+    )
+    parser.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="compile every JAX program afresh instead of keeping them in ~/.cache/ml-patterns/jax "
+        "($XDG_CACHE_HOME/ml-patterns/jax), which must be writable by you alone",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=Path("runs/compare"),
@@ -242,14 +261,23 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from ml_patterns_app.compare.runner import WorkerFailed, run_compare
+    from ml_patterns_app.compare.runner import WorkerFailed, default_compile_cache, run_compare
     from ml_patterns_app.compare.settings import CompareSettings
 
     settings = CompareSettings(
-        model=args.model, epochs=args.epochs, batch_size=args.batch_size, max_train_molecules=args.max_train_molecules
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_train_molecules=args.max_train_molecules,
+        group_by_length=not args.random_batches,
+        threads=args.threads or 0,
     )
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if args.threads and args.threads > available:
+        raise UsageError(f"--threads {args.threads}: this process may use {available} CPUs")
+    cache = None if args.no_compile_cache else default_compile_cache()
     try:
-        return run_compare(settings, dataset_argument(args.data), args.out, args.device, args.devices)
+        return run_compare(settings, dataset_argument(args.data), args.out, args.device, args.devices, cache)
     except WorkerFailed as error:  # the worker printed its own traceback above
         print(f"ml-patterns compare: {error}", file=sys.stderr)
         return 1

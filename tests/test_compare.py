@@ -21,6 +21,7 @@ from ml_patterns_app.porting.floor import FLOOR_MULTIPLE
 
 
 def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the compile cache, not the user's
     # Keep each worker's job and result, and the initial weights, to rerun the JAX side broken below.
     runs, weights = {}, tmp_path / "initial.safetensors"
     run_worker = runner.run_worker
@@ -53,7 +54,8 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
     )
     assert status == 0
     printed = capsys.readouterr().out
-    assert "Verdict: On this machine" in printed and compare_report.AGREE in printed
+    # 3 steps an epoch: compiling dominates, so the verdict ranks nothing.
+    assert "Verdict: " in printed and "too small to rank" in printed and compare_report.AGREE in printed
     for label in ("PyTorch (eager)", "JAX (jax.jit)", FLOOR_LABEL):  # progress, a line per epoch off a terminal
         assert f"{label:<16} epoch 2/2  train_loss " in printed and f"{label:<16} done" in printed
     results = json.loads((out / "results.json").read_text())
@@ -63,8 +65,18 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
     assert steps["losses"]["torch"] != steps["losses"][FLOOR_RUN]  # one ulp off: not the same run
     for backend in ("torch", "jax"):
         assert set(results["test_metrics"][backend]) >= {"MAE TPSA", "MAE MolWt", "masked-token accuracy"}
-        assert results["speed"][backend]["steps_per_s"] > 0
+        speed = results["speed"][backend]
+        assert speed["steps_per_s"] > 0 and speed["first_epoch_s"] > 0
         assert results["backends"][backend]["versions"]
+        # Length-grouped batches by default; the same batches, so the same utilization, on both sides.
+        assert speed["padding_utilization"]["sampler"] == "LengthGroupedSampler"
+        assert speed["padding_utilization"] == results["speed"]["torch"]["padding_utilization"]
+        assert set(speed["machine_load"]) >= {"load_average_before", "load_average_after", "load_average_during"}
+        assert isinstance(results["timing"][backend]["busy"], bool)
+    cache = tmp_path / "cache" / "ml-patterns" / "jax"
+    assert results["speed"]["jax"]["compile_cache"]["compile_cache"] == str(cache)
+    assert any(cache.iterdir()) and cache.stat().st_mode & 0o777 == 0o700
+    assert results["speed"]["torch"]["compile_cache"]["compile_cache"] is None  # torch eager compiles nothing
     assert results["speed"]["jax"]["compilations"] >= 2  # at least one train and one eval compilation
     assert results["speed"]["torch"]["compilations"] is None
     assert sorted(p.name for p in out.iterdir()) == sorted(compare_report.FILES)
@@ -81,15 +93,25 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
     assert report["parity"]["steps"]["worst_ratio"] > 10 * FLOOR_MULTIPLE
 
 
-def fake_result(train_losses, val_losses, step_losses=(2.0, 1.5, 1.0)):
+def fake_result(train_losses, val_losses, step_losses=(2.0, 1.5, 1.0), step_times=None, machine_load=None):
+    """10 steps an epoch of length 64: 0.1 s each, the first one 1.1 s (it compiles)."""
     epochs = list(range(len(train_losses)))
+    step_times = step_times or [[1.1 if e == 0 and i == 0 else 0.1 for i in range(10)] for e in epochs]
     return {
         "history": {"epoch": epochs, "train_loss": train_losses, "val_loss": val_losses},
         "step_losses": list(step_losses),
         "epoch_times": [{"epoch": e, "train_s": 2.0 if e == 0 else 1.0, "val_s": 0.5} for e in epochs],
+        "step_times": step_times,
+        "step_lengths": [[64] * len(times) for times in step_times],
+        "load_during": [0.5] * len(epochs),
+        "machine_load": machine_load
+        or {"load_average_before": [0.2, 0.2, 0.2], "load_average_after": [0.9, 0.3, 0.2], "others_cpu_share": 0.01},
+        "cpus": {"threads": 2, "cpus_available": 2},
+        "padding": {"sampler": "LengthGroupedSampler", "buckets": [64], "token": 0.8, "attention": 0.6},
         "steps_per_epoch": 10,
         "samples_per_epoch": 640,
         "compilations": None,
+        "compile_cache": {},
         "max_length": 128,
         "truncated": {"train": 0, "val": 0, "test": 0},
         "test_metrics": {"MAE TPSA": 1.0},
@@ -198,3 +220,121 @@ def test_ctrl_c_stops_the_worker(tmp_path, monkeypatch):
     with pytest.raises(ProcessLookupError, match="No such process"):  # stopped and reaped
         os.kill(int(pid_file.read_text()), 0)
     assert not (tmp_path / "out.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("step_times", "step_lengths", "per_length", "epoch_s"),
+    [
+        # The first step of each length is left out; the median of the rest, over every epoch.
+        ([[5.0, 0.1, 0.3], [0.2, 0.1, 0.1]], [[8, 8, 8], [8, 8, 8]], {"8": 0.1}, [0.3, 0.3]),
+        # Lengths 8 and 16: each measured apart; an epoch is its own mix of lengths.
+        ([[3.0, 4.0, 0.1], [0.2, 0.2, 0.1]], [[8, 16, 8], [16, 16, 8]], {"8": 0.1, "16": 0.2}, [0.4, 0.5]),
+        # Length 32 came once (a compile step only): the nearest measured length, scaled.
+        ([[3.0, 9.0, 0.1], [0.1, 0.1]], [[8, 32, 8], [8, 8]], {"8": 0.1, "32": 0.4}, [0.6, 0.2]),
+    ],
+)
+def test_steady_state_per_batch_length(step_times, step_lengths, per_length, epoch_s):
+    steady = compare_report.steady_state(step_times, step_lengths)
+    assert steady["measured"]
+    assert steady["per_length"] == pytest.approx(per_length)
+    assert steady["epoch_s"] == pytest.approx(epoch_s)
+
+
+def test_steady_state_not_measured_when_no_length_repeats():
+    assert not compare_report.steady_state([[3.0, 4.0]], [[8, 16]])["measured"]
+
+
+def build(default_dataset, torch_kwargs=None, jax_kwargs=None):
+    results = {
+        "torch": fake_result([2.0, 1.0], [3.0, 2.0], **(torch_kwargs or {})),
+        "jax": fake_result([2.0, 1.0], [3.0, 2.0], **(jax_kwargs or {})),
+    }
+    return build_report(CompareSettings(), default_dataset[1], results, default_dataset[0])
+
+
+def test_quiet_run_ranks_without_caveat(default_dataset):
+    report = build(default_dataset, jax_kwargs={"step_times": [[0.5] + [0.05] * 9, [0.05] * 10]})
+    assert report["verdict"].startswith("On this machine") and "2.00x faster" in report["verdict"]
+    assert "NOT RELIABLE" not in report["verdict"]
+    assert not any(t["busy"] for t in report["timing"].values())
+
+
+@pytest.mark.parametrize(
+    "machine_load",
+    [
+        {"load_average_before": [0.3, 0.3, 0.3], "load_average_after": [2.0, 1, 1], "others_cpu_share": 0.6},
+        {"load_average_before": [3.5, 2.0, 1.0], "load_average_after": [3.0, 2, 1], "others_cpu_share": None},
+    ],
+)
+def test_busy_machine_says_timing_is_not_reliable(default_dataset, machine_load):
+    report = build(default_dataset, jax_kwargs={"machine_load": machine_load})
+    assert report["verdict"].startswith("TIMING NOT RELIABLE") and "On this machine" in report["verdict"]
+    assert report["timing"]["jax"]["busy"] and not report["timing"]["torch"]["busy"]
+    assert "TIMING NOT RELIABLE" in compare_report.format_summary(report)
+
+
+def test_compile_dominated_run_is_not_ranked(default_dataset):
+    # Two epochs of 3 steps; the first step of each length compiles for 4 s.
+    report = build(default_dataset, jax_kwargs={"step_times": [[4.0, 0.1, 0.1], [0.1, 0.1, 0.1]]})
+    assert "too small to rank" in report["verdict"] and "x faster" not in report["verdict"]
+    assert report["speed"]["jax"]["warmup_s"] == pytest.approx(3.9)
+
+
+def test_negative_warmup_is_reported_not_clamped(default_dataset):
+    # The first epoch ran faster than the steady state (the machine got busy later).
+    report = build(default_dataset, torch_kwargs={"step_times": [[0.1] * 10, [0.3] * 10, [0.3] * 10]})
+    assert report["speed"]["torch"]["warmup_s"] < 0
+    summary = compare_report.format_summary(report)
+    assert "0.00 s" not in summary and "first epoch faster than steady state" in summary
+
+
+def test_machine_load_during_a_worker_subtracts_the_workers_cpu(monkeypatch):
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    before = {"load_average": [1.0, 1, 1], "busy_cpu_s": 100.0, "children_cpu_s": 5.0, "time": 10.0}
+    after = {"load_average": [1.5, 1, 1], "busy_cpu_s": 130.0, "children_cpu_s": 25.0, "time": 30.0}
+    record = runner.machine_load_during(before, after)
+    # 30 CPU-s busy over 20 s on 2 CPUs, 20 of them the worker's: others used 10 / 40 = 25%.
+    assert record["others_cpu_share"] == pytest.approx(0.25)
+    assert record["load_average_before"] == [1.0, 1, 1] and record["load_average_after"] == [1.5, 1, 1]
+    snapshot = runner.machine_load()
+    assert snapshot["busy_cpu_s"] is None or snapshot["busy_cpu_s"] > 0
+
+
+def test_compare_threads_beyond_the_cpus_is_a_usage_error(default_dataset, tmp_path, capsys):
+    status = main(["compare", "--data", str(default_dataset[0]), "--out", str(tmp_path), "--threads", "999"])
+    assert status == 2
+    assert "--threads 999: this process may use" in capsys.readouterr().err
+
+
+def test_compile_cache_refuses_a_directory_others_may_write(tmp_path):
+    import jax
+
+    import jax_impl.runtime
+    import torch_impl.runtime
+    from ml_patterns.errors import UsageError
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(UsageError, match=r"shared is writable by another user.*--no-compile-cache"):
+        jax_impl.runtime.enable_compile_cache(shared)
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+    saved = {name: getattr(jax.config, name) for name in names}
+    try:
+        record = jax_impl.runtime.enable_compile_cache(tmp_path / "mine" / "jax")
+        assert record == {"compile_cache": str(tmp_path / "mine" / "jax"), "entries_before": 0}
+        assert (tmp_path / "mine" / "jax").stat().st_mode & 0o777 == 0o700
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0  # every program, however quick
+    finally:
+        for name, value in saved.items():
+            jax.config.update(name, value)
+    assert torch_impl.runtime.enable_compile_cache(tmp_path)["compile_cache"] is None
+
+
+def test_compiling_longer_than_training_on_a_full_run_still_ranks(default_dataset):
+    # 60 steps (3 epochs of 20): enough to measure the steady state, though the first step compiled 30 s.
+    jax_times = [[30.0 if e == 0 and i == 0 else 0.1 for i in range(20)] for e in range(3)]
+    torch_times = [[0.05] * 20 for _ in range(3)]
+    report = build(default_dataset, torch_kwargs={"step_times": torch_times}, jax_kwargs={"step_times": jax_times})
+    assert "PyTorch (eager) trains this model 2.00x faster" in report["verdict"]
+    assert "JAX's 29.9 s compiling outweighed its 6.0 s of steady-state training" in report["verdict"]

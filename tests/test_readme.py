@@ -44,8 +44,10 @@ def quoted_verdict() -> str:
 
 def test_the_quoted_verdict_is_the_one_the_program_prints():
     # The program's sentence, with every number and the device name made a wildcard.
-    speed = {"torch": {"steps_per_s": 2.0}, "jax": {"steps_per_s": 1.0}}
-    template = report._verdict(speed, True, {"torch": {"device": {"name": "DEVICE"}}})
+    speed = {"torch": {"steps_per_s": 2.0}, "jax": {"steps_per_s": 1.0, "steady_epoch_s": 10.0, "warmup_s": 1.0}}
+    results = {"torch": {"device": {"name": "DEVICE"}}, "jax": {"step_times": [[0.1]] * 3}}
+    quiet = {backend: {"busy": False} for backend in ("torch", "jax")}
+    template = report._verdict(speed, True, results, quiet)
     pattern = re.escape(template).replace("DEVICE", r".+").replace(r"2\.00x", r"[\d.]+x")
     pattern = pattern.replace(r"\(2\.0\ vs\ 1\.0\ steps/s\)", r"\([\d.]+\ vs\ [\d.]+\ steps/s\)")
     pattern = pattern.replace("PyTorch\\ \\(eager\\)", "(?:PyTorch\\ \\(eager\\)|JAX\\ \\(jax\\.jit\\))")

@@ -91,7 +91,48 @@ def build_report(settings: CompareSettings, manifest: dict, results: dict, data_
             for backend in BACKENDS
         },
         "environment": environment(),
-        "verdict": _verdict(speed, passed, results),
+        "timing": timing_reliability(results),
+        "verdict": _verdict(speed, passed, results, timing_reliability(results)),
+    }
+
+
+# Timing is not reliable when, during a worker, other processes used more than this share of all
+# CPUs, or when the 1-minute load average before it exceeded this many per CPU (bench's rule).
+BUSY_CPU_SHARE = 0.15
+BUSY_LOAD_PER_CPU = 0.5
+# Fewer train steps than this, with compiling longer than the steady-state training: too small to rank.
+SMALL_RUN_STEPS = 50
+
+
+def steady_state(step_times: list[list[float]], step_lengths: list[list[int]]) -> dict:
+    """Steady-state step times per batch shape, from every epoch's steps.
+
+    Each padded length's time is the median of its steps over all epochs, the first step of each
+    length left out (it compiles, or warms the allocator up); a length met only once takes the time
+    of the nearest measured length, scaled by the ratio of the lengths. Returns ``{"per_length":
+    {L: s}, "epoch_s": [each epoch's steps at those times], "measured": bool}``; ``measured`` is
+    False when no length came twice (nothing but first steps: no steady state to report).
+    """
+    seen, repeats = set(), {}
+    for times, lengths in zip(step_times, step_lengths):
+        for seconds, length in zip(times, lengths):
+            if length in seen:
+                repeats.setdefault(length, []).append(seconds)
+            seen.add(length)
+    medians = {length: statistics.median(times) for length, times in repeats.items()}
+    if not medians:
+        return {"per_length": {}, "epoch_s": [], "measured": False}
+
+    def at(length: int) -> float:
+        if length in medians:
+            return medians[length]
+        nearest = min(medians, key=lambda known: abs(known - length))
+        return medians[nearest] * length / nearest
+
+    return {
+        "per_length": {str(length): at(length) for length in sorted(seen)},
+        "epoch_s": [sum(map(at, lengths)) for lengths in step_lengths],
+        "measured": True,
     }
 
 
@@ -121,7 +162,7 @@ def add_one_device_parity(report: dict, runs: dict[str, tuple[dict, dict]]) -> N
             "max_rel_diff": max(cell["rel_diff"] for cell in cells),
             "pass": all(cell["pass"] for cell in cells),
             "samples_per_s": {"one_device": rate_one, "devices": rate_many},
-            "scaling_efficiency": rate_many / (many["devices"] * rate_one),
+            "scaling_efficiency": None if None in (rate_one, rate_many) else rate_many / (many["devices"] * rate_one),
         }
     devices = next(iter(runs.values()))[1]["devices"]
     agree = all(check["pass"] for check in checks.values())
@@ -134,34 +175,106 @@ def add_one_device_parity(report: dict, runs: dict[str, tuple[dict, dict]]) -> N
 
 
 def _speed(result: dict) -> dict:
-    times = result["epoch_times"]
-    train = [t["train_s"] for t in times]
-    steady = statistics.median(train[1:] or train)
+    steady = steady_state(result["step_times"], result["step_lengths"])
+    first_epoch = sum(result["step_times"][0])
     steps, samples = result["steps_per_epoch"], result["samples_per_epoch"]
-    return {
-        "first_epoch_s": train[0],
-        "steady_epoch_s": steady,
-        # The first epoch's extra time: compilation for jax.jit (one per batch shape), warm-up for torch.
-        "warmup_s": max(0.0, train[0] - steady),
-        "steps_per_s": steps / steady,
-        "samples_per_s": samples / steady,
-        "epoch_with_validation_s": statistics.median(t["train_s"] + t["val_s"] for t in times[1:] or times),
+    speed = {
+        "first_epoch_s": first_epoch,
+        "steady_per_length_s": steady["per_length"],
         "compilations": result.get("compilations"),
+        "compile_cache": result.get("compile_cache") or None,
+        "padding_utilization": result.get("padding"),
+        "machine_load": {**result.get("machine_load", {}), "load_average_during": result.get("load_during")},
         "peak_memory_bytes": result["peak_memory_bytes"],
         "peak_memory_kind": result["peak_memory_kind"],
     }
+    if not steady["measured"]:
+        return {**speed, "steady_epoch_s": None, "warmup_s": None, "steps_per_s": None, "samples_per_s": None}
+    epoch = statistics.fmean(steady["epoch_s"])
+    return {
+        **speed,
+        "steady_epoch_s": epoch,
+        # The first epoch's time beyond its steps at steady state: jax.jit's compilations (one per
+        # batch shape), torch's warm-up. Negative when the machine got busier later: kept as is.
+        "warmup_s": first_epoch - steady["epoch_s"][0],
+        "steps_per_s": steps / epoch,
+        "samples_per_s": samples / epoch,
+    }
 
 
-def _verdict(speed: dict, passed: bool, results: dict) -> str:
-    torch_rate, jax_rate = speed["torch"]["steps_per_s"], speed["jax"]["steps_per_s"]
+def timing_reliability(results: dict) -> dict:
+    """Per backend, whether other processes competed for the CPUs while its worker ran."""
+    verdicts = {}
+    for backend in BACKENDS:
+        load = results[backend].get("machine_load", {})
+        cpus = results[backend].get("cpus", {}).get("cpus_available") or 1
+        share = load.get("others_cpu_share")
+        before = (load.get("load_average_before") or [0.0])[0]
+        busy = (share is not None and share > BUSY_CPU_SHARE) or before > BUSY_LOAD_PER_CPU * cpus
+        verdicts[backend] = {"busy": busy, "others_cpu_share": share, "load_average_before": before}
+    return verdicts
+
+
+def _verdict(speed: dict, passed: bool, results: dict, reliability: dict) -> str:
+    agreement = AGREE if passed else DISAGREE
+    busy = [backend for backend in BACKENDS if reliability[backend]["busy"]]
+    caveat = ""
+    if busy:
+        shares = ", ".join(
+            f"{LABELS[b]}: {_share(reliability[b]['others_cpu_share'])} of the CPUs used by other processes, "
+            f"load average {reliability[b]['load_average_before']:.1f} before"
+            for b in BACKENDS
+        )
+        caveat = (
+            f"TIMING NOT RELIABLE: the machine was busy ({shares}); the speed figures may be off by large "
+            "factors, rerun on a quiet machine (--threads 1 suffers least from a busy one). "
+        )
+    jax = speed["jax"]
+    steps = sum(map(len, results["jax"]["step_times"]))
+    steady_training = (
+        None if jax["steady_epoch_s"] is None else jax["steady_epoch_s"] * len(results["jax"]["step_times"])
+    )
+    compiling_dominates = steady_training is None or (jax["warmup_s"] or 0.0) > steady_training
+    compiling = "" if jax["warmup_s"] is None else f"{jax['warmup_s']:.1f} s compiling"
+    training = "" if steady_training is None else f"{steady_training:.1f} s of steady-state training"
+    if compiling_dominates and (steady_training is None or steps < SMALL_RUN_STEPS):
+        spent = f" ({compiling} against {training})" if compiling and training else ""
+        return (
+            f"{caveat}This run is too small to rank the frameworks: {steps} train steps, and JAX's compiling "
+            f"dominates{spent}, so no steady-state comparison is given (train on more molecules or for more "
+            f"epochs); {agreement}."
+        )
+    torch_rate, jax_rate = speed["torch"]["steps_per_s"], jax["steps_per_s"]
     faster, slower = ("jax", "torch") if jax_rate > torch_rate else ("torch", "jax")
     ratio = max(torch_rate, jax_rate) / min(torch_rate, jax_rate)
     device = results["torch"]["device"]["name"]
-    return (
-        f"On this machine ({device}), {LABELS[faster]} trains this model {ratio:.2f}x faster than "
+    verdict = (
+        f"{caveat}On this machine ({device}), {LABELS[faster]} trains this model {ratio:.2f}x faster than "
         f"{LABELS[slower]} at steady state ({speed[faster]['steps_per_s']:.1f} vs "
-        f"{speed[slower]['steps_per_s']:.1f} steps/s), and {AGREE if passed else DISAGREE}."
+        f"{speed[slower]['steps_per_s']:.1f} steps/s), and {agreement}."
     )
+    if compiling_dominates:
+        verdict += (
+            f" Over this run as a whole JAX's {compiling} outweighed its {training} (a second run loads the "
+            "compiled programs from the compile cache)."
+        )
+    return verdict
+
+
+def _share(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.0%}"
+
+
+def _number(value: float | None, spec: str, unit: str = "") -> str:
+    return "not measured" if value is None else f"{value:{spec}}{unit}"
+
+
+def _warmup(seconds: float | None) -> str:
+    if seconds is None:
+        return "not measured"
+    if seconds < 0:  # never shown as a clamped 0: the load changed between the first epoch and the rest
+        return f"{seconds:.2f} s (first epoch faster than steady state: the load changed)"
+    return f"{seconds:.2f} s"
 
 
 def format_summary(report: dict) -> str:
@@ -194,7 +307,8 @@ def format_summary(report: dict) -> str:
             rates = check["samples_per_s"]
             lines.append(
                 f"| {LABELS[backend]} | {check['max_rel_diff']:.2e} | {'yes' if check['pass'] else 'NO'} "
-                f"| {rates['one_device']:.0f} | {rates['devices']:.0f} | {check['scaling_efficiency']:.0%} |"
+                f"| {_number(rates['one_device'], '.0f')} | {_number(rates['devices'], '.0f')} "
+                f"| {_number(check['scaling_efficiency'], '.0%')} |"
             )
     lines += ["", "Test split:", "| metric | torch | jax |", "|---|---|---|"]
     torch_m, jax_m = report["test_metrics"]["torch"], report["test_metrics"]["jax"]
@@ -202,18 +316,23 @@ def format_summary(report: dict) -> str:
         lines.append(f"| {name} | {torch_m[name]:.4f} | {jax_m[name]:.4f} |")
     lines += [
         "",
-        "Speed:" if "devices" not in report else f"Speed ({report['devices']} devices each):",
-        "| backend | warm-up / compile | steady epoch | steps/s | samples/s | epoch + validation "
-        "| compilations | peak memory |",
-        "|---|---|---|---|---|---|---|---|",
+        "Speed (steady state: per batch shape, the median step over every epoch"
+        + ("" if "devices" not in report else f"; {report['devices']} devices each")
+        + "):",
+        "| backend | first epoch | warm-up / compile | steady epoch | steps/s | samples/s | compilations "
+        "| real tokens / attention | others' CPU share | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for backend, s in report["speed"].items():
         memory = f"{s['peak_memory_bytes'] / 2**20:.0f} MiB ({s['peak_memory_kind']})"
         compilations = s["compilations"] if s["compilations"] is not None else "n/a"
+        padding = s["padding_utilization"]
         lines.append(
-            f"| {LABELS[backend]} | {s['warmup_s']:.2f} s | {s['steady_epoch_s']:.2f} s "
-            f"| {s['steps_per_s']:.1f} | {s['samples_per_s']:.0f} | {s['epoch_with_validation_s']:.2f} s "
-            f"| {compilations} | {memory} |"
+            f"| {LABELS[backend]} | {s['first_epoch_s']:.2f} s | {_warmup(s['warmup_s'])} "
+            f"| {_number(s['steady_epoch_s'], '.2f', ' s')} | {_number(s['steps_per_s'], '.1f')} "
+            f"| {_number(s['samples_per_s'], '.0f')} | {compilations} "
+            f"| {padding['token']:.0%} / {padding['attention']:.0%} "
+            f"| {_share(report['timing'][backend]['others_cpu_share'])} | {memory} |"
         )
     lines += ["", "Verdict: " + report["verdict"]]
     return "\n".join(lines)
@@ -285,9 +404,9 @@ def _speed_bars(report: dict) -> Figure:
     axes = figure.subplots(1, 2)
     names = [LABELS[b] for b in BACKENDS]
     colors = ["#ee4c2c", "#4285f4"]
-    axes[0].bar(names, [report["speed"][b]["samples_per_s"] for b in BACKENDS], color=colors)
+    axes[0].bar(names, [report["speed"][b]["samples_per_s"] or 0.0 for b in BACKENDS], color=colors)
     axes[0].set_ylabel("samples/s (steady state, higher is better)")
-    axes[1].bar(names, [report["speed"][b]["warmup_s"] for b in BACKENDS], color=colors)
+    axes[1].bar(names, [report["speed"][b]["warmup_s"] or 0.0 for b in BACKENDS], color=colors)
     axes[1].set_ylabel("warm-up / compile time, s")
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)

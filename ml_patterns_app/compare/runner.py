@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -37,13 +38,28 @@ class WorkerFailed(RuntimeError):
     """A worker exited with an error; its traceback was printed on stderr above."""
 
 
-def run_compare(settings: CompareSettings, data: Path, out: Path, device: str = "auto", devices: int = 1) -> int:
+def default_compile_cache() -> Path:
+    """Where compiled programs are kept between runs: the user's cache directory (``$XDG_CACHE_HOME``,
+    else ``~/.cache``), ``ml-patterns/jax``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ml-patterns" / "jax"
+
+
+def run_compare(
+    settings: CompareSettings,
+    data: Path,
+    out: Path,
+    device: str = "auto",
+    devices: int = 1,
+    compile_cache: Path | None = None,
+) -> int:
     """Trains ``settings`` on every backend of ``BACKENDS``, writes the report into ``out``; returns 0
     when the histories agree, 1 when they do not.
 
     ``devices`` N > 1: each backend trains twice, on one device and data-parallel on N (torch: DDP
     processes; JAX: a mesh of N devices, simulated on a CPU); the parity table compares the two
     N-device runs, and each is also checked against its own one-device run (docs/DISTRIBUTED.md).
+    ``compile_cache``: where JAX keeps its compiled programs across runs (``None``: nowhere, every
+    run compiles).
     """
     started = time.perf_counter()
     if not (data / "manifest.json").is_file():
@@ -61,8 +77,11 @@ def run_compare(settings: CompareSettings, data: Path, out: Path, device: str = 
                 "devices": n,
                 "weights": str(Path(scratch) / "initial.safetensors"),
                 "write_weights": index == 0,
+                "compile_cache": str(compile_cache) if compile_cache else None,
             }
+            before = machine_load()
             results[backend, n] = run_worker(backend, job, Path(scratch) / f"{backend}-{n}.json")
+            results[backend, n]["machine_load"] = machine_load_during(before, machine_load())
         # The noise floor: torch once more, on the compared device count, from the weights one ulp off.
         initial = Path(scratch) / "initial.safetensors"
         weights = one_ulp_weights(initial, Path(scratch) / "one_ulp.safetensors", settings.seed)
@@ -124,6 +143,41 @@ def run_worker(backend: str, job: dict, out: Path, label: str | None = None) -> 
         raise WorkerFailed(f"the {label} worker failed (exit status {code}); its error is printed above")
     status.finish("done")
     return json.loads(out.read_text())
+
+
+def machine_load() -> dict:
+    """The 1/5/15-minute load averages, the CPU time of every process on the machine (``/proc/stat``,
+    Linux; ``None`` elsewhere) and of this process's finished children (the workers), and the time."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "load_average": list(os.getloadavg()),
+        "busy_cpu_s": _busy_cpu_seconds(),
+        "children_cpu_s": children.ru_utime + children.ru_stime,
+        "time": time.perf_counter(),
+    }
+
+
+def machine_load_during(before: dict, after: dict) -> dict:
+    """What else ran while a worker did: the load averages before and after it, and the CPU time
+    other processes used meanwhile, as a share of all CPUs (the machine's busy time less the
+    worker's own)."""
+    record = {"load_average_before": before["load_average"], "load_average_after": after["load_average"]}
+    if before["busy_cpu_s"] is not None and after["busy_cpu_s"] is not None:
+        wall = after["time"] - before["time"]
+        worker = after["children_cpu_s"] - before["children_cpu_s"]
+        others = max(0.0, after["busy_cpu_s"] - before["busy_cpu_s"] - worker)
+        record["others_cpu_share"] = others / max(wall * (os.cpu_count() or 1), 1e-9)
+    return record
+
+
+def _busy_cpu_seconds() -> float | None:
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(value) for value in fields]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def worker_command(backend: str, job: dict, out: Path) -> list[str]:

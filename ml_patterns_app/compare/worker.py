@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import resource
 import sys
 import time
@@ -20,13 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.common import cpu_count, restrict_cpus
 from ml_patterns.callbacks import Callback
-from ml_patterns.collate import bucket_ladder
+from ml_patterns.collate import padded_length
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.errors import UsageError
 from ml_patterns.molecules.batches import BatchPreparer, destandardize
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from ml_patterns.molecules.prepare import read_manifest
+from ml_patterns.samplers import LengthGroupedSampler, padding_utilization, sequence_lengths
+from ml_patterns.training import find_sampler
 from ml_patterns_app.compare.settings import CompareSettings
 
 # A status line at most this often: reading the loss is a host sync.
@@ -88,18 +92,46 @@ class StepLosses(Callback):
         self._pending = []
 
 
+class StepTimes(Callback):
+    """Every train step's wall time, its result waited for (JAX dispatches ahead otherwise), and the
+    load average at each epoch's end: the raw material of the steady-state figures (``report``)."""
+
+    def __init__(self, runtime, device):
+        self.runtime, self.device = runtime, device
+        self.times: list[list[float]] = []
+        self.load: list[float] = []
+
+    def on_epoch_start(self, epoch: int, trainer) -> None:
+        self.times.append([])
+        self._last = time.perf_counter()
+
+    def on_batch_end(self, batch_idx: int, trainer, loss) -> None:
+        self.runtime.wait(self.device, loss)
+        now = time.perf_counter()
+        self.times[-1].append(now - self._last)
+        self._last = now
+
+    def on_epoch_end(self, epoch: int, trainer, metrics) -> None:
+        self.load.append(os.getloadavg()[0])
+
+
 def run_worker(backend: str, job: dict, out: Path) -> None:
     """One backend's run; with ``job["devices"]`` N > 1, data-parallel (docs/DISTRIBUTED.md): torch
     over N processes this worker starts (DDP), JAX over N devices of one mesh (the parent sets
     ``JAX_NUM_CPU_DEVICES`` for a CPU run). Rank 0 alone reports progress and writes ``out``."""
     devices = job.get("devices", 1)
-    if backend == "torch" and devices > 1:
-        from torch_impl import distributed
+    threads = CompareSettings(**job["settings"]).threads or cpu_count()
+    # Before the framework loads: XLA sizes its thread pool from the CPUs this process may use, and
+    # torch's OpenMP its thread count; DDP's rank processes inherit the mask (docs/PERFORMANCE.md).
+    with restrict_cpus(threads) as cpus:
+        job = {**job, "cpus": cpus}
+        if backend == "torch" and devices > 1:
+            from torch_impl import distributed
 
-        gpu = job["device"] == "gpu" or (job["device"] == "auto" and _torch_cuda_count() >= devices)
-        distributed.launch(_torch_rank, devices, job, out, backend="nccl" if gpu else "gloo")
-    else:
-        _train(backend, job, out)
+            gpu = job["device"] == "gpu" or (job["device"] == "auto" and _torch_cuda_count() >= devices)
+            distributed.launch(_torch_rank, devices, job, out, backend="nccl" if gpu else "gloo")
+        else:
+            _train(backend, job, out)
 
 
 def _torch_cuda_count() -> int:
@@ -135,21 +167,32 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
     runtime = impl.runtime
     runtime.set_precision("float32")  # parity needs full float32 on both sides (docs/PARITY.md)
     device = runtime.select_device(job["device"])
+    cache = runtime.enable_compile_cache(job["compile_cache"]) if job.get("compile_cache") else {}
 
     data = Path(job["data"])
     settings = CompareSettings(**job["settings"])
     manifest = read_manifest(data)
     # Batches are padded to a ladder of lengths (a bounded number of jax.jit compilations); the
     # position table covers the longest rung.
-    lengths = manifest["sequence_length"]
-    buckets = bucket_ladder(lengths["min"], min(lengths["max"], settings.max_length))
+    buckets = settings.buckets(manifest)
     config = settings.model_config(manifest, max_len=buckets[-1])
     train = LazyDataset(data, split="train")
     if settings.max_train_molecules:
         train = Subset(train, range(min(settings.max_train_molecules, len(train))))
     val, test = LazyDataset(data, split="val"), LazyDataset(data, split="test")
-    collate = {"buckets": buckets, "max_length": buckets[-1]}
+    collate = {"buckets": buckets, "max_length": buckets[-1], "group_by_length": settings.group_by_length}
     steps = -(-len(train) // settings.batch_size)
+    loader = impl.data.make_loader
+    train_loader = loader(train, settings.batch_size, seed=settings.seed, **collate)
+    sampler = find_sampler(train_loader)
+    lengths = sampler.lengths if isinstance(sampler, LengthGroupedSampler) else sequence_lengths(train)
+    epochs = range(settings.epochs)
+    padding = padding_utilization(sampler, lengths, buckets=buckets, max_length=buckets[-1], epochs=epochs)
+    # The padded length of every train step, for steady-state times per batch shape.
+    step_lengths = [
+        [padded_length(int(min(lengths[b].max(), buckets[-1])), None, buckets) for b in sampler.batches(epoch)]
+        for epoch in epochs
+    ]
 
     weights = Path(job["weights"])
     if job["write_weights"]:  # the first worker: the one set of initial weights, for every backend
@@ -162,20 +205,16 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
     main = distributed is None or distributed.is_main
     runtime.reset_peak_memory(device)
     step_losses = StepLosses()
+    timer = StepTimes(runtime, device)
     trainer = impl.training.Trainer(
         model,
         settings.optimizer(steps * settings.epochs),
-        [ProgressEvents(settings.epochs, steps), step_losses] if main else [step_losses],
+        [timer, ProgressEvents(settings.epochs, steps), step_losses] if main else [step_losses],
         device=None if distributed is not None else device,
         batch_transform=BatchPreparer(config),
         distributed=distributed,
     )
-    loader = impl.data.make_loader
-    trainer.fit(
-        loader(train, settings.batch_size, seed=settings.seed, **collate),
-        loader(val, settings.batch_size, shuffle=False, **collate),
-        settings.epochs,
-    )
+    trainer.fit(train_loader, loader(val, settings.batch_size, shuffle=False, **collate), settings.epochs)
     if not main:
         return
     if backend == "jax" and distributed is not None:  # the weights, replicated over the mesh, to one device
@@ -188,6 +227,10 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         "history": trainer.history.as_dict(),
         "step_losses": step_losses.losses,
         "epoch_times": trainer.epoch_times,
+        "step_times": timer.times,
+        "step_lengths": step_lengths,
+        "load_during": timer.load,
+        "padding": {"sampler": type(sampler).__name__, "buckets": list(buckets), **padding},
         "steps_per_epoch": steps,
         "samples_per_epoch": len(train),
         "truncated": {
@@ -196,6 +239,8 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         },
         "max_length": buckets[-1],
         "compilations": trainer.compilations(),
+        "compile_cache": cache,
+        "cpus": job["cpus"],
         "test_metrics": test_metrics(runtime, trainer.model, device, config, test_loader),
         "devices": job.get("devices", 1),
         **runtime.describe(device),
