@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -261,6 +260,7 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
+    from bench.common import cpu_count
     from ml_patterns_app.compare.runner import WorkerFailed, default_compile_cache, run_compare
     from ml_patterns_app.compare.settings import CompareSettings
 
@@ -272,7 +272,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         group_by_length=not args.random_batches,
         threads=args.threads or 0,
     )
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    available = cpu_count()
     if args.threads and args.threads > available:
         raise UsageError(f"--threads {args.threads}: this process may use {available} CPUs")
     cache = None if args.no_compile_cache else default_compile_cache()
