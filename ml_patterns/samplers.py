@@ -152,22 +152,13 @@ class LengthGroupedSampler(BatchSampler):
         return {"group_batches": self.group_batches, "lengths_crc32": zlib.crc32(self.lengths.tobytes())}
 
 
-def make_sampler(
-    dataset,
-    batch_size: int,
-    *,
-    shuffle: bool = True,
-    seed: int = 0,
-    drop_last: bool = False,
-    group_by_length: bool = False,
-) -> BatchSampler:
+def make_sampler(dataset, batch_size: int, *, group_by_length: bool = False, **options) -> BatchSampler:
     """The sampler the backends' ``make_loader`` iterate: ``LengthGroupedSampler`` over the records'
-    lengths (read once, here) with ``group_by_length``, else ``BatchSampler``."""
+    lengths (read once, here) with ``group_by_length``, else ``BatchSampler``; ``options``: their
+    ``shuffle``, ``seed``, ``drop_last``."""
     if group_by_length:
-        return LengthGroupedSampler(
-            sequence_lengths(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
-        )
-    return BatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        return LengthGroupedSampler(sequence_lengths(dataset), batch_size, **options)
+    return BatchSampler(len(dataset), batch_size, **options)
 
 
 def sequence_lengths(dataset) -> np.ndarray:

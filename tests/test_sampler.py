@@ -74,8 +74,10 @@ def test_batches_are_python_ints():
     assert all(type(i) is int for i in batch)
 
 
-@pytest.mark.parametrize(("n", "batch_size", "message"), [(-1, 4, "n must be non-negative, got -1"),
-                                                         (10, 0, "batch_size must be positive, got 0")])
+@pytest.mark.parametrize(
+    ("n", "batch_size", "message"),
+    [(-1, 4, "n must be non-negative, got -1"), (10, 0, "batch_size must be positive, got 0")],
+)
 def test_bad_arguments(n, batch_size, message):
     with pytest.raises(ValueError, match=message):
         BatchSampler(n, batch_size)
