@@ -35,7 +35,7 @@ def batches(n: int, seed: int) -> list[dict[str, np.ndarray]]:
     """``{"x": float32 [32, 8], "y": float32 [32]}`` batches, y = sin(2 * mean(x))."""
     x = np.random.default_rng(seed).normal(size=(n, 8)).astype(np.float32)
     y = np.sin(2 * x.mean(axis=1))
-    return [{"x": x[i:i + 32], "y": y[i:i + 32]} for i in range(0, n, 32)]
+    return [{"x": x[i : i + 32], "y": y[i : i + 32]} for i in range(0, n, 32)]
 
 
 class TorchMLP(torch.nn.Sequential):
@@ -73,8 +73,10 @@ def main() -> None:
             training, model, optimizer = setup(backend)
             resumed = training.Trainer(model, optimizer)
             resumed.load_checkpoint(checkpoints.best_model_path)
-            print(f"{backend}: stopped after {len(history)} epochs ({trainer.stop_reason}), best checkpoint "
-                  f"{Path(checkpoints.best_model_path).name} resumes at epoch {resumed.epoch}")
+            print(
+                f"{backend}: stopped after {len(history)} epochs ({trainer.stop_reason}), best checkpoint "
+                f"{Path(checkpoints.best_model_path).name} resumes at epoch {resumed.epoch}"
+            )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ class Points:
     def __iter__(self):
         order = self.rng.permutation(len(self.x)) if self.shuffle else np.arange(len(self.x))
         for start in range(0, len(order), self.batch_size):
-            indices = order[start:start + self.batch_size]
+            indices = order[start : start + self.batch_size]
             yield {"x": self.x[indices], "y": self.y[indices]}
 
 

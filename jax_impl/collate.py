@@ -25,7 +25,12 @@ def collate_molecules(
     """Records -> ``{"input_ids": int32 [B, L], "attention_mask": bool [B, L],
     "labels": float32 | int32 [B] | dict}``."""
     flat = flatten_batch(
-        batch, pad_token_id, pad_to_multiple_of=pad_to_multiple_of, buckets=buckets, max_length=max_length, truncate=truncate
+        batch,
+        pad_token_id,
+        pad_to_multiple_of=pad_to_multiple_of,
+        buckets=buckets,
+        max_length=max_length,
+        truncate=truncate,
     )
     attention_mask = np.arange(flat.padded_length) < flat.lengths[:, None]
     input_ids = np.full(attention_mask.shape, pad_token_id, dtype=np.int32)

@@ -52,7 +52,9 @@ class CombinedLoss(nnx.Module):
         return core.combine(losses, self.weights, predictions, targets)
 
 
-def masked_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array, *, label_smoothing: float = 0.0) -> jax.Array:
+def masked_cross_entropy(
+    logits: jax.Array, targets: jax.Array, mask: jax.Array, *, label_smoothing: float = 0.0
+) -> jax.Array:
     """``sum(nll * mask) / sum(mask)``, a scalar; 0.0 when every position is masked."""
     total, count = masked_cross_entropy_sum(logits, targets, mask, label_smoothing=label_smoothing)
     # Dividing by 1 where count == 0 gives 0.0 (total is then exactly 0) and zero gradients.

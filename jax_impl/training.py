@@ -128,14 +128,22 @@ class Trainer(TrainerBase):
         elif isinstance(optimizer, optax.GradientTransformation):
             config = None
         else:
-            raise TypeError("optimizer must be an optax.GradientTransformation or an OptimizerConfig, "
-                            f"got {type(optimizer).__name__}")
+            raise TypeError(
+                "optimizer must be an optax.GradientTransformation or an OptimizerConfig, "
+                f"got {type(optimizer).__name__}"
+            )
         if distributed is True:
             distributed = distributed_.setup()
         if distributed and device is not None:
             raise ValueError(f"device={device} and distributed: the mesh names the devices, leave device out")
-        super().__init__(model, config, callbacks, batch_transform=batch_transform,
-                         stop_on_non_finite=stop_on_non_finite, distributed=distributed or None)
+        super().__init__(
+            model,
+            config,
+            callbacks,
+            batch_transform=batch_transform,
+            stop_on_non_finite=stop_on_non_finite,
+            distributed=distributed or None,
+        )
         self.device = jax.devices(device)[0] if isinstance(device, str) else device
         self.optimizer = build_optimizer(optimizer) if config is not None else optimizer
         if seed is None:
@@ -204,9 +212,14 @@ class Trainer(TrainerBase):
     def _write_model(self, path: Path) -> None:
         self.sync_model()
         versions = {name: importlib.metadata.version(name) for name in ("jax", "jaxlib", "flax", "optax")}
-        checkpoint.save_checkpoint(path, weights.to_numpy(self.model), backend="jax",
-                                   model_class=type(self.model).__name__, config=getattr(self.model, "config", None),
-                                   versions=versions)
+        checkpoint.save_checkpoint(
+            path,
+            weights.to_numpy(self.model),
+            backend="jax",
+            model_class=type(self.model).__name__,
+            config=getattr(self.model, "config", None),
+            versions=versions,
+        )
 
     def _load_weights(self, model_file: Path) -> None:
         arrays, _ = checkpoint.load_checkpoint(model_file)
@@ -249,14 +262,18 @@ class Trainer(TrainerBase):
         fresh = self.optimizer.init(self.state.params)
         paths = _leaf_paths(fresh)
         if saved.get("leaves") != paths or len(arrays) != len(paths):
-            raise ValueError(f"{source}: the optimizer state has leaves {saved.get('leaves')}, this optimizer's are "
-                             f"{paths}: another optax transformation?")
+            raise ValueError(
+                f"{source}: the optimizer state has leaves {saved.get('leaves')}, this optimizer's are "
+                f"{paths}: another optax transformation?"
+            )
         for i, (path, leaf) in enumerate(zip(paths, jax.tree.leaves(fresh))):
             saved_leaf = arrays[f"opt_state/{i:05d}"]
             if saved_leaf.shape != leaf.shape or saved_leaf.dtype != leaf.dtype:
-                raise ValueError(f"{source}: optimizer state leaf {path} is "
-                                 f"{saved_leaf.dtype}{list(saved_leaf.shape)}, "
-                                 f"this optimizer's is {leaf.dtype}{list(leaf.shape)}")
+                raise ValueError(
+                    f"{source}: optimizer state leaf {path} is "
+                    f"{saved_leaf.dtype}{list(saved_leaf.shape)}, "
+                    f"this optimizer's is {leaf.dtype}{list(leaf.shape)}"
+                )
 
     def _load_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
         treedef = jax.tree.structure(self.state.opt_state)

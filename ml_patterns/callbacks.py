@@ -259,8 +259,10 @@ class ModelCheckpoint(Callback):
         if save_top_k < -1:
             raise ValueError(f"save_top_k must be -1, 0 or positive, got {save_top_k}")
         if monitor is None and (save_best_only or save_top_k not in (-1, 0)):
-            raise ValueError("save_best_only and save_top_k need a monitor to rank checkpoints by; "
-                             "with monitor=None pass save_best_only=False")
+            raise ValueError(
+                "save_best_only and save_top_k need a monitor to rank checkpoints by; "
+                "with monitor=None pass save_best_only=False"
+            )
         self.dirpath, self.filename, self.monitor, self.mode = Path(path), filename, monitor, mode
         self.save_top_k, self.save_best_only, self.save_last = save_top_k, save_best_only, save_last
         self._better = _BETTER[mode]
@@ -287,7 +289,11 @@ class ModelCheckpoint(Callback):
         current = monitored_value(logs, self.monitor)
         if not math.isfinite(current):
             return None, []  # a NaN checkpoint is never "best"
-        if self.save_best_only and self.best_model_score is not None and not self._better(current, self.best_model_score):
+        if (
+            self.save_best_only
+            and self.best_model_score is not None
+            and not self._better(current, self.best_model_score)
+        ):
             return None, []
         if self.save_top_k == -1 or len(self.best_k) < self.save_top_k:
             return path, []
@@ -378,8 +384,14 @@ class ProgressBar(Callback):
     def on_epoch_start(self, epoch: int, trainer: TrainerProtocol) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=trainer.batches_per_epoch, desc=f"epoch {epoch}", unit="batch",
-                         disable=self.disable if is_main(trainer) else True, leave=False, dynamic_ncols=True)
+        self._bar = tqdm(
+            total=trainer.batches_per_epoch,
+            desc=f"epoch {epoch}",
+            unit="batch",
+            disable=self.disable if is_main(trainer) else True,
+            leave=False,
+            dynamic_ncols=True,
+        )
         self._samples, self._start, self._last_refresh = 0, time.perf_counter(), 0.0
 
     def on_batch_end(self, batch_idx: int, trainer: TrainerProtocol, loss: Any) -> None:

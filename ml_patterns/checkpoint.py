@@ -161,7 +161,7 @@ def save_checkpoint(
         "model_class": model_class,
         "config": None if config is None else config.to_dict(),
         "versions": {**library_versions(), **versions},
-        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "tensors_sha256": tensors_sha256(arrays),
     }
     data = save(arrays, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
@@ -258,7 +258,9 @@ def _parse_header(path: Path, data: bytes, *, header_only: bool = False) -> dict
             f"{path}: this is {what}, not safetensors; convert it with `ml-patterns convert {path} OUT.safetensors`"
         )
     if len(data) < 8:
-        raise CheckpointError(f"{path}: truncated ({len(data)} bytes; a safetensors file starts with an 8-byte header size)")
+        raise CheckpointError(
+            f"{path}: truncated ({len(data)} bytes; a safetensors file starts with an 8-byte header size)"
+        )
     (size,) = struct.unpack("<Q", data[:8])
     if (size > _MAX_HEADER or 8 + size > len(data)) and kind == "unknown" and len(data) > 8:
         raise CheckpointError(
@@ -287,7 +289,9 @@ def _parse_header(path: Path, data: bytes, *, header_only: bool = False) -> dict
 def _metadata(path: Path, header: dict) -> dict:
     raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
     if raw is None:
-        raise CheckpointError(f"{path}: a safetensors file without ml-patterns metadata (not written by save_checkpoint)")
+        raise CheckpointError(
+            f"{path}: a safetensors file without ml-patterns metadata (not written by save_checkpoint)"
+        )
     try:
         metadata = json.loads(raw)
     except json.JSONDecodeError as error:

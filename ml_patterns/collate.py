@@ -223,7 +223,9 @@ def _labels(batch: Sequence[Mapping[str, Any]]) -> Labels:
         if labels[0] is _MISSING:
             first = next(i for i, label in enumerate(labels) if label is not _MISSING)
             raise ValueError(f"record {first} has a 'label' but record 0 has none: label every record or none")
-        raise ValueError(f"record {labels.index(_MISSING)} has no 'label' but record 0 has one: label every record or none")
+        raise ValueError(
+            f"record {labels.index(_MISSING)} has no 'label' but record 0 has one: label every record or none"
+        )
     if not isinstance(labels[0], Mapping):
         return _label_columns([(label,) for label in labels], ("label",))[0]
     names = tuple(labels[0])
@@ -325,7 +327,9 @@ def dataset_buckets(root: str | os.PathLike, *, max_buckets: int = 8, multiple_o
     """``bucket_ladder`` over the sequence lengths recorded in a prepared dataset's manifest."""
     lengths = read_manifest(Path(root)).get("sequence_length")
     if not isinstance(lengths, Mapping) or not {"min", "max"} <= set(lengths):
-        raise ValueError(f"{Path(root) / 'manifest.json'} has no sequence_length {{min, max}}: re-run `ml-patterns prepare`")
+        raise ValueError(
+            f"{Path(root) / 'manifest.json'} has no sequence_length {{min, max}}: re-run `ml-patterns prepare`"
+        )
     return bucket_ladder(lengths["min"], lengths["max"], max_buckets=max_buckets, multiple_of=multiple_of)
 
 

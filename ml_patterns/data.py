@@ -72,8 +72,10 @@ class LazyDataset:
             # An entry without a split would silently vanish from every split.
             unsplit = [i for i, e in enumerate(self.index) if not isinstance(e.get("split"), str)]
             if unsplit:
-                raise DatasetError(f"{self._index_path}: entry {unsplit[0]} has no 'split' ({len(unsplit)} such "
-                                   f"entries), so split={split!r} cannot tell where they belong")
+                raise DatasetError(
+                    f"{self._index_path}: entry {unsplit[0]} has no 'split' ({len(unsplit)} such "
+                    f"entries), so split={split!r} cannot tell where they belong"
+                )
             self.index = [e for e in self.index if e.get("split") == split]
         self._shards: collections.OrderedDict[str, _Shard] = collections.OrderedDict()  # by index name
         # Resolved path and line offsets (8 bytes a record) of closed shards, so reopening one does
@@ -207,8 +209,13 @@ def _resolve_inside(root: Path, relative: str, idx: int) -> Path:
     return resolved
 
 
-_NOT_REGULAR = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
-                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def _check_regular(path: Path, idx: int | None) -> None:
@@ -239,7 +246,9 @@ class _Shard:
 
     def read(self, row: int, idx: int) -> Record:
         if row >= len(self.offsets) - 1:
-            raise DatasetError(f"entry {idx}: row {row} out of range, shard {self.path} has {len(self.offsets) - 1} rows")
+            raise DatasetError(
+                f"entry {idx}: row {row} out of range, shard {self.path} has {len(self.offsets) - 1} rows"
+            )
         start, end = int(self.offsets[row]), int(self.offsets[row + 1])
         self.handle.seek(start)
         line = self.handle.read(end - start)

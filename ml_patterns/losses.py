@@ -168,4 +168,3 @@ def weighted_sum(values: Mapping[str, Any], weights: Mapping[str, float]) -> Any
     for term in terms[1:]:
         total = total + term
     return total
-

@@ -170,7 +170,10 @@ def check_optimizer_state(name: str, slots: Mapping[str, Mapping], parameter_nam
     """Refuses a checkpoint whose optimizer slots do not fit ``name`` and the model's parameters."""
     expected = set(OPTIMIZER_SLOTS[name])
     if set(slots) - expected:
-        raise ValueError(f"{source}: optimizer slots {sorted(slots)} do not belong to optimizer {name!r} (expects {sorted(expected)})")
+        raise ValueError(
+            f"{source}: optimizer slots {sorted(slots)} do not belong to optimizer {name!r} "
+            f"(expects {sorted(expected)})"
+        )
     for slot, arrays in slots.items():
         missing = sorted(set(parameter_names) - set(arrays))
         unexpected = sorted(set(arrays) - set(parameter_names))
@@ -355,8 +358,10 @@ class TrainerBase:
         of an ``OptimizerConfig`` checkpoint."""
         optimizer = saved["optimizer"]
         if self.callbacks and len(saved["callbacks"]) != len(self.callbacks):
-            raise ValueError(f"{path} holds {len(saved['callbacks'])} callback states, this trainer has "
-                             f"{len(self.callbacks)} callbacks: resume with the callbacks the run was saved with")
+            raise ValueError(
+                f"{path} holds {len(saved['callbacks'])} callback states, this trainer has "
+                f"{len(self.callbacks)} callbacks: resume with the callbacks the run was saved with"
+            )
         if self.optimizer_config is not None:
             if "framework" in optimizer:
                 raise ValueError(
@@ -366,8 +371,9 @@ class TrainerBase:
                 )
             name = optimizer["name"]
             if name != self.optimizer_config.name:
-                raise ValueError(f"{path} was written with optimizer {name!r}, "
-                                 f"this trainer uses {self.optimizer_config.name!r}")
+                raise ValueError(
+                    f"{path} was written with optimizer {name!r}, this trainer uses {self.optimizer_config.name!r}"
+                )
             slots = optimizer_arrays_to_slots(optimizer_arrays)
             check_optimizer_state(name, slots, self._parameter_names(), str(path))
             return slots
@@ -386,8 +392,9 @@ class TrainerBase:
         self._check_framework_optimizer(optimizer_arrays, optimizer, str(path))
         return None
 
-    def _apply_checkpoint(self, path, model_file: Path, optimizer_arrays: dict, saved: dict,
-                          slots: dict | None) -> None:
+    def _apply_checkpoint(
+        self, path, model_file: Path, optimizer_arrays: dict, saved: dict, slots: dict | None
+    ) -> None:
         self._load_weights(model_file)
         if slots is not None:
             self._load_optimizer(slots, saved["optimizer"]["step"])

@@ -48,7 +48,9 @@ def test_a_checkpoint_loads_into_the_other_backend(writer, reader, architecture,
     assert sorted(written) == sorted(read)
     assert all(written[name].tobytes() == read[name].tobytes() for name in written)
 
-    report = parity.compare(forward(writer, original, batch), forward(reader, loaded, batch), FORWARD, names=(writer, reader))
+    report = parity.compare(
+        forward(writer, original, batch), forward(reader, loaded, batch), FORWARD, names=(writer, reader)
+    )
     report.raise_if_failed()
 
 

@@ -64,7 +64,15 @@ def batches(draw):
             record["label"] = {"class": draw(st.integers(0, 9)), "score": draw(number)}
         batch.append(record)
     padding = draw(
-        st.sampled_from([{}, {"pad_to_multiple_of": 8}, {"buckets": (8, 24, 40)}, {"max_length": 16}, {"max_length": 32, "pad_to_multiple_of": 16}])
+        st.sampled_from(
+            [
+                {},
+                {"pad_to_multiple_of": 8},
+                {"buckets": (8, 24, 40)},
+                {"max_length": 16},
+                {"max_length": 32, "pad_to_multiple_of": 16},
+            ]
+        )
     )
     return batch, draw(st.integers(0, 9)), padding
 

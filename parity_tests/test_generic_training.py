@@ -81,20 +81,24 @@ def test_adamw_training_histories_agree():
     initial = torch_impl.state.to_numpy(torch_model)
     jax_impl.state.from_numpy(jax_model, initial)
 
-    torch_optimizer = torch.optim.AdamW(torch_model.parameters(), lr=LR, betas=BETAS, eps=EPS,
-                                        weight_decay=WEIGHT_DECAY)
+    torch_optimizer = torch.optim.AdamW(
+        torch_model.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY
+    )
     jax_optimizer = optax.adamw(LR, b1=BETAS[0], b2=BETAS[1], eps=EPS, eps_root=0.0, weight_decay=WEIGHT_DECAY)
     histories = {
-        "torch": torch_impl.training.train(torch_model, ArrayLoader(train, True), ArrayLoader(val, False),
-                                           torch_optimizer, EPOCHS, device="cpu"),
-        "jax": jax_impl.training.train(jax_model, ArrayLoader(train, True), ArrayLoader(val, False),
-                                       jax_optimizer, EPOCHS),
+        "torch": torch_impl.training.train(
+            torch_model, ArrayLoader(train, True), ArrayLoader(val, False), torch_optimizer, EPOCHS, device="cpu"
+        ),
+        "jax": jax_impl.training.train(
+            jax_model, ArrayLoader(train, True), ArrayLoader(val, False), jax_optimizer, EPOCHS
+        ),
     }
     assert len(histories["torch"]["train_loss"]) == len(histories["jax"]["train_loss"]) == EPOCHS
     assert histories["torch"]["train_loss"][-1] < 0.6 * histories["torch"]["train_loss"][0], "the model must learn"
     for key in ("train_loss", "val_loss"):
-        np.testing.assert_allclose(histories["jax"][key], histories["torch"][key], rtol=HISTORY.rtol, atol=HISTORY.atol,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            histories["jax"][key], histories["torch"][key], rtol=HISTORY.rtol, atol=HISTORY.atol, err_msg=key
+        )
     # The trained weights agree far better than either agrees with the initial ones.
     trained = {"torch": torch_impl.state.to_numpy(torch_model), "jax": jax_impl.state.to_numpy(jax_model)}
     travelled = max(np.abs(trained["torch"][k] - initial[k]).max() for k in initial)

@@ -58,7 +58,9 @@ def _ks_critical(n: int, m: int) -> float:
 def _ks_two_sample(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.sort(a.ravel()), np.sort(b.ravel())
     grid = np.concatenate([a, b])
-    return float(np.abs(np.searchsorted(a, grid, side="right") / a.size - np.searchsorted(b, grid, side="right") / b.size).max())
+    return float(
+        np.abs(np.searchsorted(a, grid, side="right") / a.size - np.searchsorted(b, grid, side="right") / b.size).max()
+    )
 
 
 def _ks_one_sample(sample: np.ndarray, cdf) -> float:
@@ -92,7 +94,9 @@ def test_embeddings_are_normal_with_std_0_02(make):
 
 
 @pytest.mark.parametrize(
-    ("torch_make", "jax_make"), [(_torch_linear, _jax_linear), (_torch_embedding, _jax_embedding)], ids=["linear", "embedding"]
+    ("torch_make", "jax_make"),
+    [(_torch_linear, _jax_linear), (_torch_embedding, _jax_embedding)],
+    ids=["linear", "embedding"],
 )
 def test_torch_and_jax_draw_from_the_same_distribution(torch_make, jax_make):
     t, j = torch_make(), jax_make()
@@ -111,6 +115,9 @@ def test_layer_norms_are_ones_and_zeros_on_both_sides():
     jax_norm.scale[...] = jax_norm.scale[...] * 3.0
     jax_norm.bias[...] = jax_norm.bias[...] + 3.0
     jax_init.init_weights(jax_norm, nnx.Rngs(0))
-    for scale, bias in ((torch_norm.weight.detach().numpy(), torch_norm.bias.detach().numpy()), (np.asarray(jax_norm.scale[...]), np.asarray(jax_norm.bias[...]))):
+    for scale, bias in (
+        (torch_norm.weight.detach().numpy(), torch_norm.bias.detach().numpy()),
+        (np.asarray(jax_norm.scale[...]), np.asarray(jax_norm.bias[...])),
+    ):
         np.testing.assert_array_equal(scale, np.ones(64, np.float32))
         np.testing.assert_array_equal(bias, np.zeros(64, np.float32))

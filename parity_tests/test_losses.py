@@ -127,7 +127,9 @@ def test_out_of_range_unmasked_target_raises_the_same_error(bad):
     messages = []
     for call in (
         lambda: torch_losses.masked_cross_entropy(torch.tensor(logits), torch.tensor(targets), torch.tensor(mask)),
-        lambda: jax_losses.masked_cross_entropy(jnp.asarray(logits), jnp.asarray(targets, jnp.int32), jnp.asarray(mask)),
+        lambda: jax_losses.masked_cross_entropy(
+            jnp.asarray(logits), jnp.asarray(targets, jnp.int32), jnp.asarray(mask)
+        ),
     ):
         with pytest.raises(TargetOutOfRangeError, match=rf"targets\[1, 2\] = {bad} is outside") as error:
             call()
@@ -153,7 +155,8 @@ def test_combined_loss_values_and_gradients():
     )
     x, v = torch.tensor(logits, requires_grad=True), torch.tensor(values, requires_grad=True)
     t_total, t_parts = torch_combined(
-        {"tokens": x, "value": v}, {"tokens": (torch.tensor(targets), torch.tensor(mask)), "value": torch.tensor(value_targets)}
+        {"tokens": x, "value": v},
+        {"tokens": (torch.tensor(targets), torch.tensor(mask)), "value": torch.tensor(value_targets)},
     )
     t_total.backward()
 
@@ -161,9 +164,9 @@ def test_combined_loss_values_and_gradients():
         {"tokens": lambda x, t: jax_losses.masked_cross_entropy(x, *t), "value": mse}, weights
     )
     batch = {"tokens": (jnp.asarray(targets, jnp.int32), jnp.asarray(mask)), "value": jnp.asarray(value_targets)}
-    (j_total, j_parts), j_grads = jax.jit(
-        jax.value_and_grad(lambda p, b: jax_combined(p, b), has_aux=True)
-    )({"tokens": jnp.asarray(logits), "value": jnp.asarray(values)}, batch)
+    (j_total, j_parts), j_grads = jax.jit(jax.value_and_grad(lambda p, b: jax_combined(p, b), has_aux=True))(
+        {"tokens": jnp.asarray(logits), "value": jnp.asarray(values)}, batch
+    )
 
     np.testing.assert_allclose(t_total.detach().numpy(), j_total, rtol=LOSS.rtol, atol=LOSS.atol)
     for name in weights:

@@ -10,11 +10,11 @@ Compilation is what costs on a CPU (several seconds per program), so each archit
 on batches of one shape ([8, 48]): its compiled program serves both batches.
 """
 
+import jax
 import numpy as np
 import pytest
 import torch
 
-import jax
 import jax_impl.models
 import jax_impl.molecules.models
 import jax_impl.state
@@ -23,9 +23,9 @@ import torch_impl.molecules.models
 import torch_impl.state
 from jax_impl.collate import collate_molecules
 from ml_patterns import parity
+from ml_patterns.data import LazyDataset
 from ml_patterns.molecules.batches import prepare_batch
 from ml_patterns.molecules.config import ModelConfig
-from ml_patterns.data import LazyDataset
 from ml_patterns.molecules.masking import FIRST_REGULAR_ID
 from ml_patterns.molecules.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from ml_patterns_app.parity_report import build_pair, measure
@@ -39,7 +39,11 @@ def policy(tolerance) -> parity.Tolerance:
     return parity.Tolerance(rtol=tolerance.rtol, atol=tolerance.atol)
 
 
-FLOAT32 = {"outputs": policy(tolerances.FORWARD), "loss": policy(tolerances.LOSS), "gradients": policy(tolerances.GRADIENT)}
+FLOAT32 = {
+    "outputs": policy(tolerances.FORWARD),
+    "loss": policy(tolerances.LOSS),
+    "gradients": policy(tolerances.GRADIENT),
+}
 
 # bfloat16 keeps 8 significant bits (eps = 2**-8): every op rounds at ~0.4%, and the two backends
 # round at different points, so they agree only to some bfloat16 steps, as each agrees with float64.
@@ -146,7 +150,7 @@ def test_each_head_alone_forward(pair, default_dataset):
     full = measure(torch_model, jax_model, batch, per_part=True, reference=False).jax["outputs"]
     for task in (*config.tasks, "mlm"):
         with torch.no_grad():
-            (name, out), = torch_model(torch_impl.models.as_batch(batch), task=task).items()
+            ((name, out),) = torch_model(torch_impl.models.as_batch(batch), task=task).items()
         assert name == task
         report = parity.compare({task: out.numpy()}, {task: full[task]}, FLOAT32["outputs"])
         report.raise_if_failed()
@@ -166,13 +170,17 @@ def test_bfloat16(pair, default_dataset):
     failures = []
     for path, truth in reference.items():
         scale = gradient_scale if path.startswith("gradients/") else float(np.abs(truth).max())
-        row = parity.compare_arrays(path, torch_leaves[path], jax_leaves[path], parity.Tolerance(0.0, BF16_SCALE * scale))
+        row = parity.compare_arrays(
+            path, torch_leaves[path], jax_leaves[path], parity.Tolerance(0.0, BF16_SCALE * scale)
+        )
         if not row.passed:
             failures.append(f"{path}: max diff {row.max_abs_diff:.3e} > {BF16_SCALE:g} x {scale:.3e}")
     assert not failures, "\n".join(failures)
     # The comparison is at bfloat16 resolution because the computation really was bfloat16.
     assert all(out.dtype == jax.numpy.bfloat16 for out in measured.jax["outputs"].values())
-    assert any(row.max_abs_diff > 1e-4 for row in parity.compare(measured.torch, measured.jax, parity.Tolerance(0, 0)).rows)
+    assert any(
+        row.max_abs_diff > 1e-4 for row in parity.compare(measured.torch, measured.jax, parity.Tolerance(0, 0)).rows
+    )
 
 
 def test_eval_mode_turns_dropout_off_exactly(manifest, default_dataset):

@@ -36,7 +36,10 @@ SCHEDULE = ScheduleConfig(warmup_steps=10, total_steps=100, final_fraction=0.1)
 RUNS = {
     "multitask-sgd": ("multitask", OptimizerConfig("sgd", learning_rate=0.01, momentum=0.9)),
     "multitask-adam": ("multitask", OptimizerConfig("adam", learning_rate=1e-3)),
-    "multitask-adam_l2-clip": ("multitask", OptimizerConfig("adam_l2", learning_rate=1e-3, weight_decay=1e-2, clip_grad_norm=1.0)),
+    "multitask-adam_l2-clip": (
+        "multitask",
+        OptimizerConfig("adam_l2", learning_rate=1e-3, weight_decay=1e-2, clip_grad_norm=1.0),
+    ),
     "multitask-adamw-clip-schedule": (
         "multitask",
         OptimizerConfig("adamw", learning_rate=2e-3, weight_decay=0.05, clip_grad_norm=1.0, schedule=SCHEDULE),
@@ -58,8 +61,17 @@ def data(default_dataset):
 
 def small_config(manifest, architecture: str) -> ModelConfig:
     return ModelConfig.from_manifest(
-        manifest, architecture=architecture, d_model=32, n_heads=2, n_layers=2, n_decoder_layers=1, d_ff=64,
-        max_len=64, dropout=0.0, attention_dropout=0.0, seed=3,
+        manifest,
+        architecture=architecture,
+        d_model=32,
+        n_heads=2,
+        n_layers=2,
+        n_decoder_layers=1,
+        d_ff=64,
+        max_len=64,
+        dropout=0.0,
+        attention_dropout=0.0,
+        seed=3,
     )
 
 
@@ -90,7 +102,9 @@ def test_training_histories_agree(data, run):
     assert len(torch_history) == len(jax_history) == EPOCHS
     assert torch_history["train_loss"][-1] < 0.9 * torch_history["train_loss"][0], "the model must actually learn"
     for key in ("train_loss", "val_loss"):
-        np.testing.assert_allclose(jax_history[key], torch_history[key], rtol=HISTORY.rtol, atol=HISTORY.atol, err_msg=key)
+        np.testing.assert_allclose(
+            jax_history[key], torch_history[key], rtol=HISTORY.rtol, atol=HISTORY.atol, err_msg=key
+        )
     # The trainers wrote the trained weights back into the model objects, and the two agree far
     # better than either agrees with the initial weights. (Elementwise they can differ by a few
     # learning rates: Adam moves a parameter whose gradient is ~1e-9 by +-lr whatever its sign,
@@ -110,9 +124,14 @@ def test_early_stopping_stops_both_at_the_same_epoch(data):
     manifest, train, val = data
     optimizer = OptimizerConfig("adam", learning_rate=3e-2)
     histories, _, _ = run_both(
-        small_config(manifest, "multitask"), optimizer, train, val,
+        small_config(manifest, "multitask"),
+        optimizer,
+        train,
+        val,
         callbacks=lambda: [EarlyStopping(monitor="val_loss", patience=1, min_delta=0.1)],
     )
     # Validation loss falls 5.82, 5.44, 5.16, 5.13: epoch 3 improves by less than min_delta.
     assert len(histories["torch"]) == len(histories["jax"]) == 4
-    np.testing.assert_allclose(histories["jax"]["val_loss"], histories["torch"]["val_loss"], rtol=HISTORY.rtol, atol=HISTORY.atol)
+    np.testing.assert_allclose(
+        histories["jax"]["val_loss"], histories["torch"]["val_loss"], rtol=HISTORY.rtol, atol=HISTORY.atol
+    )

@@ -57,43 +57,48 @@ def run(callback, values, monitor="val_loss", stop_requested_at=None):
 KERAS_PATIENCE_LOSSES = [10.0, 9.0, 8.0, 9.0, 8.9, 8.8, 8.7, 8.6, 8.5]
 
 
-@pytest.mark.parametrize(("values", "kwargs", "stop_epoch", "reason"), [
-    # Lightning's own table: stops after `patience` epochs without improvement.
-    ([6, 5, 5, 5, 5, 5], dict(patience=3), 4, StopReason.PATIENCE_EXHAUSTED),
-    ([6, 5, 4, 4, 3, 3], dict(patience=1), 3, StopReason.PATIENCE_EXHAUSTED),
-    ([6, 5, 6, 5, 5, 5], dict(patience=3), 4, StopReason.PATIENCE_EXHAUSTED),
-    ([5, 4, 3, 2, 1, 0], dict(patience=1), None, StopReason.NOT_STOPPED),
-    # Keras' test_early_stopping_patience: stopped_epoch == max(patience, 1) + 2.
-    *[(KERAS_PATIENCE_LOSSES, dict(patience=p, min_delta=0.0), max(p, 1) + 2, StopReason.PATIENCE_EXHAUSTED)
-      for p in range(4)],
-    # min_delta is strict: 4.9 is not better than 5 - 0.1.
-    ([5, 4.9, 4.95, 4.91], dict(patience=3, min_delta=0.1), 3, StopReason.PATIENCE_EXHAUSTED),
-    ([5, 4.89, 4.78, 4.67], dict(patience=1, min_delta=0.1), None, StopReason.NOT_STOPPED),
-    # mode=max
-    ([0.1, 0.2, 0.2, 0.3], dict(mode="max", patience=1), 2, StopReason.PATIENCE_EXHAUSTED),
-    # baseline (Keras): an improving epoch never stops training, but resets the wait only if it
-    # also beats the baseline; so epochs that improve without reaching it still use up patience.
-    ([10, 9, 8, 7], dict(patience=3, baseline=5.0), None, StopReason.NOT_STOPPED),
-    ([10, 9, 8, 8, 8], dict(patience=3, baseline=5.0), 3, StopReason.PATIENCE_EXHAUSTED),
-    ([10, 9, 8, 7, 7.5], dict(patience=3, baseline=5.0), 4, StopReason.PATIENCE_EXHAUSTED),
-    ([10, 4, 4, 4], dict(patience=2, baseline=5.0), 3, StopReason.PATIENCE_EXHAUSTED),
-    ([0.9, 0.8, 0.7, 0.71, 0.72, 0.73], dict(patience=5, baseline=0.5), 4, StopReason.PATIENCE_EXHAUSTED),
-    ([0.1, 0.2, 0.2, 0.3], dict(mode="max", patience=2, baseline=0.5), 2, StopReason.PATIENCE_EXHAUSTED),
-    # start_from_epoch (Keras): earlier epochs are ignored entirely, the wait counts from it.
-    ([1, 1, 1, 5, 5, 5], dict(patience=2, start_from_epoch=3), 5, StopReason.PATIENCE_EXHAUSTED),
-    ([5, 5, 5, 5], dict(patience=1, start_from_epoch=2), 3, StopReason.PATIENCE_EXHAUSTED),
-    ([5, 4, 3, 3], dict(patience=0, start_from_epoch=2), 3, StopReason.PATIENCE_EXHAUSTED),
-    ([5, 6, 7, 6, 5], dict(patience=1, start_from_epoch=2), None, StopReason.NOT_STOPPED),
-    ([9, 9, 8, 7, 7, 7], dict(patience=2, baseline=5.0, start_from_epoch=2), 4, StopReason.PATIENCE_EXHAUSTED),
-    # non-finite values: never an improvement (Keras); with check_finite they stop at once.
-    ([3, NAN, NAN, NAN], dict(patience=3), 3, StopReason.PATIENCE_EXHAUSTED),
-    ([3, 2, NAN, 1], dict(patience=5, check_finite=True), 2, StopReason.NON_FINITE),
-    ([3, 2, INF, 1], dict(patience=5, check_finite=True), 2, StopReason.NON_FINITE),
-    # thresholds
-    ([3, 2, 0.9, 0.5], dict(patience=5, stopping_threshold=1.0), 2, StopReason.STOPPING_THRESHOLD),
-    ([3, 2, 50, 1], dict(patience=5, divergence_threshold=10.0), 2, StopReason.DIVERGENCE_THRESHOLD),
-    ([0.5, 0.9, 0.95], dict(mode="max", patience=5, stopping_threshold=0.9), 2, StopReason.STOPPING_THRESHOLD),
-])
+@pytest.mark.parametrize(
+    ("values", "kwargs", "stop_epoch", "reason"),
+    [
+        # Lightning's own table: stops after `patience` epochs without improvement.
+        ([6, 5, 5, 5, 5, 5], dict(patience=3), 4, StopReason.PATIENCE_EXHAUSTED),
+        ([6, 5, 4, 4, 3, 3], dict(patience=1), 3, StopReason.PATIENCE_EXHAUSTED),
+        ([6, 5, 6, 5, 5, 5], dict(patience=3), 4, StopReason.PATIENCE_EXHAUSTED),
+        ([5, 4, 3, 2, 1, 0], dict(patience=1), None, StopReason.NOT_STOPPED),
+        # Keras' test_early_stopping_patience: stopped_epoch == max(patience, 1) + 2.
+        *[
+            (KERAS_PATIENCE_LOSSES, dict(patience=p, min_delta=0.0), max(p, 1) + 2, StopReason.PATIENCE_EXHAUSTED)
+            for p in range(4)
+        ],
+        # min_delta is strict: 4.9 is not better than 5 - 0.1.
+        ([5, 4.9, 4.95, 4.91], dict(patience=3, min_delta=0.1), 3, StopReason.PATIENCE_EXHAUSTED),
+        ([5, 4.89, 4.78, 4.67], dict(patience=1, min_delta=0.1), None, StopReason.NOT_STOPPED),
+        # mode=max
+        ([0.1, 0.2, 0.2, 0.3], dict(mode="max", patience=1), 2, StopReason.PATIENCE_EXHAUSTED),
+        # baseline (Keras): an improving epoch never stops training, but resets the wait only if it
+        # also beats the baseline; so epochs that improve without reaching it still use up patience.
+        ([10, 9, 8, 7], dict(patience=3, baseline=5.0), None, StopReason.NOT_STOPPED),
+        ([10, 9, 8, 8, 8], dict(patience=3, baseline=5.0), 3, StopReason.PATIENCE_EXHAUSTED),
+        ([10, 9, 8, 7, 7.5], dict(patience=3, baseline=5.0), 4, StopReason.PATIENCE_EXHAUSTED),
+        ([10, 4, 4, 4], dict(patience=2, baseline=5.0), 3, StopReason.PATIENCE_EXHAUSTED),
+        ([0.9, 0.8, 0.7, 0.71, 0.72, 0.73], dict(patience=5, baseline=0.5), 4, StopReason.PATIENCE_EXHAUSTED),
+        ([0.1, 0.2, 0.2, 0.3], dict(mode="max", patience=2, baseline=0.5), 2, StopReason.PATIENCE_EXHAUSTED),
+        # start_from_epoch (Keras): earlier epochs are ignored entirely, the wait counts from it.
+        ([1, 1, 1, 5, 5, 5], dict(patience=2, start_from_epoch=3), 5, StopReason.PATIENCE_EXHAUSTED),
+        ([5, 5, 5, 5], dict(patience=1, start_from_epoch=2), 3, StopReason.PATIENCE_EXHAUSTED),
+        ([5, 4, 3, 3], dict(patience=0, start_from_epoch=2), 3, StopReason.PATIENCE_EXHAUSTED),
+        ([5, 6, 7, 6, 5], dict(patience=1, start_from_epoch=2), None, StopReason.NOT_STOPPED),
+        ([9, 9, 8, 7, 7, 7], dict(patience=2, baseline=5.0, start_from_epoch=2), 4, StopReason.PATIENCE_EXHAUSTED),
+        # non-finite values: never an improvement (Keras); with check_finite they stop at once.
+        ([3, NAN, NAN, NAN], dict(patience=3), 3, StopReason.PATIENCE_EXHAUSTED),
+        ([3, 2, NAN, 1], dict(patience=5, check_finite=True), 2, StopReason.NON_FINITE),
+        ([3, 2, INF, 1], dict(patience=5, check_finite=True), 2, StopReason.NON_FINITE),
+        # thresholds
+        ([3, 2, 0.9, 0.5], dict(patience=5, stopping_threshold=1.0), 2, StopReason.STOPPING_THRESHOLD),
+        ([3, 2, 50, 1], dict(patience=5, divergence_threshold=10.0), 2, StopReason.DIVERGENCE_THRESHOLD),
+        ([0.5, 0.9, 0.95], dict(mode="max", patience=5, stopping_threshold=0.9), 2, StopReason.STOPPING_THRESHOLD),
+    ],
+)
 def test_early_stopping_table(values, kwargs, stop_epoch, reason):
     callback = EarlyStopping(**kwargs)
     stopped_at, trainer = run(callback, values)
@@ -141,12 +146,15 @@ def test_restore_best_weights():
     assert trainer.weights == 1
 
 
-@pytest.mark.parametrize(("values", "kwargs", "stop_requested_at", "trained", "weights"), [
-    # Keras' test_early_stopping_final_weights_when_restoring_model_weights, its three cases.
-    ([0.2, 0.15, 0.1, 0.11, 0.12], dict(patience=2), None, 5, 2),
-    ([0.9, 0.8, 0.7, 0.71, 0.72, 0.73], dict(patience=5, baseline=0.5), None, 5, 2),
-    ([0.9, 0.8, 0.7, 0.71, 0.72, 0.73], dict(patience=5, baseline=0.5), 3, 4, 2),
-])
+@pytest.mark.parametrize(
+    ("values", "kwargs", "stop_requested_at", "trained", "weights"),
+    [
+        # Keras' test_early_stopping_final_weights_when_restoring_model_weights, its three cases.
+        ([0.2, 0.15, 0.1, 0.11, 0.12], dict(patience=2), None, 5, 2),
+        ([0.9, 0.8, 0.7, 0.71, 0.72, 0.73], dict(patience=5, baseline=0.5), None, 5, 2),
+        ([0.9, 0.8, 0.7, 0.71, 0.72, 0.73], dict(patience=5, baseline=0.5), 3, 4, 2),
+    ],
+)
 def test_restore_best_weights_as_keras(values, kwargs, stop_requested_at, trained, weights):
     callback = EarlyStopping(restore_best_weights=True, **kwargs)
     stopped_at, trainer = run(callback, values, stop_requested_at=stop_requested_at)
@@ -164,11 +172,14 @@ def test_missing_monitor_lists_available_keys():
         run(EarlyStopping(monitor="val_acc"), [1.0])
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(mode="minimum"), "mode must be"),
-    (dict(patience=-1), "patience must be"),
-    (dict(min_delta=-1), "min_delta must be"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(mode="minimum"), "mode must be"),
+        (dict(patience=-1), "patience must be"),
+        (dict(min_delta=-1), "min_delta must be"),
+    ],
+)
 def test_early_stopping_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         EarlyStopping(**kwargs)
@@ -198,22 +209,29 @@ def checkpoint_run(tmp_path, values, **kwargs):
     return callback, sorted(p.name for p in tmp_path.iterdir())
 
 
-@pytest.mark.parametrize(("values", "kwargs", "kept", "best"), [
-    # the seed's default (save_best_only=True): every improvement saved, none deleted
-    ([3, 2, 4, 1], dict(), ["epoch00-3.00", "epoch01-2.00", "epoch03-1.00"], "epoch03-1.00"),
-    ([3, 3, 4, 5], dict(), ["epoch00-3.00"], "epoch00-3.00"),
-    # save_best_only=False: every epoch (the seed), or the k best of them (Lightning's save_top_k)
-    ([3, 2, 4, 1], dict(save_best_only=False),
-     ["epoch00-3.00", "epoch01-2.00", "epoch02-4.00", "epoch03-1.00"], "epoch03-1.00"),
-    ([3, 2, 4, 1], dict(save_best_only=False, save_top_k=1), ["epoch03-1.00"], "epoch03-1.00"),
-    ([3, 2, 4, 1], dict(save_best_only=False, save_top_k=2), ["epoch01-2.00", "epoch03-1.00"], "epoch03-1.00"),
-    ([3, 2, 4, 1], dict(save_top_k=0, save_last=True), ["last"], None),
-    ([3, 2, 4, 1], dict(save_top_k=1, save_last=True), ["epoch03-1.00", "last"], "epoch03-1.00"),
-    ([3, 2, 4, 1], dict(save_top_k=1, mode="max"), ["epoch02-4.00"], "epoch02-4.00"),
-    ([3, NAN, 2], dict(save_best_only=False, save_top_k=2), ["epoch00-3.00", "epoch02-2.00"], "epoch02-2.00"),
-    # equal is not better: the first stays
-    ([2, 2, 2], dict(save_best_only=False, save_top_k=1), ["epoch00-2.00"], "epoch00-2.00"),
-])
+@pytest.mark.parametrize(
+    ("values", "kwargs", "kept", "best"),
+    [
+        # the seed's default (save_best_only=True): every improvement saved, none deleted
+        ([3, 2, 4, 1], dict(), ["epoch00-3.00", "epoch01-2.00", "epoch03-1.00"], "epoch03-1.00"),
+        ([3, 3, 4, 5], dict(), ["epoch00-3.00"], "epoch00-3.00"),
+        # save_best_only=False: every epoch (the seed), or the k best of them (Lightning's save_top_k)
+        (
+            [3, 2, 4, 1],
+            dict(save_best_only=False),
+            ["epoch00-3.00", "epoch01-2.00", "epoch02-4.00", "epoch03-1.00"],
+            "epoch03-1.00",
+        ),
+        ([3, 2, 4, 1], dict(save_best_only=False, save_top_k=1), ["epoch03-1.00"], "epoch03-1.00"),
+        ([3, 2, 4, 1], dict(save_best_only=False, save_top_k=2), ["epoch01-2.00", "epoch03-1.00"], "epoch03-1.00"),
+        ([3, 2, 4, 1], dict(save_top_k=0, save_last=True), ["last"], None),
+        ([3, 2, 4, 1], dict(save_top_k=1, save_last=True), ["epoch03-1.00", "last"], "epoch03-1.00"),
+        ([3, 2, 4, 1], dict(save_top_k=1, mode="max"), ["epoch02-4.00"], "epoch02-4.00"),
+        ([3, NAN, 2], dict(save_best_only=False, save_top_k=2), ["epoch00-3.00", "epoch02-2.00"], "epoch02-2.00"),
+        # equal is not better: the first stays
+        ([2, 2, 2], dict(save_best_only=False, save_top_k=1), ["epoch00-2.00"], "epoch00-2.00"),
+    ],
+)
 def test_model_checkpoint_table(tmp_path, values, kwargs, kept, best):
     callback, files = checkpoint_run(tmp_path, values, **kwargs)
     assert files == kept

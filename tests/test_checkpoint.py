@@ -22,8 +22,17 @@ from ml_patterns.molecules.config import ModelConfig
 
 BACKENDS = ((torch_impl.molecules.models, torch_impl.state), (jax_impl.molecules.models, jax_impl.state))
 IDS = ("torch", "jax")
-CONFIG = ModelConfig(vocab_size=30, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_len=24,
-                     tasks=("a",), target_mean=(0.5,), target_std=(2.0,))
+CONFIG = ModelConfig(
+    vocab_size=30,
+    d_model=16,
+    n_heads=2,
+    n_layers=1,
+    d_ff=32,
+    max_len=24,
+    tasks=("a",),
+    target_mean=(0.5,),
+    target_std=(2.0,),
+)
 
 
 def arrays():
@@ -56,8 +65,14 @@ def test_non_contiguous_and_bfloat16_arrays_are_stored_canonically(tmp_path):
     import ml_dtypes
 
     kernel = np.arange(12, dtype=np.float32).reshape(3, 4)
-    path = save_checkpoint(tmp_path / "m.safetensors", {"t": kernel.T, "h": kernel.astype(ml_dtypes.bfloat16)},
-                           backend="jax", model_class="Toy", config=None, versions={})
+    path = save_checkpoint(
+        tmp_path / "m.safetensors",
+        {"t": kernel.T, "h": kernel.astype(ml_dtypes.bfloat16)},
+        backend="jax",
+        model_class="Toy",
+        config=None,
+        versions={},
+    )
     loaded, metadata = load_checkpoint(path)
     np.testing.assert_array_equal(loaded["t"], kernel.T)  # a transposed view, written in its own layout
     assert loaded["h"].dtype == np.float32 and metadata["config"] is None
@@ -72,7 +87,9 @@ def test_an_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch
 
     monkeypatch.setattr(os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt, match="killed while writing"):
-        save_checkpoint(path, {"w": np.zeros(2, np.float32)}, backend="jax", model_class="Toy", config=None, versions={})
+        save_checkpoint(
+            path, {"w": np.zeros(2, np.float32)}, backend="jax", model_class="Toy", config=None, versions={}
+        )
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # no temporary left behind
@@ -99,14 +116,15 @@ def test_a_flipped_byte_in_the_data_is_caught_by_the_checksum(tmp_path):
 def test_integer_and_bool_arrays_keep_their_dtype_under_the_checksum(tmp_path):
     """A BatchNorm's int64 count is stored as it is (not widened to float), and covered by the checksum."""
     stored = {"norm.num_batches_tracked": np.array(7, np.int64), "w": np.ones(2, np.float32), "flags": np.array([True])}
-    path = save_checkpoint(tmp_path / "m.safetensors", stored, backend="torch", model_class="Toy", config=None,
-                           versions={})
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", stored, backend="torch", model_class="Toy", config=None, versions={}
+    )
     loaded, _ = load_checkpoint(path)
     assert {name: loaded[name].dtype for name in stored} == {name: value.dtype for name, value in stored.items()}
     assert loaded["norm.num_batches_tracked"] == 7
     data = bytearray(path.read_bytes())
     (size,) = struct.unpack("<Q", data[:8])
-    start = 8 + size + json.loads(data[8:8 + size])["norm.num_batches_tracked"]["data_offsets"][0]
+    start = 8 + size + json.loads(data[8 : 8 + size])["norm.num_batches_tracked"]["data_offsets"][0]
     data[start] ^= 0x01  # 7 -> 6: a valid int64, caught only by the checksum
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="does not match the checksum"):
@@ -178,7 +196,9 @@ def test_model_save_load_and_load_model(models, state, tmp_path):
 def test_loading_weights_of_another_architecture_lists_the_keys(models, state, tmp_path):
     models.build_model(CONFIG).save(tmp_path / "model.safetensors")
     autoencoder = models.build_model(ModelConfig(**{**CONFIG.__dict__, "architecture": "autoencoder"}))
-    with pytest.raises(checkpoint.WeightMismatchError, match=r"model\.safetensors do not fit the model; missing 60: decoder") as caught:
+    with pytest.raises(
+        checkpoint.WeightMismatchError, match=r"model\.safetensors do not fit the model; missing 60: decoder"
+    ) as caught:
         autoencoder.load(tmp_path / "model.safetensors")
     assert "encoder.layers.0.attention.q_proj.weight" in caught.value.missing
     assert "heads.a.out.bias" in caught.value.unexpected and "unexpected 30" in str(caught.value)
@@ -194,6 +214,7 @@ def test_a_model_without_config_saves_but_cannot_be_rebuilt(models, state, tmp_p
 
 
 # ---- files written by the seed's torch.save(state_dict) ------------------------------------------
+
 
 def torch_pair():
     import torch

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from ml_patterns.molecules.config import PrepareConfig
 from ml_patterns.data import DatasetError, LazyDataset
+from ml_patterns.molecules.config import PrepareConfig
 from ml_patterns.molecules.prepare import default_csv_path, prepare_dataset, read_default_rows, verify_checksums
 from ml_patterns.molecules.tokenizer import SmilesTokenizer
 
@@ -85,8 +85,12 @@ def test_user_csv_with_single_target(tmp_path):
     csv = tmp_path / "mine.csv"
     csv.write_text("name,smi,logS\na,CCO,0.5\nb,not_a_smiles,1.0\nc,c1ccccc1,\nd,CC(=O)O,-1.25\n")
     manifest = prepare_dataset(
-        tmp_path / "out", csv_path=csv, smiles_col="smi", target_cols=["logS"],
-        config=PrepareConfig(rdkit_properties=(), val_fraction=0.0, test_fraction=0.0), progress=False,
+        tmp_path / "out",
+        csv_path=csv,
+        smiles_col="smi",
+        target_cols=["logS"],
+        config=PrepareConfig(rdkit_properties=(), val_fraction=0.0, test_fraction=0.0),
+        progress=False,
     )
     assert manifest["counts"] == {"rows_read": 4, "molecules": 2, "skipped": 2}
     assert [(r["line"], r["reason"].split(":")[0]) for r in manifest["skipped"]] == [
@@ -172,11 +176,14 @@ def test_missing_index(tmp_path):
         LazyDataset(tmp_path)
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("[{", "not valid JSON"),
-    ('{"file": "x"}', "JSON list"),
-    ('["shards/a.jsonl"]', "entry 0 must be an object"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[{", "not valid JSON"),
+        ('{"file": "x"}', "JSON list"),
+        ('["shards/a.jsonl"]', "entry 0 must be an object"),
+    ],
+)
 def test_corrupt_index(tmp_path, content, message):
     (tmp_path / "index.json").write_text(content)
     with pytest.raises(DatasetError, match=message):
@@ -237,6 +244,7 @@ def test_checksums_detect_tampering(dataset_copy):
 
 
 # ---- the seed's layout: one item per file, loaded by _load_file --------------------------------
+
 
 def test_one_item_per_file_by_extension(tmp_path):
     import numpy as np
@@ -327,7 +335,9 @@ def test_memory_stays_flat_however_many_items_are_read(tmp_path, row):
     only_the_dataset = [tracemalloc.Filter(True, LazyDataset.__init__.__code__.co_filename, all_frames=True)]
 
     def dataset_bytes() -> int:
-        return sum(stat.size for stat in tracemalloc.take_snapshot().filter_traces(only_the_dataset).statistics("filename"))
+        return sum(
+            stat.size for stat in tracemalloc.take_snapshot().filter_traces(only_the_dataset).statistics("filename")
+        )
 
     try:
         dataset = LazyDataset(tmp_path)

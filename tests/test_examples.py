@@ -29,9 +29,11 @@ def test_example_runs(script, tmp_path):
     assert len(declared) == 1, f"{script.name} must declare its meaningful output line once: '# expect: REGEX'"
     # PYTHONPATH: the repository root, as an editable install would give; cwd: anywhere but the repo.
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-W", "error", str(script)], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-W", "error", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, f"{script.name} exited {result.returncode}:\n{result.stderr[-3000:]}"
     lines = result.stdout.splitlines()
     assert any(re.search(declared[0], line) for line in lines), (
-        f"no line of {script.name} matches {declared[0]!r}:\n{result.stdout[-2000:]}")
+        f"no line of {script.name} matches {declared[0]!r}:\n{result.stdout[-2000:]}"
+    )

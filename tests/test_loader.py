@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from ml_patterns.data import LazyDataset
-from ml_patterns.samplers import BatchSampler
 from ml_patterns.loader import BatchLoader, Prefetcher, batch_rng, sample_count
+from ml_patterns.samplers import BatchSampler
 
 
 def test_prefetcher_keeps_order():

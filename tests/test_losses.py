@@ -64,7 +64,11 @@ def test_shape_mismatches_name_both_shapes(logits, targets, mask, message):
 
 @pytest.mark.parametrize(
     ("kinds", "message"),
-    [(("i", "i", "b"), "logits must be floating"), (("f", "f", "b"), "targets must be integer"), (("f", "i", "c"), "mask must be")],
+    [
+        (("i", "i", "b"), "logits must be floating"),
+        (("f", "f", "b"), "targets must be integer"),
+        (("f", "i", "c"), "mask must be"),
+    ],
 )
 def test_dtype_kinds_are_checked(kinds, message):
     with pytest.raises(ValueError, match=message):
@@ -86,7 +90,9 @@ def test_label_smoothing_outside_unit_interval_is_refused(value):
 def test_torch_matches_cross_entropy_with_ignore_index(smoothing):
     logits, targets, mask = _batch()
     ours_x = torch.tensor(logits, requires_grad=True)
-    ours = torch_losses.masked_cross_entropy(ours_x, torch.tensor(targets), torch.tensor(mask), label_smoothing=smoothing)
+    ours = torch_losses.masked_cross_entropy(
+        ours_x, torch.tensor(targets), torch.tensor(mask), label_smoothing=smoothing
+    )
     ours.backward()
     ref_x = torch.tensor(logits, requires_grad=True)
     ref = F.cross_entropy(
@@ -126,9 +132,13 @@ def test_torch_all_masked_is_zero_with_zero_gradients_where_torch_gives_nan():
 def test_torch_float_weights_weight_each_position():
     logits, targets, mask = _batch()
     weights = mask * np.random.default_rng(1).uniform(0.1, 3.0, size=mask.shape)
-    ours = torch_losses.masked_cross_entropy(torch.tensor(logits), torch.tensor(targets), torch.tensor(weights, dtype=torch.float32))
+    ours = torch_losses.masked_cross_entropy(
+        torch.tensor(logits), torch.tensor(targets), torch.tensor(weights, dtype=torch.float32)
+    )
     assert ours.item() == pytest.approx(_reference(logits, targets, weights), rel=2e-6)
-    total, count = torch_losses.masked_cross_entropy_sum(torch.tensor(logits), torch.tensor(targets), torch.tensor(mask.astype(np.int32)))
+    total, count = torch_losses.masked_cross_entropy_sum(
+        torch.tensor(logits), torch.tensor(targets), torch.tensor(mask.astype(np.int32))
+    )
     assert count.item() == mask.sum()
     assert (total / count).item() == pytest.approx(_reference(logits, targets, mask.astype(np.float64)), rel=1e-6)
 
@@ -188,7 +198,9 @@ def test_torch_row_chunks_give_the_unchunked_result(monkeypatch, dtype):
 
     def loss_and_grad(smoothing):
         x = torch.tensor(logits).to(dtype).requires_grad_()
-        loss = torch_losses.masked_cross_entropy(x, torch.tensor(targets), torch.tensor(mask), label_smoothing=smoothing)
+        loss = torch_losses.masked_cross_entropy(
+            x, torch.tensor(targets), torch.tensor(mask), label_smoothing=smoothing
+        )
         loss.backward()
         return loss, x.grad
 
@@ -241,7 +253,9 @@ def test_jax_matches_optax_values_and_gradients(smoothing):
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-7)
     # The reference's derivative at weight-0 positions involves their (sanitized) target; ours is 0.
     np.testing.assert_allclose(np.where(mask, gw_ours, 0), np.where(mask, gw_ref, 0), rtol=1e-5, atol=1e-7)
-    assert float(ours) == pytest.approx(_reference(logits, targets, np.asarray(weights, np.float64), smoothing), rel=1e-6)
+    assert float(ours) == pytest.approx(
+        _reference(logits, targets, np.asarray(weights, np.float64), smoothing), rel=1e-6
+    )
 
 
 def test_jax_all_masked_is_zero_with_zero_gradients_also_under_jit():
@@ -423,4 +437,3 @@ def test_jax_combined_loss_keeps_the_order_of_its_losses_through_split_and_merge
     assert float(total) == 9.0 + 2.0 * 1.0
     jitted_total, _ = jax.jit(lambda s: nnx.merge(graphdef, s)(prediction, target))(state)
     assert float(jitted_total) == float(total)
-

@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from ml_patterns.molecules.batches import destandardize, prepare_autoencoder_batch, prepare_batch, prepare_multitask_batch
+from ml_patterns.molecules.batches import (
+    destandardize,
+    prepare_autoencoder_batch,
+    prepare_batch,
+    prepare_multitask_batch,
+)
 from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.molecules.masking import FIRST_REGULAR_ID, NEVER_MASKED, mask_tokens
 from ml_patterns.molecules.tokenizer import BOS_ID, EOS_ID, MASK_ID, PAD_ID
@@ -94,7 +99,11 @@ def config(**overrides):
 
 def collated(rng, n=6, length=12):
     ids, mask = padded_batch(rng, n=n, length=length)
-    return {"input_ids": ids, "attention_mask": mask, "labels": {"a": rng.normal(size=n).astype(np.float32), "b": np.arange(n, dtype=np.float32)}}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": {"a": rng.normal(size=n).astype(np.float32), "b": np.arange(n, dtype=np.float32)},
+    }
 
 
 def test_multitask_batch_standardizes_labels_and_masks_tokens():

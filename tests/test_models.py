@@ -24,8 +24,18 @@ VOCAB, LENGTH = 30, 12
 
 
 def tiny(**overrides) -> ModelConfig:
-    fields = dict(vocab_size=VOCAB, d_model=16, n_heads=2, n_layers=1, n_decoder_layers=1, d_ff=32, max_len=24,
-                  tasks=("a", "b"), target_mean=(0.0, 1.0), target_std=(1.0, 2.0))
+    fields = dict(
+        vocab_size=VOCAB,
+        d_model=16,
+        n_heads=2,
+        n_layers=1,
+        n_decoder_layers=1,
+        d_ff=32,
+        max_len=24,
+        tasks=("a", "b"),
+        target_mean=(0.0, 1.0),
+        target_std=(1.0, 2.0),
+    )
     return ModelConfig(**{**fields, **overrides})
 
 
@@ -101,8 +111,10 @@ def test_padding_is_invisible(impl):
     """Extra PAD columns change no real position's output: keys masked, pooling over real tokens."""
     config = tiny(architecture="autoencoder")
     model, batch = build(impl, config), numpy_batch(config)
-    wider = {k: np.pad(v, ((0, 0), (0, 6)), constant_values=PAD_ID if v.dtype != np.bool_ else False)
-             for k, v in batch.items()}
+    wider = {
+        k: np.pad(v, ((0, 0), (0, 6)), constant_values=PAD_ID if v.dtype != np.bool_ else False)
+        for k, v in batch.items()
+    }
     narrow, wide = run(impl, model, batch), run(impl, model, wider)
     np.testing.assert_allclose(wide["pooled"], narrow["pooled"], atol=1e-6)
     real = batch["decoder_mask"]
@@ -191,7 +203,9 @@ def test_init_follows_the_init_pattern(impl):
     """xavier-uniform Linear kernels, N(0, 0.02) embeddings, LayerNorm ones/zeros, zero biases."""
     arrays = (torch_state if impl is torch_impl else jax_state).to_numpy(impl.molecules.models.build_model(tiny()))
     weight = arrays["backbone.layers.0.feed_forward.linear1.weight"]  # [32, 16]
-    assert np.abs(weight).max() <= np.sqrt(6 / (16 + 32)) and weight.std() == pytest.approx(np.sqrt(2 / (16 + 32)), rel=0.1)
+    assert np.abs(weight).max() <= np.sqrt(6 / (16 + 32)) and weight.std() == pytest.approx(
+        np.sqrt(2 / (16 + 32)), rel=0.1
+    )
     assert arrays["backbone.embeddings.positions.weight"].std() == pytest.approx(0.02, rel=0.1)  # 24 x 16 draws
     assert (arrays["backbone.final_norm.weight"] == 1).all() and (arrays["backbone.final_norm.bias"] == 0).all()
     assert (arrays["backbone.layers.0.attention.q_proj.bias"] == 0).all()
@@ -206,6 +220,7 @@ def test_multitask_model_needs_a_head(impl):
 
 
 # ---- the generic compositions, as the seed writes them ------------------------------------------
+
 
 def linear(impl, d_in: int, d_out: int, seed: int = 0):
     if impl is torch_impl:

@@ -43,7 +43,10 @@ def test_json_round_trip():
         ({"tasks": ("a.b",), "target_mean": (0,), "target_std": (1,)}, r"task name 'a\.b' is not allowed"),
         ({"tasks": ("mlm",), "target_mean": (0,), "target_std": (1,)}, "task name 'mlm' is not allowed"),
         ({"tasks": ("a",), "target_mean": (0,), "target_std": ()}, "need one value per task"),
-        ({"tasks": ("a",), "target_mean": (0,), "target_std": (0.0,)}, r"target_std must be positive; it is not for \['a'\]"),
+        (
+            {"tasks": ("a",), "target_mean": (0,), "target_std": (0.0,)},
+            r"target_std must be positive; it is not for \['a'\]",
+        ),
         ({"mlm_weight": 0.0}, "needs at least one task or mlm_weight > 0"),
     ],
 )

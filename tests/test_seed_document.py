@@ -57,7 +57,7 @@ def points(n: int, seed: int) -> dict[str, np.ndarray]:
 
 def array_batches(data: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
     n = len(next(iter(data.values())))
-    return [{k: v[i:i + batch_size] for k, v in data.items()} for i in range(0, n, batch_size)]
+    return [{k: v[i : i + batch_size] for k, v in data.items()} for i in range(0, n, batch_size)]
 
 
 def torch_loader(data: dict[str, np.ndarray], batch_size: int) -> DataLoader:
@@ -173,8 +173,9 @@ def test_torch_train_is_the_seeds_loop(capsys):
     for name, loop in (("seed", seed_train), ("ours", torch_impl.training.train)):
         model = regressor("torch")
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-        histories[name] = loop(model, torch_loader(train_data, 16), torch_loader(val_data, 16), optimizer, 3,
-                               torch.device("cpu"))
+        histories[name] = loop(
+            model, torch_loader(train_data, 16), torch_loader(val_data, 16), optimizer, 3, torch.device("cpu")
+        )
         trained[name] = weights("torch", model)
     assert capsys.readouterr().out.count("Epoch ") == 3  # the seed's three lines only
     for key in ("train_loss", "val_loss"):
@@ -206,15 +207,20 @@ def test_our_callbacks_decide_as_the_seeds_in_a_real_run(backend, tmp_path, caps
     model = regressor(backend, seed=3)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1) if backend == "torch" else optax.adam(0.1)
     stopper, every = callbacks.EarlyStopping(2, 1e-4), callbacks.ModelCheckpoint(tmp_path / "every", False)
-    hooks = [SeedEarlyStopping(2, 1e-4), SeedModelCheckpoint(tmp_path / "seed"), stopper,
-             callbacks.ModelCheckpoint(tmp_path / "ours", True), every]
+    hooks = [
+        SeedEarlyStopping(2, 1e-4),
+        SeedModelCheckpoint(tmp_path / "seed"),
+        stopper,
+        callbacks.ModelCheckpoint(tmp_path / "ours", True),
+        every,
+    ]
     trainer = TRAINING[backend].Trainer(model, optimizer, hooks)
     history = trainer.fit(array_batches(points(48, 4), 8), array_batches(points(48, 5), 16), num_epochs=30)
     stopped = len(history) - 1
     assert stopped < 29 and f"Early stopping at epoch {stopped}\n" in capsys.readouterr().out
     assert trainer.stop_reason.startswith(f"EarlyStopping at epoch {stopped}:") and stopper.stopped_epoch == stopped
-    seed_saved = sorted(int(p.name[len("epoch_"):-len(".pt")]) for p in (tmp_path / "seed").iterdir())
-    ours_saved = sorted(int(p.name[len("epoch_"):]) for p in (tmp_path / "ours").iterdir())
+    seed_saved = sorted(int(p.name[len("epoch_") : -len(".pt")]) for p in (tmp_path / "seed").iterdir())
+    ours_saved = sorted(int(p.name[len("epoch_") :]) for p in (tmp_path / "ours").iterdir())
     assert seed_saved == ours_saved and 0 in ours_saved
     assert sorted(p.name for p in (tmp_path / "every").iterdir()) == sorted(f"epoch_{e}" for e in range(stopped + 1))
 
@@ -295,10 +301,13 @@ class JaxTwoTasks(jax_models.MultiTaskModel):
     def __init__(self, rngs: nnx.Rngs):
         heads = {"value": nnx.Linear(16, 1, rngs=rngs), "class": nnx.Linear(16, 3, rngs=rngs)}
         super().__init__(nnx.Sequential(nnx.Linear(8, 16, rngs=rngs), nnx.relu), heads)
-        self.criterion = jax_losses.CombinedLoss({
-            "value": lambda prediction, target: jnp.mean((prediction - target) ** 2),
-            "class": lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(),
-        }, {"class": 0.5})
+        self.criterion = jax_losses.CombinedLoss(
+            {
+                "value": lambda prediction, target: jnp.mean((prediction - target) ** 2),
+                "class": lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(),
+            },
+            {"class": 0.5},
+        )
 
     def compute_loss(self, batch):
         out = self(batch["x"])
@@ -393,12 +402,8 @@ def seed_collate_molecules(batch, pad_token_id=0):
         seq_len = len(item["input_ids"])
         padding_len = max_len - seq_len
 
-        input_ids.append(
-            item["input_ids"] + [pad_token_id] * padding_len
-        )
-        attention_mask.append(
-            [1] * seq_len + [0] * padding_len
-        )
+        input_ids.append(item["input_ids"] + [pad_token_id] * padding_len)
+        attention_mask.append([1] * seq_len + [0] * padding_len)
 
     return {
         "input_ids": torch.tensor(input_ids),
@@ -502,8 +507,10 @@ def test_combined_loss_is_the_seeds(weights):
     for combined in (SeedCombinedLoss, torch_losses.CombinedLoss):
         torch.manual_seed(0)
         loss = combined({"value": LearnedScaleMSE(), "class": nn.CrossEntropyLoss()}, weights)
-        predictions = {"value": torch.tensor(values, requires_grad=True),
-                       "class": torch.tensor(logits, requires_grad=True)}
+        predictions = {
+            "value": torch.tensor(values, requires_grad=True),
+            "class": torch.tensor(logits, requires_grad=True),
+        }
         total, parts = loss(predictions, targets)
         total.backward()
         results.append((total, parts, predictions, [name for name, _ in loss.named_parameters()]))
@@ -534,8 +541,10 @@ def test_a_loss_with_parameters_trains_moves_and_saves_with_its_torch_model(tmp_
     log_var = model.criterion.losses["y"].log_var
     assert log_var.item() != 0.0  # trained by the optimizer over model.parameters()
     model.save(tmp_path / "model.safetensors")
-    assert weights("torch", TorchLearnedScale().load(tmp_path / "model.safetensors"))["criterion.losses.y.log_var"] == \
-        log_var.item()
+    assert (
+        weights("torch", TorchLearnedScale().load(tmp_path / "model.safetensors"))["criterion.losses.y.log_var"]
+        == log_var.item()
+    )
     model.to(torch.float64)  # as a device move would
     assert log_var.dtype == torch.float64
 

@@ -23,8 +23,17 @@ from ml_patterns.optim import OptimizerConfig
 
 BACKENDS = ((torch_impl.molecules.models, torch_impl.state), (jax_impl.molecules.models, jax_impl.state))
 IDS = ("torch", "jax")
-CONFIG = ModelConfig(vocab_size=30, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_len=24,
-                     tasks=("a",), target_mean=(0.0,), target_std=(1.0,))
+CONFIG = ModelConfig(
+    vocab_size=30,
+    d_model=16,
+    n_heads=2,
+    n_layers=1,
+    d_ff=32,
+    max_len=24,
+    tasks=("a",),
+    target_mean=(0.0,),
+    target_std=(1.0,),
+)
 Q = "backbone.layers.0.attention.q_proj.weight"
 
 
@@ -59,7 +68,9 @@ def test_one_error_lists_every_bad_key(models, state):
     del arrays["heads.a.out.bias"], arrays["backbone.final_norm.weight"]
     arrays["heads.b.out.bias"] = np.zeros(1, np.float32)
     arrays[Q] = np.zeros((16, 8), np.float32)
-    arrays["backbone.layers.0.attention.k_proj.weight"] = arrays["backbone.layers.0.attention.k_proj.weight"].astype(np.int32)
+    arrays["backbone.layers.0.attention.k_proj.weight"] = arrays["backbone.layers.0.attention.k_proj.weight"].astype(
+        np.int32
+    )
     arrays["backbone.layers.0.attention.v_proj.weight"] = arrays[Q]
     with pytest.raises(WeightMismatchError) as caught:
         state.from_numpy(model, arrays, source="ckpt.safetensors")
@@ -69,8 +80,12 @@ def test_one_error_lists_every_bad_key(models, state):
     assert len(error.mismatched) == 3
     message = str(error)
     assert message.startswith("ckpt.safetensors do not fit the model")
-    for fragment in ("missing 2", "unexpected 1", f"{Q} (shape [16, 8], expected [16, 16])",
-                     "k_proj.weight (dtype int32, expected floating point)"):
+    for fragment in (
+        "missing 2",
+        "unexpected 1",
+        f"{Q} (shape [16, 8], expected [16, 16])",
+        "k_proj.weight (dtype int32, expected floating point)",
+    ):
         assert fragment in message
     np.testing.assert_array_equal(state.to_numpy(model)[Q], before)  # nothing was copied
 
@@ -101,8 +116,9 @@ def test_jax_layout_rule():
     layer = model.backbone.layers[0]
     np.testing.assert_array_equal(arrays[Q], np.asarray(layer.attention.q_proj.kernel[...]).T)  # [out, in]
     np.testing.assert_array_equal(arrays["backbone.layers.0.norm1.weight"], np.asarray(layer.norm1.scale[...]))
-    np.testing.assert_array_equal(arrays["backbone.embeddings.tokens.weight"],
-                                  np.asarray(model.backbone.embeddings.tokens.embedding[...]))
+    np.testing.assert_array_equal(
+        arrays["backbone.embeddings.tokens.weight"], np.asarray(model.backbone.embeddings.tokens.embedding[...])
+    )
     assert arrays["heads.a.out.weight"].shape == (1, 16)
 
 
@@ -128,6 +144,7 @@ def test_jax_builds_from_weights_without_initializing():
 
 
 # ---- BatchNorm: integer buffers, running statistics, a key only torch has ----------------------
+
 
 class TorchNormed(torch_impl.models.BaseModel):
     """Linear -> BatchNorm -> Linear, named as JaxNormed is."""
@@ -166,7 +183,7 @@ def normed_batches(n_batches=4, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(2.0, 3.0, size=(8 * n_batches, 4)).astype(np.float32)
     y = x.sum(axis=1).astype(np.float32)
-    return [{"x": x[i:i + 8], "y": y[i:i + 8]} for i in range(0, len(x), 8)]
+    return [{"x": x[i : i + 8], "y": y[i : i + 8]} for i in range(0, len(x), 8)]
 
 
 def trained_torch_normed():
@@ -185,8 +202,10 @@ def test_torch_integer_buffers_load_by_kind_and_refuse_floats():
     wrong = {**arrays, "norm.num_batches_tracked": np.array(7.0, np.float32), "out.bias": np.zeros(1, np.int64)}
     with pytest.raises(WeightMismatchError) as caught:
         torch_impl.state.from_numpy(target, wrong, source="f.safetensors")
-    assert caught.value.mismatched == ["norm.num_batches_tracked (dtype float32, expected integer)",
-                                       "out.bias (dtype int64, expected floating point)"]
+    assert caught.value.mismatched == [
+        "norm.num_batches_tracked (dtype float32, expected integer)",
+        "out.bias (dtype int64, expected floating point)",
+    ]
 
 
 def test_torch_keeps_its_own_count_when_a_file_lacks_it_and_only_a_batch_norm_may_lack_it():

@@ -42,19 +42,33 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def data(default_dataset):
     root, manifest = default_dataset
-    return manifest, Subset(LazyDataset(root, split="train"), range(96)), Subset(LazyDataset(root, split="val"), range(32))
+    return (
+        manifest,
+        Subset(LazyDataset(root, split="train"), range(96)),
+        Subset(LazyDataset(root, split="val"), range(32)),
+    )
 
 
 def config_for(manifest, dropout=0.1):
-    return ModelConfig.from_manifest(manifest, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_len=64,
-                                     dropout=dropout, attention_dropout=dropout, seed=1)
+    return ModelConfig.from_manifest(
+        manifest,
+        d_model=16,
+        n_heads=2,
+        n_layers=1,
+        d_ff=32,
+        max_len=64,
+        dropout=dropout,
+        attention_dropout=dropout,
+        seed=1,
+    )
 
 
 def make_trainer(impl, manifest, callbacks=(), dropout=0.1, optimizer=OPTIMIZER):
     torch.manual_seed(0)  # torch's dropout draws from the global generator
     config = config_for(manifest, dropout)
-    return impl.training.Trainer(impl.molecules.models.build_model(config), optimizer, list(callbacks),
-                                 batch_transform=BatchPreparer(config))
+    return impl.training.Trainer(
+        impl.molecules.models.build_model(config), optimizer, list(callbacks), batch_transform=BatchPreparer(config)
+    )
 
 
 def loaders(impl, train, val):
@@ -67,8 +81,9 @@ def test_train_returns_per_epoch_history(backend, data):
     manifest, train, val = data
     config = config_for(manifest)
     model = impl.molecules.models.build_model(config)
-    history = impl.training.train(model, *loaders(impl, train, val), OPTIMIZER, 3,
-                                  batch_transform=BatchPreparer(config))
+    history = impl.training.train(
+        model, *loaders(impl, train, val), OPTIMIZER, 3, batch_transform=BatchPreparer(config)
+    )
     assert list(history) == ["train_loss", "val_loss"]
     assert len(history["train_loss"]) == len(history["val_loss"]) == 3
     assert all(np.isfinite(history["train_loss"])) and history["train_loss"][2] < history["train_loss"][0]
@@ -96,7 +111,9 @@ def test_checkpoint_resumes_in_the_other_backend(writer, reader, data, tmp_path)
     from parity_tests.tolerances import HISTORY
 
     manifest, train, val = data
-    reference = make_trainer(IMPLS[writer], manifest, dropout=0.0).fit(*loaders(IMPLS[writer], train, val), num_epochs=4)
+    reference = make_trainer(IMPLS[writer], manifest, dropout=0.0).fit(
+        *loaders(IMPLS[writer], train, val), num_epochs=4
+    )
     first = make_trainer(IMPLS[writer], manifest, dropout=0.0)
     first.fit(*loaders(IMPLS[writer], train, val), num_epochs=2)
     first.save_checkpoint(tmp_path / "ckpt")
@@ -171,8 +188,14 @@ def run_data():
     from ml_patterns.molecules.prepare import prepare_dataset
 
     root = Path(os.environ["ML_PATTERNS_TEST_DATA"])
-    manifest = json.loads((root / "manifest.json").read_text()) if root.exists() else prepare_dataset(root, progress=False)
-    return manifest, Subset(LazyDataset(root, split="train"), range(96)), Subset(LazyDataset(root, split="val"), range(32))
+    manifest = (
+        json.loads((root / "manifest.json").read_text()) if root.exists() else prepare_dataset(root, progress=False)
+    )
+    return (
+        manifest,
+        Subset(LazyDataset(root, split="train"), range(96)),
+        Subset(LazyDataset(root, split="val"), range(32)),
+    )
 
 
 @pytest.mark.parametrize("backend", IMPLS)
@@ -181,7 +204,9 @@ def test_a_run_killed_during_a_checkpoint_save_loses_nothing(backend, data, defa
     manifest, train, val = data
     out = tmp_path / "ckpts"
     env = {**os.environ, "ML_PATTERNS_TEST_DATA": str(default_dataset[0]), "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", KILLED_RUN, backend, str(out)], env=env, cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, backend, str(out)], env=env, cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == -9, result.stderr[-3000:]
 
     # The last complete checkpoint (after epoch 1) is intact; the interrupted one left only a
@@ -200,7 +225,9 @@ def test_a_run_killed_during_a_checkpoint_save_loses_nothing(backend, data, defa
 def test_jax_trainer_compiles_its_step_once_per_shape(data):
     manifest, train, val = data
     # An optimizer no other test uses: the compiled steps are shared by trainers alike.
-    trainer = make_trainer(jax_impl, manifest, optimizer=OptimizerConfig("adamw", learning_rate=3e-3, weight_decay=0.02))
+    trainer = make_trainer(
+        jax_impl, manifest, optimizer=OptimizerConfig("adamw", learning_rate=3e-3, weight_decay=0.02)
+    )
     trainer.fit(*loaders(jax_impl, train, val), num_epochs=2)  # one padded shape (COLLATE)
     assert trainer.train_step._cache_size() == 1
     assert trainer.eval_step._cache_size() == 1
@@ -400,13 +427,13 @@ def test_jax_trainer_carries_batch_statistics():
 
 # -- the seed's callbacks, verbatim (their own base class: three hooks, no state_dict) -----------
 class SeedCallback(ABC):  # noqa: B024 (the seed's: an ABC without abstract methods)
-    def on_epoch_start(self, epoch: int, trainer) -> None:
+    def on_epoch_start(self, epoch: int, trainer) -> None:  # noqa: B027 (the seed's, verbatim)
         pass
 
-    def on_epoch_end(self, epoch: int, trainer, metrics: dict) -> None:
+    def on_epoch_end(self, epoch: int, trainer, metrics: dict) -> None:  # noqa: B027
         pass
 
-    def on_batch_end(self, batch_idx: int, trainer, loss: float) -> None:
+    def on_batch_end(self, batch_idx: int, trainer, loss: float) -> None:  # noqa: B027
         pass
 
 

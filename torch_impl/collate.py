@@ -25,7 +25,12 @@ def collate_molecules(
     """Records -> ``{"input_ids": int64 [B, L], "attention_mask": bool [B, L],
     "labels": float32 | int64 [B] | dict}``."""
     flat = flatten_batch(
-        batch, pad_token_id, pad_to_multiple_of=pad_to_multiple_of, buckets=buckets, max_length=max_length, truncate=truncate
+        batch,
+        pad_token_id,
+        pad_to_multiple_of=pad_to_multiple_of,
+        buckets=buckets,
+        max_length=max_length,
+        truncate=truncate,
     )
     lengths = torch.from_numpy(flat.lengths)
     attention_mask = torch.arange(flat.padded_length) < lengths.unsqueeze(1)  # [B, L]

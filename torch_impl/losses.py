@@ -159,4 +159,3 @@ def _loss_gradient(rows, targets, coef, smoothing):
     if smoothing:
         grad.sub_((smoothing / rows.shape[-1]) * coef)
     return grad
-

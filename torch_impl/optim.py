@@ -61,8 +61,9 @@ class Optimizer:
 def _torch_optimizer(config: OptimizerConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     lr = config.learning_rate
     if config.name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=config.momentum, nesterov=config.nesterov,
-                               weight_decay=config.decay)
+        return torch.optim.SGD(
+            parameters, lr=lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.decay
+        )
     if config.name in ("adam", "adam_l2"):
         return torch.optim.Adam(parameters, lr=lr, betas=config.betas, eps=config.eps, weight_decay=config.decay)
     return torch.optim.AdamW(parameters, lr=lr, betas=config.betas, eps=config.eps, weight_decay=config.decay)

@@ -73,11 +73,18 @@ class Trainer(TrainerBase):
         elif isinstance(optimizer, torch.optim.Optimizer):
             config = None
         else:
-            raise TypeError("optimizer must be a torch.optim.Optimizer or an OptimizerConfig, "
-                            f"got {type(optimizer).__name__}")
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer or an OptimizerConfig, got {type(optimizer).__name__}"
+            )
         # .to() moves parameters in place: an optimizer built over them before keeps pointing at them.
-        super().__init__(model.to(self.device), config, callbacks, batch_transform=batch_transform,
-                         stop_on_non_finite=stop_on_non_finite, distributed=distributed or None)
+        super().__init__(
+            model.to(self.device),
+            config,
+            callbacks,
+            batch_transform=batch_transform,
+            stop_on_non_finite=stop_on_non_finite,
+            distributed=distributed or None,
+        )
         self.optimizer = optimizer if config is None else build_optimizer(config, self.model.parameters())
         if self.distributed is not None:  # DDP wraps the model here, broadcasting rank 0's weights
             self._parallel_train = distributed_.make_train_step(self.model, self.optimizer, self.distributed)
@@ -134,9 +141,14 @@ class Trainer(TrainerBase):
         return [name for name, _ in self._named_parameters()]
 
     def _write_model(self, path: Path) -> None:
-        checkpoint.save_checkpoint(path, state.to_numpy(self.model), backend="torch",
-                                   model_class=type(self.model).__name__, config=getattr(self.model, "config", None),
-                                   versions={"torch": torch.__version__})
+        checkpoint.save_checkpoint(
+            path,
+            state.to_numpy(self.model),
+            backend="torch",
+            model_class=type(self.model).__name__,
+            config=getattr(self.model, "config", None),
+            versions={"torch": torch.__version__},
+        )
 
     def _load_weights(self, model_file: Path) -> None:
         arrays, _ = checkpoint.load_checkpoint(model_file)
@@ -144,9 +156,12 @@ class Trainer(TrainerBase):
 
     def _optimizer_arrays(self) -> dict[str, np.ndarray]:
         if self.optimizer_config is None:
-            return {f"state/{index}/{key}": state.tensor_to_numpy(value).copy()
-                    for index, entry in self.optimizer.state_dict()["state"].items()
-                    for key, value in entry.items() if torch.is_tensor(value)}
+            return {
+                f"state/{index}/{key}": state.tensor_to_numpy(value).copy()
+                for index, entry in self.optimizer.state_dict()["state"].items()
+                for key, value in entry.items()
+                if torch.is_tensor(value)
+            }
         # Zeros before the first step: torch creates its state lazily; zero moments are what optax
         # starts from, and mean the same.
         arrays = {}
@@ -169,15 +184,24 @@ class Trainer(TrainerBase):
 
     def _framework_optimizer_json(self) -> dict:
         saved = self.optimizer.state_dict()
-        scalars = {f"{index}/{key}": value for index, entry in saved["state"].items()
-                   for key, value in entry.items() if not torch.is_tensor(value)}
-        return {"class": type(self.optimizer).__name__, "param_groups": _json_checked(saved["param_groups"]),
-                "scalars": _json_checked(scalars)}
+        scalars = {
+            f"{index}/{key}": value
+            for index, entry in saved["state"].items()
+            for key, value in entry.items()
+            if not torch.is_tensor(value)
+        }
+        return {
+            "class": type(self.optimizer).__name__,
+            "param_groups": _json_checked(saved["param_groups"]),
+            "scalars": _json_checked(scalars),
+        }
 
     def _check_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
         if saved.get("class") != type(self.optimizer).__name__:
-            raise ValueError(f"{source} holds the state of a torch.optim.{saved.get('class')}, this trainer has a "
-                             f"torch.optim.{type(self.optimizer).__name__}")
+            raise ValueError(
+                f"{source} holds the state of a torch.optim.{saved.get('class')}, this trainer has a "
+                f"torch.optim.{type(self.optimizer).__name__}"
+            )
 
     def _load_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
         entries: dict[int, dict[str, Any]] = {}
@@ -189,11 +213,14 @@ class Trainer(TrainerBase):
             entries.setdefault(int(index), {})[name] = value
         current = self.optimizer.state_dict()["param_groups"]
         if len(current) != len(saved["param_groups"]):
-            raise ValueError(f"{source}: {len(saved['param_groups'])} parameter groups, "
-                             f"this optimizer has {len(current)}")
+            raise ValueError(
+                f"{source}: {len(saved['param_groups'])} parameter groups, this optimizer has {len(current)}"
+            )
         # JSON has no tuples: give back the tuple-ness of the optimizer's own entries (betas).
-        groups = [{k: tuple(v) if isinstance(mine.get(k), tuple) else v for k, v in group.items()}
-                  for group, mine in zip(saved["param_groups"], current)]
+        groups = [
+            {k: tuple(v) if isinstance(mine.get(k), tuple) else v for k, v in group.items()}
+            for group, mine in zip(saved["param_groups"], current)
+        ]
         try:
             self.optimizer.load_state_dict({"state": entries, "param_groups": groups})
         except (ValueError, KeyError) as error:
@@ -247,8 +274,10 @@ def _json_checked(value: Any) -> Any:
     try:
         return json.loads(json.dumps(value, allow_nan=True))
     except TypeError as error:
-        raise TypeError(f"this optimizer's state holds a value JSON cannot keep ({error}); a torch.optim "
-                        "optimizer with tensor hyperparameters cannot be checkpointed, use float ones") from None
+        raise TypeError(
+            f"this optimizer's state holds a value JSON cannot keep ({error}); a torch.optim "
+            "optimizer with tensor hyperparameters cannot be checkpointed, use float ones"
+        ) from None
 
 
 def _default_device() -> torch.device:

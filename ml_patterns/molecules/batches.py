@@ -96,7 +96,9 @@ def prepare_multitask_batch(collated: dict, config: ModelConfig, rng: np.random.
     if config.has_mlm_head:
         if rng is None:
             raise ValueError("a model with a masked-token head needs rng to draw the masks")
-        masked = mask_tokens(input_ids, attention_mask, rng, vocab_size=config.vocab_size, mask_prob=config.mlm_mask_prob)
+        masked = mask_tokens(
+            input_ids, attention_mask, rng, vocab_size=config.vocab_size, mask_prob=config.mlm_mask_prob
+        )
         batch.update(mlm_input_ids=masked.input_ids, mlm_targets=masked.targets, mlm_mask=masked.mask)
     return batch
 
@@ -168,7 +170,8 @@ def _tokens(collated: dict, config: ModelConfig) -> tuple[np.ndarray, np.ndarray
         raise ValueError(f"attention_mask must be bool, got {attention_mask.dtype}")
     if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
         raise ValueError(
-            f"input_ids hold ids in [{input_ids.min()}, {input_ids.max()}], outside the vocabulary [0, {config.vocab_size})"
+            f"input_ids hold ids in [{input_ids.min()}, {input_ids.max()}], "
+            f"outside the vocabulary [0, {config.vocab_size})"
         )
     check_length(input_ids.shape[1], config.max_len)
     return input_ids.astype(np.int32), attention_mask

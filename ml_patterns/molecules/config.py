@@ -30,7 +30,9 @@ class PrepareConfig:
 
     def __post_init__(self) -> None:
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1):
-            raise ValueError(f"split fractions must lie in [0, 1), got val={self.val_fraction}, test={self.test_fraction}")
+            raise ValueError(
+                f"split fractions must lie in [0, 1), got val={self.val_fraction}, test={self.test_fraction}"
+            )
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction + test_fraction must leave some molecules for training")
         if self.shard_size < 1:

@@ -65,7 +65,8 @@ def mask_tokens(
     attention_mask = np.asarray(attention_mask)
     if input_ids.ndim != 2 or input_ids.shape != attention_mask.shape:
         raise ValueError(
-            f"input_ids and attention_mask must both be [batch, length], got {input_ids.shape} and {attention_mask.shape}"
+            f"input_ids and attention_mask must both be [batch, length], "
+            f"got {input_ids.shape} and {attention_mask.shape}"
         )
     if attention_mask.dtype != np.bool_:
         raise ValueError(f"attention_mask must be bool, got {attention_mask.dtype}")
@@ -75,7 +76,9 @@ def mask_tokens(
             f"mask_token_prob={mask_token_prob}, random_token_prob={random_token_prob}"
         )
     if vocab_size <= FIRST_REGULAR_ID:
-        raise ValueError(f"vocab_size {vocab_size} leaves no regular token to draw (special ids are < {FIRST_REGULAR_ID})")
+        raise ValueError(
+            f"vocab_size {vocab_size} leaves no regular token to draw (special ids are < {FIRST_REGULAR_ID})"
+        )
 
     maskable = attention_mask & ~np.isin(input_ids, NEVER_MASKED)
     # Three draws of the full shape, always in this order, whatever the outcome: the generator's

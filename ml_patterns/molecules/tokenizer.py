@@ -43,8 +43,7 @@ def tokenize(smiles: str) -> list[str]:
     if sum(map(len, tokens)) != len(smiles):
         position = _first_uncovered_position(smiles)
         raise TokenizationError(
-            f"SMILES {smiles!r}: character {smiles[position]!r} at position {position} "
-            "is not part of any SMILES token"
+            f"SMILES {smiles!r}: character {smiles[position]!r} at position {position} is not part of any SMILES token"
         )
     return tokens
 
