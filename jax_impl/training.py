@@ -42,7 +42,8 @@ from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import global_rows
 from ml_patterns.optim import OptimizerConfig
-from ml_patterns.training import OPTIMIZER_SLOTS, BatchTransform, TrainerBase, leading_dimension
+from ml_patterns.training import BatchTransform, TrainerBase, leading_dimension
+from ml_patterns.training_checkpoint import OPTIMIZER_SLOTS
 
 # optax state field holding each canonical slot: (state type, field)
 _SLOT_FIELDS = {

@@ -69,16 +69,12 @@ from ml_patterns.distributed import check_loss_sums
 from ml_patterns.history import History
 from ml_patterns.optim import OptimizerConfig
 from ml_patterns.samplers import BatchSampler
-from ml_patterns.training_checkpoint import load_training_checkpoint, save_training_checkpoint
-
-# Optimizer slots per OptimizerConfig.name, in the canonical naming of both sides.
-OPTIMIZER_SLOTS = {
-    "sgd": ("momentum_buffer",),
-    "adam": ("exp_avg", "exp_avg_sq"),
-    "adam_l2": ("exp_avg", "exp_avg_sq"),
-    "adamw": ("exp_avg", "exp_avg_sq"),
-}
-
+from ml_patterns.training_checkpoint import (
+    check_optimizer_state,
+    load_training_checkpoint,
+    optimizer_arrays_to_slots,
+    save_training_checkpoint,
+)
 
 # A callback may define any of them (the seed's own Callback class has only the middle three).
 HOOKS = ("on_train_start", "on_epoch_start", "on_batch_end", "on_epoch_end", "on_train_end")
@@ -153,32 +149,6 @@ def load_callback_states(callbacks: Sequence, states: list[dict], source: str | 
     for callback, state in zip(callbacks, states):
         if hasattr(callback, "load_state_dict"):
             callback.load_state_dict(state)
-
-
-def optimizer_arrays_to_slots(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """``{"exp_avg/w": a, ...}`` -> ``{"exp_avg": {"w": a}, ...}``."""
-    slots: dict[str, dict[str, np.ndarray]] = {}
-    for key, value in arrays.items():
-        slot, _, name = key.partition("/")
-        if not name:
-            raise ValueError(f"optimizer array {key!r} is not named '<slot>/<parameter>'")
-        slots.setdefault(slot, {})[name] = value
-    return slots
-
-
-def check_optimizer_state(name: str, slots: Mapping[str, Mapping], parameter_names: list[str], source: str) -> None:
-    """Refuses a checkpoint whose optimizer slots do not fit ``name`` and the model's parameters."""
-    expected = set(OPTIMIZER_SLOTS[name])
-    if set(slots) - expected:
-        raise ValueError(
-            f"{source}: optimizer slots {sorted(slots)} do not belong to optimizer {name!r} "
-            f"(expects {sorted(expected)})"
-        )
-    for slot, arrays in slots.items():
-        missing = sorted(set(parameter_names) - set(arrays))
-        unexpected = sorted(set(arrays) - set(parameter_names))
-        if missing or unexpected:
-            raise ValueError(f"{source}: optimizer slot {slot!r} missing {missing}, unexpected {unexpected}")
 
 
 class TrainerBase:

@@ -28,6 +28,14 @@ STATE_FILE = "trainer_state.json"
 CHECKSUMS_FILE = "checksums.json"
 CHECKSUMMED_FILES = (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE)
 
+# Optimizer slots per OptimizerConfig.name, in the canonical naming of both sides.
+OPTIMIZER_SLOTS = {
+    "sgd": ("momentum_buffer",),
+    "adam": ("exp_avg", "exp_avg_sq"),
+    "adam_l2": ("exp_avg", "exp_avg_sq"),
+    "adamw": ("exp_avg", "exp_avg_sq"),
+}
+
 
 def checksum_table(directory: Path) -> str:
     """The text of ``checksums.json`` for the files of a checkpoint written into ``directory``."""
@@ -163,3 +171,29 @@ def load_training_checkpoint(path: str | os.PathLike) -> tuple[Path, dict[str, n
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{path / OPTIMIZER_FILE} is corrupt: {error}") from None
     return path / MODEL_FILE, optimizer_arrays, state
+
+
+def optimizer_arrays_to_slots(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """``{"exp_avg/w": a, ...}`` -> ``{"exp_avg": {"w": a}, ...}``."""
+    slots: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in arrays.items():
+        slot, _, name = key.partition("/")
+        if not name:
+            raise ValueError(f"optimizer array {key!r} is not named '<slot>/<parameter>'")
+        slots.setdefault(slot, {})[name] = value
+    return slots
+
+
+def check_optimizer_state(name: str, slots: Mapping[str, Mapping], parameter_names: list[str], source: str) -> None:
+    """Refuses a checkpoint whose optimizer slots do not fit ``name`` and the model's parameters."""
+    expected = set(OPTIMIZER_SLOTS[name])
+    if set(slots) - expected:
+        raise ValueError(
+            f"{source}: optimizer slots {sorted(slots)} do not belong to optimizer {name!r} "
+            f"(expects {sorted(expected)})"
+        )
+    for slot, arrays in slots.items():
+        missing = sorted(set(parameter_names) - set(arrays))
+        unexpected = sorted(set(arrays) - set(parameter_names))
+        if missing or unexpected:
+            raise ValueError(f"{source}: optimizer slot {slot!r} missing {missing}, unexpected {unexpected}")

@@ -39,7 +39,8 @@ from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import rank_rows
 from ml_patterns.optim import OptimizerConfig
-from ml_patterns.training import OPTIMIZER_SLOTS, BatchTransform, TrainerBase, leading_dimension
+from ml_patterns.training import BatchTransform, TrainerBase, leading_dimension
+from ml_patterns.training_checkpoint import OPTIMIZER_SLOTS
 from torch_impl import distributed as distributed_
 from torch_impl import state
 from torch_impl.optim import build_optimizer
