@@ -29,7 +29,7 @@ class CompareSettings:
     n_heads: int = 4
     n_layers: int = 2
     d_ff: int = 128
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     weight_decay: float = 0.01
     clip_grad_norm: float = 1.0
     warmup_fraction: float = 0.1

@@ -42,8 +42,8 @@ from ml_patterns.parity import LOSS, Tolerance
 # noted; worst drift/floor over all steps): correct ports 1.2 (catalogue Transformer, lr 1e-3), 0.65
 # (lr 3e-3), 0.57 (lr 1e-2), 0.15 (the example's CNN, lr 1e-3, 200 steps), 1.35 (CNN, lr 1e-2);
 # Adam with epsilon inside the square root 17.7, from step 3. ``ml-patterns compare``'s defaults (the
-# multi-task molecule model, lr 5e-4, 189 steps): 3.0; at lr 1e-3 the JAX drift leaves the band at
-# step 23 (40 floors at step 72): see docs/PARITY.md.
+# multi-task molecule model, lr 1e-3, 189 steps): 1.58 (40 at step 72 with optax's own float32 Adam
+# bias correction; see docs/PARITY.md).
 FLOOR_MULTIPLE = 5.0
 
 
