@@ -63,16 +63,25 @@ def build_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     lr = learning_rate_schedule(config)
     b1, b2 = config.betas
     if config.name == "sgd":
-        rule = [optax.add_decayed_weights(config.decay), optax.trace(decay=config.momentum, nesterov=config.nesterov),
-                optax.scale_by_learning_rate(lr)]
+        rule = [
+            optax.add_decayed_weights(config.decay),
+            optax.trace(decay=config.momentum, nesterov=config.nesterov),
+            optax.scale_by_learning_rate(lr),
+        ]
     elif config.name in ("adam", "adam_l2"):
         # torch's Adam(weight_decay) adds wd * param to the gradient before the moments (L2).
-        rule = [optax.add_decayed_weights(config.decay), scale_by_adam(b1, b2, config.eps),
-                optax.scale_by_learning_rate(lr)]
+        rule = [
+            optax.add_decayed_weights(config.decay),
+            scale_by_adam(b1, b2, config.eps),
+            optax.scale_by_learning_rate(lr),
+        ]
     else:
         # Decoupled: -lr * (adam_update + wd * param), which is torch's AdamW.
-        rule = [scale_by_adam(b1, b2, config.eps), optax.add_decayed_weights(config.decay),
-                optax.scale_by_learning_rate(lr)]
+        rule = [
+            scale_by_adam(b1, b2, config.eps),
+            optax.add_decayed_weights(config.decay),
+            optax.scale_by_learning_rate(lr),
+        ]
     if config.clip_grad_norm is not None:
         rule.insert(0, optax.clip_by_global_norm(config.clip_grad_norm))
     return optax.chain(*rule)

@@ -29,8 +29,9 @@ CONFIGS = {
     "adam": OptimizerConfig("adam", learning_rate=1e-2),
     "adam_l2": OptimizerConfig("adam_l2", learning_rate=1e-2, weight_decay=1e-2),
     "adamw": OptimizerConfig("adamw", learning_rate=1e-2, weight_decay=0.1),
-    "adamw_clip_schedule": OptimizerConfig("adamw", learning_rate=1e-2, weight_decay=0.05, clip_grad_norm=0.5,
-                                           schedule=SCHEDULE),
+    "adamw_clip_schedule": OptimizerConfig(
+        "adamw", learning_rate=1e-2, weight_decay=0.05, clip_grad_norm=0.5, schedule=SCHEDULE
+    ),
     "sgd_clip_schedule": OptimizerConfig("sgd", learning_rate=0.05, clip_grad_norm=0.1, schedule=SCHEDULE),
 }
 
@@ -96,7 +97,9 @@ def test_same_config_same_training(name):
     assert torch_losses[-1] < 0.5 * torch_losses[0], "the problem must actually train"
     np.testing.assert_allclose(jax_losses, torch_losses, rtol=HISTORY.rtol, atol=HISTORY.atol)
     for key in torch_params:
-        np.testing.assert_allclose(jax_params[key], torch_params[key], rtol=HISTORY.rtol, atol=HISTORY.atol, err_msg=key)
+        np.testing.assert_allclose(
+            jax_params[key], torch_params[key], rtol=HISTORY.rtol, atol=HISTORY.atol, err_msg=key
+        )
 
 
 @pytest.mark.standard_promotion("optax's schedules mix the int32 step count with Python floats")
