@@ -13,6 +13,7 @@ from bench.common import QUICK_CONTENDERS, BenchContext, Contender
 from bench.models import ModelSize, make_problem
 from ml_patterns.errors import UsageError
 from ml_patterns.molecules.prepare import read_manifest
+from tests.test_models_bench import written_out_attention
 
 TINY = ModelSize("tiny", d_model=16, n_layers=1, n_heads=2, batch=8, length=16)
 WORKLOAD = TINY.describe("multitask")
@@ -93,7 +94,7 @@ def test_overhead_stats_pair_each_round_with_the_bare_loop():
 def test_flop_count_matches_torch_flop_counter(default_dataset):
     # An independent count: torch's FlopCounterMode sees every mm/bmm of forward and backward.
     problem = make_problem(default_dataset[0], read_manifest(default_dataset[0]), "multitask", TINY)
-    model = torch_impl.molecules.models.build_model(problem.config, weights=problem.weights)
+    model = written_out_attention(torch_impl.molecules.models.build_model(problem.config, weights=problem.weights))
     with FlopCounterMode(display=False) as counter:
         model.compute_loss(torch_impl.models.as_batch(problem.batch)).backward()
     assert flops.forward_backward(problem.config, TINY.batch, TINY.length) == counter.get_total_flops()
