@@ -274,6 +274,18 @@ def test_busy_machine_says_timing_is_not_reliable(default_dataset, machine_load)
     assert "TIMING NOT RELIABLE" in compare_report.format_summary(report)
 
 
+def test_a_decaying_load_average_alone_does_not_make_a_quiet_run_busy(default_dataset):
+    # Right after a previous run the 1-minute load average is still high (1.4 on 2 CPUs) while no
+    # other process takes any CPU: the measured share decides.
+    quiet_after_a_run = {
+        "load_average_before": [1.4, 1.3, 2.0],
+        "load_average_after": [1.4, 1, 1],
+        "others_cpu_share": 0.0,
+    }
+    report = build(default_dataset, torch_kwargs={"machine_load": quiet_after_a_run})
+    assert not report["timing"]["torch"]["busy"] and report["verdict"].startswith("On this machine")
+
+
 def test_compile_dominated_run_is_not_ranked(default_dataset):
     # Two epochs of 3 steps; the first step of each length compiles for 4 s.
     report = build(default_dataset, jax_kwargs={"step_times": [[4.0, 0.1, 0.1], [0.1, 0.1, 0.1]]})

@@ -210,7 +210,11 @@ def timing_reliability(results: dict) -> dict:
         cpus = results[backend].get("cpus", {}).get("cpus_available") or 1
         share = load.get("others_cpu_share")
         before = (load.get("load_average_before") or [0.0])[0]
-        busy = (share is not None and share > BUSY_CPU_SHARE) or before > BUSY_LOAD_PER_CPU * cpus
+        # The CPU time other processes took during the worker is the direct measure. The load average
+        # before it is only the fallback where that share cannot be read: it decays over minutes, so
+        # right after a previous run (a second compare, the other backend's worker) it stays high
+        # while nothing competes.
+        busy = share > BUSY_CPU_SHARE if share is not None else before > BUSY_LOAD_PER_CPU * cpus
         verdicts[backend] = {"busy": busy, "others_cpu_share": share, "load_average_before": before}
     return verdicts
 
