@@ -21,6 +21,7 @@ import torch
 
 import jax_impl.models
 import jax_impl.molecules.models
+import jax_impl.training
 import torch_impl.molecules.models
 import torch_impl.runtime
 import torch_impl.state
@@ -174,4 +175,8 @@ def jax_step(problem: Problem):
         return grads, loss
 
     zeros = jax.tree.map(jax.numpy.zeros_like, params)
-    return jax.jit(forward_backward, donate_argnums=0), zeros, (params, rest, jax_impl.models.as_batch(problem.batch))
+    return (
+        jax.jit(forward_backward, donate_argnums=0),
+        zeros,
+        (params, rest, jax_impl.training.to_device(problem.batch)),
+    )

@@ -32,8 +32,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jax_impl import state
@@ -98,11 +96,6 @@ class MultiTaskModel(BaseModel):
         features = self.backbone(x)
         names = list(self.heads) if task is None else [task]
         return {name: self.heads[name](features) for name in names}
-
-
-def as_batch(batch: Mapping) -> dict:
-    """A (nested) dict of numpy arrays as JAX arrays (integers int32, as JAX's default)."""
-    return {k: as_batch(v) if isinstance(v, Mapping) else jnp.asarray(np.asarray(v)) for k, v in batch.items()}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,10 +29,12 @@ import jax_impl.models
 import jax_impl.molecules.models
 import jax_impl.runtime
 import jax_impl.state
+import jax_impl.training
 import torch_impl.models
 import torch_impl.molecules.models
 import torch_impl.runtime
 import torch_impl.state
+import torch_impl.training
 from jax_impl.collate import collate_molecules
 from ml_patterns import parity
 from ml_patterns.data import LazyDataset
@@ -82,7 +84,7 @@ def measure(
     torch_result = _measure_torch(torch_model, batch, per_part, _torch_dtype(dtype))
     fn, params, rest = jax_impl.models.functional(jax_model)
     params = jax.tree.map(lambda p: p.astype(dtype), params)
-    arrays = _cast_floats(jax_impl.models.as_batch(batch), lambda a: a.astype(dtype))
+    arrays = _cast_floats(jax_impl.training.to_device(batch), lambda a: a.astype(dtype))
     outputs, losses, grads = _jax_measure(fn, params, rest, arrays, per_part)
     to_numpy = functools.partial(jax_impl.state.to_numpy, jax_model)
     jax_result = {
@@ -113,7 +115,7 @@ def real_batch(data_dir: Path, config: ModelConfig, batch_size: int, seed: int, 
 def _measure_torch(model, batch: dict, per_part: bool, dtype: torch.dtype) -> dict:
     if dtype != torch.float32:
         model = copy.deepcopy(model).to(dtype)
-    tensors = _cast_floats(torch_impl.models.as_batch(batch), lambda t: t.to(dtype))
+    tensors = _cast_floats(torch_impl.training.to_device(batch), lambda t: t.to(dtype))
     with torch.no_grad():
         outputs = model(tensors)
     total, parts = model.loss_parts(tensors)

@@ -10,9 +10,11 @@ from flax import nnx
 import jax_impl.models
 import jax_impl.molecules.models
 import jax_impl.state
+import jax_impl.training
 import torch_impl.models
 import torch_impl.molecules.models
 import torch_impl.state
+import torch_impl.training
 from ml_patterns import parity
 from ml_patterns.checkpoint import read_metadata
 from ml_patterns.molecules.config import ModelConfig
@@ -28,8 +30,8 @@ def forward(side: str, model, batch: dict) -> dict:
     model.eval()
     if side == "torch":
         with torch.no_grad():
-            return impl.state.tree_to_numpy(model(impl.models.as_batch(batch)))
-    return impl.state.tree_to_numpy(model(impl.models.as_batch(batch)))
+            return impl.state.tree_to_numpy(model(impl.training.to_device(batch)))
+    return impl.state.tree_to_numpy(model(impl.training.to_device(batch)))
 
 
 @pytest.mark.parametrize("architecture", ["multitask", "autoencoder"])

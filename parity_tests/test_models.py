@@ -18,9 +18,11 @@ import torch
 import jax_impl.models
 import jax_impl.molecules.models
 import jax_impl.state
+import jax_impl.training
 import torch_impl.models
 import torch_impl.molecules.models
 import torch_impl.state
+import torch_impl.training
 from jax_impl.collate import collate_molecules
 from ml_patterns import parity
 from ml_patterns.data import LazyDataset
@@ -150,7 +152,7 @@ def test_each_head_alone_forward(pair, default_dataset):
     full = measure(torch_model, jax_model, batch, per_part=True, reference=False).jax["outputs"]
     for task in (*config.tasks, "mlm"):
         with torch.no_grad():
-            ((name, out),) = torch_model(torch_impl.models.as_batch(batch), task=task).items()
+            ((name, out),) = torch_model(torch_impl.training.to_device(batch), task=task).items()
         assert name == task
         report = parity.compare({task: out.numpy()}, {task: full[task]}, FLOAT32["outputs"])
         report.raise_if_failed()
@@ -195,9 +197,9 @@ def test_eval_mode_turns_dropout_off_exactly(manifest, default_dataset):
     jax_plain = jax_impl.molecules.models.build_model(without, weights=weights)
     jax_plain.eval()
     with torch.no_grad():
-        a, b = torch_model(torch_impl.models.as_batch(batch)), torch_plain(torch_impl.models.as_batch(batch))
+        a, b = torch_model(torch_impl.training.to_device(batch)), torch_plain(torch_impl.training.to_device(batch))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    c, d = jax_model(jax_impl.models.as_batch(batch)), jax_plain(jax_impl.models.as_batch(batch))
+    c, d = jax_model(jax_impl.training.to_device(batch)), jax_plain(jax_impl.training.to_device(batch))
     assert all(np.array_equal(np.asarray(c[k]), np.asarray(d[k])) for k in c)
 
 
@@ -214,7 +216,7 @@ def test_train_mode_dropout_statistics(manifest, default_dataset):
     batch = real_batch(default_dataset[0], config, seed=2)
     torch_model, jax_model = build_pair(config)
     real, tasks, draws = batch["attention_mask"], list(config.tasks), 100
-    torch_batch = torch_impl.models.as_batch(batch)
+    torch_batch = torch_impl.training.to_device(batch)
     with torch.no_grad():
         reference = torch_impl.state.tree_to_numpy(torch_model(torch_batch))
 
@@ -232,7 +234,7 @@ def test_train_mode_dropout_statistics(manifest, default_dataset):
 
     fn, params, rest = jax_impl.models.functional(jax_model)
     apply = jax.jit(lambda p, r, b, key: fn.apply(p, r, b, key=key, train=True))
-    jax_batch = jax_impl.models.as_batch(batch)
+    jax_batch = jax_impl.training.to_device(batch)
     keys = jax.random.split(jax.random.key(7), draws)
     jax_stats = [deviations(jax_impl.state.tree_to_numpy(apply(params, rest, jax_batch, key))) for key in keys]
 

@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import torch_impl.models
 import torch_impl.molecules.models
+import torch_impl.training
 from bench import flops, harness, training
 from bench.common import QUICK_CONTENDERS, BenchContext, Contender
 from bench.models import ModelSize, make_problem
@@ -96,7 +97,7 @@ def test_flop_count_matches_torch_flop_counter(default_dataset):
     problem = make_problem(default_dataset[0], read_manifest(default_dataset[0]), "multitask", TINY)
     model = written_out_attention(torch_impl.molecules.models.build_model(problem.config, weights=problem.weights))
     with FlopCounterMode(display=False) as counter:
-        model.compute_loss(torch_impl.models.as_batch(problem.batch)).backward()
+        model.compute_loss(torch_impl.training.to_device(problem.batch)).backward()
     assert flops.forward_backward(problem.config, TINY.batch, TINY.length) == counter.get_total_flops()
 
 

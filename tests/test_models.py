@@ -9,8 +9,10 @@ from flax import nnx
 
 import jax_impl.models
 import jax_impl.molecules.models
+import jax_impl.training
 import torch_impl.models
 import torch_impl.molecules.models
+import torch_impl.training
 from jax_impl import state as jax_state
 from ml_patterns.molecules.batches import prepare_batch
 from ml_patterns.molecules.config import ModelConfig
@@ -63,7 +65,7 @@ def value(x) -> float:
 
 
 def run(impl, model, batch, **kwargs) -> dict:
-    out = model(impl.models.as_batch(batch), **kwargs)
+    out = model(impl.training.to_device(batch), **kwargs)
     return (torch_state if impl is torch_impl else jax_state).tree_to_numpy(out)
 
 
@@ -74,10 +76,10 @@ def test_multitask_outputs_and_losses(impl):
     out = run(impl, model, batch)
     assert list(out) == ["a", "b", "mlm"]
     assert out["a"].shape == (4,) and out["mlm"].shape == (4, LENGTH, VOCAB)
-    total, parts = model.loss_parts(impl.models.as_batch(batch))
+    total, parts = model.loss_parts(impl.training.to_device(batch))
     assert list(parts) == ["a", "b", "mlm"]
     assert value(total) == pytest.approx(value(parts["a"]) + value(parts["b"]) + value(parts["mlm"]), rel=1e-6)
-    assert value(model.compute_loss(impl.models.as_batch(batch))) == value(total)
+    assert value(model.compute_loss(impl.training.to_device(batch))) == value(total)
     # Regression losses are MSE in standardized units.
     expected = np.mean((out["a"] - batch["labels"]["a"]) ** 2)
     assert value(parts["a"]) == pytest.approx(expected, rel=1e-5)
@@ -93,14 +95,14 @@ def test_a_named_task_returns_that_head_alone(impl):
         assert list(one) == [task]
         np.testing.assert_array_equal(one[task], everything[task])
     with pytest.raises(KeyError, match=r"unknown task 'logP'; known tasks: \['a', 'b', 'mlm'\]"):
-        model(impl.models.as_batch(batch), task="logP")
+        model(impl.training.to_device(batch), task="logP")
 
 
 @pytest.mark.parametrize("impl", IMPLS, ids=IDS)
 def test_mlm_weight_weighs_the_masked_token_loss_and_zero_drops_the_head(impl):
     batch = numpy_batch(tiny())
-    one = build(impl, tiny()).loss_parts(impl.models.as_batch(batch))
-    half = build(impl, tiny(mlm_weight=0.5)).loss_parts(impl.models.as_batch(batch))
+    one = build(impl, tiny()).loss_parts(impl.training.to_device(batch))
+    half = build(impl, tiny(mlm_weight=0.5)).loss_parts(impl.training.to_device(batch))
     assert value(half[0]) == pytest.approx(value(one[0]) - 0.5 * value(one[1]["mlm"]), rel=1e-6)
     no_mlm = build(impl, tiny(mlm_weight=0.0))
     assert list(run(impl, no_mlm, numpy_batch(tiny(mlm_weight=0.0)))) == ["a", "b"]
@@ -136,7 +138,7 @@ def test_the_decoder_is_causal(impl):
 @pytest.mark.parametrize("impl", IMPLS, ids=IDS)
 def test_encoder_decoder_parts(impl):
     config = tiny(architecture="autoencoder")
-    model, batch = build(impl, config), impl.models.as_batch(numpy_batch(config))
+    model, batch = build(impl, config), impl.training.to_device(numpy_batch(config))
     encoded = model.encode(batch)
     assert set(encoded) == {"hidden", "pooled"} and tuple(encoded["pooled"].shape) == (4, 16)
     decoded = model.decode(encoded, batch)
@@ -151,12 +153,12 @@ def test_a_batch_longer_than_max_len_is_refused(impl):
     config = tiny(max_len=LENGTH)
     model = build(impl, tiny(max_len=8))
     with pytest.raises(ValueError, match="sequence length 12 exceeds the model's max_len 8"):
-        model(impl.models.as_batch(numpy_batch(config)))
+        model(impl.training.to_device(numpy_batch(config)))
 
 
 def test_torch_dropout_train_and_eval():
     config = tiny(dropout=0.3, attention_dropout=0.3)
-    model, batch = torch_impl.molecules.models.build_model(config), torch_impl.models.as_batch(numpy_batch(config))
+    model, batch = torch_impl.molecules.models.build_model(config), torch_impl.training.to_device(numpy_batch(config))
     assert model.training  # built in training mode, as torch modules are
     a, b = model(batch)["a"], model(batch)["a"]
     assert not torch.equal(a, b)
@@ -166,7 +168,7 @@ def test_torch_dropout_train_and_eval():
 
 def test_jax_functional_form_is_pure_given_a_key():
     config = tiny(dropout=0.3, attention_dropout=0.3)
-    model, batch = jax_impl.molecules.models.build_model(config), jax_impl.models.as_batch(numpy_batch(config))
+    model, batch = jax_impl.molecules.models.build_model(config), jax_impl.training.to_device(numpy_batch(config))
     fn, params, rest = jax_impl.models.functional(model)
     loss = jax.jit(fn.loss, static_argnames="train")
     key = jax.random.key(7)

@@ -6,6 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import torch_impl.models
 import torch_impl.molecules.models
+import torch_impl.training
 from bench import flops
 from bench import models as bench_models
 from bench.common import BenchContext
@@ -27,7 +28,7 @@ def written_out_attention(model: torch.nn.Module) -> torch.nn.Module:
 def test_flop_count_matches_torchs_counter(architecture):
     config = tiny(architecture=architecture, dropout=0.0, attention_dropout=0.0)
     model = written_out_attention(torch_impl.molecules.models.build_model(config))
-    batch = torch_impl.models.as_batch(numpy_batch(config))
+    batch = torch_impl.training.to_device(numpy_batch(config))
     with FlopCounterMode(display=False) as counter:
         model.compute_loss(batch).backward()
     assert flops.forward_backward(config, 4, LENGTH) == counter.get_total_flops()

@@ -37,7 +37,6 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -106,16 +105,3 @@ class MultiTaskModel(BaseModel):
         features = self.backbone(x)
         names = list(self.heads) if task is None else [task]
         return {name: self.heads[name](features) for name in names}
-
-
-def as_batch(batch: Mapping, device: torch.device | str | None = None) -> dict:
-    """A (nested) dict of numpy arrays as tensors: integers as int64, the rest keeping their dtype."""
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, Mapping):
-            out[key] = as_batch(value, device)
-        else:
-            array = np.asarray(value)
-            dtype = torch.int64 if np.issubdtype(array.dtype, np.integer) else None
-            out[key] = torch.tensor(array, dtype=dtype, device=device)
-    return out

@@ -238,9 +238,12 @@ class Trainer(TrainerBase):
             torch.set_rng_state(torch.from_numpy(rng.copy()))
 
 
-def to_device(batch: Any, device: torch.device | str) -> Any:
-    """``batch`` with every array on ``device``: tensors moved, numpy arrays converted (integers to
-    int64, torch's integer default), mappings, lists and tuples walked; anything else kept."""
+def to_device(batch: Any, device: torch.device | str | None = None) -> Any:
+    """``batch`` with every array on ``device`` (None: torch's default device): tensors moved, numpy
+    arrays converted (integers to int64, torch's integer default), mappings, lists and tuples walked;
+    anything else kept."""
+    if device is None:
+        device = torch.get_default_device()
     if torch.is_tensor(batch):
         return batch.to(device)
     if isinstance(batch, np.ndarray):

@@ -2,7 +2,7 @@
 
 Molecule models (``build_model(config)``, ``ml_patterns.molecules.config.ModelConfig``)
     Batches are dicts of tensors built by ``ml_patterns.molecules.batches`` (the keys each model reads
-    are listed there) and converted with ``torch_impl.models.as_batch``.
+    are listed there) and converted with ``torch_impl.training.to_device``.
     ``SmilesEncoder``: token + learned position embeddings, ``n_layers`` pre-LayerNorm Transformer
     layers, a final LayerNorm; returns ``{"hidden": [B, L, D], "pooled": [B, D]}``, pooled being the
     mean over real tokens (``attention_mask``).
