@@ -101,7 +101,7 @@ def torch_step(problem: Problem, device: torch.device):
             linear.bias.copy_(torch.from_numpy(bias))
         layers += [linear, nn.ReLU()]
     model = nn.Sequential(*layers[:-1]).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE, fused=True)
     x, y = torch.from_numpy(problem.x).to(device), torch.from_numpy(problem.y).to(device)
 
     def train_step() -> torch.Tensor:
