@@ -1,7 +1,8 @@
 """The train step of ``ml-patterns compare``'s model, every contender, with its fraction of the
 matmul peak (MFU): the figure the next change to that model or its step is judged by.
 
-The model, batch size and padding ladder are ``CompareSettings``' defaults; the batch is the first
+The model, batch size and padding ladder are compare's (``CompareSettings``' defaults, the ladder
+fitted to its batches); the batch is the first
 64 training molecules padded to the length most of compare's length-grouped batches get (the most
 common padded length of an epoch), so the step measured is compare's typical one. Each row also
 carries the padding utilization of compare's batches (``ml_patterns.samplers.padding_utilization``):
@@ -12,6 +13,7 @@ length-grouped batches; what the step computes beyond that is padding.
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import torch_impl.molecules.models
 import torch_impl.state
@@ -21,23 +23,29 @@ from bench.training import train_step_rows
 from ml_patterns.collate import padded_length
 from ml_patterns.data import LazyDataset
 from ml_patterns.molecules.prepare import read_manifest
-from ml_patterns.samplers import BatchSampler, LengthGroupedSampler, padding_utilization, sequence_lengths
+from ml_patterns.samplers import padding_utilization, sequence_lengths
 from ml_patterns_app.compare.settings import CompareSettings
 
 
 def run(ctx: BenchContext) -> list[dict]:
     settings = CompareSettings()
     manifest = read_manifest(ctx.data_dir)
-    buckets = settings.buckets(manifest)
     train = LazyDataset(ctx.data_dir, split="train")
     lengths = sequence_lengths(train)
-    train.close()
-    options = {"buckets": buckets, "max_length": buckets[-1], "epochs": range(settings.epochs)}
-    grouped = LengthGroupedSampler(lengths, settings.batch_size, seed=settings.seed)
-    utilization = {
-        "random batches": padding_utilization(BatchSampler(len(lengths), settings.batch_size), lengths, **options),
-        "length-grouped batches": padding_utilization(grouped, lengths, **options),
+    # compare's batches either way, each padded to the ladder compare fits to them.
+    samplers = {
+        "random batches": dataclasses.replace(settings, group_by_length=False).train_sampler(train),
+        "length-grouped batches": settings.train_sampler(train),
     }
+    train.close()
+    ladders = {name: settings.buckets(manifest, sampler, lengths) for name, sampler in samplers.items()}
+    utilization = {
+        name: padding_utilization(
+            sampler, lengths, buckets=ladders[name], max_length=ladders[name][-1], epochs=range(settings.epochs)
+        )
+        for name, sampler in samplers.items()
+    }
+    grouped, buckets = samplers["length-grouped batches"], ladders["length-grouped batches"]
     counts = collections.Counter(
         padded_length(int(min(lengths[b].max(), buckets[-1])), None, buckets) for b in grouped.batches(0)
     )

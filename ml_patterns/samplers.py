@@ -177,6 +177,63 @@ def sequence_lengths(dataset) -> np.ndarray:
     return np.fromiter((len(dataset[i]["input_ids"]) for i in range(len(dataset))), dtype=np.int64, count=len(dataset))
 
 
+def fit_buckets(
+    sampler: BatchSampler,
+    lengths: Sequence[int] | np.ndarray,
+    *,
+    max_buckets: int,
+    max_length: int,
+    multiple_of: int = 8,
+    epochs: Sequence[int] = (0,),
+) -> tuple[int, ...]:
+    """The ladder of at most ``max_buckets`` padded lengths under which ``sampler``'s batches over
+    ``epochs`` carry the fewest padded token positions.
+
+    Each rung is a compiled program per step function under ``jax.jit`` (and a shape to tune for
+    ``torch.compile``), so a short ladder fitted to the batches the run will actually see beats a
+    longer generic one (``ml_patterns.collate.bucket_ladder``): on the default molecules, 6 fitted
+    rungs leave as little padding as the 8 geometric ones. Rungs are multiples of ``multiple_of``;
+    the last is ``max_length`` rounded up, so every record fits (longer ones are truncated there,
+    as ``collate_molecules(max_length=...)`` does).
+
+    Exact: a batch is best padded to the smallest rung at or above its longest record, so an optimal
+    ladder uses only the batches' own (rounded) widths, and dynamic programming over those widths
+    in order finds it. Ties go to the shorter ladder.
+    """
+    for name, value in (("max_buckets", max_buckets), ("max_length", max_length), ("multiple_of", multiple_of)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    lengths = np.minimum(np.asarray(lengths, dtype=np.int64), max_length)
+    top = -(-max_length // multiple_of) * multiple_of
+    tokens: dict[int, int] = {top: 0}  # rounded width -> records of batches that need it
+    for epoch in epochs:
+        for batch in sampler.batches(epoch):
+            width = -(-int(lengths[batch].max()) // multiple_of) * multiple_of
+            tokens[width] = tokens.get(width, 0) + len(batch)
+    widths = sorted(tokens)
+    records = np.concatenate([[0], np.cumsum([tokens[w] for w in widths])])  # records[j]: of widths[:j]
+    # cost[k][j]: fewest padded positions for the batches of widths[: j + 1] with k + 1 rungs, the
+    # highest at widths[j]; previous[k][j]: the rung below it (-1: none).
+    n, rungs = len(widths), min(max_buckets, len(widths))
+    cost = [[widths[j] * int(records[j + 1]) for j in range(n)]]
+    previous = [[-1] * n]
+    for k in range(1, rungs):
+        row, back = [math.inf] * n, [-1] * n
+        for j in range(k, n):
+            for i in range(k - 1, j):
+                candidate = cost[k - 1][i] + widths[j] * int(records[j + 1] - records[i + 1])
+                if candidate < row[j]:
+                    row[j], back[j] = candidate, i
+        cost.append(row)
+        previous.append(back)
+    best = min(range(rungs), key=lambda k: (cost[k][n - 1], k))
+    ladder, j = [], n - 1
+    for k in range(best, -1, -1):
+        ladder.append(widths[j])
+        j = previous[k][j]
+    return tuple(reversed(ladder))
+
+
 def padding_utilization(
     sampler: BatchSampler,
     lengths: Sequence[int] | np.ndarray,

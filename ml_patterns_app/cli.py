@@ -241,6 +241,13 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
         "on a busy machine 1 is faster and steadier)",
     )
     parser.add_argument(
+        "--max-buckets",
+        type=positive_int,
+        default=defaults.max_buckets,
+        help="at most N padded lengths, fitted to the run's batches: each is one more jax.jit program per step "
+        "function; fewer pad more",
+    )
+    parser.add_argument(
         "--random-batches",
         action="store_true",
         help="draw batches at random instead of grouping molecules of similar length (3x the padding)",
@@ -270,6 +277,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_train_molecules=args.max_train_molecules,
         group_by_length=not args.random_batches,
+        max_buckets=args.max_buckets,
         threads=args.threads or 0,
     )
     available = cpu_count()

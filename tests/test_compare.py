@@ -351,3 +351,22 @@ def test_compiling_longer_than_training_on_a_full_run_still_ranks(default_datase
     report = build(default_dataset, torch_kwargs={"step_times": torch_times}, jax_kwargs={"step_times": jax_times})
     assert "PyTorch (eager) trains this model 2.00x faster" in report["verdict"]
     assert "JAX's 29.9 s compiling outweighed its 6.0 s of steady-state training" in report["verdict"]
+
+
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_the_ladder_is_fitted_to_the_batches_both_loaders_draw(default_dataset, group_by_length):
+    """compare fits its padded lengths to ``settings.train_sampler``'s batches, then builds each
+    backend's loader: both loaders must draw exactly those batches."""
+    import jax_impl.data
+    import torch_impl.data
+    from ml_patterns.data import LazyDataset
+    from ml_patterns.training import find_sampler
+
+    settings = CompareSettings(group_by_length=group_by_length, seed=3)
+    train = LazyDataset(default_dataset[0], split="train")
+    expected = settings.train_sampler(train)
+    for impl in (torch_impl.data, jax_impl.data):
+        loader = impl.make_loader(train, settings.batch_size, seed=settings.seed, group_by_length=group_by_length)
+        drawn = find_sampler(loader)
+        assert type(drawn) is type(expected)
+        assert all(drawn.batches(epoch) == expected.batches(epoch) for epoch in range(settings.epochs))

@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 
 import numpy as np
@@ -5,7 +6,13 @@ import pytest
 
 from ml_patterns.collate import bucket_ladder
 from ml_patterns.data import LazyDataset
-from ml_patterns.samplers import BatchSampler, LengthGroupedSampler, padding_utilization, sequence_lengths
+from ml_patterns.samplers import (
+    BatchSampler,
+    LengthGroupedSampler,
+    fit_buckets,
+    padding_utilization,
+    sequence_lengths,
+)
 
 
 def batches(sampler, epochs=1):
@@ -229,18 +236,64 @@ def test_sequence_lengths_reads_records_or_asks_the_dataset():
 
 
 def test_default_dataset_grouped_batches_are_80_percent_real_tokens(default_dataset):
-    """The figures of the issue: random batches on the default ladder are 30% real tokens, 11% real
-    attention entries; grouping by length (the default 50 batches a group) brings them to >= 80% / 55%."""
+    """The figures of the issue: random batches are about 30% real tokens, 11% real attention
+    entries; grouping by length (the default 50 batches a group) brings them to >= 80% / 55%, on the
+    6 lengths compare fits to its batches as on the 8 geometric ones it used before."""
+    from ml_patterns_app.compare.settings import CompareSettings
+
     root, manifest = default_dataset
     dataset = LazyDataset(root, split="train")
     lengths = sequence_lengths(dataset)
     assert lengths.tolist() == [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
-    ladder = bucket_ladder(manifest["sequence_length"]["min"], 128)  # compare's default ladder
-    options = {"buckets": ladder, "max_length": 128, "epochs": range(3)}
-    random = padding_utilization(BatchSampler(len(dataset), 64, seed=0), lengths, **options)
-    grouped = padding_utilization(LengthGroupedSampler(lengths, 64, seed=0), lengths, **options)
-    assert random["token"] < 0.35 and random["attention"] < 0.15
-    assert grouped["token"] >= 0.80 and grouped["attention"] >= 0.55
+    settings = CompareSettings()
+    geometric = bucket_ladder(manifest["sequence_length"]["min"], 128)
+    for grouped_by_length in (False, True):
+        sampler = dataclasses.replace(settings, group_by_length=grouped_by_length).train_sampler(dataset)
+        fitted = settings.buckets(manifest, sampler, lengths)
+        assert len(fitted) <= settings.max_buckets == 6 < len(geometric) and fitted[-1] == geometric[-1] == 128
+        for ladder in (geometric, fitted):
+            utilization = padding_utilization(sampler, lengths, buckets=ladder, max_length=128, epochs=range(3))
+            if grouped_by_length:
+                assert utilization["token"] >= 0.80 and utilization["attention"] >= 0.55
+            else:
+                assert utilization["token"] < 0.35 and utilization["attention"] < 0.15
+
+
+def _token_utilization(sampler, lengths, ladder, epochs=(0, 1)):
+    return padding_utilization(sampler, lengths, buckets=ladder, max_length=ladder[-1], epochs=epochs)["token"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fit_buckets_finds_the_ladder_that_pads_least(seed):
+    """Against every ladder of multiples of 8 ending at 64 (records up to 70 tokens: some truncated)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 71, size=300)
+    sampler = LengthGroupedSampler(lengths, 16, seed=seed, group_batches=4) if seed % 2 else BatchSampler(300, 8)
+    for max_buckets in (1, 2, 3, 4):
+        ladder = fit_buckets(sampler, lengths, max_buckets=max_buckets, max_length=64, epochs=(0, 1))
+        assert len(ladder) <= max_buckets and list(ladder) == sorted(set(ladder))
+        assert ladder[-1] == 64 and all(rung % 8 == 0 for rung in ladder)
+        best = max(
+            _token_utilization(sampler, lengths, rungs + (64,))
+            for rungs in itertools.combinations(range(8, 64, 8), max_buckets - 1)
+        )
+        assert _token_utilization(sampler, lengths, ladder) == pytest.approx(best, rel=1e-12)
+
+
+def test_fit_buckets_keeps_no_rung_it_does_not_need():
+    lengths = [5, 3, 7, 2] * 10
+    sampler = BatchSampler(len(lengths), 4, shuffle=False)  # every batch's longest is the 7
+    assert fit_buckets(sampler, lengths, max_buckets=4, max_length=100) == (8, 104)
+    assert fit_buckets(sampler, lengths, max_buckets=1, max_length=100) == (104,)
+    assert fit_buckets(sampler, lengths, max_buckets=3, max_length=6, multiple_of=4) == (8,)
+
+
+@pytest.mark.parametrize("option", ["max_buckets", "max_length", "multiple_of"])
+@pytest.mark.parametrize("value", [0, -1, 2.0, True])
+def test_fit_buckets_bad_arguments(option, value):
+    options = {"max_buckets": 2, "max_length": 16, "multiple_of": 8, option: value}
+    with pytest.raises(ValueError, match=f"{option} must be a positive integer, got {value!r}"):
+        fit_buckets(BatchSampler(4, 2), [1, 2, 3, 4], **options)
 
 
 def test_both_backends_loaders_group_by_length_alike(default_dataset):

@@ -30,7 +30,6 @@ from ml_patterns.molecules.batches import BatchPreparer, destandardize
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.samplers import LengthGroupedSampler, padding_utilization, sequence_lengths
-from ml_patterns.training import find_sampler
 from ml_patterns_app.compare.settings import CompareSettings
 
 # A status line at most this often: reading the loss is a host sync.
@@ -172,20 +171,20 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
     data = Path(job["data"])
     settings = CompareSettings(**job["settings"])
     manifest = read_manifest(data)
-    # Batches are padded to a ladder of lengths (a bounded number of jax.jit compilations); the
-    # position table covers the longest rung.
-    buckets = settings.buckets(manifest)
-    config = settings.model_config(manifest, max_len=buckets[-1])
     train = LazyDataset(data, split="train")
     if settings.max_train_molecules:
         train = Subset(train, range(min(settings.max_train_molecules, len(train))))
     val, test = LazyDataset(data, split="val"), LazyDataset(data, split="test")
+    # Batches are padded to a short ladder of lengths fitted to this run's batches (each length is a
+    # jax.jit program); the position table covers the longest rung.
+    sampler = settings.train_sampler(train)
+    lengths = sampler.lengths if isinstance(sampler, LengthGroupedSampler) else sequence_lengths(train)
+    buckets = settings.buckets(manifest, sampler, lengths)
+    config = settings.model_config(manifest, max_len=buckets[-1])
     collate = {"buckets": buckets, "max_length": buckets[-1], "group_by_length": settings.group_by_length}
     steps = -(-len(train) // settings.batch_size)
     loader = impl.data.make_loader
     train_loader = loader(train, settings.batch_size, seed=settings.seed, **collate)
-    sampler = find_sampler(train_loader)
-    lengths = sampler.lengths if isinstance(sampler, LengthGroupedSampler) else sequence_lengths(train)
     epochs = range(settings.epochs)
     padding = padding_utilization(sampler, lengths, buckets=buckets, max_length=buckets[-1], epochs=epochs)
     # The padded length of every train step, for steady-state times per batch shape.
