@@ -34,8 +34,9 @@ Padded length ``L`` (longest = the longest record, after truncation):
 - ``pad_to_multiple_of=m``: ``L = ceil(longest / m) * m``;
 - ``buckets=(b1 < b2 < ...)``: ``L`` = the smallest bucket ``>= longest``; a batch longer than the
   largest bucket raises ``ValueError`` rather than creating an unplanned shape. ``bucket_ladder``
-  and ``dataset_buckets`` build a ladder from a dataset's sequence lengths; a jitted step then
-  compiles at most ``len(buckets)`` times per batch size.
+  and ``dataset_buckets`` build a ladder from a dataset's sequence lengths
+  (``ml_patterns.samplers.fit_buckets`` fits a shorter one to the batches a run will draw); a
+  jitted step then compiles at most ``len(buckets)`` times per batch size.
 - ``max_length``: records longer than it are cut to it (``truncate=True``), or raise
   (``truncate=False``). It must be a multiple of ``pad_to_multiple_of``, and no bucket may exceed it,
   so that ``L <= max_length`` always holds.

@@ -72,9 +72,9 @@ def _torch_optimizer(config: OptimizerConfig, parameters: list[torch.nn.Paramete
 
 def _fused(parameters: list[torch.nn.Parameter]) -> bool:
     """torch's fused Adam/AdamW kernel: one pass over each parameter and its two moments instead of
-    the default (foreach) implementation's several; the large MLP's train step went from 71% to 79%
-    of the matmul peak on a 2-core CPU (docs/PERFORMANCE.md). It takes floating-point parameters
-    on a CPU or CUDA device."""
+    the default (foreach) implementation's several; the large MLP's train step runs about 10%
+    faster with it on a 2-core CPU, the same losses to float32 rounding (docs/PERFORMANCE.md). It
+    takes floating-point parameters on a CPU or CUDA device."""
     return bool(parameters) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters)
 
 
