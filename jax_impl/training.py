@@ -1,5 +1,6 @@
 """Training loop and Trainer, JAX side: a pure ``train_step(state, batch) -> (state, metrics)``
-jitted once with the state donated, and optax. The contract: ``torch_impl.training``.
+(jitted: the gradients once per batch shape, the optax update once) with the state donated. The
+contract: ``torch_impl.training``.
 
 Divergences, and why:
 
@@ -66,17 +67,43 @@ def make_steps(
     seed: int,
     distributed: distributed_.Context | None = None,
 ):
-    """``(train_step, eval_step)`` for ``model``, each jitted once.
+    """``(train_step, eval_step)`` for ``model``.
 
-    ``train_step(state, batch) -> (state, {"loss": scalar})`` from ``model.compute_loss``;
-    ``eval_step(params, rest, batch) -> loss`` (dropout off). Trainers of the same model structure,
-    optimizer (config, or the same transformation object) and seed share the compiled steps (a
-    resumed trainer does not recompile). With ``distributed``, ``batch`` is ``(rows, weight)``
-    sharded over its mesh (``distributed.shard_batch``), the loss ``distributed.global_loss`` and
-    the state kept replicated.
+    ``train_step(state, batch) -> (state, {"loss": scalar})`` from ``model.compute_loss``: a
+    ``TrainStep``, two jitted programs (the loss and its gradients, compiled once per batch shape;
+    the optimizer update, compiled once), the state donated. ``eval_step(params, rest, batch) ->
+    loss`` (dropout off), jitted. Trainers of the same model structure, optimizer (config, or the
+    same transformation object) and seed share the compiled steps (a resumed trainer does not
+    recompile). With ``distributed``, ``batch`` is ``(rows, weight)`` sharded over its mesh
+    (``distributed.shard_batch``), the loss ``distributed.global_loss`` and the state kept replicated.
     """
     fn, _, _ = functional(model)
     return _compiled_steps(fn, optimizer, seed, distributed)
+
+
+class TrainStep:
+    """``train_step(state, batch) -> (state, {"loss": loss})``, pure, as two jitted programs.
+
+    ``gradients(params, rest, batch, step) -> (loss, rest, grads)`` depends on the batch's shape, so
+    it compiles once per padded length; ``update(params, opt_state, step, grads)`` (the optimizer:
+    clipping, schedule, Adam) does not, so it compiles once. One program for both would compile,
+    and on later runs trace and load from the compile cache, the optimizer again with every batch
+    shape: on compare's model that was 40% of each shape's compile time (docs/PERFORMANCE.md).
+    Calling it inside an outer ``jax.jit`` traces both into one program.
+    """
+
+    def __init__(self, gradients, update):
+        self.gradients, self.update = gradients, update
+
+    def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        loss, rest, grads = self.gradients(state.params, state.rest, batch, state.step)
+        params, opt_state, step = self.update(state.params, state.opt_state, state.step, grads)
+        return TrainState(params, rest, opt_state, step), {"loss": loss}
+
+    def compilations(self) -> int:
+        """Programs compiled so far: one per batch signature for the gradients, and the update's."""
+        # _cache_size(): a jitted function's count of its executables (jax has no public one).
+        return int(self.gradients._cache_size() + self.update._cache_size())
 
 
 @functools.lru_cache(maxsize=16)
@@ -84,24 +111,28 @@ def _compiled_steps(fn: Functional, optimizer, seed: int, distributed: distribut
     transformation = build_optimizer(optimizer) if isinstance(optimizer, OptimizerConfig) else optimizer
     base_key = jax.random.key(seed)
     loss_fn = fn.compute_loss if distributed is None else functools.partial(distributed_.global_loss, fn)
-    # One device: the outputs follow the inputs. A mesh: state and loss replicated on every device.
+    # One device: the outputs follow the inputs. A mesh: state, gradients and loss replicated on every device.
     out_shardings = None if distributed is None else distributed.replicated
 
-    def train_step(state: TrainState, batch: Any) -> tuple[TrainState, dict]:
-        key = jax.random.fold_in(base_key, state.step)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, rest), grads = grad_fn(state.params, state.rest, batch, key=key, train=True)
-        updates, opt_state = transformation.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return TrainState(params, rest, opt_state, state.step + 1), {"loss": loss}
+    def gradients(params: nnx.State, rest: nnx.State, batch: Any, step: jax.Array):
+        key = jax.random.fold_in(base_key, step)
+        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, batch, key=key, train=True)
+        return loss, rest, grads
+
+    def update(params: nnx.State, opt_state: Any, step: jax.Array, grads: nnx.State):
+        updates, opt_state = transformation.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, step + 1
 
     def eval_step(params: nnx.State, rest: nnx.State, batch: Any) -> jax.Array:
         return loss_fn(params, rest, batch)[0]
 
-    return (
-        jax.jit(train_step, donate_argnums=0, out_shardings=out_shardings),
-        jax.jit(eval_step, out_shardings=out_shardings),
+    # Donated: the state's buffers are reused for the new state in place (the gradients' could only
+    # alias the parameters' again, so they are left to be freed).
+    train_step = TrainStep(
+        jax.jit(gradients, donate_argnums=1, out_shardings=out_shardings),
+        jax.jit(update, donate_argnums=(0, 1, 2), out_shardings=out_shardings),
     )
+    return train_step, jax.jit(eval_step, out_shardings=out_shardings)
 
 
 class Trainer(TrainerBase):
@@ -183,9 +214,9 @@ class Trainer(TrainerBase):
 
     def compilations(self) -> int:
         """Programs compiled for the train and eval steps so far: one per input signature (batch
-        shape, dtypes, placement) they were called with, which padding to a ladder of lengths bounds."""
-        # _cache_size(): a jitted function's count of its executables (jax has no public one).
-        return int(self.train_step._cache_size() + self.eval_step._cache_size())
+        shape, dtypes, placement) they were called with, which padding to a ladder of lengths
+        bounds, and the optimizer update's one."""
+        return self.train_step.compilations() + int(self.eval_step._cache_size())
 
     # -- the model object and what callbacks use --------------------------------------------
     def sync_model(self) -> None:
