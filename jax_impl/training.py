@@ -88,7 +88,8 @@ class TrainStep:
     it compiles once per padded length; ``update(params, opt_state, step, grads)`` (the optimizer:
     clipping, schedule, Adam) does not, so it compiles once. One program for both would compile,
     and on later runs trace and load from the compile cache, the optimizer again with every batch
-    shape: on compare's model that was 40% of each shape's compile time (docs/PERFORMANCE.md).
+    shape: on compare's model a third of each shape's cold compile, and 40% of the time to trace and
+    load it from the compile cache (docs/PERFORMANCE.md).
     Calling it inside an outer ``jax.jit`` traces both into one program.
     """
 
