@@ -43,9 +43,9 @@ class CompareSettings:
     # padded token positions are real tokens, against 30% for random batches (docs/PERFORMANCE.md).
     group_by_length: bool = True
     # Padded lengths, fitted to the run's batches (ml_patterns.samplers.fit_buckets). Each one is a
-    # jax.jit program per step function: about 3 s to compile on 2 CPU cores, 0.7 s to trace and
-    # load from the compile cache. 6 fitted lengths pad the default data's length-grouped batches as
-    # little as 8 geometric ones did (80% real tokens); 8 fitted ones reach 83%.
+    # jax.jit program for the gradients and one for evaluation: about 2.5 s to compile on 2 CPU
+    # cores, 0.9 s to trace and load from the compile cache. 6 fitted lengths pad the default data's
+    # length-grouped batches as little as 8 geometric ones did (80% real tokens); 8 fitted reach 83%.
     max_buckets: int = 6
     # CPUs each worker may use (0: all of them). On a shared machine 1 is faster and steadier:
     # torch's OpenMP threads wait at every barrier for a peer that lost its core (docs/PERFORMANCE.md).
