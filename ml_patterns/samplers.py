@@ -204,11 +204,11 @@ def fit_buckets(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     lengths = np.minimum(np.asarray(lengths, dtype=np.int64), max_length)
-    top = -(-max_length // multiple_of) * multiple_of
+    top = padded_length(max_length, multiple_of, None)
     tokens: dict[int, int] = {top: 0}  # rounded width -> records of batches that need it
     for epoch in epochs:
         for batch in sampler.batches(epoch):
-            width = -(-int(lengths[batch].max()) // multiple_of) * multiple_of
+            width = padded_length(int(lengths[batch].max()), multiple_of, None)
             tokens[width] = tokens.get(width, 0) + len(batch)
     widths = sorted(tokens)
     records = np.concatenate([[0], np.cumsum([tokens[w] for w in widths])])  # records[j]: of widths[:j]
