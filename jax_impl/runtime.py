@@ -13,9 +13,7 @@ import contextlib
 import gc
 import importlib.metadata
 import os
-import stat
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -23,6 +21,7 @@ import numpy as np
 from jax_impl.state import tree_to_numpy
 from jax_impl.training import to_device
 from ml_patterns.errors import UsageError
+from ml_patterns.io import private_directory
 from ml_patterns.parity import PRECISIONS
 
 _PRECISION = {"float32": "highest", "tf32": "tensorfloat32"}
@@ -108,14 +107,7 @@ def predict(model, batch: Mapping, dev: jax.Device, task: str | None = None) -> 
 def enable_compile_cache(directory: str | os.PathLike) -> dict:
     """JAX's persistent compilation cache in ``directory`` (created, mode 0700), for every program:
     the defaults skip programs that compile in under a second, which is all of ours on a CPU."""
-    path = Path(directory).expanduser()
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = path.stat()
-    if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise UsageError(
-            f"the compile cache {path} is writable by another user: a compiled program read from it would run "
-            "as is; make it yours alone (chmod 700) or pass --no-compile-cache"
-        )
+    path = private_directory(directory, "the compile cache")
     entries = sum(1 for _ in path.iterdir())
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -19,12 +19,16 @@ Divergences, and why:
   replicated; the model needs ``loss_sums(batch, weight)`` (docs/DISTRIBUTED.md).
 - The state is donated to the step: its buffers are reused in place. The model's own arrays are
   never handed to the step (they are copied in and out), so donation cannot invalidate them.
+- ``program_cache`` (JAX only; torch eager traces nothing): a ``jax_impl.program_cache.ProgramCache``
+  keeps the traced steps on disk, so a later run with the same code, model, optimizer config and
+  batch shapes skips tracing them. Off by default; ``ml-patterns compare`` turns it on.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,6 +43,7 @@ from jax_impl import distributed as distributed_
 from jax_impl import state as weights
 from jax_impl.models import Functional, functional
 from jax_impl.optim import build_optimizer
+from jax_impl.program_cache import CachedProgram, ProgramCache
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import global_rows
@@ -66,6 +71,7 @@ def make_steps(
     optimizer: OptimizerConfig | optax.GradientTransformation,
     seed: int,
     distributed: distributed_.Context | None = None,
+    program_cache: ProgramCache | None = None,
 ):
     """``(train_step, eval_step)`` for ``model``.
 
@@ -76,9 +82,14 @@ def make_steps(
     same transformation object) and seed share the compiled steps (a resumed trainer does not
     recompile). With ``distributed``, ``batch`` is ``(rows, weight)`` sharded over its mesh
     (``distributed.shard_batch``), the loss ``distributed.global_loss`` and the state kept replicated.
+    With ``program_cache`` (one device only), the steps are read from it or traced and stored there;
+    the optimizer update only when ``optimizer`` is a config (an optax object's closures cannot be
+    told apart).
     """
+    if program_cache is not None and distributed is not None:
+        raise ValueError("program_cache serves one-device steps: leave it out with distributed")
     fn, _, _ = functional(model)
-    return _compiled_steps(fn, optimizer, seed, distributed)
+    return _compiled_steps(fn, optimizer, seed, distributed, program_cache)
 
 
 class TrainStep:
@@ -103,12 +114,24 @@ class TrainStep:
 
     def compilations(self) -> int:
         """Programs compiled so far: one per batch signature for the gradients, and the update's."""
-        # _cache_size(): a jitted function's count of its executables (jax has no public one).
-        return int(self.gradients._cache_size() + self.update._cache_size())
+        return compilations(self.gradients) + compilations(self.update)
+
+
+def compilations(step) -> int:
+    """Programs a jitted (or ``program_cache``-served) function compiled so far."""
+    if isinstance(step, CachedProgram):
+        return step.compilations()
+    return int(step._cache_size())  # a jitted function's count of its executables (jax has no public one)
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_steps(fn: Functional, optimizer, seed: int, distributed: distributed_.Context | None):
+def _compiled_steps(
+    fn: Functional,
+    optimizer,
+    seed: int,
+    distributed: distributed_.Context | None,
+    program_cache: ProgramCache | None,
+):
     transformation = build_optimizer(optimizer) if isinstance(optimizer, OptimizerConfig) else optimizer
     base_key = jax.random.key(seed)
     loss_fn = fn.compute_loss if distributed is None else functools.partial(distributed_.global_loss, fn)
@@ -129,17 +152,49 @@ def _compiled_steps(fn: Functional, optimizer, seed: int, distributed: distribut
 
     # Donated: the state's buffers are reused for the new state in place (the gradients' could only
     # alias the parameters' again, so they are left to be freed).
-    train_step = TrainStep(
+    steps = (
         jax.jit(gradients, donate_argnums=1, out_shardings=out_shardings),
         jax.jit(update, donate_argnums=(0, 1, 2), out_shardings=out_shardings),
+        jax.jit(eval_step, out_shardings=out_shardings),
     )
-    return train_step, jax.jit(eval_step, out_shardings=out_shardings)
+    if program_cache is not None:
+        steps = _cached_steps(program_cache, steps, fn, optimizer, seed)
+    return TrainStep(*steps[:2]), steps[2]
+
+
+def _cached_steps(cache: ProgramCache, steps: tuple, fn: Functional, optimizer, seed: int) -> tuple:
+    """``(gradients, update, eval_step)`` served from ``cache``, each keyed on what it closes over."""
+    gradients, update, eval_step = steps
+    model = fn.description()
+    if "<lambda>" in model:  # two lambdas describe alike: which one the model holds cannot be keyed on
+        warnings.warn("the model holds a lambda: its train step is not kept in the program cache", stacklevel=4)
+        return steps
+    model_context = f"{model}\nseed={seed}"
+    gradients = cache.program(
+        gradients,
+        "gradients",
+        context=model_context,
+        out_tree=lambda args: jax.tree.structure((0, args[1], args[0])),  # (loss, rest, grads like params)
+        donate_argnums=(1,),
+    )
+    scalar = jax.tree.structure(0)
+    eval_step = cache.program(eval_step, "eval_step", context=model_context, out_tree=lambda args: scalar)
+    if isinstance(optimizer, OptimizerConfig):
+        update = cache.program(
+            update,
+            "update",
+            context=repr(optimizer),
+            out_tree=lambda args: jax.tree.structure(args[:3]),  # (params, opt_state, step), as given
+            donate_argnums=(0, 1, 2),
+        )
+    return gradients, update, eval_step
 
 
 class Trainer(TrainerBase):
     """See ``torch_impl.training`` for the contract; the loop is ``ml_patterns.training.TrainerBase``.
 
     ``seed``: of the dropout keys (default: the model's ``config.seed`` if it has one, else 0).
+    ``program_cache``: keeps the traced steps across runs (``make_steps``).
     """
 
     backend = "jax"
@@ -155,6 +210,7 @@ class Trainer(TrainerBase):
         stop_on_non_finite: bool = True,
         seed: int | None = None,
         distributed: distributed_.Context | bool | None = None,
+        program_cache: ProgramCache | None = None,
     ):
         if isinstance(optimizer, OptimizerConfig):
             config = optimizer
@@ -181,7 +237,7 @@ class Trainer(TrainerBase):
         self.optimizer = build_optimizer(optimizer) if config is not None else optimizer
         if seed is None:
             seed = getattr(getattr(model, "config", None), "seed", 0)
-        self.train_step, self.eval_step = make_steps(model, optimizer, seed, self.distributed)
+        self.train_step, self.eval_step = make_steps(model, optimizer, seed, self.distributed, program_cache)
         self.state = self._initial_state()
 
     def _initial_state(self) -> TrainState:
@@ -217,7 +273,7 @@ class Trainer(TrainerBase):
         """Programs compiled for the train and eval steps so far: one per input signature (batch
         shape, dtypes, placement) they were called with, which padding to a ladder of lengths
         bounds, and the optimizer update's one."""
-        return self.train_step.compilations() + int(self.eval_step._cache_size())
+        return self.train_step.compilations() + compilations(self.eval_step)
 
     # -- the model object and what callbacks use --------------------------------------------
     def sync_model(self) -> None:

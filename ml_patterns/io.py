@@ -21,12 +21,13 @@ import re
 import secrets
 import shutil
 import socket
+import stat
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from ml_patterns.errors import DestinationError, DestinationExistsError
+from ml_patterns.errors import DestinationError, DestinationExistsError, UsageError
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -282,3 +283,20 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def private_directory(directory: str | os.PathLike, what: str) -> Path:
+    """``directory``, created (mode 0700) if missing, refused unless this user owns it and no one
+    else may write to it: what is read from a cache of programs runs as is.
+
+    ``what`` names it in the error (e.g. "the compile cache"). Raises ``UsageError``.
+    """
+    path = Path(directory).expanduser()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UsageError(
+            f"{what} {path} is writable by another user: a program read from it would run as is; make it "
+            "yours alone (chmod 700) or pass --no-compile-cache"
+        )
+    return path

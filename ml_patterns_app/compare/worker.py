@@ -204,6 +204,7 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         distributed = _mesh(runtime, job)
     main = distributed is None or distributed.is_main
     runtime.reset_peak_memory(device)
+    traced = _program_cache(backend, job, distributed)
     step_losses = StepLosses()
     timer = StepTimes(runtime, device)
     trainer = impl.training.Trainer(
@@ -213,6 +214,7 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         device=None if distributed is not None else device,
         batch_transform=BatchPreparer(config),
         distributed=distributed,
+        **({"program_cache": traced} if traced else {}),
     )
     # Everything alive now (the frameworks, the model, the data) lives until the worker exits: moved
     # out of the collector's generations, it is not rescanned by the collections JAX's tracing sets
@@ -243,7 +245,7 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         },
         "max_length": buckets[-1],
         "compilations": trainer.compilations(),
-        "compile_cache": cache,
+        "compile_cache": {**cache, "program_cache": str(traced.directory) if traced else None},
         "cpus": job["cpus"],
         "test_metrics": test_metrics(runtime, trainer.model, device, config, test_loader),
         "devices": job.get("devices", 1),
@@ -251,6 +253,17 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         **_peak_memory(runtime, device),
     }
     out.write_text(json.dumps(result))
+
+
+def _program_cache(backend: str, job: dict, distributed):
+    """JAX's traced steps kept next to its compile cache (``jax_impl.program_cache``), so a second
+    run skips tracing them too; None for torch, a mesh, or no compile cache."""
+    if backend != "jax" or distributed is not None or not job.get("compile_cache"):
+        return None
+    from jax_impl.program_cache import ProgramCache
+
+    compiled = Path(job["compile_cache"])
+    return ProgramCache(compiled.with_name(f"{compiled.name}-traced"))
 
 
 def _peak_memory(runtime, device) -> dict:

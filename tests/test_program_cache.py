@@ -1,0 +1,188 @@
+"""jax_impl.program_cache: traced programs kept across runs. A later run (a fresh ProgramCache on the
+same directory) must run the stored program without tracing, give the same bits, and never serve a
+program that tracing would now make differently: other code, context, configuration or shapes."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import jax_impl.program_cache
+import jax_impl.training
+from jax_impl.program_cache import ProgramCache
+from ml_patterns.errors import UsageError
+from ml_patterns.optim import OptimizerConfig
+
+SCALAR = jax.tree.structure(0)
+
+
+@pytest.fixture
+def traces(monkeypatch):
+    """The programs the cache traced (exported), by name: jax.jit's own in-process trace cache
+    would hide a second trace from a count kept in the traced function."""
+    traced = []
+    export = jax_impl.program_cache.export.export
+
+    def counting(fun_jit, **kwargs):
+        traced.append(fun_jit)
+        return export(fun_jit, **kwargs)
+
+    monkeypatch.setattr(jax_impl.program_cache.export, "export", counting)
+    return traced
+
+
+def affine(x, y):
+    return jnp.sum(jnp.tanh(x @ y) * 3.0)
+
+
+def inputs(n=4):
+    rng = np.random.default_rng(0)
+    return jnp.asarray(rng.normal(size=(n, 3)), jnp.float32), jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)
+
+
+def test_a_later_run_reads_the_program_back_instead_of_tracing(tmp_path, traces):
+    jitted = jax.jit(affine)
+    first = ProgramCache(tmp_path).program(jitted, "affine", context="v1", out_tree=lambda args: SCALAR)
+    expected = jax.jit(affine)(*inputs())
+    assert np.asarray(first(*inputs())).tobytes() == np.asarray(expected).tobytes() and len(traces) == 1
+    assert len(list(tmp_path.glob("affine-*.jaxexport"))) == 1 and len(list(tmp_path.glob("affine-*.json"))) == 1
+
+    later = ProgramCache(tmp_path).program(jitted, "affine", context="v1", out_tree=lambda args: SCALAR)
+    assert np.asarray(later(*inputs())).tobytes() == np.asarray(expected).tobytes()
+    assert len(traces) == 1 and later.compilations() == 1  # read back, not traced
+    later(*inputs(5))  # another shape: its own program, traced and stored
+    assert len(traces) == 2 and later.compilations() == 2 and len(list(tmp_path.glob("*.jaxexport"))) == 2
+
+
+def test_what_the_function_closes_over_and_jax_configuration_are_in_the_key(tmp_path, traces):
+    jitted = jax.jit(affine)
+    ProgramCache(tmp_path).program(jitted, "affine", context="v1", out_tree=lambda args: SCALAR)(*inputs())
+    ProgramCache(tmp_path).program(jitted, "affine", context="v2", out_tree=lambda args: SCALAR)(*inputs())
+    assert len(traces) == 2  # another context: traced again
+    saved = jax.config.jax_default_matmul_precision
+    try:
+        jax.config.update("jax_default_matmul_precision", "bfloat16")
+        ProgramCache(tmp_path).program(jitted, "affine", context="v1", out_tree=lambda args: SCALAR)(*inputs())
+    finally:
+        jax.config.update("jax_default_matmul_precision", saved)
+    assert len(traces) == 3 and len(list(tmp_path.glob("*.jaxexport"))) == 3  # another precision: another program
+
+
+def test_an_edited_module_is_traced_again(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    source.mkdir()
+    module_file = source / "scaled_for_program_cache.py"
+    module_file.write_text("def scale(x):\n    return x * 2.0\n")
+    monkeypatch.syspath_prepend(str(source))
+    module = importlib.import_module("scaled_for_program_cache")
+    try:
+
+        def run():
+            jitted = jax.jit(lambda x: module.scale(x))
+            program = ProgramCache(tmp_path / "cache").program(jitted, "scale", context="", out_tree=lambda a: SCALAR)
+            return float(program(jnp.float32(1.5)))
+
+        assert run() == 3.0
+        module_file.write_text("def scale(x):\n    return x * 3.0  # edited\n")
+        importlib.reload(module)
+        assert run() == 4.5  # not the stored program of the old source
+        assert len(list((tmp_path / "cache").glob("*.jaxexport"))) == 1  # the entry was replaced
+    finally:
+        sys.modules.pop("scaled_for_program_cache", None)
+
+
+def test_a_damaged_entry_is_traced_again_with_a_warning(tmp_path, traces):
+    jitted = jax.jit(affine)
+    ProgramCache(tmp_path).program(jitted, "affine", context="", out_tree=lambda args: SCALAR)(*inputs())
+    (program_file,) = tmp_path.glob("*.jaxexport")
+    program_file.write_bytes(program_file.read_bytes()[:100])
+    later = ProgramCache(tmp_path).program(jitted, "affine", context="", out_tree=lambda args: SCALAR)
+    with pytest.warns(UserWarning, match=r"unreadable program cache entry .*affine-.*\.json.*tracing again"):
+        result = later(*inputs())
+    assert float(result) == float(jax.jit(affine)(*inputs())) and len(traces) == 2
+    assert len(program_file.read_bytes()) > 100  # rewritten whole
+
+
+def test_donated_arguments_are_donated_and_a_wrong_out_tree_is_a_bug(tmp_path):
+    program = ProgramCache(tmp_path).program(
+        jax.jit(lambda a, b: (a + b, b)),
+        "add",
+        context="",
+        out_tree=lambda args: jax.tree.structure(args),
+        donate_argnums=(0,),
+    )
+    a, b = jnp.ones(3), jnp.full(3, 2.0)
+    total, same = program(a, b)
+    assert a.is_deleted() and not b.is_deleted()
+    assert total.tolist() == [3.0, 3.0, 3.0] and same.tolist() == [2.0, 2.0, 2.0]
+    wrong = ProgramCache(tmp_path).program(jax.jit(lambda a: (a, a)), "pair", context="", out_tree=lambda a: SCALAR)
+    with pytest.raises(TypeError, match="pair: out_tree says"):
+        wrong(jnp.ones(3))
+
+
+def test_a_directory_others_may_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(UsageError, match=r"the program cache .*shared is writable by another user"):
+        ProgramCache(shared)
+    assert ProgramCache(tmp_path / "mine").directory.stat().st_mode & 0o777 == 0o700
+
+
+# -- the Trainer's steps ------------------------------------------------------------------------
+class Regressor(nnx.Module):
+    def __init__(self, hidden=8):
+        rngs = nnx.Rngs(0)
+        self.hidden, self.out = nnx.Linear(4, hidden, rngs=rngs), nnx.Linear(hidden, 1, rngs=rngs)
+
+    def compute_loss(self, batch):
+        return jnp.mean((self.out(jnp.tanh(self.hidden(batch["x"])))[:, 0] - batch["y"]) ** 2)
+
+
+def batches(sizes=(16, 16, 8)):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(sum(sizes), 4)).astype(np.float32)
+    bounds = np.cumsum((0, *sizes))
+    return [{"x": x[a:b], "y": np.sin(x[a:b].sum(axis=1))} for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+# A learning rate no other test uses: trainers of the same model, optimizer and seed share their steps.
+OPTIMIZER = OptimizerConfig("adamw", learning_rate=0.0123, weight_decay=0.01)
+
+
+def fit(program_cache, optimizer=OPTIMIZER, hidden=8):
+    trainer = jax_impl.training.Trainer(Regressor(hidden), optimizer, program_cache=program_cache)
+    history = trainer.fit(batches(), batches(), num_epochs=2)
+    return trainer, history
+
+
+def test_trainer_steps_from_the_cache_train_bit_for_bit_as_the_jitted_ones(tmp_path, monkeypatch):
+    _, plain = fit(None)
+    trainer, cached = fit(ProgramCache(tmp_path))
+    assert cached.as_dict() == plain.as_dict()
+    # Two batch shapes (16 and 8 rows): a gradients and an eval program each, and the update.
+    assert trainer.compilations() == 5 and len(list(tmp_path.glob("*.jaxexport"))) == 5
+
+    def no_tracing(*args, **kwargs):
+        raise AssertionError("traced although the program cache holds the steps")
+
+    monkeypatch.setattr(jax_impl.program_cache.export, "export", no_tracing)
+    _, later = fit(ProgramCache(tmp_path))  # a later run: every step read back
+    assert later.as_dict() == plain.as_dict()
+    with pytest.raises(AssertionError, match="traced although"):
+        fit(ProgramCache(tmp_path), hidden=9)  # another model: never the stored programs
+
+
+def test_an_optax_object_update_is_not_cached_and_a_mesh_refuses_the_cache(tmp_path):
+    trainer, _ = fit(ProgramCache(tmp_path), optimizer=optax.adamw(0.0123))
+    assert sorted({path.name.split("-")[0] for path in tmp_path.glob("*.jaxexport")}) == ["eval_step", "gradients"]
+    assert trainer.compilations() == 5  # the update compiled all the same
+    with pytest.raises(ValueError, match="program_cache serves one-device steps"):
+        jax_impl.training.make_steps(Regressor(), OPTIMIZER, 0, object(), ProgramCache(tmp_path))
