@@ -255,8 +255,8 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-compile-cache",
         action="store_true",
-        help="compile every JAX program afresh instead of keeping them in ~/.cache/ml-patterns/jax "
-        "($XDG_CACHE_HOME/ml-patterns/jax), which must be writable by you alone",
+        help="trace and compile every JAX program afresh instead of keeping them in ~/.cache/ml-patterns/jax "
+        "and jax-traced beside it ($XDG_CACHE_HOME/ml-patterns/...), which must be writable by you alone",
     )
     parser.add_argument(
         "--out",
