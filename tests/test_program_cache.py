@@ -186,3 +186,16 @@ def test_an_optax_object_update_is_not_cached_and_a_mesh_refuses_the_cache(tmp_p
     assert trainer.compilations() == 5  # the update compiled all the same
     with pytest.raises(ValueError, match="program_cache serves one-device steps"):
         jax_impl.training.make_steps(Regressor(), OPTIMIZER, 0, object(), ProgramCache(tmp_path))
+
+
+class WithLambda(Regressor):
+    def __init__(self):
+        super().__init__()
+        self.activation = lambda x: jnp.tanh(x)  # static: described as "<lambda>", whichever it is
+
+
+def test_a_model_holding_a_lambda_is_not_cached(tmp_path):
+    with pytest.warns(UserWarning, match="the model holds a lambda"):
+        trainer = jax_impl.training.Trainer(WithLambda(), OPTIMIZER, program_cache=ProgramCache(tmp_path))
+    trainer.fit(batches(), batches(), num_epochs=1)
+    assert not any(tmp_path.iterdir()) and trainer.compilations() == 5
