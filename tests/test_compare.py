@@ -373,3 +373,19 @@ def test_the_ladder_is_fitted_to_the_batches_both_loaders_draw(default_dataset, 
         drawn = find_sampler(loader)
         assert type(drawn) is type(expected)
         assert all(drawn.batches(epoch) == expected.batches(epoch) for epoch in range(settings.epochs))
+
+
+def test_the_jax_worker_keeps_its_traced_steps_beside_the_compile_cache(monkeypatch, capsys, tmp_path):
+    import importlib.util
+
+    from ml_patterns_app.compare import worker
+
+    job = {"compile_cache": str(tmp_path / "jax")}
+    assert worker._program_cache("jax", job, None).directory == tmp_path / "jax-traced"
+    assert worker._program_cache("torch", job, None) is None and worker._program_cache("jax", {}, None) is None
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "flatbuffers" else find_spec(name, *a)
+    )
+    assert worker._program_cache("jax", job, None) is None  # jax.export cannot serialize without it: no cache
+    assert "flatbuffers is not installed" in capsys.readouterr().out

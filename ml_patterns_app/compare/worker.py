@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import resource
@@ -259,6 +260,9 @@ def _program_cache(backend: str, job: dict, distributed):
     """JAX's traced steps kept next to its compile cache (``jax_impl.program_cache``), so a second
     run skips tracing them too; None for torch, a mesh, or no compile cache."""
     if backend != "jax" or distributed is not None or not job.get("compile_cache"):
+        return None
+    if importlib.util.find_spec("flatbuffers") is None:  # our dependency, but an environment made for jax may lack it
+        emit("status", text="flatbuffers is not installed: JAX's traced steps are not kept (pip install flatbuffers)")
         return None
     from jax_impl.program_cache import ProgramCache
 
