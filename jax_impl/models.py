@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -105,11 +104,6 @@ class Functional:
     (``fn.loss``) can be jitted directly."""
 
     graphdef: nnx.GraphDef
-
-    def description(self) -> str:
-        """The graph definition (structure, and static attributes such as a config) as text that is
-        the same in every process: object addresses left out. ``program_cache`` keys on it."""
-        return re.sub(r" at 0x[0-9a-f]+", "", repr(self.graphdef))
 
     def merge(self, params: nnx.State, rest: nnx.State) -> BaseModel:
         return nnx.merge(self.graphdef, params, rest)

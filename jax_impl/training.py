@@ -43,7 +43,7 @@ from jax_impl import distributed as distributed_
 from jax_impl import state as weights
 from jax_impl.models import Functional, functional
 from jax_impl.optim import build_optimizer
-from jax_impl.program_cache import CachedProgram, ProgramCache
+from jax_impl.program_cache import CachedProgram, ProgramCache, Unidentifiable, describe_graph
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import global_rows
@@ -165,11 +165,11 @@ def _compiled_steps(
 def _cached_steps(cache: ProgramCache, steps: tuple, fn: Functional, optimizer, seed: int) -> tuple:
     """``(gradients, update, eval_step)`` served from ``cache``, each keyed on what it closes over."""
     gradients, update, eval_step = steps
-    model = fn.description()
-    if "<lambda>" in model:  # two lambdas describe alike: which one the model holds cannot be keyed on
-        warnings.warn("the model holds a lambda: its train step is not kept in the program cache", stacklevel=4)
+    try:
+        model_context = f"{describe_graph(fn.graphdef)}\nseed={seed}"
+    except Unidentifiable as error:  # what the steps close over cannot be keyed on
+        warnings.warn(f"the model's steps are not kept in the program cache: it holds {error}", stacklevel=4)
         return steps
-    model_context = f"{model}\nseed={seed}"
     gradients = cache.program(
         gradients,
         "gradients",

@@ -78,7 +78,7 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
     assert any(cache.iterdir()) and cache.stat().st_mode & 0o777 == 0o700
     traced = cache.with_name("jax-traced")  # JAX's traced steps, read back by a second run
     assert results["speed"]["jax"]["compile_cache"]["program_cache"] == str(traced)
-    assert any(traced.glob("gradients-*.jaxexport")) and traced.stat().st_mode & 0o777 == 0o700
+    assert any(traced.glob("gradients-*.jaxprogram")) and traced.stat().st_mode & 0o777 == 0o700
     assert results["speed"]["torch"]["compile_cache"]["compile_cache"] is None  # torch eager compiles nothing
     assert results["speed"]["jax"]["compilations"] >= 2  # at least one train and one eval compilation
     assert results["speed"]["torch"]["compilations"] is None

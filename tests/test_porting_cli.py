@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -56,7 +58,8 @@ def user_models(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     inputs = tmp_path / "inputs.npz"
     np.savez(inputs, np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32))
-    return inputs
+    yield inputs
+    sys.modules.pop("user_models", None)  # its file goes with tmp_path: no later test may find it imported
 
 
 def _parity(*args):
