@@ -11,7 +11,8 @@ An entry is served only when it holds the program tracing would make now. Its ke
 - the program's name and the caller's ``context``: everything the traced function closes over (for
   the train step: ``describe_graph`` of the model, every static attribute identified exactly; the
   seed; the optimizer's config);
-- the arguments' tree structure, shapes, dtypes, weak types and placements;
+- the arguments' tree structure, shapes, dtypes and weak types (placement is ``jax.jit``'s own
+  concern: a program is exported for one device, and one called on more runs as plain ``jax.jit``);
 - the versions of Python, jax, jaxlib, flax, optax and numpy, jax's whole configuration (precision,
   x64, PRNG implementation...) and the devices (kind, platform version);
 and each entry lists the file of every module loaded when it was traced, with its size and
@@ -22,11 +23,11 @@ whose trace depends on what it reads at trace time from outside its modules' sou
 variables, data files, globals set by a script).
 
 What cannot be kept runs as plain ``jax.jit``, with a warning: a program ``jax.export`` cannot
-serialize (host callbacks such as ``jax.debug.print``), one whose result is not shaped as declared,
-arguments that are not arrays. An entry is one file, replaced atomically; one that cannot be read
+serialize (host callbacks such as ``jax.debug.print``), one whose result is not shaped as declared.
+The cache is consulted while ``jax.jit`` traces a new argument signature; a call on a known one is
+an ordinary jitted call. An entry is one file, replaced atomically; one that cannot be read
 is traced again (with a warning). Whoever may write to the directory chooses what runs, as with the
-compilation cache: it must be the user's own (``ml_patterns.io.private_directory``). Each call
-costs about 0.1-0.2 ms of Python (flattening and matching the arguments) over a plain jitted one.
+compilation cache: it must be the user's own (``ml_patterns.io.private_directory``).
 """
 
 from __future__ import annotations
@@ -139,50 +140,40 @@ class ProgramCache:
 
 
 class CachedProgram:
-    """Calls like the ``jax.jit`` function it stands for, compiling one program per argument
-    signature; each is read from its ``ProgramCache`` when there, else traced and stored, or, when
-    it cannot be kept, left to the jitted function itself."""
+    """Calls like the ``jax.jit`` function it stands for; it is itself a jitted function, whose
+    trace (once per argument signature) reads the program from its ``ProgramCache`` or traces,
+    exports and stores it, and calls it: a call is as cheap as any jitted call. What cannot be
+    kept is left to the jitted function itself."""
 
     def __init__(self, cache: ProgramCache, jitted, name: str, context: str, out_tree: OutTree, donate_argnums):
         self.cache, self.jitted, self.name = cache, jitted, name
-        self.context, self.out_tree, self.donate_argnums = context, out_tree, donate_argnums
-        self._programs: dict[tuple, tuple[Callable, Any] | None] = {}  # None: the plain jitted function
+        self.context, self.out_tree = context, out_tree
+        self._dispatch = jax.jit(self._traced, donate_argnums=donate_argnums)
 
     def __call__(self, *args):
-        leaves, treedef = jax.tree.flatten(args)
-        signature = (treedef, tuple(_leaf_signature(leaf) for leaf in leaves))
-        if signature not in self._programs:
-            self._programs[signature] = self._program(args, leaves, treedef, signature)
-        found = self._programs[signature]
-        if found is None:
-            return self.jitted(*args)
-        call, out_treedef = found
-        return jax.tree.unflatten(out_treedef, call(*leaves))
+        return self._dispatch(*args)
 
     def compilations(self) -> int:
         """Programs compiled so far: one per argument signature."""
-        return len(self._programs)
+        return int(self._dispatch._cache_size())  # a jitted function's count of its executables
 
-    def _program(self, args: tuple, leaves: list, treedef, signature: tuple) -> tuple[Callable, Any] | None:
-        if not all(isinstance(leaf, jax.Array | np.ndarray) for leaf in leaves):
-            return None  # e.g. a Python number in the batch: jit's own handling of it
+    def _traced(self, *args):
+        """Runs while ``jax.jit`` traces a new argument signature; ``args`` are tracers."""
+        leaves, treedef = jax.tree.flatten(args)
+        specs = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, weak_type=leaf.aval.weak_type) for leaf in leaves]
         out_treedef = self.out_tree(args)
-        described = [(tuple(shape), str(dtype), weak, repr(place)) for shape, dtype, weak, place in signature[1]]
+        described = [(spec.shape, str(spec.dtype), spec.weak_type) for spec in specs]
         key = repr((FORMAT, self.name, self.context, str(treedef), described, _environment()))
         stem = f"{self.name}-{hashlib.sha256(key.encode()).hexdigest()[:40]}"
         exported = self.cache.load(stem)
-        if exported is None:
-            try:
-                exported = export.export(jax.jit(self._flat(treedef, out_treedef)))(*leaves)
-                payload = bytes(exported.serialize())
-            except Exception as error:  # not exportable (host callbacks...): jit as usual; a bug re-raises there
-                warnings.warn(f"{self.name} not kept in the program cache ({error}): plain jax.jit", stacklevel=4)
-                return None
-            self.cache.store(stem, payload)
-        counts = [len(jax.tree.leaves(arg)) for arg in args]
-        starts = [sum(counts[:i]) for i in range(len(args))]
-        donated = tuple(j for i in self.donate_argnums for j in range(starts[i], starts[i] + counts[i]))
-        return jax.jit(exported.call, donate_argnums=donated), out_treedef
+        try:
+            if exported is None:
+                exported = export.export(jax.jit(self._flat(treedef, out_treedef)))(*specs)
+                self.cache.store(stem, bytes(exported.serialize()))
+            return jax.tree.unflatten(out_treedef, exported.call(*leaves))
+        except Exception as error:  # not exportable (host callbacks...): jit as usual; a bug re-raises there
+            warnings.warn(f"{self.name} not kept in the program cache ({error}): plain jax.jit", stacklevel=2)
+            return self.jitted(*args)
 
     def _flat(self, treedef, out_treedef) -> Callable:
         """``jitted`` over the flat list of leaves: a serialized program keeps no custom pytree."""
@@ -258,13 +249,6 @@ def _qualified(kind: type) -> str:
     if "<locals>" in kind.__qualname__:
         raise Unidentifiable(f"the local class {kind.__qualname__}")
     return f"{kind.__module__}.{kind.__qualname__}"
-
-
-def _leaf_signature(leaf: Any) -> tuple:
-    # Objects, not their text: this runs for every leaf at every call (the key's text is made once).
-    if not hasattr(leaf, "shape"):
-        return (type(leaf),)
-    return (leaf.shape, leaf.dtype, getattr(leaf, "weak_type", False), getattr(leaf, "sharding", None))
 
 
 _ENVIRONMENT: str | None = None

@@ -150,12 +150,15 @@ def test_what_cannot_be_kept_runs_as_plain_jit(tmp_path, capfd):
     with pytest.warns(UserWarning, match="printing not kept in the program cache .*plain jax.jit"):
         assert float(program(jnp.float32(2.0))) == 4.0
     assert "x=2" in capfd.readouterr().out and not any(tmp_path.iterdir())
-    # A result shaped otherwise than declared (say, a call that adds state), or a Python number.
+    # A result shaped otherwise than declared (say, a call that adds state).
     pair = ProgramCache(tmp_path).program(jax.jit(lambda a: (a, a)), "pair", context="", out_tree=lambda a: SCALAR)
     with pytest.warns(UserWarning, match="pair not kept in the program cache .*out_tree says"):
         assert [float(v) for v in pair(jnp.float32(1.0))] == [1.0, 1.0]
+    assert not any(tmp_path.iterdir())
+    # A Python number is traced as jax.jit traces it (a weakly typed scalar), and kept.
     number = ProgramCache(tmp_path).program(jax.jit(lambda a: a + 1), "number", context="", out_tree=lambda a: SCALAR)
-    assert float(number(2.0)) == 3.0 and not any(tmp_path.iterdir())
+    assert float(number(2.0)) == 3.0 and float(number(5.0)) == 6.0 and number.compilations() == 1
+    assert len(list(tmp_path.glob("number-*.jaxprogram"))) == 1
 
 
 def test_a_directory_others_may_write_is_refused(tmp_path):
