@@ -17,8 +17,9 @@ An entry is served only when it holds the program tracing would make now. Its ke
   x64, PRNG implementation...) and the devices (kind, platform version);
 and each entry lists the file of every module loaded when it was traced, with its size and
 modification time: if any of them changed or is gone, the program is traced again and the entry
-replaced. A program traced while one of those files was newer than the process (edited after it
-started, perhaps after it was imported) is not stored. Not covered, so not to be cached: a function
+replaced. While one of those files is newer than the process (edited after it started, perhaps
+after it was imported: the code it runs may be older than the file), its entries are neither read
+nor written. Not covered, so not to be cached: a function
 whose trace depends on what it reads at trace time from outside its modules' source (environment
 variables, data files, globals set by a script).
 
@@ -104,8 +105,9 @@ class ProgramCache:
             recorded = json.loads(header)
             if recorded.get("format") != FORMAT:
                 return None
-            if any(self._file_state(file) != state for file, state in recorded["modules"].items()):
-                return None
+            modules = recorded["modules"]
+            if any(self._file_state(file) != state for file, state in modules.items()) or _changed_lately(modules):
+                return None  # other code than the entry's, or maybe other code than this process runs
             return export.deserialize(bytearray(payload))
         except Exception as error:  # a damaged entry is a cache miss, never a failed run
             warnings.warn(f"unreadable program cache entry {path} ({error!r}): tracing again", stacklevel=4)
@@ -114,8 +116,7 @@ class ProgramCache:
     def store(self, stem: str, payload: bytes) -> None:
         """Writes the entry, unless a loaded module's file is newer than this process."""
         modules = {file: self._file_state(file) for file in _loaded_module_files()}
-        started = _process_start_ns()
-        changed = [file for file, state in modules.items() if state and state[1] > started - _CLOCK_MARGIN_NS]
+        changed = _changed_lately(modules)
         if changed:
             warnings.warn(
                 f"{stem} not kept in the program cache: {changed[0]} changed after this process started "
@@ -263,6 +264,13 @@ def _environment() -> str:
         devices = [(str(d), d.device_kind, d.client.platform_version) for d in jax.devices()]
         _ENVIRONMENT = repr((platform.python_version(), sorted(versions.items()), devices))
     return repr((_ENVIRONMENT, sorted(jax.config.values.items())))
+
+
+def _changed_lately(modules: dict[str, list[int] | None]) -> list[str]:
+    """The files of ``modules`` (path -> [size, mtime_ns]) modified since about when this process
+    started: the code it imported from them may be older than what they hold."""
+    started = _process_start_ns()
+    return [file for file, state in modules.items() if state and state[1] > started - _CLOCK_MARGIN_NS]
 
 
 def _loaded_module_files() -> list[str]:

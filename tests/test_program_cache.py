@@ -108,9 +108,15 @@ def test_an_edited_module_is_traced_again(tmp_path, monkeypatch):
         # Edited while this process runs, after its import: what is traced is the loaded (old) code,
         # which must not be stored under the new file's date.
         module_file.write_text("def scale(x):\n    return x * 5.0  # edited again, not reloaded\n")
+        # Nor served what a process started after the edit stored: the new code's program.
+        with monkeypatch.context() as later_process:
+            later_process.setattr(jax_impl.program_cache, "_process_start_ns", lambda: time.time_ns() + 10**10)
+            new_code = jax.jit(lambda x: x * 5.0 + 1.0)
+            ProgramCache(cache).program(new_code, "shifted", context="", out_tree=lambda a: SCALAR)(jnp.float32(1.5))
+        (stored,) = cache.glob("shifted-*")
         with pytest.warns(UserWarning, match="not kept in the program cache: .*scaled_for_program_cache.py changed"):
-            assert run("shifted", 1.0) == 5.5
-        assert not list(cache.glob("shifted-*"))
+            assert run("shifted", 1.0) == 5.5  # this process's code: 1.5 * 3 + 1, not the entry's 8.5
+        assert list(cache.glob("shifted-*")) == [stored]
     finally:
         sys.modules.pop("scaled_for_program_cache", None)
 
