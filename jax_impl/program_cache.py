@@ -58,8 +58,10 @@ from ml_patterns.io import atomic_write_bytes, private_directory
 # Bumped whenever an entry's layout or key changes: older entries are then never read.
 FORMAT = 2
 _VERSIONED = ("jax", "jaxlib", "flax", "optax", "numpy")
-# A file modified less than this before the process started may have changed after it read it.
-_CLOCK_MARGIN_NS = 2_000_000_000
+# The process's start is read rounded down to a clock tick, so never late; a file's modification
+# time comes from a coarse clock that may lag by a tick: one modified this little before the start
+# may have been modified after it.
+_CLOCK_MARGIN_NS = 20_000_000
 
 OutTree = Callable[[tuple], Any]  # the call's arguments -> the PyTreeDef of its result
 
@@ -279,10 +281,11 @@ def _loaded_module_files() -> list[str]:
 
 @functools.cache
 def _process_start_ns() -> int:
-    """When this process started (Linux: from /proc), else when this module was first asked."""
+    """When this process started, on the wall clock (Linux: its start in clock ticks since boot,
+    from /proc, against CLOCK_BOOTTIME), else when this module was first asked."""
     try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line[:5] == "btime")
-        return (boot * 10**9) + int(fields[19]) * 10**9 // os.sysconf("SC_CLK_TCK")
-    except (OSError, StopIteration, IndexError, ValueError):
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        running_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - ticks * 10**9 // os.sysconf("SC_CLK_TCK")
+        return time.time_ns() - running_ns
+    except (OSError, IndexError, ValueError, AttributeError):  # no /proc, no CLOCK_BOOTTIME
         return time.time_ns()

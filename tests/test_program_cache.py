@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import subprocess
 import sys
 import time
 
@@ -259,3 +260,11 @@ def test_a_model_is_described_by_what_it_holds_not_by_how_it_prints():
     for value in (make_activation(1.0), object()):  # a closure; an object printed by address
         with pytest.raises(Unidentifiable):
             identity(value)
+
+
+def test_the_process_start_is_known_to_the_clock_tick():
+    # What "changed after this process started" compares with: a file written just before the start
+    # (an install, then the run) must not count as changed.
+    code = "import time; t = time.time_ns(); from jax_impl.program_cache import _process_start_ns as s; print(t - s())"
+    lag_ns = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0 <= lag_ns < 10**9  # the start: before the program's first line, and not long before
