@@ -76,7 +76,7 @@ class ProgramCache:
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = private_directory(directory, "the program cache")
-        self._file_states: dict[str, list[int] | None] = {}  # stat()ed once per process
+        self._file_states: dict[str, list[int] | None] = {}  # stat()ed once per cache object (compare: once per run)
 
     def program(
         self,
