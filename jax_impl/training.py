@@ -19,6 +19,13 @@ Divergences, and why:
   replicated; the model needs ``loss_sums(batch, weight)`` (docs/DISTRIBUTED.md).
 - The state is donated to the step: its buffers are reused in place. The model's own arrays are
   never handed to the step (they are copied in and out), so donation cannot invalidate them.
+- ``pad_batches_to`` (JAX only: torch eager runs any shape as it comes): every batch is padded to
+  that many rows with weight-0 repeats of its first sample, and the loss taken from the model's
+  ``loss_sums(batch, weight)`` (``ml_patterns.distributed``), so an epoch's short last batch runs
+  the programs of the full ones instead of compiling (and, on later runs, loading) its own. The
+  losses, gradients and epoch means are those of the real rows alone, up to the order of sums.
+  Padding rows do go through the forward pass: a layer that mixes rows (batch normalization's
+  statistics) would see them.
 - ``program_cache`` (JAX only; torch eager traces nothing): a ``jax_impl.program_cache.ProgramCache``
   keeps the traced steps on disk, so a later run with the same code, model, optimizer config and
   batch shapes skips tracing them. Off by default; ``ml-patterns compare`` turns it on.
@@ -72,6 +79,7 @@ def make_steps(
     seed: int,
     distributed: distributed_.Context | None = None,
     program_cache: ProgramCache | None = None,
+    weighted_rows: bool = False,
 ):
     """``(train_step, eval_step)`` for ``model``.
 
@@ -80,8 +88,10 @@ def make_steps(
     the optimizer update, compiled once), the state donated. ``eval_step(params, rest, batch) ->
     loss`` (dropout off), jitted. Trainers of the same model structure, optimizer (config, or the
     same transformation object) and seed share the compiled steps (a resumed trainer does not
-    recompile). With ``distributed``, ``batch`` is ``(rows, weight)`` sharded over its mesh
-    (``distributed.shard_batch``), the loss ``distributed.global_loss`` and the state kept replicated.
+    recompile). With ``weighted_rows``, ``batch`` is ``(rows, weight)`` (``weight``: float32
+    ``[rows]``, 0 for padding) and the loss ``distributed.global_loss``, the global mean of the
+    model's ``loss_sums``; ``distributed`` implies it, the batch sharded over its mesh
+    (``distributed.shard_batch``) and the state kept replicated.
     With ``program_cache`` (one device only), the steps are read from it or traced and stored there;
     the optimizer update only when ``optimizer`` is a config (an optax object's closures cannot be
     told apart).
@@ -89,7 +99,7 @@ def make_steps(
     if program_cache is not None and distributed is not None:
         raise ValueError("program_cache serves one-device steps: leave it out with distributed")
     fn, _, _ = functional(model)
-    return _compiled_steps(fn, optimizer, seed, distributed, program_cache)
+    return _compiled_steps(fn, optimizer, seed, distributed, program_cache, weighted_rows or distributed is not None)
 
 
 class TrainStep:
@@ -131,10 +141,11 @@ def _compiled_steps(
     seed: int,
     distributed: distributed_.Context | None,
     program_cache: ProgramCache | None,
+    weighted_rows: bool,
 ):
     transformation = build_optimizer(optimizer) if isinstance(optimizer, OptimizerConfig) else optimizer
     base_key = jax.random.key(seed)
-    loss_fn = fn.compute_loss if distributed is None else functools.partial(distributed_.global_loss, fn)
+    loss_fn = functools.partial(distributed_.global_loss, fn) if weighted_rows else fn.compute_loss
     # One device: the outputs follow the inputs. A mesh: state, gradients and loss replicated on every device.
     out_shardings = None if distributed is None else distributed.replicated
 
@@ -158,15 +169,16 @@ def _compiled_steps(
         jax.jit(eval_step, out_shardings=out_shardings),
     )
     if program_cache is not None:
-        steps = _cached_steps(program_cache, steps, fn, optimizer, seed)
+        steps = _cached_steps(program_cache, steps, fn, optimizer, f"seed={seed}\nweighted_rows={weighted_rows}")
     return TrainStep(*steps[:2]), steps[2]
 
 
-def _cached_steps(cache: ProgramCache, steps: tuple, fn: Functional, optimizer, seed: int) -> tuple:
-    """``(gradients, update, eval_step)`` served from ``cache``, each keyed on what it closes over."""
+def _cached_steps(cache: ProgramCache, steps: tuple, fn: Functional, optimizer, settings: str) -> tuple:
+    """``(gradients, update, eval_step)`` served from ``cache``, each keyed on what it closes over:
+    the model, ``settings`` (seed, loss form), the optimizer."""
     gradients, update, eval_step = steps
     try:
-        model_context = f"{describe_graph(fn.graphdef)}\nseed={seed}"
+        model_context = f"{describe_graph(fn.graphdef)}\n{settings}"
     except Unidentifiable as error:  # what the steps close over cannot be keyed on
         warnings.warn(f"the model's steps are not kept in the program cache: it holds {error}", stacklevel=4)
         return steps
@@ -194,6 +206,9 @@ class Trainer(TrainerBase):
     """See ``torch_impl.training`` for the contract; the loop is ``ml_patterns.training.TrainerBase``.
 
     ``seed``: of the dropout keys (default: the model's ``config.seed`` if it has one, else 0).
+    ``pad_batches_to``: rows every batch is padded to (the loader's batch size; under data
+    parallelism, the global batch's), the model's ``loss_sums`` leaving the padding out (module
+    docstring); a larger batch is refused. None (default): batches run as they come.
     ``program_cache``: keeps the traced steps across runs (``make_steps``).
     """
 
@@ -210,6 +225,7 @@ class Trainer(TrainerBase):
         stop_on_non_finite: bool = True,
         seed: int | None = None,
         distributed: distributed_.Context | bool | None = None,
+        pad_batches_to: int | None = None,
         program_cache: ProgramCache | None = None,
     ):
         if isinstance(optimizer, OptimizerConfig):
@@ -225,6 +241,10 @@ class Trainer(TrainerBase):
             distributed = distributed_.setup()
         if distributed and device is not None:
             raise ValueError(f"device={device} and distributed: the mesh names the devices, leave device out")
+        if pad_batches_to is not None and (
+            isinstance(pad_batches_to, bool) or not isinstance(pad_batches_to, int) or pad_batches_to < 1
+        ):
+            raise ValueError(f"pad_batches_to must be a positive int (the batch size) or None, got {pad_batches_to!r}")
         super().__init__(
             model,
             config,
@@ -232,12 +252,16 @@ class Trainer(TrainerBase):
             batch_transform=batch_transform,
             stop_on_non_finite=stop_on_non_finite,
             distributed=distributed or None,
+            weighted_rows=pad_batches_to is not None,
         )
+        self.pad_batches_to = pad_batches_to
         self.device = jax.devices(device)[0] if isinstance(device, str) else device
         self.optimizer = build_optimizer(optimizer) if config is not None else optimizer
         if seed is None:
             seed = getattr(getattr(model, "config", None), "seed", 0)
-        self.train_step, self.eval_step = make_steps(model, optimizer, seed, self.distributed, program_cache)
+        self.train_step, self.eval_step = make_steps(
+            model, optimizer, seed, self.distributed, program_cache, self.weighted_rows
+        )
         self.state = self._initial_state()
 
     def _initial_state(self) -> TrainState:
@@ -254,10 +278,22 @@ class Trainer(TrainerBase):
         return jax.device_put(state, self.device or jax.devices()[0])
 
     def _to_batch(self, batch: Any) -> Any:
-        if self.distributed is None:
+        if not self.weighted_rows:
             return to_device(batch, self.device)
-        world_size = self.distributed.world_size
-        return distributed_.shard_batch(global_rows(batch, leading_dimension(batch), world_size), self.distributed)
+        n = leading_dimension(batch)
+        world_size = 1 if self.distributed is None else self.distributed.world_size
+        rows_per_device = None
+        if self.pad_batches_to is not None:
+            if n > self.pad_batches_to:
+                raise ValueError(
+                    f"a batch of {n} rows is larger than pad_batches_to={self.pad_batches_to}: "
+                    "set pad_batches_to to the loader's batch size"
+                )
+            rows_per_device = -(-self.pad_batches_to // world_size)
+        rows = global_rows(batch, n, world_size, rows_per_device)
+        if self.distributed is None:
+            return to_device(rows, self.device)
+        return distributed_.shard_batch(rows, self.distributed)
 
     def _train_step(self, batch: Any) -> jax.Array:
         self.state, metrics = self.train_step(self.state, batch)

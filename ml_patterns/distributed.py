@@ -95,11 +95,14 @@ def shard_sizes(n: int, world_size: int) -> list[int]:
     return [base + (rank < extra) for rank in range(world_size)]
 
 
-def shard(indices: Sequence[int], world_size: int, rank: int) -> Shard:
+def shard(indices: Sequence[int], world_size: int, rank: int, rows: int | None = None) -> Shard:
     """Rank ``rank``'s part of the global batch ``indices``: its contiguous slice, padded to
-    ``ceil(len(indices) / world_size)`` rows with weight-0 repeats of ``indices[0]``.
+    ``rows`` rows (default ``ceil(len(indices) / world_size)``, the fewest) with weight-0 repeats of
+    ``indices[0]``. A fixed ``rows`` gives a short last batch the shape of the full ones (JAX's
+    ``Trainer(pad_batches_to=...)``: one program for both).
 
-    Raises ``ValueError`` for an empty batch (no rank could pad) or a bad ``world_size``/``rank``.
+    Raises ``ValueError`` for an empty batch (no rank could pad), a bad ``world_size``/``rank``, or
+    ``rows`` too few for the rank's samples.
     """
     check_world(world_size, rank)
     indices = [int(i) for i in indices]
@@ -107,17 +110,25 @@ def shard(indices: Sequence[int], world_size: int, rank: int) -> Shard:
         raise ValueError("cannot shard an empty batch: the sampler yielded no index")
     sizes = shard_sizes(len(indices), world_size)
     start = sum(sizes[:rank])
-    rows = math.ceil(len(indices) / world_size)
+    fewest = math.ceil(len(indices) / world_size)
+    if rows is None:
+        rows = fewest
+    elif rows < fewest:
+        raise ValueError(
+            f"a batch of {len(indices)} samples over {world_size} rank(s) needs {fewest} rows per rank, "
+            f"{rows} asked: pad to at least the largest batch"
+        )
     real = indices[start : start + sizes[rank]]
     weight = np.zeros(rows, np.float32)
     weight[: len(real)] = 1.0
     return Shard(real + [indices[0]] * (rows - len(real)), weight)
 
 
-def global_layout(indices: Sequence[int], world_size: int) -> Shard:
-    """Every rank's ``shard`` concatenated in rank order: ``world_size * ceil(n / world_size)`` rows,
-    so that splitting it into ``world_size`` equal blocks gives block ``r`` = rank ``r``'s shard."""
-    shards = [shard(indices, world_size, rank) for rank in range(world_size)]
+def global_layout(indices: Sequence[int], world_size: int, rows: int | None = None) -> Shard:
+    """Every rank's ``shard`` (of ``rows`` rows) concatenated in rank order: ``world_size * rows``
+    rows (default ``rows``: ``ceil(n / world_size)``), so that splitting it into ``world_size`` equal
+    blocks gives block ``r`` = rank ``r``'s shard."""
+    shards = [shard(indices, world_size, rank, rows) for rank in range(world_size)]
     return Shard([i for s in shards for i in s.indices], np.concatenate([s.weight for s in shards]))
 
 
@@ -139,9 +150,10 @@ def rank_rows(batch: Any, n: int, world_size: int, rank: int) -> tuple[Any, np.n
     return take_rows(batch, part.indices), part.weight
 
 
-def global_rows(batch: Any, n: int, world_size: int) -> tuple[Any, np.ndarray]:
-    """``(rows, weight)``: a collated global batch of ``n`` samples in ``global_layout`` (JAX)."""
-    layout = global_layout(range(n), world_size)
+def global_rows(batch: Any, n: int, world_size: int, rows: int | None = None) -> tuple[Any, np.ndarray]:
+    """``(rows, weight)``: a collated global batch of ``n`` samples in ``global_layout`` (JAX), ``rows``
+    per device."""
+    layout = global_layout(range(n), world_size, rows)
     return take_rows(batch, layout.indices), layout.weight
 
 

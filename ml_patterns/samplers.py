@@ -242,13 +242,16 @@ def padding_utilization(
     pad_to_multiple_of: int | None = None,
     max_length: int | None = None,
     epochs: Sequence[int] = (0,),
+    rows: int | None = None,
 ) -> dict[str, float]:
     """How much of the padded work is real, over ``epochs`` of ``sampler``'s batches.
 
     Each batch is padded as ``collate_molecules`` pads it (same options; records truncated at
     ``max_length``). Returns ``{"token": sum l / sum L, "attention": sum l^2 / sum L^2}`` where each
     record contributes its real length ``l`` and its batch's padded length ``L``: the fractions of
-    the token positions and of the attention matrix entries that are not padding.
+    the token positions and of the attention matrix entries that are not padding. ``rows``: each
+    batch computed as that many rows (JAX's ``Trainer(pad_batches_to=rows)``), the padding rows
+    counted as padding.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     if max_length is not None:
@@ -259,8 +262,9 @@ def padding_utilization(
         for batch in sampler.batches(epoch):
             members = lengths[batch]
             width = padded_length(int(members.max()), pad_to_multiple_of, options)
+            computed = len(batch) if rows is None else max(rows, len(batch))
             real, real_sq = real + int(members.sum()), real_sq + int((members**2).sum())
-            padded, padded_sq = padded + width * len(batch), padded_sq + width**2 * len(batch)
+            padded, padded_sq = padded + width * computed, padded_sq + width**2 * computed
     if padded == 0:
         raise ValueError("the sampler yields no batch: nothing to measure")
     return {"token": real / padded, "attention": real_sq / padded_sq}

@@ -158,6 +158,10 @@ class TrainerBase:
     implements the methods below that raise ``NotImplementedError``: how a batch reaches the
     device, one optimizer step, one evaluation step, and how its weights and optimizer state
     convert to and from the arrays of a checkpoint.
+
+    ``weighted_rows``: the backend hands its steps ``(rows, weight)`` batches padded with weight-0
+    rows and takes the loss from the model's ``loss_sums`` (always under data parallelism; JAX's
+    ``pad_batches_to`` on one device), so the model must have ``loss_sums``.
     """
 
     backend: str
@@ -171,8 +175,10 @@ class TrainerBase:
         batch_transform: BatchTransform | None = None,
         stop_on_non_finite: bool = True,
         distributed: Any = None,
+        weighted_rows: bool = False,
     ):
-        if distributed is not None:
+        self.weighted_rows = weighted_rows or distributed is not None
+        if self.weighted_rows:
             check_loss_sums(model)
         self.model = model
         # A backend's distributed.Context (world_size, rank, is_main), or None on one device.
@@ -245,8 +251,9 @@ class TrainerBase:
             if loader_size is not None:
                 n = int(loader_size(raw))
             elif model_size is not None:
-                # Under data parallelism the device batch is this rank's shard: count the global one.
-                n = int(model_size(batch if self.distributed is None else host))
+                # A device batch of (rows, weight) holds padding (and under data parallelism is this
+                # rank's shard): count the samples of the batch as the loader made it.
+                n = int(model_size(host if self.weighted_rows else batch))
             else:
                 n = leading_dimension(host)  # the host batch: its mapping order is the user's on both backends
             yield index, batch, n

@@ -18,12 +18,14 @@ run's history as JSON:
   count: DDP's own averaging then divides by N again).
 - jax: ``reference`` (one device), ``sharded-2``, ``sharded-4`` (``Trainer(distributed=...)`` over 2
   and 4 simulated CPU devices; the caller sets ``JAX_NUM_CPU_DEVICES=4``, so that the test
-  process's own JAX is left untouched; ``sharded-4`` writes ``CHECKPOINTS/jax-sharded``) and
-  ``resumed`` (one device resuming ``jax-sharded``).
+  process's own JAX is left untouched; ``sharded-4`` writes ``CHECKPOINTS/jax-sharded``),
+  ``resumed`` (one device resuming ``jax-sharded``) and ``padded-sharded-2`` (2 devices, every batch
+  padded to ``BATCH`` rows: ``Trainer(pad_batches_to=...)``).
 
 Both also train the molecule multi-task model (``molecule``: one device; ``molecule-ddp``: 2
-processes; ``molecule-sharded``: 4 devices) on the default dataset prepared in DATA, from the
-initial weights the caller wrote to ``CHECKPOINTS/molecule-initial.safetensors``.
+processes; ``molecule-sharded``: 4 devices; JAX's ``molecule-padded``: one device, every batch
+padded to the batch size) on the default dataset prepared in DATA, from the initial weights the
+caller wrote to ``CHECKPOINTS/molecule-initial.safetensors``.
 
 Each history: ``step_loss`` (every optimizer step's global batch loss), ``train_loss`` and
 ``val_loss`` (the trainer's per-sample epoch means), and the final ``params`` (canonical names).
@@ -131,8 +133,9 @@ def molecule_config(data: Path) -> ModelConfig:
 INITIAL_WEIGHTS = "molecule-initial.safetensors"  # in CHECKPOINTS, written by the caller
 
 
-def molecule_run(backend: str, data: Path, checkpoints: Path, distributed=None) -> dict:
-    """The molecule model trained by ``backend``'s Trainer (with ``distributed``): its losses."""
+def molecule_run(backend: str, data: Path, checkpoints: Path, distributed=None, **options) -> dict:
+    """The molecule model trained by ``backend``'s Trainer (with ``distributed`` and ``options``):
+    its losses, and the programs JAX compiled."""
     import importlib
 
     impl = importlib.import_module(f"{backend}_impl")
@@ -144,7 +147,7 @@ def molecule_run(backend: str, data: Path, checkpoints: Path, distributed=None) 
     device = {"device": "cpu"} if backend == "torch" and distributed is None else {}
     trainer = impl.training.Trainer(
         model, MOLECULE_OPTIMIZER, [StepLosses()], batch_transform=BatchPreparer(config), distributed=distributed,
-        **device,
+        **device, **options,
     )  # fmt: skip
     train = Subset(LazyDataset(data, split="train"), range(MOLECULES))
     val = Subset(LazyDataset(data, split="val"), range(VAL_MOLECULES))
@@ -157,6 +160,7 @@ def molecule_run(backend: str, data: Path, checkpoints: Path, distributed=None) 
         "step_loss": trainer.callbacks[0].losses,
         "train_loss": history["train_loss"],
         "val_loss": history["val_loss"],
+        **({"compilations": trainer.compilations()} if backend == "jax" else {}),
     }
 
 
@@ -285,11 +289,12 @@ def jax_model():
     return model
 
 
-def jax_trainer(distributed=None):
+def jax_trainer(distributed=None, **options):
+    """JAX's Trainer of the token model; ``options`` go to ``Trainer`` (``pad_batches_to``)."""
     from jax_impl import state
     from jax_impl.training import Trainer
 
-    trainer = Trainer(jax_model(), OPTIMIZER, [StepLosses()], distributed=distributed)
+    trainer = Trainer(jax_model(), OPTIMIZER, [StepLosses()], distributed=distributed, **options)
     return trainer, lambda: state.to_numpy(trainer.model)
 
 
@@ -309,6 +314,10 @@ def run_jax(checkpoints: Path, molecules: Path) -> dict:
     out["molecule-sharded"] = molecule_run(
         "jax", molecules, checkpoints, distributed.setup(jax.devices()[: max(JAX_WORLDS)])
     )
+    # Every batch padded to the batch size: the short last batches run the full ones' programs.
+    out["molecule-padded"] = molecule_run("jax", molecules, checkpoints, pad_batches_to=MOLECULE_BATCH)
+    trainer, params = jax_trainer(distributed.setup(jax.devices()[:2]), pad_batches_to=BATCH)
+    out["padded-sharded-2"] = {**fit(trainer, params), "compilations": trainer.compilations()}
     for world_size in JAX_WORLDS:
         (trainer, params), data = jax_trainer(distributed.setup(jax.devices()[:world_size])), loaders()
         if world_size == max(JAX_WORLDS):

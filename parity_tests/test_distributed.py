@@ -10,7 +10,8 @@ training-history tolerance of PARITY.md (measured: <= 3e-7 relative). A checkpoi
 finishes the one-device run. The molecule multi-task model (regression heads and masked tokens,
 AdamW, the batch transform) trains alike at N=2 (torch) and N=4 (JAX). Two negative controls,
 written as a naive user would over plain DDP, must fail the same check: the mean of per-rank token
-means, and the global count with DDP's averaging on top.
+means, and the global count with DDP's averaging on top. JAX's ``pad_batches_to`` (short batches
+padded to the batch size with weight-0 rows) trains as the unpadded batches, on one device and two.
 
 Each backend runs in a subprocess of its own (JAX with ``JAX_NUM_CPU_DEVICES=4``, so this process's
 JAX keeps its one device); the two run at the same time.
@@ -131,6 +132,22 @@ def test_the_molecule_model_trains_data_parallel_as_on_one_device(runs, run, ref
     rounding-level differences can flip single weights without changing the losses
     (parity_tests/test_training.py)."""
     assert_same_training(runs[run[0]][run[1]], runs[reference[0]][reference[1]], params=False)
+
+
+def test_padded_batches_train_as_the_batches_themselves(runs):
+    """``pad_batches_to``: the short last batches padded to the batch size with weight-0 rows train
+    as unpadded (JAX one device, torch) and compile no program of their own. The token model over 2
+    devices: 1 gradients program, the update, 1 eval program, where unpadded the 5-sample train batch
+    and the 5-sample val batch each add one. The molecule model: 37 training molecules in batches of
+    16 (a last one of 5) and 11 validation ones, one padded length: 3 programs, 4 unpadded."""
+    padded = runs["jax"]["padded-sharded-2"]
+    assert_same_training(padded, runs["jax"]["reference"])
+    assert_same_training(padded, runs["torch"]["reference"])
+    assert padded["compilations"] == 3
+    molecule = runs["jax"]["molecule-padded"]
+    for reference in (runs["jax"]["molecule"], runs["torch"]["molecule"]):
+        assert_same_training(molecule, reference, params=False)
+    assert (molecule["compilations"], runs["jax"]["molecule"]["compilations"]) == (3, 4)
 
 
 def test_only_rank_0_writes_checkpoints(runs):

@@ -72,8 +72,26 @@ def test_shards_cover_the_batch_once_in_order(indices, world_size):
 
 
 @pytest.mark.parametrize(
+    ("indices", "world_size", "rows", "expected"),
+    [
+        ([10, 11, 12], 1, 5, [([10, 11, 12, 10, 10], [1, 1, 1, 0, 0])]),
+        ([10, 11, 12], 1, 3, [([10, 11, 12], [1, 1, 1])]),
+        ([10, 11, 12, 13, 14], 2, 4, [([10, 11, 12, 10], [1, 1, 1, 0]), ([13, 14, 10, 10], [1, 1, 0, 0])]),
+    ],
+)
+def test_shards_padded_to_a_fixed_number_of_rows(indices, world_size, rows, expected):
+    """What ``pad_batches_to`` builds: a short batch in the rows of a full one."""
+    for rank, (want, weight) in enumerate(expected):
+        part = shard(indices, world_size, rank, rows)
+        assert part.indices == want and part.weight.tolist() == weight
+    layout = global_layout(indices, world_size, rows)
+    assert len(layout.indices) == world_size * rows and layout.real == len(indices)
+
+
+@pytest.mark.parametrize(
     ("args", "error", "match"),
     [
+        (([1, 2, 3], 1, 0, 2), ValueError, "a batch of 3 samples over 1 rank.s. needs 3 rows per rank, 2 asked"),
         (([], 2, 0), ValueError, "empty batch"),
         (([1, 2], 0, 0), ValueError, "world_size must be a positive int"),
         (([1, 2], 2, 2), ValueError, r"rank must be an int in \[0, 2\)"),
@@ -204,6 +222,40 @@ def test_jax_trainer_on_a_one_device_mesh_is_the_plain_trainer():
         np.testing.assert_allclose(actual["params"][name], value, rtol=1e-6, atol=1e-7, err_msg=name)
 
 
+def test_jax_trainer_padding_batches_trains_as_the_batches_themselves():
+    """37 samples in batches of 8, 21 for validation: the short batches (5 rows) padded to 8 give the
+    same losses and weights, and compile nothing of their own (3 programs against 5)."""
+    plain, plain_params = distributed_runs.jax_trainer()
+    padded, padded_params = distributed_runs.jax_trainer(pad_batches_to=distributed_runs.BATCH)
+    expected, actual = (
+        distributed_runs.fit(t, p, epochs=2) for t, p in ((plain, plain_params), (padded, padded_params))
+    )
+    for key in ("step_loss", "train_loss", "val_loss"):
+        np.testing.assert_allclose(actual[key], expected[key], rtol=1e-6, err_msg=key)
+    for name, value in expected["params"].items():
+        np.testing.assert_allclose(actual["params"][name], value, rtol=1e-6, atol=1e-7, err_msg=name)
+    assert (padded.compilations(), plain.compilations()) == (3, 5)
+
+
+@pytest.mark.parametrize(
+    ("pad", "error", "match"),
+    [
+        (0, ValueError, "pad_batches_to must be a positive int .the batch size. or None, got 0"),
+        (True, ValueError, "pad_batches_to must be a positive int"),
+        (8.0, ValueError, "pad_batches_to must be a positive int"),
+    ],
+)
+def test_jax_trainer_refuses_a_bad_pad_batches_to(pad, error, match):
+    with pytest.raises(error, match=match):
+        jax_impl.training.Trainer(distributed_runs.jax_model(), distributed_runs.OPTIMIZER, pad_batches_to=pad)
+
+
+def test_jax_trainer_refuses_a_batch_larger_than_it_pads_to():
+    trainer, _ = distributed_runs.jax_trainer(pad_batches_to=4)
+    with pytest.raises(ValueError, match="a batch of 8 rows is larger than pad_batches_to=4: set pad_batches_to to"):
+        trainer.fit(*distributed_runs.loaders(), 1)
+
+
 def test_jax_shard_batch_names_an_array_that_cannot_split():
     context = jax_impl.distributed.setup(jax.devices()[:1])
     with pytest.raises(ValueError, match=r"batch\['count'\] has shape \(\): its leading axis must divide by the 1"):
@@ -230,6 +282,14 @@ def test_a_model_without_loss_sums_cannot_train_data_parallel(backend):
         context, build = jax_impl.distributed.setup(jax.devices()[:1]), jax_impl.training.Trainer
     with pytest.raises(TypeError, match=r"Linear has no loss_sums\(batch, weight\)"):
         build(model, OptimizerConfig("sgd", learning_rate=0.1), distributed=context)
+
+
+def test_a_model_without_loss_sums_cannot_pad_batches():
+    """One device, but padding rows need the weighted loss too."""
+    with pytest.raises(TypeError, match=r"Linear has no loss_sums\(batch, weight\)"):
+        jax_impl.training.Trainer(
+            nnx.Linear(2, 2, rngs=nnx.Rngs(0)), OptimizerConfig("sgd", learning_rate=0.1), pad_batches_to=8
+        )
 
 
 class NotMain:

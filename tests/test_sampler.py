@@ -215,6 +215,10 @@ def test_padding_utilization_by_hand():
     assert truncated == {"token": 9 / 12, "attention": 23 / 40}
     # Two epochs of a fixed order count every batch twice: the same fractions.
     assert padding_utilization(sampler, lengths, epochs=(0, 1)) == {"token": 10 / 12, "attention": 30 / 40}
+    # Batches [0, 1, 2] and [3] computed as 3 rows each (pad_batches_to=3): L = 3 and 4, 3 rows each.
+    short = BatchSampler(4, 3, shuffle=False)
+    assert padding_utilization(short, lengths, rows=3) == {"token": 10 / 21, "attention": 30 / 75}
+    assert padding_utilization(short, lengths) == {"token": 10 / 13, "attention": 30 / 43}
 
 
 def test_padding_utilization_of_no_batch_is_an_error():

@@ -188,7 +188,13 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
     loader = impl.data.make_loader
     train_loader = loader(train, settings.batch_size, seed=settings.seed, **collate)
     epochs = range(settings.epochs)
-    padding = padding_utilization(sampler, lengths, buckets=buckets, max_length=buckets[-1], epochs=epochs)
+    # JAX: the epoch's short last batch (and validation's) padded to the batch size, so it runs the
+    # full batches' programs instead of compiling, or on later runs loading, its own; its padding
+    # rows count as padding.
+    pad_rows = {"pad_batches_to": settings.batch_size} if backend == "jax" else {}
+    padding = padding_utilization(
+        sampler, lengths, buckets=buckets, max_length=buckets[-1], epochs=epochs, rows=pad_rows.get("pad_batches_to")
+    )
     # The padded length of every train step, for steady-state times per batch shape.
     step_lengths = [
         [padded_length(int(min(lengths[b].max(), buckets[-1])), None, buckets) for b in sampler.batches(epoch)]
@@ -215,6 +221,7 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         device=None if distributed is not None else device,
         batch_transform=BatchPreparer(config),
         distributed=distributed,
+        **pad_rows,
         **({"program_cache": traced} if traced else {}),
     )
     # Everything alive now (the frameworks, the model, the data) lives until the worker exits: moved
@@ -237,7 +244,7 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         "step_times": timer.times,
         "step_lengths": step_lengths,
         "load_during": timer.load,
-        "padding": {"sampler": type(sampler).__name__, "buckets": list(buckets), **padding},
+        "padding": {"sampler": type(sampler).__name__, "buckets": list(buckets), **pad_rows, **padding},
         "steps_per_epoch": steps,
         "samples_per_epoch": len(train),
         "truncated": {
