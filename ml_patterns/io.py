@@ -297,6 +297,6 @@ def private_directory(directory: str | os.PathLike, what: str) -> Path:
     if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise UsageError(
             f"{what} {path} is writable by another user: a program read from it would run as is; make it "
-            "yours alone (chmod 700) or pass --no-compile-cache"
+            "yours alone (chmod 700) or use another directory"
         )
     return path

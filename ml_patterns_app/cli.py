@@ -268,7 +268,7 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from bench.common import cpu_count
-    from ml_patterns_app.compare.runner import WorkerFailed, default_compile_cache, run_compare
+    from ml_patterns_app.compare.runner import WorkerFailed, check_cache_directories, default_compile_cache, run_compare
     from ml_patterns_app.compare.settings import CompareSettings
 
     settings = CompareSettings(
@@ -284,6 +284,8 @@ def _run_compare(args: argparse.Namespace) -> int:
     if args.threads and args.threads > available:
         raise UsageError(f"--threads {args.threads}: this process may use {available} CPUs")
     cache = None if args.no_compile_cache else default_compile_cache()
+    if cache is not None:
+        check_cache_directories(cache)
     try:
         return run_compare(settings, dataset_argument(args.data), args.out, args.device, args.devices, cache)
     except WorkerFailed as error:  # the worker printed its own traceback above

@@ -335,8 +335,17 @@ def test_compile_cache_refuses_a_directory_others_may_write(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o777)
     shared.chmod(0o777)
-    with pytest.raises(UsageError, match=r"shared is writable by another user.*--no-compile-cache"):
+    with pytest.raises(UsageError, match=r"shared is writable by another user.*chmod 700\) or use another directory"):
         jax_impl.runtime.enable_compile_cache(shared)
+    # compare checks both of its cache directories before any worker trains, naming its opt-out.
+    from ml_patterns_app.compare.runner import check_cache_directories
+
+    with pytest.raises(UsageError, match=r"the compile cache .*shared is writable.*, or pass --no-compile-cache"):
+        check_cache_directories(shared)
+    (tmp_path / "theirs-traced").mkdir(mode=0o777)
+    (tmp_path / "theirs-traced").chmod(0o777)
+    with pytest.raises(UsageError, match=r"the program cache .*theirs-traced is writable.*--no-compile-cache"):
+        check_cache_directories(tmp_path / "theirs")
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
     saved = {name: getattr(jax.config, name) for name in names}
     try:

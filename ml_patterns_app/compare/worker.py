@@ -32,7 +32,7 @@ from ml_patterns.molecules.batches import BatchPreparer, destandardize
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.samplers import LengthGroupedSampler, padding_utilization, sequence_lengths
-from ml_patterns_app.compare.settings import CompareSettings
+from ml_patterns_app.compare.settings import CompareSettings, program_cache_directory
 
 # A status line at most this often: reading the loss is a host sync.
 REFRESH_S = 0.5
@@ -273,8 +273,7 @@ def _program_cache(backend: str, job: dict, distributed):
         return None
     from jax_impl.program_cache import ProgramCache
 
-    compiled = Path(job["compile_cache"])
-    return ProgramCache(compiled.with_name(f"{compiled.name}-traced"))
+    return ProgramCache(program_cache_directory(Path(job["compile_cache"])))
 
 
 def _peak_memory(runtime, device) -> dict:
