@@ -8,7 +8,8 @@ Global batch semantics
     The sampler (``ml_patterns.samplers``) yields the GLOBAL batch, the same list of dataset indices on
     every rank. ``shard(indices, world_size, rank)`` is rank ``rank``'s part of it: a contiguous slice,
     sizes as ``numpy.array_split`` (the first ``n % world_size`` ranks hold one more sample), then
-    padded to ``ceil(n / world_size)`` rows with weight 0. So every rank or device holds the same
+    padded to ``ceil(n / world_size)`` rows (or a fixed ``rows``: JAX's ``pad_batches_to``, so that a
+    short last batch has the full ones' shape) with weight 0. So every rank or device holds the same
     number of rows (JAX needs equal shards; DDP then never meets a rank with an empty batch), and a
     final batch that does not divide by N is split the same way on both backends. Padding rows repeat
     the global batch's first sample (a valid input: no NaN that a zero weight could not cancel) and
