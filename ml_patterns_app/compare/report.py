@@ -335,7 +335,7 @@ def format_summary(report: dict) -> str:
             f"| {LABELS[backend]} | {s['first_epoch_s']:.2f} s | {_warmup(s['warmup_s'])} "
             f"| {_number(s['steady_epoch_s'], '.2f', ' s')} | {_number(s['steps_per_s'], '.1f')} "
             f"| {_number(s['samples_per_s'], '.0f')} | {compilations} "
-            f"| {padding['token']:.0%} / {padding['attention']:.0%} "
+            f"| {padding['token']:.1%} / {padding['attention']:.1%} "
             f"| {_share(report['timing'][backend]['others_cpu_share'])} | {memory} |"
         )
     lines += ["", "Verdict: " + report["verdict"]]
