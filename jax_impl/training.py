@@ -20,12 +20,14 @@ Divergences, and why:
 - The state is donated to the step: its buffers are reused in place. The model's own arrays are
   never handed to the step (they are copied in and out), so donation cannot invalidate them.
 - ``pad_batches_to`` (JAX only: torch eager runs any shape as it comes): every batch is padded to
-  that many rows with weight-0 repeats of its first sample, and the loss taken from the model's
-  ``loss_sums(batch, weight)`` (``ml_patterns.distributed``), so an epoch's short last batch runs
-  the programs of the full ones instead of compiling (and, on later runs, loading) its own. The
-  losses, gradients and epoch means are those of the real rows alone, up to the order of sums.
-  Padding rows do go through the forward pass: a layer that mixes rows (batch normalization's
-  statistics) would see them.
+  that many rows (under data parallelism ``ceil(N / devices)`` per device) with weight-0 repeats of
+  its first sample, and the loss taken from the model's ``loss_sums(batch, weight)``
+  (``ml_patterns.distributed``), so an epoch's short last batch runs the program of the full
+  batches of its padded length instead of compiling (and, on later runs, loading) its own. The
+  losses, gradients and epoch means are those of the real rows alone, up to the order of sums, with
+  one difference: a loss part whose count is 0 adds 0 (``global_mean``) where a model's own
+  ``compute_loss`` might give NaN. Padding rows do go through the forward pass: a layer that mixes
+  rows (batch normalization's statistics) would see them.
 - ``program_cache`` (JAX only; torch eager traces nothing): a ``jax_impl.program_cache.ProgramCache``
   keeps the traced steps on disk, so a later run with the same code, model, optimizer config and
   batch shapes skips tracing them. Off by default; ``ml-patterns compare`` turns it on.
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import math
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -55,8 +58,10 @@ from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import global_rows
 from ml_patterns.optim import OptimizerConfig
-from ml_patterns.training import BatchTransform, TrainerBase, leading_dimension
+from ml_patterns.training import BatchTransform, TrainerBase, find_sampler, leading_dimension
 from ml_patterns.training_checkpoint import OPTIMIZER_SLOTS
+
+_PAD_TO = "set pad_batches_to to the largest batch size of the loaders given to fit and evaluate"
 
 # optax state field holding each canonical slot: (state type, field)
 _SLOT_FIELDS = {
@@ -285,15 +290,33 @@ class Trainer(TrainerBase):
         rows_per_device = None
         if self.pad_batches_to is not None:
             if n > self.pad_batches_to:
-                raise ValueError(
-                    f"a batch of {n} rows is larger than pad_batches_to={self.pad_batches_to}: "
-                    "set pad_batches_to to the loader's batch size"
-                )
-            rows_per_device = -(-self.pad_batches_to // world_size)
+                raise ValueError(f"a batch of {n} rows is larger than pad_batches_to={self.pad_batches_to}: {_PAD_TO}")
+            rows_per_device = math.ceil(self.pad_batches_to / world_size)
         rows = global_rows(batch, n, world_size, rows_per_device)
         if self.distributed is None:
             return to_device(rows, self.device)
         return distributed_.shard_batch(rows, self.distributed)
+
+    def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, num_epochs: int = 1):
+        # Refused before the first step, not at the first large batch (validation's: an epoch later).
+        self._check_padding(train_loader, "train")
+        if val_loader is not None:
+            self._check_padding(val_loader, "val")
+        return super().fit(train_loader, val_loader, num_epochs)
+
+    def evaluate(self, loader: Iterable) -> float:
+        self._check_padding(loader, "evaluation")
+        return super().evaluate(loader)
+
+    def _check_padding(self, loader: Iterable, what: str) -> None:
+        """Refuses a loader whose sampler yields batches larger than ``pad_batches_to`` (other
+        loaders are checked batch by batch, in ``_to_batch``)."""
+        sampler = find_sampler(loader)
+        if self.pad_batches_to is not None and sampler is not None and sampler.batch_size > self.pad_batches_to:
+            raise ValueError(
+                f"the {what} loader's batches hold up to {sampler.batch_size} samples, more than "
+                f"pad_batches_to={self.pad_batches_to}: {_PAD_TO}"
+            )
 
     def _train_step(self, batch: Any) -> jax.Array:
         self.state, metrics = self.train_step(self.state, batch)

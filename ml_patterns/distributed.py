@@ -71,12 +71,15 @@ class Shard:
         return int(np.count_nonzero(self.weight))
 
 
-def check_loss_sums(model: Any) -> None:
-    """Refuses a model that cannot train data-parallel, saying what it needs."""
+_DATA_PARALLEL_NEED = "data-parallel training needs to form the global mean (a mean of per-rank means is wrong)"
+
+
+def check_loss_sums(model: Any, need: str = _DATA_PARALLEL_NEED) -> None:
+    """Refuses a model without ``loss_sums``, saying what ``need``s it (default: data parallelism)."""
     if not callable(getattr(model, "loss_sums", None)):
         raise TypeError(
-            f"{type(model).__name__} has no loss_sums(batch, weight) -> {{part: (sum, count)}}, which data-parallel "
-            "training needs to form the global mean (a mean of per-rank means is wrong): see ml_patterns.distributed"
+            f"{type(model).__name__} has no loss_sums(batch, weight) -> {{part: (sum, count)}}, which {need}: "
+            "see ml_patterns.distributed"
         )
 
 

@@ -250,8 +250,9 @@ def padding_utilization(
     ``max_length``). Returns ``{"token": sum l / sum L, "attention": sum l^2 / sum L^2}`` where each
     record contributes its real length ``l`` and its batch's padded length ``L``: the fractions of
     the token positions and of the attention matrix entries that are not padding. ``rows``: each
-    batch computed as that many rows (JAX's ``Trainer(pad_batches_to=rows)``), the padding rows
-    counted as padding.
+    batch computed as that many rows (JAX's ``Trainer(pad_batches_to=...)``: its batch size, rounded
+    up to a multiple of the devices), the padding rows counted as padding; a larger batch is an
+    error, as it is for the trainer.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
     if max_length is not None:
@@ -262,7 +263,9 @@ def padding_utilization(
         for batch in sampler.batches(epoch):
             members = lengths[batch]
             width = padded_length(int(members.max()), pad_to_multiple_of, options)
-            computed = len(batch) if rows is None else max(rows, len(batch))
+            if rows is not None and len(batch) > rows:
+                raise ValueError(f"a batch of {len(batch)} samples cannot be computed as {rows} rows")
+            computed = len(batch) if rows is None else rows
             real, real_sq = real + int(members.sum()), real_sq + int((members**2).sum())
             padded, padded_sq = padded + width * computed, padded_sq + width**2 * computed
     if padded == 0:

@@ -19,7 +19,9 @@ with ``n_b`` the number of samples in batch b and ``loss_b`` the batch's mean lo
 weighs the same, whatever batch it landed in (a short last batch does not count as a full one).
 ``n_b`` is the leading dimension of the batch's first array (mapping order; after the transform),
 unless the loader or the model defines ``batch_size(batch) -> int`` (the loader's is asked first,
-with the batch as the loader yielded it; the model's with the batch ``compute_loss`` receives).
+with the batch as the loader yielded it; the model's with the batch ``compute_loss`` receives, or,
+where the step gets ``(rows, weight)`` with padding rows (data parallelism, JAX's
+``pad_batches_to``), with the host batch before padding).
 Both backends accumulate ``n_b * loss_b`` on the device and read it once per epoch.
 
 Data parallelism (``distributed=``, docs/DISTRIBUTED.md). Every rank's loader yields the same GLOBAL
@@ -178,8 +180,10 @@ class TrainerBase:
         weighted_rows: bool = False,
     ):
         self.weighted_rows = weighted_rows or distributed is not None
-        if self.weighted_rows:
+        if distributed is not None:
             check_loss_sums(model)
+        elif weighted_rows:
+            check_loss_sums(model, "padding rows need, to leave them out of the loss (JAX's pad_batches_to)")
         self.model = model
         # A backend's distributed.Context (world_size, rank, is_main), or None on one device.
         self.distributed = distributed

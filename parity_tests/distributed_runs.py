@@ -19,8 +19,8 @@ run's history as JSON:
 - jax: ``reference`` (one device), ``sharded-2``, ``sharded-4`` (``Trainer(distributed=...)`` over 2
   and 4 simulated CPU devices; the caller sets ``JAX_NUM_CPU_DEVICES=4``, so that the test
   process's own JAX is left untouched; ``sharded-4`` writes ``CHECKPOINTS/jax-sharded``),
-  ``resumed`` (one device resuming ``jax-sharded``) and ``padded-sharded-2`` (2 devices, every batch
-  padded to ``BATCH`` rows: ``Trainer(pad_batches_to=...)``).
+  ``resumed`` (one device resuming ``jax-sharded``) and ``padded-sharded-2``/``-3`` (2 and 3
+  devices, every batch padded to ``BATCH`` rows: ``Trainer(pad_batches_to=...)``).
 
 Both also train the molecule multi-task model (``molecule``: one device; ``molecule-ddp``: 2
 processes; ``molecule-sharded``: 4 devices; JAX's ``molecule-padded``: one device, every batch
@@ -80,8 +80,9 @@ def problem() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     return {"x": x, "y": y, "mask": mask}, weights
 
 
-def loaders() -> tuple[BatchLoader, BatchLoader]:
-    """``(train, val)``: collated global batches (dicts of numpy arrays), the same in every process."""
+def loaders(val_batch: int = BATCH) -> tuple[BatchLoader, BatchLoader]:
+    """``(train, val)``: collated global batches (dicts of numpy arrays), the same in every process;
+    validation in batches of ``val_batch``."""
     data, _ = problem()
     records = [{k: v[i] for k, v in data.items()} for i in range(SAMPLES + VAL_SAMPLES)]
 
@@ -89,7 +90,7 @@ def loaders() -> tuple[BatchLoader, BatchLoader]:
         return {k: np.stack([row[k] for row in rows]) for k in rows[0]}
 
     train = BatchLoader(records[:SAMPLES], BatchSampler(SAMPLES, BATCH, shuffle=True, seed=7), collate, prefetch=0)
-    val = BatchLoader(records[SAMPLES:], BatchSampler(VAL_SAMPLES, BATCH, shuffle=False), collate, prefetch=0)
+    val = BatchLoader(records[SAMPLES:], BatchSampler(VAL_SAMPLES, val_batch, shuffle=False), collate, prefetch=0)
     return train, val
 
 
@@ -316,8 +317,9 @@ def run_jax(checkpoints: Path, molecules: Path) -> dict:
     )
     # Every batch padded to the batch size: the short last batches run the full ones' programs.
     out["molecule-padded"] = molecule_run("jax", molecules, checkpoints, pad_batches_to=MOLECULE_BATCH)
-    trainer, params = jax_trainer(distributed.setup(jax.devices()[:2]), pad_batches_to=BATCH)
-    out["padded-sharded-2"] = {**fit(trainer, params), "compilations": trainer.compilations()}
+    for world_size in (2, 3):  # 3 does not divide the batch of 8: 3 rows per device, 9 in all
+        trainer, params = jax_trainer(distributed.setup(jax.devices()[:world_size]), pad_batches_to=BATCH)
+        out[f"padded-sharded-{world_size}"] = {**fit(trainer, params), "compilations": trainer.compilations()}
     for world_size in JAX_WORLDS:
         (trainer, params), data = jax_trainer(distributed.setup(jax.devices()[:world_size])), loaders()
         if world_size == max(JAX_WORLDS):

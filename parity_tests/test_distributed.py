@@ -134,13 +134,15 @@ def test_the_molecule_model_trains_data_parallel_as_on_one_device(runs, run, ref
     assert_same_training(runs[run[0]][run[1]], runs[reference[0]][reference[1]], params=False)
 
 
-def test_padded_batches_train_as_the_batches_themselves(runs):
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_padded_batches_train_as_the_batches_themselves(runs, world_size):
     """``pad_batches_to``: the short last batches padded to the batch size with weight-0 rows train
     as unpadded (JAX one device, torch) and compile no program of their own. The token model over 2
-    devices: 1 gradients program, the update, 1 eval program, where unpadded the 5-sample train batch
-    and the 5-sample val batch each add one. The molecule model: 37 training molecules in batches of
-    16 (a last one of 5) and 11 validation ones, one padded length: 3 programs, 4 unpadded."""
-    padded = runs["jax"]["padded-sharded-2"]
+    or 3 devices (3 rows each: 9 for a batch of 8): 1 gradients program, the update, 1 eval program,
+    where unpadded the 5-sample train batch and the 5-sample val batch each add one. The molecule
+    model: 37 training molecules in batches of 16 (a last one of 5) and 11 validation ones, one
+    padded length: 3 programs, 4 unpadded."""
+    padded = runs["jax"][f"padded-sharded-{world_size}"]
     assert_same_training(padded, runs["jax"]["reference"])
     assert_same_training(padded, runs["torch"]["reference"])
     assert padded["compilations"] == 3

@@ -247,10 +247,19 @@ def test_jax_trainer_refuses_a_bad_pad_batches_to(pad, error, match):
         jax_impl.training.Trainer(distributed_runs.jax_model(), distributed_runs.OPTIMIZER, pad_batches_to=pad)
 
 
-def test_jax_trainer_refuses_a_batch_larger_than_it_pads_to():
-    trainer, _ = distributed_runs.jax_trainer(pad_batches_to=4)
-    with pytest.raises(ValueError, match="a batch of 8 rows is larger than pad_batches_to=4: set pad_batches_to to"):
-        trainer.fit(*distributed_runs.loaders(), 1)
+def test_jax_trainer_refuses_loaders_larger_than_it_pads_to_before_training():
+    trainer, _ = distributed_runs.jax_trainer(pad_batches_to=8)
+    train, val = distributed_runs.loaders(val_batch=16)
+    with pytest.raises(
+        ValueError, match="the val loader's batches hold up to 16 samples, more than pad_batches_to=8: set"
+    ):
+        trainer.fit(train, val, 1)
+    assert trainer.optimizer_step == 0  # refused before the first step, not after an epoch
+    with pytest.raises(ValueError, match="the evaluation loader's batches hold up to 16 samples"):
+        trainer.evaluate(val)
+    # A loader without a known sampler: each batch is checked as it comes.
+    with pytest.raises(ValueError, match="a batch of 16 rows is larger than pad_batches_to=8: set pad_batches_to to"):
+        trainer.evaluate(list(val))
 
 
 def test_jax_shard_batch_names_an_array_that_cannot_split():
@@ -283,7 +292,7 @@ def test_a_model_without_loss_sums_cannot_train_data_parallel(backend):
 
 def test_a_model_without_loss_sums_cannot_pad_batches():
     """One device, but padding rows need the weighted loss too."""
-    with pytest.raises(TypeError, match=r"Linear has no loss_sums\(batch, weight\)"):
+    with pytest.raises(TypeError, match=r"Linear has no loss_sums\(batch, weight\).*, which padding rows need"):
         jax_impl.training.Trainer(
             nnx.Linear(2, 2, rngs=nnx.Rngs(0)), OptimizerConfig("sgd", learning_rate=0.1), pad_batches_to=8
         )

@@ -219,6 +219,8 @@ def test_padding_utilization_by_hand():
     short = BatchSampler(4, 3, shuffle=False)
     assert padding_utilization(short, lengths, rows=3) == {"token": 10 / 21, "attention": 30 / 75}
     assert padding_utilization(short, lengths) == {"token": 10 / 13, "attention": 30 / 43}
+    with pytest.raises(ValueError, match="a batch of 3 samples cannot be computed as 2 rows"):
+        padding_utilization(short, lengths, rows=2)
 
 
 def test_padding_utilization_of_no_batch_is_an_error():

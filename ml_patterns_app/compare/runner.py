@@ -61,6 +61,8 @@ def check_cache_directories(compile_cache: Path) -> None:
             private_directory(directory, what)
         except UsageError as error:
             raise UsageError(f"{error}, or pass --no-compile-cache") from None
+        except OSError as error:  # e.g. $XDG_CACHE_HOME not writable
+            raise UsageError(f"cannot create {what} {directory} ({error.strerror}): pass --no-compile-cache") from None
 
 
 def run_compare(

@@ -15,6 +15,7 @@ import gc
 import importlib
 import importlib.util
 import json
+import math
 import os
 import resource
 import sys
@@ -190,10 +191,12 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
     epochs = range(settings.epochs)
     # JAX: the epoch's short last batch (and validation's) padded to the batch size, so it runs the
     # full batches' programs instead of compiling, or on later runs loading, its own; its padding
-    # rows count as padding.
+    # rows count as padding (the batch size rounded up to the devices': the rows JAX computes).
     pad_rows = {"pad_batches_to": settings.batch_size} if backend == "jax" else {}
+    devices = job.get("devices", 1)
+    computed = devices * math.ceil(settings.batch_size / devices) if pad_rows else None
     padding = padding_utilization(
-        sampler, lengths, buckets=buckets, max_length=buckets[-1], epochs=epochs, rows=pad_rows.get("pad_batches_to")
+        sampler, lengths, buckets=buckets, max_length=buckets[-1], epochs=epochs, rows=computed
     )
     # The padded length of every train step, for steady-state times per batch shape.
     step_lengths = [
