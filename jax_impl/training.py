@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import math
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -56,7 +55,7 @@ from jax_impl.optim import build_optimizer
 from jax_impl.program_cache import CachedProgram, ProgramCache, Unidentifiable, describe_graph
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
-from ml_patterns.distributed import global_rows
+from ml_patterns.distributed import global_rows, shard_rows
 from ml_patterns.optim import OptimizerConfig
 from ml_patterns.training import BatchTransform, TrainerBase, find_sampler, leading_dimension
 from ml_patterns.training_checkpoint import OPTIMIZER_SLOTS
@@ -291,7 +290,7 @@ class Trainer(TrainerBase):
         if self.pad_batches_to is not None:
             if n > self.pad_batches_to:
                 raise ValueError(f"a batch of {n} rows is larger than pad_batches_to={self.pad_batches_to}: {_PAD_TO}")
-            rows_per_device = math.ceil(self.pad_batches_to / world_size)
+            rows_per_device = shard_rows(self.pad_batches_to, world_size)
         rows = global_rows(batch, n, world_size, rows_per_device)
         if self.distributed is None:
             return to_device(rows, self.device)

@@ -99,6 +99,12 @@ def shard_sizes(n: int, world_size: int) -> list[int]:
     return [base + (rank < extra) for rank in range(world_size)]
 
 
+def shard_rows(n: int, world_size: int) -> int:
+    """Rows of each rank's shard of a batch of ``n``: ``ceil(n / world_size)``, the fewest that hold
+    every rank's samples in equal shards."""
+    return math.ceil(n / world_size)
+
+
 def shard(indices: Sequence[int], world_size: int, rank: int, rows: int | None = None) -> Shard:
     """Rank ``rank``'s part of the global batch ``indices``: its contiguous slice, padded to
     ``rows`` rows (default ``ceil(len(indices) / world_size)``, the fewest) with weight-0 repeats of
@@ -114,7 +120,7 @@ def shard(indices: Sequence[int], world_size: int, rank: int, rows: int | None =
         raise ValueError("cannot shard an empty batch: the sampler yielded no index")
     sizes = shard_sizes(len(indices), world_size)
     start = sum(sizes[:rank])
-    fewest = math.ceil(len(indices) / world_size)
+    fewest = shard_rows(len(indices), world_size)
     if rows is None:
         rows = fewest
     elif rows < fewest:

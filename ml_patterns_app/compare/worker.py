@@ -15,7 +15,6 @@ import gc
 import importlib
 import importlib.util
 import json
-import math
 import os
 import resource
 import sys
@@ -28,6 +27,7 @@ from bench.common import cpu_count, restrict_cpus
 from ml_patterns.callbacks import Callback
 from ml_patterns.collate import padded_length
 from ml_patterns.data import LazyDataset, Subset
+from ml_patterns.distributed import shard_rows
 from ml_patterns.errors import UsageError
 from ml_patterns.molecules.batches import BatchPreparer, destandardize
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
@@ -194,7 +194,7 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
     # rows count as padding (the batch size rounded up to the devices': the rows JAX computes).
     pad_rows = {"pad_batches_to": settings.batch_size} if backend == "jax" else {}
     devices = job.get("devices", 1)
-    computed = devices * math.ceil(settings.batch_size / devices) if pad_rows else None
+    computed = devices * shard_rows(settings.batch_size, devices) if pad_rows else None
     padding = padding_utilization(
         sampler, lengths, buckets=buckets, max_length=buckets[-1], epochs=epochs, rows=computed
     )
@@ -259,7 +259,7 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         "compile_cache": {**cache, "program_cache": str(traced.directory) if traced else None},
         "cpus": job["cpus"],
         "test_metrics": test_metrics(runtime, trainer.model, device, config, test_loader),
-        "devices": job.get("devices", 1),
+        "devices": devices,
         **runtime.describe(device),
         **_peak_memory(runtime, device),
     }
