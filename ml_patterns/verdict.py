@@ -97,6 +97,13 @@ class Verdict:
         return f"{head[self.outcome]} (decided by {self.decided}): {self.reason}"
 
 
+def one_ulp(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``values`` with every entry moved by one ulp, up or down at random (same dtype): an ensemble
+    member's initial weights, a change of nothing but rounding."""
+    direction = np.where(rng.random(values.shape) < 0.5, -np.inf, np.inf).astype(values.dtype)
+    return np.nextafter(values, direction)
+
+
 def relative_distance(values, reference) -> np.ndarray:
     """|values - reference| / |reference|, float64, broadcasting ``[..., T]`` against ``[T]``."""
     reference = np.asarray(reference, np.float64)
