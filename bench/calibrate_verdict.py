@@ -1,7 +1,7 @@
 """The error rates of ``ml-patterns compare``'s verdict (``ml_patterns.verdict``), measured over a
 matrix of correct runs and injected bugs rather than on one sample.
 
-    python -m bench.calibrate_verdict --data data/nci --out verdict-calibration [--quick]
+    python -m bench.calibrate_verdict --data data/nci --out verdict-calibration [--family I ...]
 
 Everything runs in this process, one thread: the compare workload (the molecule models at
 ``CompareSettings``' defaults, the same Trainers, batches, batch preparation and initial weights as
@@ -57,10 +57,11 @@ class Family:
 
 
 FAMILIES = (
-    Family("multitask, seed 0", CompareSettings(), bugs=True),
+    # The bugs at 1 epoch (63 steps): a bug that builds up slowly is harder to catch in a short run.
+    Family("multitask, seed 0, 1 epoch", CompareSettings(epochs=1), bugs=True),
     Family("multitask, seed 1", CompareSettings(seed=1), threads=True),
     Family("multitask, seed 2", CompareSettings(seed=2)),
-    Family("autoencoder, seed 0", CompareSettings(model="autoencoder"), bugs=True),
+    Family("autoencoder, seed 0", CompareSettings(model="autoencoder")),
     Family("multitask, seed 3, 6 epochs", CompareSettings(seed=3, epochs=6)),
 )
 CORRECT = (
@@ -288,7 +289,6 @@ def main(argv: list[str] | None = None) -> None:
         "--family", type=int, action="append", help="run only these families (indices into FAMILIES; repeatable): "
         "processes run in parallel write their families' files into one --out, and the table covers all of them",
     )  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="the first family only, 1 epoch (a smoke run)")
     args = parser.parse_args(argv)
     from jax_impl import runtime as jax_runtime
     from torch_impl import runtime as torch_runtime
@@ -298,8 +298,6 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.data / "manifest.json").is_file():
         prepare_dataset(args.data, progress=True)
     families = [FAMILIES[i] for i in args.family] if args.family else list(FAMILIES)
-    if args.quick:
-        families = [dataclasses.replace(FAMILIES[0], settings=dataclasses.replace(FAMILIES[0].settings, epochs=1))]
     args.out.mkdir(parents=True, exist_ok=True)
     for family in families:
         started = time.perf_counter()
