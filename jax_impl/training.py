@@ -28,16 +28,12 @@ Divergences, and why:
   one difference: a loss part whose count is 0 adds 0 (``global_mean``) where a model's own
   ``compute_loss`` might give NaN. Padding rows do go through the forward pass: a layer that mixes
   rows (batch normalization's statistics) would see them.
-- ``program_cache`` (JAX only; torch eager traces nothing): a ``jax_impl.program_cache.ProgramCache``
-  keeps the traced steps on disk, so a later run with the same code, model, optimizer config and
-  batch shapes skips tracing them. Off by default; ``ml-patterns compare`` turns it on.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -52,7 +48,6 @@ from jax_impl import distributed as distributed_
 from jax_impl import state as weights
 from jax_impl.models import Functional, functional
 from jax_impl.optim import build_optimizer
-from jax_impl.program_cache import CachedProgram, ProgramCache, Unidentifiable, describe_graph
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import global_rows, shard_rows
@@ -82,7 +77,6 @@ def make_steps(
     optimizer: OptimizerConfig | optax.GradientTransformation,
     seed: int,
     distributed: distributed_.Context | None = None,
-    program_cache: ProgramCache | None = None,
     weighted_rows: bool = False,
 ):
     """``(train_step, eval_step)`` for ``model``.
@@ -96,14 +90,9 @@ def make_steps(
     ``[rows]``, 0 for padding) and the loss ``distributed.global_loss``, the global mean of the
     model's ``loss_sums``; ``distributed`` implies it, the batch sharded over its mesh
     (``distributed.shard_batch``) and the state kept replicated.
-    With ``program_cache`` (one device only), the steps are read from it or traced and stored there;
-    the optimizer update only when ``optimizer`` is a config (an optax object's closures cannot be
-    told apart).
     """
-    if program_cache is not None and distributed is not None:
-        raise ValueError("program_cache serves one-device steps: leave it out with distributed")
     fn, _, _ = functional(model)
-    return _compiled_steps(fn, optimizer, seed, distributed, program_cache, weighted_rows or distributed is not None)
+    return _compiled_steps(fn, optimizer, seed, distributed, weighted_rows or distributed is not None)
 
 
 class TrainStep:
@@ -132,9 +121,7 @@ class TrainStep:
 
 
 def compilations(step) -> int:
-    """Programs a jitted (or ``program_cache``-served) function compiled so far."""
-    if isinstance(step, CachedProgram):
-        return step.compilations()
+    """Programs a jitted function compiled so far."""
     return int(step._cache_size())  # a jitted function's count of its executables (jax has no public one)
 
 
@@ -144,7 +131,6 @@ def _compiled_steps(
     optimizer,
     seed: int,
     distributed: distributed_.Context | None,
-    program_cache: ProgramCache | None,
     weighted_rows: bool,
 ):
     transformation = build_optimizer(optimizer) if isinstance(optimizer, OptimizerConfig) else optimizer
@@ -167,43 +153,11 @@ def _compiled_steps(
 
     # Donated: the state's buffers are reused for the new state in place (the gradients' could only
     # alias the parameters' again, so they are left to be freed).
-    steps = (
+    train_step = TrainStep(
         jax.jit(gradients, donate_argnums=1, out_shardings=out_shardings),
         jax.jit(update, donate_argnums=(0, 1, 2), out_shardings=out_shardings),
-        jax.jit(eval_step, out_shardings=out_shardings),
     )
-    if program_cache is not None:
-        steps = _cached_steps(program_cache, steps, fn, optimizer, f"seed={seed}\nweighted_rows={weighted_rows}")
-    return TrainStep(*steps[:2]), steps[2]
-
-
-def _cached_steps(cache: ProgramCache, steps: tuple, fn: Functional, optimizer, settings: str) -> tuple:
-    """``(gradients, update, eval_step)`` served from ``cache``, each keyed on what it closes over:
-    the model, ``settings`` (seed, loss form), the optimizer."""
-    gradients, update, eval_step = steps
-    try:
-        model_context = f"{describe_graph(fn.graphdef)}\n{settings}"
-    except Unidentifiable as error:  # what the steps close over cannot be keyed on
-        warnings.warn(f"the model's steps are not kept in the program cache: it holds {error}", stacklevel=4)
-        return steps
-    gradients = cache.program(
-        gradients,
-        "gradients",
-        context=model_context,
-        out_tree=lambda args: jax.tree.structure((0, args[1], args[0])),  # (loss, rest, grads like params)
-        donate_argnums=(1,),
-    )
-    scalar = jax.tree.structure(0)
-    eval_step = cache.program(eval_step, "eval_step", context=model_context, out_tree=lambda args: scalar)
-    if isinstance(optimizer, OptimizerConfig):
-        update = cache.program(
-            update,
-            "update",
-            context=repr(optimizer),
-            out_tree=lambda args: jax.tree.structure(args[:3]),  # (params, opt_state, step), as given
-            donate_argnums=(0, 1, 2),
-        )
-    return gradients, update, eval_step
+    return train_step, jax.jit(eval_step, out_shardings=out_shardings)
 
 
 class Trainer(TrainerBase):
@@ -213,7 +167,6 @@ class Trainer(TrainerBase):
     ``pad_batches_to``: rows every batch is padded to (the loader's batch size; under data
     parallelism, the global batch's), the model's ``loss_sums`` leaving the padding out (module
     docstring); a larger batch is refused. None (default): batches run as they come.
-    ``program_cache``: keeps the traced steps across runs (``make_steps``).
     """
 
     backend = "jax"
@@ -230,7 +183,6 @@ class Trainer(TrainerBase):
         seed: int | None = None,
         distributed: distributed_.Context | bool | None = None,
         pad_batches_to: int | None = None,
-        program_cache: ProgramCache | None = None,
     ):
         if isinstance(optimizer, OptimizerConfig):
             config = optimizer
@@ -263,9 +215,7 @@ class Trainer(TrainerBase):
         self.optimizer = build_optimizer(optimizer) if config is not None else optimizer
         if seed is None:
             seed = getattr(getattr(model, "config", None), "seed", 0)
-        self.train_step, self.eval_step = make_steps(
-            model, optimizer, seed, self.distributed, program_cache, self.weighted_rows
-        )
+        self.train_step, self.eval_step = make_steps(model, optimizer, seed, self.distributed, self.weighted_rows)
         self.state = self._initial_state()
 
     def _initial_state(self) -> TrainState:

@@ -255,8 +255,8 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-compile-cache",
         action="store_true",
-        help="trace and compile every JAX program afresh instead of keeping them in ~/.cache/ml-patterns/jax "
-        "and jax-traced beside it ($XDG_CACHE_HOME/ml-patterns/...), which must be writable by you alone",
+        help="compile every JAX program afresh instead of keeping the compiled programs in "
+        "~/.cache/ml-patterns/jax ($XDG_CACHE_HOME/ml-patterns/jax), which must be writable by you alone",
     )
     parser.add_argument(
         "--out",
@@ -268,7 +268,7 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from bench.common import cpu_count
-    from ml_patterns_app.compare.runner import WorkerFailed, check_cache_directories, default_compile_cache, run_compare
+    from ml_patterns_app.compare.runner import WorkerFailed, check_compile_cache, default_compile_cache, run_compare
     from ml_patterns_app.compare.settings import CompareSettings
 
     settings = CompareSettings(
@@ -285,7 +285,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads {args.threads}: this process may use {available} CPUs")
     cache = None if args.no_compile_cache else default_compile_cache()
     if cache is not None:
-        check_cache_directories(cache)
+        check_compile_cache(cache)
     try:
         return run_compare(settings, dataset_argument(args.data), args.out, args.device, args.devices, cache)
     except WorkerFailed as error:  # the worker printed its own traceback above

@@ -29,14 +29,7 @@ from ml_patterns.errors import UsageError
 from ml_patterns.io import private_directory
 from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
 from ml_patterns_app.compare.report import FILES, add_one_device_parity, build_report, format_summary, write_report
-from ml_patterns_app.compare.settings import (
-    BACKENDS,
-    FLOOR_LABEL,
-    FLOOR_RUN,
-    LABELS,
-    CompareSettings,
-    program_cache_directory,
-)
+from ml_patterns_app.compare.settings import BACKENDS, FLOOR_LABEL, FLOOR_RUN, LABELS, CompareSettings
 from ml_patterns_app.porting.floor import one_ulp
 
 # Seconds a worker gets to exit after Ctrl-C before it is killed.
@@ -53,16 +46,15 @@ def default_compile_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ml-patterns" / "jax"
 
 
-def check_cache_directories(compile_cache: Path) -> None:
-    """Refuses (``UsageError``), before any worker trains, cache directories another user may write."""
-    directories = {"the compile cache": compile_cache, "the program cache": program_cache_directory(compile_cache)}
-    for what, directory in directories.items():
-        try:
-            private_directory(directory, what)
-        except UsageError as error:
-            raise UsageError(f"{error}, or pass --no-compile-cache") from None
-        except OSError as error:  # e.g. $XDG_CACHE_HOME not writable
-            raise UsageError(f"cannot create {what} {directory} ({error.strerror}): pass --no-compile-cache") from None
+def check_compile_cache(compile_cache: Path) -> None:
+    """Refuses (``UsageError``), before any worker trains, a compile cache another user may write."""
+    what = "the compile cache"
+    try:
+        private_directory(compile_cache, what)
+    except UsageError as error:
+        raise UsageError(f"{error}, or pass --no-compile-cache") from None
+    except OSError as error:  # e.g. $XDG_CACHE_HOME not writable
+        raise UsageError(f"cannot create {what} {compile_cache} ({error.strerror}): pass --no-compile-cache") from None
 
 
 def run_compare(

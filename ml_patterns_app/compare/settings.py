@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.optim import OptimizerConfig, ScheduleConfig
@@ -91,8 +90,3 @@ class CompareSettings:
             clip_grad_norm=self.clip_grad_norm,
             schedule=schedule,
         )
-
-
-def program_cache_directory(compile_cache: Path) -> Path:
-    """Where JAX's traced steps are kept (``jax_impl.program_cache``): beside the compile cache."""
-    return compile_cache.with_name(f"{compile_cache.name}-traced")

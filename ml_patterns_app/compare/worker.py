@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import importlib.util
 import json
 import os
 import resource
@@ -33,7 +32,7 @@ from ml_patterns.molecules.batches import BatchPreparer, destandardize
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.samplers import LengthGroupedSampler, padding_utilization, sequence_lengths
-from ml_patterns_app.compare.settings import CompareSettings, program_cache_directory
+from ml_patterns_app.compare.settings import CompareSettings
 
 # A status line at most this often: reading the loss is a host sync.
 REFRESH_S = 0.5
@@ -214,7 +213,6 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         distributed = _mesh(runtime, job)
     main = distributed is None or distributed.is_main
     runtime.reset_peak_memory(device)
-    traced = _program_cache(backend, job, distributed)
     step_losses = StepLosses()
     timer = StepTimes(runtime, device)
     trainer = impl.training.Trainer(
@@ -225,7 +223,6 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         batch_transform=BatchPreparer(config),
         distributed=distributed,
         **pad_rows,
-        **({"program_cache": traced} if traced else {}),
     )
     # Everything alive now (the frameworks, the model, the data) lives until the worker exits: moved
     # out of the collector's generations, it is not rescanned by the collections JAX's tracing sets
@@ -256,7 +253,7 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         },
         "max_length": buckets[-1],
         "compilations": trainer.compilations(),
-        "compile_cache": {**cache, "program_cache": str(traced.directory) if traced else None},
+        "compile_cache": cache,
         "cpus": job["cpus"],
         "test_metrics": test_metrics(runtime, trainer.model, device, config, test_loader),
         "devices": devices,
@@ -264,19 +261,6 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         **_peak_memory(runtime, device),
     }
     out.write_text(json.dumps(result))
-
-
-def _program_cache(backend: str, job: dict, distributed):
-    """JAX's traced steps kept next to its compile cache (``jax_impl.program_cache``), so a second
-    run skips tracing them too; None for torch, a mesh, or no compile cache."""
-    if backend != "jax" or distributed is not None or not job.get("compile_cache"):
-        return None
-    if importlib.util.find_spec("flatbuffers") is None:  # our dependency, but an environment made for jax may lack it
-        emit("status", text="flatbuffers is not installed: JAX's traced steps are not kept (pip install flatbuffers)")
-        return None
-    from jax_impl.program_cache import ProgramCache
-
-    return ProgramCache(program_cache_directory(Path(job["compile_cache"])))
 
 
 def _peak_memory(runtime, device) -> dict:
