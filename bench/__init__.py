@@ -1,1 +1,1 @@
-"""Benchmarks, run by ``ml-patterns bench``. See ``bench.runner`` for the registry."""
+"""Benchmarks, run by ``ml-patterns bench``. See ``ml_patterns_bench.runner`` for the registry."""

@@ -12,12 +12,12 @@ import time
 
 import pytest
 
+from ml_patterns.parity_floor import FLOOR_MULTIPLE
 from ml_patterns_app.cli import main
 from ml_patterns_app.compare import report as compare_report
 from ml_patterns_app.compare import runner
 from ml_patterns_app.compare.report import build_report, write_report
 from ml_patterns_app.compare.settings import FLOOR_LABEL, FLOOR_RUN, CompareSettings
-from ml_patterns_app.porting.floor import FLOOR_MULTIPLE
 
 
 def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_path, capsys, monkeypatch):

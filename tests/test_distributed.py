@@ -360,7 +360,7 @@ def test_molecule_loss_sums_give_the_loss_of_the_real_rows(default_dataset, back
 
 
 def test_bench_scaling_efficiency_is_against_n_times_one_worker():
-    from bench.distributed import scaling_rows
+    from ml_patterns_bench.distributed import scaling_rows
 
     measured = {1: {"epoch_s": [2.0, 2.0], "samples": 64}, 2: {"epoch_s": [1.25, 1.25], "samples": 64}}
     rows = scaling_rows("w", "torch eager", measured)

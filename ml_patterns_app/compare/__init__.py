@@ -6,7 +6,7 @@
   on Ctrl-C;
 - ``worker``: one backend's training run, in its own process (``python -m ml_patterns_app.compare.worker``);
 - ``report``: the two runs' losses, step by step and epoch by epoch, against the measured float32
-  noise floor (``ml_patterns_app.porting.floor``), ``report.md``, ``results.json`` and the plots.
+  noise floor (``ml_patterns.parity_floor``), ``report.md``, ``results.json`` and the plots.
 """
 
 from ml_patterns_app.compare.runner import run_compare

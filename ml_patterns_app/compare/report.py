@@ -1,6 +1,6 @@
 """``ml-patterns compare``'s verdict: the two runs' losses, step by step and epoch by epoch, against
 the float32 noise floor measured by a third run (torch from the initial weights moved by one ulp;
-``ml_patterns_app.porting.floor``), the test metrics and the speed side by side, written as
+``ml_patterns.parity_floor``), the test metrics and the speed side by side, written as
 ``results.json``, ``report.md`` and three plots."""
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bench.common import environment
 from ml_patterns import parity
 from ml_patterns.io import atomic_write_bytes, atomic_write_text, staged_directory
+from ml_patterns.machine import environment
+from ml_patterns.parity_floor import FLOOR_MULTIPLE, drift_and_floor, first_outside
 from ml_patterns_app.compare.settings import BACKENDS, FLOOR_RUN, LABELS, CompareSettings
-from ml_patterns_app.porting.floor import FLOOR_MULTIPLE, drift_and_floor, drift_figure, first_outside
+from ml_patterns_app.figures import drift_figure
 
 FILES = ("report.md", "results.json", "loss_curves.png", "drift.png", "speed.png")
 AGREE = (
@@ -81,7 +82,7 @@ def build_report(settings: CompareSettings, manifest: dict, results: dict, data_
             "multiple": FLOOR_MULTIPLE,
             "minimum": {"rtol": minimum.rtol, "atol": minimum.atol},
             "how": "torch trained again from the initial weights moved by one ulp; floor = running max of its "
-            "relative loss difference, at least the single-call loss tolerance (ml_patterns_app.porting.floor)",
+            "relative loss difference, at least the single-call loss tolerance (ml_patterns.parity_floor)",
         },
         "parity": {"passed": passed, "steps": steps, "epochs": rows},
         "test_metrics": {backend: results[backend]["test_metrics"] for backend in BACKENDS},

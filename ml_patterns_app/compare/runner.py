@@ -28,9 +28,9 @@ from ml_patterns.checkpoint import config_from_metadata, load_checkpoint, save_c
 from ml_patterns.errors import UsageError
 from ml_patterns.io import private_directory
 from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
+from ml_patterns.parity_floor import one_ulp
 from ml_patterns_app.compare.report import FILES, add_one_device_parity, build_report, format_summary, write_report
 from ml_patterns_app.compare.settings import BACKENDS, FLOOR_LABEL, FLOOR_RUN, LABELS, CompareSettings
-from ml_patterns_app.porting.floor import one_ulp
 
 # Seconds a worker gets to exit after Ctrl-C before it is killed.
 STOP_GRACE_S = 5.0
@@ -114,7 +114,7 @@ def run_compare(
 
 
 def one_ulp_weights(source: Path, destination: Path, seed: int) -> Path:
-    """``source``'s checkpoint with every floating-point entry moved by one ulp (``porting.floor``)."""
+    """``source``'s checkpoint with every floating-point entry moved by one ulp (``ml_patterns.parity_floor``)."""
     arrays, metadata = load_checkpoint(source)
     rng = np.random.default_rng(seed)
     moved = {

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import cpu_count, restrict_cpus
 from ml_patterns.callbacks import Callback
 from ml_patterns.collate import padded_length
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.distributed import shard_rows
 from ml_patterns.errors import UsageError
+from ml_patterns.machine import cpu_count, restrict_cpus
 from ml_patterns.molecules.batches import BatchPreparer, destandardize
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from ml_patterns.molecules.prepare import read_manifest
@@ -306,7 +306,7 @@ if __name__ == "__main__":
         raise SystemExit(
             "usage: python -m ml_patterns_app.compare.worker BACKEND JOB_JSON OUT (run `ml-patterns compare` instead)"
         )
-    from ml_patterns_app.cli import USER_ERRORS
+    from ml_patterns.user_errors import USER_ERRORS
 
     try:
         run_worker(sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]))
