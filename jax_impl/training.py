@@ -19,15 +19,8 @@ Divergences, and why:
   replicated; the model needs ``loss_sums(batch, weight)`` (docs/DISTRIBUTED.md).
 - The state is donated to the step: its buffers are reused in place. The model's own arrays are
   never handed to the step (they are copied in and out), so donation cannot invalidate them.
-- ``pad_batches_to`` (JAX only: torch eager runs any shape as it comes): every batch is padded to
-  that many rows (under data parallelism ``ceil(N / devices)`` per device) with weight-0 repeats of
-  its first sample, and the loss taken from the model's ``loss_sums(batch, weight)``
-  (``ml_patterns.distributed``), so an epoch's short last batch runs the program of the full
-  batches of its padded length instead of compiling (and, on later runs, loading) its own. The
-  losses, gradients and epoch means are those of the real rows alone, up to the order of sums, with
-  one difference: a loss part whose count is 0 adds 0 (``global_mean``) where a model's own
-  ``compute_loss`` might give NaN. Padding rows do go through the forward pass: a layer that mixes
-  rows (batch normalization's statistics) would see them.
+- ``pad_batches_to`` (``ml_patterns.training.TrainerBase``): under data parallelism each device
+  computes ``ceil(N / devices)`` rows, the global batch laid out as ``distributed.global_layout``.
 """
 
 from __future__ import annotations
@@ -50,12 +43,10 @@ from jax_impl.models import Functional, functional
 from jax_impl.optim import build_optimizer
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
-from ml_patterns.distributed import global_rows, shard_rows
+from ml_patterns.distributed import global_rows
 from ml_patterns.optim import OptimizerConfig
-from ml_patterns.training import BatchTransform, TrainerBase, find_sampler, leading_dimension
+from ml_patterns.training import BatchTransform, TrainerBase, leading_dimension
 from ml_patterns.training_checkpoint import OPTIMIZER_SLOTS
-
-_PAD_TO = "set pad_batches_to to the largest batch size of the loaders given to fit and evaluate"
 
 # optax state field holding each canonical slot: (state type, field)
 _SLOT_FIELDS = {
@@ -102,8 +93,7 @@ class TrainStep:
     it compiles once per padded length; ``update(params, opt_state, step, grads)`` (the optimizer:
     clipping, schedule, Adam) does not, so it compiles once. One program for both would compile,
     and on later runs trace and load from the compile cache, the optimizer again with every batch
-    shape: on compare's model a third of each shape's cold compile, and 40% of the time to trace and
-    load it from the compile cache (docs/PERFORMANCE.md).
+    shape (docs/PERFORMANCE.md).
     Calling it inside an outer ``jax.jit`` traces both into one program.
     """
 
@@ -164,9 +154,7 @@ class Trainer(TrainerBase):
     """See ``torch_impl.training`` for the contract; the loop is ``ml_patterns.training.TrainerBase``.
 
     ``seed``: of the dropout keys (default: the model's ``config.seed`` if it has one, else 0).
-    ``pad_batches_to``: rows every batch is padded to (the loader's batch size; under data
-    parallelism, the global batch's), the model's ``loss_sums`` leaving the padding out (module
-    docstring); a larger batch is refused. None (default): batches run as they come.
+    ``pad_batches_to``: see ``ml_patterns.training.TrainerBase``.
     """
 
     backend = "jax"
@@ -197,10 +185,6 @@ class Trainer(TrainerBase):
             distributed = distributed_.setup()
         if distributed and device is not None:
             raise ValueError(f"device={device} and distributed: the mesh names the devices, leave device out")
-        if pad_batches_to is not None and (
-            isinstance(pad_batches_to, bool) or not isinstance(pad_batches_to, int) or pad_batches_to < 1
-        ):
-            raise ValueError(f"pad_batches_to must be a positive int (the batch size) or None, got {pad_batches_to!r}")
         super().__init__(
             model,
             config,
@@ -208,9 +192,8 @@ class Trainer(TrainerBase):
             batch_transform=batch_transform,
             stop_on_non_finite=stop_on_non_finite,
             distributed=distributed or None,
-            weighted_rows=pad_batches_to is not None,
+            pad_batches_to=pad_batches_to,
         )
-        self.pad_batches_to = pad_batches_to
         self.device = jax.devices(device)[0] if isinstance(device, str) else device
         self.optimizer = build_optimizer(optimizer) if config is not None else optimizer
         if seed is None:
@@ -236,36 +219,10 @@ class Trainer(TrainerBase):
             return to_device(batch, self.device)
         n = leading_dimension(batch)
         world_size = 1 if self.distributed is None else self.distributed.world_size
-        rows_per_device = None
-        if self.pad_batches_to is not None:
-            if n > self.pad_batches_to:
-                raise ValueError(f"a batch of {n} rows is larger than pad_batches_to={self.pad_batches_to}: {_PAD_TO}")
-            rows_per_device = shard_rows(self.pad_batches_to, world_size)
-        rows = global_rows(batch, n, world_size, rows_per_device)
+        rows = global_rows(batch, n, world_size, self.rows_per_device(n, world_size))
         if self.distributed is None:
             return to_device(rows, self.device)
         return distributed_.shard_batch(rows, self.distributed)
-
-    def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, num_epochs: int = 1):
-        # Refused before the first step, not at the first large batch (validation's: an epoch later).
-        self._check_padding(train_loader, "train")
-        if val_loader is not None:
-            self._check_padding(val_loader, "val")
-        return super().fit(train_loader, val_loader, num_epochs)
-
-    def evaluate(self, loader: Iterable) -> float:
-        self._check_padding(loader, "evaluation")
-        return super().evaluate(loader)
-
-    def _check_padding(self, loader: Iterable, what: str) -> None:
-        """Refuses a loader whose sampler yields batches larger than ``pad_batches_to`` (other
-        loaders are checked batch by batch, in ``_to_batch``)."""
-        sampler = find_sampler(loader)
-        if self.pad_batches_to is not None and sampler is not None and sampler.batch_size > self.pad_batches_to:
-            raise ValueError(
-                f"the {what} loader's batches hold up to {sampler.batch_size} samples, more than "
-                f"pad_batches_to={self.pad_batches_to}: {_PAD_TO}"
-            )
 
     def _train_step(self, batch: Any) -> jax.Array:
         self.state, metrics = self.train_step(self.state, batch)
@@ -411,8 +368,7 @@ def train(
 
 @jax.jit
 def _device_copy(tree: Any) -> Any:
-    """A copy of every array of ``tree`` in one dispatch (eager ``jnp.copy`` per leaf cost ~20 ms
-    an epoch for the small models here)."""
+    """A copy of every array of ``tree`` in one dispatch, not one eager ``jnp.copy`` per leaf."""
     return jax.tree.map(jnp.copy, tree)
 
 

@@ -13,6 +13,7 @@ straight through. Ctrl-C stops the running worker and starts no other, and no re
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import resource
@@ -30,7 +31,7 @@ from ml_patterns.io import private_directory
 from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
 from ml_patterns.parity_floor import one_ulp
 from ml_patterns_app.compare.report import FILES, add_one_device_parity, build_report, format_summary, write_report
-from ml_patterns_app.compare.settings import BACKENDS, FLOOR_LABEL, FLOOR_RUN, LABELS, CompareSettings
+from ml_patterns_app.compare.settings import BACKENDS, FLOOR_LABEL, FLOOR_RUN, LABELS, REFERENCE, CompareSettings
 
 # Seconds a worker gets to exit after Ctrl-C before it is killed.
 STOP_GRACE_S = 5.0
@@ -99,7 +100,7 @@ def run_compare(
         initial = Path(scratch) / "initial.safetensors"
         weights = one_ulp_weights(initial, Path(scratch) / "one_ulp.safetensors", settings.seed)
         job = {**job, "devices": devices, "weights": str(weights), "write_weights": False}
-        floor = run_worker("torch", job, Path(scratch) / f"{FLOOR_RUN}.json", FLOOR_LABEL)
+        floor = run_worker(REFERENCE, job, Path(scratch) / f"{FLOOR_RUN}.json", FLOOR_LABEL)
     compared = {backend: results[backend, devices] for backend in BACKENDS}
     report = build_report(settings, manifest, {**compared, FLOOR_RUN: floor}, data)
     if devices > 1:
@@ -139,9 +140,8 @@ def run_worker(backend: str, job: dict, out: Path, label: str | None = None) -> 
     label = (label or LABELS[backend]) + (f" x{devices}" if devices > 1 else "")
     status = StatusLine(label, sys.stdout)
     status.show("starting")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if backend == "jax" and devices > 1:  # CPU devices JAX simulates (set before it starts; GPUs unaffected)
-        env["JAX_NUM_CPU_DEVICES"] = str(devices)
+    environment = importlib.import_module(f"{backend}_impl.environment")  # framework-free
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **environment.process_environment(devices)}
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as process:
         try:
             for line in process.stdout:

@@ -10,7 +10,9 @@ from ml_patterns.samplers import BatchSampler, fit_buckets, make_sampler
 
 BACKENDS = ("torch", "jax")
 LABELS = {"torch": "PyTorch (eager)", "jax": "JAX (jax.jit)"}
-# The third run: torch again, from the initial weights moved by one ulp (the float32 noise floor).
+# The side the other is measured against, and the third run: it again, from the initial weights
+# moved by one ulp (the float32 noise floor).
+REFERENCE = BACKENDS[0]
 FLOOR_RUN = "torch_one_ulp"
 FLOOR_LABEL = "PyTorch, ulp off"
 MODELS = ("multitask", "autoencoder")
@@ -39,13 +41,13 @@ class CompareSettings:
     max_length: int = 128
     # Limit the training split (0: all of it), e.g. for a quick look.
     max_train_molecules: int = 0
-    # Batches of molecules of similar length (ml_patterns.samplers.LengthGroupedSampler): 80% of the
-    # padded token positions are real tokens, against 30% for random batches (docs/PERFORMANCE.md).
+    # Batches of molecules of similar length (ml_patterns.samplers.LengthGroupedSampler): far fewer
+    # padded token positions than random batches (docs/PERFORMANCE.md).
     group_by_length: bool = True
     # Padded lengths, fitted to the run's batches (ml_patterns.samplers.fit_buckets). Each one is a
-    # jax.jit program for the gradients and one for evaluation: about 2.5 s to compile on 2 CPU
-    # cores, 0.9 s to trace and load from the compile cache. 6 fitted lengths pad the default data's
-    # length-grouped batches as little as 8 geometric ones did (80% real tokens); 8 fitted reach 83%.
+    # jax.jit program for the gradients and one for evaluation, compiled (or loaded from the compile
+    # cache) before its first step: few lengths, each fitted to where the batches' lengths fall
+    # rather than a geometric ladder, so that padding stays low with few programs (docs/PERFORMANCE.md).
     max_buckets: int = 6
     # CPUs each worker may use (0: all of them). On a shared machine 1 is faster and steadier:
     # torch's OpenMP threads wait at every barrier for a peer that lost its core (docs/PERFORMANCE.md).

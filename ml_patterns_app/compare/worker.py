@@ -26,7 +26,6 @@ from ml_patterns.callbacks import Callback
 from ml_patterns.collate import padded_length
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.distributed import shard_rows
-from ml_patterns.errors import UsageError
 from ml_patterns.machine import cpu_count, restrict_cpus
 from ml_patterns.molecules.batches import BatchPreparer, destandardize
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
@@ -117,51 +116,19 @@ class StepTimes(Callback):
 
 
 def run_worker(backend: str, job: dict, out: Path) -> None:
-    """One backend's run; with ``job["devices"]`` N > 1, data-parallel (docs/DISTRIBUTED.md): torch
-    over N processes this worker starts (DDP), JAX over N devices of one mesh (the parent sets
-    ``JAX_NUM_CPU_DEVICES`` for a CPU run). Rank 0 alone reports progress and writes ``out``."""
-    devices = job.get("devices", 1)
+    """One backend's run; with ``job["devices"]`` N > 1, data-parallel (docs/DISTRIBUTED.md) as the
+    backend's ``runtime.run_data_parallel`` does it (torch: N DDP processes; JAX: one mesh, the
+    parent setting ``environment.process_environment``). Rank 0 alone reports progress and writes ``out``."""
     threads = CompareSettings(**job["settings"]).threads or cpu_count()
     # Before the framework loads: XLA sizes its thread pool from the CPUs this process may use, and
     # torch's OpenMP its thread count; DDP's rank processes inherit the mask (docs/PERFORMANCE.md).
     with restrict_cpus(threads) as cpus:
-        job = {**job, "cpus": cpus}
-        if backend == "torch" and devices > 1:
-            from torch_impl import distributed
-
-            gpu = job["device"] == "gpu" or (job["device"] == "auto" and _torch_cuda_count() >= devices)
-            distributed.launch(_torch_rank, devices, job, out, backend="nccl" if gpu else "gloo")
-        else:
-            _train(backend, job, out)
+        runtime = importlib.import_module(f"{backend}_impl.runtime")
+        runtime.run_data_parallel(_train, job.get("devices", 1), job["device"], backend, {**job, "cpus": cpus}, out)
 
 
-def _torch_cuda_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def _torch_rank(context, job: dict, out: Path) -> None:
-    _train("torch", job, out, context)
-
-
-def _mesh(runtime, job: dict):
-    """The JAX mesh of ``job["devices"]`` devices of the selected kind, or None for one device."""
-    import jax
-
-    from jax_impl import distributed
-
-    devices = job.get("devices", 1)
-    if devices == 1:
-        return None
-    platform = runtime.select_device(job["device"]).platform
-    available = jax.devices(platform)
-    if len(available) < devices:
-        raise UsageError(f"--devices {devices} but JAX sees {len(available)} {platform} device(s)")
-    return distributed.setup(available[:devices])
-
-
-def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
+def _train(distributed, backend: str, job: dict, out: Path) -> None:
+    """The run, on one device (``distributed`` None) or as one rank of ``distributed``."""
     impl = importlib.import_module(f"{backend}_impl")
     for module in ("data", "molecules.models", "runtime", "training"):
         importlib.import_module(f"{backend}_impl.{module}")
@@ -188,12 +155,12 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
     loader = impl.data.make_loader
     train_loader = loader(train, settings.batch_size, seed=settings.seed, **collate)
     epochs = range(settings.epochs)
-    # JAX: the epoch's short last batch (and validation's) padded to the batch size, so it runs the
-    # full batches' programs instead of compiling, or on later runs loading, its own; its padding
-    # rows count as padding (the batch size rounded up to the devices': the rows JAX computes).
-    pad_rows = {"pad_batches_to": settings.batch_size} if backend == "jax" else {}
+    # Rows every batch is padded to, if the backend pads (a program per batch shape: the short last
+    # batch runs the full batches' one); the padding rows count as padding (the batch size rounded
+    # up to the devices': the rows the backend computes).
+    pad_rows = runtime.padded_batch_rows(settings.batch_size)
     devices = job.get("devices", 1)
-    computed = devices * shard_rows(settings.batch_size, devices) if pad_rows else None
+    computed = None if pad_rows is None else devices * shard_rows(pad_rows, devices)
     padding = padding_utilization(
         sampler, lengths, buckets=buckets, max_length=buckets[-1], epochs=epochs, rows=computed
     )
@@ -209,8 +176,6 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         model.save(weights)
     else:
         model = impl.molecules.models.load_model(weights)
-    if backend == "jax":
-        distributed = _mesh(runtime, job)
     main = distributed is None or distributed.is_main
     runtime.reset_peak_memory(device)
     step_losses = StepLosses()
@@ -222,19 +187,17 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         device=None if distributed is not None else device,
         batch_transform=BatchPreparer(config),
         distributed=distributed,
-        **pad_rows,
+        pad_batches_to=pad_rows,
     )
     # Everything alive now (the frameworks, the model, the data) lives until the worker exits: moved
     # out of the collector's generations, it is not rescanned by the collections JAX's tracing sets
-    # off (about 0.5 s less warm-up out of 7, in alternated runs; docs/PERFORMANCE.md).
+    # off (docs/PERFORMANCE.md).
     gc.freeze()
     trainer.fit(train_loader, loader(val, settings.batch_size, shuffle=False, **collate), settings.epochs)
     if not main:
         return
-    if backend == "jax" and distributed is not None:  # the weights, replicated over the mesh, to one device
-        from flax import nnx
-
-        nnx.update(trainer.model, runtime.to_device(nnx.state(trainer.model), device))
+    if distributed is not None:
+        runtime.gather_model(trainer.model, device)
     emit("status", text="evaluating on the test split")
     test_loader = loader(test, settings.batch_size, shuffle=False, **collate)
     result = {
@@ -244,7 +207,7 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         "step_times": timer.times,
         "step_lengths": step_lengths,
         "load_during": timer.load,
-        "padding": {"sampler": type(sampler).__name__, "buckets": list(buckets), **pad_rows, **padding},
+        "padding": {"sampler": type(sampler).__name__, "buckets": list(buckets), "pad_batches_to": pad_rows, **padding},
         "steps_per_epoch": steps,
         "samples_per_epoch": len(train),
         "truncated": {
