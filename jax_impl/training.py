@@ -40,7 +40,7 @@ from flax import nnx
 from jax_impl import distributed as distributed_
 from jax_impl import state as weights
 from jax_impl.models import Functional, functional
-from jax_impl.optim import build_optimizer
+from jax_impl.optim import build_optimizer, find_states, map_states
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import global_rows
@@ -287,7 +287,7 @@ class Trainer(TrainerBase):
         arrays = {}
         for slot in OPTIMIZER_SLOTS[self.optimizer_config.name]:
             state_type, field = _SLOT_FIELDS[slot]
-            (found,) = _find_states(self.state.opt_state, state_type)
+            (found,) = find_states(self.state.opt_state, state_type)
             for name, value in weights.to_numpy(self.model, getattr(found, field)).items():
                 arrays[f"{slot}/{name}"] = value
         return arrays
@@ -306,7 +306,7 @@ class Trainer(TrainerBase):
                 updates["count"] = jnp.array(step, jnp.int32)  # a buffer of its own: the state is donated
             return node._replace(**updates) if updates else node
 
-        opt_state = _map_states(self.optimizer.init(self.state.params), restore)
+        opt_state = map_states(self.optimizer.init(self.state.params), restore)
         self.state = self._committed(self.state._replace(opt_state=opt_state, step=jnp.array(step, jnp.int32)))
 
     def _framework_optimizer_json(self) -> dict:
@@ -374,28 +374,3 @@ def _device_copy(tree: Any) -> Any:
 
 def _leaf_paths(tree: Any) -> list[str]:
     return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
-def _is_optax_state(node: Any) -> bool:
-    return isinstance(node, tuple) and hasattr(node, "_fields")
-
-
-def _map_states(opt_state: Any, fn) -> Any:
-    """Applies ``fn`` to every optax state namedtuple inside a chain's nested tuples."""
-    if _is_optax_state(opt_state):
-        return fn(opt_state)
-    if isinstance(opt_state, tuple):
-        return tuple(_map_states(child, fn) for child in opt_state)
-    return opt_state
-
-
-def _find_states(opt_state: Any, state_type: type) -> list:
-    found = []
-
-    def collect(node: Any) -> Any:
-        if isinstance(node, state_type):
-            found.append(node)
-        return node
-
-    _map_states(opt_state, collect)
-    return found

@@ -16,8 +16,10 @@ from ml_patterns.parity_floor import FLOOR_MULTIPLE
 from ml_patterns_app.cli import main
 from ml_patterns_app.compare import report as compare_report
 from ml_patterns_app.compare import runner
-from ml_patterns_app.compare.report import build_report, write_report
+from ml_patterns_app.compare import written as compare_written
+from ml_patterns_app.compare.report import build_report
 from ml_patterns_app.compare.settings import FLOOR_LABEL, FLOOR_RUN, CompareSettings
+from ml_patterns_app.compare.written import write_report
 
 
 def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_path, capsys, monkeypatch):
@@ -84,7 +86,7 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
     assert results["speed"]["torch"]["compile_cache"]["compile_cache"] is None  # torch eager compiles nothing
     assert results["speed"]["jax"]["compilations"] >= 2  # at least one train and one eval compilation
     assert results["speed"]["torch"]["compilations"] is None
-    assert sorted(p.name for p in out.iterdir()) == sorted(compare_report.FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(compare_written.FILES)
     assert (out / "drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A JAX side with a porting bug (its learning rate 1.5x torch's) from the same weights: the verdict fails.
@@ -172,7 +174,7 @@ def test_an_interrupted_write_leaves_the_previous_report(default_dataset, tmp_pa
     def interrupted(report):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(compare_report, "_speed_bars", interrupted)  # the last file written
+    monkeypatch.setattr(compare_written, "_speed_bars", interrupted)  # the last file written
     with pytest.raises(KeyboardInterrupt, match="^$"):
         write_report({**report, "wall_time_s": 2.0}, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -30,8 +30,9 @@ from ml_patterns.errors import UsageError
 from ml_patterns.io import private_directory
 from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
 from ml_patterns.parity_floor import one_ulp
-from ml_patterns_app.compare.report import FILES, add_one_device_parity, build_report, format_summary, write_report
+from ml_patterns_app.compare.report import add_one_device_parity, build_report, format_summary
 from ml_patterns_app.compare.settings import BACKENDS, FLOOR_LABEL, FLOOR_RUN, LABELS, REFERENCE, CompareSettings
+from ml_patterns_app.compare.written import FILES, write_report
 
 # Seconds a worker gets to exit after Ctrl-C before it is killed.
 STOP_GRACE_S = 5.0
