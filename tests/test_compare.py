@@ -3,6 +3,7 @@ its verdict must fail), and its parts: the report logic, the progress display, C
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -18,7 +19,7 @@ from ml_patterns_app.compare import report as compare_report
 from ml_patterns_app.compare import runner
 from ml_patterns_app.compare import written as compare_written
 from ml_patterns_app.compare.report import build_report
-from ml_patterns_app.compare.settings import FLOOR_LABEL, FLOOR_RUN, CompareSettings
+from ml_patterns_app.compare.settings import FLOOR_LABEL, FLOOR_RUN, CompareSettings, WorkerJob
 from ml_patterns_app.compare.written import write_report
 
 
@@ -30,8 +31,8 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
 
     def recording(backend, job, out, label=None):
         result = run_worker(backend, job, out, label)
-        if job["write_weights"]:
-            shutil.copy(job["weights"], weights)
+        if job.write_weights:
+            shutil.copy(job.weights, weights)
         runs[label or backend] = (job, result)
         return result
 
@@ -91,8 +92,10 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
 
     # A JAX side with a porting bug (its learning rate 1.5x torch's) from the same weights: the verdict fails.
     job, _ = runs["jax"]
-    settings = {**job["settings"], "learning_rate": 1.5 * job["settings"]["learning_rate"]}
-    broken = run_worker("jax", {**job, "settings": settings, "weights": str(weights)}, tmp_path / "broken.json")
+    settings = dataclasses.replace(job.settings, learning_rate=1.5 * job.settings.learning_rate)
+    broken = run_worker(
+        "jax", dataclasses.replace(job, settings=settings, weights=str(weights)), tmp_path / "broken.json"
+    )
     results = {"torch": runs["torch"][1], "jax": broken, FLOOR_RUN: runs[FLOOR_LABEL][1]}
     report = build_report(CompareSettings(), default_dataset[1], results, default_dataset[0])
     assert not report["parity"]["passed"] and compare_report.DISAGREE in report["verdict"]
@@ -222,7 +225,7 @@ def test_ctrl_c_stops_the_worker(tmp_path, monkeypatch):
     monkeypatch.setattr(runner.StatusLine, "event", ctrl_c)
     start = time.perf_counter()
     with pytest.raises(KeyboardInterrupt, match="^$"):
-        runner.run_worker("torch", {}, tmp_path / "out.json")
+        runner.run_worker("torch", WorkerJob(data="", settings=CompareSettings(), weights=""), tmp_path / "out.json")
     assert time.perf_counter() - start < 30
     with pytest.raises(ProcessLookupError, match="No such process"):  # stopped and reaped
         os.kill(int(pid_file.read_text()), 0)

@@ -19,42 +19,17 @@ import sys
 from ml_patterns import __version__
 from ml_patterns.errors import cli_message
 from ml_patterns.user_errors import USER_ERRORS
+from ml_patterns_app.cli import backend_commands, dataset_commands
 from ml_patterns_app.cli.arguments import DEFAULT_DATA_DIR, HelpFormatter
-from ml_patterns_app.cli.backend_commands import (
-    _add_bench,
-    _add_compare,
-    _add_convert,
-    _add_parity,
-    _run_bench,
-    _run_compare,
-    _run_convert,
-    _run_parity,
-)
-from ml_patterns_app.cli.dataset_commands import _add_info, _add_prepare, _run_info, _run_prepare
 from ml_patterns_app.cli.process import Terminated, command_process, quiet_broken_pipe
 
 __all__ = ["DEFAULT_DATA_DIR", "SUBCOMMANDS", "USER_ERRORS", "build_parser", "main"]
 
 
+# The order ``ml-patterns --help`` lists them in.
 SUBCOMMANDS = {
-    "compare": (
-        _add_compare,
-        _run_compare,
-        "train one model in PyTorch and in JAX from the same start: parity, metrics, speed",
-    ),
-    "prepare": (_add_prepare, _run_prepare, "build the lazy on-disk dataset (default: RDKit's NCI set)"),
-    "info": (_add_info, _run_info, "print a prepared dataset's manifest"),
-    "bench": (_add_bench, _run_bench, "benchmark torch eager, torch.compile and jax.jit on each workload"),
-    "parity": (
-        _add_parity,
-        _run_parity,
-        "compare the molecule models across torch and JAX: outputs, losses, gradients",
-    ),
-    "convert": (
-        _add_convert,
-        _run_convert,
-        "convert a torch.save(state_dict) file into a portable checkpoint both backends read",
-    ),
+    name: {**backend_commands.COMMANDS, **dataset_commands.COMMANDS}[name]
+    for name in ("compare", "prepare", "info", "bench", "parity", "convert")
 }
 
 

@@ -217,3 +217,23 @@ def _run_convert(args: argparse.Namespace) -> int:
         "build with model.load(path), on either backend (it holds no model config)"
     )
     return 0
+
+
+COMMANDS = {
+    "compare": (
+        _add_compare,
+        _run_compare,
+        "train one model in PyTorch and in JAX from the same start: parity, metrics, speed",
+    ),
+    "bench": (_add_bench, _run_bench, "benchmark torch eager, torch.compile and jax.jit on each workload"),
+    "parity": (
+        _add_parity,
+        _run_parity,
+        "compare the molecule models across torch and JAX: outputs, losses, gradients",
+    ),
+    "convert": (
+        _add_convert,
+        _run_convert,
+        "convert a torch.save(state_dict) file into a portable checkpoint both backends read",
+    ),
+}

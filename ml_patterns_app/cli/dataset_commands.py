@@ -121,3 +121,9 @@ def format_manifest(manifest: dict, root: Path) -> str:
             + (" (see manifest.json)" if duplicates["conflicting"] else "")
         )
     return "\n".join(lines)
+
+
+COMMANDS = {
+    "prepare": (_add_prepare, _run_prepare, "build the lazy on-disk dataset (default: RDKit's NCI set)"),
+    "info": (_add_info, _run_info, "print a prepared dataset's manifest"),
+}

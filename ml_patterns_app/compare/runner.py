@@ -31,7 +31,15 @@ from ml_patterns.io import private_directory
 from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
 from ml_patterns.parity_floor import one_ulp
 from ml_patterns_app.compare.report import add_one_device_parity, build_report, format_summary
-from ml_patterns_app.compare.settings import BACKENDS, FLOOR_LABEL, FLOOR_RUN, LABELS, REFERENCE, CompareSettings
+from ml_patterns_app.compare.settings import (
+    BACKENDS,
+    FLOOR_LABEL,
+    FLOOR_RUN,
+    LABELS,
+    REFERENCE,
+    CompareSettings,
+    WorkerJob,
+)
 from ml_patterns_app.compare.written import FILES, write_report
 
 # Seconds a worker gets to exit after Ctrl-C before it is killed.
@@ -85,22 +93,22 @@ def run_compare(
     with tempfile.TemporaryDirectory() as scratch:
         results = {}
         for index, (backend, n) in enumerate(runs):
-            job = {
-                "data": str(data),
-                "settings": dataclasses.asdict(settings),
-                "device": device,
-                "devices": n,
-                "weights": str(Path(scratch) / "initial.safetensors"),
-                "write_weights": index == 0,
-                "compile_cache": str(compile_cache) if compile_cache else None,
-            }
+            job = WorkerJob(
+                data=str(data),
+                settings=settings,
+                weights=str(Path(scratch) / "initial.safetensors"),
+                write_weights=index == 0,
+                device=device,
+                devices=n,
+                compile_cache=str(compile_cache) if compile_cache else None,
+            )
             before = machine_load()
             results[backend, n] = run_worker(backend, job, Path(scratch) / f"{backend}-{n}.json")
             results[backend, n]["machine_load"] = machine_load_during(before, machine_load())
         # The noise floor: torch once more, on the compared device count, from the weights one ulp off.
         initial = Path(scratch) / "initial.safetensors"
         weights = one_ulp_weights(initial, Path(scratch) / "one_ulp.safetensors", settings.seed)
-        job = {**job, "devices": devices, "weights": str(weights), "write_weights": False}
+        job = dataclasses.replace(job, devices=devices, weights=str(weights), write_weights=False)
         floor = run_worker(REFERENCE, job, Path(scratch) / f"{FLOOR_RUN}.json", FLOOR_LABEL)
     compared = {backend: results[backend, devices] for backend in BACKENDS}
     report = build_report(settings, manifest, {**compared, FLOOR_RUN: floor}, data)
@@ -134,10 +142,10 @@ def one_ulp_weights(source: Path, destination: Path, seed: int) -> Path:
     )
 
 
-def run_worker(backend: str, job: dict, out: Path, label: str | None = None) -> dict:
+def run_worker(backend: str, job: WorkerJob, out: Path, label: str | None = None) -> dict:
     """Runs one worker to the end, rendering its progress; its result, read from ``out``."""
     command = worker_command(backend, job, out)
-    devices = job.get("devices", 1)
+    devices = job.devices
     label = (label or LABELS[backend]) + (f" x{devices}" if devices > 1 else "")
     status = StatusLine(label, sys.stdout)
     status.show("starting")
@@ -194,8 +202,8 @@ def _busy_cpu_seconds() -> float | None:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def worker_command(backend: str, job: dict, out: Path) -> list[str]:
-    return [sys.executable, "-m", "ml_patterns_app.compare.worker", backend, json.dumps(job), str(out)]
+def worker_command(backend: str, job: WorkerJob, out: Path) -> list[str]:
+    return [sys.executable, "-m", "ml_patterns_app.compare.worker", backend, job.to_json(), str(out)]
 
 
 def stop(process: subprocess.Popen) -> None:

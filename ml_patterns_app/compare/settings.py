@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.optim import OptimizerConfig, ScheduleConfig
@@ -92,3 +93,27 @@ class CompareSettings:
             clip_grad_norm=self.clip_grad_norm,
             schedule=schedule,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerJob:
+    """What the parent (``runner``) asks of one worker: train ``settings`` on ``data`` from the
+    initial weights at ``weights`` (the first worker writes them there: ``write_weights``), on
+    ``devices`` devices of the kind ``device`` selects, JAX keeping its compiled programs in
+    ``compile_cache`` (None: nowhere). Crosses the process boundary as JSON (``to_json``/``from_json``)."""
+
+    data: str
+    settings: CompareSettings
+    weights: str
+    write_weights: bool = False
+    device: str = "auto"
+    devices: int = 1
+    compile_cache: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerJob:
+        fields = json.loads(text)
+        return cls(**{**fields, "settings": CompareSettings(**fields["settings"])})

@@ -31,7 +31,7 @@ from ml_patterns.molecules.batches import BatchPreparer, destandardize
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.samplers import LengthGroupedSampler, padding_utilization, sequence_lengths
-from ml_patterns_app.compare.settings import CompareSettings
+from ml_patterns_app.compare.settings import WorkerJob
 
 # A status line at most this often: reading the loss is a host sync.
 REFRESH_S = 0.5
@@ -115,30 +115,31 @@ class StepTimes(Callback):
         self.load.append(os.getloadavg()[0])
 
 
-def run_worker(backend: str, job: dict, out: Path) -> None:
-    """One backend's run; with ``job["devices"]`` N > 1, data-parallel (docs/DISTRIBUTED.md) as the
+def run_worker(backend: str, job: WorkerJob, out: Path) -> None:
+    """One backend's run; with ``job.devices`` N > 1, data-parallel (docs/DISTRIBUTED.md) as the
     backend's ``runtime.run_data_parallel`` does it (torch: N DDP processes; JAX: one mesh, the
     parent setting ``environment.process_environment``). Rank 0 alone reports progress and writes ``out``."""
-    threads = CompareSettings(**job["settings"]).threads or cpu_count()
+    threads = job.settings.threads or cpu_count()
     # Before the framework loads: XLA sizes its thread pool from the CPUs this process may use, and
     # torch's OpenMP its thread count; DDP's rank processes inherit the mask (docs/PERFORMANCE.md).
     with restrict_cpus(threads) as cpus:
         runtime = importlib.import_module(f"{backend}_impl.runtime")
-        runtime.run_data_parallel(_train, job.get("devices", 1), job["device"], backend, {**job, "cpus": cpus}, out)
+        runtime.run_data_parallel(_train, job.devices, job.device, backend, job, cpus, out)
 
 
-def _train(distributed, backend: str, job: dict, out: Path) -> None:
-    """The run, on one device (``distributed`` None) or as one rank of ``distributed``."""
+def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> None:
+    """The run, on one device (``distributed`` None) or as one rank of ``distributed``; ``cpus``:
+    ``restrict_cpus``'s record."""
     impl = importlib.import_module(f"{backend}_impl")
     for module in ("data", "molecules.models", "runtime", "training"):
         importlib.import_module(f"{backend}_impl.{module}")
     runtime = impl.runtime
     runtime.set_precision("float32")  # parity needs full float32 on both sides (docs/PARITY.md)
-    device = runtime.select_device(job["device"])
-    cache = runtime.enable_compile_cache(job["compile_cache"]) if job.get("compile_cache") else {}
+    device = runtime.select_device(job.device)
+    cache = runtime.enable_compile_cache(job.compile_cache) if job.compile_cache else {}
 
-    data = Path(job["data"])
-    settings = CompareSettings(**job["settings"])
+    data = Path(job.data)
+    settings = job.settings
     manifest = read_manifest(data)
     train = LazyDataset(data, split="train")
     if settings.max_train_molecules:
@@ -159,7 +160,7 @@ def _train(distributed, backend: str, job: dict, out: Path) -> None:
     # batch runs the full batches' one); the padding rows count as padding (the batch size rounded
     # up to the devices': the rows the backend computes).
     pad_rows = runtime.padded_batch_rows(settings.batch_size)
-    devices = job.get("devices", 1)
+    devices = job.devices
     computed = None if pad_rows is None else devices * shard_rows(pad_rows, devices)
     padding = padding_utilization(
         sampler, lengths, buckets=buckets, max_length=buckets[-1], epochs=epochs, rows=computed
@@ -170,8 +171,8 @@ def _train(distributed, backend: str, job: dict, out: Path) -> None:
         for epoch in epochs
     ]
 
-    weights = Path(job["weights"])
-    if job["write_weights"]:  # the first worker: the one set of initial weights, for every backend
+    weights = Path(job.weights)
+    if job.write_weights:  # the first worker: the one set of initial weights, for every backend
         model = impl.molecules.models.build_model(config)
         model.save(weights)
     else:
@@ -217,7 +218,7 @@ def _train(distributed, backend: str, job: dict, out: Path) -> None:
         "max_length": buckets[-1],
         "compilations": trainer.compilations(),
         "compile_cache": cache,
-        "cpus": job["cpus"],
+        "cpus": cpus,
         "test_metrics": test_metrics(runtime, trainer.model, device, config, test_loader),
         "devices": devices,
         **runtime.describe(device),
@@ -272,7 +273,7 @@ if __name__ == "__main__":
     from ml_patterns.user_errors import USER_ERRORS
 
     try:
-        run_worker(sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]))
+        run_worker(sys.argv[1], WorkerJob.from_json(sys.argv[2]), Path(sys.argv[3]))
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal: the parent reports it
         sys.exit(130)
     except USER_ERRORS as error:  # e.g. --device gpu without one: one line, as the CLI prints it
