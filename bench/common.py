@@ -1,6 +1,6 @@
-"""What every benchmark shares: the context it runs in, timing by the rules, the result row, and the
-environment recorded with each number. Imports no framework: the runner pins the CPUs before torch
-or jax is loaded (see ``restrict_cpus``).
+"""What every benchmark shares: the context it runs in, timing by the rules and the result row (the
+machine and environment recorded with each number: ``ml_patterns.machine``). Imports no framework:
+the runner pins the CPUs before torch or jax is loaded (``ml_patterns.machine.restrict_cpus``).
 
 Timing rules (as nanoGPT's bench.py; docs/ARCHITECTURE.md): warm-up calls first (compilation and
 caches happen there and are timed apart by the caller), a synchronization inside the timed region

@@ -2,8 +2,8 @@
 
 Setup: threads, the matmul precision policy (through ``torch_impl.runtime`` / ``jax_impl.runtime``),
 cold compile caches, and what the loaded frameworks report. Imported by the runner only after
-``ml_patterns.machine.restrict_cpus`` has pinned the CPUs, since XLA sizes its CPU thread pool when its
-backend starts.
+``ml_patterns.machine.restrict_cpus`` has pinned the CPUs, since XLA sizes its CPU thread pool when
+its backend starts.
 
 Measuring: a workload writes its step once per framework (``Step``); ``contender_rows`` runs it for
 every contender of the run (``ml_patterns_bench.common.CONTENDERS``) on a device, with the same warm-up, timing,
