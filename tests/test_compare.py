@@ -19,7 +19,7 @@ from ml_patterns_app.compare import report as compare_report
 from ml_patterns_app.compare import runner
 from ml_patterns_app.compare import written as compare_written
 from ml_patterns_app.compare.report import build_report
-from ml_patterns_app.compare.settings import FLOOR_LABEL, FLOOR_RUN, CompareSettings, WorkerJob
+from ml_patterns_app.compare.settings import FLOOR_LABEL, FLOOR_RUN, CompareSettings, WorkerJob, WorkerResult
 from ml_patterns_app.compare.written import write_report
 
 
@@ -107,31 +107,31 @@ def fake_result(train_losses, val_losses, step_losses=(2.0, 1.5, 1.0), step_time
     """10 steps an epoch of length 64: 0.1 s each, the first one 1.1 s (it compiles)."""
     epochs = list(range(len(train_losses)))
     step_times = step_times or [[1.1 if e == 0 and i == 0 else 0.1 for i in range(10)] for e in epochs]
-    return {
-        "history": {"epoch": epochs, "train_loss": train_losses, "val_loss": val_losses},
-        "step_losses": list(step_losses),
-        "epoch_times": [{"epoch": e, "train_s": 2.0 if e == 0 else 1.0, "val_s": 0.5} for e in epochs],
-        "step_times": step_times,
-        "step_lengths": [[64] * len(times) for times in step_times],
-        "load_during": [0.5] * len(epochs),
-        "machine_load": machine_load
+    return WorkerResult(
+        history={"epoch": epochs, "train_loss": train_losses, "val_loss": val_losses},
+        step_losses=list(step_losses),
+        epoch_times=[{"epoch": e, "train_s": 2.0 if e == 0 else 1.0, "val_s": 0.5} for e in epochs],
+        step_times=step_times,
+        step_lengths=[[64] * len(times) for times in step_times],
+        load_during=[0.5] * len(epochs),
+        machine_load=machine_load
         or {"load_average_before": [0.2, 0.2, 0.2], "load_average_after": [0.9, 0.3, 0.2], "others_cpu_share": 0.01},
-        "cpus": {"threads": 2, "cpus_available": 2},
-        "padding": {"sampler": "LengthGroupedSampler", "buckets": [64], "token": 0.8, "attention": 0.6},
-        "steps_per_epoch": 10,
-        "samples_per_epoch": 640,
-        "compilations": None,
-        "compile_cache": {},
-        "max_length": 128,
-        "truncated": {"train": 0, "val": 0, "test": 0},
-        "test_metrics": {"MAE TPSA": 1.0},
-        "device": {"kind": "cpu", "name": "CPU"},
-        "versions": {},
-        "threads": 2,
-        "precision": "float32",
-        "peak_memory_bytes": 1,
-        "peak_memory_kind": "process peak RSS",
-    }
+        cpus={"threads": 2, "cpus_available": 2},
+        padding={"sampler": "LengthGroupedSampler", "buckets": [64], "token": 0.8, "attention": 0.6},
+        steps_per_epoch=10,
+        samples_per_epoch=640,
+        compilations=None,
+        compile_cache={},
+        max_length=128,
+        truncated={"train": 0, "val": 0, "test": 0},
+        test_metrics={"MAE TPSA": 1.0},
+        device={"kind": "cpu", "name": "CPU"},
+        versions={},
+        threads=2,
+        precision="float32",
+        peak_memory_bytes=1,
+        peak_memory_kind="process peak RSS",
+    )
 
 
 def fake_results(jax_steps=(2.0, 1.5, 1.0), jax_train=(2.0, 1.0), floor_steps=(2.0, 1.5, 1.0)):

@@ -384,19 +384,20 @@ def test_bench_scaling_efficiency_is_against_n_times_one_worker():
 
 def test_compare_checks_each_backend_against_its_one_device_run():
     from ml_patterns_app.compare.report import add_one_device_parity
+    from ml_patterns_app.compare.settings import WorkerResult
 
-    def result(losses: list[float], devices: int, train_s: list[float]) -> dict:
-        return {
-            "history": {"train_loss": losses, "val_loss": losses},
-            "devices": devices,
-            "epoch_times": [{"train_s": s, "val_s": 0.5} for s in train_s],
-            "step_times": [[s / 4] * 4 for s in train_s],  # steady state: the median step, a first step left out
-            "step_lengths": [[64] * 4 for _ in train_s],
-            "steps_per_epoch": 4,
-            "samples_per_epoch": 64,
-            "peak_memory_bytes": 2**20,
-            "peak_memory_kind": "process peak RSS",
-        }
+    def result(losses: list[float], devices: int, train_s: list[float]) -> WorkerResult:
+        return WorkerResult(
+            history={"train_loss": losses, "val_loss": losses},
+            devices=devices,
+            epoch_times=[{"train_s": s, "val_s": 0.5} for s in train_s],
+            step_times=[[s / 4] * 4 for s in train_s],  # steady state: the median step, a first step left out
+            step_lengths=[[64] * 4 for _ in train_s],
+            steps_per_epoch=4,
+            samples_per_epoch=64,
+            peak_memory_bytes=2**20,
+            peak_memory_kind="process peak RSS",
+        )
 
     one = result([2.0, 1.0], 1, [3.0, 2.0, 2.0])
     runs = {

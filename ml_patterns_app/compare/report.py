@@ -14,7 +14,7 @@ import numpy as np
 from ml_patterns import parity
 from ml_patterns.machine import environment
 from ml_patterns.parity_floor import FLOOR_MULTIPLE, drift_and_floor, first_outside
-from ml_patterns_app.compare.settings import BACKENDS, FLOOR_RUN, LABELS, CompareSettings
+from ml_patterns_app.compare.settings import BACKENDS, FLOOR_RUN, LABELS, CompareSettings, WorkerResult
 
 AGREE = (
     f"they agree numerically: every step's and every epoch's loss stays within {FLOOR_MULTIPLE:g}x the "
@@ -26,13 +26,13 @@ DISAGREE = (
 )
 
 
-def build_report(settings: CompareSettings, manifest: dict, results: dict, data_dir: Path) -> dict:
+def build_report(settings: CompareSettings, manifest: dict, results: dict[str, WorkerResult], data_dir: Path) -> dict:
     """``results``: each backend's worker result (``worker.run_worker``), and ``FLOOR_RUN``'s (torch
     again, its initial weights one ulp off)."""
-    device_kind = "gpu" if any(r["device"]["kind"] == "gpu" for r in results.values()) else "cpu"
+    device_kind = "gpu" if any(r.device["kind"] == "gpu" for r in results.values()) else "cpu"
     minimum = parity.tolerance("loss", device_kind)
     torch_r, jax_r, floor_r = results["torch"], results["jax"], results[FLOOR_RUN]
-    drift, floor = drift_and_floor(torch_r["step_losses"], jax_r["step_losses"], floor_r["step_losses"], minimum)
+    drift, floor = drift_and_floor(torch_r.step_losses, jax_r.step_losses, floor_r.step_losses, minimum)
     first = first_outside(drift, floor)
     ratio = drift / floor
     steps = {
@@ -42,10 +42,10 @@ def build_report(settings: CompareSettings, manifest: dict, results: dict, data_
         "first_outside": first,
         "final_drift": float(drift[-1]),
         "final_floor": float(floor[-1]),
-        "losses": {"torch": torch_r["step_losses"], "jax": jax_r["step_losses"], FLOOR_RUN: floor_r["step_losses"]},
+        "losses": {"torch": torch_r.step_losses, "jax": jax_r.step_losses, FLOOR_RUN: floor_r.step_losses},
     }
     passed = first is None
-    torch_h, jax_h, floor_h = torch_r["history"], jax_r["history"], floor_r["history"]
+    torch_h, jax_h, floor_h = torch_r.history, jax_r.history, floor_r.history
     rows = [{"epoch": epoch} for epoch in range(len(torch_h["epoch"]))]
     for key in ("train_loss", "val_loss"):
         drift_e, floor_e = drift_and_floor(torch_h[key], jax_h[key], floor_h[key], minimum)
@@ -67,8 +67,8 @@ def build_report(settings: CompareSettings, manifest: dict, results: dict, data_
             "path": str(data_dir),
             "source": manifest["source"]["name"],
             "splits": manifest["splits"],
-            "max_length": torch_r["max_length"],
-            "truncated_molecules": torch_r["truncated"],
+            "max_length": torch_r.max_length,
+            "truncated_molecules": torch_r.truncated,
         },
         "device_kind": device_kind,
         "noise_floor": {
@@ -78,10 +78,10 @@ def build_report(settings: CompareSettings, manifest: dict, results: dict, data_
             "relative loss difference, at least the single-call loss tolerance (ml_patterns.parity_floor)",
         },
         "parity": {"passed": passed, "steps": steps, "epochs": rows},
-        "test_metrics": {backend: results[backend]["test_metrics"] for backend in BACKENDS},
+        "test_metrics": {backend: results[backend].test_metrics for backend in BACKENDS},
         "speed": speed,
         "backends": {
-            backend: {k: results[backend][k] for k in ("device", "versions", "threads", "precision")}
+            backend: {k: getattr(results[backend], k) for k in ("device", "versions", "threads", "precision")}
             for backend in BACKENDS
         },
         "environment": environment(),
@@ -139,7 +139,7 @@ def _difference(a: float, b: float, tolerance) -> dict:
     }
 
 
-def add_one_device_parity(report: dict, runs: dict[str, tuple[dict, dict]]) -> None:
+def add_one_device_parity(report: dict, runs: dict[str, tuple[WorkerResult, WorkerResult]]) -> None:
     """``--devices N``: ``runs`` is each backend's ``(one-device result, N-device result)``. Checks every
     epoch of the N-device history against the one-device one (the same tolerance), adds the
     scaling, and folds the outcome into ``report["parity"]["passed"]`` and the verdict."""
@@ -149,16 +149,16 @@ def add_one_device_parity(report: dict, runs: dict[str, tuple[dict, dict]]) -> N
         cells = [
             _difference(a, b, tolerance)
             for key in ("train_loss", "val_loss")
-            for a, b in zip(one["history"][key], many["history"][key], strict=True)
+            for a, b in zip(one.history[key], many.history[key], strict=True)
         ]
         rate_one, rate_many = _speed(one)["samples_per_s"], _speed(many)["samples_per_s"]
         checks[backend] = {
             "max_rel_diff": max(cell["rel_diff"] for cell in cells),
             "pass": all(cell["pass"] for cell in cells),
             "samples_per_s": {"one_device": rate_one, "devices": rate_many},
-            "scaling_efficiency": None if None in (rate_one, rate_many) else rate_many / (many["devices"] * rate_one),
+            "scaling_efficiency": None if None in (rate_one, rate_many) else rate_many / (many.devices * rate_one),
         }
-    devices = next(iter(runs.values()))[1]["devices"]
+    devices = next(iter(runs.values()))[1].devices
     agree = all(check["pass"] for check in checks.values())
     report["devices"] = devices
     report["against_one_device"] = checks
@@ -168,19 +168,19 @@ def add_one_device_parity(report: dict, runs: dict[str, tuple[dict, dict]]) -> N
     )
 
 
-def _speed(result: dict) -> dict:
-    steady = steady_state(result["step_times"], result["step_lengths"])
-    first_epoch = sum(result["step_times"][0])
-    steps, samples = result["steps_per_epoch"], result["samples_per_epoch"]
+def _speed(result: WorkerResult) -> dict:
+    steady = steady_state(result.step_times, result.step_lengths)
+    first_epoch = sum(result.step_times[0])
+    steps, samples = result.steps_per_epoch, result.samples_per_epoch
     speed = {
         "first_epoch_s": first_epoch,
         "steady_per_length_s": steady["per_length"],
-        "compilations": result.get("compilations"),
-        "compile_cache": result.get("compile_cache") or None,
-        "padding_utilization": result.get("padding"),
-        "machine_load": {**result.get("machine_load", {}), "load_average_during": result.get("load_during")},
-        "peak_memory_bytes": result["peak_memory_bytes"],
-        "peak_memory_kind": result["peak_memory_kind"],
+        "compilations": result.compilations,
+        "compile_cache": result.compile_cache or None,
+        "padding_utilization": result.padding,
+        "machine_load": {**result.machine_load, "load_average_during": result.load_during},
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "peak_memory_kind": result.peak_memory_kind,
     }
     if not steady["measured"]:
         return {**speed, "steady_epoch_s": None, "warmup_s": None, "steps_per_s": None, "samples_per_s": None}
@@ -196,12 +196,12 @@ def _speed(result: dict) -> dict:
     }
 
 
-def timing_reliability(results: dict) -> dict:
+def timing_reliability(results: dict[str, WorkerResult]) -> dict:
     """Per backend, whether other processes competed for the CPUs while its worker ran."""
     verdicts = {}
     for backend in BACKENDS:
-        load = results[backend].get("machine_load", {})
-        cpus = results[backend].get("cpus", {}).get("cpus_available") or 1
+        load = results[backend].machine_load
+        cpus = results[backend].cpus.get("cpus_available") or 1
         share = load.get("others_cpu_share")
         before = (load.get("load_average_before") or [0.0])[0]
         # The CPU time other processes took during the worker is the direct measure. The load average
@@ -228,10 +228,8 @@ def _verdict(speed: dict, passed: bool, results: dict, reliability: dict) -> str
             "factors, rerun on a quiet machine (--threads 1 suffers least from a busy one). "
         )
     jax = speed["jax"]
-    steps = sum(map(len, results["jax"]["step_times"]))
-    steady_training = (
-        None if jax["steady_epoch_s"] is None else jax["steady_epoch_s"] * len(results["jax"]["step_times"])
-    )
+    steps = sum(map(len, results["jax"].step_times))
+    steady_training = None if jax["steady_epoch_s"] is None else jax["steady_epoch_s"] * len(results["jax"].step_times)
     compiling_dominates = steady_training is None or (jax["warmup_s"] or 0.0) > steady_training
     compiling = "" if jax["warmup_s"] is None else f"{jax['warmup_s']:.1f} s compiling"
     training = "" if steady_training is None else f"{steady_training:.1f} s of steady-state training"
@@ -245,7 +243,7 @@ def _verdict(speed: dict, passed: bool, results: dict, reliability: dict) -> str
     torch_rate, jax_rate = speed["torch"]["steps_per_s"], jax["steps_per_s"]
     faster, slower = ("jax", "torch") if jax_rate > torch_rate else ("torch", "jax")
     ratio = max(torch_rate, jax_rate) / min(torch_rate, jax_rate)
-    device = results["torch"]["device"]["name"]
+    device = results["torch"].device["name"]
     verdict = (
         f"{caveat}On this machine ({device}), {LABELS[faster]} trains this model {ratio:.2f}x faster than "
         f"{LABELS[slower]} at steady state ({speed[faster]['steps_per_s']:.1f} vs "

@@ -39,6 +39,7 @@ from ml_patterns_app.compare.settings import (
     REFERENCE,
     CompareSettings,
     WorkerJob,
+    WorkerResult,
 )
 from ml_patterns_app.compare.written import FILES, write_report
 
@@ -103,8 +104,8 @@ def run_compare(
                 compile_cache=str(compile_cache) if compile_cache else None,
             )
             before = machine_load()
-            results[backend, n] = run_worker(backend, job, Path(scratch) / f"{backend}-{n}.json")
-            results[backend, n]["machine_load"] = machine_load_during(before, machine_load())
+            result = run_worker(backend, job, Path(scratch) / f"{backend}-{n}.json")
+            results[backend, n] = dataclasses.replace(result, machine_load=machine_load_during(before, machine_load()))
         # The noise floor: torch once more, on the compared device count, from the weights one ulp off.
         initial = Path(scratch) / "initial.safetensors"
         weights = one_ulp_weights(initial, Path(scratch) / "one_ulp.safetensors", settings.seed)
@@ -142,7 +143,7 @@ def one_ulp_weights(source: Path, destination: Path, seed: int) -> Path:
     )
 
 
-def run_worker(backend: str, job: WorkerJob, out: Path, label: str | None = None) -> dict:
+def run_worker(backend: str, job: WorkerJob, out: Path, label: str | None = None) -> WorkerResult:
     """Runs one worker to the end, rendering its progress; its result, read from ``out``."""
     command = worker_command(backend, job, out)
     devices = job.devices
@@ -164,7 +165,7 @@ def run_worker(backend: str, job: WorkerJob, out: Path, label: str | None = None
         status.finish(f"failed (exit status {code})")
         raise WorkerFailed(f"the {label} worker failed (exit status {code}); its error is printed above")
     status.finish("done")
-    return json.loads(out.read_text())
+    return WorkerResult.from_json(out.read_text())
 
 
 def machine_load() -> dict:

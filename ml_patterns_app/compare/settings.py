@@ -117,3 +117,42 @@ class WorkerJob:
     def from_json(cls, text: str) -> WorkerJob:
         fields = json.loads(text)
         return cls(**{**fields, "settings": CompareSettings(**fields["settings"])})
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerResult:
+    """What one worker reports back (``report`` reads it): its history and every step's loss and
+    wall time, the padded length of each step, its test metrics, device, versions and peak memory.
+    Written by the worker as JSON (``to_json``), read by the parent (``from_json``), which adds
+    ``machine_load`` (what else ran meanwhile)."""
+
+    history: dict  # History.as_dict(): "epoch", "train_loss", "val_loss" lists
+    step_times: list  # [epoch][step] seconds, each step's result waited for
+    step_lengths: list  # [epoch][step] the padded length of the step's batch
+    steps_per_epoch: int
+    samples_per_epoch: int
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    devices: int = 1
+    step_losses: list = dataclasses.field(default_factory=list)
+    epoch_times: list = dataclasses.field(default_factory=list)  # [{"epoch", "train_s", "val_s"}]
+    load_during: list = dataclasses.field(default_factory=list)  # 1-minute load average at each epoch's end
+    machine_load: dict = dataclasses.field(default_factory=dict)
+    cpus: dict = dataclasses.field(default_factory=dict)  # restrict_cpus's record
+    padding: dict | None = None  # the sampler, buckets, pad_batches_to and padding_utilization
+    compilations: int | None = None  # programs compiled (None: the backend compiles nothing)
+    compile_cache: dict = dataclasses.field(default_factory=dict)
+    max_length: int = 0
+    truncated: dict = dataclasses.field(default_factory=dict)  # molecules longer than max_length, per split
+    test_metrics: dict = dataclasses.field(default_factory=dict)
+    device: dict = dataclasses.field(default_factory=dict)  # runtime.describe's
+    versions: dict = dataclasses.field(default_factory=dict)
+    threads: int = 0
+    precision: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerResult:
+        return cls(**json.loads(text))

@@ -31,7 +31,7 @@ from ml_patterns.molecules.batches import BatchPreparer, destandardize
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.samplers import LengthGroupedSampler, padding_utilization, sequence_lengths
-from ml_patterns_app.compare.settings import WorkerJob
+from ml_patterns_app.compare.settings import WorkerJob, WorkerResult
 
 # A status line at most this often: reading the loss is a host sync.
 REFRESH_S = 0.5
@@ -201,30 +201,30 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         runtime.gather_model(trainer.model, device)
     emit("status", text="evaluating on the test split")
     test_loader = loader(test, settings.batch_size, shuffle=False, **collate)
-    result = {
-        "history": trainer.history.as_dict(),
-        "step_losses": step_losses.losses,
-        "epoch_times": trainer.epoch_times,
-        "step_times": timer.times,
-        "step_lengths": step_lengths,
-        "load_during": timer.load,
-        "padding": {"sampler": type(sampler).__name__, "buckets": list(buckets), "pad_batches_to": pad_rows, **padding},
-        "steps_per_epoch": steps,
-        "samples_per_epoch": len(train),
-        "truncated": {
+    result = WorkerResult(
+        history=trainer.history.as_dict(),
+        step_losses=step_losses.losses,
+        epoch_times=trainer.epoch_times,
+        step_times=timer.times,
+        step_lengths=step_lengths,
+        load_during=timer.load,
+        padding={"sampler": type(sampler).__name__, "buckets": list(buckets), "pad_batches_to": pad_rows, **padding},
+        steps_per_epoch=steps,
+        samples_per_epoch=len(train),
+        truncated={
             name: sum(len(r["input_ids"]) > buckets[-1] for r in split)
             for name, split in (("train", train), ("val", val), ("test", test))
         },
-        "max_length": buckets[-1],
-        "compilations": trainer.compilations(),
-        "compile_cache": cache,
-        "cpus": cpus,
-        "test_metrics": test_metrics(runtime, trainer.model, device, config, test_loader),
-        "devices": devices,
+        max_length=buckets[-1],
+        compilations=trainer.compilations(),
+        compile_cache=cache,
+        cpus=cpus,
+        test_metrics=test_metrics(runtime, trainer.model, device, config, test_loader),
+        devices=devices,
         **runtime.describe(device),
         **_peak_memory(runtime, device),
-    }
-    out.write_text(json.dumps(result))
+    )
+    out.write_text(result.to_json())
 
 
 def _peak_memory(runtime, device) -> dict:
