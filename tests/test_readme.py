@@ -89,7 +89,7 @@ def test_the_quoted_progress_line_is_the_one_the_program_prints():
 
 
 def test_the_quoted_parity_verdicts_are_the_ones_the_program_prints():
-    source = (ROOT / "ml_patterns_app" / "parity_report.py").read_text()
+    source = (ROOT / "ml_patterns_app" / "porting" / "parity_report.py").read_text()
     for quoted in ("parity: all rows passed", "parity: FAILED"):
         assert f"`{quoted}`" in README and quoted in source
 
