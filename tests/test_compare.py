@@ -3,6 +3,7 @@ its verdict must fail), and its parts: the report logic, the progress display, C
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -12,12 +13,20 @@ import time
 
 import pytest
 
+from ml_patterns.verdict import FLOOR_MULTIPLE
 from ml_patterns_app.cli import main
 from ml_patterns_app.compare import report as compare_report
 from ml_patterns_app.compare import runner
-from ml_patterns_app.compare.report import build_report, write_report
-from ml_patterns_app.compare.settings import FLOOR_LABEL, FLOOR_RUN, CompareSettings
-from ml_patterns_app.porting.floor import FLOOR_MULTIPLE
+from ml_patterns_app.compare import written as compare_written
+from ml_patterns_app.compare.report import build_report
+from ml_patterns_app.compare.settings import (
+    ANCHOR_LABEL,
+    ENSEMBLE_LABEL,
+    CompareSettings,
+    WorkerJob,
+    WorkerResult,
+)
+from ml_patterns_app.compare.written import write_report
 
 
 def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_path, capsys, monkeypatch):
@@ -28,8 +37,8 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
 
     def recording(backend, job, out, label=None):
         result = run_worker(backend, job, out, label)
-        if job["write_weights"]:
-            shutil.copy(job["weights"], weights)
+        if job.write_weights:
+            shutil.copy(job.weights, weights)
         runs[label or backend] = (job, result)
         return result
 
@@ -56,13 +65,17 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
     printed = capsys.readouterr().out
     # 3 steps an epoch: compiling dominates, so the verdict ranks nothing.
     assert "Verdict: " in printed and "too small to rank" in printed and compare_report.AGREE in printed
-    for label in ("PyTorch (eager)", "JAX (jax.jit)", FLOOR_LABEL):  # progress, a line per epoch off a terminal
+    reruns = [f"{ENSEMBLE_LABEL} {k}/3" for k in (1, 2, 3)]
+    for label in ("PyTorch (eager)", "JAX (jax.jit)", *reruns, ANCHOR_LABEL):  # a line per epoch off a terminal
         assert f"{label:<16} epoch 2/2  train_loss " in printed and f"{label:<16} done" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["parity"]["passed"] and len(results["parity"]["epochs"]) == 2
     steps = results["parity"]["steps"]
     assert steps["count"] == 6 and steps["first_outside"] is None and steps["worst_ratio"] <= FLOOR_MULTIPLE
-    assert steps["losses"]["torch"] != steps["losses"][FLOOR_RUN]  # one ulp off: not the same run
+    assert steps["outcome"] == "agree" and steps["decided"]
+    assert len(steps["losses"]["ensemble"]) == 3
+    assert steps["losses"]["torch"] != steps["losses"]["ensemble"][0]  # one ulp off: not the same run
+    assert steps["losses"]["torch"] != steps["losses"]["float64"]
     for backend in ("torch", "jax"):
         assert set(results["test_metrics"][backend]) >= {"MAE TPSA", "MAE MolWt", "masked-token accuracy"}
         speed = results["speed"][backend]
@@ -81,21 +94,21 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
     cache = tmp_path / "cache" / "ml-patterns" / "jax"
     assert results["speed"]["jax"]["compile_cache"]["compile_cache"] == str(cache)
     assert any(cache.iterdir()) and cache.stat().st_mode & 0o777 == 0o700
-    traced = cache.with_name("jax-traced")  # JAX's traced steps, read back by a second run
-    assert results["speed"]["jax"]["compile_cache"]["program_cache"] == str(traced)
-    assert any(traced.glob("gradients-*.jaxprogram")) and traced.stat().st_mode & 0o777 == 0o700
     assert results["speed"]["torch"]["compile_cache"]["compile_cache"] is None  # torch eager compiles nothing
     assert results["speed"]["jax"]["compilations"] >= 2  # at least one train and one eval compilation
     assert results["speed"]["torch"]["compilations"] is None
-    assert sorted(p.name for p in out.iterdir()) == sorted(compare_report.FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(compare_written.FILES)
     assert (out / "drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A JAX side with a porting bug (its learning rate 1.5x torch's) from the same weights: the verdict fails.
     job, _ = runs["jax"]
-    settings = {**job["settings"], "learning_rate": 1.5 * job["settings"]["learning_rate"]}
-    broken = run_worker("jax", {**job, "settings": settings, "weights": str(weights)}, tmp_path / "broken.json")
-    results = {"torch": runs["torch"][1], "jax": broken, FLOOR_RUN: runs[FLOOR_LABEL][1]}
-    report = build_report(CompareSettings(), default_dataset[1], results, default_dataset[0])
+    settings = dataclasses.replace(job.settings, learning_rate=1.5 * job.settings.learning_rate)
+    broken = run_worker(
+        "jax", dataclasses.replace(job, settings=settings, weights=str(weights)), tmp_path / "broken.json"
+    )
+    ensemble, anchor = [runs[label][1] for label in reruns], runs[ANCHOR_LABEL][1]
+    results = {"torch": runs["torch"][1], "jax": broken}
+    report = build_report(CompareSettings(), default_dataset[1], results, ensemble, anchor, default_dataset[0])
     assert not report["parity"]["passed"] and compare_report.DISAGREE in report["verdict"]
     assert report["parity"]["steps"]["first_outside"] >= 1  # step 0 (before any update) agrees
     assert report["parity"]["steps"]["worst_ratio"] > 10 * FLOOR_MULTIPLE
@@ -105,39 +118,40 @@ def fake_result(train_losses, val_losses, step_losses=(2.0, 1.5, 1.0), step_time
     """10 steps an epoch of length 64: 0.1 s each, the first one 1.1 s (it compiles)."""
     epochs = list(range(len(train_losses)))
     step_times = step_times or [[1.1 if e == 0 and i == 0 else 0.1 for i in range(10)] for e in epochs]
-    return {
-        "history": {"epoch": epochs, "train_loss": train_losses, "val_loss": val_losses},
-        "step_losses": list(step_losses),
-        "epoch_times": [{"epoch": e, "train_s": 2.0 if e == 0 else 1.0, "val_s": 0.5} for e in epochs],
-        "step_times": step_times,
-        "step_lengths": [[64] * len(times) for times in step_times],
-        "load_during": [0.5] * len(epochs),
-        "machine_load": machine_load
+    return WorkerResult(
+        history={"epoch": epochs, "train_loss": train_losses, "val_loss": val_losses},
+        step_losses=list(step_losses),
+        epoch_times=[{"epoch": e, "train_s": 2.0 if e == 0 else 1.0, "val_s": 0.5} for e in epochs],
+        step_times=step_times,
+        step_lengths=[[64] * len(times) for times in step_times],
+        load_during=[0.5] * len(epochs),
+        machine_load=machine_load
         or {"load_average_before": [0.2, 0.2, 0.2], "load_average_after": [0.9, 0.3, 0.2], "others_cpu_share": 0.01},
-        "cpus": {"threads": 2, "cpus_available": 2},
-        "padding": {"sampler": "LengthGroupedSampler", "buckets": [64], "token": 0.8, "attention": 0.6},
-        "steps_per_epoch": 10,
-        "samples_per_epoch": 640,
-        "compilations": None,
-        "compile_cache": {},
-        "max_length": 128,
-        "truncated": {"train": 0, "val": 0, "test": 0},
-        "test_metrics": {"MAE TPSA": 1.0},
-        "device": {"kind": "cpu", "name": "CPU"},
-        "versions": {},
-        "threads": 2,
-        "precision": "float32",
-        "peak_memory_bytes": 1,
-        "peak_memory_kind": "process peak RSS",
-    }
+        cpus={"threads": 2, "cpus_available": 2},
+        padding={"sampler": "LengthGroupedSampler", "buckets": [64], "token": 0.8, "attention": 0.6},
+        steps_per_epoch=10,
+        samples_per_epoch=640,
+        compilations=None,
+        compile_cache={},
+        max_length=128,
+        truncated={"train": 0, "val": 0, "test": 0},
+        test_metrics={"MAE TPSA": 1.0},
+        device={"kind": "cpu", "name": "CPU"},
+        versions={},
+        threads=2,
+        precision="float32",
+        peak_memory_bytes=1,
+        peak_memory_kind="process peak RSS",
+    )
 
 
-def fake_results(jax_steps=(2.0, 1.5, 1.0), jax_train=(2.0, 1.0), floor_steps=(2.0, 1.5, 1.0)):
-    return {
-        "torch": fake_result([2.0, 1.0], [3.0, 2.0]),
-        "jax": fake_result(list(jax_train), [3.0, 2.0], jax_steps),
-        FLOOR_RUN: fake_result([2.0, 1.0], [3.0, 2.0], floor_steps),
-    }
+def fake_report(default_dataset, jax_steps=(2.0, 1.5, 1.0), jax_train=(2.0, 1.0), floor_steps=(2.0, 1.5, 1.0)):
+    """A report on made-up runs: three reruns one ulp off that all moved to ``floor_steps``, and a
+    float64 anchor equal to torch."""
+    results = {"torch": fake_result([2.0, 1.0], [3.0, 2.0]), "jax": fake_result(list(jax_train), [3.0, 2.0], jax_steps)}
+    ensemble = [fake_result([2.0, 1.0], [3.0, 2.0], floor_steps) for _ in range(3)]
+    anchor = fake_result([2.0, 1.0], [3.0, 2.0])
+    return build_report(CompareSettings(), default_dataset[1], results, ensemble, anchor, default_dataset[0])
 
 
 @pytest.mark.parametrize(
@@ -154,20 +168,18 @@ def fake_results(jax_steps=(2.0, 1.5, 1.0), jax_train=(2.0, 1.0), floor_steps=(2
     ],
 )
 def test_report_judges_drift_against_the_noise_floor(default_dataset, jax_steps, jax_train, floor_steps, passed, first):
-    results = fake_results(jax_steps, jax_train, floor_steps)
-    report = build_report(CompareSettings(), default_dataset[1], results, default_dataset[0])
+    report = fake_report(default_dataset, jax_steps, jax_train, floor_steps)
     assert report["parity"]["passed"] is passed
     assert report["parity"]["steps"]["first_outside"] == first
     assert (compare_report.AGREE in report["verdict"]) is passed
     assert report["noise_floor"]["multiple"] == FLOOR_MULTIPLE
     assert report["speed"]["torch"]["warmup_s"] == pytest.approx(1.0)
     assert report["speed"]["torch"]["steps_per_s"] == pytest.approx(10.0)
-    assert "torch rerun with its initial weights one ulp off" in compare_report.format_summary(report)
+    assert "3 torch reruns one ulp off: the ensemble floor" in compare_report.format_summary(report)
 
 
 def test_an_interrupted_write_leaves_the_previous_report(default_dataset, tmp_path, monkeypatch):
-    results = fake_results()
-    report = {**build_report(CompareSettings(), default_dataset[1], results, default_dataset[0]), "wall_time_s": 1.0}
+    report = {**fake_report(default_dataset), "wall_time_s": 1.0}
     out = tmp_path / "out"
     write_report(report, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -175,7 +187,7 @@ def test_an_interrupted_write_leaves_the_previous_report(default_dataset, tmp_pa
     def interrupted(report):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(compare_report, "_speed_bars", interrupted)  # the last file written
+    monkeypatch.setattr(compare_written, "_speed_bars", interrupted)  # the last file written
     with pytest.raises(KeyboardInterrupt, match="^$"):
         write_report({**report, "wall_time_s": 2.0}, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -223,7 +235,7 @@ def test_ctrl_c_stops_the_worker(tmp_path, monkeypatch):
     monkeypatch.setattr(runner.StatusLine, "event", ctrl_c)
     start = time.perf_counter()
     with pytest.raises(KeyboardInterrupt, match="^$"):
-        runner.run_worker("torch", {}, tmp_path / "out.json")
+        runner.run_worker("torch", WorkerJob(data="", settings=CompareSettings(), weights=""), tmp_path / "out.json")
     assert time.perf_counter() - start < 30
     with pytest.raises(ProcessLookupError, match="No such process"):  # stopped and reaped
         os.kill(int(pid_file.read_text()), 0)
@@ -256,9 +268,11 @@ def build(default_dataset, torch_kwargs=None, jax_kwargs=None):
     results = {
         "torch": fake_result([2.0, 1.0], [3.0, 2.0], **(torch_kwargs or {})),
         "jax": fake_result([2.0, 1.0], [3.0, 2.0], **(jax_kwargs or {})),
-        FLOOR_RUN: fake_result([2.0, 1.0], [3.0, 2.0]),  # the noise-floor run; its timings are not ranked
     }
-    return build_report(CompareSettings(), default_dataset[1], results, default_dataset[0])
+    # the verdict's runs of torch; their timings are not ranked
+    ensemble = [fake_result([2.0, 1.0], [3.0, 2.0]) for _ in range(3)]
+    anchor = fake_result([2.0, 1.0], [3.0, 2.0])
+    return build_report(CompareSettings(), default_dataset[1], results, ensemble, anchor, default_dataset[0])
 
 
 def test_quiet_run_ranks_without_caveat(default_dataset):
@@ -339,18 +353,14 @@ def test_compile_cache_refuses_a_directory_others_may_write(tmp_path):
     shared.chmod(0o777)
     with pytest.raises(UsageError, match=r"shared is writable by another user.*chmod 700\) or use another directory"):
         jax_impl.runtime.enable_compile_cache(shared)
-    # compare checks both of its cache directories before any worker trains, naming its opt-out.
-    from ml_patterns_app.compare.runner import check_cache_directories
+    # compare checks its cache directory before any worker trains, naming its opt-out.
+    from ml_patterns_app.compare.runner import check_compile_cache
 
     with pytest.raises(UsageError, match=r"the compile cache .*shared is writable.*, or pass --no-compile-cache"):
-        check_cache_directories(shared)
-    (tmp_path / "theirs-traced").mkdir(mode=0o777)
-    (tmp_path / "theirs-traced").chmod(0o777)
-    with pytest.raises(UsageError, match=r"the program cache .*theirs-traced is writable.*--no-compile-cache"):
-        check_cache_directories(tmp_path / "theirs")
+        check_compile_cache(shared)
     (tmp_path / "a-file").write_text("")
     with pytest.raises(UsageError, match=r"cannot create the compile cache .*a-file/jax .*: pass --no-compile-cache"):
-        check_cache_directories(tmp_path / "a-file" / "jax")
+        check_compile_cache(tmp_path / "a-file" / "jax")
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
     saved = {name: getattr(jax.config, name) for name in names}
     try:
@@ -390,19 +400,3 @@ def test_the_ladder_is_fitted_to_the_batches_both_loaders_draw(default_dataset, 
         drawn = find_sampler(loader)
         assert type(drawn) is type(expected)
         assert all(drawn.batches(epoch) == expected.batches(epoch) for epoch in range(settings.epochs))
-
-
-def test_the_jax_worker_keeps_its_traced_steps_beside_the_compile_cache(monkeypatch, capsys, tmp_path):
-    import importlib.util
-
-    from ml_patterns_app.compare import worker
-
-    job = {"compile_cache": str(tmp_path / "jax")}
-    assert worker._program_cache("jax", job, None).directory == tmp_path / "jax-traced"
-    assert worker._program_cache("torch", job, None) is None and worker._program_cache("jax", {}, None) is None
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "flatbuffers" else find_spec(name, *a)
-    )
-    assert worker._program_cache("jax", job, None) is None  # jax.export cannot serialize without it: no cache
-    assert "flatbuffers is not installed" in capsys.readouterr().out

@@ -21,8 +21,8 @@ from flax import nnx
 
 from ml_patterns import verdict as noise
 from ml_patterns.verdict import FLOOR_MULTIPLE, Verdict, one_ulp
+from ml_patterns_app.figures import drift_figure
 from ml_patterns_app.porting import inputs as io
-from ml_patterns_app.porting.floor import verdict_figure
 from ml_patterns_app.porting.gradients import JaxLoss, TorchLoss, compare_gradients
 from ml_patterns_app.porting.report import LayerReport
 from ml_patterns_app.porting.rules import Rule
@@ -74,7 +74,7 @@ class TrainingReport:
     def plot(self, path: str | Path) -> Path:
         """Two panels: losses overlaid; |relative difference| (log) with the floor and its band."""
         path = Path(path)
-        verdict_figure(self.torch_losses, self.nnx_losses, self.ensemble_losses, self.verdict).savefig(path)
+        drift_figure(self.torch_losses, self.nnx_losses, self.ensemble_losses, self.verdict).savefig(path)
         return path
 
 
