@@ -266,7 +266,12 @@ def timing_reliability(results: dict[str, WorkerResult]) -> dict:
 
 def _agreement(passed: bool, steps: dict) -> str:
     """The numerical half of the verdict: the outcome, and the test that decided it over every step."""
-    return f"{AGREE if passed else DISAGREE}: every step's loss: {steps['summary']}"
+    if not passed:
+        return DISAGREE
+    chaotic = (
+        "" if steps["horizon"] is None else f"; chaotic from step {steps['horizon']}, judged on distributions after it"
+    )
+    return f"{AGREE} (decided by the {steps['decided']}{chaotic})"
 
 
 def _verdict(speed: dict, agreement: str, results: dict, reliability: dict) -> str:
