@@ -202,7 +202,7 @@ def jax_losses(work: Workload, bug: str = "") -> np.ndarray:
     return np.array([float(loss) for loss in losses.losses])
 
 
-def run_family(family: Family, data: Path, runs: int, log) -> list[dict]:
+def run_family(family: Family, data: Path, runs: int, log, only: list[str] | None = None) -> list[dict]:
     work = Workload(data, family.settings)
     started = time.perf_counter()
     reference = torch_losses(work, work.weights)
@@ -219,6 +219,8 @@ def run_family(family: Family, data: Path, runs: int, log) -> list[dict]:
     }
     rows = []
     for name, run in others.items():
+        if only and name not in only:
+            continue
         began = time.perf_counter()
         losses = run()
         judged = verdict.judge(reference, losses, ensemble, anchor, runs=runs)
@@ -289,6 +291,9 @@ def main(argv: list[str] | None = None) -> None:
         "--family", type=int, action="append", help="run only these families (indices into FAMILIES; repeatable): "
         "processes run in parallel write their families' files into one --out, and the table covers all of them",
     )  # fmt: skip
+    parser.add_argument(
+        "--only", action="append", help="judge only these runs of each family (a name from CORRECT, BUGS; repeatable)"
+    )
     args = parser.parse_args(argv)
     from jax_impl import runtime as jax_runtime
     from torch_impl import runtime as torch_runtime
@@ -301,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for family in families:
         started = time.perf_counter()
-        rows = run_family(family, args.data, args.runs, lambda text: print(text, flush=True))
+        rows = run_family(family, args.data, args.runs, lambda text: print(text, flush=True), args.only)
         result = {
             "family": family.name,
             "settings": dataclasses.asdict(family.settings),

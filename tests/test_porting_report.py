@@ -50,7 +50,7 @@ def _report(other_factor: float) -> TrainingReport:
 def test_training_report_verdict_and_plot(tmp_path):
     report = _report(1 + 1e-7)
     assert report.passed and report.first_bad_step is None and report.worst_ratio < 1
-    assert "agree (decided by ensemble floor)" in report.summary()
+    assert "agree (decided by float64 anchor)" in report.summary()
     failing = _report(1 + 1e-4)
     assert not failing.passed and failing.first_bad_step == 0 and "DISAGREE" in failing.summary()
     path = report.plot(tmp_path / "drift.png")

@@ -80,6 +80,21 @@ def test_the_float64_anchor_accepts_a_side_closer_to_the_truth_than_the_referenc
     assert judge(reference, other, ensemble).outcome == DISAGREE, "without the anchor the floor alone decides"
 
 
+def test_a_side_within_the_floor_agrees_by_the_floor_even_further_from_the_truth():
+    # Either test suffices: within the spread of runs that differ only by rounding, a difference is
+    # not told apart from rounding (the detection limit: e.g. a weight decay 1% off over 63 steps,
+    # docs/PARITY.md). Torch 1e-5 below the truth, its reruns 1e-5 above: the floor is 2e-5; the
+    # other side 3.5e-5 above: 2.25 floors, 3.5x torch's float64 error.
+    truth = LOSS
+    reference = LOSS * (1 - 1e-5)
+    _, ensemble = family()
+    ensemble = ensemble * (1 + 1e-5)
+    verdict = judge(reference, truth * (1 + 3.5e-5), ensemble, truth)
+    assert verdict.outcome == AGREE and verdict.decided == "ensemble floor", verdict.summary()
+    assert verdict.worst_floor_ratio < 3 < verdict.worst_accuracy_ratio
+    assert judge(reference, truth * (1 + 1e-4), ensemble, truth).outcome == DISAGREE, "outside both"
+
+
 def test_the_float64_anchor_refuses_a_side_further_from_the_truth():
     truth = LOSS
     reference, ensemble = family()
