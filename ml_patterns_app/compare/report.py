@@ -38,6 +38,7 @@ def build_report(
     noise = {
         "multiple": verdict.FLOOR_MULTIPLE,
         "accuracy_factor": verdict.ACCURACY_FACTOR,
+        "spread_multiple": verdict.SPREAD_MULTIPLE,
         "chaos_level": verdict.CHAOS_LEVEL,
         "runs": settings.floor_runs,
         "minimum": {"rtol": minimum.rtol, "atol": minimum.atol},
