@@ -185,7 +185,7 @@ def _where(gradients: LayerReport, verdict: Verdict) -> str:
     if not gradients.passed:
         return f"Before any update: {gradients.where}"
     if verdict.passed:
-        return f"Loss and gradients agree before the first update; the training {verdict.summary()}."
+        return f"Loss and gradients agree before the first update; the training: {verdict.summary()}."
     if verdict.first_outside is None:  # e.g. final metrics outside the ensemble's spread, or nothing measured
         return f"Loss and gradients agree before the first update, but: {verdict.reason}."
     return (
