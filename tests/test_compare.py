@@ -342,6 +342,12 @@ def test_compare_threads_beyond_the_cpus_is_a_usage_error(default_dataset, tmp_p
     assert "--threads 999: this process may use" in capsys.readouterr().err
 
 
+def test_compare_with_fewer_than_three_floor_runs_is_a_usage_error(default_dataset, tmp_path, capsys):
+    status = main(["compare", "--data", str(default_dataset[0]), "--out", str(tmp_path), "--floor-runs", "2"])
+    assert status == 2
+    assert "--floor-runs 2: the floor needs at least 3 reruns" in capsys.readouterr().err
+
+
 def test_compile_cache_refuses_a_directory_others_may_write(tmp_path):
     import jax
 
