@@ -68,6 +68,7 @@ import numpy as np
 
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import check_loss_sums
+from ml_patterns.fit_checks import check_fit
 from ml_patterns.history import History
 from ml_patterns.optim import OptimizerConfig
 from ml_patterns.samplers import BatchSampler
@@ -202,6 +203,7 @@ class TrainerBase:
         self._train_loader: Any = None
         self._pending_sampler_state: dict | None = None
         self._hooks: dict[str, list[Callable]] = {name: [] for name in HOOKS}  # the callbacks' bound hooks, per fit
+        self._after_callbacks: list[Callable[[], None]] = []
 
     @property
     def is_main(self) -> bool:
@@ -211,6 +213,8 @@ class TrainerBase:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, num_epochs: int = 1) -> History:
+        check_fit(num_epochs, self.epoch, self.callbacks, has_val_loader=val_loader is not None)
+        self._check_loaders(train_loader, val_loader)
         self._train_loader = train_loader
         if self._pending_sampler_state is not None:
             sampler = find_sampler(train_loader)
@@ -241,9 +245,20 @@ class TrainerBase:
                 self.should_stop, self.stop_reason = True, reason
             for hook in self._hooks["on_epoch_end"]:
                 hook(epoch, self, metrics)
+            self._run_after_callbacks()
         for hook in self._hooks["on_train_end"]:
             hook(self)
         return self.history
+
+    def after_callbacks(self, action: Callable[[], None]) -> None:
+        """Runs ``action()`` once every callback has seen the current epoch (ModelCheckpoint's saves:
+        a checkpoint then holds every callback's state after the epoch)."""
+        self._after_callbacks.append(action)
+
+    def _run_after_callbacks(self) -> None:
+        actions, self._after_callbacks = self._after_callbacks, []
+        for action in actions:
+            action()
 
     def _batches(self, loader: Iterable, epoch: int, *, train: bool):
         """``(index, device batch, samples)`` per batch of ``loader``."""
@@ -393,6 +408,9 @@ class TrainerBase:
 
     def _after_epoch(self) -> None:
         """Called after each epoch, before the callbacks see it."""
+
+    def _check_loaders(self, train_loader: Iterable, val_loader: Iterable | None) -> None:
+        """Refuses loaders this backend cannot run before the first batch (ranks yielding unequal batch counts)."""
 
     def _to_batch(self, batch: Any) -> Any:
         raise NotImplementedError

@@ -22,6 +22,7 @@ from ml_patterns import __version__
 from ml_patterns.checkpoint import CheckpointError, WeightMismatchError
 from ml_patterns.data import DatasetError
 from ml_patterns.errors import UsageError, cli_message
+from ml_patterns.io import printable
 from ml_patterns.molecules.tokenizer import TokenizationError
 from ml_patterns_app.process import Terminated, command_process, quiet_broken_pipe
 
@@ -183,7 +184,7 @@ def format_manifest(manifest: dict, root: Path) -> str:
             f"duplicates {duplicates['rows']} rows repeat a molecule, {duplicates['conflicting']} with other labels"
             + (" (see manifest.json)" if duplicates["conflicting"] else "")
         )
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 # -- compare / parity / bench: the backends ---------------------------------------------------
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         with command_process(prefix):
             return run(args)
     except USER_ERRORS as error:
-        print(f"{prefix}: error: {cli_message(error)}", file=sys.stderr)
+        print(f"{prefix}: error: {printable(cli_message(error))}", file=sys.stderr)
         return 2
     except Terminated:
         print(f"\n{prefix}: terminated", file=sys.stderr)
