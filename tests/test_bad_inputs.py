@@ -67,7 +67,9 @@ from tests.catalogue import (
     with_umask,
     write_index,
 )
-from tests.catalogue_round2 import ROUND2
+from tests.catalogue_round2 import WRITER_CASES
+from tests.catalogue_round2_data import DATASET_CASES
+from tests.catalogue_round2_reports import REPORT_CASES
 
 CASES = [
     # -- where prepare writes (issue 14, harmful 1 and the weak output cases) -------------------
@@ -1008,7 +1010,7 @@ def training_cases(backend: str) -> list[Case]:
 
 
 CASES += training_cases("torch") + training_cases("jax")
-CASES += ROUND2
+CASES += WRITER_CASES + DATASET_CASES + REPORT_CASES  # round 2 (issue 22)
 
 
 def _param(case: Case):
