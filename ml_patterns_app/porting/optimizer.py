@@ -35,6 +35,8 @@ def compare_optimizers(
     A step is one deterministic call on identical inputs, so the per-entry tolerance is the
     gradients' (default). ``first`` is the earliest differing parameter.
     """
+    if not shapes or steps < 1 or any(0 in tuple(shape) for shape in shapes):
+        raise ValueError(f"compare_optimizers needs parameters and steps to compare: shapes={shapes!r}, steps={steps}")
     rng = np.random.default_rng(seed)
     params = [rng.normal(size=shape).astype(np.float32) for shape in shapes]
     grads = [
