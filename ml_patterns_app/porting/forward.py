@@ -216,9 +216,15 @@ def _rows(watched, torch_events, nnx_events, truth, tolerance) -> list[Row]:
     by_call: dict[tuple[int, str], list] = {}
     for key, what, values in nnx_events:
         by_call.setdefault((key, what), []).append(values)
+    # A container called on one side only (a torch ModuleList is iterated, linen's layer collection is
+    # called) holds nothing to compare: its layers are compared on their own.
+    torch_keys, nnx_keys = {e[0] for e in torch_events}, {e[0] for e in nnx_events}
+    one_sided = {k for k in torch_keys ^ nnx_keys if watched[k].kind == "module"}
     seen: dict[tuple[int, str], int] = {}
     rows = []
     for index, (key, what, values) in enumerate(torch_events):
+        if key in one_sided:
+            continue
         call = seen[key, what] = seen.get((key, what), -1) + 1
         watch = watched[key]
         label = watch.label + (f" #{call + 1}" if call else "")
@@ -230,7 +236,7 @@ def _rows(watched, torch_events, nnx_events, truth, tolerance) -> list[Row]:
         rows.append(_row(label, watch, what, values, others[call], reference, tolerance))
     for (key, what), others in by_call.items():
         extra = len(others) - seen.get((key, what), -1) - 1
-        if extra > 0:
+        if extra > 0 and key not in one_sided:
             rows.append(_missing(watched[key].label, watched[key], what, [], f"called {extra} more time(s) in nnx"))
     return rows
 
