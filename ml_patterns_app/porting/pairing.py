@@ -115,6 +115,8 @@ def _pair_units(where: str, left: list[Unit], right: list[Unit], ctx: _Context) 
             ctx.result.units.append(UnitPair(kind, a, b, how, _notes(a, b)))
         if rest_t or rest_n:
             ctx.problems.append(_count_problem(where, kind, len(ts), len(ns), rest_t, rest_n))
+            reported = {id(u) for u in rest_n}
+            free = [u for u in free if id(u) not in reported]
     for kind in dict.fromkeys(u.kind for u in free):
         rest = [u for u in free if u.kind == kind]
         ctx.problems.append(_count_problem(where, kind, 0, len(rest), [], rest))
