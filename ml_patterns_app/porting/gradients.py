@@ -58,6 +58,7 @@ def compare_gradients(
     truth_loss, truth = _torch_gradients(torch_module, batch, loss_torch, torch.float64) if reference else (None, {})
     nnx_loss, nnx_grads = _nnx_gradients(nnx_module, io.to_jax(batch if nnx_batch is None else nnx_batch), loss_jax)
     rows = [_row("loss", "loss", "loss", torch_loss, nnx_loss, truth_loss, LOSS)]
+    notes: dict[str, list[str]] = {}  # nnx name -> its layer's notes
     for map_row in weight_map.rows:
         names = map_row.torch_names
         if not map_row.ok or not all(name in torch_grads for name in names):
@@ -70,6 +71,7 @@ def compare_gradients(
             label = f"{', '.join(names)} -> {nnx_name}"
             ref = None if reference_grads is None else reference_grads[i]
             rows.append(_row(label, ", ".join(names), nnx_name, expected[i], nnx_grads[nnx_name], ref, tolerance))
+            notes[nnx_name] = map_row.pair.notes
     failing = [row for row in rows if not row.passed]
     first = failing[-1] if failing else None
     compared = {row.nnx_name for row in rows[1:]}
@@ -82,7 +84,10 @@ def compare_gradients(
     problems = [f"{len(missing)} NNX parameter(s) without a compared gradient: {', '.join(missing)}"] if missing else []
     problems += [] if compared else ["no parameter gradient was compared (only the loss)"]
     scope = f"compared the loss and {len(compared)} of {len(nnx_grads)} NNX parameter gradient(s); {weight_map.scope}"
-    return LayerReport("gradients", tuple(rows), first, _where(failing), scope, tuple(problems))
+    where = _where(failing) + "".join(
+        f" Layer note for {row.nnx_name}: {note}." for row in failing for note in notes.get(row.nnx_name, [])
+    )
+    return LayerReport("gradients", tuple(rows), first, where, scope, tuple(problems))
 
 
 def _torch_gradients(module, batch, loss_fn, dtype) -> tuple[np.ndarray, dict[str, np.ndarray]]:

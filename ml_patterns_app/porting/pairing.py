@@ -203,4 +203,11 @@ def _size(node: Node) -> int:
 
 
 def _notes(t: Unit, n: Unit) -> list[str]:
-    return t.rule.notes(t.module, n.module) if t.rule is not None and t.rule is n.rule else []
+    if t.rule is None or (t.rule is not n.rule and n.linen is None):
+        return []
+    if n.linen is None:
+        return t.rule.notes(t.module, n.module)
+    try:  # a linen layer's variables hold no settings: only notes about the torch side can be made
+        return t.rule.notes(t.module, n.module)
+    except AttributeError:
+        return []
