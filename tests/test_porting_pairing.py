@@ -144,3 +144,25 @@ def test_the_docs_linen_example_runs_and_pairs_inside_the_linen_blocks(capsys):
     compared = {(row.torch_name, row.nnx_name) for row in report.rows}
     assert ("blocks.1.fc2", "Block_1.Dense_1") in compared and ("blocks.1", "Block_1") in compared
     assert "blocks.0.fc1.weight" in capsys.readouterr().out
+
+
+class Two(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Sequential(nn.Linear(4, 4)), nn.Sequential(nn.Linear(4, 4))
+
+
+class TwoPort(nnx.Module):  # the same containers, defined in the other order under other names
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        self.y, self.x = nnx.List([nnx.Linear(4, 4, rngs=rngs)]), nnx.List([nnx.Linear(4, 4, rngs=rngs)])
+
+
+def test_pairs_may_name_containers():
+    def paired(**kwargs):
+        return [(p.torch.path, p.nnx.path) for p in transfer_weights(Two(), TwoPort(), dry_run=True, **kwargs).pairs]
+
+    assert paired() == [("a.0", "y.0"), ("b.0", "x.0")]  # in order: what the names cannot tell
+    assert paired(pairs={"a": "x", "b": "y"}) == [("a.0", "x.0"), ("b.0", "y.0")]
+    weight_map = transfer_weights(Two(), TwoPort(), dry_run=True, pairs={"a": "x", "nope": "y"})
+    assert "pairs: torch 'nope' is not a layer, loose parameter or container" in str(weight_map)

@@ -50,20 +50,32 @@ def pair_trees(
     skip: set[int] = frozenset(),
 ) -> Pairing:
     """Pairs ``left``'s (torch) units with ``right``'s (NNX), leaving out the units in ``skip`` (ids);
-    every other unpaired unit ends up in ``problems``."""
+    every other unpaired unit ends up in ``problems``. ``explicit`` may pair layers, loose parameters
+    or containers (whose contents then pair with each other only)."""
     result, taken = Pairing([], []), set(skip)
     by_path = {("torch", u.path): u for u in left.units} | {("nnx", u.path): u for u in right.units}
+    nodes = {("torch", x.path): x for x in _all_nodes(left.root)} | {("nnx", x.path): x for x in _all_nodes(right.root)}
+    ctx = _Context(result, taken, fits, problems, set())
+    containers = []
     for torch_path, nnx_path in explicit.items():
         t, n = by_path.get(("torch", torch_path)), by_path.get(("nnx", nnx_path))
+        if t is None and n is None and ("torch", torch_path) in nodes and ("nnx", nnx_path) in nodes:
+            containers.append((nodes["torch", torch_path], nodes["nnx", nnx_path]))
+            ctx.claimed |= {id(containers[-1][0]), id(containers[-1][1])}
+            continue
         if t is None or n is None:
             missing = f"torch {torch_path!r}" if t is None else f"nnx {nnx_path!r}"
-            problems.append(f"pairs: {missing} is not a layer or loose parameter of its module")
+            problems.append(
+                f"pairs: {missing} is not a layer, loose parameter or container of its module (or the other is not)"
+            )
             continue
         if t.kind not in n.kinds:
             problems.append(f"pairs: torch {torch_path} is a {t.kind}, nnx {nnx_path} a {n.kind}")
         taken |= {id(t), id(n)}
         result.units.append(UnitPair(t.kind, t, n, "explicit", _notes(t, n)))
-    _pair_nodes(left.root, right.root, _Context(result, taken, fits, problems))
+    _pair_nodes(left.root, right.root, ctx)
+    for t, n in containers:
+        _pair_nodes(t, n, ctx)
     order = {id(u): i for i, u in enumerate(left.units)}
     result.units.sort(key=lambda p: order[id(p.torch)])
     return result
@@ -75,11 +87,12 @@ class _Context:
     taken: set[int]
     fits: Callable[[Unit, Unit], bool]
     problems: list[str]
+    claimed: set[int]  # containers paired explicitly: left out of the walk, paired on their own
 
 
 def _pair_nodes(t: Node, n: Node, ctx: _Context) -> None:
     ctx.result.nodes.append((t, n))
-    left, right = _holding(t.children), _holding(n.children)
+    left, right = _holding(t.children, ctx.claimed), _holding(n.children, ctx.claimed)
     for _ in range(_MAX_OPENINGS):
         pairs, rest_t, rest_n = _match_nodes(_nodes(left), _nodes(right))
         if not rest_t and not rest_n:
@@ -88,10 +101,10 @@ def _pair_nodes(t: Node, n: Node, ctx: _Context) -> None:
         if not any(_nodes(c.children) for c in fewer):
             break
         if side == "t":
-            left = _open(left, fewer)
+            left = _open(left, fewer, ctx.claimed)
         else:
-            right = _open(right, fewer)
-    left, right = _open(left, rest_t, fully=True), _open(right, rest_n, fully=True)
+            right = _open(right, fewer, ctx.claimed)
+    left, right = _open(left, rest_t, ctx.claimed, fully=True), _open(right, rest_n, ctx.claimed, fully=True)
     where = t.path or "<root>" if t.path == n.path else f"torch {t.path or '<root>'} / nnx {n.path or '<root>'}"
     _pair_units(where, _units(left, ctx.taken), _units(right, ctx.taken), ctx)
     for a, b in pairs:
@@ -167,21 +180,32 @@ def _match_nodes(ts: list[Node], ns: list[Node]) -> tuple[list, list[Node], list
     return pairs, ts, ns
 
 
-def _open(children: list, nodes: list[Node], fully: bool = False) -> list:
+def _open(children: list, nodes: list[Node], claimed: set[int], fully: bool = False) -> list:
     """``children`` with each of ``nodes`` replaced by its children (``fully``: by its units)."""
     opened = {id(node) for node in nodes}
     result = []
     for child in children:
         if id(child) not in opened:
             result.append(child)
+        elif fully:
+            for inner in _holding(child.children, claimed):
+                result += [inner] if isinstance(inner, Unit) else _open([inner], [inner], claimed, fully=True)
         else:
-            result += list(child.units()) if fully else _holding(child.children)
+            result += _holding(child.children, claimed)
     return result
 
 
-def _holding(children: list) -> list:
-    """Units, and containers that hold any (a GELU or Dropout module holds none: nothing to pair)."""
-    return [c for c in children if isinstance(c, Unit) or next(c.units(), None) is not None]
+def _holding(children: list, claimed: set[int]) -> list:
+    """Units, and containers that hold any (a GELU or Dropout module holds none: nothing to pair),
+    except containers paired explicitly."""
+    return [c for c in children if isinstance(c, Unit) or (id(c) not in claimed and next(c.units(), None) is not None)]
+
+
+def _all_nodes(node: Node):
+    yield node
+    for child in node.children:
+        if isinstance(child, Node):
+            yield from _all_nodes(child)
 
 
 def _nodes(children: list) -> list[Node]:
