@@ -82,16 +82,19 @@ def compare_forward(
     first = next((row for row in rows if not row.passed), None)
     ran = {row.torch_name for row in rows}
     layers = [w for w in watched if w.kind != "module"]
-    idle = [w.label for w in layers if w.torch_path not in ran]
+    one_sided, idle = _calls(watched, torch_events, nnx_events)
     scope = (
-        f"compared {len(rows)} row(s): {len(layers) - len(idle)} of {len(layers)} paired layer(s) and "
-        f"{len({w.torch_path for w in watched if w.kind == 'module'} & ran)} container(s); {weight_map.scope}"
+        f"compared {len(rows)} row(s): {len(layers) - len(idle) - len(one_sided)} of {len(layers)} paired layer(s) "
+        f"and {len({w.torch_path for w in watched if w.kind == 'module'} & ran)} container(s); {weight_map.scope}"
+        + (f"; called on one side only, compared through their containers: {', '.join(one_sided)}" if one_sided else "")
         + (f"; paired layers not called: {', '.join(idle)}" if idle else "")
     )
     problems = () if rows else ("nothing was compared: no paired layer or container ran on either side",)
     if not weight_map.pairs:
         problems += ("no layer or parameter is paired: only the two models' outputs could be compared",)
     where = _where(first, rows, watched) if rows else "Check that the inputs reach the model's paired layers."
+    if first is not None and one_sided:
+        where += f" Layers called on one side only: {', '.join(one_sided)}."
     return LayerReport("forward", tuple(rows), first, where, scope, problems)
 
 
@@ -212,14 +215,29 @@ def _run_nnx(module: nnx.Module, weight_map: WeightMap, watched: list[_Watch], a
     return events
 
 
+def _calls(watched, torch_events, nnx_events) -> tuple[list[str], list[str]]:
+    """(paired layers called on one side only, with the side; paired layers called on neither)."""
+    torch_keys, nnx_keys = {e[0] for e in torch_events}, {e[0] for e in nnx_events}
+    layers = [k for k, w in enumerate(watched) if w.kind != "module"]
+    one_sided = [
+        f"{watched[k].label} ({'torch' if k in torch_keys else 'nnx'} only)"
+        for k in layers
+        if (k in torch_keys) != (k in nnx_keys)
+    ]
+    idle = [watched[k].label for k in layers if k not in torch_keys | nnx_keys]
+    return one_sided, idle
+
+
 def _rows(watched, torch_events, nnx_events, truth, tolerance) -> list[Row]:
     by_call: dict[tuple[int, str], list] = {}
     for key, what, values in nnx_events:
         by_call.setdefault((key, what), []).append(values)
-    # A container called on one side only (a torch ModuleList is iterated, linen's layer collection is
-    # called) holds nothing to compare: its layers are compared on their own.
+    # A module called on one side only has nothing to compare with: a container (a torch ModuleList is
+    # iterated where linen's layer collection is called), or a layer whose weights the other side uses
+    # without calling it (an embedding table indexed directly). What it computes reaches the outputs
+    # of its containers, which are compared; the report lists it.
     torch_keys, nnx_keys = {e[0] for e in torch_events}, {e[0] for e in nnx_events}
-    one_sided = {k for k in torch_keys ^ nnx_keys if watched[k].kind == "module"}
+    one_sided = torch_keys ^ nnx_keys
     seen: dict[tuple[int, str], int] = {}
     rows = []
     for index, (key, what, values) in enumerate(torch_events):
