@@ -14,12 +14,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.common import BenchContext, result_row, time_call
-from bench.harness import RUNTIMES
 from jax_impl.collate import collate_molecules as jax_collate
 from ml_patterns.data import LazyDataset
 from ml_patterns.samplers import BatchSampler
 from torch_impl.collate import collate_molecules as torch_collate
+
+from .common import BenchContext, result_row, time_call
+from .harness import RUNTIMES
 
 BATCH_SIZE = 256
 

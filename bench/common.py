@@ -1,6 +1,6 @@
-"""What every benchmark shares: the context it runs in, timing by the rules, the result row, and the
-environment recorded with each number. Imports no framework: the runner pins the CPUs before torch
-or jax is loaded (see ``restrict_cpus``).
+"""What every benchmark shares: the context it runs in, timing by the rules and the result row (the
+machine and environment recorded with each number: ``ml_patterns.machine``). Imports no framework:
+the runner pins the CPUs before torch or jax is loaded (``ml_patterns.machine.restrict_cpus``).
 
 Timing rules (as nanoGPT's bench.py; docs/ARCHITECTURE.md): warm-up calls first (compilation and
 caches happen there and are timed apart by the caller), a synchronization inside the timed region
@@ -10,23 +10,18 @@ the spread beside it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib.metadata
 import math
-import os
-import platform
 import statistics
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 
 @dataclasses.dataclass(frozen=True)
 class Contender:
     """A way to run a workload's step: a framework, compiled or not. Every workload that races the
-    frameworks takes its contenders from ``CONTENDERS`` (``bench.harness`` runs them); a new way to
+    frameworks takes its contenders from ``CONTENDERS`` (``ml_patterns_bench.harness`` runs them); a new way to
     run (a data-parallel step, another compiler) is one more row here and one branch in the harness."""
 
     name: str
@@ -55,7 +50,7 @@ class BenchContext:
 
     A workload runs on each device of ``devices`` (host-side work, such as reading the dataset,
     runs on the CPU whatever the device, and says so), each contender of ``contenders`` that
-    races there (``bench.harness``), and returns a ``skipped_row`` naming the reason for each one
+    races there (``ml_patterns_bench.harness``), and returns a ``skipped_row`` naming the reason for each one
     it cannot run.
     """
 
@@ -229,104 +224,3 @@ def result_row(
 def skipped_row(benchmark: str, workload: str, contender: str, device: str, reason: str) -> dict:
     """A contender that did not run here, and why; the runner lists these apart from the results."""
     return {"benchmark": benchmark, "workload": workload, "contender": contender, "device": device, "skipped": reason}
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def cpu_count() -> int:
-    """CPUs this process may run on (the affinity mask, not the machine's total)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-@contextlib.contextmanager
-def restrict_cpus(threads: int) -> Iterator[dict]:
-    """Runs the block on ``threads`` CPUs, restoring the affinity mask afterwards.
-
-    This is how both frameworks get the same number of threads: XLA:CPU sizes its thread pool from
-    the affinity mask when its backend starts and has no other setting for it (only
-    ``--xla_cpu_multi_thread_eigen=false``, which means one thread), while torch takes
-    ``torch.set_num_threads`` (done by ``bench.harness.configured``). Every thread of the
-    process is pinned, and threads started inside inherit the mask. Enter this before jax's backend
-    starts: a pool started earlier keeps its size (then more threads than CPUs); the yielded record
-    says which frameworks were loaded before.
-    """
-    available = cpu_count()
-    if not 1 <= threads <= available:
-        raise ValueError(f"--threads must be between 1 and the {available} CPUs available, got {threads}")
-    record = {
-        "threads": threads,
-        "cpus_available": available,
-        "frameworks_loaded_before": sorted(m for m in ("torch", "jax") if m in sys.modules),
-        "how": "all CPUs of the affinity mask",
-    }
-    if threads == available:
-        yield record
-        return
-    if not hasattr(os, "sched_setaffinity"):
-        raise ValueError(
-            f"--threads {threads}: this OS cannot pin a process to CPUs, so XLA's thread pool cannot be limited"
-        )
-    mask = os.sched_getaffinity(0)
-    _pin_all_threads(sorted(mask)[:threads])
-    record["how"] = f"affinity mask restricted to CPUs {sorted(os.sched_getaffinity(0))}"
-    try:
-        yield record
-    finally:
-        _pin_all_threads(mask)
-
-
-def _pin_all_threads(cpus) -> None:
-    # Affinity belongs to each thread (pid 0 is the calling one): pin the threads that exist too.
-    tids = os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else ["0"]
-    for tid in tids:
-        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
-            os.sched_setaffinity(int(tid), cpus)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment() -> dict:
-    """Library versions, machine and thread settings to store beside every number.
-
-    Reads package metadata only: it imports no framework, so it is safe to call from anywhere.
-    ``bench.harness.describe`` adds what only the loaded frameworks can say (devices, threads,
-    precision).
-    """
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "processor": _cpu_model(),
-        "cpus_available": cpu_count(),
-        # Other processes' load makes multi-threaded timings noisy (and OpenMP's spinning barriers
-        # collapse when cores are oversubscribed): check it before trusting a number.
-        "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "versions": {
-            name: _version(name)
-            for name in ("ml-patterns", "numpy", "torch", "jax", "jaxlib", "jax-cuda12-plugin", "flax", "optax")
-        },
-        "thread_env": {
-            key: os.environ.get(key)
-            for key in (
-                "OMP_NUM_THREADS",
-                "MKL_NUM_THREADS",
-                "XLA_FLAGS",
-                "OPENBLAS_NUM_THREADS",
-                "OPENBLAS_CORETYPE",
-                "OMP_WAIT_POLICY",
-            )
-        },
-    }

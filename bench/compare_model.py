@@ -17,14 +17,15 @@ import dataclasses
 
 import torch_impl.molecules.models
 import torch_impl.state
-from bench.common import BenchContext
-from bench.models import ModelSize, Problem, first_batch
-from bench.training import train_step_rows
 from ml_patterns.collate import padded_length
 from ml_patterns.data import LazyDataset
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.samplers import padding_utilization, sequence_lengths
 from ml_patterns_app.compare.settings import CompareSettings
+
+from .common import BenchContext
+from .models import ModelSize, Problem, first_batch
+from .training import train_step_rows
 
 
 def run(ctx: BenchContext) -> list[dict]:

@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.common import BenchContext, skipped_row, time_call
 from jax_impl import runtime
 from jax_impl.collate import collate_molecules
 from jax_impl.losses import masked_cross_entropy
@@ -23,6 +22,8 @@ from ml_patterns.collate import dataset_buckets
 from ml_patterns.data import LazyDataset
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.samplers import BatchSampler
+
+from .common import BenchContext, skipped_row, time_call
 
 WIDTH = 64
 

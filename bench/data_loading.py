@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import SHARED, BenchContext, result_row, time_call
 from ml_patterns.data import LazyDataset
 from ml_patterns.samplers import BatchSampler
+
+from .common import SHARED, BenchContext, result_row, time_call
 
 
 def run(ctx: BenchContext) -> list[dict]:

@@ -10,7 +10,7 @@ rank), not what it gains on N devices of their own; run it where N GPUs exist fo
 here yet: GPU rows are skipped). Every N runs in a subprocess of its own (``JAX_NUM_CPU_DEVICES``
 must be set before JAX starts).
 
-    python -m bench.distributed BACKEND N DATA QUICK THREADS OUT.json    (what ``run`` starts)
+    python -m ml_patterns_bench.distributed BACKEND N DATA QUICK THREADS OUT.json    (what ``run`` starts)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.common import BenchContext, Timing, result_row, skipped_row
+from .common import BenchContext, Timing, result_row, skipped_row
 
 WORLDS = (1, 2, 4)
 BATCH, EPOCHS = 64, 3  # the first epoch compiles (JAX) and warms up: timed are the others
@@ -67,7 +67,15 @@ def scaling_rows(workload: str, contender: str, measured: dict[int, dict]) -> li
 
 def _measure(backend: str, n: int, ctx: BenchContext) -> dict:
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(n)} if backend == "jax" else dict(os.environ)
-    command = [sys.executable, "-m", "bench.distributed", backend, str(n), str(ctx.data_dir), str(int(ctx.quick))]
+    command = [
+        sys.executable,
+        "-m",
+        "ml_patterns_bench.distributed",
+        backend,
+        str(n),
+        str(ctx.data_dir),
+        str(int(ctx.quick)),
+    ]
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "result.json"
         subprocess.run([*command, str(ctx.threads), str(out)], check=True, env=env, timeout=TIMEOUT_S)
@@ -129,7 +137,7 @@ def _main(backend: str, n: int, data: Path, quick: bool, threads: int, out: Path
 
 
 if __name__ == "__main__":
-    from bench import distributed as module  # noqa: PLW0406 (spawned ranks import it by this name)
+    from . import distributed as module  # noqa: PLW0406 (spawned ranks import it by this name)
 
     name, world, directory, quick_flag, thread_count, path = sys.argv[1:7]
     module._main(name, int(world), Path(directory), quick_flag == "1", int(thread_count), Path(path))

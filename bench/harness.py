@@ -2,17 +2,17 @@
 
 Setup: threads, the matmul precision policy (through ``torch_impl.runtime`` / ``jax_impl.runtime``),
 cold compile caches, and what the loaded frameworks report. Imported by the runner only after
-``bench.common.restrict_cpus`` has pinned the CPUs, since XLA sizes its CPU thread pool when its
-backend starts.
+``ml_patterns.machine.restrict_cpus`` has pinned the CPUs, since XLA sizes its CPU thread pool when
+its backend starts.
 
 Measuring: a workload writes its step once per framework (``Step``); ``contender_rows`` runs it for
-every contender of the run (``bench.common.CONTENDERS``) on a device, with the same warm-up, timing,
+every contender of the run (``ml_patterns_bench.common.CONTENDERS``) on a device, with the same warm-up, timing,
 compile-time and memory rules for all:
 
 - torch: ``step.torch(device)`` returns ``call() -> loss``; eager, or ``torch.compile(call)`` from
   cold caches, its compile time the warm-up calls' excess over as many timed calls;
 - JAX: ``step.jax(device)`` returns ``(jitted, state, args)`` with ``jitted(state, *args) -> (state,
-  loss)``, the state donated; ``jitted.lower(...).compile()`` is timed apart (``bench.common.compile_jax``).
+  loss)``, the state donated; ``jitted.lower(...).compile()`` is timed apart (``ml_patterns_bench.common.compile_jax``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ import torch._inductor.utils  # noqa: E402
 
 import jax_impl.runtime  # noqa: E402
 import torch_impl.runtime  # noqa: E402
-from bench.common import (  # noqa: E402
+from ml_patterns.errors import UsageError  # noqa: E402
+from ml_patterns.parity import PRECISIONS  # noqa: E402
+
+from .common import (  # noqa: E402
     CONTENDERS,
     BenchContext,
     Contender,
@@ -44,8 +47,6 @@ from bench.common import (  # noqa: E402
     skipped_row,
     warmup_excess_s,
 )
-from ml_patterns.errors import UsageError  # noqa: E402
-from ml_patterns.parity import PRECISIONS  # noqa: E402
 
 RUNTIMES = {"torch": torch_impl.runtime, "jax": jax_impl.runtime}
 DEVICES = ("cpu", "gpu")

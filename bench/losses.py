@@ -5,7 +5,7 @@ Each timed call computes the mean loss over the unmasked positions (15% masked, 
 gradient with respect to the float32 logits.
 
 Runs on every device of the run. Peak extra memory is measured, never estimated. On the CPU each
-contender runs once in a fresh Python process (``python -m bench.losses --peak ...``) that loads
+contender runs once in a fresh Python process (``python -m ml_patterns_bench.losses --peak ...``) that loads
 only its own framework, builds the inputs, warms up on a tiny input, resets the kernel's peak-RSS
 counter (``/proc/self/clear_refs``), runs one forward + backward and reads ``VmHWM``. Reported:
 that peak minus the RSS before the call, minus the gradient's own bytes (the output every
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import BenchContext, compile_jax, time_call
+from .common import BenchContext, compile_jax, time_call
 
 SHAPES = ((64, 128, 1024), (8, 512, 32768))
 IGNORE = -100
@@ -155,7 +155,7 @@ def _peak_extra_bytes(contender: str, shape, device: str, analysis: dict | None)
         ) - grad_bytes, "torch.cuda peak over the call, minus before and the gradient"
     if not Path("/proc/self/clear_refs").exists():
         return None, "n/a: no resettable peak-RSS counter (not Linux)"
-    command = [sys.executable, "-m", "bench.losses", "--peak", contender, *map(str, shape)]
+    command = [sys.executable, "-m", "ml_patterns_bench.losses", "--peak", contender, *map(str, shape)]
     done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
     extra = json.loads(done.stdout.strip().splitlines()[-1])["extra_bytes"]
     return extra, "peak RSS of one forward+backward in a fresh process, minus RSS before, minus the gradient"

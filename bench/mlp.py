@@ -6,7 +6,7 @@ arithmetic; each row keeps the losses of its warm-up steps as the proof (they ag
 contenders to float32 rounding).
 
 The largest size is matmul-bound, so its GFLOP/s against the device's measured matmul peak
-(``bench.peak``) says how much of the machine each framework's training step gets.
+(``ml_patterns_bench.peak``) says how much of the machine each framework's training step gets.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch
 from flax import nnx
 from torch import nn
 
-from bench import flops
-from bench.common import BenchContext
-from bench.harness import Step, contender_rows
+from . import flops
+from .common import BenchContext
+from .harness import Step, contender_rows
 
 BENCHMARK = "mlp_train_step"
 LEARNING_RATE = 1e-3

@@ -2,10 +2,10 @@
 
 One call is the loss and the gradient of every parameter (``compute_loss`` + ``backward`` on
 torch, ``jax.value_and_grad`` of the functional ``loss`` on JAX) on one fixed prepared batch of the
-dataset: what a model costs, without the optimizer (``bench.training`` times the whole train step).
+dataset: what a model costs, without the optimizer (``ml_patterns_bench.training`` times the whole train step).
 Both architectures (the multi-task model, the autoencoder) at two sizes. Every contender starts
 from the same canonical weights and batch; the losses of its warm-up calls are kept as the proof
-that the contenders did the same arithmetic. Timing and compile time: ``bench.harness``.
+that the contenders did the same arithmetic. Timing and compile time: ``ml_patterns_bench.harness``.
 
 Dropout is 0, so both backends do the same work (their dropout masks could not match anyway).
 """
@@ -25,9 +25,6 @@ import jax_impl.training
 import torch_impl.molecules.models
 import torch_impl.runtime
 import torch_impl.state
-from bench import flops
-from bench.common import BenchContext
-from bench.harness import Step, contender_rows
 from jax_impl.collate import collate_molecules
 from ml_patterns.data import LazyDataset
 from ml_patterns.errors import UsageError
@@ -35,6 +32,10 @@ from ml_patterns.loader import batch_rng
 from ml_patterns.molecules.batches import prepare_batch
 from ml_patterns.molecules.config import ARCHITECTURES, ModelConfig
 from ml_patterns.molecules.prepare import read_manifest
+
+from . import flops
+from .common import BenchContext
+from .harness import Step, contender_rows
 
 BENCHMARK = "model_forward_backward"
 

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from bench import flops
-from bench.common import CONTENDERS, BenchContext, compile_jax, plan_repeats, result_row, skipped_row, time_call
-from bench.harness import RUNTIMES
+from . import flops
+from .common import CONTENDERS, BenchContext, compile_jax, plan_repeats, result_row, skipped_row, time_call
+from .harness import RUNTIMES
 
 # A size that takes ~50-150 ms on a few CPU cores and ~20 ms on an H100 in float32: large enough
 # that the kernel, not the call, is timed.

@@ -2,7 +2,7 @@
 and bench.png.
 
 A run: pin both frameworks to the same CPUs, load them, set the matmul precision policy, measure
-each device's matmul peak (``bench.peak``), run the selected workloads with one ``BenchContext``,
+each device's matmul peak (``ml_patterns_bench.peak``), run the selected workloads with one ``BenchContext``,
 then add GFLOP/s and the fraction of peak to every row that counts its FLOPs.
 """
 
@@ -13,22 +13,24 @@ import datetime
 import importlib
 import json
 
-from bench.common import CONTENDERS, QUICK_CONTENDERS, BenchContext, cpu_count, environment, restrict_cpus
 from ml_patterns.errors import UsageError
 from ml_patterns.io import atomic_write_text
+from ml_patterns.machine import cpu_count, environment, restrict_cpus
+
+from .common import CONTENDERS, QUICK_CONTENDERS, BenchContext
 
 # name -> the module whose ``run(ctx: BenchContext) -> list[dict]`` returns result rows
-# (``bench.common.result_row``). A module is imported only when it runs, after the CPUs are pinned.
+# (``ml_patterns_bench.common.result_row``). A module is imported only when it runs, after the CPUs are pinned.
 BENCHMARKS = {
-    "data": "bench.data_loading",
-    "mlp": "bench.mlp",
-    "collate": "bench.collate",
-    "losses": "bench.losses",
-    "compilations": "bench.compilations",
-    "training": "bench.training",
-    "models": "bench.models",
-    "distributed": "bench.distributed",
-    "compare_model": "bench.compare_model",
+    "data": "ml_patterns_bench.data_loading",
+    "mlp": "ml_patterns_bench.mlp",
+    "collate": "ml_patterns_bench.collate",
+    "losses": "ml_patterns_bench.losses",
+    "compilations": "ml_patterns_bench.compilations",
+    "training": "ml_patterns_bench.training",
+    "models": "ml_patterns_bench.models",
+    "distributed": "ml_patterns_bench.distributed",
+    "compare_model": "ml_patterns_bench.compare_model",
 }
 
 # What --quick runs when --only does not say: each at its smallest, a few minutes on 2 cores. Left
@@ -54,7 +56,7 @@ def run_benchmarks(args: argparse.Namespace) -> int:
     machine = environment()  # before the run: the load average is other processes' load
     with restrict_cpus(threads) as thread_record:
         # The first framework import: after the CPUs are pinned (XLA sizes its pool from them).
-        from bench import harness, peak
+        from . import harness, peak
 
         devices = harness.resolve_devices(args.device)
         with harness.configured(threads, args.precision) as framework_record:
@@ -90,12 +92,12 @@ def run_benchmarks(args: argparse.Namespace) -> int:
     for row in report["skipped"]:
         print(f"skipped: {_name(row)}: {row['skipped']}")
 
-    from bench.chart import write_chart  # matplotlib loads only when there is something to draw
+    from .chart import write_chart  # matplotlib loads only when there is something to draw
 
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "bench.json", json.dumps(report, indent=1) + "\n")
-    atomic_write_text(args.out / "bench.md", _markdown(report, table, summary))
-    write_chart(report, args.out / "bench.png")
+    atomic_write_text(args.out / "ml_patterns_bench.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(args.out / "ml_patterns_bench.md", _markdown(report, table, summary))
+    write_chart(report, args.out / "ml_patterns_bench.png")
     print(f"wrote bench.json, bench.md and bench.png to {args.out}")
     return 0
 

@@ -21,10 +21,10 @@ The JAX rows' ``compile_s`` is the cold compilation of this step, measured by th
 ``transformer_train_step`` row of the same size (same model, same batch shape).
 
 ``transformer_train_step``: the Trainer's step (forward, backward, AdamW update) at two sizes, for
-every contender (``bench.harness``: torch eager, ``torch.compile``, ``jax.jit``, compile time
+every contender (``ml_patterns_bench.harness``: torch eager, ``torch.compile``, ``jax.jit``, compile time
 apart). Every contender starts from the same weights and trains on the same prepared batch; the
 losses of the warm-up steps are kept as the proof that they did the same arithmetic. FLOPs:
-``bench.flops.forward_backward`` (the optimizer adds no matmul).
+``ml_patterns_bench.flops.forward_backward`` (the optimizer adds no matmul).
 
 Dropout is 0 in every configuration, so both backends do the same work.
 """
@@ -46,14 +46,15 @@ import jax_impl.training
 import torch_impl.data
 import torch_impl.molecules.models
 import torch_impl.training
-from bench.common import CONTENDERS, BenchContext, Timing, result_row, skipped_row
-from bench.harness import RUNTIMES, Step
-from bench.models import ModelSize, Problem, make_problem, problem_rows
 from ml_patterns.callbacks import HistoryLogger, ProgressBar
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.molecules.batches import BatchPreparer
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.optim import OptimizerConfig
+
+from .common import CONTENDERS, BenchContext, Timing, result_row, skipped_row
+from .harness import RUNTIMES, Step
+from .models import ModelSize, Problem, make_problem, problem_rows
 
 OVERHEAD, STEP = "trainer_overhead", "transformer_train_step"
 OPTIMIZER = OptimizerConfig("adamw", learning_rate=1e-3, weight_decay=0.01)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ml_patterns.collate import flatten_batch
+from ml_patterns.collate import collate_arrays
 from ml_patterns.molecules.tokenizer import PAD_ID
 
 
@@ -23,27 +23,6 @@ def collate_molecules(
     truncate: bool = True,
 ) -> dict[str, Any]:
     """Records -> ``{"input_ids": int32 [B, L], "attention_mask": bool [B, L],
-    "labels": float32 | int32 [B] | dict}``."""
-    flat = flatten_batch(
-        batch,
-        pad_token_id,
-        pad_to_multiple_of=pad_to_multiple_of,
-        buckets=buckets,
-        max_length=max_length,
-        truncate=truncate,
-    )
-    attention_mask = np.arange(flat.padded_length) < flat.lengths[:, None]
-    input_ids = np.full(attention_mask.shape, pad_token_id, dtype=np.int32)
-    # Row-major boolean assignment fills each row's first ``length`` slots with its ids, in order.
-    input_ids[attention_mask] = flat.ids
-    out = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if isinstance(flat.labels, dict):
-        out["labels"] = {name: _jax_width(values) for name, values in flat.labels.items()}
-    elif flat.labels is not None:
-        out["labels"] = _jax_width(flat.labels)
-    return out
-
-
-def _jax_width(labels: np.ndarray) -> np.ndarray:
-    # Integer labels as int32, JAX's default integer (the core checked that they fit).
-    return labels.astype(np.int32) if labels.dtype == np.int64 else labels
+    "labels": float32 | int32 [B] | dict}`` (int32: JAX's default integer)."""
+    options = {"pad_to_multiple_of": pad_to_multiple_of, "buckets": buckets, "max_length": max_length}
+    return collate_arrays(batch, pad_token_id, integer_dtype=np.int32, truncate=truncate, **options)

@@ -4,6 +4,7 @@ holding clipping, weight decay, the update rule and the schedule (the table: ``m
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -85,3 +86,29 @@ def build_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     if config.clip_grad_norm is not None:
         rule.insert(0, optax.clip_by_global_norm(config.clip_grad_norm))
     return optax.chain(*rule)
+
+
+def _is_optax_state(node: Any) -> bool:
+    return isinstance(node, tuple) and hasattr(node, "_fields")
+
+
+def map_states(opt_state: Any, fn) -> Any:
+    """Applies ``fn`` to every optax state namedtuple inside a chain's nested tuples."""
+    if _is_optax_state(opt_state):
+        return fn(opt_state)
+    if isinstance(opt_state, tuple):
+        return tuple(map_states(child, fn) for child in opt_state)
+    return opt_state
+
+
+def find_states(opt_state: Any, state_type: type) -> list:
+    """Every optax state of ``state_type`` inside ``opt_state``, in chain order."""
+    found = []
+
+    def collect(node: Any) -> Any:
+        if isinstance(node, state_type):
+            found.append(node)
+        return node
+
+    map_states(opt_state, collect)
+    return found

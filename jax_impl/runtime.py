@@ -13,10 +13,11 @@ import contextlib
 import gc
 import importlib.metadata
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import jax
 import numpy as np
+from flax import nnx
 
 from jax_impl.state import tree_to_numpy
 from jax_impl.training import to_device
@@ -113,3 +114,25 @@ def enable_compile_cache(directory: str | os.PathLike) -> dict:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # no size floor, and no override of it
     return {"compile_cache": str(path), "entries_before": entries}
+
+
+def padded_batch_rows(batch_size: int) -> int | None:
+    # One program per batch shape: the short last batch padded to the full size runs theirs.
+    return batch_size
+
+
+def run_data_parallel(fn: Callable, devices: int, choice: str, *args) -> None:
+    if devices == 1:
+        fn(None, *args)
+        return
+    from jax_impl import distributed
+
+    platform = select_device(choice).platform
+    available = jax.devices(platform)
+    if len(available) < devices:
+        raise UsageError(f"--devices {devices} but JAX sees {len(available)} {platform} device(s)")
+    fn(distributed.setup(available[:devices]), *args)
+
+
+def gather_model(model: nnx.Module, dev: jax.Device) -> None:
+    nnx.update(model, to_device(nnx.state(model), dev))  # replicated over the mesh: one copy, on dev

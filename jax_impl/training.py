@@ -19,25 +19,14 @@ Divergences, and why:
   replicated; the model needs ``loss_sums(batch, weight)`` (docs/DISTRIBUTED.md).
 - The state is donated to the step: its buffers are reused in place. The model's own arrays are
   never handed to the step (they are copied in and out), so donation cannot invalidate them.
-- ``pad_batches_to`` (JAX only: torch eager runs any shape as it comes): every batch is padded to
-  that many rows (under data parallelism ``ceil(N / devices)`` per device) with weight-0 repeats of
-  its first sample, and the loss taken from the model's ``loss_sums(batch, weight)``
-  (``ml_patterns.distributed``), so an epoch's short last batch runs the program of the full
-  batches of its padded length instead of compiling (and, on later runs, loading) its own. The
-  losses, gradients and epoch means are those of the real rows alone, up to the order of sums, with
-  one difference: a loss part whose count is 0 adds 0 (``global_mean``) where a model's own
-  ``compute_loss`` might give NaN. Padding rows do go through the forward pass: a layer that mixes
-  rows (batch normalization's statistics) would see them.
-- ``program_cache`` (JAX only; torch eager traces nothing): a ``jax_impl.program_cache.ProgramCache``
-  keeps the traced steps on disk, so a later run with the same code, model, optimizer config and
-  batch shapes skips tracing them. Off by default; ``ml-patterns compare`` turns it on.
+- ``pad_batches_to`` (``ml_patterns.training.TrainerBase``): under data parallelism each device
+  computes ``ceil(N / devices)`` rows, the global batch laid out as ``distributed.global_layout``.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.metadata
-import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -51,16 +40,13 @@ from flax import nnx
 from jax_impl import distributed as distributed_
 from jax_impl import state as weights
 from jax_impl.models import Functional, functional
-from jax_impl.optim import build_optimizer
-from jax_impl.program_cache import CachedProgram, ProgramCache, Unidentifiable, describe_graph
+from jax_impl.optim import build_optimizer, find_states, map_states
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
-from ml_patterns.distributed import global_rows, shard_rows
+from ml_patterns.distributed import global_rows
 from ml_patterns.optim import OptimizerConfig
-from ml_patterns.training import BatchTransform, TrainerBase, find_sampler, leading_dimension
+from ml_patterns.training import BatchTransform, TrainerBase, leading_dimension
 from ml_patterns.training_checkpoint import OPTIMIZER_SLOTS
-
-_PAD_TO = "set pad_batches_to to the largest batch size of the loaders given to fit and evaluate"
 
 # optax state field holding each canonical slot: (state type, field)
 _SLOT_FIELDS = {
@@ -82,7 +68,6 @@ def make_steps(
     optimizer: OptimizerConfig | optax.GradientTransformation,
     seed: int,
     distributed: distributed_.Context | None = None,
-    program_cache: ProgramCache | None = None,
     weighted_rows: bool = False,
 ):
     """``(train_step, eval_step)`` for ``model``.
@@ -96,14 +81,9 @@ def make_steps(
     ``[rows]``, 0 for padding) and the loss ``distributed.global_loss``, the global mean of the
     model's ``loss_sums``; ``distributed`` implies it, the batch sharded over its mesh
     (``distributed.shard_batch``) and the state kept replicated.
-    With ``program_cache`` (one device only), the steps are read from it or traced and stored there;
-    the optimizer update only when ``optimizer`` is a config (an optax object's closures cannot be
-    told apart).
     """
-    if program_cache is not None and distributed is not None:
-        raise ValueError("program_cache serves one-device steps: leave it out with distributed")
     fn, _, _ = functional(model)
-    return _compiled_steps(fn, optimizer, seed, distributed, program_cache, weighted_rows or distributed is not None)
+    return _compiled_steps(fn, optimizer, seed, distributed, weighted_rows or distributed is not None)
 
 
 class TrainStep:
@@ -113,8 +93,7 @@ class TrainStep:
     it compiles once per padded length; ``update(params, opt_state, step, grads)`` (the optimizer:
     clipping, schedule, Adam) does not, so it compiles once. One program for both would compile,
     and on later runs trace and load from the compile cache, the optimizer again with every batch
-    shape: on compare's model a third of each shape's cold compile, and 40% of the time to trace and
-    load it from the compile cache (docs/PERFORMANCE.md).
+    shape (docs/PERFORMANCE.md).
     Calling it inside an outer ``jax.jit`` traces both into one program.
     """
 
@@ -132,9 +111,7 @@ class TrainStep:
 
 
 def compilations(step) -> int:
-    """Programs a jitted (or ``program_cache``-served) function compiled so far."""
-    if isinstance(step, CachedProgram):
-        return step.compilations()
+    """Programs a jitted function compiled so far."""
     return int(step._cache_size())  # a jitted function's count of its executables (jax has no public one)
 
 
@@ -144,7 +121,6 @@ def _compiled_steps(
     optimizer,
     seed: int,
     distributed: distributed_.Context | None,
-    program_cache: ProgramCache | None,
     weighted_rows: bool,
 ):
     transformation = build_optimizer(optimizer) if isinstance(optimizer, OptimizerConfig) else optimizer
@@ -167,53 +143,18 @@ def _compiled_steps(
 
     # Donated: the state's buffers are reused for the new state in place (the gradients' could only
     # alias the parameters' again, so they are left to be freed).
-    steps = (
+    train_step = TrainStep(
         jax.jit(gradients, donate_argnums=1, out_shardings=out_shardings),
         jax.jit(update, donate_argnums=(0, 1, 2), out_shardings=out_shardings),
-        jax.jit(eval_step, out_shardings=out_shardings),
     )
-    if program_cache is not None:
-        steps = _cached_steps(program_cache, steps, fn, optimizer, f"seed={seed}\nweighted_rows={weighted_rows}")
-    return TrainStep(*steps[:2]), steps[2]
-
-
-def _cached_steps(cache: ProgramCache, steps: tuple, fn: Functional, optimizer, settings: str) -> tuple:
-    """``(gradients, update, eval_step)`` served from ``cache``, each keyed on what it closes over:
-    the model, ``settings`` (seed, loss form), the optimizer."""
-    gradients, update, eval_step = steps
-    try:
-        model_context = f"{describe_graph(fn.graphdef)}\n{settings}"
-    except Unidentifiable as error:  # what the steps close over cannot be keyed on
-        warnings.warn(f"the model's steps are not kept in the program cache: it holds {error}", stacklevel=4)
-        return steps
-    gradients = cache.program(
-        gradients,
-        "gradients",
-        context=model_context,
-        out_tree=lambda args: jax.tree.structure((0, args[1], args[0])),  # (loss, rest, grads like params)
-        donate_argnums=(1,),
-    )
-    scalar = jax.tree.structure(0)
-    eval_step = cache.program(eval_step, "eval_step", context=model_context, out_tree=lambda args: scalar)
-    if isinstance(optimizer, OptimizerConfig):
-        update = cache.program(
-            update,
-            "update",
-            context=repr(optimizer),
-            out_tree=lambda args: jax.tree.structure(args[:3]),  # (params, opt_state, step), as given
-            donate_argnums=(0, 1, 2),
-        )
-    return gradients, update, eval_step
+    return train_step, jax.jit(eval_step, out_shardings=out_shardings)
 
 
 class Trainer(TrainerBase):
     """See ``torch_impl.training`` for the contract; the loop is ``ml_patterns.training.TrainerBase``.
 
     ``seed``: of the dropout keys (default: the model's ``config.seed`` if it has one, else 0).
-    ``pad_batches_to``: rows every batch is padded to (the loader's batch size; under data
-    parallelism, the global batch's), the model's ``loss_sums`` leaving the padding out (module
-    docstring); a larger batch is refused. None (default): batches run as they come.
-    ``program_cache``: keeps the traced steps across runs (``make_steps``).
+    ``pad_batches_to``: see ``ml_patterns.training.TrainerBase``.
     """
 
     backend = "jax"
@@ -230,7 +171,6 @@ class Trainer(TrainerBase):
         seed: int | None = None,
         distributed: distributed_.Context | bool | None = None,
         pad_batches_to: int | None = None,
-        program_cache: ProgramCache | None = None,
     ):
         if isinstance(optimizer, OptimizerConfig):
             config = optimizer
@@ -245,10 +185,6 @@ class Trainer(TrainerBase):
             distributed = distributed_.setup()
         if distributed and device is not None:
             raise ValueError(f"device={device} and distributed: the mesh names the devices, leave device out")
-        if pad_batches_to is not None and (
-            isinstance(pad_batches_to, bool) or not isinstance(pad_batches_to, int) or pad_batches_to < 1
-        ):
-            raise ValueError(f"pad_batches_to must be a positive int (the batch size) or None, got {pad_batches_to!r}")
         super().__init__(
             model,
             config,
@@ -256,16 +192,13 @@ class Trainer(TrainerBase):
             batch_transform=batch_transform,
             stop_on_non_finite=stop_on_non_finite,
             distributed=distributed or None,
-            weighted_rows=pad_batches_to is not None,
+            pad_batches_to=pad_batches_to,
         )
-        self.pad_batches_to = pad_batches_to
         self.device = jax.devices(device)[0] if isinstance(device, str) else device
         self.optimizer = build_optimizer(optimizer) if config is not None else optimizer
         if seed is None:
             seed = getattr(getattr(model, "config", None), "seed", 0)
-        self.train_step, self.eval_step = make_steps(
-            model, optimizer, seed, self.distributed, program_cache, self.weighted_rows
-        )
+        self.train_step, self.eval_step = make_steps(model, optimizer, seed, self.distributed, self.weighted_rows)
         self.state = self._initial_state()
 
     def _initial_state(self) -> TrainState:
@@ -286,36 +219,10 @@ class Trainer(TrainerBase):
             return to_device(batch, self.device)
         n = leading_dimension(batch)
         world_size = 1 if self.distributed is None else self.distributed.world_size
-        rows_per_device = None
-        if self.pad_batches_to is not None:
-            if n > self.pad_batches_to:
-                raise ValueError(f"a batch of {n} rows is larger than pad_batches_to={self.pad_batches_to}: {_PAD_TO}")
-            rows_per_device = shard_rows(self.pad_batches_to, world_size)
-        rows = global_rows(batch, n, world_size, rows_per_device)
+        rows = global_rows(batch, n, world_size, self.rows_per_device(n, world_size))
         if self.distributed is None:
             return to_device(rows, self.device)
         return distributed_.shard_batch(rows, self.distributed)
-
-    def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, num_epochs: int = 1):
-        # Refused before the first step, not at the first large batch (validation's: an epoch later).
-        self._check_padding(train_loader, "train")
-        if val_loader is not None:
-            self._check_padding(val_loader, "val")
-        return super().fit(train_loader, val_loader, num_epochs)
-
-    def evaluate(self, loader: Iterable) -> float:
-        self._check_padding(loader, "evaluation")
-        return super().evaluate(loader)
-
-    def _check_padding(self, loader: Iterable, what: str) -> None:
-        """Refuses a loader whose sampler yields batches larger than ``pad_batches_to`` (other
-        loaders are checked batch by batch, in ``_to_batch``)."""
-        sampler = find_sampler(loader)
-        if self.pad_batches_to is not None and sampler is not None and sampler.batch_size > self.pad_batches_to:
-            raise ValueError(
-                f"the {what} loader's batches hold up to {sampler.batch_size} samples, more than "
-                f"pad_batches_to={self.pad_batches_to}: {_PAD_TO}"
-            )
 
     def _train_step(self, batch: Any) -> jax.Array:
         self.state, metrics = self.train_step(self.state, batch)
@@ -380,7 +287,7 @@ class Trainer(TrainerBase):
         arrays = {}
         for slot in OPTIMIZER_SLOTS[self.optimizer_config.name]:
             state_type, field = _SLOT_FIELDS[slot]
-            (found,) = _find_states(self.state.opt_state, state_type)
+            (found,) = find_states(self.state.opt_state, state_type)
             for name, value in weights.to_numpy(self.model, getattr(found, field)).items():
                 arrays[f"{slot}/{name}"] = value
         return arrays
@@ -399,7 +306,7 @@ class Trainer(TrainerBase):
                 updates["count"] = jnp.array(step, jnp.int32)  # a buffer of its own: the state is donated
             return node._replace(**updates) if updates else node
 
-        opt_state = _map_states(self.optimizer.init(self.state.params), restore)
+        opt_state = map_states(self.optimizer.init(self.state.params), restore)
         self.state = self._committed(self.state._replace(opt_state=opt_state, step=jnp.array(step, jnp.int32)))
 
     def _framework_optimizer_json(self) -> dict:
@@ -461,35 +368,9 @@ def train(
 
 @jax.jit
 def _device_copy(tree: Any) -> Any:
-    """A copy of every array of ``tree`` in one dispatch (eager ``jnp.copy`` per leaf cost ~20 ms
-    an epoch for the small models here)."""
+    """A copy of every array of ``tree`` in one dispatch, not one eager ``jnp.copy`` per leaf."""
     return jax.tree.map(jnp.copy, tree)
 
 
 def _leaf_paths(tree: Any) -> list[str]:
     return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
-def _is_optax_state(node: Any) -> bool:
-    return isinstance(node, tuple) and hasattr(node, "_fields")
-
-
-def _map_states(opt_state: Any, fn) -> Any:
-    """Applies ``fn`` to every optax state namedtuple inside a chain's nested tuples."""
-    if _is_optax_state(opt_state):
-        return fn(opt_state)
-    if isinstance(opt_state, tuple):
-        return tuple(_map_states(child, fn) for child in opt_state)
-    return opt_state
-
-
-def _find_states(opt_state: Any, state_type: type) -> list:
-    found = []
-
-    def collect(node: Any) -> Any:
-        if isinstance(node, state_type):
-            found.append(node)
-        return node
-
-    _map_states(opt_state, collect)
-    return found

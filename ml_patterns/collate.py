@@ -70,7 +70,7 @@ Labels = np.ndarray | dict[str, np.ndarray] | None
 
 @dataclasses.dataclass(frozen=True)
 class FlatBatch:
-    """A checked batch, not yet padded: what the two backends pad, each its own way."""
+    """A checked batch, not yet padded (``collate_arrays`` pads it)."""
 
     ids: np.ndarray  # [sum(lengths)] int64, every record's ids one after another (truncated)
     lengths: np.ndarray  # [B] int64, each >= 1
@@ -150,6 +150,42 @@ def flatten_batch(
         ids = ids[np.arange(len(ids)) - starts < max_length]
         lengths = np.minimum(lengths, max_length)
     return FlatBatch(ids, lengths, padded_length(int(lengths.max()), pad_to_multiple_of, buckets), _labels(batch))
+
+
+def collate_arrays(
+    batch: Sequence[Mapping[str, Any]],
+    pad_token_id: int,
+    *,
+    integer_dtype: type[np.integer],
+    pad_to_multiple_of: int | None = None,
+    buckets: Sequence[int] | None = None,
+    max_length: int | None = None,
+    truncate: bool = True,
+) -> dict[str, Any]:
+    """The collated batch (this module's docstring) as numpy arrays, ``input_ids`` and integer labels
+    of ``integer_dtype`` (the backend's integer width: int64 for torch, int32 for JAX)."""
+    flat = flatten_batch(
+        batch,
+        pad_token_id,
+        pad_to_multiple_of=pad_to_multiple_of,
+        buckets=buckets,
+        max_length=max_length,
+        truncate=truncate,
+    )
+    attention_mask = np.arange(flat.padded_length) < flat.lengths[:, None]  # [B, L]
+    input_ids = np.full(attention_mask.shape, pad_token_id, dtype=integer_dtype)
+    # Row-major boolean assignment fills each row's first ``length`` slots with its ids, in order.
+    input_ids[attention_mask] = flat.ids
+    out = {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def width(labels: np.ndarray) -> np.ndarray:  # the core checked that integer labels fit int32
+        return labels.astype(integer_dtype, copy=False) if np.issubdtype(labels.dtype, np.integer) else labels
+
+    if isinstance(flat.labels, dict):
+        out["labels"] = {name: width(values) for name, values in flat.labels.items()}
+    elif flat.labels is not None:
+        out["labels"] = width(flat.labels)
+    return out
 
 
 def padded_length(longest: int, pad_to_multiple_of: int | None, buckets: tuple[int, ...] | None) -> int:

@@ -108,8 +108,8 @@ def shard_rows(n: int, world_size: int) -> int:
 def shard(indices: Sequence[int], world_size: int, rank: int, rows: int | None = None) -> Shard:
     """Rank ``rank``'s part of the global batch ``indices``: its contiguous slice, padded to
     ``rows`` rows (default ``ceil(len(indices) / world_size)``, the fewest) with weight-0 repeats of
-    ``indices[0]``. A fixed ``rows`` gives a short last batch the shape of the full ones (JAX's
-    ``Trainer(pad_batches_to=...)``: one program for both).
+    ``indices[0]``. A fixed ``rows`` gives a short last batch the shape of the full ones
+    (``Trainer(pad_batches_to=...)``: one program for both, where a backend compiles one per shape).
 
     Raises ``ValueError`` for an empty batch (no rank could pad), a bad ``world_size``/``rank``, or
     ``rows`` too few for the rank's samples.
@@ -154,9 +154,10 @@ def take_rows(batch: Any, positions: Sequence[int]) -> Any:
     return batch
 
 
-def rank_rows(batch: Any, n: int, world_size: int, rank: int) -> tuple[Any, np.ndarray]:
-    """``(rows, weight)``: rank ``rank``'s ``shard`` of a collated global batch of ``n`` samples."""
-    part = shard(range(n), world_size, rank)
+def rank_rows(batch: Any, n: int, world_size: int, rank: int, rows: int | None = None) -> tuple[Any, np.ndarray]:
+    """``(rows, weight)``: rank ``rank``'s ``shard`` of a collated global batch of ``n`` samples,
+    ``rows`` rows (default: the fewest)."""
+    part = shard(range(n), world_size, rank, rows)
     return take_rows(batch, part.indices), part.weight
 
 

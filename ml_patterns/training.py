@@ -20,7 +20,7 @@ weighs the same, whatever batch it landed in (a short last batch does not count 
 ``n_b`` is the leading dimension of the batch's first array (mapping order; after the transform),
 unless the loader or the model defines ``batch_size(batch) -> int`` (the loader's is asked first,
 with the batch as the loader yielded it; the model's with the batch ``compute_loss`` receives, or,
-where the step gets ``(rows, weight)`` with padding rows (data parallelism, JAX's
+where the step gets ``(rows, weight)`` with padding rows (data parallelism,
 ``pad_batches_to``), with the host batch before padding).
 Both backends accumulate ``n_b * loss_b`` on the device and read it once per epoch.
 
@@ -35,48 +35,21 @@ Non-finite losses. By default (``stop_on_non_finite=True``) training stops at th
 epoch whose train or val loss is NaN or infinite, ``stop_reason`` saying so: the check reads the
 epoch means already on the host, so it costs no extra sync.
 
-Full training checkpoint: a directory, published atomically (``ml_patterns.io.staged_directory``;
-written and read by ``ml_patterns.training_checkpoint``)::
-
-    PATH/model.safetensors      the model, in the portable format of ml_patterns.checkpoint
-    PATH/optimizer.safetensors  the optimizer's arrays (below)
-    PATH/trainer_state.json     next epoch, optimizer step, sampler state, callback states, history,
-                                the backend that wrote it, format version
-    PATH/checksums.json         the sha256 of the three files above, verified before a load applies
-                                anything (a load is all or nothing: ``TrainerBase.load_checkpoint``)
-
-With an ``ml_patterns.optim.OptimizerConfig`` the optimizer's arrays are its slots in the canonical
-naming, ``"<slot>/<parameter name>"`` (exp_avg/exp_avg_sq for the Adam family, momentum_buffer for
-SGD) in the parameter's canonical (torch) layout, so either backend resumes a checkpoint written
-by either. With a framework optimizer instance (a ``torch.optim.Optimizer``, an
-``optax.GradientTransformation``) they are that framework's own state (torch: the tensors of
-``optimizer.state_dict()``, its other entries in the JSON; optax: the leaves of the state pytree),
-which only the same backend resumes: the other refuses, saying why.
+Full training checkpoints (``save_checkpoint``, ``load_checkpoint``): ``ml_patterns.training_resume``.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
 from ml_patterns.callbacks import Callback
-from ml_patterns.distributed import check_loss_sums
+from ml_patterns.distributed import check_loss_sums, shard_rows
 from ml_patterns.history import History
 from ml_patterns.optim import OptimizerConfig
-from ml_patterns.samplers import BatchSampler
-from ml_patterns.training_checkpoint import (
-    check_optimizer_state,
-    load_training_checkpoint,
-    optimizer_arrays_to_slots,
-    save_training_checkpoint,
-)
+from ml_patterns.training_resume import ResumableTrainer, find_sampler
 
 # A callback may define any of them (the seed's own Callback class has only the middle three).
 HOOKS = ("on_train_start", "on_epoch_start", "on_batch_end", "on_epoch_end", "on_train_end")
@@ -133,27 +106,10 @@ def epoch_mean(total: Any, count: int, what: str) -> float:
     return float(total) / count
 
 
-def find_sampler(loader: Any) -> BatchSampler | None:
-    """The ``BatchSampler`` behind a torch ``DataLoader`` (``batch_sampler``) or a ``BatchLoader``
-    (``sampler``), whose state a checkpoint keeps; None for other iterables."""
-    for attribute in ("batch_sampler", "sampler"):
-        sampler = getattr(loader, attribute, None)
-        if isinstance(sampler, BatchSampler):
-            return sampler
-    return None
+_PAD_TO = "set pad_batches_to to the largest batch size of the loaders given to fit and evaluate"
 
 
-def load_callback_states(callbacks: Sequence, states: list[dict], source: str | os.PathLike) -> None:
-    """Hands each callback its saved state; the callbacks must be the ones the run was saved with
-    (a trainer without callbacks, e.g. to evaluate or fine-tune, takes none of them)."""
-    if callbacks and len(states) != len(callbacks):
-        raise ValueError(f"{source} holds {len(states)} callback states, this trainer has {len(callbacks)} callbacks")
-    for callback, state in zip(callbacks, states):
-        if hasattr(callback, "load_state_dict"):
-            callback.load_state_dict(state)
-
-
-class TrainerBase:
+class TrainerBase(ResumableTrainer):
     """The training loop, its hooks and its checkpoints, written once; a backend adds the arithmetic.
 
     The contract users see is documented on ``torch_impl.training``. A backend's ``Trainer``
@@ -161,9 +117,19 @@ class TrainerBase:
     device, one optimizer step, one evaluation step, and how its weights and optimizer state
     convert to and from the arrays of a checkpoint.
 
-    ``weighted_rows``: the backend hands its steps ``(rows, weight)`` batches padded with weight-0
-    rows and takes the loss from the model's ``loss_sums`` (always under data parallelism; JAX's
-    ``pad_batches_to`` on one device), so the model must have ``loss_sums``.
+    ``pad_batches_to``: rows every batch is padded to (the loader's batch size; under data
+    parallelism, the global batch's, each device computing ``ceil(N / devices)``), with weight-0
+    repeats of its first sample, so that every batch has one shape: a backend that compiles a
+    program per shape (JAX) runs the short last batch with the full batches' program. A loader
+    whose batches may be larger is refused before training. None (default): batches run as they come.
+
+    ``weighted_rows`` (``pad_batches_to`` or data parallelism): the backend hands its steps
+    ``(rows, weight)`` batches and takes the loss from the model's ``loss_sums(batch, weight)``, the
+    global mean over the real rows (``ml_patterns.distributed.global_mean``), so the model must
+    have ``loss_sums``. The losses, gradients and epoch means are those of the real rows alone, up
+    to the order of sums, with one difference: a loss part whose count is 0 adds 0 where a model's
+    own ``compute_loss`` might give NaN. Padding rows do go through the forward pass: a layer that
+    mixes rows (batch normalization's statistics) would see them.
     """
 
     backend: str
@@ -177,13 +143,18 @@ class TrainerBase:
         batch_transform: BatchTransform | None = None,
         stop_on_non_finite: bool = True,
         distributed: Any = None,
-        weighted_rows: bool = False,
+        pad_batches_to: int | None = None,
     ):
-        self.weighted_rows = weighted_rows or distributed is not None
+        if pad_batches_to is not None and (
+            isinstance(pad_batches_to, bool) or not isinstance(pad_batches_to, int) or pad_batches_to < 1
+        ):
+            raise ValueError(f"pad_batches_to must be a positive int (the batch size) or None, got {pad_batches_to!r}")
+        self.pad_batches_to = pad_batches_to
+        self.weighted_rows = pad_batches_to is not None or distributed is not None
         if distributed is not None:
             check_loss_sums(model)
-        elif weighted_rows:
-            check_loss_sums(model, "padding rows need, to leave them out of the loss (JAX's pad_batches_to)")
+        elif pad_batches_to is not None:
+            check_loss_sums(model, "padding rows need, to leave them out of the loss (pad_batches_to)")
         self.model = model
         # A backend's distributed.Context (world_size, rank, is_main), or None on one device.
         self.distributed = distributed
@@ -211,6 +182,10 @@ class TrainerBase:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, num_epochs: int = 1) -> History:
+        # Refused before the first step, not at the first large batch (validation's: an epoch later).
+        self._check_padding(train_loader, "train")
+        if val_loader is not None:
+            self._check_padding(val_loader, "val")
         self._train_loader = train_loader
         if self._pending_sampler_state is not None:
             sampler = find_sampler(train_loader)
@@ -276,6 +251,7 @@ class TrainerBase:
 
     def evaluate(self, loader: Iterable) -> float:
         """The loss over ``loader``, weighted per sample, dropout off."""
+        self._check_padding(loader, "evaluation")
         self._set_mode(train=False)
         total, count = 0.0, 0
         for _, batch, n in self._batches(loader, 0, train=False):
@@ -283,109 +259,25 @@ class TrainerBase:
             count += n
         return epoch_mean(total, count, "evaluation")
 
-    # -- checkpoints ------------------------------------------------------------------------
-    def save_checkpoint(self, path: str | os.PathLike) -> None:
-        """Writes the full training checkpoint (see this module's docstring) atomically; under data
-        parallelism only rank 0 writes (every rank holds the same weights and optimizer state)."""
-        if not self.is_main:
-            return
-        sampler = find_sampler(self._train_loader)
-        if self.optimizer_config is not None:
-            optimizer = {"name": self.optimizer_config.name, "step": self.optimizer_step}
-        else:
-            optimizer = {"framework": self.backend, "step": self.optimizer_step, **self._framework_optimizer_json()}
-        save_training_checkpoint(
-            path,
-            write_model=self._write_model,
-            optimizer_arrays=self._optimizer_arrays(),
-            state={
-                "backend": self.backend,
-                "epoch": self.epoch,
-                "optimizer": optimizer,
-                "sampler": sampler.state_dict() if sampler is not None else None,
-                "callbacks": [c.state_dict() if hasattr(c, "state_dict") else {} for c in self.callbacks],
-                "history": self.history.state_dict(),
-                **self._backend_state(),
-            },
-        )
-
-    def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Restores model, optimizer, schedule, epoch, history, callbacks and (at the next ``fit``)
-        the sampler. A checkpoint of an ``OptimizerConfig`` run resumes on either backend; one of a
-        framework optimizer instance only on the backend that wrote it.
-
-        All or nothing: every file is checked against its checksum and everything is read and
-        checked (state types, optimizer, callbacks) before anything is applied; should applying
-        fail all the same, the trainer is put back as it was, from a checkpoint of itself written
-        first (the save/load path both backends resume from bit for bit). A failed load changes
-        neither the weights, the optimizer, the epoch, the history nor the callbacks.
-        """
-        checkpoint = load_training_checkpoint(path)
-        slots = self._check_checkpoint(path, *checkpoint)
-        with tempfile.TemporaryDirectory(prefix="ml-patterns-undo-") as scratch:
-            undo = Path(scratch) / "trainer"
-            pending_sampler_state = self._pending_sampler_state
-            self.save_checkpoint(undo)
-            try:
-                self._apply_checkpoint(path, *checkpoint, slots)
-            except BaseException:
-                before = load_training_checkpoint(undo)
-                self._apply_checkpoint(undo, *before, self._check_checkpoint(undo, *before))
-                self._pending_sampler_state = pending_sampler_state
-                raise
-
-    def _check_checkpoint(self, path, model_file: Path, optimizer_arrays: dict, saved: dict) -> dict | None:
-        """Refuses a checkpoint this trainer cannot take, changing nothing; returns the optimizer slots
-        of an ``OptimizerConfig`` checkpoint."""
-        optimizer = saved["optimizer"]
-        if self.callbacks and len(saved["callbacks"]) != len(self.callbacks):
+    # -- padding ----------------------------------------------------------------------------
+    def _check_padding(self, loader: Iterable, what: str) -> None:
+        """Refuses a loader whose sampler yields batches larger than ``pad_batches_to`` (other
+        loaders are checked batch by batch, in ``rows_per_device``)."""
+        sampler = find_sampler(loader)
+        if self.pad_batches_to is not None and sampler is not None and sampler.batch_size > self.pad_batches_to:
             raise ValueError(
-                f"{path} holds {len(saved['callbacks'])} callback states, this trainer has "
-                f"{len(self.callbacks)} callbacks: resume with the callbacks the run was saved with"
+                f"the {what} loader's batches hold up to {sampler.batch_size} samples, more than "
+                f"pad_batches_to={self.pad_batches_to}: {_PAD_TO}"
             )
-        if self.optimizer_config is not None:
-            if "framework" in optimizer:
-                raise ValueError(
-                    f"{path} was written by a trainer with a {optimizer['framework']} optimizer instance "
-                    f"({optimizer.get('class')}); this trainer uses OptimizerConfig({self.optimizer_config.name!r}). "
-                    "Resume it with the same kind of optimizer"
-                )
-            name = optimizer["name"]
-            if name != self.optimizer_config.name:
-                raise ValueError(
-                    f"{path} was written with optimizer {name!r}, this trainer uses {self.optimizer_config.name!r}"
-                )
-            slots = optimizer_arrays_to_slots(optimizer_arrays)
-            check_optimizer_state(name, slots, self._parameter_names(), str(path))
-            return slots
-        if "framework" not in optimizer:
-            raise ValueError(
-                f"{path} was written with OptimizerConfig({optimizer['name']!r}); this trainer has a {self.backend} "
-                "optimizer instance. Resume it with a trainer given that OptimizerConfig"
-            )
-        if optimizer["framework"] != self.backend:
-            raise ValueError(
-                f"{path} holds the state of a {optimizer['framework']} optimizer ({optimizer.get('class')}), which "
-                f"only {optimizer['framework']} can read: {self.backend} optimizers keep other state in another "
-                f"layout. Resume it with {optimizer['framework']}'s Trainer, or train with an "
-                "ml_patterns.optim.OptimizerConfig, whose checkpoints both backends resume"
-            )
-        self._check_framework_optimizer(optimizer_arrays, optimizer, str(path))
-        return None
 
-    def _apply_checkpoint(
-        self, path, model_file: Path, optimizer_arrays: dict, saved: dict, slots: dict | None
-    ) -> None:
-        self._load_weights(model_file)
-        if slots is not None:
-            self._load_optimizer(slots, saved["optimizer"]["step"])
-        else:
-            self._load_framework_optimizer(optimizer_arrays, saved["optimizer"], str(path))
-        load_callback_states(self.callbacks, saved["callbacks"], path)
-        self.epoch = saved["epoch"]
-        self.history.load_state_dict(saved["history"])
-        self._pending_sampler_state = saved["sampler"]
-        self._load_backend_state(saved)
+    def rows_per_device(self, n: int, world_size: int) -> int | None:
+        """Rows each device computes for a batch of ``n`` samples: ``pad_batches_to``'s share, or
+        None (the fewest, ``ceil(n / world_size)``) without it."""
+        if self.pad_batches_to is None:
+            return None
+        if n > self.pad_batches_to:
+            raise ValueError(f"a batch of {n} rows is larger than pad_batches_to={self.pad_batches_to}: {_PAD_TO}")
+        return shard_rows(self.pad_batches_to, world_size)
 
     # -- what a backend provides ------------------------------------------------------------
     def _set_mode(self, train: bool) -> None:
@@ -403,43 +295,3 @@ class TrainerBase:
 
     def _eval_step(self, batch: Any) -> Any:
         raise NotImplementedError
-
-    @property
-    def optimizer_step(self) -> int:
-        raise NotImplementedError
-
-    def _parameter_names(self) -> list[str]:
-        """Canonical names of the trainable parameters."""
-        raise NotImplementedError
-
-    def _write_model(self, path: Path) -> None:
-        raise NotImplementedError
-
-    def _load_weights(self, model_file: Path) -> None:
-        raise NotImplementedError
-
-    def _optimizer_arrays(self) -> dict[str, np.ndarray]:
-        """OptimizerConfig: ``{"<slot>/<parameter name>": array}`` for the slots of ``OPTIMIZER_SLOTS``;
-        a framework optimizer: its own arrays, named as ``_load_framework_optimizer`` reads them."""
-        raise NotImplementedError
-
-    def _load_optimizer(self, slots: dict[str, dict[str, np.ndarray]], step: int) -> None:
-        raise NotImplementedError
-
-    def _framework_optimizer_json(self) -> dict:
-        """The JSON part of a framework optimizer's state (``"class"`` at least)."""
-        raise NotImplementedError
-
-    def _check_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
-        """Refuses (ValueError naming ``source``) a framework optimizer state this trainer's optimizer cannot take."""
-        raise NotImplementedError
-
-    def _load_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
-        raise NotImplementedError
-
-    def _backend_state(self) -> dict:
-        """Extra JSON entries of this backend's checkpoints."""
-        return {}
-
-    def _load_backend_state(self, saved: dict) -> None:
-        """Reads back ``_backend_state``'s entries (from a checkpoint of either backend)."""

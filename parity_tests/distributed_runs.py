@@ -199,13 +199,13 @@ def torch_model():
     return model
 
 
-def torch_trainer(distributed=None):
+def torch_trainer(distributed=None, **options):
+    """torch's Trainer of the token model; ``options`` go to ``Trainer`` (``pad_batches_to``)."""
     from torch_impl import state
     from torch_impl.training import Trainer
 
-    trainer = Trainer(
-        torch_model(), OPTIMIZER, [StepLosses()], device="cpu" if distributed is None else None, distributed=distributed
-    )
+    device = "cpu" if distributed is None else None
+    trainer = Trainer(torch_model(), OPTIMIZER, [StepLosses()], device=device, distributed=distributed, **options)
     return trainer, lambda: state.to_numpy(trainer.model)
 
 

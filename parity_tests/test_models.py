@@ -2,7 +2,7 @@
 part and every parameter's gradient (of the total and of each head's loss alone), on a random and a
 real batch with padding; bfloat16; dropout in eval (exact) and train mode (statistically).
 
-``ml_patterns_app.parity_report.measure`` runs both sides (and torch in float64, the reference that tells
+``ml_patterns_app.porting.parity_report.measure`` runs both sides (and torch in float64, the reference that tells
 float32 rounding from a real difference: see ``ml_patterns.parity``); the ``ml-patterns parity``
 command runs the same function, so the report and this suite check the same thing.
 
@@ -30,7 +30,7 @@ from ml_patterns.molecules.batches import prepare_batch
 from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.molecules.masking import FIRST_REGULAR_ID
 from ml_patterns.molecules.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from ml_patterns_app.parity_report import build_pair, measure
+from ml_patterns_app.porting.parity_report import build_pair, measure
 from parity_tests import tolerances
 
 BATCH, LENGTH = 8, 48

@@ -11,9 +11,10 @@ import threading
 import numpy as np
 import pytest
 
-from bench import runner
-from bench.common import CONTENDERS, Contender, cpu_count, plan_repeats, restrict_cpus, time_call
+from ml_patterns.machine import cpu_count, restrict_cpus
 from ml_patterns_app.cli import main
+from ml_patterns_bench import runner
+from ml_patterns_bench.common import CONTENDERS, Contender, plan_repeats, time_call
 
 # Equal losses prove the contenders ran the same workload: the forward tolerance of docs/PARITY.md
 # (copied weights), here over the first Adam steps too.
@@ -24,7 +25,7 @@ LOSS_RTOL = {"cpu": 1e-5, "gpu": 1e-4}
 def quick_report(default_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     assert main(["bench", "--quick", "--out", str(out), "--data", str(default_dataset[0])]) == 0
-    return out, json.loads((out / "bench.json").read_text())
+    return out, json.loads((out / "ml_patterns_bench.json").read_text())
 
 
 def test_quick_run_records_the_environment_and_the_policy(quick_report):
@@ -74,14 +75,14 @@ def test_contenders_train_the_same_mlp(quick_report):
 
 def test_quick_run_writes_markdown_and_a_png(quick_report):
     out, report = quick_report
-    markdown = (out / "bench.md").read_text()
+    markdown = (out / "ml_patterns_bench.md").read_text()
     assert "| benchmark | workload | contender | device | median |" in markdown
     assert "precision policy `float32`" in markdown and "quick run" in markdown
     mlp_rows = sum(r["benchmark"] == "mlp_train_step" for r in report["results"])
     # one line per row in the table, one per workload in the summary relative to torch eager
     assert markdown.count("| mlp_train_step |") == mlp_rows + 1
     assert "| mlp_train_step | small: batch 64" in markdown.split("relative to torch eager")[1]
-    png = (out / "bench.png").read_bytes()
+    png = (out / "ml_patterns_bench.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
 
@@ -100,7 +101,7 @@ torch_compile_warnings = pytest.mark.filterwarnings(
 def test_torch_compile_contender_times_compile_apart():
     # inductor's cold compile is ~50 s on two cores; aot_eager runs the same path (dynamo, AOT
     # autograd, the warm-up accounting) in seconds.
-    from bench import harness, mlp
+    from ml_patterns_bench import harness, mlp
 
     step = mlp.step(mlp.make_problem(mlp.MLPSize("tiny", 8, 16, 2)))
     with harness.configured(cpu_count(), "float32"):
@@ -115,7 +116,7 @@ def test_torch_compile_contender_times_compile_apart():
 
 
 def test_a_failing_torch_compile_is_skipped_with_its_reason():
-    from bench import harness, mlp
+    from ml_patterns_bench import harness, mlp
 
     step = mlp.step(mlp.make_problem(mlp.MLPSize("tiny", 8, 16, 2)))
     with harness.configured(cpu_count(), "float32"):
@@ -124,14 +125,14 @@ def test_a_failing_torch_compile_is_skipped_with_its_reason():
 
 
 def test_gpu_requested_without_one_is_a_clear_error(default_dataset, tmp_path, capsys):
-    from bench import harness
+    from ml_patterns_bench import harness
 
     if any(runtime.device("gpu") is not None for runtime in harness.RUNTIMES.values()):
         pytest.skip("this machine has a GPU")
     args = ["bench", "--device", "gpu", "--only", "data", "--out", str(tmp_path), "--data", str(default_dataset[0])]
     assert main(args) == 2
     assert "--device gpu: no CUDA GPU found" in capsys.readouterr().err
-    assert not (tmp_path / "bench.json").exists()
+    assert not (tmp_path / "ml_patterns_bench.json").exists()
 
 
 def test_unknown_benchmark_is_refused_with_the_valid_names(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""bench.training: the rows it reports, the FLOP count, the interleaving (structure only: no speed assertions)."""
+"""bench/training.py: the rows it reports, the FLOP count, the interleaving (structure only: no speed assertions)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from torch.utils.flop_counter import FlopCounterMode
 import torch_impl.models
 import torch_impl.molecules.models
 import torch_impl.training
-from bench import flops, harness, training
-from bench.common import QUICK_CONTENDERS, BenchContext, Contender
-from bench.models import ModelSize, make_problem
 from ml_patterns.errors import UsageError
 from ml_patterns.molecules.prepare import read_manifest
+from ml_patterns_bench import flops, harness, training
+from ml_patterns_bench.common import QUICK_CONTENDERS, BenchContext, Contender
+from ml_patterns_bench.models import ModelSize, make_problem
 from tests.test_models_bench import written_out_attention
 
 TINY = ModelSize("tiny", d_model=16, n_layers=1, n_heads=2, batch=8, length=16)

@@ -93,7 +93,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     def buggy(args):
         raise KeyError("a bug")
 
-    monkeypatch.setitem(cli.SUBCOMMANDS, "info", (cli._add_info, buggy, "info"))
+    monkeypatch.setitem(cli.SUBCOMMANDS, "info", (cli.SUBCOMMANDS["info"][0], buggy, "info"))
     with pytest.raises(KeyError, match="a bug"):
         main(["info"])
 
@@ -102,7 +102,7 @@ def test_ctrl_c_exits_130_in_one_line(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(cli.SUBCOMMANDS, "info", (cli._add_info, interrupted, "info"))
+    monkeypatch.setitem(cli.SUBCOMMANDS, "info", (cli.SUBCOMMANDS["info"][0], interrupted, "info"))
     assert main(["info"]) == 130
     assert capsys.readouterr().err.strip() == "ml-patterns info: interrupted"
 

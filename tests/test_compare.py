@@ -3,6 +3,7 @@ its verdict must fail), and its parts: the report logic, the progress display, C
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -12,12 +13,14 @@ import time
 
 import pytest
 
+from ml_patterns.parity_floor import FLOOR_MULTIPLE
 from ml_patterns_app.cli import main
 from ml_patterns_app.compare import report as compare_report
 from ml_patterns_app.compare import runner
-from ml_patterns_app.compare.report import build_report, write_report
-from ml_patterns_app.compare.settings import FLOOR_LABEL, FLOOR_RUN, CompareSettings
-from ml_patterns_app.porting.floor import FLOOR_MULTIPLE
+from ml_patterns_app.compare import written as compare_written
+from ml_patterns_app.compare.report import build_report
+from ml_patterns_app.compare.settings import FLOOR_LABEL, FLOOR_RUN, CompareSettings, WorkerJob, WorkerResult
+from ml_patterns_app.compare.written import write_report
 
 
 def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_path, capsys, monkeypatch):
@@ -28,8 +31,8 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
 
     def recording(backend, job, out, label=None):
         result = run_worker(backend, job, out, label)
-        if job["write_weights"]:
-            shutil.copy(job["weights"], weights)
+        if job.write_weights:
+            shutil.copy(job.weights, weights)
         runs[label or backend] = (job, result)
         return result
 
@@ -81,19 +84,18 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
     cache = tmp_path / "cache" / "ml-patterns" / "jax"
     assert results["speed"]["jax"]["compile_cache"]["compile_cache"] == str(cache)
     assert any(cache.iterdir()) and cache.stat().st_mode & 0o777 == 0o700
-    traced = cache.with_name("jax-traced")  # JAX's traced steps, read back by a second run
-    assert results["speed"]["jax"]["compile_cache"]["program_cache"] == str(traced)
-    assert any(traced.glob("gradients-*.jaxprogram")) and traced.stat().st_mode & 0o777 == 0o700
     assert results["speed"]["torch"]["compile_cache"]["compile_cache"] is None  # torch eager compiles nothing
     assert results["speed"]["jax"]["compilations"] >= 2  # at least one train and one eval compilation
     assert results["speed"]["torch"]["compilations"] is None
-    assert sorted(p.name for p in out.iterdir()) == sorted(compare_report.FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(compare_written.FILES)
     assert (out / "drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A JAX side with a porting bug (its learning rate 1.5x torch's) from the same weights: the verdict fails.
     job, _ = runs["jax"]
-    settings = {**job["settings"], "learning_rate": 1.5 * job["settings"]["learning_rate"]}
-    broken = run_worker("jax", {**job, "settings": settings, "weights": str(weights)}, tmp_path / "broken.json")
+    settings = dataclasses.replace(job.settings, learning_rate=1.5 * job.settings.learning_rate)
+    broken = run_worker(
+        "jax", dataclasses.replace(job, settings=settings, weights=str(weights)), tmp_path / "broken.json"
+    )
     results = {"torch": runs["torch"][1], "jax": broken, FLOOR_RUN: runs[FLOOR_LABEL][1]}
     report = build_report(CompareSettings(), default_dataset[1], results, default_dataset[0])
     assert not report["parity"]["passed"] and compare_report.DISAGREE in report["verdict"]
@@ -105,31 +107,31 @@ def fake_result(train_losses, val_losses, step_losses=(2.0, 1.5, 1.0), step_time
     """10 steps an epoch of length 64: 0.1 s each, the first one 1.1 s (it compiles)."""
     epochs = list(range(len(train_losses)))
     step_times = step_times or [[1.1 if e == 0 and i == 0 else 0.1 for i in range(10)] for e in epochs]
-    return {
-        "history": {"epoch": epochs, "train_loss": train_losses, "val_loss": val_losses},
-        "step_losses": list(step_losses),
-        "epoch_times": [{"epoch": e, "train_s": 2.0 if e == 0 else 1.0, "val_s": 0.5} for e in epochs],
-        "step_times": step_times,
-        "step_lengths": [[64] * len(times) for times in step_times],
-        "load_during": [0.5] * len(epochs),
-        "machine_load": machine_load
+    return WorkerResult(
+        history={"epoch": epochs, "train_loss": train_losses, "val_loss": val_losses},
+        step_losses=list(step_losses),
+        epoch_times=[{"epoch": e, "train_s": 2.0 if e == 0 else 1.0, "val_s": 0.5} for e in epochs],
+        step_times=step_times,
+        step_lengths=[[64] * len(times) for times in step_times],
+        load_during=[0.5] * len(epochs),
+        machine_load=machine_load
         or {"load_average_before": [0.2, 0.2, 0.2], "load_average_after": [0.9, 0.3, 0.2], "others_cpu_share": 0.01},
-        "cpus": {"threads": 2, "cpus_available": 2},
-        "padding": {"sampler": "LengthGroupedSampler", "buckets": [64], "token": 0.8, "attention": 0.6},
-        "steps_per_epoch": 10,
-        "samples_per_epoch": 640,
-        "compilations": None,
-        "compile_cache": {},
-        "max_length": 128,
-        "truncated": {"train": 0, "val": 0, "test": 0},
-        "test_metrics": {"MAE TPSA": 1.0},
-        "device": {"kind": "cpu", "name": "CPU"},
-        "versions": {},
-        "threads": 2,
-        "precision": "float32",
-        "peak_memory_bytes": 1,
-        "peak_memory_kind": "process peak RSS",
-    }
+        cpus={"threads": 2, "cpus_available": 2},
+        padding={"sampler": "LengthGroupedSampler", "buckets": [64], "token": 0.8, "attention": 0.6},
+        steps_per_epoch=10,
+        samples_per_epoch=640,
+        compilations=None,
+        compile_cache={},
+        max_length=128,
+        truncated={"train": 0, "val": 0, "test": 0},
+        test_metrics={"MAE TPSA": 1.0},
+        device={"kind": "cpu", "name": "CPU"},
+        versions={},
+        threads=2,
+        precision="float32",
+        peak_memory_bytes=1,
+        peak_memory_kind="process peak RSS",
+    )
 
 
 def fake_results(jax_steps=(2.0, 1.5, 1.0), jax_train=(2.0, 1.0), floor_steps=(2.0, 1.5, 1.0)):
@@ -175,7 +177,7 @@ def test_an_interrupted_write_leaves_the_previous_report(default_dataset, tmp_pa
     def interrupted(report):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(compare_report, "_speed_bars", interrupted)  # the last file written
+    monkeypatch.setattr(compare_written, "_speed_bars", interrupted)  # the last file written
     with pytest.raises(KeyboardInterrupt, match="^$"):
         write_report({**report, "wall_time_s": 2.0}, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -223,7 +225,7 @@ def test_ctrl_c_stops_the_worker(tmp_path, monkeypatch):
     monkeypatch.setattr(runner.StatusLine, "event", ctrl_c)
     start = time.perf_counter()
     with pytest.raises(KeyboardInterrupt, match="^$"):
-        runner.run_worker("torch", {}, tmp_path / "out.json")
+        runner.run_worker("torch", WorkerJob(data="", settings=CompareSettings(), weights=""), tmp_path / "out.json")
     assert time.perf_counter() - start < 30
     with pytest.raises(ProcessLookupError, match="No such process"):  # stopped and reaped
         os.kill(int(pid_file.read_text()), 0)
@@ -339,18 +341,14 @@ def test_compile_cache_refuses_a_directory_others_may_write(tmp_path):
     shared.chmod(0o777)
     with pytest.raises(UsageError, match=r"shared is writable by another user.*chmod 700\) or use another directory"):
         jax_impl.runtime.enable_compile_cache(shared)
-    # compare checks both of its cache directories before any worker trains, naming its opt-out.
-    from ml_patterns_app.compare.runner import check_cache_directories
+    # compare checks its cache directory before any worker trains, naming its opt-out.
+    from ml_patterns_app.compare.runner import check_compile_cache
 
     with pytest.raises(UsageError, match=r"the compile cache .*shared is writable.*, or pass --no-compile-cache"):
-        check_cache_directories(shared)
-    (tmp_path / "theirs-traced").mkdir(mode=0o777)
-    (tmp_path / "theirs-traced").chmod(0o777)
-    with pytest.raises(UsageError, match=r"the program cache .*theirs-traced is writable.*--no-compile-cache"):
-        check_cache_directories(tmp_path / "theirs")
+        check_compile_cache(shared)
     (tmp_path / "a-file").write_text("")
     with pytest.raises(UsageError, match=r"cannot create the compile cache .*a-file/jax .*: pass --no-compile-cache"):
-        check_cache_directories(tmp_path / "a-file" / "jax")
+        check_compile_cache(tmp_path / "a-file" / "jax")
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
     saved = {name: getattr(jax.config, name) for name in names}
     try:
@@ -390,19 +388,3 @@ def test_the_ladder_is_fitted_to_the_batches_both_loaders_draw(default_dataset, 
         drawn = find_sampler(loader)
         assert type(drawn) is type(expected)
         assert all(drawn.batches(epoch) == expected.batches(epoch) for epoch in range(settings.epochs))
-
-
-def test_the_jax_worker_keeps_its_traced_steps_beside_the_compile_cache(monkeypatch, capsys, tmp_path):
-    import importlib.util
-
-    from ml_patterns_app.compare import worker
-
-    job = {"compile_cache": str(tmp_path / "jax")}
-    assert worker._program_cache("jax", job, None).directory == tmp_path / "jax-traced"
-    assert worker._program_cache("torch", job, None) is None and worker._program_cache("jax", {}, None) is None
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "flatbuffers" else find_spec(name, *a)
-    )
-    assert worker._program_cache("jax", job, None) is None  # jax.export cannot serialize without it: no cache
-    assert "flatbuffers is not installed" in capsys.readouterr().out

@@ -207,11 +207,14 @@ def test_safe_divide_is_zero_and_finite_at_count_zero(module):
         assert float(value) == expected and np.isfinite(grad)
 
 
-# -- JAX: one device in this process --------------------------------------------------------------
-def assert_trains_as_the_plain_trainer(other, epochs: int):
-    """``other`` (``jax_trainer``'s pair) trained for ``epochs``: the plain one-device trainer's losses
-    and weights. Returns the plain trainer."""
-    plain, plain_params = distributed_runs.jax_trainer()
+# -- one device in this process -------------------------------------------------------------------
+TRAINERS = {"torch": distributed_runs.torch_trainer, "jax": distributed_runs.jax_trainer}
+
+
+def assert_trains_as_the_plain_trainer(other, epochs: int, backend: str = "jax"):
+    """``other`` (a ``TRAINERS[backend]`` pair) trained for ``epochs``: the plain one-device
+    trainer's losses and weights. Returns the plain trainer."""
+    plain, plain_params = TRAINERS[backend]()
     expected, actual = (distributed_runs.fit(t, p, epochs=epochs) for t, p in ((plain, plain_params), other))
     for key in ("step_loss", "train_loss", "val_loss"):
         np.testing.assert_allclose(actual[key], expected[key], rtol=1e-6, err_msg=key)
@@ -234,6 +237,15 @@ def test_jax_trainer_padding_batches_trains_as_the_batches_themselves():
     assert (padded[0].compilations(), plain.compilations()) == (3, 5)
 
 
+def test_torch_trainer_padding_batches_trains_as_the_batches_themselves():
+    """The same option on torch: the short batches padded with weight-0 rows, the loss from
+    ``loss_sums`` over the real rows, train as the batches themselves."""
+    padded = distributed_runs.torch_trainer(pad_batches_to=distributed_runs.BATCH)
+    assert_trains_as_the_plain_trainer(padded, epochs=2, backend="torch")
+    assert padded[0].weighted_rows
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
 @pytest.mark.parametrize(
     ("pad", "error", "match"),
     [
@@ -242,13 +254,14 @@ def test_jax_trainer_padding_batches_trains_as_the_batches_themselves():
         (8.0, ValueError, "pad_batches_to must be a positive int"),
     ],
 )
-def test_jax_trainer_refuses_a_bad_pad_batches_to(pad, error, match):
+def test_a_trainer_refuses_a_bad_pad_batches_to(backend, pad, error, match):
     with pytest.raises(error, match=match):
-        jax_impl.training.Trainer(distributed_runs.jax_model(), distributed_runs.OPTIMIZER, pad_batches_to=pad)
+        TRAINERS[backend](pad_batches_to=pad)
 
 
-def test_jax_trainer_refuses_loaders_larger_than_it_pads_to_before_training():
-    trainer, _ = distributed_runs.jax_trainer(pad_batches_to=8)
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_a_trainer_refuses_loaders_larger_than_it_pads_to_before_training(backend):
+    trainer, _ = TRAINERS[backend](pad_batches_to=8)
     train, val = distributed_runs.loaders(val_batch=16)
     with pytest.raises(
         ValueError, match="the val loader's batches hold up to 16 samples, more than pad_batches_to=8: set"
@@ -360,7 +373,7 @@ def test_molecule_loss_sums_give_the_loss_of_the_real_rows(default_dataset, back
 
 
 def test_bench_scaling_efficiency_is_against_n_times_one_worker():
-    from bench.distributed import scaling_rows
+    from ml_patterns_bench.distributed import scaling_rows
 
     measured = {1: {"epoch_s": [2.0, 2.0], "samples": 64}, 2: {"epoch_s": [1.25, 1.25], "samples": 64}}
     rows = scaling_rows("w", "torch eager", measured)
@@ -371,19 +384,20 @@ def test_bench_scaling_efficiency_is_against_n_times_one_worker():
 
 def test_compare_checks_each_backend_against_its_one_device_run():
     from ml_patterns_app.compare.report import add_one_device_parity
+    from ml_patterns_app.compare.settings import WorkerResult
 
-    def result(losses: list[float], devices: int, train_s: list[float]) -> dict:
-        return {
-            "history": {"train_loss": losses, "val_loss": losses},
-            "devices": devices,
-            "epoch_times": [{"train_s": s, "val_s": 0.5} for s in train_s],
-            "step_times": [[s / 4] * 4 for s in train_s],  # steady state: the median step, a first step left out
-            "step_lengths": [[64] * 4 for _ in train_s],
-            "steps_per_epoch": 4,
-            "samples_per_epoch": 64,
-            "peak_memory_bytes": 2**20,
-            "peak_memory_kind": "process peak RSS",
-        }
+    def result(losses: list[float], devices: int, train_s: list[float]) -> WorkerResult:
+        return WorkerResult(
+            history={"train_loss": losses, "val_loss": losses},
+            devices=devices,
+            epoch_times=[{"train_s": s, "val_s": 0.5} for s in train_s],
+            step_times=[[s / 4] * 4 for s in train_s],  # steady state: the median step, a first step left out
+            step_lengths=[[64] * 4 for _ in train_s],
+            steps_per_epoch=4,
+            samples_per_epoch=64,
+            peak_memory_bytes=2**20,
+            peak_memory_kind="process peak RSS",
+        )
 
     one = result([2.0, 1.0], 1, [3.0, 2.0, 2.0])
     runs = {

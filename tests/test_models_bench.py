@@ -7,9 +7,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import torch_impl.models
 import torch_impl.molecules.models
 import torch_impl.training
-from bench import flops
-from bench import models as bench_models
-from bench.common import BenchContext
+from ml_patterns_bench import flops
+from ml_patterns_bench import models as bench_models
+from ml_patterns_bench.common import BenchContext
 from tests.test_models import LENGTH, numpy_batch, tiny
 
 

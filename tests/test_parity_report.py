@@ -146,8 +146,8 @@ def test_parity_command_passes_on_the_default_dataset(default_dataset, tmp_path,
 
 def test_parity_command_fails_and_names_the_parameter(default_dataset, tmp_path, capsys, monkeypatch):
     import jax_impl.state
-    from ml_patterns_app import parity_report
     from ml_patterns_app.cli import main
+    from ml_patterns_app.porting import parity_report
 
     build_pair = parity_report.build_pair
 

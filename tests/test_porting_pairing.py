@@ -9,8 +9,8 @@ from pathlib import Path
 from flax import nnx
 from torch import nn
 
-from ml_patterns_app.parity_report import build_pair
 from ml_patterns_app.porting import compare_forward, compare_gradients, transfer_weights
+from ml_patterns_app.porting.parity_report import build_pair
 from tests.test_models import numpy_batch, tiny
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "PORTING.md"

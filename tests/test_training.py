@@ -31,7 +31,7 @@ from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.molecules.batches import BatchPreparer
 from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.optim import OptimizerConfig
-from ml_patterns.training import load_training_checkpoint
+from ml_patterns.training_checkpoint import load_training_checkpoint
 
 IMPLS = {"torch": torch_impl, "jax": jax_impl}
 OPTIMIZER = OptimizerConfig("adamw", learning_rate=2e-3, weight_decay=0.01)

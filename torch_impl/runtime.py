@@ -24,6 +24,18 @@ The contract, documented here once (``jax_impl.runtime`` mirrors it name for nam
   directory must belong to the user and be writable by nobody else: a compiled program read from
   it is run as is. Returns what it did, for the record; torch eager compiles nothing, so here it
   does nothing (``torch.compile`` keeps its own cache, ``TORCHINDUCTOR_CACHE_DIR``).
+- ``padded_batch_rows(batch_size)``: the rows a trainer should pad every batch to
+  (``Trainer(pad_batches_to=...)``), or ``None`` to run batches as they come. Eager torch runs any
+  shape at no extra cost, so ``None``; JAX compiles a program per batch shape, so a short last
+  batch padded to the full size runs the full batches' program.
+- ``environment.process_environment(devices)`` (a module of its own, importable without the
+  framework): environment variables a process must have before the framework starts, to run on
+  ``devices`` devices.
+- ``run_data_parallel(fn, devices, choice, *args)``: ``fn(context, *args)`` data-parallel over
+  ``devices`` devices of ``select_device(choice)``'s kind, ``context`` the backend's
+  ``distributed.Context`` (``None`` for one device: ``fn`` runs here). torch: one DDP process
+  per device (``distributed.launch``); JAX: one mesh in this process.
+- ``gather_model(model, device)``: after data-parallel training, the model's weights on ``device``.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -137,3 +149,21 @@ def predict(
 
 def enable_compile_cache(directory: str | os.PathLike) -> dict:
     return {"compile_cache": None, "why": "torch eager compiles nothing"}
+
+
+def padded_batch_rows(batch_size: int) -> int | None:
+    return None
+
+
+def run_data_parallel(fn: Callable, devices: int, choice: str, *args) -> None:
+    if devices == 1:
+        fn(None, *args)
+        return
+    from torch_impl import distributed
+
+    gpu = choice == "gpu" or (choice == "auto" and torch.cuda.device_count() >= devices)
+    distributed.launch(fn, devices, *args, backend="nccl" if gpu else "gloo")
+
+
+def gather_model(model: torch.nn.Module, dev: torch.device) -> None:
+    model.to(dev)  # DDP keeps rank 0's module whole: its weights are the model's

@@ -3,9 +3,10 @@
 The contract, documented here once (``jax_impl.training`` mirrors it name for name):
 
 - ``Trainer(model, optimizer, callbacks=(), *, device=None, batch_transform=None,
-  stop_on_non_finite=True)``: ``model`` is any ``nn.Module`` with ``compute_loss(batch) -> scalar
-  tensor``; ``optimizer`` a ``torch.optim.Optimizer`` over the model's parameters, or an
-  ``ml_patterns.optim.OptimizerConfig`` (built here; its checkpoints resume on either backend).
+  stop_on_non_finite=True, distributed=None, pad_batches_to=None)``: ``model`` is any
+  ``nn.Module`` with ``compute_loss(batch) -> scalar tensor``; ``optimizer`` a
+  ``torch.optim.Optimizer`` over the model's parameters, or an ``ml_patterns.optim.OptimizerConfig``
+  (built here; its checkpoints resume on either backend).
   ``fit(train_loader, val_loader=None, num_epochs=1)`` runs epochs ``trainer.epoch`` ..
   ``num_epochs - 1`` (``num_epochs`` is the total, so a resumed trainer continues where it stopped)
   and returns the ``History``: ``train_loss`` and ``val_loss`` per epoch, weighted per sample.
@@ -16,6 +17,8 @@ The contract, documented here once (``jax_impl.training`` mirrors it name for na
   environment) trains data-parallel with DDP: each rank's loader yields the same global batch, the
   step takes this rank's shard, the model needs ``loss_sums(batch, weight)``; rank 0 alone writes
   (docs/DISTRIBUTED.md). ``device`` is then the rank's own.
+- ``pad_batches_to``: every batch padded to that many rows, the loss from the model's
+  ``loss_sums(batch, weight)`` over the real rows (``ml_patterns.training.TrainerBase``).
 - No host sync inside an epoch: losses accumulate on the device and are read once per epoch. A
   callback's ``float(loss)`` in ``on_batch_end`` is a sync (ProgressBar does it at most twice a second).
 - Hooks and callbacks: ``ml_patterns.callbacks``. ``save_checkpoint(path)`` writes the full training
@@ -37,7 +40,7 @@ import torch
 
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
-from ml_patterns.distributed import rank_rows
+from ml_patterns.distributed import global_mean, rank_rows
 from ml_patterns.optim import OptimizerConfig
 from ml_patterns.training import BatchTransform, TrainerBase, leading_dimension
 from ml_patterns.training_checkpoint import OPTIMIZER_SLOTS
@@ -61,6 +64,7 @@ class Trainer(TrainerBase):
         batch_transform: BatchTransform | None = None,
         stop_on_non_finite: bool = True,
         distributed: distributed_.Context | bool | None = None,
+        pad_batches_to: int | None = None,
     ):
         if distributed is True:
             distributed = distributed_.setup()
@@ -85,6 +89,7 @@ class Trainer(TrainerBase):
             batch_transform=batch_transform,
             stop_on_non_finite=stop_on_non_finite,
             distributed=distributed or None,
+            pad_batches_to=pad_batches_to,
         )
         self.optimizer = optimizer if config is None else build_optimizer(config, self.model.parameters())
         if self.distributed is not None:  # DDP wraps the model here, broadcasting rank 0's weights
@@ -96,18 +101,25 @@ class Trainer(TrainerBase):
         self.model.train(train)
 
     def _to_batch(self, batch: Any) -> Any:
-        if self.distributed is None:
+        if not self.weighted_rows:
             return to_device(batch, self.device)
-        world, rank = self.distributed.world_size, self.distributed.rank
-        rows, weight = rank_rows(batch, leading_dimension(batch), world, rank)
+        world, rank = (1, 0) if self.distributed is None else (self.distributed.world_size, self.distributed.rank)
+        n = leading_dimension(batch)
+        rows, weight = rank_rows(batch, n, world, rank, self.rows_per_device(n, world))
         return to_device(rows, self.device), torch.from_numpy(weight).to(self.device)
+
+    def _loss(self, batch: Any) -> torch.Tensor:
+        """One device's loss: ``compute_loss``, or of ``(rows, weight)`` the real rows' global mean."""
+        if not self.weighted_rows:
+            return self.model.compute_loss(batch)
+        return global_mean(self.model.loss_sums(*batch), distributed_.safe_divide)
 
     def _train_step(self, batch: Any) -> torch.Tensor:
         if self.distributed is not None:
             loss = self._parallel_train(*batch)  # the global batch's loss
         else:
             self.optimizer.zero_grad()
-            loss = self.model.compute_loss(batch)
+            loss = self._loss(batch)
             loss.backward()
             self.optimizer.step()
             loss = loss.detach()
@@ -116,7 +128,7 @@ class Trainer(TrainerBase):
 
     @torch.no_grad()
     def _eval_step(self, batch: Any) -> torch.Tensor:
-        return self.model.compute_loss(batch) if self.distributed is None else self._parallel_eval(*batch)
+        return self._loss(batch) if self.distributed is None else self._parallel_eval(*batch)
 
     def compilations(self) -> int | None:
         """Programs compiled for this trainer's steps so far; None: eager torch compiles nothing

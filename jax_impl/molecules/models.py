@@ -25,8 +25,8 @@ class Attention(nnx.Module):
     """Mirrors torch's ``Attention``; its core is always ``reference_attention``, written out, heads
     first as torch's. ``jax.nn.dot_product_attention`` fuses nothing on a CPU (its "xla"
     implementation is the same einsums, masking and softmax under a vmap over query groups) and has
-    no dropout; under XLA:CPU the compare model's train step ran 1-9% slower with it, and 2-3% faster
-    with the heads-first layout than with einsums over ``[B, L, H, hd]`` (docs/PERFORMANCE.md)."""
+    no dropout; under XLA:CPU the compare model's train step was slower with it, and faster with the
+    heads-first layout than with einsums over ``[B, L, H, hd]`` (docs/PERFORMANCE.md)."""
 
     def __init__(self, d_model: int, n_heads: int, dropout: float, *, rngs: nnx.Rngs):
         self.n_heads, self.scale = n_heads, (d_model // n_heads) ** -0.5

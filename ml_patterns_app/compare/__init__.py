@@ -1,12 +1,14 @@
 """``ml-patterns compare``: the same training run in PyTorch and in JAX, on real molecules.
 
-- ``settings``: what the run is (``CompareSettings``), the backends and their labels;
+- ``settings``: what the run is (``CompareSettings``), what one worker is asked (``WorkerJob``),
+  the backends and their labels;
 - ``runner``: the parent process: prepares the data, launches one worker per backend (and torch once
   more from the initial weights one ulp off: the noise floor), shows their live progress, stops them
   on Ctrl-C;
 - ``worker``: one backend's training run, in its own process (``python -m ml_patterns_app.compare.worker``);
 - ``report``: the two runs' losses, step by step and epoch by epoch, against the measured float32
-  noise floor (``ml_patterns_app.porting.floor``), ``report.md``, ``results.json`` and the plots.
+  noise floor (``ml_patterns.parity_floor``), the metrics and speed side by side, the verdict;
+- ``written``: ``report.md``, ``results.json`` and the plots.
 """
 
 from ml_patterns_app.compare.runner import run_compare

@@ -1,27 +1,21 @@
 """``ml-patterns compare``'s verdict: the two runs' losses, step by step and epoch by epoch, against
 the float32 noise floor measured by a third run (torch from the initial weights moved by one ulp;
-``ml_patterns_app.porting.floor``), the test metrics and the speed side by side, written as
-``results.json``, ``report.md`` and three plots."""
+``ml_patterns.parity_floor``), the test metrics and the speed side by side, written as
+``results.json``, ``report.md`` and three plots (``written``)."""
 
 from __future__ import annotations
 
 import dataclasses
-import io
-import json
 import statistics
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from bench.common import environment
 from ml_patterns import parity
-from ml_patterns.io import atomic_write_bytes, atomic_write_text, staged_directory
-from ml_patterns_app.compare.settings import BACKENDS, FLOOR_RUN, LABELS, CompareSettings
-from ml_patterns_app.porting.floor import FLOOR_MULTIPLE, drift_and_floor, drift_figure, first_outside
+from ml_patterns.machine import environment
+from ml_patterns.parity_floor import FLOOR_MULTIPLE, drift_and_floor, first_outside
+from ml_patterns_app.compare.settings import BACKENDS, FLOOR_RUN, LABELS, CompareSettings, WorkerResult
 
-FILES = ("report.md", "results.json", "loss_curves.png", "drift.png", "speed.png")
 AGREE = (
     f"they agree numerically: every step's and every epoch's loss stays within {FLOOR_MULTIPLE:g}x the "
     "float32 noise floor"
@@ -32,13 +26,13 @@ DISAGREE = (
 )
 
 
-def build_report(settings: CompareSettings, manifest: dict, results: dict, data_dir: Path) -> dict:
+def build_report(settings: CompareSettings, manifest: dict, results: dict[str, WorkerResult], data_dir: Path) -> dict:
     """``results``: each backend's worker result (``worker.run_worker``), and ``FLOOR_RUN``'s (torch
     again, its initial weights one ulp off)."""
-    device_kind = "gpu" if any(r["device"]["kind"] == "gpu" for r in results.values()) else "cpu"
+    device_kind = "gpu" if any(r.device["kind"] == "gpu" for r in results.values()) else "cpu"
     minimum = parity.tolerance("loss", device_kind)
     torch_r, jax_r, floor_r = results["torch"], results["jax"], results[FLOOR_RUN]
-    drift, floor = drift_and_floor(torch_r["step_losses"], jax_r["step_losses"], floor_r["step_losses"], minimum)
+    drift, floor = drift_and_floor(torch_r.step_losses, jax_r.step_losses, floor_r.step_losses, minimum)
     first = first_outside(drift, floor)
     ratio = drift / floor
     steps = {
@@ -48,10 +42,10 @@ def build_report(settings: CompareSettings, manifest: dict, results: dict, data_
         "first_outside": first,
         "final_drift": float(drift[-1]),
         "final_floor": float(floor[-1]),
-        "losses": {"torch": torch_r["step_losses"], "jax": jax_r["step_losses"], FLOOR_RUN: floor_r["step_losses"]},
+        "losses": {"torch": torch_r.step_losses, "jax": jax_r.step_losses, FLOOR_RUN: floor_r.step_losses},
     }
     passed = first is None
-    torch_h, jax_h, floor_h = torch_r["history"], jax_r["history"], floor_r["history"]
+    torch_h, jax_h, floor_h = torch_r.history, jax_r.history, floor_r.history
     rows = [{"epoch": epoch} for epoch in range(len(torch_h["epoch"]))]
     for key in ("train_loss", "val_loss"):
         drift_e, floor_e = drift_and_floor(torch_h[key], jax_h[key], floor_h[key], minimum)
@@ -73,21 +67,21 @@ def build_report(settings: CompareSettings, manifest: dict, results: dict, data_
             "path": str(data_dir),
             "source": manifest["source"]["name"],
             "splits": manifest["splits"],
-            "max_length": torch_r["max_length"],
-            "truncated_molecules": torch_r["truncated"],
+            "max_length": torch_r.max_length,
+            "truncated_molecules": torch_r.truncated,
         },
         "device_kind": device_kind,
         "noise_floor": {
             "multiple": FLOOR_MULTIPLE,
             "minimum": {"rtol": minimum.rtol, "atol": minimum.atol},
             "how": "torch trained again from the initial weights moved by one ulp; floor = running max of its "
-            "relative loss difference, at least the single-call loss tolerance (ml_patterns_app.porting.floor)",
+            "relative loss difference, at least the single-call loss tolerance (ml_patterns.parity_floor)",
         },
         "parity": {"passed": passed, "steps": steps, "epochs": rows},
-        "test_metrics": {backend: results[backend]["test_metrics"] for backend in BACKENDS},
+        "test_metrics": {backend: results[backend].test_metrics for backend in BACKENDS},
         "speed": speed,
         "backends": {
-            backend: {k: results[backend][k] for k in ("device", "versions", "threads", "precision")}
+            backend: {k: getattr(results[backend], k) for k in ("device", "versions", "threads", "precision")}
             for backend in BACKENDS
         },
         "environment": environment(),
@@ -145,7 +139,7 @@ def _difference(a: float, b: float, tolerance) -> dict:
     }
 
 
-def add_one_device_parity(report: dict, runs: dict[str, tuple[dict, dict]]) -> None:
+def add_one_device_parity(report: dict, runs: dict[str, tuple[WorkerResult, WorkerResult]]) -> None:
     """``--devices N``: ``runs`` is each backend's ``(one-device result, N-device result)``. Checks every
     epoch of the N-device history against the one-device one (the same tolerance), adds the
     scaling, and folds the outcome into ``report["parity"]["passed"]`` and the verdict."""
@@ -155,16 +149,16 @@ def add_one_device_parity(report: dict, runs: dict[str, tuple[dict, dict]]) -> N
         cells = [
             _difference(a, b, tolerance)
             for key in ("train_loss", "val_loss")
-            for a, b in zip(one["history"][key], many["history"][key], strict=True)
+            for a, b in zip(one.history[key], many.history[key], strict=True)
         ]
         rate_one, rate_many = _speed(one)["samples_per_s"], _speed(many)["samples_per_s"]
         checks[backend] = {
             "max_rel_diff": max(cell["rel_diff"] for cell in cells),
             "pass": all(cell["pass"] for cell in cells),
             "samples_per_s": {"one_device": rate_one, "devices": rate_many},
-            "scaling_efficiency": None if None in (rate_one, rate_many) else rate_many / (many["devices"] * rate_one),
+            "scaling_efficiency": None if None in (rate_one, rate_many) else rate_many / (many.devices * rate_one),
         }
-    devices = next(iter(runs.values()))[1]["devices"]
+    devices = next(iter(runs.values()))[1].devices
     agree = all(check["pass"] for check in checks.values())
     report["devices"] = devices
     report["against_one_device"] = checks
@@ -174,19 +168,19 @@ def add_one_device_parity(report: dict, runs: dict[str, tuple[dict, dict]]) -> N
     )
 
 
-def _speed(result: dict) -> dict:
-    steady = steady_state(result["step_times"], result["step_lengths"])
-    first_epoch = sum(result["step_times"][0])
-    steps, samples = result["steps_per_epoch"], result["samples_per_epoch"]
+def _speed(result: WorkerResult) -> dict:
+    steady = steady_state(result.step_times, result.step_lengths)
+    first_epoch = sum(result.step_times[0])
+    steps, samples = result.steps_per_epoch, result.samples_per_epoch
     speed = {
         "first_epoch_s": first_epoch,
         "steady_per_length_s": steady["per_length"],
-        "compilations": result.get("compilations"),
-        "compile_cache": result.get("compile_cache") or None,
-        "padding_utilization": result.get("padding"),
-        "machine_load": {**result.get("machine_load", {}), "load_average_during": result.get("load_during")},
-        "peak_memory_bytes": result["peak_memory_bytes"],
-        "peak_memory_kind": result["peak_memory_kind"],
+        "compilations": result.compilations,
+        "compile_cache": result.compile_cache or None,
+        "padding_utilization": result.padding,
+        "machine_load": {**result.machine_load, "load_average_during": result.load_during},
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "peak_memory_kind": result.peak_memory_kind,
     }
     if not steady["measured"]:
         return {**speed, "steady_epoch_s": None, "warmup_s": None, "steps_per_s": None, "samples_per_s": None}
@@ -202,12 +196,12 @@ def _speed(result: dict) -> dict:
     }
 
 
-def timing_reliability(results: dict) -> dict:
+def timing_reliability(results: dict[str, WorkerResult]) -> dict:
     """Per backend, whether other processes competed for the CPUs while its worker ran."""
     verdicts = {}
     for backend in BACKENDS:
-        load = results[backend].get("machine_load", {})
-        cpus = results[backend].get("cpus", {}).get("cpus_available") or 1
+        load = results[backend].machine_load
+        cpus = results[backend].cpus.get("cpus_available") or 1
         share = load.get("others_cpu_share")
         before = (load.get("load_average_before") or [0.0])[0]
         # The CPU time other processes took during the worker is the direct measure. The load average
@@ -234,10 +228,8 @@ def _verdict(speed: dict, passed: bool, results: dict, reliability: dict) -> str
             "factors, rerun on a quiet machine (--threads 1 suffers least from a busy one). "
         )
     jax = speed["jax"]
-    steps = sum(map(len, results["jax"]["step_times"]))
-    steady_training = (
-        None if jax["steady_epoch_s"] is None else jax["steady_epoch_s"] * len(results["jax"]["step_times"])
-    )
+    steps = sum(map(len, results["jax"].step_times))
+    steady_training = None if jax["steady_epoch_s"] is None else jax["steady_epoch_s"] * len(results["jax"].step_times)
     compiling_dominates = steady_training is None or (jax["warmup_s"] or 0.0) > steady_training
     compiling = "" if jax["warmup_s"] is None else f"{jax['warmup_s']:.1f} s compiling"
     training = "" if steady_training is None else f"{steady_training:.1f} s of steady-state training"
@@ -251,7 +243,7 @@ def _verdict(speed: dict, passed: bool, results: dict, reliability: dict) -> str
     torch_rate, jax_rate = speed["torch"]["steps_per_s"], jax["steps_per_s"]
     faster, slower = ("jax", "torch") if jax_rate > torch_rate else ("torch", "jax")
     ratio = max(torch_rate, jax_rate) / min(torch_rate, jax_rate)
-    device = results["torch"]["device"]["name"]
+    device = results["torch"].device["name"]
     verdict = (
         f"{caveat}On this machine ({device}), {LABELS[faster]} trains this model {ratio:.2f}x faster than "
         f"{LABELS[slower]} at steady state ({speed[faster]['steps_per_s']:.1f} vs "
@@ -340,80 +332,3 @@ def format_summary(report: dict) -> str:
         )
     lines += ["", "Verdict: " + report["verdict"]]
     return "\n".join(lines)
-
-
-def write_report(report: dict, out: Path) -> None:
-    """Writes ``FILES`` into ``out``, replacing it as a whole and only once all are written: an
-    interruption (Ctrl-C, a crash) leaves the previous report, never half of a new one."""
-    with staged_directory(out, overwrite=True) as staging:
-        atomic_write_text(staging / "results.json", json.dumps(report, indent=1) + "\n")
-        atomic_write_text(staging / "report.md", _markdown(report))
-        atomic_write_bytes(staging / "loss_curves.png", _png(_loss_curves(report)))
-        losses = report["parity"]["steps"]["losses"]
-        figure = drift_figure(losses["torch"], losses["jax"], losses[FLOOR_RUN], names=("torch", "jax"))
-        atomic_write_bytes(staging / "drift.png", _png(figure))
-        atomic_write_bytes(staging / "speed.png", _png(_speed_bars(report)))
-
-
-def _markdown(report: dict) -> str:
-    env, dataset = report["environment"], report["dataset"]
-    lines = [
-        f"# ml-patterns compare: {report['settings']['model']} model, {report['settings']['epochs']} epochs",
-        "",
-        f"- data: {dataset['source']} ({dataset['path']}), splits {dataset['splits']}; sequences truncated to "
-        f"{dataset['max_length']} tokens: {dataset['truncated_molecules']} molecules",
-        f"- machine: {env['platform']}, {env['processor']}, {env['cpus_available']} CPUs available",
-    ]
-    for backend, info in report["backends"].items():
-        versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
-        lines.append(
-            f"- {LABELS[backend]}: {info['device']['name']}; {versions}; threads {info['threads']}; "
-            f"precision: {info['precision']}"
-        )
-    lines.append(f"- wall time of the whole comparison: {report['wall_time_s']:.0f} s")
-    return (
-        "\n".join(lines)
-        + "\n\n"
-        + format_summary(report)
-        + "\n\n![loss curves](loss_curves.png)\n![drift against the noise floor](drift.png)\n![speed](speed.png)\n"
-    )
-
-
-def _png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    return buffer.getvalue()
-
-
-def _loss_curves(report: dict) -> Figure:
-    figure = Figure(figsize=(6, 4), layout="tight")
-    FigureCanvasAgg(figure)
-    ax = figure.subplots()
-    epochs = [row["epoch"] for row in report["parity"]["epochs"]]
-    for key, style in (("train_loss", "-"), ("val_loss", "--")):
-        for backend, marker in (("torch", "o"), ("jax", "x")):
-            values = [row[key][backend] for row in report["parity"]["epochs"]]
-            ax.plot(epochs, values, style, marker=marker, label=f"{LABELS[backend]} {key}")
-    ax.set_xticks(epochs)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title("Training histories (the curves should overlap)")
-    ax.legend(fontsize=8)
-    return figure
-
-
-def _speed_bars(report: dict) -> Figure:
-    figure = Figure(figsize=(8, 3.5), layout="tight")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(1, 2)
-    names = [LABELS[b] for b in BACKENDS]
-    colors = ["#ee4c2c", "#4285f4"]
-    axes[0].bar(names, [report["speed"][b]["samples_per_s"] or 0.0 for b in BACKENDS], color=colors)
-    axes[0].set_ylabel("samples/s (steady state, higher is better)")
-    axes[1].bar(names, [report["speed"][b]["warmup_s"] or 0.0 for b in BACKENDS], color=colors)
-    axes[1].set_ylabel("warm-up / compile time, s")
-    for ax in axes:
-        ax.tick_params(axis="x", labelsize=8)
-    verdict = report["verdict"]
-    figure.suptitle(verdict[:90] + ("..." if len(verdict) > 90 else ""), fontsize=8)
-    return figure

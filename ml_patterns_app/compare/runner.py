@@ -13,6 +13,7 @@ straight through. Ctrl-C stops the running worker and starts no other, and no re
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import resource
@@ -28,16 +29,19 @@ from ml_patterns.checkpoint import config_from_metadata, load_checkpoint, save_c
 from ml_patterns.errors import UsageError
 from ml_patterns.io import private_directory
 from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
-from ml_patterns_app.compare.report import FILES, add_one_device_parity, build_report, format_summary, write_report
+from ml_patterns.parity_floor import one_ulp
+from ml_patterns_app.compare.report import add_one_device_parity, build_report, format_summary
 from ml_patterns_app.compare.settings import (
     BACKENDS,
     FLOOR_LABEL,
     FLOOR_RUN,
     LABELS,
+    REFERENCE,
     CompareSettings,
-    program_cache_directory,
+    WorkerJob,
+    WorkerResult,
 )
-from ml_patterns_app.porting.floor import one_ulp
+from ml_patterns_app.compare.written import FILES, write_report
 
 # Seconds a worker gets to exit after Ctrl-C before it is killed.
 STOP_GRACE_S = 5.0
@@ -53,16 +57,15 @@ def default_compile_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ml-patterns" / "jax"
 
 
-def check_cache_directories(compile_cache: Path) -> None:
-    """Refuses (``UsageError``), before any worker trains, cache directories another user may write."""
-    directories = {"the compile cache": compile_cache, "the program cache": program_cache_directory(compile_cache)}
-    for what, directory in directories.items():
-        try:
-            private_directory(directory, what)
-        except UsageError as error:
-            raise UsageError(f"{error}, or pass --no-compile-cache") from None
-        except OSError as error:  # e.g. $XDG_CACHE_HOME not writable
-            raise UsageError(f"cannot create {what} {directory} ({error.strerror}): pass --no-compile-cache") from None
+def check_compile_cache(compile_cache: Path) -> None:
+    """Refuses (``UsageError``), before any worker trains, a compile cache another user may write."""
+    what = "the compile cache"
+    try:
+        private_directory(compile_cache, what)
+    except UsageError as error:
+        raise UsageError(f"{error}, or pass --no-compile-cache") from None
+    except OSError as error:  # e.g. $XDG_CACHE_HOME not writable
+        raise UsageError(f"cannot create {what} {compile_cache} ({error.strerror}): pass --no-compile-cache") from None
 
 
 def run_compare(
@@ -91,23 +94,23 @@ def run_compare(
     with tempfile.TemporaryDirectory() as scratch:
         results = {}
         for index, (backend, n) in enumerate(runs):
-            job = {
-                "data": str(data),
-                "settings": dataclasses.asdict(settings),
-                "device": device,
-                "devices": n,
-                "weights": str(Path(scratch) / "initial.safetensors"),
-                "write_weights": index == 0,
-                "compile_cache": str(compile_cache) if compile_cache else None,
-            }
+            job = WorkerJob(
+                data=str(data),
+                settings=settings,
+                weights=str(Path(scratch) / "initial.safetensors"),
+                write_weights=index == 0,
+                device=device,
+                devices=n,
+                compile_cache=str(compile_cache) if compile_cache else None,
+            )
             before = machine_load()
-            results[backend, n] = run_worker(backend, job, Path(scratch) / f"{backend}-{n}.json")
-            results[backend, n]["machine_load"] = machine_load_during(before, machine_load())
+            result = run_worker(backend, job, Path(scratch) / f"{backend}-{n}.json")
+            results[backend, n] = dataclasses.replace(result, machine_load=machine_load_during(before, machine_load()))
         # The noise floor: torch once more, on the compared device count, from the weights one ulp off.
         initial = Path(scratch) / "initial.safetensors"
         weights = one_ulp_weights(initial, Path(scratch) / "one_ulp.safetensors", settings.seed)
-        job = {**job, "devices": devices, "weights": str(weights), "write_weights": False}
-        floor = run_worker("torch", job, Path(scratch) / f"{FLOOR_RUN}.json", FLOOR_LABEL)
+        job = dataclasses.replace(job, devices=devices, weights=str(weights), write_weights=False)
+        floor = run_worker(REFERENCE, job, Path(scratch) / f"{FLOOR_RUN}.json", FLOOR_LABEL)
     compared = {backend: results[backend, devices] for backend in BACKENDS}
     report = build_report(settings, manifest, {**compared, FLOOR_RUN: floor}, data)
     if devices > 1:
@@ -122,7 +125,7 @@ def run_compare(
 
 
 def one_ulp_weights(source: Path, destination: Path, seed: int) -> Path:
-    """``source``'s checkpoint with every floating-point entry moved by one ulp (``porting.floor``)."""
+    """``source``'s checkpoint with every floating-point entry moved by one ulp (``ml_patterns.parity_floor``)."""
     arrays, metadata = load_checkpoint(source)
     rng = np.random.default_rng(seed)
     moved = {
@@ -140,16 +143,15 @@ def one_ulp_weights(source: Path, destination: Path, seed: int) -> Path:
     )
 
 
-def run_worker(backend: str, job: dict, out: Path, label: str | None = None) -> dict:
+def run_worker(backend: str, job: WorkerJob, out: Path, label: str | None = None) -> WorkerResult:
     """Runs one worker to the end, rendering its progress; its result, read from ``out``."""
     command = worker_command(backend, job, out)
-    devices = job.get("devices", 1)
+    devices = job.devices
     label = (label or LABELS[backend]) + (f" x{devices}" if devices > 1 else "")
     status = StatusLine(label, sys.stdout)
     status.show("starting")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if backend == "jax" and devices > 1:  # CPU devices JAX simulates (set before it starts; GPUs unaffected)
-        env["JAX_NUM_CPU_DEVICES"] = str(devices)
+    environment = importlib.import_module(f"{backend}_impl.environment")  # framework-free
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **environment.process_environment(devices)}
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as process:
         try:
             for line in process.stdout:
@@ -163,7 +165,7 @@ def run_worker(backend: str, job: dict, out: Path, label: str | None = None) -> 
         status.finish(f"failed (exit status {code})")
         raise WorkerFailed(f"the {label} worker failed (exit status {code}); its error is printed above")
     status.finish("done")
-    return json.loads(out.read_text())
+    return WorkerResult.from_json(out.read_text())
 
 
 def machine_load() -> dict:
@@ -201,8 +203,8 @@ def _busy_cpu_seconds() -> float | None:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def worker_command(backend: str, job: dict, out: Path) -> list[str]:
-    return [sys.executable, "-m", "ml_patterns_app.compare.worker", backend, json.dumps(job), str(out)]
+def worker_command(backend: str, job: WorkerJob, out: Path) -> list[str]:
+    return [sys.executable, "-m", "ml_patterns_app.compare.worker", backend, job.to_json(), str(out)]
 
 
 def stop(process: subprocess.Popen) -> None:

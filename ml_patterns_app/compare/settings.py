@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+import json
 
 from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.optim import OptimizerConfig, ScheduleConfig
@@ -11,7 +11,9 @@ from ml_patterns.samplers import BatchSampler, fit_buckets, make_sampler
 
 BACKENDS = ("torch", "jax")
 LABELS = {"torch": "PyTorch (eager)", "jax": "JAX (jax.jit)"}
-# The third run: torch again, from the initial weights moved by one ulp (the float32 noise floor).
+# The side the other is measured against, and the third run: it again, from the initial weights
+# moved by one ulp (the float32 noise floor).
+REFERENCE = BACKENDS[0]
 FLOOR_RUN = "torch_one_ulp"
 FLOOR_LABEL = "PyTorch, ulp off"
 MODELS = ("multitask", "autoencoder")
@@ -40,13 +42,13 @@ class CompareSettings:
     max_length: int = 128
     # Limit the training split (0: all of it), e.g. for a quick look.
     max_train_molecules: int = 0
-    # Batches of molecules of similar length (ml_patterns.samplers.LengthGroupedSampler): 80% of the
-    # padded token positions are real tokens, against 30% for random batches (docs/PERFORMANCE.md).
+    # Batches of molecules of similar length (ml_patterns.samplers.LengthGroupedSampler): far fewer
+    # padded token positions than random batches (docs/PERFORMANCE.md).
     group_by_length: bool = True
     # Padded lengths, fitted to the run's batches (ml_patterns.samplers.fit_buckets). Each one is a
-    # jax.jit program for the gradients and one for evaluation: about 2.5 s to compile on 2 CPU
-    # cores, 0.9 s to trace and load from the compile cache. 6 fitted lengths pad the default data's
-    # length-grouped batches as little as 8 geometric ones did (80% real tokens); 8 fitted reach 83%.
+    # jax.jit program for the gradients and one for evaluation, compiled (or loaded from the compile
+    # cache) before its first step: few lengths, each fitted to where the batches' lengths fall
+    # rather than a geometric ladder, so that padding stays low with few programs (docs/PERFORMANCE.md).
     max_buckets: int = 6
     # CPUs each worker may use (0: all of them). On a shared machine 1 is faster and steadier:
     # torch's OpenMP threads wait at every barrier for a peer that lost its core (docs/PERFORMANCE.md).
@@ -93,6 +95,64 @@ class CompareSettings:
         )
 
 
-def program_cache_directory(compile_cache: Path) -> Path:
-    """Where JAX's traced steps are kept (``jax_impl.program_cache``): beside the compile cache."""
-    return compile_cache.with_name(f"{compile_cache.name}-traced")
+@dataclasses.dataclass(frozen=True)
+class WorkerJob:
+    """What the parent (``runner``) asks of one worker: train ``settings`` on ``data`` from the
+    initial weights at ``weights`` (the first worker writes them there: ``write_weights``), on
+    ``devices`` devices of the kind ``device`` selects, JAX keeping its compiled programs in
+    ``compile_cache`` (None: nowhere). Crosses the process boundary as JSON (``to_json``/``from_json``)."""
+
+    data: str
+    settings: CompareSettings
+    weights: str
+    write_weights: bool = False
+    device: str = "auto"
+    devices: int = 1
+    compile_cache: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerJob:
+        fields = json.loads(text)
+        return cls(**{**fields, "settings": CompareSettings(**fields["settings"])})
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerResult:
+    """What one worker reports back (``report`` reads it): its history and every step's loss and
+    wall time, the padded length of each step, its test metrics, device, versions and peak memory.
+    Written by the worker as JSON (``to_json``), read by the parent (``from_json``), which adds
+    ``machine_load`` (what else ran meanwhile)."""
+
+    history: dict  # History.as_dict(): "epoch", "train_loss", "val_loss" lists
+    step_times: list  # [epoch][step] seconds, each step's result waited for
+    step_lengths: list  # [epoch][step] the padded length of the step's batch
+    steps_per_epoch: int
+    samples_per_epoch: int
+    peak_memory_bytes: int
+    peak_memory_kind: str
+    devices: int = 1
+    step_losses: list = dataclasses.field(default_factory=list)
+    epoch_times: list = dataclasses.field(default_factory=list)  # [{"epoch", "train_s", "val_s"}]
+    load_during: list = dataclasses.field(default_factory=list)  # 1-minute load average at each epoch's end
+    machine_load: dict = dataclasses.field(default_factory=dict)
+    cpus: dict = dataclasses.field(default_factory=dict)  # restrict_cpus's record
+    padding: dict | None = None  # the sampler, buckets, pad_batches_to and padding_utilization
+    compilations: int | None = None  # programs compiled (None: the backend compiles nothing)
+    compile_cache: dict = dataclasses.field(default_factory=dict)
+    max_length: int = 0
+    truncated: dict = dataclasses.field(default_factory=dict)  # molecules longer than max_length, per split
+    test_metrics: dict = dataclasses.field(default_factory=dict)
+    device: dict = dataclasses.field(default_factory=dict)  # runtime.describe's
+    versions: dict = dataclasses.field(default_factory=dict)
+    threads: int = 0
+    precision: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerResult:
+        return cls(**json.loads(text))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import importlib.util
 import json
 import os
 import resource
@@ -23,17 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import cpu_count, restrict_cpus
 from ml_patterns.callbacks import Callback
 from ml_patterns.collate import padded_length
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.distributed import shard_rows
-from ml_patterns.errors import UsageError
+from ml_patterns.machine import cpu_count, restrict_cpus
 from ml_patterns.molecules.batches import BatchPreparer, destandardize
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.samplers import LengthGroupedSampler, padding_utilization, sequence_lengths
-from ml_patterns_app.compare.settings import CompareSettings, program_cache_directory
+from ml_patterns_app.compare.settings import WorkerJob, WorkerResult
 
 # A status line at most this often: reading the loss is a host sync.
 REFRESH_S = 0.5
@@ -117,62 +115,31 @@ class StepTimes(Callback):
         self.load.append(os.getloadavg()[0])
 
 
-def run_worker(backend: str, job: dict, out: Path) -> None:
-    """One backend's run; with ``job["devices"]`` N > 1, data-parallel (docs/DISTRIBUTED.md): torch
-    over N processes this worker starts (DDP), JAX over N devices of one mesh (the parent sets
-    ``JAX_NUM_CPU_DEVICES`` for a CPU run). Rank 0 alone reports progress and writes ``out``."""
-    devices = job.get("devices", 1)
-    threads = CompareSettings(**job["settings"]).threads or cpu_count()
+def run_worker(backend: str, job: WorkerJob, out: Path) -> None:
+    """One backend's run; with ``job.devices`` N > 1, data-parallel (docs/DISTRIBUTED.md) as the
+    backend's ``runtime.run_data_parallel`` does it (torch: N DDP processes; JAX: one mesh, the
+    parent setting ``environment.process_environment``). Rank 0 alone reports progress and writes ``out``."""
+    threads = job.settings.threads or cpu_count()
     # Before the framework loads: XLA sizes its thread pool from the CPUs this process may use, and
     # torch's OpenMP its thread count; DDP's rank processes inherit the mask (docs/PERFORMANCE.md).
     with restrict_cpus(threads) as cpus:
-        job = {**job, "cpus": cpus}
-        if backend == "torch" and devices > 1:
-            from torch_impl import distributed
-
-            gpu = job["device"] == "gpu" or (job["device"] == "auto" and _torch_cuda_count() >= devices)
-            distributed.launch(_torch_rank, devices, job, out, backend="nccl" if gpu else "gloo")
-        else:
-            _train(backend, job, out)
+        runtime = importlib.import_module(f"{backend}_impl.runtime")
+        runtime.run_data_parallel(_train, job.devices, job.device, backend, job, cpus, out)
 
 
-def _torch_cuda_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def _torch_rank(context, job: dict, out: Path) -> None:
-    _train("torch", job, out, context)
-
-
-def _mesh(runtime, job: dict):
-    """The JAX mesh of ``job["devices"]`` devices of the selected kind, or None for one device."""
-    import jax
-
-    from jax_impl import distributed
-
-    devices = job.get("devices", 1)
-    if devices == 1:
-        return None
-    platform = runtime.select_device(job["device"]).platform
-    available = jax.devices(platform)
-    if len(available) < devices:
-        raise UsageError(f"--devices {devices} but JAX sees {len(available)} {platform} device(s)")
-    return distributed.setup(available[:devices])
-
-
-def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
+def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> None:
+    """The run, on one device (``distributed`` None) or as one rank of ``distributed``; ``cpus``:
+    ``restrict_cpus``'s record."""
     impl = importlib.import_module(f"{backend}_impl")
     for module in ("data", "molecules.models", "runtime", "training"):
         importlib.import_module(f"{backend}_impl.{module}")
     runtime = impl.runtime
     runtime.set_precision("float32")  # parity needs full float32 on both sides (docs/PARITY.md)
-    device = runtime.select_device(job["device"])
-    cache = runtime.enable_compile_cache(job["compile_cache"]) if job.get("compile_cache") else {}
+    device = runtime.select_device(job.device)
+    cache = runtime.enable_compile_cache(job.compile_cache) if job.compile_cache else {}
 
-    data = Path(job["data"])
-    settings = CompareSettings(**job["settings"])
+    data = Path(job.data)
+    settings = job.settings
     manifest = read_manifest(data)
     train = LazyDataset(data, split="train")
     if settings.max_train_molecules:
@@ -189,12 +156,12 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
     loader = impl.data.make_loader
     train_loader = loader(train, settings.batch_size, seed=settings.seed, **collate)
     epochs = range(settings.epochs)
-    # JAX: the epoch's short last batch (and validation's) padded to the batch size, so it runs the
-    # full batches' programs instead of compiling, or on later runs loading, its own; its padding
-    # rows count as padding (the batch size rounded up to the devices': the rows JAX computes).
-    pad_rows = {"pad_batches_to": settings.batch_size} if backend == "jax" else {}
-    devices = job.get("devices", 1)
-    computed = devices * shard_rows(settings.batch_size, devices) if pad_rows else None
+    # Rows every batch is padded to, if the backend pads (a program per batch shape: the short last
+    # batch runs the full batches' one); the padding rows count as padding (the batch size rounded
+    # up to the devices': the rows the backend computes).
+    pad_rows = runtime.padded_batch_rows(settings.batch_size)
+    devices = job.devices
+    computed = None if pad_rows is None else devices * shard_rows(pad_rows, devices)
     padding = padding_utilization(
         sampler, lengths, buckets=buckets, max_length=buckets[-1], epochs=epochs, rows=computed
     )
@@ -204,17 +171,14 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         for epoch in epochs
     ]
 
-    weights = Path(job["weights"])
-    if job["write_weights"]:  # the first worker: the one set of initial weights, for every backend
+    weights = Path(job.weights)
+    if job.write_weights:  # the first worker: the one set of initial weights, for every backend
         model = impl.molecules.models.build_model(config)
         model.save(weights)
     else:
         model = impl.molecules.models.load_model(weights)
-    if backend == "jax":
-        distributed = _mesh(runtime, job)
     main = distributed is None or distributed.is_main
     runtime.reset_peak_memory(device)
-    traced = _program_cache(backend, job, distributed)
     step_losses = StepLosses()
     timer = StepTimes(runtime, device)
     trainer = impl.training.Trainer(
@@ -224,59 +188,43 @@ def _train(backend: str, job: dict, out: Path, distributed=None) -> None:
         device=None if distributed is not None else device,
         batch_transform=BatchPreparer(config),
         distributed=distributed,
-        **pad_rows,
-        **({"program_cache": traced} if traced else {}),
+        pad_batches_to=pad_rows,
     )
     # Everything alive now (the frameworks, the model, the data) lives until the worker exits: moved
     # out of the collector's generations, it is not rescanned by the collections JAX's tracing sets
-    # off (about 0.5 s less warm-up out of 7, in alternated runs; docs/PERFORMANCE.md).
+    # off (docs/PERFORMANCE.md).
     gc.freeze()
     trainer.fit(train_loader, loader(val, settings.batch_size, shuffle=False, **collate), settings.epochs)
     if not main:
         return
-    if backend == "jax" and distributed is not None:  # the weights, replicated over the mesh, to one device
-        from flax import nnx
-
-        nnx.update(trainer.model, runtime.to_device(nnx.state(trainer.model), device))
+    if distributed is not None:
+        runtime.gather_model(trainer.model, device)
     emit("status", text="evaluating on the test split")
     test_loader = loader(test, settings.batch_size, shuffle=False, **collate)
-    result = {
-        "history": trainer.history.as_dict(),
-        "step_losses": step_losses.losses,
-        "epoch_times": trainer.epoch_times,
-        "step_times": timer.times,
-        "step_lengths": step_lengths,
-        "load_during": timer.load,
-        "padding": {"sampler": type(sampler).__name__, "buckets": list(buckets), **pad_rows, **padding},
-        "steps_per_epoch": steps,
-        "samples_per_epoch": len(train),
-        "truncated": {
+    result = WorkerResult(
+        history=trainer.history.as_dict(),
+        step_losses=step_losses.losses,
+        epoch_times=trainer.epoch_times,
+        step_times=timer.times,
+        step_lengths=step_lengths,
+        load_during=timer.load,
+        padding={"sampler": type(sampler).__name__, "buckets": list(buckets), "pad_batches_to": pad_rows, **padding},
+        steps_per_epoch=steps,
+        samples_per_epoch=len(train),
+        truncated={
             name: sum(len(r["input_ids"]) > buckets[-1] for r in split)
             for name, split in (("train", train), ("val", val), ("test", test))
         },
-        "max_length": buckets[-1],
-        "compilations": trainer.compilations(),
-        "compile_cache": {**cache, "program_cache": str(traced.directory) if traced else None},
-        "cpus": job["cpus"],
-        "test_metrics": test_metrics(runtime, trainer.model, device, config, test_loader),
-        "devices": devices,
+        max_length=buckets[-1],
+        compilations=trainer.compilations(),
+        compile_cache=cache,
+        cpus=cpus,
+        test_metrics=test_metrics(runtime, trainer.model, device, config, test_loader),
+        devices=devices,
         **runtime.describe(device),
         **_peak_memory(runtime, device),
-    }
-    out.write_text(json.dumps(result))
-
-
-def _program_cache(backend: str, job: dict, distributed):
-    """JAX's traced steps kept next to its compile cache (``jax_impl.program_cache``), so a second
-    run skips tracing them too; None for torch, a mesh, or no compile cache."""
-    if backend != "jax" or distributed is not None or not job.get("compile_cache"):
-        return None
-    if importlib.util.find_spec("flatbuffers") is None:  # our dependency, but an environment made for jax may lack it
-        emit("status", text="flatbuffers is not installed: JAX's traced steps are not kept (pip install flatbuffers)")
-        return None
-    from jax_impl.program_cache import ProgramCache
-
-    return ProgramCache(program_cache_directory(Path(job["compile_cache"])))
+    )
+    out.write_text(result.to_json())
 
 
 def _peak_memory(runtime, device) -> dict:
@@ -322,10 +270,10 @@ if __name__ == "__main__":
         raise SystemExit(
             "usage: python -m ml_patterns_app.compare.worker BACKEND JOB_JSON OUT (run `ml-patterns compare` instead)"
         )
-    from ml_patterns_app.cli import USER_ERRORS
+    from ml_patterns.user_errors import USER_ERRORS
 
     try:
-        run_worker(sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3]))
+        run_worker(sys.argv[1], WorkerJob.from_json(sys.argv[2]), Path(sys.argv[3]))
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal: the parent reports it
         sys.exit(130)
     except USER_ERRORS as error:  # e.g. --device gpu without one: one line, as the CLI prints it

@@ -1,0 +1,60 @@
+"""What the subcommands' arguments share: the help formatter, value types and ``--data``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ml_patterns.errors import UsageError
+
+DEFAULT_DATA_DIR = Path("data/nci")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in its help; one without a value (None, off) says in its text what
+    happens then."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or "(default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def rdkit_properties(text: str) -> tuple[str, ...]:
+    from ml_patterns.molecules.config import RDKIT_PROPERTIES
+
+    names = tuple(name for name in text.split(",") if name)
+    unknown = [name for name in names if name not in RDKIT_PROPERTIES]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown RDKit propert(y/ies) {unknown}; accepted: {','.join(RDKIT_PROPERTIES)}"
+        )
+    return names
+
+
+def dataset_argument(data: Path | None) -> Path:
+    """``--data`` of compare and bench: a given path must be a prepared dataset (a typo is an error,
+    not a reason to prepare one there); without ``--data``, the default one (prepared if missing)."""
+    if data is None:
+        return DEFAULT_DATA_DIR
+    if not (data / "manifest.json").is_file():
+        problem = "does not exist" if not data.exists() else "is not a prepared dataset (it has no manifest.json)"
+        raise UsageError(
+            f"--data {data} {problem}; prepare it with `ml-patterns prepare --out {data}`, or leave --data out "
+            f"for the default dataset ({DEFAULT_DATA_DIR}, prepared there on first use)"
+        )
+    return data

@@ -1,0 +1,129 @@
+"""``ml-patterns prepare`` and ``info``: the dataset (no backend is loaded)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ml_patterns.errors import UsageError
+from ml_patterns_app.cli.arguments import DEFAULT_DATA_DIR, non_negative_int, positive_int, rdkit_properties
+
+
+def _add_prepare(parser: argparse.ArgumentParser) -> None:
+    from ml_patterns.molecules.config import DEFAULT_RDKIT_PROPERTIES, RDKIT_PROPERTIES, PrepareConfig
+
+    defaults = PrepareConfig()
+    parser.add_argument("--out", type=Path, default=DEFAULT_DATA_DIR, help="output directory")
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help="your own CSV instead of the embedded RDKit NCI set (needs --target-cols)",
+    )
+    parser.add_argument("--smiles-col", default="smiles", help="SMILES column of --csv")
+    parser.add_argument("--target-cols", default=None, help="comma-separated label columns of --csv, e.g. logS,pKa")
+    parser.add_argument(
+        "--rdkit-properties",
+        type=rdkit_properties,
+        default=None,
+        help=f"comma-separated RDKit descriptors to add as targets, of: {','.join(RDKIT_PROPERTIES)}; "
+        f"'' for none (default: {','.join(DEFAULT_RDKIT_PROPERTIES)} for the embedded set, none for --csv)",
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=defaults.seed, help="seed of the train/val/test split")
+    parser.add_argument(
+        "--val-fraction", type=float, default=defaults.val_fraction, help="molecules held out for validation"
+    )
+    parser.add_argument(
+        "--test-fraction", type=float, default=defaults.test_fraction, help="molecules held out for test"
+    )
+    parser.add_argument("--shard-size", type=positive_int, default=defaults.shard_size, help="records per shard file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    from ml_patterns.molecules.config import PrepareConfig
+    from ml_patterns.molecules.prepare import prepare_dataset
+
+    if args.csv is not None and not args.target_cols:
+        raise UsageError("--csv needs --target-cols (the label columns to train on)")
+    properties = args.rdkit_properties
+    if properties is None:
+        properties = PrepareConfig().rdkit_properties if args.csv is None else ()
+    try:
+        config = PrepareConfig(
+            seed=args.seed,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            shard_size=args.shard_size,
+            rdkit_properties=properties,
+        )
+    except ValueError as error:  # fractions out of range: the flags' values
+        raise UsageError(str(error)) from error
+    manifest = prepare_dataset(
+        args.out,
+        csv_path=args.csv,
+        smiles_col=args.smiles_col,
+        target_cols=args.target_cols.split(",") if args.target_cols else None,
+        config=config,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(format_manifest(manifest, args.out))
+    return 0
+
+
+def _add_info(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", type=Path, nargs="?", default=DEFAULT_DATA_DIR, help="a prepared dataset")
+    parser.add_argument("--json", action="store_true", help="print the raw manifest as JSON")
+    parser.add_argument(
+        "--verify", action="store_true", help="recompute every file's checksum (exit status 1 on a mismatch)"
+    )
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    from ml_patterns.molecules.prepare import read_manifest, verify_checksums
+
+    manifest = read_manifest(args.dir)
+    print(json.dumps(manifest, indent=1) if args.json else format_manifest(manifest, args.dir))
+    if args.verify:
+        bad = verify_checksums(args.dir)
+        if bad:
+            print(f"checksum mismatch in {len(bad)} file(s): {', '.join(bad)}", file=sys.stderr)
+            return 1
+        print(f"checksums: all {len(manifest['checksums'])} files match")
+    return 0
+
+
+def format_manifest(manifest: dict, root: Path) -> str:
+    counts, splits, lengths = manifest["counts"], manifest["splits"], manifest["sequence_length"]
+    lines = [
+        f"dataset   {root}",
+        f"source    {manifest['source']['name']} ({manifest['source']['path']})",
+        f"molecules {counts['molecules']} kept of {counts['rows_read']} rows, {counts['skipped']} skipped",
+        "splits    " + ", ".join(f"{k} {v}" for k, v in splits.items()) + f" (seed {manifest['config']['seed']})",
+        f"vocab     {manifest['vocab_size']} tokens; sequence length min {lengths['min']}, "
+        f"mean {lengths['mean']:.1f}, max {lengths['max']} (with BOS/EOS)",
+        f"targets   ({manifest['statistics_from']})",
+    ]
+    for name, stats in manifest["targets"].items():
+        lines.append(f"  {name:<12} mean {stats['mean']:10.4f}  std {stats['std']:10.4f}")
+    for row in manifest["skipped"][:10]:
+        lines.append(f"skipped   line {row['line']}: {row['reason']} ({row['smiles'][:40]})")
+    if counts["skipped"] > 10:
+        lines.append(f"skipped   ... and {counts['skipped'] - 10} more (see manifest.json)")
+    duplicates = manifest.get("duplicates")  # datasets prepared before it was counted have none
+    if duplicates and duplicates["rows"]:
+        lines.append(
+            f"duplicates {duplicates['rows']} rows repeat a molecule, {duplicates['conflicting']} with other labels"
+            + (" (see manifest.json)" if duplicates["conflicting"] else "")
+        )
+    return "\n".join(lines)
+
+
+COMMANDS = {
+    "prepare": (_add_prepare, _run_prepare, "build the lazy on-disk dataset (default: RDKit's NCI set)"),
+    "info": (_add_info, _run_info, "print a prepared dataset's manifest"),
+}

@@ -1,0 +1,95 @@
+"""``ml-patterns compare``'s report on disk: ``results.json``, ``report.md`` and its three plots,
+written from the report ``report.build_report`` makes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ml_patterns.io import atomic_write_bytes, atomic_write_text, staged_directory
+from ml_patterns_app.compare.report import format_summary
+from ml_patterns_app.compare.settings import BACKENDS, FLOOR_RUN, LABELS
+from ml_patterns_app.figures import drift_figure
+
+FILES = ("report.md", "results.json", "loss_curves.png", "drift.png", "speed.png")
+
+
+def write_report(report: dict, out: Path) -> None:
+    """Writes ``FILES`` into ``out``, replacing it as a whole and only once all are written: an
+    interruption (Ctrl-C, a crash) leaves the previous report, never half of a new one."""
+    with staged_directory(out, overwrite=True) as staging:
+        atomic_write_text(staging / "results.json", json.dumps(report, indent=1) + "\n")
+        atomic_write_text(staging / "report.md", _markdown(report))
+        atomic_write_bytes(staging / "loss_curves.png", _png(_loss_curves(report)))
+        losses = report["parity"]["steps"]["losses"]
+        figure = drift_figure(losses["torch"], losses["jax"], losses[FLOOR_RUN], names=("torch", "jax"))
+        atomic_write_bytes(staging / "drift.png", _png(figure))
+        atomic_write_bytes(staging / "speed.png", _png(_speed_bars(report)))
+
+
+def _markdown(report: dict) -> str:
+    env, dataset = report["environment"], report["dataset"]
+    lines = [
+        f"# ml-patterns compare: {report['settings']['model']} model, {report['settings']['epochs']} epochs",
+        "",
+        f"- data: {dataset['source']} ({dataset['path']}), splits {dataset['splits']}; sequences truncated to "
+        f"{dataset['max_length']} tokens: {dataset['truncated_molecules']} molecules",
+        f"- machine: {env['platform']}, {env['processor']}, {env['cpus_available']} CPUs available",
+    ]
+    for backend, info in report["backends"].items():
+        versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
+        lines.append(
+            f"- {LABELS[backend]}: {info['device']['name']}; {versions}; threads {info['threads']}; "
+            f"precision: {info['precision']}"
+        )
+    lines.append(f"- wall time of the whole comparison: {report['wall_time_s']:.0f} s")
+    return (
+        "\n".join(lines)
+        + "\n\n"
+        + format_summary(report)
+        + "\n\n![loss curves](loss_curves.png)\n![drift against the noise floor](drift.png)\n![speed](speed.png)\n"
+    )
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    return buffer.getvalue()
+
+
+def _loss_curves(report: dict) -> Figure:
+    figure = Figure(figsize=(6, 4), layout="tight")
+    FigureCanvasAgg(figure)
+    ax = figure.subplots()
+    epochs = [row["epoch"] for row in report["parity"]["epochs"]]
+    for key, style in (("train_loss", "-"), ("val_loss", "--")):
+        for backend, marker in (("torch", "o"), ("jax", "x")):
+            values = [row[key][backend] for row in report["parity"]["epochs"]]
+            ax.plot(epochs, values, style, marker=marker, label=f"{LABELS[backend]} {key}")
+    ax.set_xticks(epochs)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title("Training histories (the curves should overlap)")
+    ax.legend(fontsize=8)
+    return figure
+
+
+def _speed_bars(report: dict) -> Figure:
+    figure = Figure(figsize=(8, 3.5), layout="tight")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, 2)
+    names = [LABELS[b] for b in BACKENDS]
+    colors = ["#ee4c2c", "#4285f4"]
+    axes[0].bar(names, [report["speed"][b]["samples_per_s"] or 0.0 for b in BACKENDS], color=colors)
+    axes[0].set_ylabel("samples/s (steady state, higher is better)")
+    axes[1].bar(names, [report["speed"][b]["warmup_s"] or 0.0 for b in BACKENDS], color=colors)
+    axes[1].set_ylabel("warm-up / compile time, s")
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    verdict = report["verdict"]
+    figure.suptitle(verdict[:90] + ("..." if len(verdict) > 90 else ""), fontsize=8)
+    return figure
