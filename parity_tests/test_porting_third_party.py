@@ -15,7 +15,7 @@ import torch
 from flax import nnx
 from flax.traverse_util import flatten_dict
 
-from ml_patterns_app.porting import compare_forward, compare_gradients, transfer_weights
+from ml_patterns_app.porting import PortingError, compare_forward, compare_gradients, transfer_weights
 
 transformers = pytest.importorskip("transformers", reason="the third-party model pair (pip install 'transformers<5')")
 from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax  # noqa: E402
@@ -98,6 +98,11 @@ def test_transfer_without_a_rule_equals_the_library_converter_bit_for_bit(bert, 
     assert set(ours) == set(expected) and len(ours) == 39
     for path, array in expected.items():
         assert ours[path].dtype == array.dtype and np.array_equal(ours[path], array), path
+    # what users pass first: the library's model object, or its linen module, refused with the fix
+    with pytest.raises(PortingError, match=r"wrap the linen module it holds: nnx.bridge.ToNNX\(model.module"):
+        transfer_weights(bert, reference)
+    with pytest.raises(PortingError, match=r"FlaxBertModule, not a flax.nnx.Module: wrap it: nnx.bridge.ToNNX"):
+        transfer_weights(bert, reference.module)
 
 
 def test_the_correct_pair_agrees_with_a_row_per_inner_layer(bert, port, inputs):
