@@ -95,6 +95,8 @@ def compare_forward(
     where = _where(first, rows, watched) if rows else "Check that the inputs reach the model's paired layers."
     if first is not None and one_sided:
         where += f" Layers called on one side only: {', '.join(one_sided)}."
+    if first is not None:
+        where += "".join(f" Layer note: {note}." for note in _notes(watched, first))
     return LayerReport("forward", tuple(rows), first, where, scope, problems)
 
 
@@ -102,9 +104,10 @@ class _Watch:
     """One watched pair of modules: a layer (``kind`` its rule's name) or a container ("module");
     ``linen``: (ToNNX wrapper, module path) of a linen one, recorded by interception."""
 
-    def __init__(self, kind, torch_path, nnx_path, nnx_module, channels_first, linen=None):
+    def __init__(self, kind, torch_path, nnx_path, nnx_module, channels_first, linen=None, pair=None):
         self.kind, self.torch_path, self.nnx_path = kind, torch_path, nnx_path
         self.nnx_module, self.channels_first, self.linen = nnx_module, channels_first, linen
+        self.pair, self.bound = pair, None  # bound: the linen module instance seen running
 
     @property
     def label(self) -> str:
@@ -113,7 +116,7 @@ class _Watch:
 
 def _watched(weight_map: WeightMap) -> list[_Watch]:
     watched = [
-        _Watch(p.kind, p.torch.path, p.nnx.path, p.nnx.module, p.torch.rule.channels_first, p.nnx.linen)
+        _Watch(p.kind, p.torch.path, p.nnx.path, p.nnx.module, p.torch.rule.channels_first, p.nnx.linen, p)
         for p in weight_map.pairs
         if p.kind != LOOSE
     ]
@@ -194,6 +197,7 @@ def _run_nnx(module: nnx.Module, weight_map: WeightMap, watched: list[_Watch], a
         key = linen_keys.get((wrappers[-1] if wrappers else None, tuple(context.module.path)))
         if context.method_name != "__call__" or key is None:
             return next_fun(*a, **kw)
+        watched[key].bound = watched[key].bound or context.module  # its settings, for the layer notes
         return record(key, next_fun, a, kw)
 
     modules = [m for _, m in weight_map.nnx_tree.containers] + [u.module for u in weight_map.nnx_tree.units]
@@ -213,6 +217,20 @@ def _run_nnx(module: nnx.Module, weight_map: WeightMap, watched: list[_Watch], a
         for m, flag, value in modes:
             setattr(m, flag, value)
     return events
+
+
+def _notes(watched: list[_Watch], row: Row) -> list[str]:
+    """The layer notes (epsilon, momentum...) of the layer ``row`` names; for a linen layer, from the
+    module instance seen running (its variables alone do not hold its settings)."""
+    watch = next((w for w in watched if (w.torch_path, w.nnx_path) == (row.torch_name, row.nnx_name)), None)
+    if watch is None or watch.pair is None:
+        return []
+    if watch.pair.notes or watch.bound is None:
+        return watch.pair.notes
+    try:
+        return watch.pair.torch.rule.notes(watch.pair.torch.module, watch.bound)
+    except AttributeError:  # a linen layer without the setting the torch rule compares
+        return []
 
 
 def _calls(watched, torch_events, nnx_events) -> tuple[list[str], list[str]]:
