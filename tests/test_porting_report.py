@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ml_patterns.parity import FALLBACK_BOUND, GRADIENT, LOSS
-from ml_patterns_app.porting import LayerReport, TrainingReport, drift_and_floor
+from ml_patterns_app.porting import LayerReport, Row, TrainingReport, drift_and_floor
 from ml_patterns_app.porting.report import compare_values
 
 # A gradient whose middle entry is a sum that cancelled: both sides are 1e-6 off the float64 truth.
@@ -49,7 +49,8 @@ def test_floor_is_the_running_max_of_the_perturbed_run_and_at_least_the_loss_tol
 def _report(drift, floor, first_bad):
     steps = len(drift)
     losses = np.linspace(2.0, 1.0, steps)
-    gradients = LayerReport("gradients", (), None, "The loss and every gradient agree.")
+    row = Row("w -> kernel", "w", "kernel", "gradient", (2,), (2,), 0.0, 0.0, GRADIENT, True)
+    gradients = LayerReport("gradients", (row,), None, "The loss and every gradient agree.")
     return TrainingReport(
         losses,
         losses * (1 + np.asarray(drift)),
@@ -70,3 +71,14 @@ def test_training_report_verdict_and_plot(tmp_path):
     assert not _report([0.0, 1e-6, 4e-5], [2e-6, 2e-6, 1e-6], 2).passed
     path = report.plot(tmp_path / "drift.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_report_without_rows_or_with_problems_fails():
+    row = Row("w -> kernel", "w", "kernel", "gradient", (2,), (2,), 0.0, 0.0, GRADIENT, True)
+    empty = LayerReport("forward", (), None, "")
+    assert not empty.passed and "forward: FAIL: nothing was compared" in str(empty)
+    partial = LayerReport(
+        "gradients", (row,), None, "", problems=("1 NNX parameter(s) without a compared gradient: b",)
+    )
+    assert not partial.passed and "FAIL: 1 NNX parameter(s) without a compared gradient: b" in str(partial)
+    assert LayerReport("gradients", (row,), None, "").passed
