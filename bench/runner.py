@@ -12,10 +12,12 @@ import argparse
 import datetime
 import importlib
 import json
+from pathlib import Path
 
 from ml_patterns.errors import UsageError
 from ml_patterns.io import atomic_write_text
 from ml_patterns.machine import cpu_count, environment, restrict_cpus
+from ml_patterns.outputs import MARKER, check_output, mark_output
 
 from .common import CONTENDERS, QUICK_CONTENDERS, BenchContext
 
@@ -42,11 +44,28 @@ REQUIRED = ("benchmark", "workload", "contender", "device")
 OPTIONAL = ("flops_per_call", "compile_s", "peak_memory", "detail")
 
 
+RESULTS_KIND = "folder of benchmark results"
+RESULT_FILES = ("ml_patterns_bench.json", "ml_patterns_bench.md", "ml_patterns_bench.png")
+
+
+def check_results_destination(out: Path, data: Path) -> None:
+    """Refuses (``DestinationError``, one line) an ``--out`` that holds other files than results, the
+    dataset read (or a folder holding it), or the working directory: the results never overwrite them."""
+    check_output(out, RESULTS_KIND, protect=(data,), recognise=_results_only)
+
+
+def _results_only(folder: Path) -> bool:
+    """Results written before results folders were marked (also under their older names, bench.*)."""
+    older = {name.replace("ml_patterns_bench", "bench") for name in RESULT_FILES}
+    return {entry.name for entry in folder.iterdir()} <= {*RESULT_FILES, *older, MARKER}
+
+
 def run_benchmarks(args: argparse.Namespace) -> int:
     selected = list(dict.fromkeys(args.only or (QUICK_BENCHMARKS if args.quick else BENCHMARKS)))
     unknown = sorted(set(selected) - set(BENCHMARKS))
     if unknown:
         raise UsageError(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
+    check_results_destination(args.out, args.data)  # before any measurement
     if not (args.data / "manifest.json").is_file():
         from ml_patterns.molecules.prepare import prepare_dataset
 
@@ -94,7 +113,9 @@ def run_benchmarks(args: argparse.Namespace) -> int:
 
     from .chart import write_chart  # matplotlib loads only when there is something to draw
 
+    check_results_destination(args.out, args.data)
     args.out.mkdir(parents=True, exist_ok=True)
+    mark_output(args.out, RESULTS_KIND)
     atomic_write_text(args.out / "ml_patterns_bench.json", json.dumps(report, indent=1) + "\n")
     atomic_write_text(args.out / "ml_patterns_bench.md", _markdown(report, table, summary))
     write_chart(report, args.out / "ml_patterns_bench.png")

@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import check_loss_sums, shard_rows
+from ml_patterns.fit_checks import check_fit
 from ml_patterns.history import History
 from ml_patterns.optim import OptimizerConfig
 from ml_patterns.training_resume import ResumableTrainer, find_sampler
@@ -173,6 +174,7 @@ class TrainerBase(ResumableTrainer):
         self._train_loader: Any = None
         self._pending_sampler_state: dict | None = None
         self._hooks: dict[str, list[Callable]] = {name: [] for name in HOOKS}  # the callbacks' bound hooks, per fit
+        self._after_callbacks: list[Callable[[], None]] = []
 
     @property
     def is_main(self) -> bool:
@@ -182,6 +184,8 @@ class TrainerBase(ResumableTrainer):
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, num_epochs: int = 1) -> History:
+        check_fit(num_epochs, self.epoch, self.callbacks, has_val_loader=val_loader is not None)
+        self._check_loaders(train_loader, val_loader)
         # Refused before the first step, not at the first large batch (validation's: an epoch later).
         self._check_padding(train_loader, "train")
         if val_loader is not None:
@@ -216,9 +220,20 @@ class TrainerBase(ResumableTrainer):
                 self.should_stop, self.stop_reason = True, reason
             for hook in self._hooks["on_epoch_end"]:
                 hook(epoch, self, metrics)
+            self._run_after_callbacks()
         for hook in self._hooks["on_train_end"]:
             hook(self)
         return self.history
+
+    def after_callbacks(self, action: Callable[[], None]) -> None:
+        """Runs ``action()`` once every callback has seen the current epoch (ModelCheckpoint's saves:
+        a checkpoint then holds every callback's state after the epoch)."""
+        self._after_callbacks.append(action)
+
+    def _run_after_callbacks(self) -> None:
+        actions, self._after_callbacks = self._after_callbacks, []
+        for action in actions:
+            action()
 
     def _batches(self, loader: Iterable, epoch: int, *, train: bool):
         """``(index, device batch, samples)`` per batch of ``loader``."""
@@ -285,6 +300,9 @@ class TrainerBase(ResumableTrainer):
 
     def _after_epoch(self) -> None:
         """Called after each epoch, before the callbacks see it."""
+
+    def _check_loaders(self, train_loader: Iterable, val_loader: Iterable | None) -> None:
+        """Refuses loaders this backend cannot run before the first batch (ranks yielding unequal batch counts)."""
 
     def _to_batch(self, batch: Any) -> Any:
         raise NotImplementedError

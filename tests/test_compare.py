@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from ml_patterns.outputs import MARKER
 from ml_patterns.parity_floor import FLOOR_MULTIPLE
 from ml_patterns_app.cli import main
 from ml_patterns_app.compare import report as compare_report
@@ -87,7 +88,7 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
     assert results["speed"]["torch"]["compile_cache"]["compile_cache"] is None  # torch eager compiles nothing
     assert results["speed"]["jax"]["compilations"] >= 2  # at least one train and one eval compilation
     assert results["speed"]["torch"]["compilations"] is None
-    assert sorted(p.name for p in out.iterdir()) == sorted(compare_written.FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted((*compare_written.FILES, MARKER))  # marked as a report
     assert (out / "drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A JAX side with a porting bug (its learning rate 1.5x torch's) from the same weights: the verdict fails.

@@ -91,6 +91,8 @@ class Trainer(TrainerBase):
             distributed=distributed or None,
             pad_batches_to=pad_batches_to,
         )
+        if config is None:
+            state.check_optimizer_parameters(optimizer, self.model)
         self.optimizer = optimizer if config is None else build_optimizer(config, self.model.parameters())
         if self.distributed is not None:  # DDP wraps the model here, broadcasting rank 0's weights
             self._parallel_train = distributed_.make_train_step(self.model, self.optimizer, self.distributed)
@@ -99,6 +101,10 @@ class Trainer(TrainerBase):
 
     def _set_mode(self, train: bool) -> None:
         self.model.train(train)
+
+    def _check_loaders(self, train_loader, val_loader) -> None:
+        if self.distributed is not None:
+            distributed_.check_batch_counts({"training": train_loader, "validation": val_loader}, self.distributed)
 
     def _to_batch(self, batch: Any) -> Any:
         if not self.weighted_rows:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ml_patterns.errors import UsageError
+from ml_patterns.io import printable
 from ml_patterns_app.cli.arguments import DEFAULT_DATA_DIR, non_negative_int, positive_int, rdkit_properties
 
 
@@ -120,7 +121,7 @@ def format_manifest(manifest: dict, root: Path) -> str:
             f"duplicates {duplicates['rows']} rows repeat a molecule, {duplicates['conflicting']} with other labels"
             + (" (see manifest.json)" if duplicates["conflicting"] else "")
         )
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # data may hold terminal escapes
 
 
 COMMANDS = {

@@ -41,7 +41,7 @@ from ml_patterns_app.compare.settings import (
     WorkerJob,
     WorkerResult,
 )
-from ml_patterns_app.compare.written import FILES, write_report
+from ml_patterns_app.compare.written import FILES, check_report_destination, write_report
 
 # Seconds a worker gets to exit after Ctrl-C before it is killed.
 STOP_GRACE_S = 5.0
@@ -86,6 +86,7 @@ def run_compare(
     run compiles).
     """
     started = time.perf_counter()
+    check_report_destination(out, data)  # before any training: a report that cannot be written costs nothing
     if not (data / "manifest.json").is_file():
         print(f"preparing the default dataset in {data} ...", flush=True)
         prepare_dataset(data, progress=True)
@@ -118,7 +119,7 @@ def run_compare(
             report, {backend: (results[backend, 1], results[backend, devices]) for backend in BACKENDS}
         )
     report["wall_time_s"] = time.perf_counter() - started
-    write_report(report, out)
+    write_report(report, out, data)
     print("\n" + format_summary(report))
     print(f"\nwrote {out / FILES[0]}, {', '.join(FILES[1:])} ({report['wall_time_s']:.0f} s)")
     return 0 if report["parity"]["passed"] else 1
