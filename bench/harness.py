@@ -57,8 +57,8 @@ DEVICES = ("cpu", "gpu")
 class Step:
     """One workload's step, written once per framework (module docstring): both sides start from
     the same numpy weights and inputs, and return the loss, so their warm-up losses must agree.
-    Each takes ``(device, precision)``, ``precision`` a training precision of ``ml_patterns.precision``
-    (``"float32"`` or ``"bf16-mixed"``, as ``BenchContext.step_precisions`` asks)."""
+    Each takes ``(device, precision="float32")``, ``precision`` a training precision of
+    ``ml_patterns.precision`` (``"float32"`` or ``"bf16-mixed"``, as ``BenchContext.step_precisions`` asks)."""
 
     torch: Callable[[torch.device, str], Callable[[], torch.Tensor]]
     jax: Callable[[jax.Device, str], tuple[Callable, object, tuple]]

@@ -150,7 +150,8 @@ def problem_rows(benchmark: str, problem: Problem, step: Step, ctx: BenchContext
 
 def step(problem: Problem) -> Step:
     return Step(
-        torch=functools.partial(torch_step, problem), jax=lambda _device, precision: jax_step(problem, precision)
+        torch=functools.partial(torch_step, problem),
+        jax=lambda _device, precision="float32": jax_step(problem, precision),
     )
 
 

@@ -160,12 +160,12 @@ def train_step_rows(problem: Problem, device: str, ctx: BenchContext) -> list[di
 
 
 def step(problem: Problem) -> Step:
-    def torch_step(device, precision):
+    def torch_step(device, precision="float32"):
         train_step, _ = bare_step("torch", trainer("torch", problem, device, precision=precision))
         batch = RUNTIMES["torch"].to_device(problem.batch, device)
         return lambda: train_step(batch)
 
-    def jax_step(device, precision):
+    def jax_step(device, precision="float32"):
         jax_trainer = trainer("jax", problem, device, precision=precision)
 
         def train_step(state, batch):  # the Trainer's jitted step, inlined; the harness takes the loss alone
