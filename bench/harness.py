@@ -33,9 +33,10 @@ import torch._inductor.utils  # noqa: E402
 import jax_impl.runtime  # noqa: E402
 import torch_impl.runtime  # noqa: E402
 from ml_patterns.errors import UsageError  # noqa: E402
-from ml_patterns.parity import PRECISIONS  # noqa: E402
 
 from .common import (  # noqa: E402
+    BENCH_PRECISIONS,
+    BF16,
     CONTENDERS,
     BenchContext,
     Contender,
@@ -55,10 +56,12 @@ DEVICES = ("cpu", "gpu")
 @dataclasses.dataclass(frozen=True)
 class Step:
     """One workload's step, written once per framework (module docstring): both sides start from
-    the same numpy weights and inputs, and return the loss, so their warm-up losses must agree."""
+    the same numpy weights and inputs, and return the loss, so their warm-up losses must agree.
+    Each takes ``(device, precision="float32")``, ``precision`` a training precision of
+    ``ml_patterns.precision`` (``"float32"`` or ``"bf16-mixed"``, as ``BenchContext.step_precisions`` asks)."""
 
-    torch: Callable[[torch.device], Callable[[], torch.Tensor]]
-    jax: Callable[[jax.Device], tuple[Callable, object, tuple]]
+    torch: Callable[[torch.device, str], Callable[[], torch.Tensor]]
+    jax: Callable[[jax.Device, str], tuple[Callable, object, tuple]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,28 +74,33 @@ class Measured:
 
 def contender_rows(benchmark: str, workload: str, step: Step, ctx: BenchContext, device: str, **row) -> list[dict]:
     """A ``result_row`` (``row``: its keywords, e.g. ``items``, ``unit``, ``flops``, ``detail``) or a
-    ``skipped_row`` per contender of ``ctx``; ``warmup_losses`` is added to each."""
+    ``skipped_row`` per contender of ``ctx`` and training precision of ``ctx.step_precisions``;
+    ``warmup_losses`` and ``precision`` are added to each, and a bf16-mixed row's workload says so."""
     rows = []
-    for name in ctx.contenders:
-        contender = CONTENDERS[name]
-        measured = measure(step, contender, device, ctx.quick)
-        if isinstance(measured, str):
-            rows.append(skipped_row(benchmark, workload, name, device, measured))
-        else:
-            rows.append(
-                result_row(
-                    benchmark,
-                    workload,
-                    name,
-                    device,
-                    measured.timing,
-                    compile_s=measured.compile_s,
-                    peak_memory=measured.peak_memory,
-                    warmup_losses=measured.warmup_losses,
-                    **row,
+    for precision in ctx.step_precisions:
+        bound = Step(torch=lambda d, p=precision: step.torch(d, p), jax=lambda d, p=precision: step.jax(d, p))
+        named = workload if precision == "float32" else f"{workload}, {precision}"
+        for name in ctx.contenders:
+            contender = CONTENDERS[name]
+            measured = measure(bound, contender, device, ctx.quick)
+            if isinstance(measured, str):
+                rows.append({**skipped_row(benchmark, named, name, device, measured), "precision": precision})
+            else:
+                rows.append(
+                    result_row(
+                        benchmark,
+                        named,
+                        name,
+                        device,
+                        measured.timing,
+                        compile_s=measured.compile_s,
+                        peak_memory=measured.peak_memory,
+                        warmup_losses=measured.warmup_losses,
+                        precision=precision,
+                        **row,
+                    )
                 )
-            )
-        RUNTIMES[contender.framework].release_memory()
+            RUNTIMES[contender.framework].release_memory()
     return rows
 
 
@@ -175,18 +183,20 @@ def resolve_devices(choice: str) -> tuple[str, ...]:
 
 @contextlib.contextmanager
 def configured(threads: int, precision: str) -> Iterator[dict]:
-    """Sets both frameworks' threads and matmul precision for the block, restoring them afterwards.
+    """Sets both frameworks' threads and matmul precision for the block (``"bf16"``: the float32
+    policy, under which the float32 rows run), restoring them afterwards.
 
     JAX's persistent compilation cache is off inside, so compile times are cold on both sides
     (see ``cold_torch_compile`` for torch's). Yields ``describe()``, read back after setting.
     """
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if precision not in BENCH_PRECISIONS:
+        raise UsageError(f"--precision must be one of {sorted(BENCH_PRECISIONS)}, got {precision!r}")
+    policy = "float32" if precision == BF16 else precision
     saved_threads, saved_cache = torch.get_num_threads(), jax.config.jax_enable_compilation_cache
     torch.set_num_threads(threads)
     jax.config.update("jax_enable_compilation_cache", False)
     try:
-        with torch_impl.runtime.precision_policy(precision), jax_impl.runtime.precision_policy(precision):
+        with torch_impl.runtime.precision_policy(policy), jax_impl.runtime.precision_policy(policy):
             yield describe(precision)
     finally:
         torch.set_num_threads(saved_threads)
@@ -214,7 +224,7 @@ def describe(precision: str) -> dict:
         },
         "precision": {
             "policy": precision,
-            "summary": PRECISIONS[precision],
+            "summary": BENCH_PRECISIONS[precision],
             **torch_impl.runtime.precision(),
             **jax_impl.runtime.precision(),
         },

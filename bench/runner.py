@@ -18,8 +18,9 @@ from ml_patterns.errors import UsageError
 from ml_patterns.io import atomic_write_text
 from ml_patterns.machine import cpu_count, environment, restrict_cpus
 from ml_patterns.outputs import MARKER, check_output, mark_output
+from ml_patterns.precision import MIXED
 
-from .common import CONTENDERS, QUICK_CONTENDERS, BenchContext
+from .common import CONTENDERS, QUICK_CONTENDERS, BenchContext, peak_key
 
 # name -> the module whose ``run(ctx: BenchContext) -> list[dict]`` returns result rows
 # (``ml_patterns_bench.common.result_row``). A module is imported only when it runs, after the CPUs are pinned.
@@ -106,7 +107,7 @@ def run_benchmarks(args: argparse.Namespace) -> int:
         "skipped": [row for row in rows if "skipped" in row],
     }
     table = format_table(results)
-    summary = format_summary(results)
+    summary = format_summary(results) + _precision_summary(results)
     print(table + "\n\n" + summary)
     for row in report["skipped"]:
         print(f"skipped: {_name(row)}: {row['skipped']}")
@@ -140,7 +141,7 @@ def _checked(name: str, rows: list[dict]) -> list[dict]:
 
 def _add_peak_fractions(results: list[dict], peaks: dict[str, dict[str, float]]) -> None:
     for row in results:
-        flops, device_peaks = row.get("flops_per_call"), peaks.get(row["device"], {})
+        flops, device_peaks = row.get("flops_per_call"), peaks.get(peak_key(row), {})
         gflops = flops / row["timing"]["median_s"] / 1e9 if flops else None
         contender = CONTENDERS.get(row["contender"])
         own = device_peaks.get(contender.framework) if contender else None
@@ -212,6 +213,33 @@ def format_summary(results: list[dict]) -> str:
             )
         lines.append(f"| {benchmark} | {workload} | {device} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _precision_summary(results: list[dict]) -> str:
+    """``--precision bf16``: each bf16-mixed row's throughput over its float32 twin's (the same
+    benchmark, workload, contender and device), or "" when the run has none."""
+    float32 = {_name(row): row for row in results if row.get("precision") == "float32"}
+    lines = []
+    for row in results:
+        if row.get("precision") != MIXED:
+            continue
+        twin = float32.get(_name({**row, "workload": row["workload"].removesuffix(f", {MIXED}")}))
+        if twin is not None:
+            ratio = row["throughput"]["value"] / twin["throughput"]["value"]
+            lines.append(
+                f"| {twin['benchmark']} | {twin['workload']} | {row['contender']} | {row['device']} | {ratio:.2f}x |"
+            )
+    if not lines:
+        return ""
+    header = [
+        "",
+        "",
+        "bf16-mixed throughput over float32:",
+        "",
+        "| benchmark | workload | contender | device | bf16 / float32 |",
+        "|---|---|---|---|---|",
+    ]
+    return "\n".join(header + lines)
 
 
 def _number(value: float) -> str:

@@ -9,23 +9,21 @@ Divergences, and why:
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import importlib.metadata
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
 from flax import nnx
 
+from jax_impl.precision import precision_policy as precision_policy
+from jax_impl.precision import set_precision as set_precision
 from jax_impl.state import tree_to_numpy
 from jax_impl.training import to_device
 from ml_patterns.errors import UsageError
 from ml_patterns.io import private_directory
-from ml_patterns.parity import PRECISIONS
-
-_PRECISION = {"float32": "highest", "tf32": "tensorfloat32"}
 
 
 def device(kind: str) -> jax.Device | None:
@@ -44,22 +42,6 @@ def select_device(choice: str = "auto") -> jax.Device:
     if found is None:
         raise UsageError(f"--device {choice}: jax has no GPU backend (install jax[cuda12] on a GPU machine)")
     return found
-
-
-def set_precision(policy: str = "float32") -> None:
-    if policy not in _PRECISION:
-        raise UsageError(f"unknown precision policy {policy!r}; known: {sorted(PRECISIONS)}")
-    jax.config.update("jax_default_matmul_precision", _PRECISION[policy])
-
-
-@contextlib.contextmanager
-def precision_policy(policy: str) -> Iterator[None]:
-    saved = jax.config.jax_default_matmul_precision
-    set_precision(policy)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_default_matmul_precision", saved)
 
 
 def precision() -> dict:

@@ -50,6 +50,7 @@ from ml_patterns.distributed import check_loss_sums, shard_rows
 from ml_patterns.fit_checks import check_fit
 from ml_patterns.history import History
 from ml_patterns.optim import OptimizerConfig
+from ml_patterns.precision import check_precision
 from ml_patterns.training_resume import ResumableTrainer, find_sampler
 
 # A callback may define any of them (the seed's own Callback class has only the middle three).
@@ -124,6 +125,10 @@ class TrainerBase(ResumableTrainer):
     program per shape (JAX) runs the short last batch with the full batches' program. A loader
     whose batches may be larger is refused before training. None (default): batches run as they come.
 
+    ``precision``: one of ``ml_patterns.precision.TRAINING_PRECISIONS`` (``"float32"``, ``"tf32"``,
+    ``"bf16-mixed"``); the weights, optimizer state and checkpoints stay float32 under every one,
+    so a checkpoint resumes under any precision (docs/PRECISION.md).
+
     ``weighted_rows`` (``pad_batches_to`` or data parallelism): the backend hands its steps
     ``(rows, weight)`` batches and takes the loss from the model's ``loss_sums(batch, weight)``, the
     global mean over the real rows (``ml_patterns.distributed.global_mean``), so the model must
@@ -145,7 +150,9 @@ class TrainerBase(ResumableTrainer):
         stop_on_non_finite: bool = True,
         distributed: Any = None,
         pad_batches_to: int | None = None,
+        precision: str = "float32",
     ):
+        self.precision = check_precision(precision)
         if pad_batches_to is not None and (
             isinstance(pad_batches_to, bool) or not isinstance(pad_batches_to, int) or pad_batches_to < 1
         ):

@@ -40,21 +40,18 @@ The contract, documented here once (``jax_impl.runtime`` mirrors it name for nam
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 
 from ml_patterns.errors import UsageError
-from ml_patterns.parity import PRECISIONS
+from torch_impl.precision import precision_policy as precision_policy
+from torch_impl.precision import set_precision as set_precision
 from torch_impl.state import tree_to_numpy
 from torch_impl.training import to_device
-
-# policy -> (torch.set_float32_matmul_precision, cuDNN TF32)
-_PRECISION = {"float32": ("highest", False), "tf32": ("high", True)}
 
 
 def device(kind: str) -> torch.device | None:
@@ -72,25 +69,6 @@ def select_device(choice: str = "auto") -> torch.device:
     if found is None:
         raise UsageError(f"--device {choice}: torch sees no CUDA GPU (install torch's CUDA build on a GPU machine)")
     return found
-
-
-def set_precision(policy: str = "float32") -> None:
-    if policy not in _PRECISION:
-        raise UsageError(f"unknown precision policy {policy!r}; known: {sorted(PRECISIONS)}")
-    matmul, cudnn_tf32 = _PRECISION[policy]
-    torch.set_float32_matmul_precision(matmul)  # sets torch.backends.cuda.matmul.allow_tf32 with it
-    torch.backends.cudnn.allow_tf32 = cudnn_tf32
-
-
-@contextlib.contextmanager
-def precision_policy(policy: str) -> Iterator[None]:
-    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
-    set_precision(policy)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(saved[0])
-        torch.backends.cudnn.allow_tf32 = saved[1]
 
 
 def precision() -> dict:

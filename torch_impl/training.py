@@ -23,6 +23,10 @@ The contract, documented here once (``jax_impl.training`` mirrors it name for na
   callback's ``float(loss)`` in ``on_batch_end`` is a sync (ProgressBar does it at most twice a second).
 - Hooks and callbacks: ``ml_patterns.callbacks``. ``save_checkpoint(path)`` writes the full training
   checkpoint; ``load_checkpoint(path)`` restores one, and the next ``fit`` resumes from it.
+- ``precision``: ``"float32"`` (default), ``"tf32"`` or ``"bf16-mixed"`` (``ml_patterns.precision``):
+  the step runs under its float32 matmul policy, and for ``bf16-mixed`` the forward pass and loss
+  under ``torch.autocast(device.type, dtype=torch.bfloat16)`` (``torch_impl.precision``); the
+  parameters, gradients, optimizer state and checkpoints stay float32, the losses reported are float32.
 - ``train(model, train_loader, val_loader, optimizer, num_epochs, device=None)``: the seed's
   function, returning ``{"train_loss": [...], "val_loss": [...]}``.
 """
@@ -42,11 +46,13 @@ from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import global_mean, rank_rows
 from ml_patterns.optim import OptimizerConfig
+from ml_patterns.precision import matmul_policy
 from ml_patterns.training import BatchTransform, TrainerBase, leading_dimension
 from ml_patterns.training_checkpoint import OPTIMIZER_SLOTS
 from torch_impl import distributed as distributed_
 from torch_impl import state
 from torch_impl.optim import build_optimizer
+from torch_impl.precision import autocast, precision_policy
 
 
 class Trainer(TrainerBase):
@@ -65,6 +71,7 @@ class Trainer(TrainerBase):
         stop_on_non_finite: bool = True,
         distributed: distributed_.Context | bool | None = None,
         pad_batches_to: int | None = None,
+        precision: str = "float32",
     ):
         if distributed is True:
             distributed = distributed_.setup()
@@ -90,9 +97,11 @@ class Trainer(TrainerBase):
             stop_on_non_finite=stop_on_non_finite,
             distributed=distributed or None,
             pad_batches_to=pad_batches_to,
+            precision=precision,
         )
         if config is None:
             state.check_optimizer_parameters(optimizer, self.model)
+        self._matmul_policy = matmul_policy(self.precision)
         self.optimizer = optimizer if config is None else build_optimizer(config, self.model.parameters())
         if self.distributed is not None:  # DDP wraps the model here, broadcasting rank 0's weights
             self._parallel_train = distributed_.make_train_step(self.model, self.optimizer, self.distributed)
@@ -121,20 +130,28 @@ class Trainer(TrainerBase):
         return global_mean(self.model.loss_sums(*batch), distributed_.safe_divide)
 
     def _train_step(self, batch: Any) -> torch.Tensor:
-        if self.distributed is not None:
-            loss = self._parallel_train(*batch)  # the global batch's loss
-        else:
-            self.optimizer.zero_grad()
-            loss = self._loss(batch)
-            loss.backward()
-            self.optimizer.step()
-            loss = loss.detach()
+        with precision_policy(self._matmul_policy):
+            if self.distributed is not None:
+                with self._autocast():  # DDP's step is forward and backward in one call
+                    loss = self._parallel_train(*batch)  # the global batch's loss
+            else:
+                self.optimizer.zero_grad()
+                with self._autocast():
+                    loss = self._loss(batch)
+                loss.backward()
+                self.optimizer.step()
+                loss = loss.detach()
         self._steps += 1
-        return loss
+        return loss.float()  # a no-op in float32; a bfloat16 loss would round the epoch's sums
 
     @torch.no_grad()
     def _eval_step(self, batch: Any) -> torch.Tensor:
-        return self._loss(batch) if self.distributed is None else self._parallel_eval(*batch)
+        with precision_policy(self._matmul_policy), self._autocast():
+            loss = self._loss(batch) if self.distributed is None else self._parallel_eval(*batch)
+        return loss.float()
+
+    def _autocast(self) -> torch.autocast:
+        return autocast(self.precision, self.device)
 
     def compilations(self) -> int | None:
         """Programs compiled for this trainer's steps so far; None: eager torch compiles nothing
@@ -283,10 +300,12 @@ def train(
     device: str | torch.device | None = None,
     *,
     batch_transform: BatchTransform | None = None,
+    precision: str = "float32",
 ) -> dict[str, list[float]]:
     """Trains ``model`` for ``num_epochs``; returns ``{"train_loss": [...], "val_loss": [...]}``
-    (per-epoch means weighted per sample; ``val_loss`` empty without a ``val_loader``)."""
-    trainer = Trainer(model, optimizer, device=device, batch_transform=batch_transform)
+    (per-epoch means weighted per sample; ``val_loss`` empty without a ``val_loader``).
+    ``precision``: see ``Trainer``."""
+    trainer = Trainer(model, optimizer, device=device, batch_transform=batch_transform, precision=precision)
     history = trainer.fit(train_loader, val_loader, num_epochs)
     return {"train_loss": history["train_loss"], "val_loss": history.metrics.get("val_loss", [])}
 

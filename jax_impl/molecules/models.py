@@ -42,10 +42,13 @@ class Attention(nnx.Module):
 
 
 def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, dropout) -> jax.Array:
-    """Attention written out, as torch's twin: ``q, k, v`` ``[B, H, L, hd]``, ``mask`` bool ``[B, 1 | L, L]``."""
-    scores = jnp.matmul(q, k.transpose(0, 1, 3, 2)) * scale  # (b, h, l, l)
+    """Attention written out, as torch's twin: ``q, k, v`` ``[B, H, L, hd]``, ``mask`` bool ``[B, 1 | L, L]``.
+
+    Scores and softmax in float32 whatever ``q``'s dtype, the probabilities in ``v``'s for the second
+    matmul: what torch's fused attention does with bfloat16 inputs under autocast (docs/PRECISION.md)."""
+    scores = jnp.matmul(q, k.transpose(0, 1, 3, 2), preferred_element_type=jnp.float32) * scale  # (b, h, l, l)
     scores = jnp.where(mask[:, None], scores, jnp.finfo(scores.dtype).min)
-    return jnp.matmul(dropout(jax.nn.softmax(scores, axis=-1)), v)
+    return jnp.matmul(dropout(jax.nn.softmax(scores, axis=-1).astype(v.dtype)), v)
 
 
 class FeedForward(nnx.Module):

@@ -151,7 +151,7 @@ def _run_parity(args: argparse.Namespace) -> int:
 
 
 def _add_bench(parser: argparse.ArgumentParser) -> None:
-    from ml_patterns.parity import PRECISIONS
+    from ml_patterns_bench.common import BENCH_PRECISIONS
     from ml_patterns_bench.runner import BENCHMARKS, QUICK_BENCHMARKS  # framework-free
 
     parser.add_argument(
@@ -182,10 +182,10 @@ def _add_bench(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=sorted(PRECISIONS),
+        choices=sorted(BENCH_PRECISIONS),
         default="float32",
-        help="float32 matmul precision on both sides: "
-        + "; ".join(f"{name}: {summary}" for name, summary in PRECISIONS.items()),
+        help="precision on both sides: "
+        + "; ".join(f"{name}: {summary}" for name, summary in BENCH_PRECISIONS.items()),
     )
     parser.add_argument(
         "--data",

@@ -53,6 +53,9 @@ class CompareSettings:
     # CPUs each worker may use (0: all of them). On a shared machine 1 is faster and steadier:
     # torch's OpenMP threads wait at every barrier for a peer that lost its core (docs/PERFORMANCE.md).
     threads: int = 0
+    # The trainers' precision (ml_patterns.precision). No command-line flag yet: the verdict's noise
+    # floor is float32's, and a bf16-mixed run needs one measured in bfloat16 (docs/PRECISION.md).
+    precision: str = "float32"
 
     def train_sampler(self, train) -> BatchSampler:
         """The sampler both backends' training loaders draw from (``make_loader`` builds the same)."""

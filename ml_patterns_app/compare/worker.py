@@ -189,6 +189,7 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         batch_transform=BatchPreparer(config),
         distributed=distributed,
         pad_batches_to=pad_rows,
+        precision=settings.precision,
     )
     # Everything alive now (the frameworks, the model, the data) lives until the worker exits: moved
     # out of the collector's generations, it is not rescanned by the collections JAX's tracing sets
