@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,17 +96,44 @@ class Trainer(TrainerBase):
             self._parallel_train = distributed_.make_train_step(self.model, self.optimizer, self.distributed)
             self._parallel_eval = distributed_.make_eval_step(self.model)
         self._steps = 0  # a framework optimizer's updates (our Optimizer counts its own)
+        # On a GPU, batches are copied on a stream of their own, so that the copy of the next batch
+        # (queued one batch ahead by the loop) runs while the current step computes; each copy's
+        # event, by the id of its batch, is what the step waits for.
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._copies: dict[int, torch.cuda.Event] = {}
 
     def _set_mode(self, train: bool) -> None:
         self.model.train(train)
+        self._copies.clear()  # copies of a loop that stopped early (an exception) are never waited for
 
     def _to_batch(self, batch: Any) -> Any:
+        if self._copy_stream is None:
+            return self._device_batch(batch)
+        with torch.cuda.stream(self._copy_stream):
+            moved = self._device_batch(batch)
+            done = torch.cuda.Event()
+            done.record(self._copy_stream)
+        self._copies[id(moved)] = done
+        return moved
+
+    def _device_batch(self, batch: Any) -> Any:
         if not self.weighted_rows:
             return to_device(batch, self.device)
         world, rank = (1, 0) if self.distributed is None else (self.distributed.world_size, self.distributed.rank)
         n = leading_dimension(batch)
         rows, weight = rank_rows(batch, n, world, rank, self.rows_per_device(n, world))
-        return to_device(rows, self.device), torch.from_numpy(weight).to(self.device)
+        return to_device(rows, self.device), to_device(weight, self.device)
+
+    def _ready(self, batch: Any) -> Any:
+        """``batch`` once the current stream has waited for its copy (a device-side wait: the host
+        goes on), its memory marked as used by that stream so the allocator does not reuse it early."""
+        done = self._copies.pop(id(batch), None)
+        if done is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(done)
+            for tensor in _tensors(batch):
+                tensor.record_stream(stream)
+        return batch
 
     def _loss(self, batch: Any) -> torch.Tensor:
         """One device's loss: ``compute_loss``, or of ``(rows, weight)`` the real rows' global mean."""
@@ -115,6 +142,7 @@ class Trainer(TrainerBase):
         return global_mean(self.model.loss_sums(*batch), distributed_.safe_divide)
 
     def _train_step(self, batch: Any) -> torch.Tensor:
+        batch = self._ready(batch)
         if self.distributed is not None:
             loss = self._parallel_train(*batch)  # the global batch's loss
         else:
@@ -128,6 +156,7 @@ class Trainer(TrainerBase):
 
     @torch.no_grad()
     def _eval_step(self, batch: Any) -> torch.Tensor:
+        batch = self._ready(batch)
         return self._loss(batch) if self.distributed is None else self._parallel_eval(*batch)
 
     def compilations(self) -> int | None:
@@ -253,19 +282,31 @@ class Trainer(TrainerBase):
 def to_device(batch: Any, device: torch.device | str | None = None) -> Any:
     """``batch`` with every array on ``device`` (None: torch's default device): tensors moved, numpy
     arrays converted (integers to int64, torch's integer default), mappings, lists and tuples walked;
-    anything else kept."""
+    anything else kept. To a GPU, host arrays go through pinned memory and are copied
+    ``non_blocking``: the copy is queued on the current stream and the host does not wait for it."""
     if device is None:
         device = torch.get_default_device()
+    device = torch.device(device)
     if torch.is_tensor(batch):
+        if device.type == "cuda" and batch.device.type == "cpu":
+            return batch.pin_memory().to(device, non_blocking=True)
         return batch.to(device)
     if isinstance(batch, np.ndarray):
         dtype = torch.int64 if np.issubdtype(batch.dtype, np.integer) else None
-        return torch.as_tensor(batch, dtype=dtype, device=device)
+        return to_device(torch.as_tensor(batch, dtype=dtype), device)
     if isinstance(batch, Mapping):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def _tensors(tree: Any) -> Iterator[torch.Tensor]:
+    if torch.is_tensor(tree):
+        yield tree
+    elif isinstance(tree, (Mapping, list, tuple)):
+        for child in tree.values() if isinstance(tree, Mapping) else tree:
+            yield from _tensors(child)
 
 
 def train(

@@ -1,0 +1,105 @@
+"""The per-step path makes no host sync and no implicit transfer (what would stall a GPU once per
+step), proven on the CPU: a torch epoch with the Tensor methods that read a value on the host made
+to raise inside the step, a JAX epoch under ``jax.transfer_guard("disallow")``, and the molecule
+models' ``compute_loss`` one torch.compile graph."""
+
+from __future__ import annotations
+
+import jax
+import pytest
+import torch
+
+import jax_impl.data
+import jax_impl.molecules.models
+import jax_impl.training
+import torch_impl.data
+import torch_impl.molecules.models
+import torch_impl.training
+from ml_patterns.data import LazyDataset, Subset
+from ml_patterns.molecules.batches import BatchPreparer
+from ml_patterns.molecules.config import ModelConfig
+from ml_patterns.optim import OptimizerConfig
+
+IMPLS = {"torch": torch_impl, "jax": jax_impl}
+HOST_READS = ("item", "__bool__", "tolist", "cpu", "numpy")
+
+
+def config_for(manifest, architecture="multitask"):
+    return ModelConfig.from_manifest(
+        manifest, architecture=architecture, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_len=64, seed=1
+    )
+
+
+def trainer_and_loader(backend, default_dataset, architecture="multitask"):
+    root, manifest = default_dataset
+    impl = IMPLS[backend]
+    config = config_for(manifest, architecture)
+    trainer = impl.training.Trainer(
+        impl.molecules.models.build_model(config),
+        OptimizerConfig("adamw", learning_rate=1e-3, weight_decay=0.01),
+        batch_transform=BatchPreparer(config),
+    )
+    loader = impl.data.make_loader(Subset(LazyDataset(root, split="train"), range(40)), 16, buckets=(32, 64))
+    return trainer, loader
+
+
+def test_a_torch_epoch_reads_nothing_back_inside_the_step(default_dataset, monkeypatch):
+    trainer, loader = trainer_and_loader("torch", default_dataset)
+    inside, steps = [], []
+
+    def refuse(name):
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, **kwargs):
+            if inside:
+                raise AssertionError(f"Tensor.{name} inside the training step: a host sync on a GPU")
+            return original(self, *args, **kwargs)
+
+        return guarded
+
+    step = trainer._train_step
+
+    def guarded_step(batch):
+        inside.append(True)
+        try:
+            return step(batch)
+        finally:
+            inside.clear()
+            steps.append(1)
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, refuse(name))
+    monkeypatch.setattr(trainer, "_train_step", guarded_step)
+    history = trainer.fit(loader, num_epochs=1)
+    assert len(steps) == 3 and len(history["train_loss"]) == 1
+
+
+def test_a_refused_host_read_would_be_caught(default_dataset, monkeypatch):
+    """The guard of the test above fires on a sync (it is not vacuous)."""
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda self: (_ for _ in ()).throw(AssertionError("sync")))
+    with pytest.raises(AssertionError, match="sync"):
+        bool(torch.ones(()))
+
+
+def test_a_jax_epoch_after_warm_up_transfers_nothing_implicitly(default_dataset):
+    trainer, loader = trainer_and_loader("jax", default_dataset)
+    trainer.fit(loader, num_epochs=1)  # compiles the step for each padded length
+    with jax.transfer_guard("disallow"):
+        history = trainer.fit(loader, num_epochs=2)
+    assert len(history["train_loss"]) == 2
+
+
+def test_jax_transfer_guard_refuses_an_implicit_read():
+    with jax.transfer_guard("disallow"), pytest.raises(Exception, match="[Dd]isallowed"):
+        float(jax.numpy.ones(()) + 1)
+
+
+@pytest.mark.parametrize("architecture", ["multitask", "autoencoder"])
+def test_molecule_compute_loss_is_one_graph(default_dataset, architecture):
+    trainer, loader = trainer_and_loader("torch", default_dataset, architecture)
+    host = trainer.batch_transform(next(iter(loader)), 0, 0, train=True)
+    batch = torch_impl.training.to_device(host, "cpu")
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(trainer.model.compute_loss)(batch)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
