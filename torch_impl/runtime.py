@@ -28,9 +28,9 @@ The contract, documented here once (``jax_impl.runtime`` mirrors it name for nam
   (``Trainer(pad_batches_to=...)``), or ``None`` to run batches as they come. Eager torch runs any
   shape at no extra cost, so ``None``; JAX compiles a program per batch shape, so a short last
   batch padded to the full size runs the full batches' program.
-- ``environment.process_environment(devices)`` (a module of its own, importable without the
+- ``environment.process_environment(devices, kind)`` (a module of its own, importable without the
   framework): environment variables a process must have before the framework starts, to run on
-  ``devices`` devices.
+  ``devices`` devices of ``kind``.
 - ``run_data_parallel(fn, devices, choice, *args)``: ``fn(context, *args)`` data-parallel over
   ``devices`` devices of ``select_device(choice)``'s kind, ``context`` the backend's
   ``distributed.Context`` (``None`` for one device: ``fn`` runs here). torch: one DDP process

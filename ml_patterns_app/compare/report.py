@@ -29,7 +29,10 @@ DISAGREE = (
 def build_report(settings: CompareSettings, manifest: dict, results: dict[str, WorkerResult], data_dir: Path) -> dict:
     """``results``: each backend's worker result (``worker.run_worker``), and ``FLOOR_RUN``'s (torch
     again, its initial weights one ulp off)."""
-    device_kind = "gpu" if any(r.device["kind"] == "gpu" for r in results.values()) else "cpu"
+    kinds = {name: r.device["kind"] for name, r in results.items()}
+    if len(set(kinds.values())) != 1:  # the parent resolves one kind for all (runner.resolve_device)
+        raise ValueError(f"the runs compared ran on different kinds of device: {kinds}")
+    device_kind = next(iter(kinds.values()))
     minimum = parity.tolerance("loss", device_kind)
     torch_r, jax_r, floor_r = results["torch"], results["jax"], results[FLOOR_RUN]
     drift, floor = drift_and_floor(torch_r.step_losses, jax_r.step_losses, floor_r.step_losses, minimum)
@@ -306,6 +309,8 @@ def format_summary(report: dict) -> str:
                 f"| {_number(rates['one_device'], '.0f')} | {_number(rates['devices'], '.0f')} "
                 f"| {_number(check['scaling_efficiency'], '.0%')} |"
             )
+    devices = report["backends"]
+    lines += ["", "Devices: " + "; ".join(f"{LABELS[b]} on {devices[b]['device']['name']}" for b in devices)]
     lines += ["", "Test split:", "| metric | torch | jax |", "|---|---|---|"]
     torch_m, jax_m = report["test_metrics"]["torch"], report["test_metrics"]["jax"]
     for name in torch_m:

@@ -265,7 +265,17 @@ def test_metrics(runtime, model, device, config: ModelConfig, loader) -> dict[st
     return metrics
 
 
+def probe(backend: str) -> dict:
+    """What ``backend`` sees on this machine: ``{"gpu": the first GPU's name, or None}``."""
+    runtime = importlib.import_module(f"{backend}_impl.runtime")
+    gpu = runtime.device("gpu")
+    return {"gpu": None if gpu is None else runtime.describe(gpu)["device"]["name"]}
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--probe":  # the parent's device check (runner.resolve_device)
+        print(json.dumps(probe(sys.argv[2])))
+        sys.exit(0)
     if len(sys.argv) != 4:
         raise SystemExit(
             "usage: python -m ml_patterns_app.compare.worker BACKEND JOB_JSON OUT (run `ml-patterns compare` instead)"
