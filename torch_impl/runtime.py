@@ -12,7 +12,8 @@ The contract, documented here once (``jax_impl.runtime`` mirrors it name for nam
   TF32 off) is what parity needs; ``precision()`` reads the settings in force back.
 - ``describe(device)``: ``{"device": {"kind", "name"}, "versions", "threads", "precision"}``, JSON-ready.
 - ``reset_peak_memory(device)`` / ``peak_memory(device)``: the most the framework's allocator held
-  on ``device`` since the reset, ``{"bytes", "how"}``, or ``None`` where it keeps no statistics (CPU).
+  on ``device`` since the reset, ``{"bytes", "how", "measure": "allocator peak"}``, or ``None``
+  where it keeps no statistics (CPU).
 - ``to_device(batch, device)``: a batch of numpy arrays as the framework's arrays on ``device``,
   as the trainer's step takes it (the trainers' own ``training.to_device``).
 - ``wait(device, value=None)``: blocks until the work queued on ``device`` (or producing ``value``) is done.
@@ -122,7 +123,11 @@ def reset_peak_memory(dev: torch.device) -> None:
 
 def peak_memory(dev: torch.device) -> dict | None:
     if dev.type == "cuda":
-        return {"bytes": torch.cuda.max_memory_allocated(dev), "how": "torch.cuda.max_memory_allocated"}
+        return {
+            "bytes": torch.cuda.max_memory_allocated(dev),
+            "how": "torch allocator peak, torch.cuda.max_memory_allocated",
+            "measure": "allocator peak",
+        }
     return None  # torch keeps no CPU allocator statistics
 
 

@@ -217,10 +217,12 @@ class Trainer(TrainerBase):
 
     def _load_optimizer(self, slots: dict[str, dict[str, np.ndarray]], step: int) -> None:
         optimizer = self.optimizer.optimizer
+        (group,) = optimizer.param_groups
         for name, parameter in self._named_parameters():
             entry = {slot: torch.from_numpy(slots[slot][name].copy()).to(parameter) for slot in slots}
-            if self.optimizer_config.name != "sgd":
-                entry["step"] = torch.tensor(float(step))  # torch keeps Adam's step per parameter
+            if self.optimizer_config.name != "sgd":  # torch keeps Adam's step per parameter
+                where = adam_step_device(group, parameter)
+                entry["step"] = torch.tensor(float(step), dtype=torch.float32, device=where)
             optimizer.state[parameter] = entry
         self.optimizer.set_step(step)
 
@@ -270,13 +272,36 @@ class Trainer(TrainerBase):
         self._steps = int(saved["step"])
 
     def _backend_state(self) -> dict:
-        # Dropout draws from torch's global generator: restoring it makes a resume bit-exact.
-        return {"torch_rng_state": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+        # Dropout draws from torch's global generator of the model's device (the CPU's, or each
+        # GPU's): restoring them makes a resume draw the masks of the uninterrupted run.
+        saved = {"torch_rng_state": _encode(torch.get_rng_state())}
+        if torch.cuda.is_available():
+            saved["torch_cuda_rng_states"] = [_encode(state) for state in torch.cuda.get_rng_state_all()]
+        return saved
 
     def _load_backend_state(self, saved: dict) -> None:
         if "torch_rng_state" in saved:
-            rng = np.frombuffer(base64.b64decode(saved["torch_rng_state"]), dtype=np.uint8)
-            torch.set_rng_state(torch.from_numpy(rng.copy()))
+            torch.set_rng_state(_decode(saved["torch_rng_state"]))
+        cuda = saved.get("torch_cuda_rng_states")
+        # Saved on as many GPUs as here: each gets its own back. Elsewhere (a CPU, another GPU count)
+        # the GPUs' dropout cannot continue the saved stream, so it is left as it is.
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([_decode(state) for state in cuda])
+
+
+def adam_step_device(group: Mapping, parameter: torch.Tensor) -> torch.device:
+    """Where torch's Adam/AdamW keeps a parameter's ``step``: beside the parameter for the fused and
+    capturable implementations (a CUDA kernel reads it; a CPU ``step`` there is refused), on the
+    CPU otherwise (read on the host, no device sync)."""
+    return parameter.device if group.get("fused") or group.get("capturable") else torch.device("cpu")
+
+
+def _encode(state: torch.Tensor) -> str:
+    return base64.b64encode(state.numpy().tobytes()).decode()
+
+
+def _decode(text: str) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(base64.b64decode(text), dtype=np.uint8).copy())
 
 
 def to_device(batch: Any, device: torch.device | str | None = None) -> Any:
