@@ -8,11 +8,14 @@ import json
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import torch
 
+import jax_impl.runtime
 import jax_impl.training
 import torch_impl.training
-from ml_patterns_bench import gpu_check
+from ml_patterns_bench import gpu_check, gpu_probes
 
 
 def test_the_dry_run_starts_and_runs_every_cpu_analogue(default_dataset, tmp_path):
@@ -70,12 +73,6 @@ def test_cuda_rng_states_are_saved_and_restored_where_there_are_gpus(monkeypatch
 
 
 def test_jax_predict_runs_one_jitted_program_per_batch_shape(default_dataset):
-    import jax
-    import numpy as np
-
-    import jax_impl.runtime
-    from ml_patterns_bench import gpu_probes
-
     root, manifest = default_dataset
     trainer, loader = gpu_probes.small_trainer("jax", root, manifest, None)
     batch = trainer.batch_transform(next(iter(loader)), 0, 0, train=False)
