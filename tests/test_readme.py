@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import re
+import types
 from pathlib import Path
 
 import pytest
@@ -128,9 +129,10 @@ def verdict_patterns() -> list[str]:
         for warmup_s in (1.0, 100.0):
             speed = {
                 "torch": {"steps_per_s": 2.0},
-                "jax": {"steps_per_s": 1.0, "steady_epoch_s": 10.0, "warmup_s": warmup_s},
+                "jax": {"steps_per_s": 1.0, "steady_epoch_s": 10.0, "warmup_s": warmup_s, "train_steps": 300},
             }
-            results = {"torch": {"device": {"name": "DEVICE"}}, "jax": {"step_times": [[0.1] * 100] * 3}}
+            speed["jax"]["epochs"] = 3
+            results = {"torch": types.SimpleNamespace(device={"name": "DEVICE"})}
             template = report._verdict(speed, True, results, reliability)
             pattern = re.escape(template).replace("DEVICE", r".+").replace(r"2\.00x", r"[\d.]+x")
             pattern = pattern.replace(r"\(2\.0\ vs\ 1\.0\ steps/s\)", r"\([\d.]+\ vs\ [\d.]+\ steps/s\)")
