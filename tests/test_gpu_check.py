@@ -85,3 +85,20 @@ def test_jax_predict_runs_one_jitted_program_per_batch_shape(default_dataset):
     for name, value in first.items():
         np.testing.assert_allclose(value, np.asarray(eager[name]), rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(value, again[name])
+
+
+def test_jax_peak_memory_per_phase_is_exact_or_says_it_is_a_bound():
+    class FakeGpu:
+        platform = "gpu"
+        peak = 100
+
+        def memory_stats(self):
+            return {"peak_bytes_in_use": self.peak}
+
+    gpu = FakeGpu()
+    jax_impl.runtime.reset_peak_memory(gpu)
+    bound = jax_impl.runtime.peak_memory(gpu)  # XLA's peak came before the reset: only a bound
+    assert bound["bytes"] == 100 and bound["how"].startswith("at most") and bound["measure"] == "allocator peak"
+    gpu.peak = 150
+    exact = jax_impl.runtime.peak_memory(gpu)  # it rose during the phase: the phase's own peak
+    assert exact["bytes"] == 150 and not exact["how"].startswith("at most")

@@ -77,6 +77,8 @@ def test_jax_transfer_guard_refuses_an_implicit_read():
         float(jax.numpy.ones(()) + 1)
 
 
+# Dynamo instantiates the loss's autograd.Function while tracing it, which torch itself deprecates.
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
 @pytest.mark.parametrize("architecture", ["multitask", "autoencoder"])
 def test_molecule_compute_loss_is_one_graph(default_dataset, architecture):
     trainer, loader = trainer_and_loader("torch", default_dataset, architecture)
