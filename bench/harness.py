@@ -11,8 +11,17 @@ compile-time and memory rules for all:
 
 - torch: ``step.torch(device)`` returns ``call() -> loss``; eager, or ``torch.compile(call)`` from
   cold caches, its compile time the warm-up calls' excess over as many timed calls;
-- JAX: ``step.jax(device)`` returns ``(jitted, state, args)`` with ``jitted(state, *args) -> (state,
-  loss)``, the state donated; ``jitted.lower(...).compile()`` is timed apart (``ml_patterns_bench.common.compile_jax``).
+- JAX: ``step.jax(device)`` returns ``(fn, state, args)`` with ``fn(state, *args) -> (state, loss)``
+  (or ``(state, {"loss": loss})``, as the Trainer's step returns), the state donated. A ``jax.jit``
+  function is compiled ahead of time, ``fn.lower(...).compile()`` timed apart
+  (``ml_patterns_bench.common.compile_jax``), its memory XLA's static estimate; a step object of
+  several programs (the Trainer's ``TrainStep``, timed as the Trainer runs it, not fused into one
+  program) compiles in its first calls (the warm-up's excess), its memory the allocator's peak.
+
+Memory: every ``peak_memory`` says what it measured (``"measure"``): ``"allocator peak"`` (torch's
+CUDA allocator, or XLA's on a GPU: the most held during the measurement), ``"static estimate"``
+(XLA's analysis of one compiled program, before it runs) or ``"none"``. The two are different
+quantities: the table labels each, and nothing divides one by the other.
 """
 
 from __future__ import annotations
@@ -20,11 +29,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+
+from jax_impl.environment import memory_environment
 
 # JAX reserves 75% of GPU memory when its backend starts, which would starve torch running in the
 # same process; allocate on demand instead (read when the backend starts, so set before any use).
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# Set, not defaulted: an inherited XLA_PYTHON_CLIENT_PREALLOCATE=true must not decide it (our own
+# option, ML_PATTERNS_JAX_PREALLOCATE=1, does).
+os.environ.update(memory_environment())
 
 import jax  # noqa: E402
 import torch  # noqa: E402
@@ -70,6 +83,7 @@ class Measured:
     compile_s: float | None
     peak_memory: dict
     warmup_losses: list[float]
+    extra: dict = dataclasses.field(default_factory=dict)  # more fields of the row (torch.compile's graph breaks)
 
 
 def contender_rows(benchmark: str, workload: str, step: Step, ctx: BenchContext, device: str, **row) -> list[dict]:
@@ -97,6 +111,7 @@ def contender_rows(benchmark: str, workload: str, step: Step, ctx: BenchContext,
                         peak_memory=measured.peak_memory,
                         warmup_losses=measured.warmup_losses,
                         precision=precision,
+                        **measured.extra,
                         **row,
                     )
                 )
@@ -121,6 +136,9 @@ def measure(step: Step, contender: Contender, device: str, quick: bool) -> Measu
 
 def _measure_torch(step: Step, dev: torch.device, quick: bool, compile_backend: str | None) -> Measured:
     runtime = torch_impl.runtime
+    # Before the measured step exists and the peak is reset: explaining runs a step of its own copy.
+    extra = {} if compile_backend is None else graph_breaks(step.torch, dev)
+    runtime.release_memory()
     runtime.reset_peak_memory(dev)
     call = step.torch(dev)
 
@@ -131,27 +149,65 @@ def _measure_torch(step: Step, dev: torch.device, quick: bool, compile_backend: 
         losses, _, timing = measure_steps(call, sync, quick)
         compile_s = None
     else:
+        # One graph where the step allows it: a graph break found later would then fail, not slow, the row.
+        compiled = torch.compile(call, backend=compile_backend, fullgraph=extra.get("graph_breaks") == 0)
         with cold_torch_compile():
-            losses, warmup_s, timing = measure_steps(torch.compile(call, backend=compile_backend), sync, quick)
+            losses, warmup_s, timing = measure_steps(compiled, sync, quick)
         compile_s = warmup_excess_s(warmup_s, timing)
-    memory = runtime.peak_memory(dev) or {"bytes": None, "how": "n/a: torch keeps no CPU allocator statistics"}
-    return Measured(timing, compile_s, memory, losses)
+    memory = runtime.peak_memory(dev) or {
+        "bytes": None,
+        "how": "n/a: torch keeps no CPU allocator statistics",
+        "measure": "none",
+    }
+    return Measured(timing, compile_s, memory, losses, extra)
+
+
+def graph_breaks(make_call: Callable[[torch.device], Callable[[], object]], dev: torch.device) -> dict:
+    """What ``torch._dynamo.explain`` finds in one call of a fresh copy of the measured step
+    (explaining runs it): ``{"graph_breaks", "graphs", "break_reasons"}`` (the first few), or
+    ``{"graph_breaks": None, "graph_break_check": why}`` where explaining itself failed."""
+    torch._dynamo.reset()
+    try:
+        explanation = torch._dynamo.explain(make_call(dev))()
+    except Exception as error:  # the row is still measured, compiled without fullgraph
+        return {"graph_breaks": None, "graph_break_check": failure_reason("torch._dynamo.explain", error)}
+    finally:
+        torch._dynamo.reset()
+    reasons = [str(getattr(b, "reason", b)).splitlines()[0] for b in explanation.break_reasons]
+    return {
+        "graph_breaks": explanation.graph_break_count,
+        "graphs": explanation.graph_count,
+        "break_reasons": reasons[:5],
+    }
 
 
 def _measure_jax(step: Step, dev: jax.Device, quick: bool) -> Measured:
     jax.clear_caches()  # compile from scratch, like every other contender
-    jitted, state, args = step.jax(dev)
+    fn, state, args = step.jax(dev)
     state, args = jax.device_put((state, args), dev)
-    compiled, compile_s = compile_jax(jitted, state, *args)
+    runtime = jax_impl.runtime
+    runtime.reset_peak_memory(dev)
+    if hasattr(fn, "lower"):  # one jax.jit program: compiled ahead of time, its compile timed apart
+        fn, compile_s = compile_jax(fn, state, *args)
+        memory = compiled_memory(fn)
+    else:  # a step object of several programs (the Trainer's): they compile inside the first calls
+        compile_s = memory = None
     holder = [state]
     del state  # donated on the first call
 
     def call() -> jax.Array:
-        holder[0], loss = compiled(holder[0], *args)
-        return loss
+        holder[0], out = fn(holder[0], *args)
+        return out["loss"] if isinstance(out, Mapping) else out
 
-    losses, _, timing = measure_steps(call, lambda: jax.block_until_ready(holder[0]), quick)
-    return Measured(timing, compile_s, compiled_memory(compiled), losses)
+    losses, warmup_s, timing = measure_steps(call, lambda: jax.block_until_ready(holder[0]), quick)
+    if memory is None:
+        compile_s = warmup_excess_s(warmup_s, timing)
+        memory = runtime.peak_memory(dev) or {
+            "bytes": None,
+            "how": "n/a: XLA keeps no CPU allocator statistics",
+            "measure": "none",
+        }
+    return Measured(timing, compile_s, memory, losses)
 
 
 def compiled_memory(compiled) -> dict:
@@ -163,6 +219,7 @@ def compiled_memory(compiled) -> dict:
         - analysis.alias_size_in_bytes
         + analysis.temp_size_in_bytes,
         "how": "XLA memory analysis of the compiled step: arguments + outputs - donated + temporaries",
+        "measure": "static estimate",
     }
 
 

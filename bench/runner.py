@@ -184,7 +184,7 @@ def format_table(results: list[dict]) -> str:
             _number(row["gflops"]) if row.get("gflops") else "",
             f"{row['fraction_of_peak']:.0%}" if row.get("fraction_of_peak") else "",
             _seconds(row["compile_s"]) if row.get("compile_s") is not None else "",
-            _bytes(memory.get("bytes")),
+            _memory(memory),
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -251,6 +251,21 @@ def _seconds(value: float) -> str:
         if value >= scale:
             return f"{value / scale:.3g} {unit}"
     return f"{value / 1e-9:.3g} ns"
+
+
+# How each memory figure was measured, as the table shows it: different measures, never compared.
+MEMORY_MEASURES = {
+    "allocator peak": "allocator peak",  # torch's CUDA allocator or XLA's on a GPU, during the measurement
+    "static estimate": "XLA estimate",  # XLA's analysis of one compiled program, before it runs
+    "process RSS": "RSS",  # a process's resident memory (CPU)
+}
+
+
+def _memory(memory: dict) -> str:
+    """A memory cell: the figure and what it is (``peak_memory["measure"]``)."""
+    figure = _bytes(memory.get("bytes"))
+    measure = MEMORY_MEASURES.get(memory.get("measure"))
+    return f"{figure} ({measure})" if figure and measure else figure
 
 
 def _bytes(value: int | None) -> str:

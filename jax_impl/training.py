@@ -247,6 +247,17 @@ class Trainer(TrainerBase):
     def _after_epoch(self) -> None:
         self.sync_model()
 
+    def _epoch_total(self, losses: list, counts: list[int]) -> np.float32:
+        # Read in one explicit transfer (an epoch runs under jax.transfer_guard("disallow")), then
+        # added in float32 in batch order: the same rounding as the device sum of the torch side.
+        # The last update too (the losses come from the gradients' programs): the epoch, timed to
+        # this sync, then ends when its work does.
+        jax.block_until_ready(self.state.step)
+        total = np.float32(0.0)
+        for loss, n in zip(jax.device_get(losses), counts):
+            total = total + np.float32(loss) * np.float32(n)
+        return total
+
     def compilations(self) -> int:
         """Programs compiled for the train and eval steps so far: one per input signature (batch
         shape, dtypes, placement) they were called with, which padding to a ladder of lengths

@@ -5,7 +5,7 @@ loader yielding batches that are mappings (or other pytrees) of arrays: nothing 
 molecules. Per batch, in this order::
 
     batch = batch_transform(batch, epoch, batch_index, train=True)   # optional, on the host
-    batch = <to the device>                                          # the backend's
+    batch = <to the device>                                          # the backend's, queued one batch ahead
     loss  = <one optimizer step on model.compute_loss(batch)>         # a device scalar
     callback.on_batch_end(batch_index, trainer, loss)                 # float(loss) is a host sync
 
@@ -22,7 +22,8 @@ unless the loader or the model defines ``batch_size(batch) -> int`` (the loader'
 with the batch as the loader yielded it; the model's with the batch ``compute_loss`` receives, or,
 where the step gets ``(rows, weight)`` with padding rows (data parallelism,
 ``pad_batches_to``), with the host batch before padding).
-Both backends accumulate ``n_b * loss_b`` on the device and read it once per epoch.
+Both backends keep each batch's loss on the device and read the epoch's in one go at its end (JAX: one explicit
+transfer), adding ``n_b * loss_b`` in float32 in batch order.
 
 Data parallelism (``distributed=``, docs/DISTRIBUTED.md). Every rank's loader yields the same GLOBAL
 batch; the backend hands the step this rank's shard (``ml_patterns.distributed``) and the step
@@ -243,9 +244,12 @@ class TrainerBase(ResumableTrainer):
             action()
 
     def _batches(self, loader: Iterable, epoch: int, *, train: bool):
-        """``(index, device batch, samples)`` per batch of ``loader``."""
+        """``(index, device batch, samples)`` per batch of ``loader``, each sent to the device one
+        batch ahead: batch i+1 is transformed and its copy queued before step i is, so on an
+        accelerator the copy and the host's work overlap the step instead of waiting for it."""
         loader_size = batch_size_hook(loader)
         model_size = batch_size_hook(self.model)
+        ahead = None
         for index, raw in enumerate(loader):
             host = raw if self.batch_transform is None else self.batch_transform(raw, epoch, index, train=train)
             batch = self._to_batch(host)
@@ -257,29 +261,33 @@ class TrainerBase(ResumableTrainer):
                 n = int(model_size(host if self.weighted_rows else batch))
             else:
                 n = leading_dimension(host)  # the host batch: its mapping order is the user's on both backends
-            yield index, batch, n
+            if ahead is not None:
+                yield ahead
+            ahead = index, batch, n
+        if ahead is not None:
+            yield ahead
 
     def _train_epoch(self, loader: Iterable, epoch: int) -> float:
         self._set_mode(train=True)
-        total, count = 0.0, 0
+        losses, counts = [], []
         for index, batch, n in self._batches(loader, epoch, train=True):
             loss = self._train_step(batch)
-            total = total + loss * n  # stays on the device: no host sync inside the epoch
-            count += n
+            losses.append(loss)  # stays on the device: no host sync inside the epoch
+            counts.append(n)
             self.last_batch_size = n
             for hook in self._hooks["on_batch_end"]:
                 hook(index, self, loss)
-        return epoch_mean(total, count, "training")
+        return epoch_mean(self._epoch_total(losses, counts), sum(counts), "training")
 
     def evaluate(self, loader: Iterable) -> float:
         """The loss over ``loader``, weighted per sample, dropout off."""
         self._check_padding(loader, "evaluation")
         self._set_mode(train=False)
-        total, count = 0.0, 0
+        losses, counts = [], []
         for _, batch, n in self._batches(loader, 0, train=False):
-            total = total + self._eval_step(batch) * n
-            count += n
-        return epoch_mean(total, count, "evaluation")
+            losses.append(self._eval_step(batch))
+            counts.append(n)
+        return epoch_mean(self._epoch_total(losses, counts), sum(counts), "evaluation")
 
     # -- padding ----------------------------------------------------------------------------
     def _check_padding(self, loader: Iterable, what: str) -> None:
@@ -312,7 +320,16 @@ class TrainerBase(ResumableTrainer):
         """Refuses loaders this backend cannot run before the first batch (ranks yielding unequal batch counts)."""
 
     def _to_batch(self, batch: Any) -> Any:
+        """``batch`` queued for the device (the copy may still run: the step waits for it, not the host)."""
         raise NotImplementedError
+
+    def _epoch_total(self, losses: list, counts: list[int]) -> Any:
+        """``sum_b n_b * loss_b`` of an epoch's device scalars, in batch order: added up on the
+        device, read by ``epoch_mean`` (the epoch's one sync)."""
+        total = 0.0
+        for loss, n in zip(losses, counts):
+            total = total + loss * n
+        return total
 
     def _train_step(self, batch: Any) -> Any:
         """One optimizer step; returns the batch's mean loss as a device scalar (no host sync)."""

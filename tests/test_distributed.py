@@ -391,8 +391,6 @@ def test_compare_checks_each_backend_against_its_one_device_run():
             history={"train_loss": losses, "val_loss": losses},
             devices=devices,
             epoch_times=[{"train_s": s, "val_s": 0.5} for s in train_s],
-            step_times=[[s / 4] * 4 for s in train_s],  # steady state: the median step, a first step left out
-            step_lengths=[[64] * 4 for _ in train_s],
             steps_per_epoch=4,
             samples_per_epoch=64,
             peak_memory_bytes=2**20,

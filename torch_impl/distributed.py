@@ -62,6 +62,8 @@ def setup(backend: str | None = None) -> Context:
                 "`torchrun --nproc-per-node N script.py`, or call torch_impl.distributed.launch(fn, N)"
             )
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":  # before the group: NCCL binds its communicator to the current device
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
         dist.init_process_group(backend)
     local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
     if dist.get_backend() == "nccl":

@@ -12,7 +12,8 @@ The contract, documented here once (``jax_impl.runtime`` mirrors it name for nam
   TF32 off) is what parity needs; ``precision()`` reads the settings in force back.
 - ``describe(device)``: ``{"device": {"kind", "name"}, "versions", "threads", "precision"}``, JSON-ready.
 - ``reset_peak_memory(device)`` / ``peak_memory(device)``: the most the framework's allocator held
-  on ``device`` since the reset, ``{"bytes", "how"}``, or ``None`` where it keeps no statistics (CPU).
+  on ``device`` since the reset, ``{"bytes", "how", "measure": "allocator peak"}``, or ``None``
+  where it keeps no statistics (CPU).
 - ``to_device(batch, device)``: a batch of numpy arrays as the framework's arrays on ``device``,
   as the trainer's step takes it (the trainers' own ``training.to_device``).
 - ``wait(device, value=None)``: blocks until the work queued on ``device`` (or producing ``value``) is done.
@@ -28,9 +29,9 @@ The contract, documented here once (``jax_impl.runtime`` mirrors it name for nam
   (``Trainer(pad_batches_to=...)``), or ``None`` to run batches as they come. Eager torch runs any
   shape at no extra cost, so ``None``; JAX compiles a program per batch shape, so a short last
   batch padded to the full size runs the full batches' program.
-- ``environment.process_environment(devices)`` (a module of its own, importable without the
+- ``environment.process_environment(devices, kind)`` (a module of its own, importable without the
   framework): environment variables a process must have before the framework starts, to run on
-  ``devices`` devices.
+  ``devices`` devices of ``kind``.
 - ``run_data_parallel(fn, devices, choice, *args)``: ``fn(context, *args)`` data-parallel over
   ``devices`` devices of ``select_device(choice)``'s kind, ``context`` the backend's
   ``distributed.Context`` (``None`` for one device: ``fn`` runs here). torch: one DDP process
@@ -100,7 +101,11 @@ def reset_peak_memory(dev: torch.device) -> None:
 
 def peak_memory(dev: torch.device) -> dict | None:
     if dev.type == "cuda":
-        return {"bytes": torch.cuda.max_memory_allocated(dev), "how": "torch.cuda.max_memory_allocated"}
+        return {
+            "bytes": torch.cuda.max_memory_allocated(dev),
+            "how": "torch allocator peak, torch.cuda.max_memory_allocated",
+            "measure": "allocator peak",
+        }
     return None  # torch keeps no CPU allocator statistics
 
 

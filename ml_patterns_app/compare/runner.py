@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.metadata
 import json
 import os
 import resource
@@ -91,6 +92,7 @@ def run_compare(
         print(f"preparing the default dataset in {data} ...", flush=True)
         prepare_dataset(data, progress=True)
     manifest = read_manifest(data)
+    device = resolve_device(device)  # once, here: both workers run on the same kind
     runs = [(backend, n) for backend in BACKENDS for n in dict.fromkeys((1, devices))]
     with tempfile.TemporaryDirectory() as scratch:
         results = {}
@@ -125,6 +127,59 @@ def run_compare(
     return 0 if report["parity"]["passed"] else 1
 
 
+# The one-line install that gives each backend its CUDA 12 build (jax's extra pins the matching jaxlib).
+GPU_INSTALL = {
+    "torch": "pip install torch --index-url https://download.pytorch.org/whl/cu126",
+    "jax": 'pip install "jax[cuda12]=={jax}"',
+}
+
+
+def gpu_install(backend: str) -> str:
+    """The command that installs ``backend``'s CUDA 12 build, for the version installed here."""
+    try:
+        jax = importlib.metadata.version("jax")
+    except importlib.metadata.PackageNotFoundError:
+        jax = "<your jax version>"
+    return GPU_INSTALL[backend].format(jax=jax)
+
+
+def resolve_device(choice: str) -> str:
+    """``--device`` (``auto``, ``cpu``, ``gpu``) as the one kind both workers run on: asks each
+    backend, in a process of its own, whether it sees a GPU (``device_kind`` decides)."""
+    if choice == "cpu":
+        return "cpu"
+    return device_kind(choice, {backend: probe_gpu(backend) for backend in BACKENDS})
+
+
+def probe_gpu(backend: str) -> str | None:
+    """The name of the GPU ``backend`` sees in a fresh process, or None (``worker.probe``)."""
+    environment = importlib.import_module(f"{backend}_impl.environment")
+    env = {**os.environ, **environment.process_environment(1)}
+    command = [sys.executable, "-m", "ml_patterns_app.compare.worker", "--probe", backend]
+    answer = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if answer.returncode != 0:
+        raise WorkerFailed(f"asking {backend} for its devices failed: {answer.stderr.strip()[-2000:]}")
+    return json.loads(answer.stdout.strip().splitlines()[-1])["gpu"]
+
+
+def device_kind(choice: str, gpus: dict[str, str | None]) -> str:
+    """The kind both backends run on, from ``gpus`` (each backend's GPU name, or None where it sees
+    none): ``gpu`` when every one sees a GPU, ``cpu`` for ``auto`` when none does. Anything else is
+    refused (``UsageError``) with the install that fixes it: compare would otherwise rank one
+    framework on a GPU against the other on a CPU, or fail in the middle of the run."""
+    if choice not in ("auto", "gpu"):
+        raise UsageError(f"--device {choice!r}: use auto, cpu or gpu")
+    missing = [backend for backend in BACKENDS if gpus[backend] is None]
+    if not missing:
+        return "gpu"
+    if choice == "auto" and len(missing) == len(BACKENDS):
+        return "cpu"
+    seen = "; ".join(f"{backend} sees {gpus[backend] or 'no GPU'}" for backend in BACKENDS)
+    fixes = "; ".join(f"{backend}: {gpu_install(backend)}" for backend in missing)
+    refuse = "both must run on the same kind of device" if choice == "auto" else "every backend must see a GPU"
+    raise UsageError(f"--device {choice}: {seen}; {refuse}. Install the GPU build ({fixes}), or pass --device cpu")
+
+
 def one_ulp_weights(source: Path, destination: Path, seed: int) -> Path:
     """``source``'s checkpoint with every floating-point entry moved by one ulp (``ml_patterns.parity_floor``)."""
     arrays, metadata = load_checkpoint(source)
@@ -152,7 +207,7 @@ def run_worker(backend: str, job: WorkerJob, out: Path, label: str | None = None
     status = StatusLine(label, sys.stdout)
     status.show("starting")
     environment = importlib.import_module(f"{backend}_impl.environment")  # framework-free
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **environment.process_environment(devices)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **environment.process_environment(devices, job.device)}
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as process:
         try:
             for line in process.stdout:

@@ -124,14 +124,13 @@ class WorkerJob:
 
 @dataclasses.dataclass(frozen=True)
 class WorkerResult:
-    """What one worker reports back (``report`` reads it): its history and every step's loss and
-    wall time, the padded length of each step, its test metrics, device, versions and peak memory.
+    """What one worker reports back (``report`` reads it): its history, every step's loss, each
+    epoch's time (one host sync per epoch: no step is waited for) and the programs compiled by its
+    end, its test metrics, device, versions and peak memory.
     Written by the worker as JSON (``to_json``), read by the parent (``from_json``), which adds
     ``machine_load`` (what else ran meanwhile)."""
 
     history: dict  # History.as_dict(): "epoch", "train_loss", "val_loss" lists
-    step_times: list  # [epoch][step] seconds, each step's result waited for
-    step_lengths: list  # [epoch][step] the padded length of the step's batch
     steps_per_epoch: int
     samples_per_epoch: int
     peak_memory_bytes: int
@@ -139,6 +138,8 @@ class WorkerResult:
     devices: int = 1
     step_losses: list = dataclasses.field(default_factory=list)
     epoch_times: list = dataclasses.field(default_factory=list)  # [{"epoch", "train_s", "val_s"}]
+    # [epoch] programs compiled for the steps by the epoch's end (None: the backend compiles nothing)
+    epoch_compilations: list = dataclasses.field(default_factory=list)
     load_during: list = dataclasses.field(default_factory=list)  # 1-minute load average at each epoch's end
     machine_load: dict = dataclasses.field(default_factory=dict)
     cpus: dict = dataclasses.field(default_factory=dict)  # restrict_cpus's record

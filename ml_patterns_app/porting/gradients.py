@@ -97,10 +97,10 @@ def _torch_gradients(module, batch, loss_fn, dtype) -> tuple[np.ndarray, dict[st
     loss.backward()
     # An unused parameter has no gradient in torch and a zero one in JAX.
     grads = {
-        name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().numpy()
+        name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().cpu().numpy()
         for name, p in model.named_parameters()
     }
-    return loss.detach().numpy(), grads
+    return loss.detach().cpu().numpy(), grads
 
 
 def _nnx_gradients(module, batch, loss_fn) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -97,7 +97,7 @@ def _torch_steps(make_optimizer, params, grads, dtype) -> list[list[np.ndarray]]
         for tensor, grad in zip(tensors, step_grads):
             tensor.grad = torch.from_numpy(grad).to(dtype)
         optimizer.step()
-        history.append([t.detach().numpy().copy() for t in tensors])
+        history.append([t.detach().cpu().numpy().copy() for t in tensors])
     return history
 
 

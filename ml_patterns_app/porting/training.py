@@ -145,7 +145,7 @@ def _train_torch(module, make_optimizer, batches, loss_fn, perturb_seed) -> np.n
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())  # no .item() per step: one sync at the end
-    return torch.stack(losses).numpy().astype(np.float64)
+    return torch.stack(losses).detach().cpu().numpy().astype(np.float64)
 
 
 def _train_nnx(module, tx, batches, loss_fn) -> np.ndarray:
