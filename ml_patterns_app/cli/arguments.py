@@ -46,6 +46,25 @@ def rdkit_properties(text: str) -> tuple[str, ...]:
     return names
 
 
+def column_names(text: str) -> tuple[str, ...]:
+    """``"pIC50, active"`` -> ``("pIC50", "active")``: names trimmed, none empty or repeated."""
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"an empty column name in {text!r}; separate names with single commas")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"column(s) {repeated} named more than once")
+    return names
+
+
+def delimiter(text: str) -> str:
+    """One character; ``\\t`` or ``tab`` for a tab (a real tab is hard to type in a shell)."""
+    value = {"\\t": "\t", "tab": "\t"}.get(text, text)
+    if len(value) != 1:
+        raise argparse.ArgumentTypeError(f"must be one character (or '\\t' for a tab), got {text!r}")
+    return value
+
+
 def dataset_argument(data: Path | None) -> Path:
     """``--data`` of compare and bench: a given path must be a prepared dataset (a typo is an error,
     not a reason to prepare one there); without ``--data``, the default one (prepared if missing)."""

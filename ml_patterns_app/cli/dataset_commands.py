@@ -9,7 +9,14 @@ from pathlib import Path
 
 from ml_patterns.errors import UsageError
 from ml_patterns.io import printable
-from ml_patterns_app.cli.arguments import DEFAULT_DATA_DIR, non_negative_int, positive_int, rdkit_properties
+from ml_patterns_app.cli.arguments import (
+    DEFAULT_DATA_DIR,
+    column_names,
+    delimiter,
+    non_negative_int,
+    positive_int,
+    rdkit_properties,
+)
 
 
 def _add_prepare(parser: argparse.ArgumentParser) -> None:
@@ -21,10 +28,26 @@ def _add_prepare(parser: argparse.ArgumentParser) -> None:
         "--csv",
         type=Path,
         default=None,
-        help="your own CSV instead of the embedded RDKit NCI set (needs --target-cols)",
+        help="your own molecule file instead of the embedded RDKit NCI set, by its extension: a CSV/TSV "
+        "(header line), a .smi (SMILES, id [, values]) or an .sdf (needs --target-cols/--label-prop)",
     )
-    parser.add_argument("--smiles-col", default="smiles", help="SMILES column of --csv")
-    parser.add_argument("--target-cols", default=None, help="comma-separated label columns of --csv, e.g. logS,pKa")
+    parser.add_argument("--sep", type=delimiter, default=None, help="delimiter of a CSV/TSV (default: sniffed)")
+    parser.add_argument("--smiles-col", default="smiles", help="SMILES column of a CSV/TSV")
+    parser.add_argument(
+        "--target-cols",
+        "--label-prop",
+        type=column_names,
+        default=None,
+        help="comma-separated label columns (an SDF's properties; with --labels, the label file's), "
+        "e.g. 'pIC50, active'",
+    )
+    parser.add_argument("--labels", type=Path, default=None, help="a separate CSV/TSV of labels, joined on --id-col")
+    parser.add_argument(
+        "--id-col",
+        default=None,
+        help="with --labels: the id column of the label file, matched to the molecule file's column of that "
+        "name, else to a .smi's id field or an SDF's title line",
+    )
     parser.add_argument(
         "--rdkit-properties",
         type=rdkit_properties,
@@ -49,7 +72,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     from ml_patterns.molecules.prepare import prepare_dataset
 
     if args.csv is not None and not args.target_cols:
-        raise UsageError("--csv needs --target-cols (the label columns to train on)")
+        raise UsageError("--csv needs --target-cols (the label columns to train on; --label-prop for an SDF)")
     properties = args.rdkit_properties
     if properties is None:
         properties = PrepareConfig().rdkit_properties if args.csv is None else ()
@@ -67,10 +90,13 @@ def _run_prepare(args: argparse.Namespace) -> int:
         args.out,
         csv_path=args.csv,
         smiles_col=args.smiles_col,
-        target_cols=args.target_cols.split(",") if args.target_cols else None,
+        target_cols=list(args.target_cols) if args.target_cols else None,
         config=config,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        sep=args.sep,
+        labels_path=args.labels,
+        id_col=args.id_col,
     )
     print(format_manifest(manifest, args.out))
     return 0
@@ -115,6 +141,13 @@ def format_manifest(manifest: dict, root: Path) -> str:
         lines.append(f"skipped   line {row['line']}: {row['reason']} ({row['smiles'][:40]})")
     if counts["skipped"] > 10:
         lines.append(f"skipped   ... and {counts['skipped'] - 10} more (see manifest.json)")
+    labels = manifest.get("labels")  # a joined label file
+    if labels:
+        lines.append(
+            f"labels    {labels['path']} on {labels['id_col']!r}: {labels['labelled_molecules']} molecules labelled, "
+            f"{labels['molecules_without_label']} without a label row (dropped), "
+            f"{labels['labels_without_molecule']} label rows without a molecule"
+        )
     duplicates = manifest.get("duplicates")  # datasets prepared before it was counted have none
     if duplicates and duplicates["rows"]:
         lines.append(
