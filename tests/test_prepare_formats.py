@@ -23,18 +23,15 @@ def write_chembl_pair(tmp_path, *, header=False):
     (tmp_path / "set_act.csv").write_text("Name,Act\n" + "\n".join(activities) + "\n")
 
 
+def prepare_chembl_pair(tmp_path) -> dict:
+    options = dict(target_cols=["Act"], labels_path=tmp_path / "set_act.csv", id_col="Name", config=ALL_TRAIN)
+    return prepare_dataset(tmp_path / "ds", csv_path=tmp_path / "set.smi", progress=False, **options)
+
+
 @pytest.mark.parametrize("header", [False, True])
 def test_a_smi_file_joined_to_an_activity_csv_prepares_in_one_call(tmp_path, header):
     write_chembl_pair(tmp_path, header=header)
-    manifest = prepare_dataset(
-        tmp_path / "ds",
-        csv_path=tmp_path / "set.smi",
-        target_cols=["Act"],
-        labels_path=tmp_path / "set_act.csv",
-        id_col="Name",
-        config=ALL_TRAIN,
-        progress=False,
-    )
+    manifest = prepare_chembl_pair(tmp_path)
     assert manifest["source"]["format"] == "smi"
     assert manifest["counts"]["molecules"] == 4
     labels = manifest["labels"]
@@ -128,15 +125,7 @@ def test_a_label_file_repeating_an_id_is_refused_with_both_lines(tmp_path):
     write_chembl_pair(tmp_path)
     (tmp_path / "set_act.csv").write_text("Name,Act\n1520000,5\n1520001,6\n1520000,7\n")
     with pytest.raises(SourceError, match=r"set_act\.csv: id '1520000' has labels on lines 2 and 4"):
-        prepare_dataset(
-            tmp_path / "ds",
-            csv_path=tmp_path / "set.smi",
-            target_cols=["Act"],
-            labels_path=tmp_path / "set_act.csv",
-            id_col="Name",
-            config=ALL_TRAIN,
-            progress=False,
-        )
+        prepare_chembl_pair(tmp_path)
 
 
 def test_a_refused_file_prints_no_progress_bar_first(tmp_path, capsys):

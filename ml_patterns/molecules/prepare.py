@@ -43,6 +43,7 @@ from ml_patterns.molecules.sources import (
     read_default_rows,
     require_regular_file,
 )
+from ml_patterns.molecules.splits import SPLIT_MODES, assign_splits, check_split_sizes, group_keys
 from ml_patterns.molecules.tables import LabelJoin, open_table, source_rows
 from ml_patterns.molecules.tokenizer import SmilesTokenizer, TokenizationError, tokenize
 
@@ -83,14 +84,8 @@ def _check_molecule(row: SourceRow, descriptor_names: tuple[str, ...]) -> Source
 
 
 def split_assignment(n: int, config: PrepareConfig) -> np.ndarray:
-    """Returns an array of n split names ('train'/'val'/'test'), a function of the seed alone."""
-    order = np.random.default_rng(config.seed).permutation(n)
-    n_val = int(round(n * config.val_fraction))
-    n_test = int(round(n * config.test_fraction))
-    assignment = np.full(n, "train", dtype=object)
-    assignment[order[:n_val]] = "val"
-    assignment[order[n_val : n_val + n_test]] = "test"
-    return assignment
+    """Split names ('train'/'val'/'test') of n distinct molecules, a function of the seed alone."""
+    return assign_splits([str(i) for i in range(n)], config)
 
 
 def prepare_dataset(
@@ -105,6 +100,7 @@ def prepare_dataset(
     sep: str | None = None,
     labels_path: Path | None = None,
     id_col: str | None = None,
+    split: str = "random",
 ) -> dict:
     """Builds the dataset under ``out`` and returns its manifest.
 
@@ -126,11 +122,16 @@ def prepare_dataset(
     ``id_col`` (the molecule file's column of that name, else the ``.smi``'s id field or the SDF's
     title); the manifest's ``"labels"`` counts the molecules without a label row (dropped) and the
     label rows without a molecule.
+
+    ``split`` is ``"random"`` or ``"scaffold"`` (``ml_patterns.molecules.splits``): either way a
+    repeated molecule lands in one split only; a val/test split under ``MIN_EVAL_MOLECULES`` is refused.
     """
     out = Path(out)
     source_columns = ("TPSA",) if csv_path is None else tuple(target_cols or ())
     _check_options(config, csv_path, source_columns)
     _check_join_options(csv_path, sep, labels_path, id_col)
+    if split not in SPLIT_MODES:
+        raise OptionError("split", f"{{option}} must be one of {', '.join(SPLIT_MODES)}, got {split!r}")
     source_path = default_csv_path() if csv_path is None else Path(csv_path)
     require_regular_file(source_path)
     if labels_path is not None:
@@ -156,14 +157,15 @@ def prepare_dataset(
             )
         tokenizer = SmilesTokenizer.build(row.smiles for row in kept)
         target_names = list(kept[0].targets)
-        splits = split_assignment(len(kept), config)
+        splits = assign_splits(group_keys([row.canonical for row in kept], split), config, split)
         _check_label_variance(kept, {t: c for c, t in tasks.items()}, splits, source["path"])
+        check_split_sizes(splits, config, source["path"])
         encoded = [tokenizer.encode(row.smiles) for row in kept]
 
         index = _write_shards(staging, kept, encoded, splits, config, target_names, progress)
         atomic_write_text(staging / "index.json", json.dumps(index, separators=(",", ":")) + "\n")
         tokenizer.save(staging / "vocab.json")
-        manifest = _manifest(staging, source, kept, encoded, skipped, target_names, splits, tokenizer, config)
+        manifest = _manifest(staging, source, kept, encoded, skipped, target_names, splits, split, tokenizer, config)
         manifest["duplicates"] = {"rows": duplicates, "conflicting": len(conflicts), "conflicts": conflicts}
         if join is not None:
             manifest["labels"] = {"path": str(labels_path), "sha256": sha256_file(labels_path), **join.summary()}
@@ -344,7 +346,7 @@ def _write_shards(staging, kept, encoded, splits, config, target_names, progress
     return index
 
 
-def _manifest(staging, source, kept, encoded, skipped, target_names, splits, tokenizer, config) -> dict:
+def _manifest(staging, source, kept, encoded, skipped, target_names, splits, split_mode, tokenizer, config) -> dict:
     train = splits == "train"
     values = np.array([[row.targets[name] for name in target_names] for row in kept], dtype=np.float64)
     lengths = np.array([len(ids) for ids in encoded])
@@ -362,6 +364,7 @@ def _manifest(staging, source, kept, encoded, skipped, target_names, splits, tok
         },
         "statistics_from": "train split",
         "splits": {name: int((splits == name).sum()) for name in SPLITS},
+        "split_mode": split_mode,
         "config": dataclasses.asdict(config),
         "vocab_size": tokenizer.vocab_size,
         "sequence_length": {"min": int(lengths.min()), "max": int(lengths.max()), "mean": float(lengths.mean())},

@@ -67,13 +67,22 @@ def delimiter(text: str) -> str:
 
 def dataset_argument(data: Path | None) -> Path:
     """``--data`` of compare and bench: a given path must be a prepared dataset (a typo is an error,
-    not a reason to prepare one there); without ``--data``, the default one (prepared if missing)."""
+    not a reason to prepare one there); without ``--data``, the default one (prepared if missing).
+    The error says how to prepare the user's own molecules: from a file given as ``--data`` itself
+    (a CSV, ``.smi`` or SDF, not a dataset), into a new folder beside it."""
     if data is None:
         return DEFAULT_DATA_DIR
-    if not (data / "manifest.json").is_file():
-        problem = "does not exist" if not data.exists() else "is not a prepared dataset (it has no manifest.json)"
+    if (data / "manifest.json").is_file():
+        return data
+    if data.is_file():
+        folder = data.with_suffix("") if data.suffix else data.with_name(data.name + "-dataset")
         raise UsageError(
-            f"--data {data} {problem}; prepare it with `ml-patterns prepare --out {data}`, or leave --data out "
-            f"for the default dataset ({DEFAULT_DATA_DIR}, prepared there on first use)"
+            f"--data {data} is a file; --data takes a dataset folder made by `ml-patterns prepare`: run "
+            f"`ml-patterns prepare --csv {data} --target-cols COLUMNS --out {folder}`, then pass --data {folder}"
         )
-    return data
+    problem = "does not exist" if not data.exists() else "is not a prepared dataset (it has no manifest.json)"
+    raise UsageError(
+        f"--data {data} {problem}; to use your own molecules, prepare them there with "
+        f"`ml-patterns prepare --csv FILE --target-cols COLUMNS --out {data}`, or leave --data out for the "
+        f"default dataset ({DEFAULT_DATA_DIR}, prepared there on first use)"
+    )

@@ -21,6 +21,7 @@ from ml_patterns_app.cli.arguments import (
 
 def _add_prepare(parser: argparse.ArgumentParser) -> None:
     from ml_patterns.molecules.config import DEFAULT_RDKIT_PROPERTIES, RDKIT_PROPERTIES, PrepareConfig
+    from ml_patterns.molecules.splits import MIN_EVAL_MOLECULES, SPLIT_MODES
 
     defaults = PrepareConfig()
     parser.add_argument("--out", type=Path, default=DEFAULT_DATA_DIR, help="output directory")
@@ -31,7 +32,9 @@ def _add_prepare(parser: argparse.ArgumentParser) -> None:
         help="your own molecule file instead of the embedded RDKit NCI set, by its extension: a CSV/TSV "
         "(header line), a .smi (SMILES, id [, values]) or an .sdf (needs --target-cols/--label-prop)",
     )
-    parser.add_argument("--sep", type=delimiter, default=None, help="delimiter of a CSV/TSV (default: sniffed)")
+    parser.add_argument(
+        "--sep", type=delimiter, default=None, help="delimiter of a CSV/TSV, and of --labels (default: sniffed in each)"
+    )
     parser.add_argument("--smiles-col", default="smiles", help="SMILES column of a CSV/TSV")
     parser.add_argument(
         "--target-cols",
@@ -54,6 +57,13 @@ def _add_prepare(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"comma-separated RDKit descriptors to add as targets, of: {','.join(RDKIT_PROPERTIES)}; "
         f"'' for none (default: {','.join(DEFAULT_RDKIT_PROPERTIES)} for the embedded set, none for --csv)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=SPLIT_MODES,
+        default="random",
+        help="hold out random molecules, or whole Bemis-Murcko scaffolds (a repeated molecule stays in one "
+        f"split either way; a val/test split under {MIN_EVAL_MOLECULES} molecules is refused)",
     )
     parser.add_argument("--seed", type=non_negative_int, default=defaults.seed, help="seed of the train/val/test split")
     parser.add_argument(
@@ -97,6 +107,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
         sep=args.sep,
         labels_path=args.labels,
         id_col=args.id_col,
+        split=args.split,
     )
     print(format_manifest(manifest, args.out))
     return 0
@@ -130,7 +141,9 @@ def format_manifest(manifest: dict, root: Path) -> str:
         f"dataset   {root}",
         f"source    {manifest['source']['name']} ({manifest['source']['path']})",
         f"molecules {counts['molecules']} kept of {counts['rows_read']} rows, {counts['skipped']} skipped",
-        "splits    " + ", ".join(f"{k} {v}" for k, v in splits.items()) + f" (seed {manifest['config']['seed']})",
+        "splits    "
+        + ", ".join(f"{k} {v}" for k, v in splits.items())
+        + f" ({manifest.get('split_mode', 'random')}, seed {manifest['config']['seed']})",
         f"vocab     {manifest['vocab_size']} tokens; sequence length min {lengths['min']}, "
         f"mean {lengths['mean']:.1f}, max {lengths['max']} (with BOS/EOS)",
         f"targets   ({manifest['statistics_from']})",
