@@ -886,8 +886,8 @@ CLI_CASES = [
         compare("--data", "mols.csv"),
         2,
         r"^ml-patterns compare: error: --data mols\.csv is a file; --data takes a dataset folder made by "
-        r"`ml-patterns prepare`: run `ml-patterns prepare --csv mols\.csv --target-cols COLUMNS --out mols`, "
-        r"then pass --data mols$",
+        r"`ml-patterns prepare`: run `ml-patterns prepare --csv mols\.csv --target-cols COLUMNS --out data/mols`, "
+        r"then pass --data data/mols$",
         setup=lambda s: s.file("mols.csv"),
         new=True,
     ),

@@ -69,13 +69,13 @@ def dataset_argument(data: Path | None) -> Path:
     """``--data`` of compare and bench: a given path must be a prepared dataset (a typo is an error,
     not a reason to prepare one there); without ``--data``, the default one (prepared if missing).
     The error says how to prepare the user's own molecules: from a file given as ``--data`` itself
-    (a CSV, ``.smi`` or SDF, not a dataset), into a new folder beside it."""
+    (a CSV, ``.smi`` or SDF, not a dataset), into a folder under ``data/`` named after it."""
     if data is None:
         return DEFAULT_DATA_DIR
     if (data / "manifest.json").is_file():
         return data
     if data.is_file():
-        folder = data.with_suffix("") if data.suffix else data.with_name(data.name + "-dataset")
+        folder = DEFAULT_DATA_DIR.parent / (data.stem if data.suffix else data.name + "-dataset")
         raise UsageError(
             f"--data {data} is a file; --data takes a dataset folder made by `ml-patterns prepare`: run "
             f"`ml-patterns prepare --csv {data} --target-cols COLUMNS --out {folder}`, then pass --data {folder}"
