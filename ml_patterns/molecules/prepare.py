@@ -48,7 +48,7 @@ from ml_patterns.molecules.tables import LabelJoin, open_table, source_rows
 from ml_patterns.molecules.tokenizer import SmilesTokenizer, TokenizationError, tokenize
 
 DEFAULT_SOURCE_NAME = "RDKit NCI first_5k.tpsa.csv"
-__all__ = ["ConflictingLabelsWarning", "prepare_dataset", "read_manifest", "split_assignment", "verify_checksums"]
+__all__ = ["ConflictingLabelsWarning", "prepare_dataset", "read_manifest", "verify_checksums"]
 
 
 def _rdkit_descriptors() -> dict:
@@ -81,11 +81,6 @@ def _check_molecule(row: SourceRow, descriptor_names: tuple[str, ...]) -> Source
     descriptors = _rdkit_descriptors()
     extra = {name: float(descriptors[name](mol)) for name in descriptor_names}
     return SourceRow(row.line, row.smiles, {**row.targets, **extra}, canonical=Chem.MolToSmiles(mol))
-
-
-def split_assignment(n: int, config: PrepareConfig) -> np.ndarray:
-    """Split names ('train'/'val'/'test') of n distinct molecules, a function of the seed alone."""
-    return assign_splits([str(i) for i in range(n)], config)
 
 
 def prepare_dataset(
