@@ -18,7 +18,7 @@ from flax import nnx
 
 import jax_impl.training
 import torch_impl.training
-from ml_patterns.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from ml_patterns.callbacks import Callback, EarlyStopping, ModelCheckpoint, StopReason
 
 
 class LossPrinter(Callback):
@@ -61,6 +61,13 @@ def setup(backend: str):
     return jax_impl.training, JaxMLP(), optax.adam(1e-2)
 
 
+def why_stopped(stopper: EarlyStopping, trainer) -> str:
+    """The trainer's stop reason, with the numbers where EarlyStopping's says "`patience`"."""
+    if stopper.stop_reason is StopReason.PATIENCE_EXHAUSTED:
+        return f"{stopper.monitor} did not improve by {stopper.min_delta:g} for {stopper.patience} epochs"
+    return trainer.stop_reason
+
+
 def main() -> None:
     train, val = batches(640, seed=0), batches(128, seed=1)
     with tempfile.TemporaryDirectory() as out:
@@ -83,7 +90,7 @@ def main() -> None:
             resumed = training.Trainer(model, optimizer, again)
             resumed.load_checkpoint(checkpoints.best_model_path)
             print(
-                f"{backend}: stopped after {len(history)} epochs ({trainer.stop_reason}), best checkpoint "
+                f"{backend}: stopped after {len(history)} epochs ({why_stopped(stopper, trainer)}), best checkpoint "
                 f"{best} resumes at epoch {resumed.epoch}"
             )
             resumed.fit(train, val, num_epochs=50)

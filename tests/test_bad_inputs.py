@@ -753,15 +753,20 @@ def signalled_prepare(signum: int) -> Callable[[Scene], tuple[int, str]]:
             return real_manifest(*args, **kwargs)
 
         scene.monkeypatch.setattr(prepare_module, "_manifest", signalled)
-        return scene.cli("prepare", "--out", "ds", "--csv", "mols.csv", "--target-cols", "y", "--quiet")
+        return scene.cli("prepare", "--out", "ds", "--csv", "mols.csv", "--target-cols", "y", "--quiet", *HOLD_NONE_OUT)
 
     return provoke
+
+
+# The catalogue's CSVs hold a few molecules: too few to hold any out (prepare refuses val/test
+# splits under 10 molecules), so the CLI rows that must get past the split ask for none.
+HOLD_NONE_OUT = ("--val-fraction", "0", "--test-fraction", "0")
 
 
 def warned_prepare(scene: Scene) -> tuple[int, str]:
     with warnings.catch_warnings():
         warnings.simplefilter("always")  # as outside pytest, where warnings are not errors
-        return scene.cli("prepare", "--out", "ds", "--csv", "mols.csv", "--target-cols", "y", "--quiet")
+        return scene.cli("prepare", "--out", "ds", "--csv", "mols.csv", "--target-cols", "y", "--quiet", *HOLD_NONE_OUT)
 
 
 def info_into_a_closed_pipe(scene: Scene) -> subprocess.CompletedProcess:
@@ -872,8 +877,19 @@ CLI_CASES = [
         "fixed-harmful",
         compare("--data", "typo_ds"),
         2,
-        r"^ml-patterns compare: error: --data typo_ds does not exist; prepare it with `ml-patterns prepare "
-        r"--out typo_ds`, or leave --data out",
+        r"^ml-patterns compare: error: --data typo_ds does not exist; to use your own molecules, prepare them "
+        r"there with `ml-patterns prepare --csv FILE --target-cols COLUMNS --out typo_ds`, or leave --data out",
+    ),
+    Case(
+        "cli-compare-data-is-a-csv",
+        "fixed-weak",
+        compare("--data", "mols.csv"),
+        2,
+        r"^ml-patterns compare: error: --data mols\.csv is a file; --data takes a dataset folder made by "
+        r"`ml-patterns prepare`: run `ml-patterns prepare --csv mols\.csv --target-cols COLUMNS --out data/mols`, "
+        r"then pass --data data/mols$",
+        setup=lambda s: s.file("mols.csv"),
+        new=True,
     ),
     Case(
         "cli-compare-data-not-a-dataset",

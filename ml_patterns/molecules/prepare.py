@@ -40,14 +40,15 @@ from ml_patterns.molecules.sources import (
     SourceError,
     SourceRow,
     default_csv_path,
-    read_csv_rows,
     read_default_rows,
     require_regular_file,
 )
+from ml_patterns.molecules.splits import SPLIT_MODES, assign_splits, check_split_sizes, group_keys
+from ml_patterns.molecules.tables import LabelJoin, open_table, source_rows
 from ml_patterns.molecules.tokenizer import SmilesTokenizer, TokenizationError, tokenize
 
 DEFAULT_SOURCE_NAME = "RDKit NCI first_5k.tpsa.csv"
-__all__ = ["ConflictingLabelsWarning", "prepare_dataset", "read_manifest", "split_assignment", "verify_checksums"]
+__all__ = ["ConflictingLabelsWarning", "prepare_dataset", "read_manifest", "verify_checksums"]
 
 
 def _rdkit_descriptors() -> dict:
@@ -82,17 +83,6 @@ def _check_molecule(row: SourceRow, descriptor_names: tuple[str, ...]) -> Source
     return SourceRow(row.line, row.smiles, {**row.targets, **extra}, canonical=Chem.MolToSmiles(mol))
 
 
-def split_assignment(n: int, config: PrepareConfig) -> np.ndarray:
-    """Returns an array of n split names ('train'/'val'/'test'), a function of the seed alone."""
-    order = np.random.default_rng(config.seed).permutation(n)
-    n_val = int(round(n * config.val_fraction))
-    n_test = int(round(n * config.test_fraction))
-    assignment = np.full(n, "train", dtype=object)
-    assignment[order[:n_val]] = "val"
-    assignment[order[n_val : n_val + n_test]] = "test"
-    return assignment
-
-
 def prepare_dataset(
     out: Path,
     *,
@@ -102,6 +92,10 @@ def prepare_dataset(
     config: PrepareConfig = PrepareConfig(),
     overwrite: bool = False,
     progress: bool = True,
+    sep: str | None = None,
+    labels_path: Path | None = None,
+    id_col: str | None = None,
+    split: str = "random",
 ) -> dict:
     """Builds the dataset under ``out`` and returns its manifest.
 
@@ -116,15 +110,34 @@ def prepare_dataset(
     ``overwrite`` replaces only a dataset this function wrote (its manifest, and no file it does not
     list); never a directory holding the source CSV, nor the working directory or one above it.
     Everything is checked before the source is read: a bad option or output fails at once.
+
+    ``csv_path`` may be any table ``ml_patterns.molecules.tables.open_table`` reads: a CSV/TSV (its
+    delimiter ``sep``, sniffed when ``None``), a ``.smi`` file, or an SDF (``target_cols`` are then
+    its properties). With ``labels_path`` the labels come from that table instead, joined on its column
+    ``id_col`` (the molecule file's column of that name, else the ``.smi``'s id field or the SDF's
+    title); the manifest's ``"labels"`` counts the molecules without a label row (dropped) and the
+    label rows without a molecule.
+
+    ``split`` is ``"random"`` or ``"scaffold"`` (``ml_patterns.molecules.splits``): either way a
+    repeated molecule lands in one split only; a val/test split under ``MIN_EVAL_MOLECULES`` is refused.
     """
     out = Path(out)
     source_columns = ("TPSA",) if csv_path is None else tuple(target_cols or ())
     _check_options(config, csv_path, source_columns)
+    _check_join_options(csv_path, sep, labels_path, id_col)
+    if split not in SPLIT_MODES:
+        raise OptionError("split", f"{{option}} must be one of {', '.join(SPLIT_MODES)}, got {split!r}")
     source_path = default_csv_path() if csv_path is None else Path(csv_path)
     require_regular_file(source_path)
+    if labels_path is not None:
+        labels_path = Path(labels_path)
+        require_regular_file(labels_path, "labels_path")
+    protect = (source_path,) if labels_path is None else (source_path, labels_path)
     # The staging directory is made first: an output that cannot be written fails before the source is read.
-    with staged_directory(out, overwrite=overwrite, foreign=foreign_to_prepare, protect=(source_path,)) as staging:
-        source, kept, skipped = _read_source(source_path, csv_path, smiles_col, target_cols, config, progress)
+    with staged_directory(out, overwrite=overwrite, foreign=foreign_to_prepare, protect=protect) as staging:
+        source, kept, skipped, join = _read_source(
+            source_path, csv_path, smiles_col, list(source_columns), config, progress, sep, labels_path, id_col
+        )
         tasks = task_names(list(kept[0].targets))
         kept = [dataclasses.replace(row, targets={tasks[k]: v for k, v in row.targets.items()}) for row in kept]
         duplicates, conflicts = _duplicates(kept)
@@ -139,15 +152,18 @@ def prepare_dataset(
             )
         tokenizer = SmilesTokenizer.build(row.smiles for row in kept)
         target_names = list(kept[0].targets)
-        splits = split_assignment(len(kept), config)
+        splits = assign_splits(group_keys([row.canonical for row in kept], split), config, split)
         _check_label_variance(kept, {t: c for c, t in tasks.items()}, splits, source["path"])
+        check_split_sizes(splits, config, source["path"])
         encoded = [tokenizer.encode(row.smiles) for row in kept]
 
         index = _write_shards(staging, kept, encoded, splits, config, target_names, progress)
         atomic_write_text(staging / "index.json", json.dumps(index, separators=(",", ":")) + "\n")
         tokenizer.save(staging / "vocab.json")
-        manifest = _manifest(staging, source, kept, encoded, skipped, target_names, splits, tokenizer, config)
+        manifest = _manifest(staging, source, kept, encoded, skipped, target_names, splits, split, tokenizer, config)
         manifest["duplicates"] = {"rows": duplicates, "conflicting": len(conflicts), "conflicts": conflicts}
+        if join is not None:
+            manifest["labels"] = {"path": str(labels_path), "sha256": sha256_file(labels_path), **join.summary()}
         for column, task in tasks.items():
             if column != task:
                 manifest["targets"][task]["column"] = column
@@ -157,28 +173,37 @@ def prepare_dataset(
     return manifest
 
 
-def _read_source(source_path, csv_path, smiles_col, target_cols, config, progress):
-    """``(source description, kept rows, skipped rows)``; RDKit's parse of every row."""
+def _read_source(source_path, csv_path, smiles_col, target_cols, config, progress, sep, labels_path, id_col):
+    """``(source description, kept rows, skipped rows, label join or None)``; RDKit's parse of every row."""
     from rdkit import RDLogger
 
-    if csv_path is None:
-        rows = read_default_rows()
-        source = {"name": DEFAULT_SOURCE_NAME, "path": str(source_path), "sha256": sha256_file(source_path)}
-    else:
-        rows = read_csv_rows(source_path, smiles_col, list(target_cols))
-        source = {"name": source_path.name, "path": str(csv_path), "sha256": sha256_file(source_path)}
     kept: list[SourceRow] = []
     skipped: list[SkippedRow] = []
+    join = None
     RDLogger.DisableLog("rdApp.*")  # we report unparsable rows ourselves, with line numbers
     try:
-        for row in tqdm(rows, desc="parsing molecules", unit="mol", disable=not progress):
+        if csv_path is None:
+            rows = read_default_rows()
+            source = {"name": DEFAULT_SOURCE_NAME, "path": str(source_path), "format": "csv"}
+        else:
+            # Opened (header and columns checked) before the progress bar starts: a refused file
+            # prints its error alone.
+            table = open_table(source_path, sep)
+            if labels_path is not None:
+                join = LabelJoin(open_table(labels_path, sep), id_col, target_cols)
+            rows = source_rows(table, smiles_col, target_cols, join)
+            source = {"name": source_path.name, "path": str(csv_path), "format": table.kind}
+        source["sha256"] = sha256_file(source_path)
+        # disable=None: no bar off a terminal (a log or a pipe gets no carriage-return updates).
+        for row in tqdm(rows, desc="parsing molecules", unit="mol", disable=None if progress else True):
             checked = row if isinstance(row, SkippedRow) else _check_molecule(row, config.rdkit_properties)
             (skipped if isinstance(checked, SkippedRow) else kept).append(checked)
     finally:
         RDLogger.EnableLog("rdApp.*")
     if not kept:
-        raise SourceError(f"no usable molecule in {source['path']} ({len(skipped)} rows skipped)")
-    return source, kept, skipped
+        unlabeled = f", {len(join.unlabeled)} without a label row in {labels_path}" if join else ""
+        raise SourceError(f"no usable molecule in {source['path']} ({len(skipped)} rows skipped{unlabeled})")
+    return source, kept, skipped, join
 
 
 def task_names(columns: list[str]) -> dict[str, str]:
@@ -228,11 +253,28 @@ def _check_options(config: PrepareConfig, csv_path: Path | None, source_columns:
         )
     if csv_path is not None and not source_columns:
         raise OptionError("target_cols", "{option} must name at least one label column of the CSV")
+    names = [name for name in source_columns if not isinstance(name, str) or not name.strip() or name != name.strip()]
+    if names:
+        raise OptionError("target_cols", f"{{option}}: names {names} are empty or have surrounding spaces")
+    repeated = sorted({name for name in source_columns if source_columns.count(name) > 1})
+    if repeated:
+        raise OptionError("target_cols", f"{{option}} names {repeated} more than once")
     clash = sorted(set(source_columns) & set(config.rdkit_properties))
     if clash:
         raise OptionError(
             "rdkit_properties", f"{{option}} {clash} are also source columns; drop them from one of the two"
         )
+
+
+def _check_join_options(csv_path, sep, labels_path, id_col) -> None:
+    if sep is not None and (not isinstance(sep, str) or len(sep) != 1):
+        raise OptionError("sep", f"{{option}} must be one character (a tab is '\\t'), got {sep!r}")
+    if labels_path is not None and csv_path is None:
+        raise OptionError(
+            "labels_path", "{option} joins labels to your own molecule file: give it too", cli_flag="--labels"
+        )
+    if (labels_path is None) != (id_col is None):
+        raise OptionError("id_col", "{option} and labels_path go together: the label file and the id column to join on")
 
 
 def foreign_to_prepare(directory: Path) -> str | None:
@@ -286,7 +328,8 @@ def _write_shards(staging, kept, encoded, splits, config, target_names, progress
     (staging / "shards").mkdir()
     index = []
     starts = range(0, len(kept), config.shard_size)
-    for shard_number, start in enumerate(tqdm(starts, desc="writing shards", unit="shard", disable=not progress)):
+    bar = tqdm(starts, desc="writing shards", unit="shard", disable=None if progress else True)
+    for shard_number, start in enumerate(bar):
         relative = f"shards/shard-{shard_number:05d}.jsonl"
         lines = []
         for row_in_shard, row in enumerate(kept[start : start + config.shard_size]):
@@ -298,7 +341,7 @@ def _write_shards(staging, kept, encoded, splits, config, target_names, progress
     return index
 
 
-def _manifest(staging, source, kept, encoded, skipped, target_names, splits, tokenizer, config) -> dict:
+def _manifest(staging, source, kept, encoded, skipped, target_names, splits, split_mode, tokenizer, config) -> dict:
     train = splits == "train"
     values = np.array([[row.targets[name] for name in target_names] for row in kept], dtype=np.float64)
     lengths = np.array([len(ids) for ids in encoded])
@@ -316,6 +359,7 @@ def _manifest(staging, source, kept, encoded, skipped, target_names, splits, tok
         },
         "statistics_from": "train split",
         "splits": {name: int((splits == name).sum()) for name in SPLITS},
+        "split_mode": split_mode,
         "config": dataclasses.asdict(config),
         "vocab_size": tokenizer.vocab_size,
         "sequence_length": {"min": int(lengths.min()), "max": int(lengths.max()), "mean": float(lengths.mean())},

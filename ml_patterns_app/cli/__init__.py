@@ -35,7 +35,7 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ml-patterns", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ml-patterns", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"ml-patterns {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, _, help_text) in SUBCOMMANDS.items():

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -114,11 +116,16 @@ def _load(spec: str, flag: str, what: str, example: str, noun: str):
     module_name, colon, name = spec.partition(":")
     if not colon or not module_name or not name:
         raise UsageError(f"{flag} {spec!r}: expected MODULE:{what}, e.g. {example}")
+    # As `python -m` does: a module in the working directory imports without PYTHONPATH=. (the
+    # `ml-patterns` script's own sys.path holds only its install folder).
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         raise UsageError(
-            f"{flag} {spec!r}: cannot import {module_name!r} ({error}); is its directory on PYTHONPATH?"
+            f"{flag} {spec!r}: cannot import {module_name!r} ({error}); run from its directory, or put that "
+            "directory on PYTHONPATH"
         ) from None
     value = getattr(module, name, None)
     if value is None:
