@@ -89,7 +89,7 @@ def monitored_value(logs: Mapping[str, float], monitor: str) -> float:
 
 class StopReason(str, enum.Enum):
     NOT_STOPPED = "not stopped"
-    PATIENCE_EXHAUSTED = "no improvement for `patience` epochs"
+    PATIENCE_EXHAUSTED = "no improvement for {patience} epochs"  # formatted by EarlyStopping.reason_text
     NON_FINITE = "monitored metric is NaN or infinite"
     STOPPING_THRESHOLD = "monitored metric reached stopping_threshold"
     DIVERGENCE_THRESHOLD = "monitored metric crossed divergence_threshold"
@@ -186,6 +186,10 @@ class EarlyStopping(Callback):
         self.stopped_epoch, self.stop_reason = epoch, reason
         return True
 
+    def reason_text(self) -> str:
+        """Why training stopped, in words, with this callback's numbers ("no improvement for 3 epochs")."""
+        return self.stop_reason.value.format(patience=self.patience)
+
     def needed_metrics(self) -> set[str]:
         """The metrics this callback reads (``fit`` refuses ``val_loss`` without a val loader)."""
         return {self.monitor}
@@ -207,10 +211,10 @@ class EarlyStopping(Callback):
             self._best_weights_epoch = epoch
         if stop:
             trainer.should_stop = True
-            trainer.stop_reason = f"EarlyStopping at epoch {epoch}: {self.stop_reason.value} ({self.monitor}={current})"
+            trainer.stop_reason = f"EarlyStopping at epoch {epoch}: {self.reason_text()} ({self.monitor}={current})"
             self._stop_message = trainer.stop_reason
             if self.verbose and is_main(trainer):
-                print(f"Early stopping at epoch {epoch}: {self.stop_reason.value}")
+                print(f"Early stopping at epoch {epoch}: {self.reason_text()}")
 
     def on_train_end(self, trainer: TrainerProtocol) -> None:
         best_is_last = self._best_weights_epoch == self._last_epoch
@@ -238,7 +242,7 @@ class EarlyStopping(Callback):
         self._stop_message = state.get("stop_message")  # absent from checkpoints of older versions
         self._resumed_stopped = self.stopped_epoch is not None
         if self._resumed_stopped and self._stop_message is None:
-            self._stop_message = f"EarlyStopping at epoch {self.stopped_epoch}: {self.stop_reason.value}"
+            self._stop_message = f"EarlyStopping at epoch {self.stopped_epoch}: {self.reason_text()}"
 
 
 def after_callbacks(trainer: TrainerProtocol, action) -> None:
