@@ -17,6 +17,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ml_patterns.parity import PRECISIONS
+from ml_patterns.precision import MIXED
+
 
 @dataclasses.dataclass(frozen=True)
 class Contender:
@@ -44,6 +47,16 @@ QUICK_CONTENDERS = tuple(name for name, contender in CONTENDERS.items() if conte
 SHARED = "numpy (shared by both backends)"
 
 
+# --precision: a float32 matmul policy, or "bf16": every train-step workload and the matmul peak in
+# bfloat16 as well (train steps bf16-mixed: float32 master weights, bfloat16 compute; the peak's
+# matmul bfloat16 in and out), beside the float32 rows, under the float32 policy.
+BF16 = "bf16"
+BENCH_PRECISIONS = {
+    **PRECISIONS,
+    BF16: "float32 and bf16-mixed rows side by side (full float32 matmuls for the float32 ones)",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchContext:
     """What the runner hands every workload: ``run(ctx) -> list[dict]`` of ``result_row``s.
@@ -58,8 +71,13 @@ class BenchContext:
     quick: bool
     devices: tuple[str, ...]  # "cpu", "gpu"
     threads: int  # CPUs both frameworks run on (torch intra-op threads = XLA:CPU's pool)
-    precision: str  # a key of ml_patterns.parity.PRECISIONS
+    precision: str  # a key of BENCH_PRECISIONS
     contenders: tuple[str, ...] = tuple(CONTENDERS)
+
+    @property
+    def step_precisions(self) -> tuple[str, ...]:
+        """The training precisions every train step runs in (``ml_patterns.precision``)."""
+        return ("float32", MIXED) if self.precision == BF16 else ("float32",)
 
     def as_dict(self) -> dict:
         return {**dataclasses.asdict(self), "data_dir": str(self.data_dir)}
@@ -91,6 +109,12 @@ class Timing:
             repeats=len(samples),
             number=number,
         )
+
+
+def peak_key(row: dict) -> str:
+    """The key of the run's matmul peaks (``ml_patterns_bench.peak.peaks``) a row is measured
+    against: its device, with `` bfloat16`` for the bfloat16 matmul and the bf16-mixed train steps."""
+    return f"{row['device']} bfloat16" if row.get("precision") in (MIXED, "bfloat16") else row["device"]
 
 
 def time_call(

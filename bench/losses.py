@@ -124,7 +124,7 @@ def _shape_rows(shape, device: str, quick: bool) -> list[dict]:
         timing = time_call(call, repeats=repeats, warmup=1)
         del call
         baseline_s = baseline_s or timing.median_s
-        extra, how = _peak_extra_bytes(contender, shape, device, analysis)
+        extra, how, measure = _peak_extra_bytes(contender, shape, device, analysis)
         rows.append(
             {
                 "benchmark": "masked_cross_entropy",
@@ -134,7 +134,7 @@ def _shape_rows(shape, device: str, quick: bool) -> list[dict]:
                 "timing": timing.as_dict(),
                 "throughput": {"value": shape[0] * shape[1] / timing.median_s, "unit": "positions/s"},
                 "compile_s": compile_s,
-                "peak_memory": {"bytes": extra, "how": how},
+                "peak_memory": {"bytes": extra, "how": how, "measure": measure},
                 "time_vs_baseline": timing.median_s / baseline_s,
                 "extra_memory_in_logits_buffers": None if extra is None else extra / logits_bytes,
                 "xla_memory_analysis": analysis,
@@ -144,21 +144,24 @@ def _shape_rows(shape, device: str, quick: bool) -> list[dict]:
     return rows
 
 
-def _peak_extra_bytes(contender: str, shape, device: str, analysis: dict | None) -> tuple[int | None, str]:
-    """``(bytes, how)``: the call's peak memory beyond its inputs and its gradient (module docstring)."""
+def _peak_extra_bytes(contender: str, shape, device: str, analysis: dict | None) -> tuple[int | None, str, str]:
+    """``(bytes, how, measure)``: the call's peak memory beyond its inputs and its gradient (module
+    docstring). On a GPU JAX's is XLA's static estimate and torch's its allocator's peak: two
+    different measures, labelled as such (``measure``) and never divided by each other."""
     grad_bytes = int(np.prod(shape)) * 4
     if device == "gpu":
         if analysis is not None:
-            return analysis["temp_size_in_bytes"], "XLA memory analysis: temporaries of the compiled call"
-        return _torch_gpu_extra_bytes(
-            contender, shape
-        ) - grad_bytes, "torch.cuda peak over the call, minus before and the gradient"
+            how = "XLA memory analysis: temporaries of the compiled call"
+            return analysis["temp_size_in_bytes"], how, "static estimate"
+        extra = _torch_gpu_extra_bytes(contender, shape) - grad_bytes
+        return extra, "torch.cuda peak over the call, minus before and the gradient", "allocator peak"
     if not Path("/proc/self/clear_refs").exists():
-        return None, "n/a: no resettable peak-RSS counter (not Linux)"
+        return None, "n/a: no resettable peak-RSS counter (not Linux)", "none"
     command = [sys.executable, "-m", "ml_patterns_bench.losses", "--peak", contender, *map(str, shape)]
     done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)
     extra = json.loads(done.stdout.strip().splitlines()[-1])["extra_bytes"]
-    return extra, "peak RSS of one forward+backward in a fresh process, minus RSS before, minus the gradient"
+    how = "peak RSS of one forward+backward in a fresh process, minus RSS before, minus the gradient"
+    return extra, how, "process RSS"
 
 
 def _torch_gpu_extra_bytes(contender: str, shape) -> int:

@@ -12,6 +12,7 @@ The largest size is matmul-bound, so its GFLOP/s against the device's measured m
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,9 @@ import optax
 import torch
 from flax import nnx
 from torch import nn
+
+import jax_impl.precision
+import torch_impl.precision
 
 from . import flops
 from .common import BenchContext
@@ -83,16 +87,16 @@ def run(ctx: BenchContext) -> list[dict]:
                 items=size.batch,
                 unit="samples/s",
                 flops=flops.mlp_train_step(size.batch, size.width, size.depth),
-                detail=f"MSE loss, Adam lr {LEARNING_RATE}, float32",
+                detail=f"MSE loss, Adam lr {LEARNING_RATE}",
             )
     return rows
 
 
 def step(problem: Problem) -> Step:
-    return Step(torch=lambda device: torch_step(problem, device), jax=lambda device: jax_step(problem, device))
+    return Step(torch=functools.partial(torch_step, problem), jax=functools.partial(jax_step, problem))
 
 
-def torch_step(problem: Problem, device: torch.device):
+def torch_step(problem: Problem, device: torch.device, precision: str = "float32"):
     layers = []
     for kernel, bias in zip(problem.kernels, problem.biases):
         linear = nn.Linear(*kernel.shape)
@@ -105,7 +109,8 @@ def torch_step(problem: Problem, device: torch.device):
     x, y = torch.from_numpy(problem.x).to(device), torch.from_numpy(problem.y).to(device)
 
     def train_step() -> torch.Tensor:
-        loss = nn.functional.mse_loss(model(x), y)
+        with torch_impl.precision.autocast(precision, device):
+            loss = nn.functional.mse_loss(model(x), y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -114,14 +119,18 @@ def torch_step(problem: Problem, device: torch.device):
     return train_step
 
 
-def jax_step(problem: Problem, device: jax.Device):
+def jax_step(problem: Problem, device: jax.Device, precision: str = "float32"):
     """The functional NNX form (docs/PARITY.md, JAX habits): split once, ``jax.jit`` a pure step
-    over the state, donated."""
+    over the state, donated. bf16-mixed: ``jax_impl.precision``'s policy on the merged model."""
     graphdef, params = nnx.split(_NnxMLP(problem))
     optimizer = optax.adam(LEARNING_RATE)
+    dtype = jax_impl.precision.compute_dtype(precision)
 
     def loss_fn(params: nnx.State, x: jax.Array, y: jax.Array) -> jax.Array:
-        return jnp.mean((nnx.merge(graphdef, params)(x) - y) ** 2)
+        model = nnx.merge(graphdef, params)
+        if dtype is not None:
+            jax_impl.precision.autocast(model, dtype)
+        return jnp.mean((model(x) - y) ** 2)  # a bfloat16 output minus float32 targets: float32
 
     def train_step(state, x, y):
         params, opt_state = state

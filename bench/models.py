@@ -13,6 +13,7 @@ Dropout is 0, so both backends do the same work (their dropout masks could not m
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import jax
@@ -21,8 +22,10 @@ import torch
 
 import jax_impl.models
 import jax_impl.molecules.models
+import jax_impl.precision
 import jax_impl.training
 import torch_impl.molecules.models
+import torch_impl.precision
 import torch_impl.runtime
 import torch_impl.state
 from jax_impl.collate import collate_molecules
@@ -146,28 +149,33 @@ def problem_rows(benchmark: str, problem: Problem, step: Step, ctx: BenchContext
 
 
 def step(problem: Problem) -> Step:
-    return Step(torch=lambda device: torch_step(problem, device), jax=lambda device: jax_step(problem))
+    return Step(
+        torch=functools.partial(torch_step, problem),
+        jax=lambda _device, precision="float32": jax_step(problem, precision),
+    )
 
 
-def torch_step(problem: Problem, device: torch.device):
+def torch_step(problem: Problem, device: torch.device, precision: str = "float32"):
     """``compute_loss`` + ``backward``, the gradients left in ``.grad``."""
     model = torch_impl.molecules.models.build_model(problem.config, weights=problem.weights).to(device)
     batch = torch_impl.runtime.to_device(problem.batch, device)
 
     def forward_backward() -> torch.Tensor:
         model.zero_grad(set_to_none=True)
-        loss = model.compute_loss(batch)
+        with torch_impl.precision.autocast(precision, device):
+            loss = model.compute_loss(batch)
         loss.backward()
         return loss.detach()
 
     return forward_backward
 
 
-def jax_step(problem: Problem):
+def jax_step(problem: Problem, precision: str = "float32"):
     """``jax.value_and_grad`` of the functional ``loss``; the state is the gradients' buffer (the
     outputs must include them, or XLA would not compute them)."""
     fn, params, rest = jax_impl.models.functional(
-        jax_impl.molecules.models.build_model(problem.config, weights=problem.weights)
+        jax_impl.molecules.models.build_model(problem.config, weights=problem.weights),
+        jax_impl.precision.compute_dtype(precision),
     )
     loss_and_grad = jax.value_and_grad(lambda p, r, b: fn.loss(p, r, b)[0])
 

@@ -12,12 +12,15 @@ import argparse
 import datetime
 import importlib
 import json
+from pathlib import Path
 
 from ml_patterns.errors import UsageError
 from ml_patterns.io import atomic_write_text
 from ml_patterns.machine import cpu_count, environment, restrict_cpus
+from ml_patterns.outputs import MARKER, check_output, mark_output
+from ml_patterns.precision import MIXED
 
-from .common import CONTENDERS, QUICK_CONTENDERS, BenchContext
+from .common import CONTENDERS, QUICK_CONTENDERS, BenchContext, peak_key
 
 # name -> the module whose ``run(ctx: BenchContext) -> list[dict]`` returns result rows
 # (``ml_patterns_bench.common.result_row``). A module is imported only when it runs, after the CPUs are pinned.
@@ -42,11 +45,28 @@ REQUIRED = ("benchmark", "workload", "contender", "device")
 OPTIONAL = ("flops_per_call", "compile_s", "peak_memory", "detail")
 
 
+RESULTS_KIND = "folder of benchmark results"
+RESULT_FILES = ("ml_patterns_bench.json", "ml_patterns_bench.md", "ml_patterns_bench.png")
+
+
+def check_results_destination(out: Path, data: Path) -> None:
+    """Refuses (``DestinationError``, one line) an ``--out`` that holds other files than results, the
+    dataset read (or a folder holding it), or the working directory: the results never overwrite them."""
+    check_output(out, RESULTS_KIND, protect=(data,), recognise=_results_only)
+
+
+def _results_only(folder: Path) -> bool:
+    """Results written before results folders were marked (also under their older names, bench.*)."""
+    older = {name.replace("ml_patterns_bench", "bench") for name in RESULT_FILES}
+    return {entry.name for entry in folder.iterdir()} <= {*RESULT_FILES, *older, MARKER}
+
+
 def run_benchmarks(args: argparse.Namespace) -> int:
     selected = list(dict.fromkeys(args.only or (QUICK_BENCHMARKS if args.quick else BENCHMARKS)))
     unknown = sorted(set(selected) - set(BENCHMARKS))
     if unknown:
         raise UsageError(f"unknown benchmark(s) {unknown}; known: {sorted(BENCHMARKS)}")
+    check_results_destination(args.out, args.data)  # before any measurement
     if not (args.data / "manifest.json").is_file():
         from ml_patterns.molecules.prepare import prepare_dataset
 
@@ -87,14 +107,16 @@ def run_benchmarks(args: argparse.Namespace) -> int:
         "skipped": [row for row in rows if "skipped" in row],
     }
     table = format_table(results)
-    summary = format_summary(results)
+    summary = format_summary(results) + _precision_summary(results)
     print(table + "\n\n" + summary)
     for row in report["skipped"]:
         print(f"skipped: {_name(row)}: {row['skipped']}")
 
     from .chart import write_chart  # matplotlib loads only when there is something to draw
 
+    check_results_destination(args.out, args.data)
     args.out.mkdir(parents=True, exist_ok=True)
+    mark_output(args.out, RESULTS_KIND)
     atomic_write_text(args.out / "ml_patterns_bench.json", json.dumps(report, indent=1) + "\n")
     atomic_write_text(args.out / "ml_patterns_bench.md", _markdown(report, table, summary))
     write_chart(report, args.out / "ml_patterns_bench.png")
@@ -119,7 +141,7 @@ def _checked(name: str, rows: list[dict]) -> list[dict]:
 
 def _add_peak_fractions(results: list[dict], peaks: dict[str, dict[str, float]]) -> None:
     for row in results:
-        flops, device_peaks = row.get("flops_per_call"), peaks.get(row["device"], {})
+        flops, device_peaks = row.get("flops_per_call"), peaks.get(peak_key(row), {})
         gflops = flops / row["timing"]["median_s"] / 1e9 if flops else None
         contender = CONTENDERS.get(row["contender"])
         own = device_peaks.get(contender.framework) if contender else None
@@ -162,7 +184,7 @@ def format_table(results: list[dict]) -> str:
             _number(row["gflops"]) if row.get("gflops") else "",
             f"{row['fraction_of_peak']:.0%}" if row.get("fraction_of_peak") else "",
             _seconds(row["compile_s"]) if row.get("compile_s") is not None else "",
-            _bytes(memory.get("bytes")),
+            _memory(memory),
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -193,6 +215,33 @@ def format_summary(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _precision_summary(results: list[dict]) -> str:
+    """``--precision bf16``: each bf16-mixed row's throughput over its float32 twin's (the same
+    benchmark, workload, contender and device), or "" when the run has none."""
+    float32 = {_name(row): row for row in results if row.get("precision") == "float32"}
+    lines = []
+    for row in results:
+        if row.get("precision") != MIXED:
+            continue
+        twin = float32.get(_name({**row, "workload": row["workload"].removesuffix(f", {MIXED}")}))
+        if twin is not None:
+            ratio = row["throughput"]["value"] / twin["throughput"]["value"]
+            lines.append(
+                f"| {twin['benchmark']} | {twin['workload']} | {row['contender']} | {row['device']} | {ratio:.2f}x |"
+            )
+    if not lines:
+        return ""
+    header = [
+        "",
+        "",
+        "bf16-mixed throughput over float32:",
+        "",
+        "| benchmark | workload | contender | device | bf16 / float32 |",
+        "|---|---|---|---|---|",
+    ]
+    return "\n".join(header + lines)
+
+
 def _number(value: float) -> str:
     return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
 
@@ -202,6 +251,21 @@ def _seconds(value: float) -> str:
         if value >= scale:
             return f"{value / scale:.3g} {unit}"
     return f"{value / 1e-9:.3g} ns"
+
+
+# How each memory figure was measured, as the table shows it: different measures, never compared.
+MEMORY_MEASURES = {
+    "allocator peak": "allocator peak",  # torch's CUDA allocator or XLA's on a GPU, during the measurement
+    "static estimate": "XLA estimate",  # XLA's analysis of one compiled program, before it runs
+    "process RSS": "RSS",  # a process's resident memory (CPU)
+}
+
+
+def _memory(memory: dict) -> str:
+    """A memory cell: the figure and what it is (``peak_memory["measure"]``)."""
+    figure = _bytes(memory.get("bytes"))
+    measure = MEMORY_MEASURES.get(memory.get("measure"))
+    return f"{figure} ({measure})" if figure and measure else figure
 
 
 def _bytes(value: int | None) -> str:

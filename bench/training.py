@@ -38,13 +38,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import jax
-
 import jax_impl.data
 import jax_impl.molecules.models
 import jax_impl.training
 import torch_impl.data
 import torch_impl.molecules.models
+import torch_impl.precision
 import torch_impl.training
 from ml_patterns.callbacks import HistoryLogger, ProgressBar
 from ml_patterns.data import LazyDataset, Subset
@@ -109,11 +108,12 @@ def run(ctx: BenchContext) -> list[dict]:
     return rows
 
 
-def trainer(framework: str, problem: Problem, device, callbacks: list = ()):
+def trainer(framework: str, problem: Problem, device, callbacks: list = (), precision: str = "float32"):
     """A ``framework`` Trainer of the problem's weights on ``device``, preparing molecule batches."""
     models, training, _ = IMPLS[framework]
     model = models.build_model(problem.config, weights=problem.weights)
-    return training.Trainer(model, OPTIMIZER, callbacks, device=device, batch_transform=BatchPreparer(problem.config))
+    preparer = BatchPreparer(problem.config)
+    return training.Trainer(model, OPTIMIZER, callbacks, device=device, batch_transform=preparer, precision=precision)
 
 
 def bare_step(framework: str, trainer) -> tuple[Callable[[dict], object], Callable[[], None]]:
@@ -126,7 +126,8 @@ def bare_step(framework: str, trainer) -> tuple[Callable[[dict], object], Callab
 
         def torch_step(batch: dict):
             optimizer.zero_grad()
-            loss = model.compute_loss(batch)
+            with torch_impl.precision.autocast(trainer.precision, trainer.device):
+                loss = model.compute_loss(batch)
             loss.backward()
             optimizer.step()
             return loss.detach()
@@ -147,7 +148,7 @@ def train_step_rows(problem: Problem, device: str, ctx: BenchContext) -> list[di
     detail = (
         f"multi-task model ({len(config.tasks)} regression heads + masked-token head, d_ff {config.d_ff}, "
         f"{config.n_heads} heads), one fixed prepared batch, AdamW lr {OPTIMIZER.learning_rate} "
-        f"wd {OPTIMIZER.weight_decay}, float32, dropout 0"
+        f"wd {OPTIMIZER.weight_decay}, dropout 0"
     )
     rows = problem_rows(STEP, problem, step(problem), ctx, device, detail)
     for row in rows:
@@ -157,20 +158,16 @@ def train_step_rows(problem: Problem, device: str, ctx: BenchContext) -> list[di
 
 
 def step(problem: Problem) -> Step:
-    def torch_step(device):
-        train_step, _ = bare_step("torch", trainer("torch", problem, device))
+    def torch_step(device, precision="float32"):
+        train_step, _ = bare_step("torch", trainer("torch", problem, device, precision=precision))
         batch = RUNTIMES["torch"].to_device(problem.batch, device)
         return lambda: train_step(batch)
 
-    def jax_step(device):
-        jax_trainer = trainer("jax", problem, device)
-
-        def train_step(state, batch):  # the Trainer's jitted step, inlined; the harness takes the loss alone
-            state, metrics = jax_trainer.train_step(state, batch)
-            return state, metrics["loss"]
-
+    def jax_step(device, precision="float32"):
+        jax_trainer = trainer("jax", problem, device, precision=precision)
+        # The Trainer's own step object, as fit calls it: its programs, not one fused into an outer jit.
         batch = RUNTIMES["jax"].to_device(problem.batch, device)
-        return jax.jit(train_step, donate_argnums=0), jax_trainer.state, (batch,)
+        return jax_trainer.train_step, jax_trainer.state, (batch,)
 
     return Step(torch=torch_step, jax=jax_step)
 

@@ -1,10 +1,11 @@
 """Seed-style callbacks on both backends: a Callback of your own (the seed's hooks), EarlyStopping
-and ModelCheckpoint in the seed's positional order, then a resume from the best checkpoint.
+and ModelCheckpoint in the seed's positional order, then a resume from the best checkpoint, which
+continues as the uninterrupted run did: a checkpoint holds every callback's state after its epoch.
 
 Run: ``python examples/callbacks.py`` (a few seconds on a CPU).
 """
 
-# expect: ^jax: stopped after \d+ epochs \(EarlyStopping at epoch \d+.*\), best checkpoint epoch_\d+ resumes
+# expect: ^jax: resumed from epoch_\d+, it stops at epoch \d+ as the run did, with the same checkpoints
 
 import tempfile
 from pathlib import Path
@@ -17,7 +18,7 @@ from flax import nnx
 
 import jax_impl.training
 import torch_impl.training
-from ml_patterns.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from ml_patterns.callbacks import Callback, EarlyStopping, ModelCheckpoint, StopReason
 
 
 class LossPrinter(Callback):
@@ -60,6 +61,13 @@ def setup(backend: str):
     return jax_impl.training, JaxMLP(), optax.adam(1e-2)
 
 
+def why_stopped(stopper: EarlyStopping, trainer) -> str:
+    """The trainer's stop reason, with the numbers where EarlyStopping's says "`patience`"."""
+    if stopper.stop_reason is StopReason.PATIENCE_EXHAUSTED:
+        return f"{stopper.monitor} did not improve by {stopper.min_delta:g} for {stopper.patience} epochs"
+    return trainer.stop_reason
+
+
 def main() -> None:
     train, val = batches(640, seed=0), batches(128, seed=1)
     with tempfile.TemporaryDirectory() as out:
@@ -70,13 +78,27 @@ def main() -> None:
             checkpoints = ModelCheckpoint(Path(out) / backend)  # save_best_only=True: path/epoch_{epoch}
             trainer = training.Trainer(model, optimizer, [LossPrinter(), stopper, checkpoints])
             history = trainer.fit(train, val, num_epochs=50)
+            saved = sorted(p.name for p in (Path(out) / backend).iterdir())
+            best = Path(checkpoints.best_model_path).name
             training, model, optimizer = setup(backend)
-            resumed = training.Trainer(model, optimizer)
+            # The same callbacks (LossPrinter keeps no state: the base class stands in for it, quietly).
+            again = [
+                Callback(),
+                EarlyStopping(3, 1e-3, restore_best_weights=True),
+                ModelCheckpoint(Path(out) / backend),
+            ]
+            resumed = training.Trainer(model, optimizer, again)
             resumed.load_checkpoint(checkpoints.best_model_path)
             print(
-                f"{backend}: stopped after {len(history)} epochs ({trainer.stop_reason}), best checkpoint "
-                f"{Path(checkpoints.best_model_path).name} resumes at epoch {resumed.epoch}"
+                f"{backend}: stopped after {len(history)} epochs ({why_stopped(stopper, trainer)}), best checkpoint "
+                f"{best} resumes at epoch {resumed.epoch}"
             )
+            resumed.fit(train, val, num_epochs=50)
+            again_saved = sorted(p.name for p in (Path(out) / backend).iterdir())
+            if (len(resumed.history), resumed.stop_reason, again_saved) != (len(history), trainer.stop_reason, saved):
+                raise SystemExit(f"{backend}: the resumed run decided otherwise ({resumed.stop_reason})")
+            print(f"{backend}: resumed from {best}, it stops at epoch {len(history) - 1} as the run did, ", end="")
+            print("with the same checkpoints")
 
 
 if __name__ == "__main__":

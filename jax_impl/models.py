@@ -35,6 +35,7 @@ import jax
 from flax import nnx
 
 from jax_impl import state
+from jax_impl.precision import autocast
 from ml_patterns import checkpoint
 from ml_patterns.models import LossFn, LossMixin
 
@@ -104,6 +105,9 @@ class Functional:
     (``fn.loss``) can be jitted directly."""
 
     graphdef: nnx.GraphDef
+    # The autocast layers' computation dtype in the traced copy (``jax_impl.precision.autocast``);
+    # None: the parameters' own.
+    compute_dtype: Any = None
 
     def merge(self, params: nnx.State, rest: nnx.State) -> BaseModel:
         return nnx.merge(self.graphdef, params, rest)
@@ -133,6 +137,8 @@ class Functional:
         # copy=True: fresh Variables at this trace level; reusing the state's own Variables makes
         # the dropout streams' updates fail under jax.grad (TraceContextError).
         model = nnx.merge(self.graphdef, params, rest, copy=True)
+        if self.compute_dtype is not None:
+            autocast(model, self.compute_dtype)
         if train:
             if key is None:
                 raise ValueError("train=True needs a dropout key (jax.random.key)")
@@ -143,7 +149,8 @@ class Functional:
         return model
 
 
-def functional(model: nnx.Module) -> tuple[Functional, nnx.State, nnx.State]:
-    """``(Functional, params, rest)`` from ``nnx.split(model, nnx.Param, ...)``."""
+def functional(model: nnx.Module, compute_dtype: Any = None) -> tuple[Functional, nnx.State, nnx.State]:
+    """``(Functional, params, rest)`` from ``nnx.split(model, nnx.Param, ...)``; ``compute_dtype``
+    (e.g. ``jnp.bfloat16``): the bf16-mixed policy of ``jax_impl.precision``, params kept float32."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return Functional(graphdef), params, rest
+    return Functional(graphdef, compute_dtype), params, rest

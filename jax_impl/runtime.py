@@ -2,30 +2,31 @@
 
 Divergences, and why:
 
-- ``peak_memory`` reads the device's ``memory_stats()`` (GPU); XLA cannot reset it, so
-  ``reset_peak_memory`` does nothing and the figure is the process's peak on that device.
+- ``peak_memory`` reads the device's ``memory_stats()`` (GPU). XLA cannot reset its peak, so
+  ``reset_peak_memory`` notes the peak so far: a later peak above it was reached after the reset
+  (the phase's own peak, exact); one that did not move is reported as an upper bound, saying so.
 - ``wait(device, value)`` blocks on ``value`` (JAX dispatches asynchronously, per array).
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import gc
 import importlib.metadata
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
 from flax import nnx
 
+from jax_impl.models import Functional, functional
+from jax_impl.precision import precision_policy as precision_policy
+from jax_impl.precision import set_precision as set_precision
 from jax_impl.state import tree_to_numpy
 from jax_impl.training import to_device
 from ml_patterns.errors import UsageError
 from ml_patterns.io import private_directory
-from ml_patterns.parity import PRECISIONS
-
-_PRECISION = {"float32": "highest", "tf32": "tensorfloat32"}
 
 
 def device(kind: str) -> jax.Device | None:
@@ -46,22 +47,6 @@ def select_device(choice: str = "auto") -> jax.Device:
     return found
 
 
-def set_precision(policy: str = "float32") -> None:
-    if policy not in _PRECISION:
-        raise UsageError(f"unknown precision policy {policy!r}; known: {sorted(PRECISIONS)}")
-    jax.config.update("jax_default_matmul_precision", _PRECISION[policy])
-
-
-@contextlib.contextmanager
-def precision_policy(policy: str) -> Iterator[None]:
-    saved = jax.config.jax_default_matmul_precision
-    set_precision(policy)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_default_matmul_precision", saved)
-
-
 def precision() -> dict:
     return {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision}
 
@@ -79,15 +64,24 @@ def describe(dev: jax.Device) -> dict:
     }
 
 
+# Per device: the allocator's peak when reset_peak_memory was last called (module docstring).
+_PEAK_AT_RESET: dict[jax.Device, int] = {}
+
+
 def reset_peak_memory(dev: jax.Device) -> None:
-    pass  # XLA keeps no resettable peak (module docstring)
+    if dev.platform == "gpu":
+        _PEAK_AT_RESET[dev] = (dev.memory_stats() or {}).get("peak_bytes_in_use", 0)
 
 
 def peak_memory(dev: jax.Device) -> dict | None:
     if dev.platform != "gpu":
         return None
-    stats = dev.memory_stats() or {}
-    return {"bytes": stats.get("peak_bytes_in_use"), "how": "jax Device.memory_stats()['peak_bytes_in_use']"}
+    peak = (dev.memory_stats() or {}).get("peak_bytes_in_use")
+    before = _PEAK_AT_RESET.get(dev)
+    how = "XLA allocator peak, jax Device.memory_stats()['peak_bytes_in_use']"
+    if peak is not None and before is not None and peak <= before:
+        how = f"at most this: {how} did not rise after the reset (XLA cannot reset it)"
+    return {"bytes": peak, "how": how, "measure": "allocator peak"}
 
 
 def wait(dev: jax.Device, value: object = None) -> None:
@@ -101,8 +95,15 @@ def release_memory() -> None:
 
 def predict(model, batch: Mapping, dev: jax.Device, task: str | None = None) -> dict[str, np.ndarray]:
     model.eval()
-    outputs = model(to_device(batch, dev), **({} if task is None else {"task": task}))
+    fn, params, rest = functional(model)
+    # One jitted program per batch shape (cached across calls), not the model run op by op.
+    outputs = _apply(fn, params, rest, to_device(batch, dev), **({} if task is None else {"task": task}))
     return tree_to_numpy(outputs)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="task")
+def _apply(fn: Functional, params, rest, batch, task: str | None = None):
+    return fn.apply(params, rest, batch, **({} if task is None else {"task": task}))
 
 
 def enable_compile_cache(directory: str | os.PathLike) -> dict:

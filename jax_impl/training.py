@@ -21,6 +21,9 @@ Divergences, and why:
   never handed to the step (they are copied in and out), so donation cannot invalidate them.
 - ``pad_batches_to`` (``ml_patterns.training.TrainerBase``): under data parallelism each device
   computes ``ceil(N / devices)`` rows, the global batch laid out as ``distributed.global_layout``.
+- ``precision="bf16-mixed"``: JAX has no autocast; the jitted loss applies ``jax_impl.precision``'s
+  policy to the model it traces (the autocast layers compute in bfloat16 from float32 parameters),
+  and the steps trace under the precision's ``jax.default_matmul_precision``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from jax_impl import distributed as distributed_
 from jax_impl import state as weights
 from jax_impl.models import Functional, functional
 from jax_impl.optim import build_optimizer, find_states, map_states
+from jax_impl.precision import compute_dtype, matmul_precision
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import global_rows
@@ -69,8 +73,9 @@ def make_steps(
     seed: int,
     distributed: distributed_.Context | None = None,
     weighted_rows: bool = False,
+    precision: str = "float32",
 ):
-    """``(train_step, eval_step)`` for ``model``.
+    """``(train_step, eval_step)`` for ``model`` under ``precision`` (``ml_patterns.precision``).
 
     ``train_step(state, batch) -> (state, {"loss": scalar})`` from ``model.compute_loss``: a
     ``TrainStep``, two jitted programs (the loss and its gradients, compiled once per batch shape;
@@ -82,8 +87,9 @@ def make_steps(
     model's ``loss_sums``; ``distributed`` implies it, the batch sharded over its mesh
     (``distributed.shard_batch``) and the state kept replicated.
     """
-    fn, _, _ = functional(model)
-    return _compiled_steps(fn, optimizer, seed, distributed, weighted_rows or distributed is not None)
+    fn, _, _ = functional(model, compute_dtype(precision))
+    weighted_rows = weighted_rows or distributed is not None
+    return _compiled_steps(fn, optimizer, seed, distributed, weighted_rows, matmul_precision(precision))
 
 
 class TrainStep:
@@ -122,6 +128,7 @@ def _compiled_steps(
     seed: int,
     distributed: distributed_.Context | None,
     weighted_rows: bool,
+    matmul: str,
 ):
     transformation = build_optimizer(optimizer) if isinstance(optimizer, OptimizerConfig) else optimizer
     base_key = jax.random.key(seed)
@@ -131,15 +138,17 @@ def _compiled_steps(
 
     def gradients(params: nnx.State, rest: nnx.State, batch: Any, step: jax.Array):
         key = jax.random.fold_in(base_key, step)
-        (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, batch, key=key, train=True)
-        return loss, rest, grads
+        with jax.default_matmul_precision(matmul):
+            (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, batch, key=key, train=True)
+        return loss.astype(jnp.float32), rest, grads  # float32 already, unless a model's loss is bfloat16
 
     def update(params: nnx.State, opt_state: Any, step: jax.Array, grads: nnx.State):
         updates, opt_state = transformation.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, step + 1
 
     def eval_step(params: nnx.State, rest: nnx.State, batch: Any) -> jax.Array:
-        return loss_fn(params, rest, batch)[0]
+        with jax.default_matmul_precision(matmul):
+            return loss_fn(params, rest, batch)[0].astype(jnp.float32)
 
     # Donated: the state's buffers are reused for the new state in place (the gradients' could only
     # alias the parameters' again, so they are left to be freed).
@@ -171,6 +180,7 @@ class Trainer(TrainerBase):
         seed: int | None = None,
         distributed: distributed_.Context | bool | None = None,
         pad_batches_to: int | None = None,
+        precision: str = "float32",
     ):
         if isinstance(optimizer, OptimizerConfig):
             config = optimizer
@@ -193,12 +203,15 @@ class Trainer(TrainerBase):
             stop_on_non_finite=stop_on_non_finite,
             distributed=distributed or None,
             pad_batches_to=pad_batches_to,
+            precision=precision,
         )
         self.device = jax.devices(device)[0] if isinstance(device, str) else device
         self.optimizer = build_optimizer(optimizer) if config is not None else optimizer
         if seed is None:
             seed = getattr(getattr(model, "config", None), "seed", 0)
-        self.train_step, self.eval_step = make_steps(model, optimizer, seed, self.distributed, self.weighted_rows)
+        self.train_step, self.eval_step = make_steps(
+            model, optimizer, seed, self.distributed, self.weighted_rows, self.precision
+        )
         self.state = self._initial_state()
 
     def _initial_state(self) -> TrainState:
@@ -233,6 +246,17 @@ class Trainer(TrainerBase):
 
     def _after_epoch(self) -> None:
         self.sync_model()
+
+    def _epoch_total(self, losses: list, counts: list[int]) -> np.float32:
+        # Read in one explicit transfer (an epoch runs under jax.transfer_guard("disallow")), then
+        # added in float32 in batch order: the same rounding as the device sum of the torch side.
+        # The last update too (the losses come from the gradients' programs): the epoch, timed to
+        # this sync, then ends when its work does.
+        jax.block_until_ready(self.state.step)
+        total = np.float32(0.0)
+        for loss, n in zip(jax.device_get(losses), counts):
+            total = total + np.float32(loss) * np.float32(n)
+        return total
 
     def compilations(self) -> int:
         """Programs compiled for the train and eval steps so far: one per input signature (batch
@@ -359,9 +383,10 @@ def train(
     device: str | jax.Device | None = None,
     *,
     batch_transform: BatchTransform | None = None,
+    precision: str = "float32",
 ) -> dict[str, list[float]]:
     """See ``torch_impl.training.train``; the model is updated in place at the end."""
-    trainer = Trainer(model, optimizer, device=device, batch_transform=batch_transform)
+    trainer = Trainer(model, optimizer, device=device, batch_transform=batch_transform, precision=precision)
     history = trainer.fit(train_loader, val_loader, num_epochs)
     return {"train_loss": history["train_loss"], "val_loss": history.metrics.get("val_loss", [])}
 

@@ -24,18 +24,19 @@ import enum
 import math
 import operator
 import os
-import shutil
-import string
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from ml_patterns.history import History
+from ml_patterns.errors import DestinationError
+from ml_patterns.history import History, foreign_to_history
 
 
 class TrainerProtocol(Protocol):
-    """What callbacks may use of a trainer (both backends implement it)."""
+    """What callbacks may use of a trainer (both backends implement it). Both trainers also have
+    ``after_callbacks(action)``, used through ``after_callbacks`` below (a trainer without it runs
+    the action at once)."""
 
     should_stop: bool
     stop_reason: str | None
@@ -88,7 +89,7 @@ def monitored_value(logs: Mapping[str, float], monitor: str) -> float:
 
 class StopReason(str, enum.Enum):
     NOT_STOPPED = "not stopped"
-    PATIENCE_EXHAUSTED = "no improvement for `patience` epochs"
+    PATIENCE_EXHAUSTED = "no improvement for {patience} epochs"  # formatted by EarlyStopping.reason_text
     NON_FINITE = "monitored metric is NaN or infinite"
     STOPPING_THRESHOLD = "monitored metric reached stopping_threshold"
     DIVERGENCE_THRESHOLD = "monitored metric crossed divergence_threshold"
@@ -153,6 +154,8 @@ class EarlyStopping(Callback):
         self._best_weights: Any = None
         self._best_weights_epoch: int | None = None
         self._last_epoch: int | None = None
+        self._stop_message: str | None = None
+        self._resumed_stopped = False  # restored from a checkpoint of a run that had stopped
 
     def _improves(self, current: float, reference: float) -> bool:
         delta = self.min_delta if self.mode == "max" else -self.min_delta
@@ -183,8 +186,21 @@ class EarlyStopping(Callback):
         self.stopped_epoch, self.stop_reason = epoch, reason
         return True
 
+    def reason_text(self) -> str:
+        """Why training stopped, in words, with this callback's numbers ("no improvement for 3 epochs")."""
+        return self.stop_reason.value.format(patience=self.patience)
+
+    def needed_metrics(self) -> set[str]:
+        """The metrics this callback reads (``fit`` refuses ``val_loss`` without a val loader)."""
+        return {self.monitor}
+
     def on_train_start(self, trainer: TrainerProtocol) -> None:
         self._best_weights = self._best_weights_epoch = None
+        if self._resumed_stopped:
+            # Resumed from the checkpoint of the epoch the run stopped at: it stays stopped, as the
+            # uninterrupted run did, rather than training one more epoch to stop again.
+            self._resumed_stopped = False
+            trainer.should_stop, trainer.stop_reason = True, self._stop_message
 
     def on_epoch_end(self, epoch: int, trainer: TrainerProtocol, metrics: Mapping[str, float]) -> None:
         current = monitored_value(metrics, self.monitor)
@@ -195,9 +211,10 @@ class EarlyStopping(Callback):
             self._best_weights_epoch = epoch
         if stop:
             trainer.should_stop = True
-            trainer.stop_reason = f"EarlyStopping at epoch {epoch}: {self.stop_reason.value} ({self.monitor}={current})"
+            trainer.stop_reason = f"EarlyStopping at epoch {epoch}: {self.reason_text()} ({self.monitor}={current})"
+            self._stop_message = trainer.stop_reason
             if self.verbose and is_main(trainer):
-                print(f"Early stopping at epoch {epoch}: {self.stop_reason.value}")
+                print(f"Early stopping at epoch {epoch}: {self.reason_text()}")
 
     def on_train_end(self, trainer: TrainerProtocol) -> None:
         best_is_last = self._best_weights_epoch == self._last_epoch
@@ -214,6 +231,7 @@ class EarlyStopping(Callback):
             "stopped_epoch": self.stopped_epoch,
             "stop_reason": self.stop_reason.name,
             "last_epoch": self._last_epoch,
+            "stop_message": self._stop_message,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -221,128 +239,21 @@ class EarlyStopping(Callback):
         self.stopped_epoch = state["stopped_epoch"]
         self.stop_reason = StopReason[state["stop_reason"]]
         self._last_epoch = state["last_epoch"]
+        self._stop_message = state.get("stop_message")  # absent from checkpoints of older versions
+        self._resumed_stopped = self.stopped_epoch is not None
+        if self._resumed_stopped and self._stop_message is None:
+            self._stop_message = f"EarlyStopping at epoch {self.stopped_epoch}: {self.reason_text()}"
 
 
-class ModelCheckpoint(Callback):
-    """Saves full training checkpoints: the seed's ``ModelCheckpoint(path, save_best_only=True)``,
-    writing ``path/epoch_{epoch}`` through ``trainer.save_checkpoint`` (a directory, written atomically).
-
-    Args:
-        path: directory for the checkpoints (created on the first save).
-        save_best_only: save only when the monitor improves on the best so far (strictly, as the
-            seed); ``False``: save every epoch.
-        filename: ``str.format`` template over ``epoch`` and the epoch's metrics, e.g.
-            ``"epoch{epoch:03d}-{val_loss:.4f}"``.
-        monitor, mode: what "best" means. ``monitor=None`` ranks nothing (needs ``save_best_only=False``).
-        save_top_k: keep only the k best checkpoints by the monitor, deleting the others (``-1``,
-            the default: keep every one saved; ``0``: none but ``last``).
-        save_last: also write ``path/last`` every epoch (what a resume starts from).
-
-    A checkpoint is deleted only after its replacement is on disk. A NaN or infinite monitored
-    value is never "best".
-    """
-
-    LAST = "last"
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        save_best_only: bool = True,
-        *,
-        filename: str = "epoch_{epoch}",
-        monitor: str | None = "val_loss",
-        mode: str = "min",
-        save_top_k: int = -1,
-        save_last: bool = False,
-    ):
-        _check_mode(mode)
-        if save_top_k < -1:
-            raise ValueError(f"save_top_k must be -1, 0 or positive, got {save_top_k}")
-        if monitor is None and (save_best_only or save_top_k not in (-1, 0)):
-            raise ValueError(
-                "save_best_only and save_top_k need a monitor to rank checkpoints by; "
-                "with monitor=None pass save_best_only=False"
-            )
-        self.dirpath, self.filename, self.monitor, self.mode = Path(path), filename, monitor, mode
-        self.save_top_k, self.save_best_only, self.save_last = save_top_k, save_best_only, save_last
-        self._better = _BETTER[mode]
-        self.best_k: dict[str, float] = {}  # path -> monitored value
-        self.best_model_path: str | None = None
-        self.best_model_score: float | None = None
-        self.last_model_path: str | None = None
-
-    def format_path(self, epoch: int, logs: Mapping[str, float]) -> Path:
-        fields = {"epoch": epoch, **logs}
-        needed = [name for _, name, _, _ in string.Formatter().parse(self.filename) if name]
-        missing = [name for name in needed if name not in fields]
-        if missing:
-            raise KeyError(f"checkpoint filename {self.filename!r} uses {missing}, not among {sorted(fields)}")
-        return self.dirpath / self.filename.format(**fields)
-
-    def plan(self, epoch: int, logs: Mapping[str, float]) -> tuple[Path | None, list[str]]:
-        """The pure decision: ``(path to save or None, paths to delete after saving)``."""
-        if self.save_top_k == 0:
-            return None, []
-        path = self.format_path(epoch, logs)
-        if self.monitor is None or self.save_top_k == -1 and not self.save_best_only:
-            return path, []
-        current = monitored_value(logs, self.monitor)
-        if not math.isfinite(current):
-            return None, []  # a NaN checkpoint is never "best"
-        if (
-            self.save_best_only
-            and self.best_model_score is not None
-            and not self._better(current, self.best_model_score)
-        ):
-            return None, []
-        if self.save_top_k == -1 or len(self.best_k) < self.save_top_k:
-            return path, []
-        worst_path = self._worst()
-        if not self._better(current, self.best_k[worst_path]):
-            return None, []
-        return path, [worst_path]
-
-    def _worst(self) -> str:
-        # min() picks the first of equals, so among ties the oldest checkpoint goes first.
-        if self.mode == "min":
-            return max(self.best_k, key=lambda p: self.best_k[p])
-        return min(self.best_k, key=lambda p: self.best_k[p])
-
-    def on_epoch_end(self, epoch: int, trainer: TrainerProtocol, metrics: Mapping[str, float]) -> None:
-        path, delete = self.plan(epoch, metrics)
-        if path is not None:
-            if is_main(trainer):
-                self.dirpath.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(path)
-            # Saving every epoch needs no monitor; when the metrics hold it, "best" is still tracked.
-            if self.monitor is not None and self.monitor in metrics:
-                current = monitored_value(metrics, self.monitor)
-                self.best_k[str(path)] = current
-                if self.best_model_score is None or self._better(current, self.best_model_score):
-                    self.best_model_path, self.best_model_score = str(path), current
-            for old in delete:
-                if old != str(path) and is_main(trainer):
-                    _remove_checkpoint(Path(old))
-                self.best_k.pop(old, None)
-        if self.save_last:
-            if is_main(trainer):
-                self.dirpath.mkdir(parents=True, exist_ok=True)
-            last = self.dirpath / self.LAST
-            trainer.save_checkpoint(last)
-            self.last_model_path = str(last)
-
-    def state_dict(self) -> dict:
-        return {
-            "best_k": dict(self.best_k),
-            "best_model_path": self.best_model_path,
-            "best_model_score": self.best_model_score,
-            "last_model_path": self.last_model_path,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best_k = dict(state["best_k"])
-        self.best_model_path, self.best_model_score = state["best_model_path"], state["best_model_score"]
-        self.last_model_path = state["last_model_path"]
+def after_callbacks(trainer: TrainerProtocol, action) -> None:
+    """Runs ``action()`` once every callback has seen the epoch (``trainer.after_callbacks``), so a
+    checkpoint written by it holds every callback's state after the epoch's updates; at once with a
+    trainer that cannot defer."""
+    defer = getattr(trainer, "after_callbacks", None)
+    if defer is None:
+        action()
+    else:
+        defer(action)
 
 
 def is_main(trainer: TrainerProtocol) -> bool:
@@ -351,18 +262,18 @@ def is_main(trainer: TrainerProtocol) -> bool:
     return getattr(trainer, "is_main", True)
 
 
-def _remove_checkpoint(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
 class HistoryLogger(Callback):
-    """Writes the history to ``path.csv`` and ``path.json`` after every epoch (atomically)."""
+    """Writes the history to ``NAME.csv`` and ``NAME.json`` after every epoch (atomically), for
+    ``path`` = ``NAME`` kept whole (``ml_patterns.history.history_files``). Existing files there
+    that are not a history are refused at the start of training (``DestinationError``)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+
+    def on_train_start(self, trainer: TrainerProtocol) -> None:
+        reason = foreign_to_history(self.path) if is_main(trainer) else None
+        if reason:
+            raise DestinationError(reason)
 
     def on_epoch_end(self, epoch: int, trainer: TrainerProtocol, metrics: Mapping[str, float]) -> None:
         if is_main(trainer):
@@ -408,3 +319,20 @@ class ProgressBar(Callback):
         if not self._bar.disable:
             summary = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
             self._bar.write(f"epoch {epoch}: {summary}")
+
+
+# Defined in its own module (it imports this one); importable from here as the seed's API has it.
+from ml_patterns.model_checkpoint import ModelCheckpoint  # noqa: E402
+
+__all__ = [
+    "Callback",
+    "EarlyStopping",
+    "HistoryLogger",
+    "ModelCheckpoint",
+    "ProgressBar",
+    "StopReason",
+    "TrainerProtocol",
+    "after_callbacks",
+    "is_main",
+    "monitored_value",
+]

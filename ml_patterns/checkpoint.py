@@ -54,6 +54,25 @@ class CheckpointError(ValueError):
     """A checkpoint file is truncated, corrupt, or not an ml-patterns checkpoint; names the file."""
 
 
+class FileBytes(os.PathLike):
+    """A file's bytes, read once, and the path they were read from (what ``str()`` and error messages
+    show). ``load_checkpoint`` parses these bytes instead of reading the path again, so a checkpoint
+    verified as a whole (``ml_patterns.training_checkpoint``) is parsed from the very bytes verified,
+    even while another process replaces the file."""
+
+    def __init__(self, path: str | os.PathLike, data: bytes):
+        self.path, self.data = Path(path), data
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"FileBytes({str(self.path)!r}, {len(self.data)} bytes)"
+
+
 class WeightMismatchError(ValueError):
     """Canonical arrays do not fit a model: lists every missing, unexpected and wrongly shaped key."""
 
@@ -170,8 +189,10 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
-    """Reads and verifies a checkpoint: ``(canonical arrays, metadata)``.
+def load_checkpoint(path: str | os.PathLike | FileBytes) -> tuple[dict[str, np.ndarray], dict]:
+    """Reads and verifies a checkpoint: ``(canonical arrays, metadata)``. The file is read once;
+    the checksum is verified on the bytes read and the arrays parsed from them (a ``FileBytes``:
+    from its bytes, the file not read again).
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -180,8 +201,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     """
     from safetensors.numpy import load
 
-    path = Path(path)
-    data = path.read_bytes()
+    if isinstance(path, FileBytes):
+        path, data = path.path, path.data
+    else:
+        path = Path(path)
+        data = path.read_bytes()
     header = _parse_header(path, data)
     metadata = _metadata(path, header)
     try:

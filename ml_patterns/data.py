@@ -65,6 +65,12 @@ class LazyDataset:
         self.split = split
         self.max_open_shards = max_open_shards
         self.index = _read_index(self.data_path / "index.json")
+        # Resolved once: resolving walks every component of the path, a cost per access otherwise.
+        self._real_root = self.data_path.resolve()
+        # Which directory the index was read from: a dataset replaced under a live reader (prepared
+        # again with overwrite) is detected when a file is opened, instead of serving the new
+        # files' records at the old index's positions.
+        self._identity = _identity(self.data_path)
         if split is not None:
             known = sorted({e.get("split") for e in self.index if isinstance(e.get("split"), str)})
             if split not in known:
@@ -105,12 +111,17 @@ class LazyDataset:
                 raise DatasetError(f"{self._index_path}: entry {idx} has an invalid row {row!r}")
             record = self._shard(relative, idx).read(row, idx)
         else:
-            path = _resolve_inside(self.data_path, relative, idx)
-            _check_regular(path, idx)
             try:
-                record = self._load_file(path)
-            except DatasetError as error:
-                raise DatasetError(f"entry {idx}: {error}") from None
+                path = _resolve_inside(self.data_path, relative, idx, self._real_root)
+                _check_regular(path, idx)
+                try:
+                    record = self._load_file(path)
+                except DatasetError as error:
+                    raise DatasetError(f"entry {idx}: {error}") from None
+            except (OSError, DatasetError):
+                self._check_unchanged()  # a dataset replaced under the reader explains the failure
+                raise
+            self._check_unchanged()
         return self.transform(record) if self.transform is not None else record
 
     def __iter__(self) -> Iterator[Record]:
@@ -144,13 +155,30 @@ class LazyDataset:
             self._shards.move_to_end(relative)
             return shard
         path, offsets = self._shard_info.pop(relative, (None, None))
-        shard = _Shard(path or _resolve_inside(self.data_path, relative, idx), idx, offsets)
+        try:
+            shard = _Shard(path or _resolve_inside(self.data_path, relative, idx, self._real_root), idx, offsets)
+        except (OSError, DatasetError):
+            self._check_unchanged()  # a dataset replaced under the reader explains the failure
+            raise
+        try:
+            # After the open: a file opened while the directory was still the one indexed is its file.
+            self._check_unchanged()
+        except DatasetError:
+            shard.close()
+            raise
         self._shards[relative] = shard
         if len(self._shards) > self.max_open_shards:
             closed_name, closed = self._shards.popitem(last=False)
             closed.close()
             self._remember(closed_name, closed)
         return shard
+
+    def _check_unchanged(self) -> None:
+        if _identity(self.data_path) != self._identity:
+            raise DatasetError(
+                f"{self.data_path} was replaced while being read (prepared again?): its index no longer "
+                "matches its files; open the dataset again"
+            )
 
     def _remember(self, relative: str, shard: _Shard) -> None:
         self._shard_info[relative] = (shard.path, shard.offsets)
@@ -196,11 +224,19 @@ def _read_index(path: Path) -> list[dict]:
     return entries
 
 
-def _resolve_inside(root: Path, relative: str, idx: int) -> Path:
-    """Resolves an index entry's path, refusing any that leads outside ``root`` (symlinks included)."""
+def _identity(directory: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(directory)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def _resolve_inside(root: Path, relative: str, idx: int, real_root: Path) -> Path:
+    """Resolves an index entry's path, refusing any that leads outside ``root`` (``real_root``: it
+    resolved; symlinks included)."""
     if os.path.isabs(relative) or ".." in Path(relative).parts:
         raise DatasetError(f"{root / 'index.json'}: entry {idx} has path {relative!r} that escapes {root}")
-    real_root = root.resolve()
     resolved = (root / relative).resolve()
     if not resolved.is_relative_to(real_root):
         raise DatasetError(

@@ -12,6 +12,39 @@ from pathlib import Path
 from ml_patterns.io import atomic_write_text
 
 
+def history_files(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(NAME.csv, NAME.json)`` for ``path`` = ``NAME``: the name kept whole, dots and all
+    (``history_lr0.001`` -> ``history_lr0.001.csv``); a name already ending in ``.csv`` or ``.json``
+    stands for both files."""
+    path = Path(path)
+    name = path.name.removesuffix(".csv") if path.name.endswith(".csv") else path.name.removesuffix(".json")
+    return path.with_name(f"{name}.csv"), path.with_name(f"{name}.json")
+
+
+def foreign_to_history(path: str | os.PathLike) -> str | None:
+    """Why the files of ``history_files(path)`` may not be replaced by a history (None if they may):
+    an existing file that is not a history written here (a CSV starting with ``epoch``, a JSON
+    object with an ``"epoch"`` list) is the user's."""
+    csv_path, json_path = history_files(path)
+    for file, ours in ((csv_path, _is_history_csv), (json_path, _is_history_json)):
+        if os.path.lexists(file) and not (file.is_file() and not file.is_symlink() and ours(file)):
+            return f"refusing to write the history to {file}: it exists and is not a history; choose another name"
+    return None
+
+
+def _is_history_csv(file: Path) -> bool:
+    with open(file, "rb") as handle:
+        return handle.readline().startswith(b"epoch")
+
+
+def _is_history_json(file: Path) -> bool:
+    try:
+        content = json.loads(file.read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(content, dict) and isinstance(content.get("epoch"), list)
+
+
 class History:
     """Per-epoch metrics as ``{name: [value of epoch 0, value of epoch 1, ...]}``.
 
@@ -47,11 +80,11 @@ class History:
         return buffer.getvalue()
 
     def write(self, path: str | os.PathLike) -> None:
-        """Writes ``path`` with suffixes ``.csv`` and ``.json``, each atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path.with_suffix(".csv"), self.to_csv())
-        atomic_write_text(path.with_suffix(".json"), json.dumps(self.metrics, indent=1) + "\n")
+        """Writes ``history_files(path)``, each atomically."""
+        csv_path, json_path = history_files(path)
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(csv_path, self.to_csv())
+        atomic_write_text(json_path, json.dumps(self.metrics, indent=1) + "\n")
 
     def state_dict(self) -> dict[str, list[float]]:
         return self.as_dict()

@@ -15,6 +15,7 @@ says how to recognise its own output, never a directory it did not write.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -28,6 +29,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ml_patterns.errors import DestinationError, DestinationExistsError, UsageError
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control and format characters from data (an escape
+    sequence in a SMILES string, a right-to-left override) written as Python escapes (``\\x1b``)."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -52,26 +61,56 @@ def _unique_sibling(directory: Path, prefix: str, suffix: str, create: Callable[
     raise FileExistsError(f"no free temporary name {prefix}*{suffix} in {directory}")
 
 
+class DiskFullError(DestinationError):
+    """The disk (or the user's quota) filled up while writing ``path``: the previous copy of the file
+    is kept; nothing half-written is left under its name."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        super().__init__(f"disk full at {path}: nothing was replaced, the previous copy is kept; free some space")
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextlib.contextmanager
+def disk_full_as_error(path: Path) -> Iterator[None]:
+    """Turns a full disk (``ENOSPC``, ``EDQUOT``) while writing ``path`` into ``DiskFullError`` (a user
+    error: one line, no traceback); any other ``OSError`` passes as it is."""
+    try:
+        yield
+    except DiskFullError as error:
+        if error.path != path:  # a file inside ``path`` (a staging directory's): name what the user named
+            raise DiskFullError(path) from None
+        raise
+    except OSError as error:
+        if error.errno in _NO_SPACE:
+            raise DiskFullError(path) from None
+        raise
+
+
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Calls ``write(file)`` on a temporary file, then atomically replaces ``path`` with it."""
+    """Calls ``write(file)`` on a temporary file, then atomically replaces ``path`` with it; a full
+    disk raises ``DiskFullError`` and leaves ``path`` as it was."""
     path = Path(path)
     descriptor: list[int] = []
 
     def create(candidate: Path) -> None:
         descriptor.append(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
 
-    tmp_name = _unique_sibling(path.parent, f".{path.name}.", ".tmp", create)
-    try:
-        with os.fdopen(descriptor[0], "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_directory(path.parent)
+    with disk_full_as_error(path):
+        tmp_name = _unique_sibling(path.parent, f".{path.name}.", ".tmp", create)
+        try:
+            with os.fdopen(descriptor[0], "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+        _fsync_directory(path.parent)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -164,7 +203,8 @@ def staged_directory(
         _remove_empty(created)
         raise DestinationError(f"cannot create {destination}: {error.strerror or error}") from error
     try:
-        yield staging
+        with disk_full_as_error(destination):
+            yield staging
         # Checked again: the destination may have appeared, or changed, while we were writing.
         check_destination(destination, overwrite=overwrite, foreign=foreign, protect=protect)
         _publish(staging, checked)

@@ -85,6 +85,31 @@ def tolerance(what: str, device_kind: str = "cpu") -> Tolerance:
     return table[what]
 
 
+# bfloat16 compute (training precision "bf16-mixed", docs/PRECISION.md). bfloat16 keeps 8
+# significant bits: eps = 2**-8, one rounding moves a value by up to 2**-9 of it. The two backends
+# round at different points (torch's CPU kernels round a fused op's result once where XLA may round
+# its bfloat16 intermediates), so they agree only to some bfloat16 steps, as each agrees with
+# float64. An elementwise relative tolerance means nothing there (a small result of large bfloat16
+# terms carries the terms' rounding), so each row is a multiple of eps times a scale:
+# ``bf16_tolerance(what, scale)``, ``scale`` the leaf's largest float64 magnitude (outputs, the
+# loss, an epoch's loss) or, for gradients, the model's largest float64 gradient (a gradient that is
+# exactly 0 in exact arithmetic, attention's key bias, is rounding noise of that size on both sides).
+# The multiples, for the depth of our test models (up to ~10 bfloat16 roundings between the input
+# and an output or a gradient, each of up to eps/2 on each side, so two sides up to ~10 eps apart
+# in the worst case): 16 eps for outputs and gradients; a loss is a mean, whose rounding errors
+# average out: 4 eps; a training history compounds a few steps of that: 8 eps.
+BF16_EPS = 2.0**-8
+BF16_SCALED = {"loss": 4 * BF16_EPS, "forward": 16 * BF16_EPS, "gradient": 16 * BF16_EPS, "history": 8 * BF16_EPS}
+
+
+def bf16_tolerance(what: str, scale: float) -> Tolerance:
+    """The bfloat16 row for ``what`` (``"loss"``, ``"forward"``, ``"gradient"``, ``"history"``) at
+    ``scale`` (see ``BF16_SCALED``): ``|actual - expected| <= BF16_SCALED[what] * scale``."""
+    if what not in BF16_SCALED:
+        raise KeyError(f"no bfloat16 tolerance for {what!r}: known {sorted(BF16_SCALED)}")
+    return Tolerance(rtol=0.0, atol=BF16_SCALED[what] * scale)
+
+
 # float32 matmul precision policies, set alike on both sides by ``torch_impl.runtime`` and
 # ``jax_impl.runtime`` (``set_precision``). Parity needs "float32": on A100/H100 GPUs JAX runs float32
 # matmuls in TF32 by default and torch does not. CPUs compute full float32 under either policy.

@@ -5,7 +5,7 @@ loader yielding batches that are mappings (or other pytrees) of arrays: nothing 
 molecules. Per batch, in this order::
 
     batch = batch_transform(batch, epoch, batch_index, train=True)   # optional, on the host
-    batch = <to the device>                                          # the backend's
+    batch = <to the device>                                          # the backend's, queued one batch ahead
     loss  = <one optimizer step on model.compute_loss(batch)>         # a device scalar
     callback.on_batch_end(batch_index, trainer, loss)                 # float(loss) is a host sync
 
@@ -22,7 +22,8 @@ unless the loader or the model defines ``batch_size(batch) -> int`` (the loader'
 with the batch as the loader yielded it; the model's with the batch ``compute_loss`` receives, or,
 where the step gets ``(rows, weight)`` with padding rows (data parallelism,
 ``pad_batches_to``), with the host batch before padding).
-Both backends accumulate ``n_b * loss_b`` on the device and read it once per epoch.
+Both backends keep each batch's loss on the device and read the epoch's in one go at its end (JAX: one explicit
+transfer), adding ``n_b * loss_b`` in float32 in batch order.
 
 Data parallelism (``distributed=``, docs/DISTRIBUTED.md). Every rank's loader yields the same GLOBAL
 batch; the backend hands the step this rank's shard (``ml_patterns.distributed``) and the step
@@ -47,8 +48,10 @@ from typing import Any, Protocol
 
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import check_loss_sums, shard_rows
+from ml_patterns.fit_checks import check_fit
 from ml_patterns.history import History
 from ml_patterns.optim import OptimizerConfig
+from ml_patterns.precision import check_precision
 from ml_patterns.training_resume import ResumableTrainer, find_sampler
 
 # A callback may define any of them (the seed's own Callback class has only the middle three).
@@ -123,6 +126,10 @@ class TrainerBase(ResumableTrainer):
     program per shape (JAX) runs the short last batch with the full batches' program. A loader
     whose batches may be larger is refused before training. None (default): batches run as they come.
 
+    ``precision``: one of ``ml_patterns.precision.TRAINING_PRECISIONS`` (``"float32"``, ``"tf32"``,
+    ``"bf16-mixed"``); the weights, optimizer state and checkpoints stay float32 under every one,
+    so a checkpoint resumes under any precision (docs/PRECISION.md).
+
     ``weighted_rows`` (``pad_batches_to`` or data parallelism): the backend hands its steps
     ``(rows, weight)`` batches and takes the loss from the model's ``loss_sums(batch, weight)``, the
     global mean over the real rows (``ml_patterns.distributed.global_mean``), so the model must
@@ -144,7 +151,9 @@ class TrainerBase(ResumableTrainer):
         stop_on_non_finite: bool = True,
         distributed: Any = None,
         pad_batches_to: int | None = None,
+        precision: str = "float32",
     ):
+        self.precision = check_precision(precision)
         if pad_batches_to is not None and (
             isinstance(pad_batches_to, bool) or not isinstance(pad_batches_to, int) or pad_batches_to < 1
         ):
@@ -173,6 +182,7 @@ class TrainerBase(ResumableTrainer):
         self._train_loader: Any = None
         self._pending_sampler_state: dict | None = None
         self._hooks: dict[str, list[Callable]] = {name: [] for name in HOOKS}  # the callbacks' bound hooks, per fit
+        self._after_callbacks: list[Callable[[], None]] = []
 
     @property
     def is_main(self) -> bool:
@@ -182,6 +192,8 @@ class TrainerBase(ResumableTrainer):
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, train_loader: Iterable, val_loader: Iterable | None = None, num_epochs: int = 1) -> History:
+        check_fit(num_epochs, self.epoch, self.callbacks, has_val_loader=val_loader is not None)
+        self._check_loaders(train_loader, val_loader)
         # Refused before the first step, not at the first large batch (validation's: an epoch later).
         self._check_padding(train_loader, "train")
         if val_loader is not None:
@@ -216,14 +228,28 @@ class TrainerBase(ResumableTrainer):
                 self.should_stop, self.stop_reason = True, reason
             for hook in self._hooks["on_epoch_end"]:
                 hook(epoch, self, metrics)
+            self._run_after_callbacks()
         for hook in self._hooks["on_train_end"]:
             hook(self)
         return self.history
 
+    def after_callbacks(self, action: Callable[[], None]) -> None:
+        """Runs ``action()`` once every callback has seen the current epoch (ModelCheckpoint's saves:
+        a checkpoint then holds every callback's state after the epoch)."""
+        self._after_callbacks.append(action)
+
+    def _run_after_callbacks(self) -> None:
+        actions, self._after_callbacks = self._after_callbacks, []
+        for action in actions:
+            action()
+
     def _batches(self, loader: Iterable, epoch: int, *, train: bool):
-        """``(index, device batch, samples)`` per batch of ``loader``."""
+        """``(index, device batch, samples)`` per batch of ``loader``, each sent to the device one
+        batch ahead: batch i+1 is transformed and its copy queued before step i is, so on an
+        accelerator the copy and the host's work overlap the step instead of waiting for it."""
         loader_size = batch_size_hook(loader)
         model_size = batch_size_hook(self.model)
+        ahead = None
         for index, raw in enumerate(loader):
             host = raw if self.batch_transform is None else self.batch_transform(raw, epoch, index, train=train)
             batch = self._to_batch(host)
@@ -235,29 +261,33 @@ class TrainerBase(ResumableTrainer):
                 n = int(model_size(host if self.weighted_rows else batch))
             else:
                 n = leading_dimension(host)  # the host batch: its mapping order is the user's on both backends
-            yield index, batch, n
+            if ahead is not None:
+                yield ahead
+            ahead = index, batch, n
+        if ahead is not None:
+            yield ahead
 
     def _train_epoch(self, loader: Iterable, epoch: int) -> float:
         self._set_mode(train=True)
-        total, count = 0.0, 0
+        losses, counts = [], []
         for index, batch, n in self._batches(loader, epoch, train=True):
             loss = self._train_step(batch)
-            total = total + loss * n  # stays on the device: no host sync inside the epoch
-            count += n
+            losses.append(loss)  # stays on the device: no host sync inside the epoch
+            counts.append(n)
             self.last_batch_size = n
             for hook in self._hooks["on_batch_end"]:
                 hook(index, self, loss)
-        return epoch_mean(total, count, "training")
+        return epoch_mean(self._epoch_total(losses, counts), sum(counts), "training")
 
     def evaluate(self, loader: Iterable) -> float:
         """The loss over ``loader``, weighted per sample, dropout off."""
         self._check_padding(loader, "evaluation")
         self._set_mode(train=False)
-        total, count = 0.0, 0
+        losses, counts = [], []
         for _, batch, n in self._batches(loader, 0, train=False):
-            total = total + self._eval_step(batch) * n
-            count += n
-        return epoch_mean(total, count, "evaluation")
+            losses.append(self._eval_step(batch))
+            counts.append(n)
+        return epoch_mean(self._epoch_total(losses, counts), sum(counts), "evaluation")
 
     # -- padding ----------------------------------------------------------------------------
     def _check_padding(self, loader: Iterable, what: str) -> None:
@@ -286,8 +316,20 @@ class TrainerBase(ResumableTrainer):
     def _after_epoch(self) -> None:
         """Called after each epoch, before the callbacks see it."""
 
+    def _check_loaders(self, train_loader: Iterable, val_loader: Iterable | None) -> None:
+        """Refuses loaders this backend cannot run before the first batch (ranks yielding unequal batch counts)."""
+
     def _to_batch(self, batch: Any) -> Any:
+        """``batch`` queued for the device (the copy may still run: the step waits for it, not the host)."""
         raise NotImplementedError
+
+    def _epoch_total(self, losses: list, counts: list[int]) -> Any:
+        """``sum_b n_b * loss_b`` of an epoch's device scalars, in batch order: added up on the
+        device, read by ``epoch_mean`` (the epoch's one sync)."""
+        total = 0.0
+        for loss, n in zip(losses, counts):
+            total = total + loss * n
+        return total
 
     def _train_step(self, batch: Any) -> Any:
         """One optimizer step; returns the batch's mean loss as a device scalar (no host sync)."""

@@ -10,15 +10,17 @@ deep inside the load.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ml_patterns.checkpoint import CheckpointError
+from ml_patterns.checkpoint import CheckpointError, FileBytes
 from ml_patterns.io import atomic_write_bytes, atomic_write_text, sha256_file, staged_directory
 
 FORMAT = "ml-patterns-training-checkpoint/1"
@@ -43,26 +45,83 @@ def checksum_table(directory: Path) -> str:
     return json.dumps({"format": FORMAT, "sha256": digests}, indent=1) + "\n"
 
 
-def verify_checkpoint_files(path: Path) -> None:
-    """Raises ``CheckpointError`` (naming the file) unless every file is present and matches its checksum."""
-    missing = [name for name in (*CHECKSUMMED_FILES, CHECKSUMS_FILE) if not (path / name).is_file()]
-    if missing:
-        raise CheckpointError(f"training checkpoint {path} is incomplete: {missing} missing")
-    table = read_json(path / CHECKSUMS_FILE)
+def read_checkpoint_files(path: Path) -> dict[str, bytes]:
+    """The bytes of every file of the checkpoint at ``path``, all of one save, each read once and
+    checked against ``checksums.json`` (read with them): ``{file name: bytes}``.
+
+    The files are opened through one handle on the directory, so they all come from the directory
+    that was at ``path`` when it was opened: a save publishes a new directory (never rewrites one
+    in place), so a reader never mixes two saves. Should a save replace the checkpoint, and delete
+    the old directory, while it is being read, the read starts again on the new one.
+
+    Raises ``FileNotFoundError`` (no checkpoint at ``path``) or ``CheckpointError`` naming the file.
+    """
+    for _attempt in range(_READ_ATTEMPTS):
+        try:
+            directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            # A save renames the old checkpoint aside just before moving the new one in.
+            time.sleep(_RETRY_S)
+            continue
+        except NotADirectoryError:
+            break
+        try:
+            files = _read_relative(directory, (*CHECKSUMMED_FILES, CHECKSUMS_FILE))
+            replaced = _replaced(path, directory)
+        finally:
+            os.close(directory)
+        if files is not None:
+            _verify(path, files)
+            return files
+        if not replaced:
+            missing = [name for name in (*CHECKSUMMED_FILES, CHECKSUMS_FILE) if not (path / name).is_file()]
+            raise CheckpointError(f"training checkpoint {path} is incomplete: {missing} missing")
+    raise FileNotFoundError(f"training checkpoint {path} does not exist (or is not a directory)")
+
+
+# A save's replacement takes two renames; a reader that loses the race tries again, this many times.
+_READ_ATTEMPTS, _RETRY_S = 20, 0.005
+
+
+def _read_relative(directory: int, names: tuple[str, ...]) -> dict[str, bytes] | None:
+    """The files ``names`` in the open ``directory``; None if one is missing."""
+    files = {}
+    for name in names:
+        try:
+            handle = os.open(name, os.O_RDONLY, dir_fd=directory)
+        except FileNotFoundError:
+            return None
+        with os.fdopen(handle, "rb") as file:
+            files[name] = file.read()
+    return files
+
+
+def _replaced(path: Path, directory: int) -> bool:
+    """Whether ``path`` no longer names the open ``directory`` (a save replaced it)."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return True
+    opened = os.fstat(directory)
+    return (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino)
+
+
+def _verify(path: Path, files: Mapping[str, bytes]) -> None:
+    table = _parse_json(path / CHECKSUMS_FILE, files[CHECKSUMS_FILE])
     digests = table.get("sha256") if isinstance(table, dict) else None
     if not isinstance(digests, dict) or set(digests) != set(CHECKSUMMED_FILES):
         raise CheckpointError(f"{path / CHECKSUMS_FILE} must map {list(CHECKSUMMED_FILES)} to sha256 digests")
     for name in CHECKSUMMED_FILES:
-        if sha256_file(path / name) != digests[name]:
+        if hashlib.sha256(files[name]).hexdigest() != digests[name]:
             raise CheckpointError(
                 f"{path / name} does not match its checksum in {CHECKSUMS_FILE}: the file is corrupt or was "
                 "changed after it was written; resume from another checkpoint"
             )
 
 
-def read_json(path: Path) -> Any:
+def _parse_json(path: Path, data: bytes) -> Any:
     try:
-        return json.loads(path.read_text())
+        return json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path} is not valid JSON: {error}") from None
 
@@ -133,7 +192,7 @@ def save_training_checkpoint(
     """
     from safetensors.numpy import save
 
-    with staged_directory(Path(path), overwrite=True, foreign=_foreign_to_checkpoints) as staging:
+    with staged_directory(Path(path), overwrite=True, foreign=foreign_to_checkpoint) as staging:
         write_model(staging / MODEL_FILE)
         # np.asarray(order="C"), not ascontiguousarray: that one makes a 0-d step count 1-d.
         arrays = {k: np.asarray(v, order="C") for k, v in optimizer_arrays.items()}
@@ -142,7 +201,7 @@ def save_training_checkpoint(
         atomic_write_text(staging / CHECKSUMS_FILE, checksum_table(staging))
 
 
-def _foreign_to_checkpoints(directory: Path) -> str | None:
+def foreign_to_checkpoint(directory: Path) -> str | None:
     """Why ``directory`` is not a training checkpoint that a new one may replace (None if it is)."""
     ours = {*CHECKSUMMED_FILES, CHECKSUMS_FILE}
     others = sorted(p.name for p in directory.iterdir() if p.name not in ours)
@@ -153,24 +212,24 @@ def _foreign_to_checkpoints(directory: Path) -> str | None:
     return None
 
 
-def load_training_checkpoint(path: str | os.PathLike) -> tuple[Path, dict[str, np.ndarray], dict[str, Any]]:
-    """``(model file, optimizer arrays, trainer state)`` of a full checkpoint: every file checked
-    against its checksum and the state's keys and types checked (``CheckpointError`` names the file
-    and the key), before anything is returned."""
+def load_training_checkpoint(path: str | os.PathLike) -> tuple[FileBytes, dict[str, np.ndarray], dict[str, Any]]:
+    """``(model file's bytes, optimizer arrays, trainer state)`` of a full checkpoint, all of one save
+    (``read_checkpoint_files``): every file checked against its checksum and the state's keys and
+    types checked (``CheckpointError`` names the file and the key), before anything is returned.
+    The model's ``FileBytes`` go to ``ml_patterns.checkpoint.load_checkpoint``, which parses them
+    without reading the file again."""
     from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    from safetensors.numpy import load
 
     path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"training checkpoint {path} does not exist (or is not a directory)")
-    verify_checkpoint_files(path)
-    state = read_json(path / STATE_FILE)
+    files = read_checkpoint_files(path)
+    state = _parse_json(path / STATE_FILE, files[STATE_FILE])
     check_trainer_state(state, path / STATE_FILE)
     try:
-        optimizer_arrays = load_file(path / OPTIMIZER_FILE)
+        optimizer_arrays = load(files[OPTIMIZER_FILE])
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{path / OPTIMIZER_FILE} is corrupt: {error}") from None
-    return path / MODEL_FILE, optimizer_arrays, state
+    return FileBytes(path / MODEL_FILE, files[MODEL_FILE]), optimizer_arrays, state
 
 
 def optimizer_arrays_to_slots(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:

@@ -162,13 +162,17 @@ def port(torch_model: Transformer, bugs=frozenset()) -> TransformerPort:
     from ml_patterns_app.porting import transfer_weights
 
     model = TransformerPort(bugs)
-    dropped = [f"blocks.{i}.mlp.fc2.bias" for i in range(DEPTH)] if "dropped_bias" in bugs else []
-    transfer_weights(torch_model, model, ignore=dropped)  # what the port's author had to ignore
+    transfer_weights(torch_model, model, ignore=ignored(bugs))  # what the port's author had to ignore
     if "kernel_not_transposed" in bugs:  # as a hand-written copy does: the square shape fits either way
         model.layers[0].attention.value.kernel.set_value(
             jnp.asarray(torch_model.blocks[0].attn.v.weight.detach().numpy())
         )
     return model
+
+
+def ignored(bugs) -> list[str]:
+    """The torch tensors a port with ``bugs`` has no place for (the comparisons must be told too)."""
+    return [f"blocks.{i}.mlp.fc2.bias" for i in range(DEPTH)] if "dropped_bias" in bugs else []
 
 
 def batch(seed: int, size: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -33,6 +33,9 @@ from ml_patterns.distributed import shard
 from parity_tests import distributed_runs
 from parity_tests.tolerances import HISTORY
 
+# Two subprocesses training every run above: the slowest fixture of the suite.
+pytestmark = pytest.mark.slow
+
 TIMEOUT_S = 300
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,6 +20,7 @@ from parity_tests.porting_models import (
     Transformer,
     TransformerPort,
     batch,
+    ignored,
     loss_jax,
     loss_torch,
     port,
@@ -46,10 +47,12 @@ def test_the_correct_port_agrees_layer_by_layer_and_in_gradients(model):
 @pytest.mark.parametrize("bug", BUGS)
 def test_each_porting_bug_is_caught_at_its_layer(model, bug):
     where, what = BUGS[bug]
-    report = compare_forward(model, port(model, {bug}), batch(0)[:2])
+    report = compare_forward(model, port(model, {bug}), batch(0)[:2], ignore=ignored({bug}))
     assert not report.passed
     assert (report.first.torch_name, report.first.what) == (where, what), report.format_table()
     assert where in report.where
+    if bug == "layernorm_eps":  # the note that explains it, under the layer
+        assert "Layer note: epsilon: torch 1e-05 vs nnx 1e-06" in report.where
 
 
 def test_a_dropped_bias_is_refused_by_the_transfer_by_name(model):

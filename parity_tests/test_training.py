@@ -29,7 +29,9 @@ from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.optim import OptimizerConfig, ScheduleConfig
 from parity_tests.tolerances import HISTORY
 
-TRAIN_MOLECULES, BATCH, EPOCHS = 320, 16, 5  # 20 steps an epoch, 100 in all
+# 20 steps an epoch, 100 in all (what the history tolerance presupposes), in batches of 8: the
+# step count, not the batch size, is what lets a porting difference build up.
+TRAIN_MOLECULES, BATCH, EPOCHS = 160, 8, 5
 COLLATE = dict(buckets=(64,), max_length=64)  # one padded shape: one compilation
 SCHEDULE = ScheduleConfig(warmup_steps=10, total_steps=100, final_fraction=0.1)
 
@@ -60,12 +62,13 @@ def data(default_dataset):
 
 
 def small_config(manifest, architecture: str) -> ModelConfig:
+    # One encoder layer: stacking layers is compared in parity_tests/test_models.py (two layers).
     return ModelConfig.from_manifest(
         manifest,
         architecture=architecture,
         d_model=32,
         n_heads=2,
-        n_layers=2,
+        n_layers=1,
         n_decoder_layers=1,
         d_ff=64,
         max_len=64,
@@ -90,6 +93,7 @@ def run_both(config, optimizer, train, val, callbacks=lambda: ()):
     return histories, torch_model, jax_model
 
 
+@pytest.mark.slow
 @pytest.mark.standard_promotion("optax's Adam and schedules mix the int32 step count with Python floats")
 @pytest.mark.parametrize("run", sorted(RUNS))
 def test_training_histories_agree(data, run):
@@ -119,18 +123,19 @@ def _global_norm(arrays: dict) -> float:
     return float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in arrays.values())))
 
 
+@pytest.mark.slow
 @pytest.mark.standard_promotion("optax's Adam mixes the int32 step count with Python floats")
 def test_early_stopping_stops_both_at_the_same_epoch(data):
     manifest, train, val = data
-    optimizer = OptimizerConfig("adam", learning_rate=3e-2)
+    optimizer = OptimizerConfig("adam", learning_rate=1e-2)
     histories, _, _ = run_both(
         small_config(manifest, "multitask"),
         optimizer,
         train,
         val,
-        callbacks=lambda: [EarlyStopping(monitor="val_loss", patience=1, min_delta=0.1)],
+        callbacks=lambda: [EarlyStopping(monitor="val_loss", patience=1, min_delta=0.2)],
     )
-    # Validation loss falls 5.82, 5.44, 5.16, 5.13: epoch 3 improves by less than min_delta.
+    # Validation loss falls 4.26, 3.57, 3.18, 3.06: epoch 3 improves by less than min_delta.
     assert len(histories["torch"]) == len(histories["jax"]) == 4
     np.testing.assert_allclose(
         histories["jax"]["val_loss"], histories["torch"]["val_loss"], rtol=HISTORY.rtol, atol=HISTORY.atol

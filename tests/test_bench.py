@@ -113,6 +113,10 @@ def test_torch_compile_contender_times_compile_apart():
     np.testing.assert_allclose(compiled.warmup_losses, eager.warmup_losses, rtol=LOSS_RTOL["cpu"])
     np.testing.assert_allclose(jitted.warmup_losses, eager.warmup_losses, rtol=LOSS_RTOL["cpu"])
     assert jitted.peak_memory["bytes"] > 0 and eager.peak_memory["bytes"] is None
+    assert jitted.peak_memory["measure"] == "static estimate" and eager.peak_memory["measure"] == "none"
+    # A whole train step breaks the graph at loss.backward(): reported, and compiled without fullgraph.
+    assert compiled.extra["graph_breaks"] == 1 and "backward" in compiled.extra["break_reasons"][0]
+    assert "graph_breaks" not in eager.extra
 
 
 def test_a_failing_torch_compile_is_skipped_with_its_reason():
@@ -199,3 +203,11 @@ def test_restrict_cpus_pins_every_thread_and_restores():
     with pytest.raises(ValueError, match="--threads must be between 1 and"):
         with restrict_cpus(len(before) + 1):
             pass
+
+
+def test_every_memory_cell_says_what_it_measured():
+    from ml_patterns_bench.runner import _memory
+
+    assert _memory({"bytes": 3 * 2**20, "measure": "allocator peak"}) == "3 MiB (allocator peak)"
+    assert _memory({"bytes": 3 * 2**20, "measure": "static estimate"}) == "3 MiB (XLA estimate)"
+    assert _memory({"bytes": None, "how": "n/a", "measure": "none"}) == ""

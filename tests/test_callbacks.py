@@ -106,7 +106,13 @@ def test_early_stopping_table(values, kwargs, stop_epoch, reason):
     assert callback.stop_reason is reason
     assert callback.stopped_epoch == stop_epoch
     if stop_epoch is not None:
-        assert reason.value in trainer.stop_reason
+        assert callback.reason_text() in trainer.stop_reason
+
+
+def test_the_stop_reason_names_the_patience_in_numbers():
+    callback = EarlyStopping(patience=3)
+    run(callback, [6, 5, 5, 5, 5, 5])
+    assert "no improvement for 3 epochs" in callback.reason_text()
 
 
 def seed_stop_epoch(values, patience, min_delta):

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from ml_patterns.outputs import MARKER
 from ml_patterns.verdict import FLOOR_MULTIPLE
 from ml_patterns_app.cli import main
 from ml_patterns_app.compare import report as compare_report
@@ -97,7 +98,7 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
     assert results["speed"]["torch"]["compile_cache"]["compile_cache"] is None  # torch eager compiles nothing
     assert results["speed"]["jax"]["compilations"] >= 2  # at least one train and one eval compilation
     assert results["speed"]["torch"]["compilations"] is None
-    assert sorted(p.name for p in out.iterdir()) == sorted(compare_written.FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted((*compare_written.FILES, MARKER))  # marked as a report
     assert (out / "drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A JAX side with a porting bug (its learning rate 1.5x torch's) from the same weights: the verdict fails.
@@ -114,23 +115,30 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
     assert report["parity"]["steps"]["worst_ratio"] > 10 * FLOOR_MULTIPLE
 
 
-def fake_result(train_losses, val_losses, step_losses=(2.0, 1.5, 1.0), step_times=None, machine_load=None):
-    """10 steps an epoch of length 64: 0.1 s each, the first one 1.1 s (it compiles)."""
+def fake_result(
+    train_losses,
+    val_losses,
+    step_losses=(2.0, 1.5, 1.0),
+    train_s=None,
+    compilations=None,
+    steps_per_epoch=10,
+    machine_load=None,
+):
+    """10 steps an epoch: 1.0 s each epoch, the first 2.0 s (it compiles)."""
     epochs = list(range(len(train_losses)))
-    step_times = step_times or [[1.1 if e == 0 and i == 0 else 0.1 for i in range(10)] for e in epochs]
+    train_s = train_s or [2.0 if e == 0 else 1.0 for e in epochs]
     return WorkerResult(
         history={"epoch": epochs, "train_loss": train_losses, "val_loss": val_losses},
         step_losses=list(step_losses),
-        epoch_times=[{"epoch": e, "train_s": 2.0 if e == 0 else 1.0, "val_s": 0.5} for e in epochs],
-        step_times=step_times,
-        step_lengths=[[64] * len(times) for times in step_times],
+        epoch_times=[{"epoch": e, "train_s": s, "val_s": 0.5} for e, s in enumerate(train_s)],
+        epoch_compilations=compilations or [None] * len(train_s),
         load_during=[0.5] * len(epochs),
         machine_load=machine_load
         or {"load_average_before": [0.2, 0.2, 0.2], "load_average_after": [0.9, 0.3, 0.2], "others_cpu_share": 0.01},
         cpus={"threads": 2, "cpus_available": 2},
         padding={"sampler": "LengthGroupedSampler", "buckets": [64], "token": 0.8, "attention": 0.6},
-        steps_per_epoch=10,
-        samples_per_epoch=640,
+        steps_per_epoch=steps_per_epoch,
+        samples_per_epoch=64 * steps_per_epoch,
         compilations=None,
         compile_cache={},
         max_length=128,
@@ -244,25 +252,22 @@ def test_ctrl_c_stops_the_worker(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("step_times", "step_lengths", "per_length", "epoch_s"),
+    ("train_s", "compilations", "epochs", "epoch_s"),
     [
-        # The first step of each length is left out; the median of the rest, over every epoch.
-        ([[5.0, 0.1, 0.3], [0.2, 0.1, 0.1]], [[8, 8, 8], [8, 8, 8]], {"8": 0.1}, [0.3, 0.3]),
-        # Lengths 8 and 16: each measured apart; an epoch is its own mix of lengths.
-        ([[3.0, 4.0, 0.1], [0.2, 0.2, 0.1]], [[8, 16, 8], [16, 16, 8]], {"8": 0.1, "16": 0.2}, [0.4, 0.5]),
-        # Length 32 came once (a compile step only): the nearest measured length, scaled.
-        ([[3.0, 9.0, 0.1], [0.1, 0.1]], [[8, 32, 8], [8, 8]], {"8": 0.1, "32": 0.4}, [0.6, 0.2]),
+        # The first epoch is never steady; torch (None) compiles nothing.
+        ([5.0, 1.0, 1.2], [None, None, None], [1, 2], [1.0, 1.2]),
+        # JAX: epoch 1 met a new batch shape (a 4th program): not steady; epoch 2 is.
+        ([5.0, 3.0, 1.0], [3, 4, 4], [2], [1.0]),
     ],
 )
-def test_steady_state_per_batch_length(step_times, step_lengths, per_length, epoch_s):
-    steady = compare_report.steady_state(step_times, step_lengths)
-    assert steady["measured"]
-    assert steady["per_length"] == pytest.approx(per_length)
-    assert steady["epoch_s"] == pytest.approx(epoch_s)
+def test_steady_state_is_the_epochs_that_compiled_nothing(train_s, compilations, epochs, epoch_s):
+    steady = compare_report.steady_state([{"train_s": s} for s in train_s], compilations)
+    assert steady["measured"] and steady["epochs"] == epochs and steady["epoch_s"] == pytest.approx(epoch_s)
 
 
-def test_steady_state_not_measured_when_no_length_repeats():
-    assert not compare_report.steady_state([[3.0, 4.0]], [[8, 16]])["measured"]
+def test_steady_state_not_measured_from_one_epoch_or_only_compiling_ones():
+    assert not compare_report.steady_state([{"train_s": 3.0}], [None])["measured"]
+    assert not compare_report.steady_state([{"train_s": 3.0}, {"train_s": 2.0}], [3, 5])["measured"]
 
 
 def build(default_dataset, torch_kwargs=None, jax_kwargs=None):
@@ -277,7 +282,7 @@ def build(default_dataset, torch_kwargs=None, jax_kwargs=None):
 
 
 def test_quiet_run_ranks_without_caveat(default_dataset):
-    report = build(default_dataset, jax_kwargs={"step_times": [[0.5] + [0.05] * 9, [0.05] * 10]})
+    report = build(default_dataset, jax_kwargs={"train_s": [0.95, 0.5]})
     assert report["verdict"].startswith("On this machine") and "2.00x faster" in report["verdict"]
     assert "NOT RELIABLE" not in report["verdict"]
     assert not any(t["busy"] for t in report["timing"].values())
@@ -310,15 +315,15 @@ def test_a_decaying_load_average_alone_does_not_make_a_quiet_run_busy(default_da
 
 
 def test_compile_dominated_run_is_not_ranked(default_dataset):
-    # Two epochs of 3 steps; the first step of each length compiles for 4 s.
-    report = build(default_dataset, jax_kwargs={"step_times": [[4.0, 0.1, 0.1], [0.1, 0.1, 0.1]]})
+    # Two epochs of 3 steps; the first compiles for 3.9 s.
+    report = build(default_dataset, jax_kwargs={"train_s": [4.2, 0.3], "steps_per_epoch": 3})
     assert "too small to rank" in report["verdict"] and "x faster" not in report["verdict"]
     assert report["speed"]["jax"]["warmup_s"] == pytest.approx(3.9)
 
 
 def test_negative_warmup_is_reported_not_clamped(default_dataset):
     # The first epoch ran faster than the steady state (the machine got busy later).
-    report = build(default_dataset, torch_kwargs={"step_times": [[0.1] * 10, [0.3] * 10, [0.3] * 10]})
+    report = build(default_dataset, torch_kwargs={"train_s": [1.0, 3.0, 3.0]})
     assert report["speed"]["torch"]["warmup_s"] < 0
     summary = compare_report.format_summary(report)
     assert "0.00 s" not in summary and "first epoch faster than steady state" in summary
@@ -383,9 +388,9 @@ def test_compile_cache_refuses_a_directory_others_may_write(tmp_path):
 
 def test_compiling_longer_than_training_on_a_full_run_still_ranks(default_dataset):
     # 60 steps (3 epochs of 20): enough to measure the steady state, though the first step compiled 30 s.
-    jax_times = [[30.0 if e == 0 and i == 0 else 0.1 for i in range(20)] for e in range(3)]
-    torch_times = [[0.05] * 20 for _ in range(3)]
-    report = build(default_dataset, torch_kwargs={"step_times": torch_times}, jax_kwargs={"step_times": jax_times})
+    jax_kwargs = {"train_s": [31.9, 2.0, 2.0], "steps_per_epoch": 20}
+    torch_kwargs = {"train_s": [1.0, 1.0, 1.0], "steps_per_epoch": 20}
+    report = build(default_dataset, torch_kwargs=torch_kwargs, jax_kwargs=jax_kwargs)
     assert "PyTorch (eager) trains this model 2.00x faster" in report["verdict"]
     assert "JAX's 29.9 s compiling outweighed its 6.0 s of steady-state training" in report["verdict"]
 

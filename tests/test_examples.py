@@ -17,12 +17,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 EXPECT = re.compile(r"^# expect: (.+)$", re.MULTILINE)
+# Arguments a user could pass, to run an example smaller where what it shows does not need its
+# default size: check_your_port compares training over 50 steps instead of 200 (its verdict
+# against the noise floor is tested at full strength in parity_tests/test_porting_catalogue.py).
+ARGUMENTS = {"check_your_port.py": ["--steps", "50"]}
 
 
 def test_there_are_examples():
     assert {"seed_train_torch.py", "seed_train_jax.py", "callbacks.py"} <= {path.name for path in EXAMPLES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda path: path.name)
 def test_example_runs(script, tmp_path):
     declared = EXPECT.findall(script.read_text())
@@ -30,7 +35,12 @@ def test_example_runs(script, tmp_path):
     # PYTHONPATH: the repository root, as an editable install would give; cwd: anywhere but the repo.
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-W", "error", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-W", "error", str(script), *ARGUMENTS.get(script.name, [])],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, f"{script.name} exited {result.returncode}:\n{result.stderr[-3000:]}"
     lines = result.stdout.splitlines()

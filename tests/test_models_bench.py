@@ -34,6 +34,7 @@ def test_flop_count_matches_torchs_counter(architecture):
     assert flops.forward_backward(config, 4, LENGTH) == counter.get_total_flops()
 
 
+@pytest.mark.slow
 def test_quick_run_rows(default_dataset, monkeypatch):
     monkeypatch.setitem(bench_models.SIZES, "cpu", (bench_models.ModelSize("tiny", 16, 1, 2, 4, 24),))
     ctx = BenchContext(

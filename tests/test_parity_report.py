@@ -123,6 +123,7 @@ def test_tolerance_lookup_by_quantity_and_device():
 TINY = {"architecture": "multitask", "d_model": 16, "n_heads": 2, "n_layers": 1, "d_ff": 32, "max_len": 288}
 
 
+@pytest.mark.slow
 def test_parity_command_passes_on_the_default_dataset(default_dataset, tmp_path, capsys):
     from ml_patterns_app.cli import main
 

@@ -8,7 +8,7 @@ import pytest
 
 from ml_patterns.parity import FALLBACK_BOUND, GRADIENT
 from ml_patterns.verdict import judge
-from ml_patterns_app.porting import LayerReport, TrainingReport
+from ml_patterns_app.porting import LayerReport, Row, TrainingReport
 from ml_patterns_app.porting.report import compare_values
 
 # A gradient whose middle entry is a sum that cancelled: both sides are 1e-6 off the float64 truth.
@@ -41,7 +41,8 @@ def test_no_fallback_without_a_reference():
 def _report(other_factor: float) -> TrainingReport:
     losses = np.linspace(2.0, 1.0, 50)
     ensemble = losses * (1 + np.array([[1e-7], [-2e-7], [3e-7]]) * np.arange(50) / 50)
-    gradients = LayerReport("gradients", (), None, "The loss and every gradient agree.")
+    row = Row("w -> kernel", "w", "kernel", "gradient", (2,), (2,), 0.0, 0.0, GRADIENT, True)
+    gradients = LayerReport("gradients", (row,), None, "The loss and every gradient agree.")
     other = losses * other_factor
     verdict = judge(losses, other, ensemble, losses)
     return TrainingReport(losses, other, ensemble, losses, verdict, gradients, "")
@@ -55,3 +56,14 @@ def test_training_report_verdict_and_plot(tmp_path):
     assert not failing.passed and failing.first_bad_step == 0 and "DISAGREE" in failing.summary()
     path = report.plot(tmp_path / "drift.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_report_without_rows_or_with_problems_fails():
+    row = Row("w -> kernel", "w", "kernel", "gradient", (2,), (2,), 0.0, 0.0, GRADIENT, True)
+    empty = LayerReport("forward", (), None, "")
+    assert not empty.passed and "forward: FAIL: nothing was compared" in str(empty)
+    partial = LayerReport(
+        "gradients", (row,), None, "", problems=("1 NNX parameter(s) without a compared gradient: b",)
+    )
+    assert not partial.passed and "FAIL: 1 NNX parameter(s) without a compared gradient: b" in str(partial)
+    assert LayerReport("gradients", (row,), None, "").passed

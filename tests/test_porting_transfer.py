@@ -184,34 +184,53 @@ def test_a_user_rule_maps_a_custom_layer(monkeypatch):
         transfer_weights(layer, port)
     transfer_weights(layer, port, rules=[LOW_RANK])
     x = np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32)
-    assert compare_forward(layer, port, x).passed
+    with pytest.raises(PortingError, match="shape mismatch"):  # no verdict on a mapping that does not hold
+        compare_forward(layer, port, x)
+    assert compare_forward(layer, port, x, rules=[LOW_RANK]).passed
     monkeypatch.setattr(rules, "_REGISTRY", [])
     rules.register_rule(LOW_RANK)
     assert "LowRank" not in str(transfer_weights(layer, LowRankPort(), dry_run=True).problems)
 
 
+class _TwoLayers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.first, self.second = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.second(torch.tanh(self.first(x)))
+
+
+class _TwoLayersPort(nnx.Module):
+    """The same layers defined in the other order (same shapes), named ``names`` (first, second)."""
+
+    def __init__(self, names):
+        rngs = nnx.Rngs(0)
+        self.names = names
+        for name in reversed(names):
+            setattr(self, name, nnx.Linear(4, 4, rngs=rngs))
+
+    def __call__(self, x):
+        first, second = (getattr(self, name) for name in self.names)
+        return second(jnp.tanh(first(x)))
+
+
+def test_layers_of_the_same_name_pair_whatever_their_order():
+    model, port, x = _TwoLayers(), _TwoLayersPort(("first", "second")), np.ones((2, 4), np.float32)
+    weight_map = transfer_weights(model, port)
+    assert [(p.torch.path, p.nnx.path, p.how) for p in weight_map.pairs] == [
+        ("first", "first", "name"),
+        ("second", "second", "name"),
+    ]
+    assert compare_forward(model, port, x).passed
+
+
 def test_pairs_override_the_definition_order():
-    class Torch(nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.first, self.second = nn.Linear(4, 4), nn.Linear(4, 4)
-
-        def forward(self, x):
-            return self.second(torch.tanh(self.first(x)))
-
-    class Port(nnx.Module):  # the same layers, defined in the other order: same shapes, wrong pairing
-        def __init__(self):
-            rngs = nnx.Rngs(0)
-            self.second, self.first = nnx.Linear(4, 4, rngs=rngs), nnx.Linear(4, 4, rngs=rngs)
-
-        def __call__(self, x):
-            return self.second(jnp.tanh(self.first(x)))
-
-    model, port, x = Torch(), Port(), np.ones((2, 4), np.float32)
-    transfer_weights(model, port)
+    model, port, x = _TwoLayers(), _TwoLayersPort(("a", "b")), np.ones((2, 4), np.float32)
+    transfer_weights(model, port)  # other names: in order, first with b (defined first): wrong
     report = compare_forward(model, port, x)
     assert not report.passed and report.first.torch_name == "first"
-    explicit = {"first": "first", "second": "second"}
+    explicit = {"first": "a", "second": "b"}
     transfer_weights(model, port, pairs=explicit)
     assert compare_forward(model, port, x, pairs=explicit).passed

@@ -100,15 +100,15 @@ def test_overwrite_replaces_a_dataset_prepare_wrote(tmp_path):
         config=PrepareConfig(rdkit_properties=(), shard_size=1, val_fraction=0.0, test_fraction=0.0),
     )
     assert len(os.listdir(tmp_path / "ds" / "shards")) == 2
-    manifest = prepare_csv(tmp_path, "smiles,y\nCCC,3\n", overwrite=True)
-    assert manifest["counts"]["molecules"] == 1
+    manifest = prepare_csv(tmp_path, "smiles,y\nCCC,3\nCCCC,4\n", overwrite=True)
+    assert manifest["counts"]["molecules"] == 2
     assert os.listdir(tmp_path / "ds" / "shards") == ["shard-00000.jsonl"]
     assert sorted(os.listdir(tmp_path)) == ["ds", "mols.csv"]  # no staging or old copy left
     assert verify_checksums(tmp_path / "ds") == []
 
 
 def test_a_csv_beside_the_output_is_fine(tmp_path):
-    prepare_csv(tmp_path, "smiles,y\nCCO,1\n", name="ds.csv", out="ds")
+    prepare_csv(tmp_path, "smiles,y\nCCO,1\nCCN,2\n", name="ds.csv", out="ds")
     assert (tmp_path / "ds.csv").is_file() and (tmp_path / "ds" / "manifest.json").is_file()
 
 

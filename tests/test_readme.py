@@ -9,13 +9,13 @@ import contextlib
 import io
 import json
 import re
+import types
 from pathlib import Path
 
 import pytest
 
 from ml_patterns_app import cli
 from ml_patterns_app.compare import report, runner
-from ml_patterns_app.compare.settings import WorkerResult
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -116,12 +116,6 @@ def quoted_verdicts() -> list[str]:
     return [line.removeprefix("Verdict: ") for line in README.splitlines() if line.startswith("Verdict: ")]
 
 
-def worker_result(**fields) -> WorkerResult:
-    """A worker's result holding only what the verdict sentence reads."""
-    empty = {"history": {}, "step_times": [], "step_lengths": [], "steps_per_epoch": 0, "samples_per_epoch": 0}
-    return WorkerResult(**{**empty, "peak_memory_bytes": 0, "peak_memory_kind": "", **fields})
-
-
 def verdict_patterns() -> list[str]:
     """The program's sentence, every number and the device name made a wildcard: quiet or busy, and
     with or without the sentence it adds when JAX's compiling outweighed its steady-state training
@@ -135,12 +129,10 @@ def verdict_patterns() -> list[str]:
         for warmup_s in (1.0, 100.0):
             speed = {
                 "torch": {"steps_per_s": 2.0},
-                "jax": {"steps_per_s": 1.0, "steady_epoch_s": 10.0, "warmup_s": warmup_s},
+                "jax": {"steps_per_s": 1.0, "steady_epoch_s": 10.0, "warmup_s": warmup_s, "train_steps": 300},
             }
-            results = {
-                "torch": worker_result(device={"name": "DEVICE"}),
-                "jax": worker_result(step_times=[[0.1] * 100] * 3),
-            }
+            speed["jax"]["epochs"] = 3
+            results = {"torch": types.SimpleNamespace(device={"name": "DEVICE"})}
             agreement = report._agreement(True, {"decided": "ensemble floor", "horizon": None})
             template = report._verdict(speed, agreement, results, reliability)
             pattern = re.escape(template).replace("DEVICE", r".+").replace(r"2\.00x", r"[\d.]+x")

@@ -198,6 +198,7 @@ def run_data():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", IMPLS)
 def test_a_run_killed_during_a_checkpoint_save_loses_nothing(backend, data, default_dataset, tmp_path):
     impl = IMPLS[backend]

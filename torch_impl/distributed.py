@@ -62,6 +62,8 @@ def setup(backend: str | None = None) -> Context:
                 "`torchrun --nproc-per-node N script.py`, or call torch_impl.distributed.launch(fn, N)"
             )
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        if backend == "nccl":  # before the group: NCCL binds its communicator to the current device
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
         dist.init_process_group(backend)
     local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
     if dist.get_backend() == "nccl":
@@ -183,3 +185,23 @@ def make_eval_step(model: nn.Module) -> Callable[[Mapping, torch.Tensor], torch.
         return global_mean({k: (sums[k], counts[k]) for k in sums}, safe_divide)
 
     return step
+
+
+def check_batch_counts(loaders: Mapping[str, Any], context: Context) -> None:
+    """Refuses, on every rank at once, loaders that yield another number of batches on some rank:
+    the rank with more would wait in its next step's collective for a peer that never comes (gloo
+    waits 30 minutes). Every rank's loader must yield the same global batches. Loaders without
+    ``len()`` are not checked."""
+    for what, loader in loaders.items():
+        if loader is None or not hasattr(loader, "__len__"):
+            continue
+        count = len(loader)
+        extremes = torch.tensor([count, -count], dtype=torch.int64, device=context.device)
+        dist.all_reduce(extremes, op=dist.ReduceOp.MIN)
+        fewest, most = int(extremes[0]), -int(extremes[1])
+        if fewest != most:
+            raise ValueError(
+                f"the {what} loader yields {count} batches on rank {context.rank}, and between {fewest} and {most} "
+                "across ranks: under data parallelism every rank's loader must yield the same global batches "
+                "(each rank takes its own rows of every batch)"
+            )

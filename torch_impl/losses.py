@@ -85,13 +85,25 @@ def masked_cross_entropy_sum(
 
 
 def _check_targets(targets: torch.Tensor, active: torch.Tensor, vocab: int) -> None:
-    # ``bool(bad.any())`` is a host sync on an accelerator: the price of a clear error instead of
-    # a device-side assert (or, in a gather, silently reading another row's memory).
+    # A device-side assert, not ``bool(bad.any())``: reading the answer on the host would stall an
+    # accelerator once per loss (and break a torch.compile graph). On the CPU the assert raises
+    # here, synchronously, and the error then names the first bad position; on a GPU it fails the
+    # stream, reported at the next sync with ``_ASYNC_MESSAGE``.
     bad = active & ((targets < 0) | (targets >= vocab))
-    if bool(bad.any()):
+    if torch.compiler.is_compiling():
+        torch._assert_async(~bad.any(), _ASYNC_MESSAGE)
+        return
+    try:
+        torch._assert_async(~bad.any(), _ASYNC_MESSAGE)
+    except RuntimeError:
         positions = bad.nonzero()
         first = tuple(positions[0].tolist())
-        raise core.target_out_of_range(first, targets[first].item(), vocab, len(positions))
+        raise core.target_out_of_range(first, targets[first].item(), vocab, len(positions)) from None
+
+
+_ASYNC_MESSAGE = (
+    "masked cross-entropy: an unmasked target is outside [0, vocab) (run the batch on the CPU to see which position)"
+)
 
 
 class _MaskedNLLSum(torch.autograd.Function):

@@ -12,7 +12,8 @@ The contract, documented here once (``jax_impl.runtime`` mirrors it name for nam
   TF32 off) is what parity needs; ``precision()`` reads the settings in force back.
 - ``describe(device)``: ``{"device": {"kind", "name"}, "versions", "threads", "precision"}``, JSON-ready.
 - ``reset_peak_memory(device)`` / ``peak_memory(device)``: the most the framework's allocator held
-  on ``device`` since the reset, ``{"bytes", "how"}``, or ``None`` where it keeps no statistics (CPU).
+  on ``device`` since the reset, ``{"bytes", "how", "measure": "allocator peak"}``, or ``None``
+  where it keeps no statistics (CPU).
 - ``to_device(batch, device)``: a batch of numpy arrays as the framework's arrays on ``device``,
   as the trainer's step takes it (the trainers' own ``training.to_device``).
 - ``wait(device, value=None)``: blocks until the work queued on ``device`` (or producing ``value``) is done.
@@ -28,9 +29,9 @@ The contract, documented here once (``jax_impl.runtime`` mirrors it name for nam
   (``Trainer(pad_batches_to=...)``), or ``None`` to run batches as they come. Eager torch runs any
   shape at no extra cost, so ``None``; JAX compiles a program per batch shape, so a short last
   batch padded to the full size runs the full batches' program.
-- ``environment.process_environment(devices)`` (a module of its own, importable without the
+- ``environment.process_environment(devices, kind)`` (a module of its own, importable without the
   framework): environment variables a process must have before the framework starts, to run on
-  ``devices`` devices.
+  ``devices`` devices of ``kind``.
 - ``run_data_parallel(fn, devices, choice, *args)``: ``fn(context, *args)`` data-parallel over
   ``devices`` devices of ``select_device(choice)``'s kind, ``context`` the backend's
   ``distributed.Context`` (``None`` for one device: ``fn`` runs here). torch: one DDP process
@@ -40,21 +41,18 @@ The contract, documented here once (``jax_impl.runtime`` mirrors it name for nam
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
 
 from ml_patterns.errors import UsageError
-from ml_patterns.parity import PRECISIONS
+from torch_impl.precision import precision_policy as precision_policy
+from torch_impl.precision import set_precision as set_precision
 from torch_impl.state import tree_to_numpy
 from torch_impl.training import to_device
-
-# policy -> (torch.set_float32_matmul_precision, cuDNN TF32)
-_PRECISION = {"float32": ("highest", False), "tf32": ("high", True)}
 
 
 def device(kind: str) -> torch.device | None:
@@ -72,25 +70,6 @@ def select_device(choice: str = "auto") -> torch.device:
     if found is None:
         raise UsageError(f"--device {choice}: torch sees no CUDA GPU (install torch's CUDA build on a GPU machine)")
     return found
-
-
-def set_precision(policy: str = "float32") -> None:
-    if policy not in _PRECISION:
-        raise UsageError(f"unknown precision policy {policy!r}; known: {sorted(PRECISIONS)}")
-    matmul, cudnn_tf32 = _PRECISION[policy]
-    torch.set_float32_matmul_precision(matmul)  # sets torch.backends.cuda.matmul.allow_tf32 with it
-    torch.backends.cudnn.allow_tf32 = cudnn_tf32
-
-
-@contextlib.contextmanager
-def precision_policy(policy: str) -> Iterator[None]:
-    saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
-    set_precision(policy)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(saved[0])
-        torch.backends.cudnn.allow_tf32 = saved[1]
 
 
 def precision() -> dict:
@@ -122,7 +101,11 @@ def reset_peak_memory(dev: torch.device) -> None:
 
 def peak_memory(dev: torch.device) -> dict | None:
     if dev.type == "cuda":
-        return {"bytes": torch.cuda.max_memory_allocated(dev), "how": "torch.cuda.max_memory_allocated"}
+        return {
+            "bytes": torch.cuda.max_memory_allocated(dev),
+            "how": "torch allocator peak, torch.cuda.max_memory_allocated",
+            "measure": "allocator peak",
+        }
     return None  # torch keeps no CPU allocator statistics
 
 

@@ -142,3 +142,18 @@ def float64_batch(batch):
     if isinstance(batch, (np.ndarray, torch.Tensor)) and batch.dtype in (np.float32, torch.float32):
         return batch.astype(np.float64) if isinstance(batch, np.ndarray) else batch.double()
     return batch
+
+
+def check_optimizer_parameters(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Refuses (``ValueError``) an optimizer holding parameters that are not ``model``'s: built over
+    another model instance it would step weights the trainer never uses, and the loss would not move.
+    Leaving some of the model's parameters out (freezing them) is allowed."""
+    own = {id(parameter) for parameter in model.parameters()}
+    held = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    foreign = sum(id(parameter) not in own for parameter in held)
+    if foreign:
+        raise ValueError(
+            f"the {type(optimizer).__name__} optimizer holds {foreign} of its {len(held)} parameters that are not "
+            "this model's (built over another model instance?); build it over this model: "
+            f"{type(optimizer).__name__}(model.parameters(), ...)"
+        )

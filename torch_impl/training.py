@@ -23,6 +23,10 @@ The contract, documented here once (``jax_impl.training`` mirrors it name for na
   callback's ``float(loss)`` in ``on_batch_end`` is a sync (ProgressBar does it at most twice a second).
 - Hooks and callbacks: ``ml_patterns.callbacks``. ``save_checkpoint(path)`` writes the full training
   checkpoint; ``load_checkpoint(path)`` restores one, and the next ``fit`` resumes from it.
+- ``precision``: ``"float32"`` (default), ``"tf32"`` or ``"bf16-mixed"`` (``ml_patterns.precision``):
+  the step runs under its float32 matmul policy, and for ``bf16-mixed`` the forward pass and loss
+  under ``torch.autocast(device.type, dtype=torch.bfloat16)`` (``torch_impl.precision``); the
+  parameters, gradients, optimizer state and checkpoints stay float32, the losses reported are float32.
 - ``train(model, train_loader, val_loader, optimizer, num_epochs, device=None)``: the seed's
   function, returning ``{"train_loss": [...], "val_loss": [...]}``.
 """
@@ -31,7 +35,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +46,13 @@ from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import global_mean, rank_rows
 from ml_patterns.optim import OptimizerConfig
+from ml_patterns.precision import matmul_policy
 from ml_patterns.training import BatchTransform, TrainerBase, leading_dimension
 from ml_patterns.training_checkpoint import OPTIMIZER_SLOTS
 from torch_impl import distributed as distributed_
 from torch_impl import state
 from torch_impl.optim import build_optimizer
+from torch_impl.precision import autocast, precision_policy
 
 
 class Trainer(TrainerBase):
@@ -65,6 +71,7 @@ class Trainer(TrainerBase):
         stop_on_non_finite: bool = True,
         distributed: distributed_.Context | bool | None = None,
         pad_batches_to: int | None = None,
+        precision: str = "float32",
     ):
         if distributed is True:
             distributed = distributed_.setup()
@@ -90,23 +97,58 @@ class Trainer(TrainerBase):
             stop_on_non_finite=stop_on_non_finite,
             distributed=distributed or None,
             pad_batches_to=pad_batches_to,
+            precision=precision,
         )
+        if config is None:
+            state.check_optimizer_parameters(optimizer, self.model)
+        self._matmul_policy = matmul_policy(self.precision)
         self.optimizer = optimizer if config is None else build_optimizer(config, self.model.parameters())
         if self.distributed is not None:  # DDP wraps the model here, broadcasting rank 0's weights
             self._parallel_train = distributed_.make_train_step(self.model, self.optimizer, self.distributed)
             self._parallel_eval = distributed_.make_eval_step(self.model)
         self._steps = 0  # a framework optimizer's updates (our Optimizer counts its own)
+        # On a GPU, batches are copied on a stream of their own, so that the copy of the next batch
+        # (queued one batch ahead by the loop) runs while the current step computes; each copy's
+        # event, by the id of its batch, is what the step waits for.
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self._copies: dict[int, torch.cuda.Event] = {}
 
     def _set_mode(self, train: bool) -> None:
         self.model.train(train)
+        self._copies.clear()  # copies of a loop that stopped early (an exception) are never waited for
+
+    def _check_loaders(self, train_loader, val_loader) -> None:
+        if self.distributed is not None:
+            distributed_.check_batch_counts({"training": train_loader, "validation": val_loader}, self.distributed)
 
     def _to_batch(self, batch: Any) -> Any:
+        if self._copy_stream is None:
+            return self._device_batch(batch)
+        with torch.cuda.stream(self._copy_stream):
+            moved = self._device_batch(batch)
+            done = torch.cuda.Event()
+            done.record(self._copy_stream)
+        self._copies[id(moved)] = done
+        return moved
+
+    def _device_batch(self, batch: Any) -> Any:
         if not self.weighted_rows:
             return to_device(batch, self.device)
         world, rank = (1, 0) if self.distributed is None else (self.distributed.world_size, self.distributed.rank)
         n = leading_dimension(batch)
         rows, weight = rank_rows(batch, n, world, rank, self.rows_per_device(n, world))
-        return to_device(rows, self.device), torch.from_numpy(weight).to(self.device)
+        return to_device(rows, self.device), to_device(weight, self.device)
+
+    def _ready(self, batch: Any) -> Any:
+        """``batch`` once the current stream has waited for its copy (a device-side wait: the host
+        goes on), its memory marked as used by that stream so the allocator does not reuse it early."""
+        done = self._copies.pop(id(batch), None)
+        if done is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(done)
+            for tensor in _tensors(batch):
+                tensor.record_stream(stream)
+        return batch
 
     def _loss(self, batch: Any) -> torch.Tensor:
         """One device's loss: ``compute_loss``, or of ``(rows, weight)`` the real rows' global mean."""
@@ -115,20 +157,30 @@ class Trainer(TrainerBase):
         return global_mean(self.model.loss_sums(*batch), distributed_.safe_divide)
 
     def _train_step(self, batch: Any) -> torch.Tensor:
-        if self.distributed is not None:
-            loss = self._parallel_train(*batch)  # the global batch's loss
-        else:
-            self.optimizer.zero_grad()
-            loss = self._loss(batch)
-            loss.backward()
-            self.optimizer.step()
-            loss = loss.detach()
+        batch = self._ready(batch)
+        with precision_policy(self._matmul_policy):
+            if self.distributed is not None:
+                with self._autocast():  # DDP's step is forward and backward in one call
+                    loss = self._parallel_train(*batch)  # the global batch's loss
+            else:
+                self.optimizer.zero_grad()
+                with self._autocast():
+                    loss = self._loss(batch)
+                loss.backward()
+                self.optimizer.step()
+                loss = loss.detach()
         self._steps += 1
-        return loss
+        return loss.float()  # a no-op in float32; a bfloat16 loss would round the epoch's sums
 
     @torch.no_grad()
     def _eval_step(self, batch: Any) -> torch.Tensor:
-        return self._loss(batch) if self.distributed is None else self._parallel_eval(*batch)
+        batch = self._ready(batch)
+        with precision_policy(self._matmul_policy), self._autocast():
+            loss = self._loss(batch) if self.distributed is None else self._parallel_eval(*batch)
+        return loss.float()
+
+    def _autocast(self) -> torch.autocast:
+        return autocast(self.precision, self.device)
 
     def compilations(self) -> int | None:
         """Programs compiled for this trainer's steps so far; None: eager torch compiles nothing
@@ -188,10 +240,12 @@ class Trainer(TrainerBase):
 
     def _load_optimizer(self, slots: dict[str, dict[str, np.ndarray]], step: int) -> None:
         optimizer = self.optimizer.optimizer
+        (group,) = optimizer.param_groups
         for name, parameter in self._named_parameters():
             entry = {slot: torch.from_numpy(slots[slot][name].copy()).to(parameter) for slot in slots}
-            if self.optimizer_config.name != "sgd":
-                entry["step"] = torch.tensor(float(step))  # torch keeps Adam's step per parameter
+            if self.optimizer_config.name != "sgd":  # torch keeps Adam's step per parameter
+                where = adam_step_device(group, parameter)
+                entry["step"] = torch.tensor(float(step), dtype=torch.float32, device=where)
             optimizer.state[parameter] = entry
         self.optimizer.set_step(step)
 
@@ -241,31 +295,66 @@ class Trainer(TrainerBase):
         self._steps = int(saved["step"])
 
     def _backend_state(self) -> dict:
-        # Dropout draws from torch's global generator: restoring it makes a resume bit-exact.
-        return {"torch_rng_state": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+        # Dropout draws from torch's global generator of the model's device (the CPU's, or each
+        # GPU's): restoring them makes a resume draw the masks of the uninterrupted run.
+        saved = {"torch_rng_state": _encode(torch.get_rng_state())}
+        if torch.cuda.is_available():
+            saved["torch_cuda_rng_states"] = [_encode(state) for state in torch.cuda.get_rng_state_all()]
+        return saved
 
     def _load_backend_state(self, saved: dict) -> None:
         if "torch_rng_state" in saved:
-            rng = np.frombuffer(base64.b64decode(saved["torch_rng_state"]), dtype=np.uint8)
-            torch.set_rng_state(torch.from_numpy(rng.copy()))
+            torch.set_rng_state(_decode(saved["torch_rng_state"]))
+        cuda = saved.get("torch_cuda_rng_states")
+        # Saved on as many GPUs as here: each gets its own back. Elsewhere (a CPU, another GPU count)
+        # the GPUs' dropout cannot continue the saved stream, so it is left as it is.
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([_decode(state) for state in cuda])
+
+
+def adam_step_device(group: Mapping, parameter: torch.Tensor) -> torch.device:
+    """Where torch's Adam/AdamW keeps a parameter's ``step``: beside the parameter for the fused and
+    capturable implementations (a CUDA kernel reads it; a CPU ``step`` there is refused), on the
+    CPU otherwise (read on the host, no device sync)."""
+    return parameter.device if group.get("fused") or group.get("capturable") else torch.device("cpu")
+
+
+def _encode(state: torch.Tensor) -> str:
+    return base64.b64encode(state.numpy().tobytes()).decode()
+
+
+def _decode(text: str) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(base64.b64decode(text), dtype=np.uint8).copy())
 
 
 def to_device(batch: Any, device: torch.device | str | None = None) -> Any:
     """``batch`` with every array on ``device`` (None: torch's default device): tensors moved, numpy
     arrays converted (integers to int64, torch's integer default), mappings, lists and tuples walked;
-    anything else kept."""
+    anything else kept. To a GPU, host arrays go through pinned memory and are copied
+    ``non_blocking``: the copy is queued on the current stream and the host does not wait for it."""
     if device is None:
         device = torch.get_default_device()
+    device = torch.device(device)
     if torch.is_tensor(batch):
+        if device.type == "cuda" and batch.device.type == "cpu":
+            return batch.pin_memory().to(device, non_blocking=True)
         return batch.to(device)
     if isinstance(batch, np.ndarray):
         dtype = torch.int64 if np.issubdtype(batch.dtype, np.integer) else None
-        return torch.as_tensor(batch, dtype=dtype, device=device)
+        return to_device(torch.as_tensor(batch, dtype=dtype), device)
     if isinstance(batch, Mapping):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+def _tensors(tree: Any) -> Iterator[torch.Tensor]:
+    if torch.is_tensor(tree):
+        yield tree
+    elif isinstance(tree, (Mapping, list, tuple)):
+        for child in tree.values() if isinstance(tree, Mapping) else tree:
+            yield from _tensors(child)
 
 
 def train(
@@ -277,10 +366,12 @@ def train(
     device: str | torch.device | None = None,
     *,
     batch_transform: BatchTransform | None = None,
+    precision: str = "float32",
 ) -> dict[str, list[float]]:
     """Trains ``model`` for ``num_epochs``; returns ``{"train_loss": [...], "val_loss": [...]}``
-    (per-epoch means weighted per sample; ``val_loss`` empty without a ``val_loader``)."""
-    trainer = Trainer(model, optimizer, device=device, batch_transform=batch_transform)
+    (per-epoch means weighted per sample; ``val_loss`` empty without a ``val_loader``).
+    ``precision``: see ``Trainer``."""
+    trainer = Trainer(model, optimizer, device=device, batch_transform=batch_transform, precision=precision)
     history = trainer.fit(train_loader, val_loader, num_epochs)
     return {"train_loss": history["train_loss"], "val_loss": history.metrics.get("val_loss", [])}
 

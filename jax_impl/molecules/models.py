@@ -42,10 +42,13 @@ class Attention(nnx.Module):
 
 
 def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scale: float, dropout) -> jax.Array:
-    """Attention written out, as torch's twin: ``q, k, v`` ``[B, H, L, hd]``, ``mask`` bool ``[B, 1 | L, L]``."""
-    scores = jnp.matmul(q, k.transpose(0, 1, 3, 2)) * scale  # (b, h, l, l)
+    """Attention written out, as torch's twin: ``q, k, v`` ``[B, H, L, hd]``, ``mask`` bool ``[B, 1 | L, L]``.
+
+    Scores and softmax in float32 whatever ``q``'s dtype, the probabilities in ``v``'s for the second
+    matmul: what torch's fused attention does with bfloat16 inputs under autocast (docs/PRECISION.md)."""
+    scores = jnp.matmul(q, k.transpose(0, 1, 3, 2), preferred_element_type=jnp.float32) * scale  # (b, h, l, l)
     scores = jnp.where(mask[:, None], scores, jnp.finfo(scores.dtype).min)
-    return jnp.matmul(dropout(jax.nn.softmax(scores, axis=-1)), v)
+    return jnp.matmul(dropout(jax.nn.softmax(scores, axis=-1).astype(v.dtype)), v)
 
 
 class FeedForward(nnx.Module):
@@ -146,10 +149,17 @@ class RegressionHead(nnx.Module):
         return self.out(hidden)[:, 0]
 
     def loss(self, prediction: jax.Array, batch: dict) -> jax.Array:
-        return jnp.mean((prediction - batch["labels"][self.label]) ** 2)
+        """Mean squared error over the rows whose label is present; 0.0 (zero gradients) if none is."""
+        total, count = self.loss_sums(prediction, batch, jnp.ones(prediction.shape, jnp.float32))
+        return total / jnp.where(count > 0, count, 1.0)
 
     def loss_sums(self, prediction: jax.Array, batch: dict, weight: jax.Array) -> tuple[jax.Array, ...]:
-        return (weight * (prediction - batch["labels"][self.label]) ** 2).sum(), weight.sum()
+        present = batch.get("label_mask")  # {task: bool [B]}: a missing label's row scores nothing
+        if present is not None:
+            weight = weight * present[self.label].astype(weight.dtype)
+        # Summed in the weight's float32 (as torch promotes): a bfloat16 count is inexact past 256 rows.
+        squared = ((prediction - batch["labels"][self.label]) ** 2).astype(weight.dtype)
+        return (weight * squared).sum(), weight.sum()
 
 
 class MaskedTokenHead(nnx.Module):

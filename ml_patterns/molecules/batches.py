@@ -12,7 +12,9 @@ Multi-task batch (``prepare_multitask_batch``)::
 
     input_ids        int32 [B, L]    clean tokens: the regression heads and forward() read these
     attention_mask   bool  [B, L]    True on real tokens
-    labels           {task: float32 [B]}  standardized: (y - mean) / std, with the config's stats
+    labels           {task: float32 [B]}  standardized: (y - mean) / std, with the config's stats; 0 where missing
+    label_mask       {task: bool [B]}     False where the label is missing (NaN): the regression losses
+                                          average over the rows where it is True
     mlm_input_ids    int32 [B, L]    corrupted tokens: the masked-token head's loss reads these
     mlm_targets      int32 [B, L]    original ids where mlm_mask, PAD elsewhere
     mlm_mask         bool  [B, L]    the positions the masked-token loss scores
@@ -39,7 +41,7 @@ from ml_patterns.loader import batch_rng
 from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.molecules.masking import mask_tokens
 
-MULTITASK_KEYS = ("input_ids", "attention_mask", "labels")
+MULTITASK_KEYS = ("input_ids", "attention_mask", "labels", "label_mask")
 MLM_KEYS = ("mlm_input_ids", "mlm_targets", "mlm_mask")
 AUTOENCODER_KEYS = (
     "input_ids",
@@ -88,10 +90,15 @@ def prepare_multitask_batch(collated: dict, config: ModelConfig, rng: np.random.
     """Standardized labels for every task, plus masked tokens drawn from ``rng`` if the config has
     a masked-token head (``rng`` is then required: pass a fixed-seed generator for evaluation)."""
     input_ids, attention_mask = _tokens(collated, config)
+    labels = standardize_labels(collated.get("labels"), config, batch_size=input_ids.shape[0])
+    present = {task: ~np.isnan(values) for task, values in labels.items()}
     batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        "labels": standardize_labels(collated.get("labels"), config, batch_size=input_ids.shape[0]),
+        # A missing label becomes 0.0 with its mask False: a NaN would reach the loss's gradient even
+        # when multiplied by 0 (NaN * 0 is NaN).
+        "labels": {task: np.where(present[task], values, np.float32(0)) for task, values in labels.items()},
+        "label_mask": present,
     }
     if config.has_mlm_head:
         if rng is None:
@@ -121,7 +128,7 @@ def standardize_labels(labels, config: ModelConfig, *, batch_size: int) -> dict[
     """``{task: float32 [B]}``, each ``(y - mean) / std`` computed in float64 and rounded once.
 
     ``labels`` is the collated ``float [B]`` (a one-target dataset) or ``{task: float [B]}``; every
-    task of the config must be present (extra ones are ignored).
+    task of the config must be present (extra ones are ignored). A missing label (NaN) stays NaN.
     """
     if labels is None:
         raise KeyError("the collated batch has no 'labels'")

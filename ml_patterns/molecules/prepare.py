@@ -25,24 +25,30 @@ import numpy as np
 from tqdm import tqdm
 
 from ml_patterns import __version__
-from ml_patterns.data import DatasetError
 from ml_patterns.errors import OptionError
-from ml_patterns.io import atomic_write_text, sha256_file, staged_directory
-from ml_patterns.molecules.config import RDKIT_PROPERTIES, PrepareConfig
+from ml_patterns.io import atomic_write_text, printable, sha256_file, staged_directory
+from ml_patterns.molecules.config import MLM_TASK, RDKIT_PROPERTIES, PrepareConfig
+from ml_patterns.molecules.manifest import (  # read back here, re-exported: where callers find them
+    FORMAT_PREFIX,
+    SPLITS,
+    manifest_digest,
+    read_manifest,
+    verify_checksums,
+)
 from ml_patterns.molecules.sources import (
     SkippedRow,
     SourceError,
     SourceRow,
     default_csv_path,
-    read_csv_rows,
     read_default_rows,
     require_regular_file,
 )
+from ml_patterns.molecules.splits import SPLIT_MODES, assign_splits, check_split_sizes, group_keys
+from ml_patterns.molecules.tables import LabelJoin, open_table, source_rows
 from ml_patterns.molecules.tokenizer import SmilesTokenizer, TokenizationError, tokenize
 
-SPLITS = ("train", "val", "test")
 DEFAULT_SOURCE_NAME = "RDKit NCI first_5k.tpsa.csv"
-FORMAT_PREFIX = "ml-patterns-lazy-dataset/"
+__all__ = ["ConflictingLabelsWarning", "prepare_dataset", "read_manifest", "verify_checksums"]
 
 
 def _rdkit_descriptors() -> dict:
@@ -77,17 +83,6 @@ def _check_molecule(row: SourceRow, descriptor_names: tuple[str, ...]) -> Source
     return SourceRow(row.line, row.smiles, {**row.targets, **extra}, canonical=Chem.MolToSmiles(mol))
 
 
-def split_assignment(n: int, config: PrepareConfig) -> np.ndarray:
-    """Returns an array of n split names ('train'/'val'/'test'), a function of the seed alone."""
-    order = np.random.default_rng(config.seed).permutation(n)
-    n_val = int(round(n * config.val_fraction))
-    n_test = int(round(n * config.test_fraction))
-    assignment = np.full(n, "train", dtype=object)
-    assignment[order[:n_val]] = "val"
-    assignment[order[n_val : n_val + n_test]] = "test"
-    return assignment
-
-
 def prepare_dataset(
     out: Path,
     *,
@@ -97,6 +92,10 @@ def prepare_dataset(
     config: PrepareConfig = PrepareConfig(),
     overwrite: bool = False,
     progress: bool = True,
+    sep: str | None = None,
+    labels_path: Path | None = None,
+    id_col: str | None = None,
+    split: str = "random",
 ) -> dict:
     """Builds the dataset under ``out`` and returns its manifest.
 
@@ -111,62 +110,130 @@ def prepare_dataset(
     ``overwrite`` replaces only a dataset this function wrote (its manifest, and no file it does not
     list); never a directory holding the source CSV, nor the working directory or one above it.
     Everything is checked before the source is read: a bad option or output fails at once.
+
+    ``csv_path`` may be any table ``ml_patterns.molecules.tables.open_table`` reads: a CSV/TSV (its
+    delimiter ``sep``, sniffed when ``None``), a ``.smi`` file, or an SDF (``target_cols`` are then
+    its properties). With ``labels_path`` the labels come from that table instead, joined on its column
+    ``id_col`` (the molecule file's column of that name, else the ``.smi``'s id field or the SDF's
+    title); the manifest's ``"labels"`` counts the molecules without a label row (dropped) and the
+    label rows without a molecule.
+
+    ``split`` is ``"random"`` or ``"scaffold"`` (``ml_patterns.molecules.splits``): either way a
+    repeated molecule lands in one split only; a val/test split under ``MIN_EVAL_MOLECULES`` is refused.
     """
     out = Path(out)
     source_columns = ("TPSA",) if csv_path is None else tuple(target_cols or ())
     _check_options(config, csv_path, source_columns)
+    _check_join_options(csv_path, sep, labels_path, id_col)
+    if split not in SPLIT_MODES:
+        raise OptionError("split", f"{{option}} must be one of {', '.join(SPLIT_MODES)}, got {split!r}")
     source_path = default_csv_path() if csv_path is None else Path(csv_path)
     require_regular_file(source_path)
+    if labels_path is not None:
+        labels_path = Path(labels_path)
+        require_regular_file(labels_path, "labels_path")
+    protect = (source_path,) if labels_path is None else (source_path, labels_path)
     # The staging directory is made first: an output that cannot be written fails before the source is read.
-    with staged_directory(out, overwrite=overwrite, foreign=foreign_to_prepare, protect=(source_path,)) as staging:
-        source, kept, skipped = _read_source(source_path, csv_path, smiles_col, target_cols, config, progress)
+    with staged_directory(out, overwrite=overwrite, foreign=foreign_to_prepare, protect=protect) as staging:
+        source, kept, skipped, join = _read_source(
+            source_path, csv_path, smiles_col, list(source_columns), config, progress, sep, labels_path, id_col
+        )
+        tasks = task_names(list(kept[0].targets))
+        kept = [dataclasses.replace(row, targets={tasks[k]: v for k, v in row.targets.items()}) for row in kept]
         duplicates, conflicts = _duplicates(kept)
         if conflicts:
             first = conflicts[0]
             warnings.warn(
                 f"{source['path']}: {len(conflicts)} row(s) repeat a molecule with different labels (first: line "
-                f"{first['line']} vs line {first['first_line']}, {first['smiles'][:40]}); all are kept, see "
+                f"{first['line']} vs line {first['first_line']}, {printable(first['smiles'][:40])}); all are kept, see "
                 '"duplicates" in manifest.json',
                 ConflictingLabelsWarning,
                 stacklevel=2,
             )
         tokenizer = SmilesTokenizer.build(row.smiles for row in kept)
         target_names = list(kept[0].targets)
-        splits = split_assignment(len(kept), config)
+        splits = assign_splits(group_keys([row.canonical for row in kept], split), config, split)
+        _check_label_variance(kept, {t: c for c, t in tasks.items()}, splits, source["path"])
+        check_split_sizes(splits, config, source["path"])
         encoded = [tokenizer.encode(row.smiles) for row in kept]
 
         index = _write_shards(staging, kept, encoded, splits, config, target_names, progress)
         atomic_write_text(staging / "index.json", json.dumps(index, separators=(",", ":")) + "\n")
         tokenizer.save(staging / "vocab.json")
-        manifest = _manifest(staging, source, kept, encoded, skipped, target_names, splits, tokenizer, config)
+        manifest = _manifest(staging, source, kept, encoded, skipped, target_names, splits, split, tokenizer, config)
         manifest["duplicates"] = {"rows": duplicates, "conflicting": len(conflicts), "conflicts": conflicts}
+        if join is not None:
+            manifest["labels"] = {"path": str(labels_path), "sha256": sha256_file(labels_path), **join.summary()}
+        for column, task in tasks.items():
+            if column != task:
+                manifest["targets"][task]["column"] = column
+        manifest["manifest_sha256"] = manifest_digest(manifest)
         # Written last: a directory holding a manifest is complete.
         atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return manifest
 
 
-def _read_source(source_path, csv_path, smiles_col, target_cols, config, progress):
-    """``(source description, kept rows, skipped rows)``; RDKit's parse of every row."""
+def _read_source(source_path, csv_path, smiles_col, target_cols, config, progress, sep, labels_path, id_col):
+    """``(source description, kept rows, skipped rows, label join or None)``; RDKit's parse of every row."""
     from rdkit import RDLogger
 
-    if csv_path is None:
-        rows = read_default_rows()
-        source = {"name": DEFAULT_SOURCE_NAME, "path": str(source_path), "sha256": sha256_file(source_path)}
-    else:
-        rows = read_csv_rows(source_path, smiles_col, list(target_cols))
-        source = {"name": source_path.name, "path": str(csv_path), "sha256": sha256_file(source_path)}
     kept: list[SourceRow] = []
     skipped: list[SkippedRow] = []
+    join = None
     RDLogger.DisableLog("rdApp.*")  # we report unparsable rows ourselves, with line numbers
     try:
-        for row in tqdm(rows, desc="parsing molecules", unit="mol", disable=not progress):
+        if csv_path is None:
+            rows = read_default_rows()
+            source = {"name": DEFAULT_SOURCE_NAME, "path": str(source_path), "format": "csv"}
+        else:
+            # Opened (header and columns checked) before the progress bar starts: a refused file
+            # prints its error alone.
+            table = open_table(source_path, sep)
+            if labels_path is not None:
+                join = LabelJoin(open_table(labels_path, sep), id_col, target_cols)
+            rows = source_rows(table, smiles_col, target_cols, join)
+            source = {"name": source_path.name, "path": str(csv_path), "format": table.kind}
+        source["sha256"] = sha256_file(source_path)
+        # disable=None: no bar off a terminal (a log or a pipe gets no carriage-return updates).
+        for row in tqdm(rows, desc="parsing molecules", unit="mol", disable=None if progress else True):
             checked = row if isinstance(row, SkippedRow) else _check_molecule(row, config.rdkit_properties)
             (skipped if isinstance(checked, SkippedRow) else kept).append(checked)
     finally:
         RDLogger.EnableLog("rdApp.*")
     if not kept:
-        raise SourceError(f"no usable molecule in {source['path']} ({len(skipped)} rows skipped)")
-    return source, kept, skipped
+        unlabeled = f", {len(join.unlabeled)} without a label row in {labels_path}" if join else ""
+        raise SourceError(f"no usable molecule in {source['path']} ({len(skipped)} rows skipped{unlabeled})")
+    return source, kept, skipped, join
+
+
+def task_names(columns: list[str]) -> dict[str, str]:
+    """``{label column: task name}``. A task name becomes a parameter name of the models
+    (``heads.<task>.dense.weight``): its dots become underscores (``log.S`` -> ``log_S``), and a name
+    taken already (or the masked-token head's) gets a number; the manifest keeps the column's name
+    (``targets.<task>.column``)."""
+    names: dict[str, str] = {}
+    taken = {MLM_TASK}
+    for column in columns:
+        base = column.replace(".", "_") or "target"
+        task, number = base, 2
+        while task in taken:
+            task, number = f"{base}_{number}", number + 1
+        names[column] = task
+        taken.add(task)
+    return names
+
+
+def _check_label_variance(kept, columns: dict[str, str], splits, source_path) -> None:
+    """Refuses a label with one value over the training split: nothing to learn, and standardizing it
+    (``(y - mean) / std``) would divide by zero."""
+    train = splits == "train"
+    for task, column in columns.items():
+        values = np.array([row.targets[task] for row in kept], dtype=np.float64)[train]
+        if values.size and values.min() == values.max():
+            raise SourceError(
+                f"{source_path}: label column {printable(column)!r} has one value ({values[0]:g}) for every training "
+                "molecule: nothing to learn, and its standard deviation is 0; drop the column or fix the data"
+            )
 
 
 class ConflictingLabelsWarning(UserWarning):
@@ -186,11 +253,28 @@ def _check_options(config: PrepareConfig, csv_path: Path | None, source_columns:
         )
     if csv_path is not None and not source_columns:
         raise OptionError("target_cols", "{option} must name at least one label column of the CSV")
+    names = [name for name in source_columns if not isinstance(name, str) or not name.strip() or name != name.strip()]
+    if names:
+        raise OptionError("target_cols", f"{{option}}: names {names} are empty or have surrounding spaces")
+    repeated = sorted({name for name in source_columns if source_columns.count(name) > 1})
+    if repeated:
+        raise OptionError("target_cols", f"{{option}} names {repeated} more than once")
     clash = sorted(set(source_columns) & set(config.rdkit_properties))
     if clash:
         raise OptionError(
             "rdkit_properties", f"{{option}} {clash} are also source columns; drop them from one of the two"
         )
+
+
+def _check_join_options(csv_path, sep, labels_path, id_col) -> None:
+    if sep is not None and (not isinstance(sep, str) or len(sep) != 1):
+        raise OptionError("sep", f"{{option}} must be one character (a tab is '\\t'), got {sep!r}")
+    if labels_path is not None and csv_path is None:
+        raise OptionError(
+            "labels_path", "{option} joins labels to your own molecule file: give it too", cli_flag="--labels"
+        )
+    if (labels_path is None) != (id_col is None):
+        raise OptionError("id_col", "{option} and labels_path go together: the label file and the id column to join on")
 
 
 def foreign_to_prepare(directory: Path) -> str | None:
@@ -244,7 +328,8 @@ def _write_shards(staging, kept, encoded, splits, config, target_names, progress
     (staging / "shards").mkdir()
     index = []
     starts = range(0, len(kept), config.shard_size)
-    for shard_number, start in enumerate(tqdm(starts, desc="writing shards", unit="shard", disable=not progress)):
+    bar = tqdm(starts, desc="writing shards", unit="shard", disable=None if progress else True)
+    for shard_number, start in enumerate(bar):
         relative = f"shards/shard-{shard_number:05d}.jsonl"
         lines = []
         for row_in_shard, row in enumerate(kept[start : start + config.shard_size]):
@@ -256,7 +341,7 @@ def _write_shards(staging, kept, encoded, splits, config, target_names, progress
     return index
 
 
-def _manifest(staging, source, kept, encoded, skipped, target_names, splits, tokenizer, config) -> dict:
+def _manifest(staging, source, kept, encoded, skipped, target_names, splits, split_mode, tokenizer, config) -> dict:
     train = splits == "train"
     values = np.array([[row.targets[name] for name in target_names] for row in kept], dtype=np.float64)
     lengths = np.array([len(ids) for ids in encoded])
@@ -274,138 +359,9 @@ def _manifest(staging, source, kept, encoded, skipped, target_names, splits, tok
         },
         "statistics_from": "train split",
         "splits": {name: int((splits == name).sum()) for name in SPLITS},
+        "split_mode": split_mode,
         "config": dataclasses.asdict(config),
         "vocab_size": tokenizer.vocab_size,
         "sequence_length": {"min": int(lengths.min()), "max": int(lengths.max()), "mean": float(lengths.mean())},
         "checksums": {p.relative_to(staging).as_posix(): sha256_file(p) for p in files},
     }
-
-
-def verify_checksums(root: Path) -> list[str]:
-    """Returns the files whose sha256 differs from the manifest's (empty when all match).
-
-    Raises ``DatasetError`` (naming the file and the key) for a malformed manifest, an empty checksum
-    table, or an index whose entries are malformed, lack a checksummed file, or disagree with the
-    manifest's split counts: a dataset that would be read wrongly does not pass as verified.
-    """
-    root = Path(root)
-    manifest = read_manifest(root)
-    manifest_path = root / "manifest.json"
-    if not manifest["checksums"]:
-        raise DatasetError(f"{manifest_path}: 'checksums' is empty, nothing can be verified; prepare the dataset again")
-    bad = []
-    for relative, expected in manifest["checksums"].items():
-        path = root / relative
-        if not path.is_file() or sha256_file(path) != expected:
-            bad.append(relative)
-    if "index.json" not in manifest["checksums"]:
-        raise DatasetError(f"{manifest_path}: 'checksums' has no entry for index.json")
-    if "index.json" not in bad:
-        _check_index(root / "index.json", manifest)
-    return bad
-
-
-def _check_index(path: Path, manifest: dict) -> None:
-    try:
-        entries = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path} is not valid JSON: {error}") from None
-    if not isinstance(entries, list):
-        raise DatasetError(f"{path} must hold a JSON list of entries, got {type(entries).__name__}")
-    counts = dict.fromkeys(SPLITS, 0)
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise DatasetError(f"{path}: entry {i} must be an object, got {type(entry).__name__}")
-        if entry.get("split") not in SPLITS:
-            raise DatasetError(f"{path}: entry {i} has 'split' {entry.get('split')!r}, not one of {SPLITS}")
-        row = entry.get("row")
-        if isinstance(row, bool) or not isinstance(row, int) or row < 0:
-            raise DatasetError(f"{path}: entry {i} has 'row' {row!r}, not an integer >= 0")
-        if entry.get("file") not in manifest["checksums"]:
-            raise DatasetError(
-                f"{path}: entry {i} has 'file' {entry.get('file')!r}, which has no checksum in the manifest"
-            )
-        counts[entry["split"]] += 1
-    if counts != manifest["splits"]:
-        raise DatasetError(f"{path}: split sizes {counts} differ from the manifest's 'splits' {manifest['splits']}")
-
-
-def read_manifest(root: Path) -> dict:
-    """The manifest of the dataset at ``root``, its keys and their types checked (``DatasetError`` names the key)."""
-    path = Path(root) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: {root} is not a prepared dataset, or its preparation did not finish"
-        )
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path} is not valid JSON: {error}") from None
-    except UnicodeDecodeError as error:
-        raise DatasetError(f"{path} is not UTF-8 text: {error}") from None
-    _check_manifest(manifest, path)
-    return manifest
-
-
-# The manifest keys a reader relies on and their types; "a.b" is key b of the object at key a.
-_MANIFEST_KEYS = {
-    "format": str,
-    "source": dict,
-    "source.name": str,
-    "source.path": str,
-    "counts": dict,
-    "counts.rows_read": int,
-    "counts.molecules": int,
-    "counts.skipped": int,
-    "skipped": list,
-    "targets": dict,
-    "statistics_from": str,
-    "splits": dict,
-    "splits.train": int,
-    "splits.val": int,
-    "splits.test": int,
-    "config": dict,
-    "config.seed": int,
-    "vocab_size": int,
-    "sequence_length": dict,
-    "sequence_length.min": int,
-    "sequence_length.max": int,
-    "sequence_length.mean": float,
-    "checksums": dict,
-}
-_TYPE_NAMES = {str: "a string", dict: "an object", list: "a list", int: "an integer", float: "a number"}
-
-
-def _check_manifest(manifest, path: Path) -> None:
-    if not isinstance(manifest, dict):
-        raise DatasetError(f"{path} must hold a JSON object, got {type(manifest).__name__}")
-    for key, kind in _MANIFEST_KEYS.items():
-        parent, _, name = key.rpartition(".")
-        holder = manifest[parent] if parent else manifest
-        if name not in holder:
-            raise DatasetError(f"{path}: key {key!r} is missing")
-        _check_type(holder[name], kind, path, key)
-    if not manifest["format"].startswith(FORMAT_PREFIX):
-        raise DatasetError(f"{path}: 'format' is {manifest['format']!r}, not an ml-patterns dataset ({FORMAT_PREFIX}N)")
-    for name, stats in manifest["targets"].items():
-        _check_type(stats, dict, path, f"targets.{name}")
-        for stat in ("mean", "std"):
-            _check_type(stats.get(stat), float, path, f"targets.{name}.{stat}")
-    for i, row in enumerate(manifest["skipped"]):
-        _check_type(row, dict, path, f"skipped[{i}]")
-    if "duplicates" in manifest:  # absent from datasets prepared before duplicates were counted
-        _check_type(manifest["duplicates"], dict, path, "duplicates")
-        for key, kind in (("rows", int), ("conflicting", int), ("conflicts", list)):
-            _check_type(manifest["duplicates"].get(key), kind, path, f"duplicates.{key}")
-    for relative, digest in manifest["checksums"].items():
-        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise DatasetError(f"{path}: 'checksums.{relative}' must be a sha256 hex digest, got {digest!r}")
-
-
-def _check_type(value, kind: type, path: Path, key: str) -> None:
-    if kind is float:
-        fits = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        fits = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-    if not fits:
-        raise DatasetError(f"{path}: {key!r} must be {_TYPE_NAMES[kind]}, got {value!r}")

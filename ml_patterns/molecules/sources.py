@@ -63,47 +63,28 @@ def default_csv_path() -> Path:
 
 def require_regular_file(path: Path, option: str = "csv_path") -> None:
     """Refuses a missing path, a directory, a FIFO or a device before it is opened (a FIFO would block)."""
+    cli_flag = {"csv_path": "--csv", "labels_path": "--labels"}.get(option)
     if not path.exists():
-        raise OptionError(option, f"{{option}}: {path}: no such file", cli_flag="--csv")
+        raise OptionError(option, f"{{option}}: {path}: no such file", cli_flag=cli_flag)
     if not path.is_file():
         raise OptionError(
-            option, f"{{option}}: {path} is not a regular file (a directory, FIFO or device)", cli_flag="--csv"
+            option, f"{{option}}: {path} is not a regular file (a directory, FIFO or device)", cli_flag=cli_flag
         )
 
 
 def read_default_rows() -> Iterator[SourceRow | SkippedRow]:
     """Rows of RDKit's NCI file: ``SMILES,TPSA`` with ``#`` comment lines and no header."""
     path = default_csv_path()
-    for line, fields in _records(path):
+    for line, fields in csv_records(path):
         if not fields or fields[0].startswith("#"):
             continue
-        yield _parse_row(line, fields[0], {"TPSA": fields[1] if len(fields) > 1 else ""})
+        yield parse_row(line, fields[0], {"TPSA": fields[1] if len(fields) > 1 else ""})
 
 
-def read_csv_rows(path: Path, smiles_col: str, target_cols: list[str]) -> Iterator[SourceRow | SkippedRow]:
-    """Rows of a user's CSV with a header naming ``smiles_col`` and every one of ``target_cols``."""
-    path = Path(path)
-    records = _records(path)
-    header = next(records, (1, []))[1]
-    missing = [c for c in (smiles_col, *target_cols) if c not in header]
-    if missing:
-        raise MissingColumnsError(f"{path}: column(s) {missing} not in the header {header}")
-    columns = {name: header.index(name) for name in (smiles_col, *target_cols)}
-    for line, fields in records:
-        if not fields:  # a blank line
-            continue
-        if len(fields) != len(header):
-            yield SkippedRow(
-                line, fields[0] if fields else "", f"{len(fields)} fields where the header has {len(header)}"
-            )
-            continue
-        yield _parse_row(line, fields[columns[smiles_col]], {c: fields[columns[c]] for c in target_cols})
-
-
-def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
+def csv_records(path: Path, delimiter: str = ",") -> Iterator[tuple[int, list[str]]]:
     """``(first line, fields)`` of every CSV record of ``path``, blank lines included (as ``[]``)."""
     with open(path, "rb") as handle, _field_size_limit(_FIELD_SIZE_LIMIT):
-        reader = csv.reader(_decoded_lines(path, handle))
+        reader = csv.reader(decoded_lines(path, handle), delimiter=delimiter)
         last_line = 0
         while True:
             try:
@@ -116,7 +97,8 @@ def _records(path: Path) -> Iterator[tuple[int, list[str]]]:
             last_line = reader.line_num
 
 
-def _decoded_lines(path: Path, lines: Iterable[bytes]) -> Iterator[str]:
+def decoded_lines(path: Path, lines: Iterable[bytes]) -> Iterator[str]:
+    """The lines of ``path`` as text; a byte that is not UTF-8 is a ``SourceError`` naming its line."""
     for number, raw in enumerate(lines, start=1):
         try:
             text = raw.decode("utf-8")
@@ -137,7 +119,7 @@ def _field_size_limit(limit: int) -> Iterator[None]:
         csv.field_size_limit(previous)
 
 
-def _parse_row(line: int, smiles: str, raw_targets: dict[str, str]) -> SourceRow | SkippedRow:
+def parse_row(line: int, smiles: str, raw_targets: dict[str, str]) -> SourceRow | SkippedRow:
     smiles = smiles.strip()
     if len(smiles) > MAX_SMILES_CHARS:
         return SkippedRow(

@@ -18,6 +18,7 @@ import sys
 
 from ml_patterns import __version__
 from ml_patterns.errors import cli_message
+from ml_patterns.io import printable
 from ml_patterns.user_errors import USER_ERRORS
 from ml_patterns_app.cli import backend_commands, dataset_commands
 from ml_patterns_app.cli.arguments import DEFAULT_DATA_DIR, HelpFormatter
@@ -34,7 +35,7 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ml-patterns", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ml-patterns", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"ml-patterns {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, _, help_text) in SUBCOMMANDS.items():
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         with command_process(prefix):
             return run(args)
     except USER_ERRORS as error:
-        print(f"{prefix}: error: {cli_message(error)}", file=sys.stderr)
+        print(f"{prefix}: error: {printable(cli_message(error))}", file=sys.stderr)
         return 2
     except Terminated:
         print(f"\n{prefix}: terminated", file=sys.stderr)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ml_patterns.errors import UsageError
 from ml_patterns_app.cli.arguments import DEFAULT_DATA_DIR, dataset_argument, non_negative_int, positive_int
+from ml_patterns_app.porting.command import add_port_arguments, check_port_arguments
 
 
 def _add_compare(parser: argparse.ArgumentParser) -> None:
@@ -137,9 +138,10 @@ def _add_parity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--inputs",
         type=Path,
-        help="with --torch/--jax: a .npz of the forward's positional arguments, in order (without it: the weight "
-        "mapping only)",
+        help="with --torch/--jax: a .npz of the forward's arguments (unnamed arrays in order, named ones by name; "
+        "without it: the weight mapping only)",
     )
+    add_port_arguments(parser)
 
 
 def _run_parity(args: argparse.Namespace) -> int:
@@ -148,16 +150,19 @@ def _run_parity(args: argparse.Namespace) -> int:
             raise UsageError("--torch and --jax go together: MODULE:FACTORY of your torch model and of its NNX port")
         from ml_patterns_app.porting.command import run_user_parity
 
-        return run_user_parity(args.torch, args.jax, args.inputs)
+        return run_user_parity(
+            args.torch, args.jax, args.inputs, rules=args.rules, pairs=args.pairs, ignore=args.ignore
+        )
     if args.inputs is not None:
         raise UsageError("--inputs goes with --torch and --jax (your own models)")
+    check_port_arguments(args)
     from ml_patterns_app.porting.parity_report import run
 
     return run(args.data, args.config, args.batch_size, args.seed)
 
 
 def _add_bench(parser: argparse.ArgumentParser) -> None:
-    from ml_patterns.parity import PRECISIONS
+    from ml_patterns_bench.common import BENCH_PRECISIONS
     from ml_patterns_bench.runner import BENCHMARKS, QUICK_BENCHMARKS  # framework-free
 
     parser.add_argument(
@@ -188,10 +193,10 @@ def _add_bench(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision",
-        choices=sorted(PRECISIONS),
+        choices=sorted(BENCH_PRECISIONS),
         default="float32",
-        help="float32 matmul precision on both sides: "
-        + "; ".join(f"{name}: {summary}" for name, summary in PRECISIONS.items()),
+        help="precision on both sides: "
+        + "; ".join(f"{name}: {summary}" for name, summary in BENCH_PRECISIONS.items()),
     )
     parser.add_argument(
         "--data",

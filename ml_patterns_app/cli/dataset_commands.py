@@ -8,11 +8,20 @@ import sys
 from pathlib import Path
 
 from ml_patterns.errors import UsageError
-from ml_patterns_app.cli.arguments import DEFAULT_DATA_DIR, non_negative_int, positive_int, rdkit_properties
+from ml_patterns.io import printable
+from ml_patterns_app.cli.arguments import (
+    DEFAULT_DATA_DIR,
+    column_names,
+    delimiter,
+    non_negative_int,
+    positive_int,
+    rdkit_properties,
+)
 
 
 def _add_prepare(parser: argparse.ArgumentParser) -> None:
     from ml_patterns.molecules.config import DEFAULT_RDKIT_PROPERTIES, RDKIT_PROPERTIES, PrepareConfig
+    from ml_patterns.molecules.splits import MIN_EVAL_MOLECULES, SPLIT_MODES
 
     defaults = PrepareConfig()
     parser.add_argument("--out", type=Path, default=DEFAULT_DATA_DIR, help="output directory")
@@ -20,16 +29,41 @@ def _add_prepare(parser: argparse.ArgumentParser) -> None:
         "--csv",
         type=Path,
         default=None,
-        help="your own CSV instead of the embedded RDKit NCI set (needs --target-cols)",
+        help="your own molecule file instead of the embedded RDKit NCI set, by its extension: a CSV/TSV "
+        "(header line), a .smi (SMILES, id [, values]) or an .sdf (needs --target-cols/--label-prop)",
     )
-    parser.add_argument("--smiles-col", default="smiles", help="SMILES column of --csv")
-    parser.add_argument("--target-cols", default=None, help="comma-separated label columns of --csv, e.g. logS,pKa")
+    parser.add_argument(
+        "--sep", type=delimiter, default=None, help="delimiter of a CSV/TSV, and of --labels (default: sniffed in each)"
+    )
+    parser.add_argument("--smiles-col", default="smiles", help="SMILES column of a CSV/TSV")
+    parser.add_argument(
+        "--target-cols",
+        "--label-prop",
+        type=column_names,
+        default=None,
+        help="comma-separated label columns (an SDF's properties; with --labels, the label file's), "
+        "e.g. 'pIC50, active'",
+    )
+    parser.add_argument("--labels", type=Path, default=None, help="a separate CSV/TSV of labels, joined on --id-col")
+    parser.add_argument(
+        "--id-col",
+        default=None,
+        help="with --labels: the id column of the label file, matched to the molecule file's column of that "
+        "name, else to a .smi's id field or an SDF's title line",
+    )
     parser.add_argument(
         "--rdkit-properties",
         type=rdkit_properties,
         default=None,
         help=f"comma-separated RDKit descriptors to add as targets, of: {','.join(RDKIT_PROPERTIES)}; "
         f"'' for none (default: {','.join(DEFAULT_RDKIT_PROPERTIES)} for the embedded set, none for --csv)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=SPLIT_MODES,
+        default="random",
+        help="hold out random molecules, or whole Bemis-Murcko scaffolds (a repeated molecule stays in one "
+        f"split either way; a val/test split under {MIN_EVAL_MOLECULES} molecules is refused)",
     )
     parser.add_argument("--seed", type=non_negative_int, default=defaults.seed, help="seed of the train/val/test split")
     parser.add_argument(
@@ -48,7 +82,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
     from ml_patterns.molecules.prepare import prepare_dataset
 
     if args.csv is not None and not args.target_cols:
-        raise UsageError("--csv needs --target-cols (the label columns to train on)")
+        raise UsageError("--csv needs --target-cols (the label columns to train on; --label-prop for an SDF)")
     properties = args.rdkit_properties
     if properties is None:
         properties = PrepareConfig().rdkit_properties if args.csv is None else ()
@@ -66,10 +100,14 @@ def _run_prepare(args: argparse.Namespace) -> int:
         args.out,
         csv_path=args.csv,
         smiles_col=args.smiles_col,
-        target_cols=args.target_cols.split(",") if args.target_cols else None,
+        target_cols=list(args.target_cols) if args.target_cols else None,
         config=config,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        sep=args.sep,
+        labels_path=args.labels,
+        id_col=args.id_col,
+        split=args.split,
     )
     print(format_manifest(manifest, args.out))
     return 0
@@ -103,7 +141,9 @@ def format_manifest(manifest: dict, root: Path) -> str:
         f"dataset   {root}",
         f"source    {manifest['source']['name']} ({manifest['source']['path']})",
         f"molecules {counts['molecules']} kept of {counts['rows_read']} rows, {counts['skipped']} skipped",
-        "splits    " + ", ".join(f"{k} {v}" for k, v in splits.items()) + f" (seed {manifest['config']['seed']})",
+        "splits    "
+        + ", ".join(f"{k} {v}" for k, v in splits.items())
+        + f" ({manifest.get('split_mode', 'random')}, seed {manifest['config']['seed']})",
         f"vocab     {manifest['vocab_size']} tokens; sequence length min {lengths['min']}, "
         f"mean {lengths['mean']:.1f}, max {lengths['max']} (with BOS/EOS)",
         f"targets   ({manifest['statistics_from']})",
@@ -114,13 +154,20 @@ def format_manifest(manifest: dict, root: Path) -> str:
         lines.append(f"skipped   line {row['line']}: {row['reason']} ({row['smiles'][:40]})")
     if counts["skipped"] > 10:
         lines.append(f"skipped   ... and {counts['skipped'] - 10} more (see manifest.json)")
+    labels = manifest.get("labels")  # a joined label file
+    if labels:
+        lines.append(
+            f"labels    {labels['path']} on {labels['id_col']!r}: {labels['labelled_molecules']} molecules labelled, "
+            f"{labels['molecules_without_label']} without a label row (dropped), "
+            f"{labels['labels_without_molecule']} label rows without a molecule"
+        )
     duplicates = manifest.get("duplicates")  # datasets prepared before it was counted have none
     if duplicates and duplicates["rows"]:
         lines.append(
             f"duplicates {duplicates['rows']} rows repeat a molecule, {duplicates['conflicting']} with other labels"
             + (" (see manifest.json)" if duplicates["conflicting"] else "")
         )
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # data may hold terminal escapes
 
 
 COMMANDS = {

@@ -32,7 +32,11 @@ def build_report(
     rerun from its initial weights one ulp off, ``settings.floor_runs`` times; ``anchor``: the
     reference in float64. The verdict is ``ml_patterns.verdict.judge``'s, on every step's loss and
     on each epoch's train and val loss."""
-    device_kind = "gpu" if any(r.device["kind"] == "gpu" for r in results.values()) else "cpu"
+    runs = {**results, **{f"one ulp off {k}": run for k, run in enumerate(ensemble)}, "float64": anchor}
+    kinds = {name: r.device["kind"] for name, r in runs.items()}
+    if len(set(kinds.values())) != 1:  # the parent resolves one kind for all (runner.resolve_device)
+        raise ValueError(f"the runs compared ran on different kinds of device: {kinds}")
+    device_kind = next(iter(kinds.values()))
     minimum = parity.tolerance("loss", device_kind)
     torch_r, jax_r = results[REFERENCE], results["jax"]
     noise = {
@@ -150,36 +154,21 @@ BUSY_LOAD_PER_CPU = 0.5
 SMALL_RUN_STEPS = 50
 
 
-def steady_state(step_times: list[list[float]], step_lengths: list[list[int]]) -> dict:
-    """Steady-state step times per batch shape, from every epoch's steps.
+def steady_state(epoch_times: list[dict], epoch_compilations: list) -> dict:
+    """The steady state from each epoch's training time (``train_s``, ended by the epoch's one host
+    sync: steps are never waited for one by one, so a GPU is timed at its throughput, not at the
+    host's latency per step).
 
-    Each padded length's time is the median of its steps over all epochs, the first step of each
-    length left out (it compiles, or warms the allocator up); a length met only once takes the time
-    of the nearest measured length, scaled by the ratio of the lengths. Returns ``{"per_length":
-    {L: s}, "epoch_s": [each epoch's steps at those times], "measured": bool}``; ``measured`` is
-    False when no length came twice (nothing but first steps: no steady state to report).
+    An epoch is at steady state when it is not the first (torch's allocator and kernels warm up;
+    JAX compiles) and compiled nothing new (``epoch_compilations``: programs compiled by each
+    epoch's end, None where the backend compiles nothing). Every epoch holds the same batches in
+    another order, so their times compare. Returns ``{"epochs": the steady epochs, "epoch_s":
+    their times, "measured": bool}``; ``measured`` is False when no epoch qualifies (one epoch, or
+    each compiled something).
     """
-    seen, repeats = set(), {}
-    for times, lengths in zip(step_times, step_lengths):
-        for seconds, length in zip(times, lengths):
-            if length in seen:
-                repeats.setdefault(length, []).append(seconds)
-            seen.add(length)
-    medians = {length: statistics.median(times) for length, times in repeats.items()}
-    if not medians:
-        return {"per_length": {}, "epoch_s": [], "measured": False}
-
-    def at(length: int) -> float:
-        if length in medians:
-            return medians[length]
-        nearest = min(medians, key=lambda known: abs(known - length))
-        return medians[nearest] * length / nearest
-
-    return {
-        "per_length": {str(length): at(length) for length in sorted(seen)},
-        "epoch_s": [sum(map(at, lengths)) for lengths in step_lengths],
-        "measured": True,
-    }
+    compiled = list(epoch_compilations) + [None] * (len(epoch_times) - len(epoch_compilations))
+    steady = [e for e in range(1, len(epoch_times)) if compiled[e] is None or compiled[e] == compiled[e - 1]]
+    return {"epochs": steady, "epoch_s": [epoch_times[e]["train_s"] for e in steady], "measured": bool(steady)}
 
 
 def _difference(a: float, b: float, tolerance) -> dict:
@@ -221,12 +210,14 @@ def add_one_device_parity(report: dict, runs: dict[str, tuple[WorkerResult, Work
 
 
 def _speed(result: WorkerResult) -> dict:
-    steady = steady_state(result.step_times, result.step_lengths)
-    first_epoch = sum(result.step_times[0])
+    steady = steady_state(result.epoch_times, result.epoch_compilations)
+    first_epoch = result.epoch_times[0]["train_s"]
     steps, samples = result.steps_per_epoch, result.samples_per_epoch
     speed = {
         "first_epoch_s": first_epoch,
-        "steady_per_length_s": steady["per_length"],
+        "steady_epochs": steady["epochs"],
+        "train_steps": steps * len(result.epoch_times),
+        "epochs": len(result.epoch_times),
         "compilations": result.compilations,
         "compile_cache": result.compile_cache or None,
         "padding_utilization": result.padding,
@@ -236,13 +227,13 @@ def _speed(result: WorkerResult) -> dict:
     }
     if not steady["measured"]:
         return {**speed, "steady_epoch_s": None, "warmup_s": None, "steps_per_s": None, "samples_per_s": None}
-    epoch = statistics.fmean(steady["epoch_s"])
+    epoch = statistics.median(steady["epoch_s"])
     return {
         **speed,
         "steady_epoch_s": epoch,
-        # The first epoch's time beyond its steps at steady state: jax.jit's compilations (one per
-        # batch shape), torch's warm-up. Negative when the machine got busier later: kept as is.
-        "warmup_s": first_epoch - steady["epoch_s"][0],
+        # The first epoch's time beyond a steady one: jax.jit's compilations (one per batch shape),
+        # torch's warm-up. Negative when the machine got busier later: kept as is.
+        "warmup_s": first_epoch - epoch,
         "steps_per_s": steps / epoch,
         "samples_per_s": samples / epoch,
     }
@@ -289,8 +280,8 @@ def _verdict(speed: dict, agreement: str, results: dict, reliability: dict) -> s
             "factors, rerun on a quiet machine (--threads 1 suffers least from a busy one). "
         )
     jax = speed["jax"]
-    steps = sum(map(len, results["jax"].step_times))
-    steady_training = None if jax["steady_epoch_s"] is None else jax["steady_epoch_s"] * len(results["jax"].step_times)
+    steps = jax["train_steps"]
+    steady_training = None if jax["steady_epoch_s"] is None else jax["steady_epoch_s"] * jax["epochs"]
     compiling_dominates = steady_training is None or (jax["warmup_s"] or 0.0) > steady_training
     compiling = "" if jax["warmup_s"] is None else f"{jax['warmup_s']:.1f} s compiling"
     training = "" if steady_training is None else f"{steady_training:.1f} s of steady-state training"
@@ -373,6 +364,8 @@ def format_summary(report: dict) -> str:
                 f"| {_number(rates['one_device'], '.0f')} | {_number(rates['devices'], '.0f')} "
                 f"| {_number(check['scaling_efficiency'], '.0%')} |"
             )
+    devices = report["backends"]
+    lines += ["", "Devices: " + "; ".join(f"{LABELS[b]} on {devices[b]['device']['name']}" for b in devices)]
     lines += ["", "Test split:", "| metric | torch | jax | torch, one ulp off (range) |", "|---|---|---|---|"]
     torch_m, jax_m = report["test_metrics"]["torch"], report["test_metrics"]["jax"]
     for name in torch_m:
@@ -380,7 +373,8 @@ def format_summary(report: dict) -> str:
         lines.append(f"| {name} | {torch_m[name]:.4f} | {jax_m[name]:.4f} | {min(reruns):.4f} - {max(reruns):.4f} |")
     lines += [
         "",
-        "Speed (steady state: per batch shape, the median step over every epoch"
+        "Speed (steady state: the median epoch after the first among those that compiled nothing, each "
+        "epoch timed to its one host sync"
         + ("" if "devices" not in report else f"; {report['devices']} devices each")
         + "):",
         "| backend | first epoch | warm-up / compile | steady epoch | steps/s | samples/s | compilations "

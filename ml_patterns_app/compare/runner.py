@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.metadata
 import json
 import os
 import resource
@@ -42,7 +43,7 @@ from ml_patterns_app.compare.settings import (
     WorkerJob,
     WorkerResult,
 )
-from ml_patterns_app.compare.written import FILES, write_report
+from ml_patterns_app.compare.written import FILES, check_report_destination, write_report
 
 # Seconds a worker gets to exit after Ctrl-C before it is killed.
 STOP_GRACE_S = 5.0
@@ -87,10 +88,12 @@ def run_compare(
     run compiles).
     """
     started = time.perf_counter()
+    check_report_destination(out, data)  # before any training: a report that cannot be written costs nothing
     if not (data / "manifest.json").is_file():
         print(f"preparing the default dataset in {data} ...", flush=True)
         prepare_dataset(data, progress=True)
     manifest = read_manifest(data)
+    device = resolve_device(device)  # once, here: both workers run on the same kind
     runs = [(backend, n) for backend in BACKENDS for n in dict.fromkeys((1, devices))]
     with tempfile.TemporaryDirectory() as scratch:
         results = {}
@@ -125,10 +128,63 @@ def run_compare(
             report, {backend: (results[backend, 1], results[backend, devices]) for backend in BACKENDS}
         )
     report["wall_time_s"] = time.perf_counter() - started
-    write_report(report, out)
+    write_report(report, out, data)
     print("\n" + format_summary(report))
     print(f"\nwrote {out / FILES[0]}, {', '.join(FILES[1:])} ({report['wall_time_s']:.0f} s)")
     return 0 if report["parity"]["passed"] else 1
+
+
+# The one-line install that gives each backend its CUDA 12 build (jax's extra pins the matching jaxlib).
+GPU_INSTALL = {
+    "torch": "pip install torch --index-url https://download.pytorch.org/whl/cu126",
+    "jax": 'pip install "jax[cuda12]=={jax}"',
+}
+
+
+def gpu_install(backend: str) -> str:
+    """The command that installs ``backend``'s CUDA 12 build, for the version installed here."""
+    try:
+        jax = importlib.metadata.version("jax")
+    except importlib.metadata.PackageNotFoundError:
+        jax = "<your jax version>"
+    return GPU_INSTALL[backend].format(jax=jax)
+
+
+def resolve_device(choice: str) -> str:
+    """``--device`` (``auto``, ``cpu``, ``gpu``) as the one kind both workers run on: asks each
+    backend, in a process of its own, whether it sees a GPU (``device_kind`` decides)."""
+    if choice == "cpu":
+        return "cpu"
+    return device_kind(choice, {backend: probe_gpu(backend) for backend in BACKENDS})
+
+
+def probe_gpu(backend: str) -> str | None:
+    """The name of the GPU ``backend`` sees in a fresh process, or None (``worker.probe``)."""
+    environment = importlib.import_module(f"{backend}_impl.environment")
+    env = {**os.environ, **environment.process_environment(1)}
+    command = [sys.executable, "-m", "ml_patterns_app.compare.worker", "--probe", backend]
+    answer = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if answer.returncode != 0:
+        raise WorkerFailed(f"asking {backend} for its devices failed: {answer.stderr.strip()[-2000:]}")
+    return json.loads(answer.stdout.strip().splitlines()[-1])["gpu"]
+
+
+def device_kind(choice: str, gpus: dict[str, str | None]) -> str:
+    """The kind both backends run on, from ``gpus`` (each backend's GPU name, or None where it sees
+    none): ``gpu`` when every one sees a GPU, ``cpu`` for ``auto`` when none does. Anything else is
+    refused (``UsageError``) with the install that fixes it: compare would otherwise rank one
+    framework on a GPU against the other on a CPU, or fail in the middle of the run."""
+    if choice not in ("auto", "gpu"):
+        raise UsageError(f"--device {choice!r}: use auto, cpu or gpu")
+    missing = [backend for backend in BACKENDS if gpus[backend] is None]
+    if not missing:
+        return "gpu"
+    if choice == "auto" and len(missing) == len(BACKENDS):
+        return "cpu"
+    seen = "; ".join(f"{backend} sees {gpus[backend] or 'no GPU'}" for backend in BACKENDS)
+    fixes = "; ".join(f"{backend}: {gpu_install(backend)}" for backend in missing)
+    refuse = "both must run on the same kind of device" if choice == "auto" else "every backend must see a GPU"
+    raise UsageError(f"--device {choice}: {seen}; {refuse}. Install the GPU build ({fixes}), or pass --device cpu")
 
 
 def one_ulp_weights(source: Path, destination: Path, seed: int) -> Path:
@@ -158,7 +214,7 @@ def run_worker(backend: str, job: WorkerJob, out: Path, label: str | None = None
     status = StatusLine(label, sys.stdout)
     status.show("starting")
     environment = importlib.import_module(f"{backend}_impl.environment")  # framework-free
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **environment.process_environment(devices)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **environment.process_environment(devices, job.device)}
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as process:
         try:
             for line in process.stdout:

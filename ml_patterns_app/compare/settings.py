@@ -57,6 +57,9 @@ class CompareSettings:
     # Reruns of the reference from the initial weights one ulp off, each with its own sign seed: the
     # verdict's floor is the largest of their divergences (ml_patterns.verdict; at least 3).
     floor_runs: int = ENSEMBLE_SIZE
+    # The trainers' precision (ml_patterns.precision). No command-line flag yet: the verdict's noise
+    # floor is float32's, and a bf16-mixed run needs one measured in bfloat16 (docs/PRECISION.md).
+    precision: str = "float32"
 
     def train_sampler(self, train) -> BatchSampler:
         """The sampler both backends' training loaders draw from (``make_loader`` builds the same)."""
@@ -126,14 +129,13 @@ class WorkerJob:
 
 @dataclasses.dataclass(frozen=True)
 class WorkerResult:
-    """What one worker reports back (``report`` reads it): its history and every step's loss and
-    wall time, the padded length of each step, its test metrics, device, versions and peak memory.
+    """What one worker reports back (``report`` reads it): its history, every step's loss, each
+    epoch's time (one host sync per epoch: no step is waited for) and the programs compiled by its
+    end, its test metrics, device, versions and peak memory.
     Written by the worker as JSON (``to_json``), read by the parent (``from_json``), which adds
     ``machine_load`` (what else ran meanwhile)."""
 
     history: dict  # History.as_dict(): "epoch", "train_loss", "val_loss" lists
-    step_times: list  # [epoch][step] seconds, each step's result waited for
-    step_lengths: list  # [epoch][step] the padded length of the step's batch
     steps_per_epoch: int
     samples_per_epoch: int
     peak_memory_bytes: int
@@ -141,6 +143,8 @@ class WorkerResult:
     devices: int = 1
     step_losses: list = dataclasses.field(default_factory=list)
     epoch_times: list = dataclasses.field(default_factory=list)  # [{"epoch", "train_s", "val_s"}]
+    # [epoch] programs compiled for the steps by the epoch's end (None: the backend compiles nothing)
+    epoch_compilations: list = dataclasses.field(default_factory=list)
     load_during: list = dataclasses.field(default_factory=list)  # 1-minute load average at each epoch's end
     machine_load: dict = dataclasses.field(default_factory=dict)
     cpus: dict = dataclasses.field(default_factory=dict)  # restrict_cpus's record

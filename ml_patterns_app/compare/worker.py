@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from ml_patterns.callbacks import Callback
-from ml_patterns.collate import padded_length
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.distributed import shard_rows
 from ml_patterns.machine import cpu_count, restrict_cpus
@@ -92,26 +91,18 @@ class StepLosses(Callback):
         self._pending = []
 
 
-class StepTimes(Callback):
-    """Every train step's wall time, its result waited for (JAX dispatches ahead otherwise), and the
-    load average at each epoch's end: the raw material of the steady-state figures (``report``)."""
+class EpochRecord(Callback):
+    """At each epoch's end: the programs compiled for the steps so far (an epoch that compiled
+    nothing new is at steady state) and the 1-minute load average. The epoch's time is the
+    trainer's own (``epoch_times``), ended by the epoch's one host sync: no step is waited for, so
+    the device runs at its own pace, the host queueing ahead (``report.steady_state``)."""
 
-    def __init__(self, runtime, device):
-        self.runtime, self.device = runtime, device
-        self.times: list[list[float]] = []
+    def __init__(self):
+        self.compilations: list[int | None] = []
         self.load: list[float] = []
 
-    def on_epoch_start(self, epoch: int, trainer) -> None:
-        self.times.append([])
-        self._last = time.perf_counter()
-
-    def on_batch_end(self, batch_idx: int, trainer, loss) -> None:
-        self.runtime.wait(self.device, loss)
-        now = time.perf_counter()
-        self.times[-1].append(now - self._last)
-        self._last = now
-
     def on_epoch_end(self, epoch: int, trainer, metrics) -> None:
+        self.compilations.append(trainer.compilations())
         self.load.append(os.getloadavg()[0])
 
 
@@ -165,11 +156,6 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
     padding = padding_utilization(
         sampler, lengths, buckets=buckets, max_length=buckets[-1], epochs=epochs, rows=computed
     )
-    # The padded length of every train step, for steady-state times per batch shape.
-    step_lengths = [
-        [padded_length(int(min(lengths[b].max(), buckets[-1])), None, buckets) for b in sampler.batches(epoch)]
-        for epoch in epochs
-    ]
 
     weights = Path(job.weights)
     if job.write_weights:  # the first worker: the one set of initial weights, for every backend
@@ -183,7 +169,7 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
     main = distributed is None or distributed.is_main
     runtime.reset_peak_memory(device)
     step_losses = StepLosses()
-    timer = StepTimes(runtime, device)
+    timer = EpochRecord()
     trainer = impl.training.Trainer(
         model,
         settings.optimizer(steps * settings.epochs),
@@ -192,6 +178,7 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         batch_transform=transform,
         distributed=distributed,
         pad_batches_to=pad_rows,
+        precision=settings.precision,
     )
     # Everything alive now (the frameworks, the model, the data) lives until the worker exits: moved
     # out of the collector's generations, it is not rescanned by the collections JAX's tracing sets
@@ -208,8 +195,7 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         history=trainer.history.as_dict(),
         step_losses=step_losses.losses,
         epoch_times=trainer.epoch_times,
-        step_times=timer.times,
-        step_lengths=step_lengths,
+        epoch_compilations=timer.compilations,
         load_during=timer.load,
         padding={"sampler": type(sampler).__name__, "buckets": list(buckets), "pad_batches_to": pad_rows, **padding},
         steps_per_epoch=steps,
@@ -278,7 +264,17 @@ def test_metrics(runtime, model, device, config: ModelConfig, loader) -> dict[st
     return metrics
 
 
+def probe(backend: str) -> dict:
+    """What ``backend`` sees on this machine: ``{"gpu": the first GPU's name, or None}``."""
+    runtime = importlib.import_module(f"{backend}_impl.runtime")
+    gpu = runtime.device("gpu")
+    return {"gpu": None if gpu is None else runtime.describe(gpu)["device"]["name"]}
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--probe":  # the parent's device check (runner.resolve_device)
+        print(json.dumps(probe(sys.argv[2])))
+        sys.exit(0)
     if len(sys.argv) != 4:
         raise SystemExit(
             "usage: python -m ml_patterns_app.compare.worker BACKEND JOB_JSON OUT (run `ml-patterns compare` instead)"

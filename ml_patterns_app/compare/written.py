@@ -1,5 +1,11 @@
 """``ml-patterns compare``'s report on disk: ``results.json``, ``report.md`` and its three plots,
-written from the report ``report.build_report`` makes."""
+written from the report ``report.build_report`` makes.
+
+The report folder is marked as one (``ml_patterns.outputs``): ``--out`` may name a new or empty
+folder or an earlier report, never a folder of other files, the dataset being read (or a folder
+holding it), nor the working directory; ``check_report_destination`` refuses the others before any
+training, so no run's time is spent on a report that could not be written.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +17,28 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ml_patterns.io import atomic_write_bytes, atomic_write_text, staged_directory
+from ml_patterns.outputs import MARKER, check_output, foreign_output, mark_output
 from ml_patterns_app.compare.report import format_summary, judge_steps
 from ml_patterns_app.compare.settings import BACKENDS, LABELS
 from ml_patterns_app.figures import drift_figure
 
 FILES = ("report.md", "results.json", "loss_curves.png", "drift.png", "speed.png")
+KIND = "compare report"
 
 
-def write_report(report: dict, out: Path) -> None:
+def check_report_destination(out: Path, data: Path) -> None:
+    """Raises ``DestinationError`` (one line saying why) unless ``write_report`` may replace ``out``."""
+    check_output(out, KIND, protect=(data,), recognise=_report_files_only)
+
+
+def write_report(report: dict, out: Path, data: Path | None = None) -> None:
     """Writes ``FILES`` into ``out``, replacing it as a whole and only once all are written: an
-    interruption (Ctrl-C, a crash) leaves the previous report, never half of a new one."""
-    with staged_directory(out, overwrite=True) as staging:
+    interruption (Ctrl-C, a crash, a full disk) leaves the previous report, never half of a new one.
+    ``out`` is checked again as ``check_report_destination`` does (``data``: the dataset read)."""
+    protect = () if data is None else (data,)
+    foreign = foreign_output(KIND, _report_files_only)
+    with staged_directory(out, overwrite=True, foreign=foreign, protect=protect) as staging:
+        mark_output(staging, KIND)
         atomic_write_text(staging / "results.json", json.dumps(report, indent=1) + "\n")
         atomic_write_text(staging / "report.md", _markdown(report))
         atomic_write_bytes(staging / "loss_curves.png", _png(_loss_curves(report)))
@@ -30,6 +47,11 @@ def write_report(report: dict, out: Path) -> None:
         figure = drift_figure(losses["torch"], losses["jax"], losses["ensemble"], judged, names=("torch", "jax"))
         atomic_write_bytes(staging / "drift.png", _png(figure))
         atomic_write_bytes(staging / "speed.png", _png(_speed_bars(report)))
+
+
+def _report_files_only(folder: Path) -> bool:
+    """A report written before report folders were marked: ``FILES`` and nothing else."""
+    return {entry.name for entry in folder.iterdir()} <= {*FILES, MARKER}
 
 
 def _markdown(report: dict) -> str:

@@ -11,7 +11,10 @@
                               optax.adam(1e-3), batches, loss_torch, loss_jax)
     report.plot("drift.png")
 
-Tolerances are the policy's (``ml_patterns.parity``); docs/PORTING.md is the walk-through. Names
+A Flax linen model counts as NNX once wrapped: ``nnx.bridge.ToNNX(linen_module, rngs=nnx.Rngs(0))
+.lazy_init(*inputs)``. A comparison refuses weights that do not correspond, and a report without
+evidence (no rows, parameters left uncompared) fails. Tolerances are the policy's
+(``ml_patterns.parity``); docs/PORTING.md is the walk-through. Names
 are imported on first use, so ``porting.floor`` (numpy only) loads without torch or JAX.
 """
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -31,6 +31,7 @@ def compare_gradients(
     weight_map: WeightMap | None = None,
     rules: Sequence[Rule] = (),
     pairs: Mapping[str, str] | None = None,
+    ignore: Iterable[str] = (),
     tolerance: Tolerance = GRADIENT,
     reference: bool = True,
 ) -> LayerReport:
@@ -47,12 +48,17 @@ def compare_gradients(
     Rows follow the modules' definition order. A gradient bug makes the parameters *before* it (nearer
     the input) differ too, so ``first`` is the differing gradient nearest the loss: the last in order.
     Run ``compare_forward`` first; this localizes backward-only bugs (detach, custom gradients).
+
+    Every NNX parameter's gradient must be compared: a mapping with problems raises ``PortingError``,
+    and a parameter without a compared gradient (not ignored) fails the report, naming it.
     """
-    weight_map = weight_map or map_weights(torch_module, nnx_module, rules=rules, pairs=pairs)
+    weight_map = weight_map or map_weights(torch_module, nnx_module, rules=rules, pairs=pairs, ignore=ignore)
+    weight_map.raise_if_problems()
     torch_loss, torch_grads = _torch_gradients(torch_module, batch, loss_torch, torch.float32)
     truth_loss, truth = _torch_gradients(torch_module, batch, loss_torch, torch.float64) if reference else (None, {})
     nnx_loss, nnx_grads = _nnx_gradients(nnx_module, io.to_jax(batch if nnx_batch is None else nnx_batch), loss_jax)
     rows = [_row("loss", "loss", "loss", torch_loss, nnx_loss, truth_loss, LOSS)]
+    notes: dict[str, list[str]] = {}  # nnx name -> its layer's notes
     for map_row in weight_map.rows:
         names = map_row.torch_names
         if not map_row.ok or not all(name in torch_grads for name in names):
@@ -65,9 +71,23 @@ def compare_gradients(
             label = f"{', '.join(names)} -> {nnx_name}"
             ref = None if reference_grads is None else reference_grads[i]
             rows.append(_row(label, ", ".join(names), nnx_name, expected[i], nnx_grads[nnx_name], ref, tolerance))
+            notes[nnx_name] = map_row.pair.notes
     failing = [row for row in rows if not row.passed]
     first = failing[-1] if failing else None
-    return LayerReport("gradients", tuple(rows), first, _where(failing))
+    compared = {row.nnx_name for row in rows[1:]}
+    ignored = set(weight_map.ignored)
+    missing = [
+        name
+        for name in nnx_grads
+        if name not in compared and not any(name == i or name.startswith(i + ".") for i in ignored)
+    ]
+    problems = [f"{len(missing)} NNX parameter(s) without a compared gradient: {', '.join(missing)}"] if missing else []
+    problems += [] if compared else ["no parameter gradient was compared (only the loss)"]
+    scope = f"compared the loss and {len(compared)} of {len(nnx_grads)} NNX parameter gradient(s); {weight_map.scope}"
+    where = _where(failing) + "".join(
+        f" Layer note for {row.nnx_name}: {note}." for row in failing for note in notes.get(row.nnx_name, [])
+    )
+    return LayerReport("gradients", tuple(rows), first, where, scope, tuple(problems))
 
 
 def _torch_gradients(module, batch, loss_fn, dtype) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -77,10 +97,10 @@ def _torch_gradients(module, batch, loss_fn, dtype) -> tuple[np.ndarray, dict[st
     loss.backward()
     # An unused parameter has no gradient in torch and a zero one in JAX.
     grads = {
-        name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().numpy()
+        name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().cpu().numpy()
         for name, p in model.named_parameters()
     }
-    return loss.detach().numpy(), grads
+    return loss.detach().cpu().numpy(), grads
 
 
 def _nnx_gradients(module, batch, loss_fn) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -1,51 +1,36 @@
-"""Which torch tensor goes to which NNX variable: walk both module trees, pair their layers, check shapes.
+"""Which torch tensor goes to which NNX variable: pair both modules' layers, check every shape.
 
-Both trees are walked in definition order (torch's ``named_modules``; for NNX, each module's
-attributes in assignment order, since ``nnx.iter_graph`` sorts names). A module that a ``Rule``
-matches is a *unit* (a layer: Linear, LayerNorm, MultiheadAttention...); parameters held directly
-by other modules (``nn.Parameter`` / ``nnx.Param`` attributes) are *loose parameters*. Units pair
-with units of the same rule and loose parameters with loose parameters, in order, whatever their
-names; ``pairs={torch_path: nnx_path}`` overrides the order where the two ports define layers in
-different orders. Every tensor left without a counterpart, and every shape that does not convert,
-is collected, so one error lists them all.
+The trees (``trees``) are paired container by container (``pairing``): layers of the same rule by
+name, then in order; ``pairs={torch_path: nnx_path}`` overrides. Each pair's ``Rule`` lists its
+``TensorMap``s, whose conversions are checked on the shapes. Every tensor left without a
+counterpart, and every shape that does not convert, is collected, so one error lists them all.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from flax import nnx
 
 from ml_patterns.parity import text_table
+from ml_patterns_app.porting.pairing import UnitPair, pair_trees
 from ml_patterns_app.porting.rules import Rule, TensorMap, active_rules
+from ml_patterns_app.porting.trees import (
+    LOOSE,
+    PortingError,
+    Tree,
+    Unit,
+    join,
+    require_nnx,
+    require_torch,
+    walk_nnx,
+    walk_torch,
+)
 
-LOOSE = "parameter"  # the kind of a loose parameter pair
-_GRAPH_NODES = (nnx.Module, getattr(nnx, "Pytree", nnx.Module))  # nnx.Pytree: flax >= 0.11
-
-
-@dataclasses.dataclass
-class Unit:
-    """A layer (``rule`` set) or a loose parameter (``rule`` None) on one side, with its tensors
-    by name relative to ``path`` (torch tensors, or NNX variables)."""
-
-    kind: str
-    path: str
-    module: object
-    rule: Rule | None
-    tensors: dict[str, object]
-
-
-@dataclasses.dataclass
-class Tree:
-    """One side, walked: units and loose parameters in definition order, the modules that are not
-    units (containers, for per-layer comparisons), and tensors no rule can claim (``extra``)."""
-
-    units: list[Unit]
-    containers: list[tuple[str, object]]
-    extra: dict[str, object]
+__all__ = ["LOOSE", "PortingError", "Row", "WeightMap", "map_weights", "read"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,15 +51,6 @@ class Row:
 
 
 @dataclasses.dataclass
-class UnitPair:
-    kind: str
-    torch: Unit
-    nnx: Unit
-    how: str  # "order" or "explicit"
-    notes: list[str]
-
-
-@dataclasses.dataclass
 class WeightMap:
     """The mapping between a torch module and an NNX module (``str()`` is the dry-run table)."""
 
@@ -83,6 +59,18 @@ class WeightMap:
     problems: list[str]
     torch_tree: Tree
     nnx_tree: Tree
+    containers: list[tuple] = dataclasses.field(default_factory=list)  # (torch Node, NNX Node), paired
+    ignored: tuple[str, ...] = ()
+
+    @property
+    def scope(self) -> str:
+        """How much was paired: layers, loose parameters and tensors."""
+        layers = sum(p.kind != LOOSE for p in self.pairs)
+        tensors = sum(len(row.nnx_names) for row in self.rows if row.ok)
+        return (
+            f"{layers} layer(s) and {len(self.pairs) - layers} loose parameter(s) paired, "
+            f"{tensors} NNX tensor(s) mapped" + (f", ignored: {', '.join(self.ignored)}" if self.ignored else "")
+        )
 
     def format_table(self) -> str:
         header = ("torch", "shape", "nnx", "shape", "layout", "status")
@@ -98,14 +86,17 @@ class WeightMap:
                     row.status,
                 )
             )
-        text = [text_table(lines)]
+        text = [text_table(lines), self.scope]
         notes = [
             f"  {p.kind} torch {p.torch.path or '<root>'} / nnx {p.nnx.path or '<root>'}: {note}"
             for p in self.pairs
             for note in p.notes
         ]
         if notes:
-            text += ["hyperparameters that differ (transfer does not change them):", *notes]
+            text += [
+                "layer notes: conventions and hyperparameters that differ (transfer does not change them):",
+                *notes,
+            ]
         if self.problems:
             text += [f"{len(self.problems)} problem(s):", *(f"  - {p}" for p in self.problems)]
         return "\n".join(text)
@@ -123,10 +114,6 @@ class WeightMap:
             )
 
 
-class PortingError(ValueError):
-    """The two modules do not correspond: the message lists every tensor concerned."""
-
-
 def map_weights(
     torch_module: torch.nn.Module,
     nnx_module: nnx.Module,
@@ -140,18 +127,22 @@ def map_weights(
     "to_torch"). Names are dotted paths (``blocks.0.attn.in_proj_weight``, ``blocks.0.attn.query.kernel``)."""
     if direction not in ("to_nnx", "to_torch"):
         raise ValueError(f"direction must be 'to_nnx' or 'to_torch', got {direction!r}")
+    require_torch(torch_module)
+    require_nnx(nnx_module)
     ruleset = active_rules(rules)
     ignore = set(ignore)
     left, right = walk_torch(torch_module, ruleset), walk_nnx(nnx_module, ruleset)
     problems: list[str] = []
-    unit_pairs = _pair_units(left.units, right.units, dict(pairs or {}), problems)
+    skip = {id(u) for u in left.units + right.units if _ignored(u.path, ignore)}
+    pairing = pair_trees(left, right, dict(pairs or {}), _fits, problems, skip)
+    unit_pairs = pairing.units
     rows: list[Row] = []
     used = {"torch": set(), "nnx": set()}
     for pair in unit_pairs:
         rows += _pair_rows(pair, direction, used, ignore, problems)
     every = set()
     for side, tree in (("torch", left), ("nnx", right)):
-        names = {_join(u.path, n): t for u in tree.units for n, t in u.tensors.items()} | tree.extra
+        names = {join(u.path, n): t for u in tree.units for n, t in u.tensors.items()} | tree.extra
         every |= set(names)
         for name, tensor in names.items():
             if name not in used[side] and not _ignored(name, ignore):
@@ -159,108 +150,19 @@ def map_weights(
     for entry in sorted(ignore):
         if not any(_ignored(name, {entry}) for name in every):
             problems.append(f"ignore entry {entry!r} names no tensor of either module")
-    return WeightMap(unit_pairs, rows, problems, left, right)
+    return WeightMap(unit_pairs, rows, problems, left, right, pairing.nodes, tuple(sorted(ignore)))
 
 
-def walk_torch(module: torch.nn.Module, rules: Sequence[Rule]) -> Tree:
-    units, containers, extra, inside = [], [], {}, []
-    for path, sub in module.named_modules():  # pre-order, in registration order
-        if any(prefix == "" or path.startswith(prefix + ".") for prefix in inside):
-            continue
-        rule = next((r for r in rules if isinstance(sub, r.torch_types)), None)
-        if rule is not None:
-            inside.append(path)
-            units.append(Unit(rule.name, path, sub, rule, dict(sub.state_dict(keep_vars=True))))
-            continue
-        containers.append((path, sub))
-        for name, param in sub._parameters.items():
-            if param is not None:
-                units.append(Unit(LOOSE, _join(path, name), sub, None, {"": param}))
-        for name, buffer in sub._buffers.items():
-            if buffer is not None and name not in sub._non_persistent_buffers_set:
-                extra[_join(path, name)] = buffer
-    return Tree(units, containers, extra)
-
-
-def walk_nnx(module: nnx.Module, rules: Sequence[Rule]) -> Tree:
-    tree, seen = Tree([], [], {}), set()
-
-    def visit(path: str, node, parent) -> None:
-        if isinstance(node, nnx.Variable):
-            if isinstance(node, nnx.Param):
-                tree.units.append(Unit(LOOSE, path, parent, None, {"": node}))
-            elif not isinstance(node, nnx.RngState):
-                tree.extra[path] = node
-            return
-        if isinstance(node, nnx.Module):
-            if id(node) in seen:
-                return
-            seen.add(id(node))
-            rule = next((r for r in rules if isinstance(node, r.nnx_types)), None)
-            if rule is not None:
-                tree.units.append(Unit(rule.name, path, node, rule, dict(nnx_variables(node))))
-                return
-            tree.containers.append((path, node))
-            parent = node
-        for name, value in _attributes(node):
-            visit(_join(path, name), value, parent)
-
-    visit("", module, module)
-    return tree
-
-
-def nnx_variables(node, prefix: str = "") -> Iterator[tuple[str, nnx.Variable]]:
-    """Every variable under ``node`` except RNG state, by dotted path, in definition order."""
-    for name, value in _attributes(node):
-        path = _join(prefix, name)
-        if isinstance(value, nnx.Variable):
-            if not isinstance(value, nnx.RngState):
-                yield path, value
-        else:
-            yield from nnx_variables(value, path)
-
-
-def _attributes(node) -> list[tuple[str, object]]:
-    if isinstance(node, dict):
-        return [(str(k), v) for k, v in node.items()]
-    if isinstance(node, (list, tuple)):
-        return [(str(i), v) for i, v in enumerate(node)]
-    if isinstance(node, _GRAPH_NODES):
-        return [(k, v) for k, v in vars(node).items() if not k.startswith("_pytree__") and k != "_length"]
-    return []
-
-
-def _pair_units(left: list[Unit], right: list[Unit], explicit: dict[str, str], problems: list[str]) -> list[UnitPair]:
-    pairs = []
-    by_path = {("torch", u.path): u for u in left} | {("nnx", u.path): u for u in right}
-    taken: set[int] = set()
-    for torch_path, nnx_path in explicit.items():
-        t, n = by_path.get(("torch", torch_path)), by_path.get(("nnx", nnx_path))
-        if t is None or n is None:
-            missing = f"torch {torch_path!r}" if t is None else f"nnx {nnx_path!r}"
-            problems.append(f"pairs: {missing} is not a layer or loose parameter of its module")
-            continue
-        if t.kind != n.kind:
-            problems.append(f"pairs: torch {torch_path} is a {t.kind}, nnx {nnx_path} a {n.kind}")
-        taken |= {id(t), id(n)}
-        pairs.append(UnitPair(t.kind, t, n, "explicit", _notes(t, n)))
-    kinds = dict.fromkeys(u.kind for u in left + right)
-    for kind in kinds:
-        ts = [u for u in left if u.kind == kind and id(u) not in taken]
-        ns = [u for u in right if u.kind == kind and id(u) not in taken]
-        pairs += [UnitPair(kind, t, n, "order", _notes(t, n)) for t, n in zip(ts, ns)]
-        if len(ts) != len(ns):
-            side, rest = ("torch", ts[len(ns) :]) if len(ts) > len(ns) else ("nnx", ns[len(ts) :])
-            problems.append(
-                f"{len(ts)} {kind} in torch, {len(ns)} in nnx; {side} {kind} without a counterpart: "
-                + ", ".join(u.path or "<root>" for u in rest)
-            )
-    order = {id(u): i for i, u in enumerate(left)}
-    return sorted(pairs, key=lambda p: order[id(p.torch)])
-
-
-def _notes(t: Unit, n: Unit) -> list[str]:
-    return t.rule.notes(t.module, n.module) if t.rule is not None and t.rule is n.rule else []
+def _fits(t: Unit, n: Unit) -> bool:
+    """Whether every tensor of ``t`` converts to ``n``'s shapes: pairing in order skips what does not."""
+    maps = t.rule.tensors(t.module, n.module) if t.rule is not None else [TensorMap(("",), ("",))]
+    for tensor_map in maps:
+        sources = [t.tensors.get(name) for name in tensor_map.torch]
+        targets = [n.tensors.get(name) for name in tensor_map.nnx]
+        status = _status(tensor_map, tensor_map.torch, tensor_map.nnx, sources, targets, "to_nnx")
+        if status != "ok" and not status.startswith("skipped"):
+            return False
+    return True
 
 
 def _pair_rows(pair: UnitPair, direction: str, used: dict, ignore: set[str], problems: list[str]) -> list[Row]:
@@ -268,8 +170,8 @@ def _pair_rows(pair: UnitPair, direction: str, used: dict, ignore: set[str], pro
     maps = t.rule.tensors(t.module, n.module) if t.rule is not None else [TensorMap(("",), ("",))]
     rows = []
     for tensor_map in maps:
-        torch_names = tuple(_join(t.path, name) for name in tensor_map.torch)
-        nnx_names = tuple(_join(n.path, name) for name in tensor_map.nnx)
+        torch_names = tuple(join(t.path, name) for name in tensor_map.torch)
+        nnx_names = tuple(join(n.path, name) for name in tensor_map.nnx)
         if any(_ignored(name, ignore) for name in torch_names + nnx_names):
             continue
         sources = [t.tensors.get(name) for name in tensor_map.torch]
@@ -328,7 +230,3 @@ def _shape(tensor) -> tuple[int, ...]:
 
 def _shapes(shapes: Sequence[tuple[int, ...]]) -> str:
     return ", ".join("[" + ", ".join(map(str, s)) + "]" for s in shapes) or "-"
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix and name else prefix or name

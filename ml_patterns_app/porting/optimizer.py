@@ -17,6 +17,7 @@ import torch
 
 from ml_patterns.parity import GRADIENT, Tolerance
 from ml_patterns_app.porting.report import LayerReport, Row, compare_values
+from ml_patterns_app.porting.settings import differences
 
 
 def compare_optimizers(
@@ -33,8 +34,12 @@ def compare_optimizers(
     the parameters after each step; ``reference`` adds a float64 torch run for the bounded fallback.
 
     A step is one deterministic call on identical inputs, so the per-entry tolerance is the
-    gradients' (default). ``first`` is the earliest differing parameter.
+    gradients' (default). ``first`` is the earliest differing parameter. For Adam and AdamW, the
+    hyperparameters that differ (learning rate, betas, eps and where it goes, weight decay and how it
+    applies) are named with the optax call that matches torch, when both can be read (``settings``).
     """
+    if not shapes or steps < 1 or any(0 in tuple(shape) for shape in shapes):
+        raise ValueError(f"compare_optimizers needs parameters and steps to compare: shapes={shapes!r}, steps={steps}")
     rng = np.random.default_rng(seed)
     params = [rng.normal(size=shape).astype(np.float32) for shape in shapes]
     grads = [
@@ -69,14 +74,19 @@ def compare_optimizers(
                 )
             )
     first = next((row for row in rows if not row.passed), None)
+    found, fix = differences(torch_optimizer([torch.nn.Parameter(torch.zeros(1))]), optax_optimizer)
+    settings = f" Hyperparameters that differ: {'; '.join(found)}. To match torch: {fix}." if found else ""
     where = (
-        "The optimizers agree."
+        "The optimizers agree." + settings
         if first is None
+        else f"The optimizers differ from {first.label} on, with identical gradients." + settings
+        if found
         else f"The optimizers differ from {first.label} on, with identical gradients: compare their "
         "hyperparameters and formulas (epsilon inside or outside the square root, bias correction, "
         "weight decay coupled or decoupled, defaults that differ)."
     )
-    return LayerReport("optimizer", tuple(rows), first, where)
+    scope = f"compared {len(params)} parameter(s) of shapes {[list(p.shape) for p in params]} over {steps} step(s)"
+    return LayerReport("optimizer", tuple(rows), first, where, scope)
 
 
 def _torch_steps(make_optimizer, params, grads, dtype) -> list[list[np.ndarray]]:
@@ -87,7 +97,7 @@ def _torch_steps(make_optimizer, params, grads, dtype) -> list[list[np.ndarray]]
         for tensor, grad in zip(tensors, step_grads):
             tensor.grad = torch.from_numpy(grad).to(dtype)
         optimizer.step()
-        history.append([t.detach().numpy().copy() for t in tensors])
+        history.append([t.detach().cpu().numpy().copy() for t in tensors])
     return history
 
 

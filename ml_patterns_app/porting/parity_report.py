@@ -171,6 +171,7 @@ def run(data: Path, config_file: Path | None = None, batch_size: int = 16, seed:
     """The ``parity`` subcommand: one report per architecture; 0 if every row passed, 1 otherwise."""
     for runtime in (torch_impl.runtime, jax_impl.runtime):
         runtime.set_precision("float32")  # the parity policy: full float32 on both sides
+    jax.config.update("jax_default_device", jax_impl.runtime.device("cpu"))  # where torch's models are built
     manifest = read_manifest(data)
     overrides = read_overrides(config_file) if config_file else {}
     architectures = [overrides.pop("architecture")] if "architecture" in overrides else list(ARCHITECTURES)

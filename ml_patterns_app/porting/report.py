@@ -65,20 +65,33 @@ def format_rows(rows: list[Row], first: Row | None = None) -> str:
 @dataclasses.dataclass(frozen=True)
 class LayerReport:
     """Rows in order (forward: execution order; gradients: definition order), the row that names the
-    divergence (``first``; None when every row passes) and a sentence saying where to look."""
+    divergence (``first``; None when every row passes) and a sentence saying where to look.
 
-    kind: str  # "forward" or "gradients"
+    ``scope`` says how much was compared; ``problems`` are reasons the comparison proves nothing (no
+    row at all, parameters left out): with any, or without rows, the report fails, whatever the rows."""
+
+    kind: str  # "forward", "gradients" or "optimizer"
     rows: tuple[Row, ...]
     first: Row | None
     where: str
+    scope: str = ""
+    problems: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
-        return all(row.passed for row in self.rows)
+        return bool(self.rows) and not self.problems and all(row.passed for row in self.rows)
 
     def format_table(self) -> str:
-        verdict = "agree" if self.passed else f"DIVERGE at {self.first.label} ({self.first.what})"
-        return f"{self.kind}: {verdict}\n{format_rows(list(self.rows), self.first)}\n{self.where}"
+        if self.first is not None:
+            verdict = f"DIVERGE at {self.first.label} ({self.first.what})"
+        elif not self.passed:
+            verdict = "FAIL: " + ("; ".join(self.problems) or "nothing was compared")
+        else:
+            verdict = "agree"
+        text = [f"{self.kind}: {verdict}", format_rows(list(self.rows), self.first)]
+        text += [self.scope] if self.scope else []
+        text += [f"  - {problem}" for problem in self.problems] if self.first is not None else []
+        return "\n".join([*text, self.where])
 
     __str__ = format_table
 

@@ -143,6 +143,20 @@ def _rms_notes(t, n) -> list[str]:
     return _differs("epsilon", eps, n.epsilon)
 
 
+def _embedding_notes(t, n) -> list[str]:
+    notes = []
+    if t.padding_idx is not None:
+        notes.append(
+            f"padding_idx={t.padding_idx}: torch gives row {t.padding_idx} no gradient (it keeps its initial value), "
+            f"nnx.Embed trains it: zero that row's gradient on the NNX side (or keep the pad token out of the loss)"
+        )
+    if t.max_norm is not None:
+        notes.append(f"max_norm={t.max_norm}: torch renormalizes the rows it looks up, in place; nnx.Embed does not")
+    if t.scale_grad_by_freq:
+        notes.append("scale_grad_by_freq=True: torch scales each row's gradient by its frequency in the batch")
+    return notes
+
+
 def _batchnorm(t, n) -> list[TensorMap]:
     stats = [TensorMap(("running_mean",), ("mean",)), TensorMap(("running_var",), ("var",))]
     stats = stats if t.track_running_stats else []
@@ -220,7 +234,13 @@ def _mha_notes(t, n) -> list[str]:
 
 BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("Linear", torch.nn.Linear, nnx.Linear, _linear),
-    Rule("Embedding", torch.nn.Embedding, nnx.Embed, lambda t, n: [TensorMap(("weight",), ("embedding",))]),
+    Rule(
+        "Embedding",
+        torch.nn.Embedding,
+        nnx.Embed,
+        lambda t, n: [TensorMap(("weight",), ("embedding",))],
+        _embedding_notes,
+    ),
     Rule("LayerNorm", torch.nn.LayerNorm, nnx.LayerNorm, _scale_bias, _norm_notes),
     Rule("RMSNorm", torch.nn.RMSNorm, nnx.RMSNorm, _scale_bias, _rms_notes),
     Rule("GroupNorm", torch.nn.GroupNorm, nnx.GroupNorm, _scale_bias, _norm_notes, channels_first=True),

@@ -158,7 +158,7 @@ def _train_torch(
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())  # no .item() per step: one sync at the end
-    return torch.stack(losses).numpy().astype(np.float64)
+    return torch.stack(losses).detach().cpu().numpy().astype(np.float64)
 
 
 def _train_nnx(module, tx, batches, loss_fn) -> np.ndarray:

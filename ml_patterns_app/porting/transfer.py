@@ -25,20 +25,22 @@ def transfer_weights(
 ) -> WeightMap:
     """Fills ``nnx_module`` from ``torch_module`` (``direction="to_nnx"``) or the reverse ("to_torch").
 
-    Layers pair by type and definition order (see ``mapping``); each tensor is converted to the
-    other side's layout (Linear kernels transposed, conv kernels OIHW <-> HWIO, attention in_proj
+    Layers pair container by container, by name, then by type and definition order (see ``pairing``;
+    a linen model wrapped with ``nnx.bridge.ToNNX`` pairs the same way, see ``linen``); each tensor
+    is converted to the other side's layout (Linear kernels transposed, conv kernels OIHW <-> HWIO, attention in_proj
     split into q/k/v ``[E, H, hd]`` kernels...) and cast to the target's dtype. Hyperparameters
     (epsilon, BatchNorm momentum) are not changed: the table lists those that differ.
 
     Args:
         rules: ``Rule``s for custom layers, tried before the registered and built-in ones.
-        pairs: ``{torch_path: nnx_path}`` for layers that the two ports define in different orders.
+        pairs: ``{torch_path: nnx_path}`` for layers or containers that the two ports define in
+            different orders under different names.
         ignore: torch or NNX names (tensors, or module paths: everything below) to leave alone.
         dry_run: only build and return the mapping (``print(result)`` shows the table), even when
             it has problems; nothing is written.
 
-    Returns the ``WeightMap``. Raises ``PortingError`` listing every unmatched or mismatched tensor;
-    nothing is written then.
+    Returns the ``WeightMap``. Raises ``PortingError`` listing every unmatched or mismatched tensor
+    (nothing is written then), or saying how to get an NNX module from what was passed.
     """
     weight_map = map_weights(torch_module, nnx_module, rules=rules, pairs=pairs, ignore=ignore, direction=direction)
     if dry_run:

@@ -218,9 +218,14 @@ class RegressionHead(nn.Module):
         return self.out(hidden)[:, 0]
 
     def loss(self, prediction: torch.Tensor, batch: dict) -> torch.Tensor:
-        return torch.mean((prediction - batch["labels"][self.label]) ** 2)
+        """Mean squared error over the rows whose label is present; 0.0 (zero gradients) if none is."""
+        total, count = self.loss_sums(prediction, batch, torch.ones(prediction.shape, device=prediction.device))
+        return total / torch.where(count > 0, count, torch.ones_like(count))
 
     def loss_sums(self, prediction: torch.Tensor, batch: dict, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        present = batch.get("label_mask")  # {task: bool [B]}: a missing label's row scores nothing
+        if present is not None:
+            weight = weight * present[self.label].to(weight.dtype)
         return (weight * (prediction - batch["labels"][self.label]) ** 2).sum(), weight.sum()
 
 

@@ -1,0 +1,213 @@
+"""The measurements behind ``gpu_check``, each on a device given (a GPU, or the CPU for its dry run),
+on a small molecule model: host syncs in a step, the attention kernel, a matmul under a precision
+policy, a resumed run against the uninterrupted one."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+import jax_impl.data
+import jax_impl.molecules.models
+import jax_impl.runtime
+import jax_impl.training
+import torch_impl.data
+import torch_impl.molecules.models
+import torch_impl.runtime
+import torch_impl.training
+from ml_patterns import parity
+from ml_patterns.data import LazyDataset, Subset
+from ml_patterns.molecules.batches import BatchPreparer
+from ml_patterns.molecules.config import ModelConfig
+from ml_patterns.optim import OptimizerConfig
+
+IMPLS = {"torch": torch_impl, "jax": jax_impl}
+OPTIMIZER = OptimizerConfig("adamw", learning_rate=1e-3, weight_decay=0.01)
+MOLECULES, BATCH = 64, 16
+# Tensor methods that read a value on the host: each a sync on a GPU (the CPU analogue's guard).
+HOST_READS = ("item", "__bool__", "tolist", "cpu", "numpy")
+
+
+def small_trainer(framework: str, data: Path, manifest: dict, device, dropout: float = 0.0):
+    """``(trainer, loader)``: a small multi-task model on ``device``, 64 training molecules in batches of 16."""
+    impl = IMPLS[framework]
+    config = ModelConfig.from_manifest(
+        manifest, d_model=32, n_heads=2, n_layers=1, d_ff=64, max_len=64, dropout=dropout, seed=1
+    )
+    torch.manual_seed(0)  # torch's dropout draws from the global generators
+    trainer = impl.training.Trainer(
+        impl.molecules.models.build_model(config), OPTIMIZER, device=device, batch_transform=BatchPreparer(config)
+    )
+    molecules = Subset(LazyDataset(data, split="train"), range(MOLECULES))
+    return trainer, impl.data.make_loader(molecules, BATCH, seed=3, buckets=(32, 64))
+
+
+def torch_step_syncs(data: Path, manifest: dict, device: torch.device) -> str | None:
+    """None when a torch epoch's steps (after a warm-up epoch) made no host sync, else what synced.
+    On a GPU: ``torch.cuda.set_sync_debug_mode("error")`` around each step; on the CPU, where nothing
+    syncs, the analogue: the Tensor methods that read a value on the host made to raise."""
+    trainer, loader = small_trainer("torch", data, manifest, device)
+    trainer.fit(loader, num_epochs=1)
+    step = trainer._train_step
+    guard = _cuda_sync_errors if device.type == "cuda" else _host_reads_raise
+
+    def guarded(batch):
+        with guard():
+            return step(batch)
+
+    trainer._train_step = guarded
+    try:
+        trainer.fit(loader, num_epochs=2)
+    except RuntimeError as error:
+        return str(error).splitlines()[0]
+    return None
+
+
+@contextlib.contextmanager
+def _cuda_sync_errors() -> Iterator[None]:
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@contextlib.contextmanager
+def _host_reads_raise() -> Iterator[None]:
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def refuse(name):
+        def raising(self, *args, **kwargs):
+            raise RuntimeError(f"Tensor.{name} inside the training step: a host sync on a GPU")
+
+        return raising
+
+    for name in HOST_READS:
+        setattr(torch.Tensor, name, refuse(name))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+def jax_epoch_transfers(data: Path, manifest: dict, device: jax.Device) -> str | None:
+    """None when a JAX epoch after warm-up ran under ``jax.transfer_guard("disallow")`` (only the
+    trainer's explicit ``device_put``/``device_get`` move data), else the refused transfer."""
+    trainer, loader = small_trainer("jax", data, manifest, device)
+    trainer.fit(loader, num_epochs=1)
+    try:
+        with jax.transfer_guard("disallow"):
+            trainer.fit(loader, num_epochs=2)
+    except Exception as error:  # jax raises its runtime error type for a refused transfer
+        return f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    return None
+
+
+def attention_kernels(data: Path, manifest: dict, device: torch.device) -> list[str]:
+    """The scaled-dot-product-attention ops torch dispatched in one training loss and its backward
+    on ``device`` (e.g. ``aten::_scaled_dot_product_efficient_attention``), from its profiler."""
+    trainer, loader = small_trainer("torch", data, manifest, device)
+    host = trainer.batch_transform(next(iter(loader)), 0, 0, train=True)
+    batch = torch_impl.training.to_device(host, device)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        trainer.model.compute_loss(batch).backward()
+        torch_impl.runtime.wait(device)
+    names = {event.key for event in profile.key_averages()}
+    return sorted(name for name in names if "scaled_dot_product" in name or "attention" in name.lower())
+
+
+def matmul_under(framework: str, policy: str, device, kind: str) -> dict:
+    """A float32 matmul under ``policy``: its largest error against float64 over 1024-long dot
+    products, relative to ``|a| @ |b|`` (the scale a dot product's rounding error grows with: about
+    float32's 6e-8 for float32 arithmetic, TF32's 5e-4 where TF32 ran), and the GFLOP/s of a large
+    one (8192 on a GPU, 1024 on the CPU)."""
+    rng = np.random.default_rng(0)
+    small = [rng.standard_normal((256, 1024), dtype=np.float32), rng.standard_normal((1024, 256), dtype=np.float32)]
+    reference = small[0].astype(np.float64) @ small[1].astype(np.float64)
+    scale = np.abs(small[0].astype(np.float64)) @ np.abs(small[1].astype(np.float64))
+    n = 8192 if kind == "gpu" else 1024
+    large = [rng.standard_normal((n, n), dtype=np.float32) for _ in range(2)]
+    runtime = {"torch": torch_impl.runtime, "jax": jax_impl.runtime}[framework]
+    with runtime.precision_policy(policy):
+        if framework == "torch":
+            a, b = (torch.from_numpy(x).to(device) for x in small)
+            product = (a @ b).cpu().numpy()
+            x, y = (torch.from_numpy(m).to(device) for m in large)
+
+            def call():
+                return x @ y
+
+        else:
+            matmul = jax.jit(jnp.matmul)  # traced under the policy in force
+            a, b = jax.device_put(small, device)
+            product = np.asarray(matmul(a, b))
+            x, y = jax.device_put(large, device)
+
+            def call():
+                return matmul(x, y)
+
+        seconds = _median_seconds(call, lambda value: runtime.wait(device, value))
+    error = np.abs(product - reference) / scale
+    return {"max_rel_error": float(error.max()), "gflops": 2 * n**3 / seconds / 1e9, "size": n}
+
+
+def _median_seconds(call, wait, repeats: int = 5) -> float:
+    wait(call())  # compiled, kernels loaded
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        wait(call())
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def resume_against_uninterrupted(framework: str, data: Path, manifest: dict, device, kind: str) -> dict:
+    """Two epochs straight against one, a checkpoint, a new trainer loading it and the second
+    epoch (dropout on, so the saved RNG matters): ``{"bit_exact", "max_rel_diff",
+    "within_tolerance"`` (the training-history tolerance of ``kind``), ``"state_on_device"}``
+    (the resumed optimizer state where the step reads it)."""
+    straight, loader = small_trainer(framework, data, manifest, device, dropout=0.1)
+    expected = straight.fit(loader, num_epochs=2)["train_loss"]
+    first, loader = small_trainer(framework, data, manifest, device, dropout=0.1)
+    first.fit(loader, num_epochs=1)
+    with tempfile.TemporaryDirectory() as scratch:
+        first.save_checkpoint(Path(scratch) / "checkpoint")
+        resumed, loader = small_trainer(framework, data, manifest, device, dropout=0.1)
+        resumed.load_checkpoint(Path(scratch) / "checkpoint")
+    got = resumed.fit(loader, num_epochs=2)["train_loss"]
+    diff = max(abs(a - b) / max(abs(a), 1e-30) for a, b in zip(expected, got, strict=True))
+    tolerance = parity.tolerance("history", kind)
+    return {
+        "bit_exact": expected == got,
+        "max_rel_diff": diff,
+        "within_tolerance": all(
+            abs(a - b) <= tolerance.atol + tolerance.rtol * abs(a) for a, b in zip(expected, got, strict=True)
+        ),
+        "state_on_device": _optimizer_state_on_device(framework, resumed, device),
+        "losses": {"uninterrupted": expected, "resumed": got},
+    }
+
+
+def _optimizer_state_on_device(framework: str, trainer, device) -> bool:
+    if framework == "jax":
+        return all(leaf.devices() == {device} for leaf in jax.tree.leaves(trainer.state))
+    optimizer = trainer.optimizer.optimizer
+    (group,) = optimizer.param_groups
+    for parameter in group["params"]:
+        for key, value in optimizer.state[parameter].items():
+            where = torch_impl.training.adam_step_device(group, parameter) if key == "step" else parameter.device
+            if torch.is_tensor(value) and value.device != where:
+                return False
+    return True
