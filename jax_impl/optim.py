@@ -59,6 +59,43 @@ def scale_by_adam(b1: float, b2: float, eps: float) -> optax.GradientTransformat
     return optax.GradientTransformation(optax.scale_by_adam(b1=b1, b2=b2, eps=eps).init, update_fn)
 
 
+def decay_then_step(learning_rate: optax.Schedule, weight_decay: float) -> optax.GradientTransformation:
+    """The last stage of AdamW, rounded as torch's: the weight first multiplied by ``1 - lr * wd``,
+    then the step ``-lr * update`` added, each rounded to float32.
+
+    torch's AdamW (fused, foreach and single-tensor alike) computes ``p * (1 - lr*wd)`` and then adds
+    the step: two roundings at the weight's scale per update. optax's ``add_decayed_weights`` then
+    ``scale_by_learning_rate`` compute ``-lr * (update + wd * p)`` and round ``p + that`` once: the
+    same in exact arithmetic, a systematic difference of up to an ulp of the weight every step in
+    float32, which training carries forward (the main difference ``ml-patterns compare`` measured
+    between the two backends; docs/PARITY.md). optax applies ``p + u`` (``optax.apply_updates``), so
+    the update returned is ``new - p`` with ``new`` torch's new weight: the difference of two floats
+    within a factor 2 of each other is exact (Sterbenz), and ``p + (new - p)`` is ``new`` again, bit
+    for bit, unless the step is larger than the weight itself (then within an ulp of ``new``).
+
+    The state is optax's ``ScaleByScheduleState(count)``, as ``scale_by_learning_rate``'s: the schedule
+    resumes from a checkpoint's step count. Needs ``params``.
+    """
+
+    def init_fn(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("decay_then_step needs the parameters: call update(grads, state, params)")
+        lr = learning_rate(state.count)
+        keep = 1.0 - lr * weight_decay
+
+        def step(update, param):
+            decayed = param * jnp.asarray(keep, param.dtype)
+            return (decayed - jnp.asarray(lr * update, param.dtype)) - param
+
+        return jax.tree.map(step, updates, params), optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def build_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     """The optax transformation for ``config``; its state counts updates, so the schedule resumes."""
     lr = learning_rate_schedule(config)
@@ -77,12 +114,7 @@ def build_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
             optax.scale_by_learning_rate(lr),
         ]
     else:
-        # Decoupled: -lr * (adam_update + wd * param), which is torch's AdamW.
-        rule = [
-            scale_by_adam(b1, b2, config.eps),
-            optax.add_decayed_weights(config.decay),
-            optax.scale_by_learning_rate(lr),
-        ]
+        rule = [scale_by_adam(b1, b2, config.eps), decay_then_step(lr, config.decay)]
     if config.clip_grad_norm is not None:
         rule.insert(0, optax.clip_by_global_norm(config.clip_grad_norm))
     return optax.chain(*rule)

@@ -10,7 +10,8 @@ sgd         ``SGD(momentum, nesterov, weight_decay)``     ``chain(add_decayed_we
 adam        ``Adam(weight_decay=0)``                     ``chain(scale_by_adam, scale_by_lr)``
 adam_l2     ``Adam(weight_decay=wd)``: L2 added to the    ``chain(add_decayed_weights, scale_by_adam,
             gradient, not decoupled                       scale_by_learning_rate)``
-adamw       ``AdamW(weight_decay=wd)``: decoupled         ``adamw(weight_decay=wd)``
+adamw       ``AdamW(weight_decay=wd)``: decoupled         ``chain(scale_by_adam, decay_then_step)``:
+            (the weight decayed, then stepped)            torch's two roundings
 ==========  ===========================================  =========================================
 
 Weight decay has no default where it applies (torch's AdamW defaults to 0.01, optax's to 1e-4): it

@@ -167,3 +167,35 @@ def test_adam_bias_corrections_match_torch(name):
     assert stock_error.mean() > 10 * ours_error.mean(), (
         f"control: stock optax {stock_error.mean():.2e} vs ours {ours_error.mean():.2e} mean relative"
     )
+
+
+@pytest.mark.standard_promotion("optax's schedules mix the int32 step count with Python floats")
+def test_adamw_decays_the_weights_as_torch_rounds():
+    """torch's AdamW multiplies each weight by float32(1 - lr * wd), then adds the step: two roundings.
+    With zero gradients the Adam step is exactly 0, so the weights are the decay alone: ours must be
+    torch's bit for bit; optax's stock form, ``-lr * (0 + wd * p)`` added once, is the control (it
+    rounds differently on a sixth of the entries). A constant rate: a schedule's rate, computed in
+    float32 by optax and in float64 by torch, can put ``1 - lr * wd`` one ulp apart on a rare step
+    (about one in 1,000 at lr * wd = 1e-3), which then moves most weights by an ulp."""
+    config = OptimizerConfig("adamw", learning_rate=1e-2, weight_decay=0.1)
+    weights = np.random.default_rng(0).normal(size=4096).astype(np.float32)
+    weight = torch.nn.Parameter(torch.from_numpy(weights.copy()))
+    optimizer = build_torch_optimizer(config, [weight])
+    stock = optax.chain(
+        jax_optim.scale_by_adam(*config.betas, config.eps),
+        optax.add_decayed_weights(config.decay),
+        optax.scale_by_learning_rate(learning_rate_schedule(config)),
+    )
+    ours, control = build_jax_optimizer(config), stock
+    params = {"ours": jnp.asarray(weights), "control": jnp.asarray(weights)}
+    states = {"ours": ours.init(params["ours"]), "control": control.init(params["control"])}
+    zeros = jnp.zeros_like(params["ours"])
+    for _ in range(30):
+        weight.grad = torch.zeros_like(weight)
+        optimizer.step()
+        for name, transform in (("ours", ours), ("control", control)):
+            update, states[name] = transform.update(zeros, states[name], params[name])
+            params[name] = optax.apply_updates(params[name], update)
+    expected = weight.detach().numpy()
+    np.testing.assert_array_equal(np.asarray(params["ours"]), expected)
+    assert np.mean(np.asarray(params["control"]) != expected) > 0.05, "control: the stock chain must round differently"

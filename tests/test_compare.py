@@ -14,13 +14,19 @@ import time
 import pytest
 
 from ml_patterns.outputs import MARKER
-from ml_patterns.parity_floor import FLOOR_MULTIPLE
+from ml_patterns.verdict import FLOOR_MULTIPLE
 from ml_patterns_app.cli import main
 from ml_patterns_app.compare import report as compare_report
 from ml_patterns_app.compare import runner
 from ml_patterns_app.compare import written as compare_written
 from ml_patterns_app.compare.report import build_report
-from ml_patterns_app.compare.settings import FLOOR_LABEL, FLOOR_RUN, CompareSettings, WorkerJob, WorkerResult
+from ml_patterns_app.compare.settings import (
+    ANCHOR_LABEL,
+    ENSEMBLE_LABEL,
+    CompareSettings,
+    WorkerJob,
+    WorkerResult,
+)
 from ml_patterns_app.compare.written import write_report
 
 
@@ -60,13 +66,17 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
     printed = capsys.readouterr().out
     # 3 steps an epoch: compiling dominates, so the verdict ranks nothing.
     assert "Verdict: " in printed and "too small to rank" in printed and compare_report.AGREE in printed
-    for label in ("PyTorch (eager)", "JAX (jax.jit)", FLOOR_LABEL):  # progress, a line per epoch off a terminal
+    reruns = [f"{ENSEMBLE_LABEL} {k}/3" for k in (1, 2, 3)]
+    for label in ("PyTorch (eager)", "JAX (jax.jit)", *reruns, ANCHOR_LABEL):  # a line per epoch off a terminal
         assert f"{label:<16} epoch 2/2  train_loss " in printed and f"{label:<16} done" in printed
     results = json.loads((out / "results.json").read_text())
     assert results["parity"]["passed"] and len(results["parity"]["epochs"]) == 2
     steps = results["parity"]["steps"]
     assert steps["count"] == 6 and steps["first_outside"] is None and steps["worst_ratio"] <= FLOOR_MULTIPLE
-    assert steps["losses"]["torch"] != steps["losses"][FLOOR_RUN]  # one ulp off: not the same run
+    assert steps["outcome"] == "agree" and steps["decided"]
+    assert len(steps["losses"]["ensemble"]) == 3
+    assert steps["losses"]["torch"] != steps["losses"]["ensemble"][0]  # one ulp off: not the same run
+    assert steps["losses"]["torch"] != steps["losses"]["float64"]
     for backend in ("torch", "jax"):
         assert set(results["test_metrics"][backend]) >= {"MAE TPSA", "MAE MolWt", "masked-token accuracy"}
         speed = results["speed"][backend]
@@ -97,8 +107,9 @@ def test_compare_end_to_end_and_a_broken_jax_side_fails(default_dataset, tmp_pat
     broken = run_worker(
         "jax", dataclasses.replace(job, settings=settings, weights=str(weights)), tmp_path / "broken.json"
     )
-    results = {"torch": runs["torch"][1], "jax": broken, FLOOR_RUN: runs[FLOOR_LABEL][1]}
-    report = build_report(CompareSettings(), default_dataset[1], results, default_dataset[0])
+    ensemble, anchor = [runs[label][1] for label in reruns], runs[ANCHOR_LABEL][1]
+    results = {"torch": runs["torch"][1], "jax": broken}
+    report = build_report(CompareSettings(), default_dataset[1], results, ensemble, anchor, default_dataset[0])
     assert not report["parity"]["passed"] and compare_report.DISAGREE in report["verdict"]
     assert report["parity"]["steps"]["first_outside"] >= 1  # step 0 (before any update) agrees
     assert report["parity"]["steps"]["worst_ratio"] > 10 * FLOOR_MULTIPLE
@@ -142,42 +153,42 @@ def fake_result(
     )
 
 
-def fake_results(jax_steps=(2.0, 1.5, 1.0), jax_train=(2.0, 1.0), floor_steps=(2.0, 1.5, 1.0)):
-    return {
-        "torch": fake_result([2.0, 1.0], [3.0, 2.0]),
-        "jax": fake_result(list(jax_train), [3.0, 2.0], jax_steps),
-        FLOOR_RUN: fake_result([2.0, 1.0], [3.0, 2.0], floor_steps),
-    }
+def fake_report(default_dataset, jax_steps=(2.0, 1.5, 1.0), jax_train=(2.0, 1.0), floor_steps=(2.0, 1.5, 1.0)):
+    """A report on made-up runs: three reruns one ulp off that all moved to ``floor_steps``, and a
+    float64 anchor equal to torch."""
+    results = {"torch": fake_result([2.0, 1.0], [3.0, 2.0]), "jax": fake_result(list(jax_train), [3.0, 2.0], jax_steps)}
+    ensemble = [fake_result([2.0, 1.0], [3.0, 2.0], floor_steps) for _ in range(3)]
+    anchor = fake_result([2.0, 1.0], [3.0, 2.0])
+    return build_report(CompareSettings(), default_dataset[1], results, ensemble, anchor, default_dataset[0])
 
 
 @pytest.mark.parametrize(
     ("jax_steps", "jax_train", "floor_steps", "passed", "first"),
     [
         ((2.0, 1.5, 1.0), (2.0, 1.0), (2.0, 1.5, 1.0), True, None),
-        # 1e-5 at step 1: beyond 5 x the loss tolerance (1.7e-6 at 1.5) when the floor run agreed exactly ...
+        # 1e-5 from float64 at step 1: beyond 1.6 x torch's error (the loss tolerance, 1.7e-6 at 1.5) when
+        # the reruns one ulp off agreed with torch exactly ...
         ((2.0, 1.5 * (1 + 1e-5), 1.0), (2.0, 1.0), (2.0, 1.5, 1.0), False, 1),
         ((2.0, 1.5 * (1 + 5e-5), 1.0), (2.0, 1.0), (2.0, 1.5, 1.0), False, 1),
-        # ... within 5 x the floor when float32 alone moved torch by 2e-5 by then (and the floor keeps it)
-        ((2.0, 1.5 * (1 + 5e-5), 1.0 + 9e-5), (2.0, 1.0), (2.0, 1.5 * (1 - 2e-5), 1.0), True, None),
+        # ... within it when float32 alone moved the reruns 2e-5 from float64 by then (a running max)
+        ((2.0, 1.5 * (1 + 2.5e-5), 1.0 + 2.5e-5), (2.0, 1.0), (2.0, 1.5 * (1 - 2e-5), 1.0), True, None),
         # an epoch value beyond its floor fails too
         ((2.0, 1.5, 1.0), (2.0, 1.0 + 1e-4), (2.0, 1.5, 1.0), False, None),
     ],
 )
 def test_report_judges_drift_against_the_noise_floor(default_dataset, jax_steps, jax_train, floor_steps, passed, first):
-    results = fake_results(jax_steps, jax_train, floor_steps)
-    report = build_report(CompareSettings(), default_dataset[1], results, default_dataset[0])
+    report = fake_report(default_dataset, jax_steps, jax_train, floor_steps)
     assert report["parity"]["passed"] is passed
     assert report["parity"]["steps"]["first_outside"] == first
     assert (compare_report.AGREE in report["verdict"]) is passed
     assert report["noise_floor"]["multiple"] == FLOOR_MULTIPLE
     assert report["speed"]["torch"]["warmup_s"] == pytest.approx(1.0)
     assert report["speed"]["torch"]["steps_per_s"] == pytest.approx(10.0)
-    assert "torch rerun with its initial weights one ulp off" in compare_report.format_summary(report)
+    assert "3 torch reruns one ulp off: the ensemble floor" in compare_report.format_summary(report)
 
 
 def test_an_interrupted_write_leaves_the_previous_report(default_dataset, tmp_path, monkeypatch):
-    results = fake_results()
-    report = {**build_report(CompareSettings(), default_dataset[1], results, default_dataset[0]), "wall_time_s": 1.0}
+    report = {**fake_report(default_dataset), "wall_time_s": 1.0}
     out = tmp_path / "out"
     write_report(report, out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -263,9 +274,11 @@ def build(default_dataset, torch_kwargs=None, jax_kwargs=None):
     results = {
         "torch": fake_result([2.0, 1.0], [3.0, 2.0], **(torch_kwargs or {})),
         "jax": fake_result([2.0, 1.0], [3.0, 2.0], **(jax_kwargs or {})),
-        FLOOR_RUN: fake_result([2.0, 1.0], [3.0, 2.0]),  # the noise-floor run; its timings are not ranked
     }
-    return build_report(CompareSettings(), default_dataset[1], results, default_dataset[0])
+    # the verdict's runs of torch; their timings are not ranked
+    ensemble = [fake_result([2.0, 1.0], [3.0, 2.0]) for _ in range(3)]
+    anchor = fake_result([2.0, 1.0], [3.0, 2.0])
+    return build_report(CompareSettings(), default_dataset[1], results, ensemble, anchor, default_dataset[0])
 
 
 def test_quiet_run_ranks_without_caveat(default_dataset):
@@ -332,6 +345,12 @@ def test_compare_threads_beyond_the_cpus_is_a_usage_error(default_dataset, tmp_p
     status = main(["compare", "--data", str(default_dataset[0]), "--out", str(tmp_path), "--threads", "999"])
     assert status == 2
     assert "--threads 999: this process may use" in capsys.readouterr().err
+
+
+def test_compare_with_fewer_than_three_floor_runs_is_a_usage_error(default_dataset, tmp_path, capsys):
+    status = main(["compare", "--data", str(default_dataset[0]), "--out", str(tmp_path), "--floor-runs", "2"])
+    assert status == 2
+    assert "--floor-runs 2: the floor needs at least 3 reruns" in capsys.readouterr().err
 
 
 def test_compile_cache_refuses_a_directory_others_may_write(tmp_path):

@@ -1,12 +1,14 @@
-"""The porting toolkit's decisions, from tables: the bounded float64 fallback and the noise-floor verdict."""
+"""The porting toolkit's decisions, from tables: the bounded float64 fallback and the training report
+(the verdict's own tests: ``tests/test_verdict.py``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ml_patterns.parity import FALLBACK_BOUND, GRADIENT, LOSS
-from ml_patterns_app.porting import LayerReport, Row, TrainingReport, drift_and_floor
+from ml_patterns.parity import FALLBACK_BOUND, GRADIENT
+from ml_patterns.verdict import judge
+from ml_patterns_app.porting import LayerReport, Row, TrainingReport
 from ml_patterns_app.porting.report import compare_values
 
 # A gradient whose middle entry is a sum that cancelled: both sides are 1e-6 off the float64 truth.
@@ -36,39 +38,22 @@ def test_no_fallback_without_a_reference():
     assert not ok and text == ""
 
 
-def test_floor_is_the_running_max_of_the_perturbed_run_and_at_least_the_loss_tolerance():
-    torch_losses = np.array([2.0, 2.0, 2.0, 2.0])
-    perturbed = np.array([2.0, 2.0 + 4e-5, 2.0, 2.0 + 2e-5])
-    nnx_losses = np.array([2.0, 2.0 + 1e-5, 2.0 + 6e-5, 2.0])
-    drift, floor = drift_and_floor(torch_losses, nnx_losses, perturbed)
-    minimum = LOSS.rtol + LOSS.atol / 2.0
-    np.testing.assert_allclose(floor, [minimum, 2e-5, 2e-5, 2e-5])
-    np.testing.assert_allclose(drift, [0.0, 5e-6, 3e-5, 0.0])
-
-
-def _report(drift, floor, first_bad):
-    steps = len(drift)
-    losses = np.linspace(2.0, 1.0, steps)
+def _report(other_factor: float) -> TrainingReport:
+    losses = np.linspace(2.0, 1.0, 50)
+    ensemble = losses * (1 + np.array([[1e-7], [-2e-7], [3e-7]]) * np.arange(50) / 50)
     row = Row("w -> kernel", "w", "kernel", "gradient", (2,), (2,), 0.0, 0.0, GRADIENT, True)
     gradients = LayerReport("gradients", (row,), None, "The loss and every gradient agree.")
-    return TrainingReport(
-        losses,
-        losses * (1 + np.asarray(drift)),
-        losses,
-        np.asarray(drift),
-        np.asarray(floor),
-        5.0,
-        gradients,
-        first_bad,
-        "",
-    )
+    other = losses * other_factor
+    verdict = judge(losses, other, ensemble, losses)
+    return TrainingReport(losses, other, ensemble, losses, verdict, gradients, "")
 
 
 def test_training_report_verdict_and_plot(tmp_path):
-    report = _report([0.0, 1e-6, 4e-6], [2e-6, 2e-6, 1e-6], None)
-    assert report.passed and report.worst_ratio == pytest.approx(4.0)
-    assert "agree" in report.summary()
-    assert not _report([0.0, 1e-6, 4e-5], [2e-6, 2e-6, 1e-6], 2).passed
+    report = _report(1 + 1e-7)
+    assert report.passed and report.first_bad_step is None and report.worst_ratio < 1
+    assert "agree (decided by float64 anchor)" in report.summary()
+    failing = _report(1 + 1e-4)
+    assert not failing.passed and failing.first_bad_step == 0 and "DISAGREE" in failing.summary()
     path = report.plot(tmp_path / "drift.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -133,7 +133,8 @@ def verdict_patterns() -> list[str]:
             }
             speed["jax"]["epochs"] = 3
             results = {"torch": types.SimpleNamespace(device={"name": "DEVICE"})}
-            template = report._verdict(speed, True, results, reliability)
+            agreement = report._agreement(True, {"decided": "ensemble floor", "horizon": None})
+            template = report._verdict(speed, agreement, results, reliability)
             pattern = re.escape(template).replace("DEVICE", r".+").replace(r"2\.00x", r"[\d.]+x")
             pattern = pattern.replace(r"\(2\.0\ vs\ 1\.0\ steps/s\)", r"\([\d.]+\ vs\ [\d.]+\ steps/s\)")
             pattern = pattern.replace(r"100\.0\ s\ compiling", r"[\d.]+\ s\ compiling")
@@ -143,7 +144,7 @@ def verdict_patterns() -> list[str]:
             pattern = pattern.replace("PyTorch\\ \\(eager\\)", either)
             pattern = pattern.replace("JAX\\ \\(jax\\.jit\\)\\ at", either + "\\ at")
             patterns.append(pattern)
-    assert "outweighed" in report._verdict(speed, True, results, reliability)  # the longer form was built
+    assert "outweighed" in report._verdict(speed, agreement, results, reliability)  # the longer form was built
     return patterns
 
 

@@ -291,3 +291,24 @@ def test_the_trainers_keep_the_running_statistics(backend, tmp_path):
     assert all(np.array_equal(loaded[name], expected[name]) for name in expected)
     assert resumed.evaluate(batches) == loss
     assert any(not np.array_equal(expected[name], state.to_numpy(model_class())[name]) for name in STATISTICS)
+
+
+def test_the_float64_twin_is_a_float64_copy_and_batches_follow():
+    import torch
+
+    from torch_impl.state import float64_batch, float64_twin
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    twin = float64_twin(model)
+    assert all(p.dtype == torch.float64 for p in twin.parameters()) and twin[1].running_mean.dtype == torch.float64
+    assert all(p.dtype == torch.float32 for p in model.parameters()), "the original is left as it was"
+    np.testing.assert_array_equal(twin[0].weight.detach().numpy(), model[0].weight.detach().numpy())
+    batch = {
+        "x": np.ones((2, 3), np.float32),
+        "ids": np.arange(2),
+        "pair": (torch.ones(1), torch.ones(1, dtype=torch.int32)),
+    }
+    moved = float64_batch(batch)
+    assert moved["x"].dtype == np.float64 and moved["ids"].dtype == batch["ids"].dtype
+    assert moved["pair"][0].dtype == torch.float64 and moved["pair"][1].dtype == torch.int32
+    assert twin(torch.from_numpy(moved["x"])).dtype == torch.float64

@@ -10,6 +10,7 @@ converted checkpoint).
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -121,6 +122,26 @@ def convert_torch_file(source: str | os.PathLike, destination: str | os.PathLike
     return checkpoint.save_checkpoint(
         destination, arrays, backend="torch", model_class=None, config=None, versions={"torch": torch.__version__}
     )
+
+
+def float64_twin(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its floating-point parameters and buffers in float64: the same
+    computation as the float32 model with its rounding errors a billion times smaller, the anchor a
+    float32 run of either backend is measured against (``ml_patterns.verdict``). Train it with an
+    optimizer built over the copy's parameters (its state is then float64 too) on ``float64_batch``es."""
+    return copy.deepcopy(model).double()
+
+
+def float64_batch(batch):
+    """``batch`` (numpy arrays or tensors in dicts, lists or tuples) with float32 leaves in float64,
+    for ``float64_twin``; other dtypes (token ids, masks) as they are."""
+    if isinstance(batch, Mapping):
+        return {key: float64_batch(value) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(float64_batch(value) for value in batch)
+    if isinstance(batch, (np.ndarray, torch.Tensor)) and batch.dtype in (np.float32, torch.float32):
+        return batch.astype(np.float64) if isinstance(batch, np.ndarray) else batch.double()
+    return batch
 
 
 def check_optimizer_parameters(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:

@@ -52,6 +52,13 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
         "on a busy machine 1 is faster and steadier)",
     )
     parser.add_argument(
+        "--floor-runs",
+        type=positive_int,
+        default=defaults.floor_runs,
+        help="K >= 3 reruns of torch from its initial weights one ulp off: the noise floor is the largest of "
+        "their divergences (docs/PARITY.md)",
+    )
+    parser.add_argument(
         "--max-buckets",
         type=positive_int,
         default=defaults.max_buckets,
@@ -79,6 +86,7 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from ml_patterns.machine import cpu_count
+    from ml_patterns.verdict import ENSEMBLE_SIZE
     from ml_patterns_app.compare.runner import WorkerFailed, check_compile_cache, default_compile_cache, run_compare
     from ml_patterns_app.compare.settings import CompareSettings
 
@@ -90,7 +98,10 @@ def _run_compare(args: argparse.Namespace) -> int:
         group_by_length=not args.random_batches,
         max_buckets=args.max_buckets,
         threads=args.threads or 0,
+        floor_runs=args.floor_runs,
     )
+    if args.floor_runs < ENSEMBLE_SIZE:
+        raise UsageError(f"--floor-runs {args.floor_runs}: the floor needs at least {ENSEMBLE_SIZE} reruns")
     available = cpu_count()
     if args.threads and args.threads > available:
         raise UsageError(f"--threads {args.threads}: this process may use {available} CPUs")

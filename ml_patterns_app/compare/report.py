@@ -1,6 +1,6 @@
-"""``ml-patterns compare``'s verdict: the two runs' losses, step by step and epoch by epoch, against
-the float32 noise floor measured by a third run (torch from the initial weights moved by one ulp;
-``ml_patterns.parity_floor``), the test metrics and the speed side by side, written as
+"""``ml-patterns compare``'s verdict: the two runs' losses, step by step and epoch by epoch, judged
+against the float32 noise measured by torch's own reruns (from the initial weights one ulp off, and
+in float64; ``ml_patterns.verdict``), the test metrics and the speed side by side, written as
 ``results.json``, ``report.md`` and three plots (``written``)."""
 
 from __future__ import annotations
@@ -11,57 +11,76 @@ from pathlib import Path
 
 import numpy as np
 
-from ml_patterns import parity
+from ml_patterns import parity, verdict
 from ml_patterns.machine import environment
-from ml_patterns.parity_floor import FLOOR_MULTIPLE, drift_and_floor, first_outside
-from ml_patterns_app.compare.settings import BACKENDS, FLOOR_RUN, LABELS, CompareSettings, WorkerResult
+from ml_patterns.parity import Tolerance
+from ml_patterns_app.compare.settings import BACKENDS, LABELS, REFERENCE, CompareSettings, WorkerResult
 
-AGREE = (
-    f"they agree numerically: every step's and every epoch's loss stays within {FLOOR_MULTIPLE:g}x the "
-    "float32 noise floor"
-)
-DISAGREE = (
-    f"they DISAGREE: the losses drift beyond {FLOOR_MULTIPLE:g}x the float32 noise floor "
-    "(see the parity table and drift.png)"
-)
+AGREE = "they agree numerically"
+DISAGREE = "they DISAGREE (see the parity table and drift.png)"
 
 
-def build_report(settings: CompareSettings, manifest: dict, results: dict[str, WorkerResult], data_dir: Path) -> dict:
-    """``results``: each backend's worker result (``worker.run_worker``), and ``FLOOR_RUN``'s (torch
-    again, its initial weights one ulp off)."""
-    kinds = {name: r.device["kind"] for name, r in results.items()}
+def build_report(
+    settings: CompareSettings,
+    manifest: dict,
+    results: dict[str, WorkerResult],
+    ensemble: list[WorkerResult],
+    anchor: WorkerResult,
+    data_dir: Path,
+) -> dict:
+    """``results``: each backend's worker result (``worker.run_worker``); ``ensemble``: the reference
+    rerun from its initial weights one ulp off, ``settings.floor_runs`` times; ``anchor``: the
+    reference in float64. The verdict is ``ml_patterns.verdict.judge``'s, on every step's loss and
+    on each epoch's train and val loss."""
+    runs = {**results, **{f"one ulp off {k}": run for k, run in enumerate(ensemble)}, "float64": anchor}
+    kinds = {name: r.device["kind"] for name, r in runs.items()}
     if len(set(kinds.values())) != 1:  # the parent resolves one kind for all (runner.resolve_device)
         raise ValueError(f"the runs compared ran on different kinds of device: {kinds}")
     device_kind = next(iter(kinds.values()))
     minimum = parity.tolerance("loss", device_kind)
-    torch_r, jax_r, floor_r = results["torch"], results["jax"], results[FLOOR_RUN]
-    drift, floor = drift_and_floor(torch_r.step_losses, jax_r.step_losses, floor_r.step_losses, minimum)
-    first = first_outside(drift, floor)
-    ratio = drift / floor
-    steps = {
-        "count": len(drift),
-        "worst_ratio": float(np.max(ratio)),
-        "worst_step": int(np.argmax(ratio)),
-        "first_outside": first,
-        "final_drift": float(drift[-1]),
-        "final_floor": float(floor[-1]),
-        "losses": {"torch": torch_r.step_losses, "jax": jax_r.step_losses, FLOOR_RUN: floor_r.step_losses},
+    torch_r, jax_r = results[REFERENCE], results["jax"]
+    noise = {
+        "multiple": verdict.FLOOR_MULTIPLE,
+        "accuracy_factor": verdict.ACCURACY_FACTOR,
+        "spread_multiple": verdict.SPREAD_MULTIPLE,
+        "chaos_level": verdict.CHAOS_LEVEL,
+        "runs": settings.floor_runs,
+        "minimum": {"rtol": minimum.rtol, "atol": minimum.atol},
+        "how": "torch rerun from the initial weights one ulp off (each rerun its own signs): floor = running max of "
+        "their largest relative loss difference, at least the single-call loss tolerance; torch in float64: "
+        "the anchor each side's error is measured against; the horizon: where the reruns' own spread "
+        "exceeds the chaos level (ml_patterns.verdict)",
     }
-    passed = first is None
-    torch_h, jax_h, floor_h = torch_r.history, jax_r.history, floor_r.history
-    rows = [{"epoch": epoch} for epoch in range(len(torch_h["epoch"]))]
+    losses = {
+        "torch": torch_r.step_losses,
+        "jax": jax_r.step_losses,
+        "ensemble": [run.step_losses for run in ensemble],
+        "float64": anchor.step_losses,
+    }
+    metrics = {"torch": torch_r.test_metrics, "jax": jax_r.test_metrics}
+    ensemble_metrics = [run.test_metrics for run in ensemble]
+    steps = _verdict_fields(judge_steps(losses, noise, metrics, ensemble_metrics))
+    passed = steps["outcome"] != verdict.DISAGREE
+    rows = [{"epoch": epoch} for epoch in range(len(torch_r.history["epoch"]))]
     for key in ("train_loss", "val_loss"):
-        drift_e, floor_e = drift_and_floor(torch_h[key], jax_h[key], floor_h[key], minimum)
+        history = {
+            "torch": torch_r.history[key],
+            "jax": jax_r.history[key],
+            "ensemble": [run.history[key] for run in ensemble],
+            "float64": anchor.history[key],
+        }
+        judged = judge_steps(history, noise)
+        passed &= judged.passed
         for epoch, row in enumerate(rows):
-            ok = bool(drift_e[epoch] <= FLOOR_MULTIPLE * floor_e[epoch])
-            passed &= ok
             row[key] = {
-                "torch": torch_h[key][epoch],
-                "jax": jax_h[key][epoch],
-                "torch_one_ulp": floor_h[key][epoch],
-                "rel_diff": float(drift_e[epoch]),
-                "floor": float(floor_e[epoch]),
-                "pass": ok,
+                "torch": history["torch"][epoch],
+                "jax": history["jax"][epoch],
+                "torch_one_ulp": [values[epoch] for values in history["ensemble"]],
+                "torch_float64": history["float64"][epoch],
+                "rel_diff": float(judged.drift[epoch]),
+                "floor": float(judged.floor[epoch]),
+                "pass": judged.passed,
+                "decided": judged.decided,
             }
     speed = {backend: _speed(results[backend]) for backend in BACKENDS}
     return {
@@ -74,14 +93,9 @@ def build_report(settings: CompareSettings, manifest: dict, results: dict[str, W
             "truncated_molecules": torch_r.truncated,
         },
         "device_kind": device_kind,
-        "noise_floor": {
-            "multiple": FLOOR_MULTIPLE,
-            "minimum": {"rtol": minimum.rtol, "atol": minimum.atol},
-            "how": "torch trained again from the initial weights moved by one ulp; floor = running max of its "
-            "relative loss difference, at least the single-call loss tolerance (ml_patterns.parity_floor)",
-        },
-        "parity": {"passed": passed, "steps": steps, "epochs": rows},
-        "test_metrics": {backend: results[backend].test_metrics for backend in BACKENDS},
+        "noise_floor": noise,
+        "parity": {"passed": passed, "steps": {**steps, "losses": losses}, "epochs": rows},
+        "test_metrics": {**metrics, "torch_one_ulp": ensemble_metrics},
         "speed": speed,
         "backends": {
             backend: {k: getattr(results[backend], k) for k in ("device", "versions", "threads", "precision")}
@@ -89,7 +103,46 @@ def build_report(settings: CompareSettings, manifest: dict, results: dict[str, W
         },
         "environment": environment(),
         "timing": timing_reliability(results),
-        "verdict": _verdict(speed, passed, results, timing_reliability(results)),
+        "verdict": _verdict(speed, _agreement(passed, steps), results, timing_reliability(results)),
+    }
+
+
+def judge_steps(losses: dict, noise: dict, metrics: dict | None = None, ensemble_metrics=()) -> verdict.Verdict:
+    """``ml_patterns.verdict.judge`` on ``losses`` (``{"torch", "jax": [T], "ensemble": [K][T],
+    "float64": [T]}``) with the report's ``noise_floor`` settings; ``metrics`` (``{"torch", "jax":
+    {name: value}}``) and ``ensemble_metrics`` (``[{name: value}]``): the final test metrics, judged
+    after a horizon. Also what ``drift.png`` draws, from ``results.json`` alone."""
+    names = [] if metrics is None else [name for name in metrics["torch"] if name in metrics["jax"]]
+    final = {
+        name: (metrics["torch"][name], metrics["jax"][name], [m[name] for m in ensemble_metrics]) for name in names
+    }  # noqa: E501
+    return verdict.judge(
+        losses["torch"],
+        losses["jax"],
+        losses["ensemble"],
+        losses["float64"],
+        runs=noise["runs"],
+        minimum=Tolerance(**noise["minimum"]),
+        metrics=final,
+    )
+
+
+def _verdict_fields(judged: verdict.Verdict) -> dict:
+    """The verdict on every step, as ``results.json`` keeps it."""
+    ratio = judged.worst_floor_ratio
+    return {
+        "count": judged.steps,
+        "outcome": judged.outcome,
+        "decided": judged.decided,
+        "reason": judged.reason,
+        "summary": judged.summary(),
+        "horizon": judged.horizon,
+        "worst_ratio": None if np.isnan(ratio) else ratio,
+        "worst_step": judged.worst_floor_step,
+        "worst_accuracy_ratio": None if np.isnan(judged.worst_accuracy_ratio) else judged.worst_accuracy_ratio,
+        "first_outside": judged.first_outside,
+        "final_drift": float(judged.drift[-1]) if judged.steps else None,
+        "final_floor": float(judged.floor[-1]) if judged.steps else None,
     }
 
 
@@ -203,8 +256,17 @@ def timing_reliability(results: dict[str, WorkerResult]) -> dict:
     return verdicts
 
 
-def _verdict(speed: dict, passed: bool, results: dict, reliability: dict) -> str:
-    agreement = AGREE if passed else DISAGREE
+def _agreement(passed: bool, steps: dict) -> str:
+    """The numerical half of the verdict: the outcome, and the test that decided it over every step."""
+    if not passed:
+        return DISAGREE
+    chaotic = (
+        "" if steps["horizon"] is None else f"; chaotic from step {steps['horizon']}, judged on distributions after it"
+    )
+    return f"{AGREE} (decided by the {steps['decided']}{chaotic})"
+
+
+def _verdict(speed: dict, agreement: str, results: dict, reliability: dict) -> str:
     busy = [backend for backend in BACKENDS if reliability[backend]["busy"]]
     caveat = ""
     if busy:
@@ -264,22 +326,28 @@ def _warmup(seconds: float | None) -> str:
 
 
 def format_summary(report: dict) -> str:
-    floor, steps = report["noise_floor"], report["parity"]["steps"]
+    noise, steps = report["noise_floor"], report["parity"]["steps"]
     first = "none" if steps["first_outside"] is None else f"step {steps['first_outside']}"
+    horizon = "" if steps["horizon"] is None else f"; chaotic from step {steps['horizon']}"
     lines = [
-        f"Parity against the float32 noise floor (torch rerun with its initial weights one ulp off; agreement: "
-        f"drift <= {floor['multiple']:g}x floor):",
-        f"- every step ({steps['count']}): largest drift/floor {steps['worst_ratio']:.3g} (step {steps['worst_step']}),"
-        f" first step outside: {first}; at the last step drift {steps['final_drift']:.2e}, floor "
-        f"{steps['final_floor']:.2e}",
-        "| epoch | loss | torch | jax | torch, one ulp off | rel diff | floor | pass |",
-        "|---|---|---|---|---|---|---|---|",
+        f"Parity against the float32 noise ({noise['runs']} torch reruns one ulp off: the ensemble floor; torch "
+        f"in float64: the anchor; agreement: drift <= {noise['multiple']:g}x floor, or an error against float64 "
+        f"<= {noise['accuracy_factor']:g}x torch's; ml_patterns.verdict):",
+        f"- every step ({steps['count']}): {steps['summary']}",
+        f"- largest drift/floor {_number(steps['worst_ratio'], '.3g')} (step {steps['worst_step']}), largest "
+        f"float64 error / torch's {_number(steps['worst_accuracy_ratio'], '.3g')}; first step outside: {first}"
+        f"{horizon}; at the last step drift {_number(steps['final_drift'], '.2e')}, floor "
+        f"{_number(steps['final_floor'], '.2e')}",
+        "| epoch | loss | torch | jax | torch, one ulp off (range) | torch, float64 | rel diff | floor | pass |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["parity"]["epochs"]:
         for key in ("train_loss", "val_loss"):
             cell = row[key]
+            reruns = cell["torch_one_ulp"]
             lines.append(
-                f"| {row['epoch']} | {key} | {cell['torch']:.6f} | {cell['jax']:.6f} | {cell['torch_one_ulp']:.6f} "
+                f"| {row['epoch']} | {key} | {cell['torch']:.6f} | {cell['jax']:.6f} "
+                f"| {min(reruns):.6f} - {max(reruns):.6f} | {cell['torch_float64']:.6f} "
                 f"| {cell['rel_diff']:.2e} | {cell['floor']:.2e} | {'yes' if cell['pass'] else 'NO'} |"
             )
     if "against_one_device" in report:
@@ -298,10 +366,11 @@ def format_summary(report: dict) -> str:
             )
     devices = report["backends"]
     lines += ["", "Devices: " + "; ".join(f"{LABELS[b]} on {devices[b]['device']['name']}" for b in devices)]
-    lines += ["", "Test split:", "| metric | torch | jax |", "|---|---|---|"]
+    lines += ["", "Test split:", "| metric | torch | jax | torch, one ulp off (range) |", "|---|---|---|---|"]
     torch_m, jax_m = report["test_metrics"]["torch"], report["test_metrics"]["jax"]
     for name in torch_m:
-        lines.append(f"| {name} | {torch_m[name]:.4f} | {jax_m[name]:.4f} |")
+        reruns = [m[name] for m in report["test_metrics"]["torch_one_ulp"]]
+        lines.append(f"| {name} | {torch_m[name]:.4f} | {jax_m[name]:.4f} | {min(reruns):.4f} - {max(reruns):.4f} |")
     lines += [
         "",
         "Speed (steady state: the median epoch after the first among those that compiled nothing, each "

@@ -4,7 +4,8 @@ compare, report.
 Each backend trains in its own subprocess (``worker``), so its timings and peak memory are its own,
 not the other framework's thread pools or allocations; they run one after the other, each with the
 machine to itself, the torch worker first (it writes the initial weights the JAX worker reads),
-then torch once more from those weights moved by one ulp: the float32 noise floor of the verdict.
+then torch again: from those weights moved by one ulp, K times (the ensemble floor of the
+verdict), and once in float64 (its anchor; ``ml_patterns.verdict``).
 A worker's progress arrives on its stdout as JSON lines and is shown as one live status line per
 backend (a line per epoch when stdout is not a terminal); its stderr (warnings, errors) passes
 straight through. Ctrl-C stops the running worker and starts no other, and no report is written.
@@ -30,12 +31,12 @@ from ml_patterns.checkpoint import config_from_metadata, load_checkpoint, save_c
 from ml_patterns.errors import UsageError
 from ml_patterns.io import private_directory
 from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
-from ml_patterns.parity_floor import one_ulp
+from ml_patterns.verdict import one_ulp
 from ml_patterns_app.compare.report import add_one_device_parity, build_report, format_summary
 from ml_patterns_app.compare.settings import (
+    ANCHOR_LABEL,
     BACKENDS,
-    FLOOR_LABEL,
-    FLOOR_RUN,
+    ENSEMBLE_LABEL,
     LABELS,
     REFERENCE,
     CompareSettings,
@@ -109,13 +110,19 @@ def run_compare(
             before = machine_load()
             result = run_worker(backend, job, Path(scratch) / f"{backend}-{n}.json")
             results[backend, n] = dataclasses.replace(result, machine_load=machine_load_during(before, machine_load()))
-        # The noise floor: torch once more, on the compared device count, from the weights one ulp off.
+        # The verdict's runs of the reference (ml_patterns.verdict), on the compared device count:
+        # K reruns from the initial weights one ulp off, each its own sign seed, and one in float64.
         initial = Path(scratch) / "initial.safetensors"
-        weights = one_ulp_weights(initial, Path(scratch) / "one_ulp.safetensors", settings.seed)
-        job = dataclasses.replace(job, devices=devices, weights=str(weights), write_weights=False)
-        floor = run_worker(REFERENCE, job, Path(scratch) / f"{FLOOR_RUN}.json", FLOOR_LABEL)
+        ensemble = []
+        for k in range(settings.floor_runs):
+            weights = one_ulp_weights(initial, Path(scratch) / f"one_ulp_{k}.safetensors", settings.seed + k)
+            job = dataclasses.replace(job, devices=devices, weights=str(weights), write_weights=False)
+            label = f"{ENSEMBLE_LABEL} {k + 1}/{settings.floor_runs}"
+            ensemble.append(run_worker(REFERENCE, job, Path(scratch) / f"one_ulp_{k}.json", label))
+        job = dataclasses.replace(job, weights=str(initial), float64=True)
+        anchor = run_worker(REFERENCE, job, Path(scratch) / "float64.json", ANCHOR_LABEL)
     compared = {backend: results[backend, devices] for backend in BACKENDS}
-    report = build_report(settings, manifest, {**compared, FLOOR_RUN: floor}, data)
+    report = build_report(settings, manifest, compared, ensemble, anchor, data)
     if devices > 1:
         add_one_device_parity(
             report, {backend: (results[backend, 1], results[backend, devices]) for backend in BACKENDS}
@@ -181,7 +188,7 @@ def device_kind(choice: str, gpus: dict[str, str | None]) -> str:
 
 
 def one_ulp_weights(source: Path, destination: Path, seed: int) -> Path:
-    """``source``'s checkpoint with every floating-point entry moved by one ulp (``ml_patterns.parity_floor``)."""
+    """``source``'s checkpoint with every floating-point entry moved by one ulp (``ml_patterns.verdict``)."""
     arrays, metadata = load_checkpoint(source)
     rng = np.random.default_rng(seed)
     moved = {

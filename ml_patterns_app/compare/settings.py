@@ -8,14 +8,15 @@ import json
 from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.optim import OptimizerConfig, ScheduleConfig
 from ml_patterns.samplers import BatchSampler, fit_buckets, make_sampler
+from ml_patterns.verdict import ENSEMBLE_SIZE
 
 BACKENDS = ("torch", "jax")
 LABELS = {"torch": "PyTorch (eager)", "jax": "JAX (jax.jit)"}
-# The side the other is measured against, and the third run: it again, from the initial weights
-# moved by one ulp (the float32 noise floor).
+# The side the other is measured against; the verdict's runs of it (ml_patterns.verdict): from the
+# initial weights moved by one ulp (the ensemble), and in float64 (the anchor).
 REFERENCE = BACKENDS[0]
-FLOOR_RUN = "torch_one_ulp"
-FLOOR_LABEL = "PyTorch, ulp off"
+ENSEMBLE_LABEL = "PyTorch, ulp off"
+ANCHOR_LABEL = "PyTorch, float64"
 MODELS = ("multitask", "autoencoder")
 DEVICES = ("auto", "cpu", "gpu")
 
@@ -53,6 +54,9 @@ class CompareSettings:
     # CPUs each worker may use (0: all of them). On a shared machine 1 is faster and steadier:
     # torch's OpenMP threads wait at every barrier for a peer that lost its core (docs/PERFORMANCE.md).
     threads: int = 0
+    # Reruns of the reference from the initial weights one ulp off, each with its own sign seed: the
+    # verdict's floor is the largest of their divergences (ml_patterns.verdict; at least 3).
+    floor_runs: int = ENSEMBLE_SIZE
     # The trainers' precision (ml_patterns.precision). No command-line flag yet: the verdict's noise
     # floor is float32's, and a bf16-mixed run needs one measured in bfloat16 (docs/PRECISION.md).
     precision: str = "float32"
@@ -109,6 +113,7 @@ class WorkerJob:
     settings: CompareSettings
     weights: str
     write_weights: bool = False
+    float64: bool = False  # the reference in float64, the verdict's anchor (torch only)
     device: str = "auto"
     devices: int = 1
     compile_cache: str | None = None

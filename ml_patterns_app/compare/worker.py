@@ -163,6 +163,9 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         model.save(weights)
     else:
         model = impl.molecules.models.load_model(weights)
+    transform = BatchPreparer(config)
+    if job.float64:  # the float64 anchor of the verdict (ml_patterns.verdict): the reference, in float64
+        model, transform = _float64(backend, model, transform)
     main = distributed is None or distributed.is_main
     runtime.reset_peak_memory(device)
     step_losses = StepLosses()
@@ -172,7 +175,7 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         settings.optimizer(steps * settings.epochs),
         [timer, ProgressEvents(settings.epochs, steps), step_losses] if main else [step_losses],
         device=None if distributed is not None else device,
-        batch_transform=BatchPreparer(config),
+        batch_transform=transform,
         distributed=distributed,
         pad_batches_to=pad_rows,
         precision=settings.precision,
@@ -205,12 +208,22 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         compilations=trainer.compilations(),
         compile_cache=cache,
         cpus=cpus,
-        test_metrics=test_metrics(runtime, trainer.model, device, config, test_loader),
+        test_metrics={} if job.float64 else test_metrics(runtime, trainer.model, device, config, test_loader),
         devices=devices,
         **runtime.describe(device),
         **_peak_memory(runtime, device),
     )
     out.write_text(result.to_json())
+
+
+def _float64(backend: str, model, prepare: BatchPreparer):
+    """``model`` and the batch preparation in float64 (``torch_impl.state.float64_twin``): torch only,
+    the reference side."""
+    if backend != "torch":
+        raise ValueError(f"the float64 anchor is a torch run, not {backend}")
+    from torch_impl.state import float64_batch, float64_twin
+
+    return float64_twin(model), lambda *args, **kwargs: float64_batch(prepare(*args, **kwargs))
 
 
 def _peak_memory(runtime, device) -> dict:

@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 
 from ml_patterns.io import atomic_write_bytes, atomic_write_text, staged_directory
 from ml_patterns.outputs import MARKER, check_output, foreign_output, mark_output
-from ml_patterns_app.compare.report import format_summary
-from ml_patterns_app.compare.settings import BACKENDS, FLOOR_RUN, LABELS
+from ml_patterns_app.compare.report import format_summary, judge_steps
+from ml_patterns_app.compare.settings import BACKENDS, LABELS
 from ml_patterns_app.figures import drift_figure
 
 FILES = ("report.md", "results.json", "loss_curves.png", "drift.png", "speed.png")
@@ -42,8 +42,9 @@ def write_report(report: dict, out: Path, data: Path | None = None) -> None:
         atomic_write_text(staging / "results.json", json.dumps(report, indent=1) + "\n")
         atomic_write_text(staging / "report.md", _markdown(report))
         atomic_write_bytes(staging / "loss_curves.png", _png(_loss_curves(report)))
-        losses = report["parity"]["steps"]["losses"]
-        figure = drift_figure(losses["torch"], losses["jax"], losses[FLOOR_RUN], names=("torch", "jax"))
+        losses, metrics = report["parity"]["steps"]["losses"], report["test_metrics"]
+        judged = judge_steps(losses, report["noise_floor"], metrics, metrics["torch_one_ulp"])
+        figure = drift_figure(losses["torch"], losses["jax"], losses["ensemble"], judged, names=("torch", "jax"))
         atomic_write_bytes(staging / "drift.png", _png(figure))
         atomic_write_bytes(staging / "speed.png", _png(_speed_bars(report)))
 

@@ -1,8 +1,8 @@
-"""The float32 noise floor of a training run, as the porting toolkit exposes it: the numbers are the
-core's (``ml_patterns.parity_floor``: numpy only, loads without torch or JAX), the figure the app's
+"""The float32 noise verdict as the porting toolkit exposes it: the tests are the core's
+(``ml_patterns.verdict``: numpy only, loads without torch or JAX), the figure the app's
 (``ml_patterns_app.figures``)."""
 
-from ml_patterns.parity_floor import FLOOR_MULTIPLE, drift_and_floor, first_outside, one_ulp
+from ml_patterns.verdict import FLOOR_MULTIPLE, Verdict, judge, one_ulp
 from ml_patterns_app.figures import drift_figure
 
-__all__ = ["FLOOR_MULTIPLE", "drift_and_floor", "drift_figure", "first_outside", "one_ulp"]
+__all__ = ["FLOOR_MULTIPLE", "Verdict", "drift_figure", "judge", "one_ulp"]

@@ -1,7 +1,8 @@
-"""Training drift judged against a measured float32 noise floor (the definitions: ``floor``).
+"""Training drift judged against the measured float32 noise (the tests: ``ml_patterns.verdict``).
 
-``compare_training`` trains copies of both modules from one set of weights on one batch order,
-and the torch module a second time with every weight one ulp off; the verdict is ``floor``'s.
+``compare_training`` trains copies of both modules from one set of weights on one batch order, the
+torch module again from ``runs`` copies of its weights each one ulp off (the ensemble floor), and
+once in float64 (the anchor); the verdict is ``ml_patterns.verdict.judge``'s.
 """
 
 from __future__ import annotations
@@ -18,45 +19,50 @@ import optax
 import torch
 from flax import nnx
 
+from ml_patterns import verdict as noise
+from ml_patterns.verdict import FLOOR_MULTIPLE, Verdict, one_ulp
+from ml_patterns_app.figures import drift_figure
 from ml_patterns_app.porting import inputs as io
-from ml_patterns_app.porting.floor import FLOOR_MULTIPLE, drift_and_floor, drift_figure, first_outside, one_ulp
 from ml_patterns_app.porting.gradients import JaxLoss, TorchLoss, compare_gradients
 from ml_patterns_app.porting.report import LayerReport
 from ml_patterns_app.porting.rules import Rule
 from ml_patterns_app.porting.transfer import transfer_weights
+from torch_impl.state import float64_twin
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingReport:
-    """Per-step losses (float64 copies of float32 values), the drift, the floor and the verdict."""
+    """Per-step losses (float64 copies): torch's and nnx's ``[T]``, the ensemble's ``[K, T]`` (torch
+    from weights one ulp off), the float64 anchor's ``[T]``; the verdict and the first-batch gradients."""
 
     torch_losses: np.ndarray
     nnx_losses: np.ndarray
-    perturbed_losses: np.ndarray
-    drift: np.ndarray
-    floor: np.ndarray
-    multiple: float
+    ensemble_losses: np.ndarray
+    float64_losses: np.ndarray
+    verdict: Verdict
     gradients: LayerReport
-    first_bad_step: int | None
     where: str
 
     @property
     def passed(self) -> bool:
-        return self.first_bad_step is None and self.gradients.passed
+        return self.verdict.passed and self.gradients.passed
+
+    @property
+    def first_bad_step(self) -> int | None:
+        return self.verdict.first_outside
 
     @property
     def worst_ratio(self) -> float:
-        """max over steps of drift / floor (the verdict needs <= ``multiple``)."""
-        return float(np.max(self.drift / self.floor))
+        """max over the steps before any horizon of drift / ensemble floor."""
+        return self.verdict.worst_floor_ratio
 
     def summary(self) -> str:
         steps = len(self.torch_losses)
-        verdict = "agree" if self.passed else "DIVERGE"
+        verdict = self.verdict.summary() if self.gradients.passed else "DIVERGE before the first update"
         return (
-            f"training over {steps} steps: {verdict}. Largest drift/floor {self.worst_ratio:.3g} "
-            f"(limit {self.multiple:g}); final losses torch {self.torch_losses[-1]:.7g}, nnx "
-            f"{self.nnx_losses[-1]:.7g}, torch one ulp off {self.perturbed_losses[-1]:.7g}; drift "
-            f"{self.drift[-1]:.2e}, floor {self.floor[-1]:.2e}.\n{self.where}"
+            f"training over {steps} steps: {verdict}. Final losses torch {self.torch_losses[-1]:.7g}, nnx "
+            f"{self.nnx_losses[-1]:.7g}, torch in float64 {self.float64_losses[-1]:.7g}; drift "
+            f"{self.verdict.drift[-1]:.2e}, floor {self.verdict.floor[-1]:.2e}.\n{self.where}"
         )
 
     __str__ = summary
@@ -68,7 +74,7 @@ class TrainingReport:
     def plot(self, path: str | Path) -> Path:
         """Two panels: losses overlaid; |relative difference| (log) with the floor and its band."""
         path = Path(path)
-        drift_figure(self.torch_losses, self.nnx_losses, self.perturbed_losses, multiple=self.multiple).savefig(path)
+        drift_figure(self.torch_losses, self.nnx_losses, self.ensemble_losses, self.verdict).savefig(path)
         return path
 
 
@@ -86,6 +92,7 @@ def compare_training(
     rules: Sequence[Rule] = (),
     pairs: Mapping[str, str] | None = None,
     multiple: float = FLOOR_MULTIPLE,
+    runs: int = noise.ENSEMBLE_SIZE,
     seed: int = 0,
 ) -> TrainingReport:
     """Trains copies of both modules, one step per batch, and judges the loss drift against the floor.
@@ -98,8 +105,9 @@ def compare_training(
             them as in ``compare_gradients``. ``nnx_batches`` replaces them on the NNX side.
         transfer: first copy the torch weights into ``nnx_module`` (``transfer_weights``), so that
             both start from the same weights; else they must already be equal.
-        multiple: the band, in floors (see the module docstring).
-        seed: of the perturbation's signs.
+        multiple: the band, in floors (``ml_patterns.verdict``).
+        runs: the torch reruns from weights one ulp off (K >= 3: the floor is the largest of K draws).
+        seed: of the first rerun's perturbation signs (the k-th uses ``seed + k``).
 
     Neither module trains (copies do); both run in the mode they are in: switch dropout off.
     The gradients at the first batch are compared too, so that a failing run says whether the
@@ -115,13 +123,14 @@ def compare_training(
     gradients = compare_gradients(
         torch_module, nnx_module, batches[0], loss_torch, loss_jax, nnx_batch=nnx_batches[0], rules=rules, pairs=pairs
     )
-    torch_losses = _train_torch(torch_module, torch_optimizer, batches, loss_torch, None)
-    perturbed = _train_torch(torch_module, torch_optimizer, batches, loss_torch, seed)
+    torch_losses = _train_torch(torch_module, torch_optimizer, batches, loss_torch)
+    ensemble = np.stack(
+        [_train_torch(torch_module, torch_optimizer, batches, loss_torch, seed + k) for k in range(runs)]
+    )
+    anchor = _train_torch(float64_twin(torch_module), torch_optimizer, batches, loss_torch, float_dtype=torch.float64)
     nnx_losses = _train_nnx(nnx_module, optax_optimizer, nnx_batches, loss_jax)
-    drift, floor = drift_and_floor(torch_losses, nnx_losses, perturbed)
-    first_bad = first_outside(drift, floor, multiple)
-    where = _where(gradients, first_bad, drift, floor, multiple)
-    return TrainingReport(torch_losses, nnx_losses, perturbed, drift, floor, multiple, gradients, first_bad, where)
+    verdict = noise.judge(torch_losses, nnx_losses, ensemble, anchor, runs=runs, multiple=multiple)
+    return TrainingReport(torch_losses, nnx_losses, ensemble, anchor, verdict, gradients, _where(gradients, verdict))
 
 
 def nudge(module: torch.nn.Module, seed: int) -> None:
@@ -133,7 +142,11 @@ def nudge(module: torch.nn.Module, seed: int) -> None:
                 param.copy_(torch.from_numpy(one_ulp(param.detach().cpu().numpy(), rng)))
 
 
-def _train_torch(module, make_optimizer, batches, loss_fn, perturb_seed) -> np.ndarray:
+def _train_torch(
+    module, make_optimizer, batches, loss_fn, perturb_seed: int | None = None, float_dtype=torch.float32
+) -> np.ndarray:
+    """Per-step losses of a copy of ``module`` (its weights one ulp off with ``perturb_seed``), the
+    batches' floating-point arrays as ``float_dtype`` (float64 for the anchor)."""
     model = copy.deepcopy(module)
     if perturb_seed is not None:
         nudge(model, perturb_seed)
@@ -141,7 +154,7 @@ def _train_torch(module, make_optimizer, batches, loss_fn, perturb_seed) -> np.n
     losses = []
     for batch in batches:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model, io.to_torch(batch))
+        loss = loss_fn(model, io.to_torch(batch, float_dtype))
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())  # no .item() per step: one sync at the end
@@ -168,13 +181,14 @@ def _train_nnx(module, tx, batches, loss_fn) -> np.ndarray:
     return np.asarray(jnp.stack(losses), np.float64)
 
 
-def _where(gradients: LayerReport, first_bad, drift, floor, multiple) -> str:
+def _where(gradients: LayerReport, verdict: Verdict) -> str:
     if not gradients.passed:
         return f"Before any update: {gradients.where}"
-    if first_bad is None:
-        return "Loss and gradients agree before the first update, and the drift stays within the band."
+    if verdict.passed:
+        return f"Loss and gradients agree before the first update; the training: {verdict.summary()}."
+    if verdict.first_outside is None:  # e.g. final metrics outside the ensemble's spread, or nothing measured
+        return f"Loss and gradients agree before the first update, but: {verdict.reason}."
     return (
-        f"Loss and gradients agree before the first update, but from step {first_bad} the drift "
-        f"({drift[first_bad]:.2e}) exceeds {multiple:g} x the floor ({floor[first_bad]:.2e}): the optimizer "
-        "(or other per-step state: learning-rate schedule, BatchNorm statistics, dropout)."
+        f"Loss and gradients agree before the first update, but {verdict.reason}: the optimizer (or other "
+        "per-step state: learning-rate schedule, BatchNorm statistics, dropout)."
     )

@@ -1,0 +1,186 @@
+"""ml_patterns.verdict: the ensemble floor, the float64 anchor and the predictability horizon, on
+made-up loss curves whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ml_patterns.parity import Tolerance
+from ml_patterns.verdict import (
+    AGREE,
+    CHAOTIC,
+    DISAGREE,
+    ensemble_floor,
+    ensemble_spread,
+    judge,
+    predictability_horizon,
+)
+
+STEPS = 200
+LOSS = 2.0 * np.exp(-np.arange(STEPS) / 80.0) + 0.5  # a decreasing training loss
+
+
+def rounding_noise(seed: int, size: float = 3e-7, growth: float = 0.0) -> np.ndarray:
+    """A relative perturbation as rounding gives: a random walk of ulp-sized steps, times exp(growth t)."""
+    walk = np.cumsum(np.random.default_rng(seed).normal(size=STEPS)) / np.sqrt(np.arange(1, STEPS + 1))
+    return size * walk * np.exp(growth * np.arange(STEPS))
+
+
+def family(growth: float = 0.0, runs: int = 3):
+    """(reference, ensemble [runs, T]) that differ by rounding noise alone."""
+    ensemble = np.stack([LOSS * (1 + rounding_noise(10 + k, growth=growth)) for k in range(runs)])
+    return LOSS.copy(), ensemble
+
+
+def test_the_floor_is_the_running_max_of_the_largest_rerun_and_at_least_the_tolerance():
+    reference = np.array([1.0, 1.0, 1.0, 1.0])
+    ensemble = np.array([[1.0, 1.0 + 4e-6, 1.0, 1.0], [1.0, 1.0, 1.0 - 1e-5, 1.0]])
+    floor = ensemble_floor(reference, ensemble, Tolerance(rtol=1e-6, atol=1e-6))
+    np.testing.assert_allclose(floor, [2e-6, 4e-6, 1e-5, 1e-5])
+
+
+def test_the_horizon_is_where_the_spread_first_exceeds_the_level():
+    reference = np.ones(5)
+    ensemble = np.array([[1.0, 1.0, 1.0005, 1.002, 1.0], [1.0, 1.0, 1.0, 0.999, 1.0]])
+    spread = ensemble_spread(reference, ensemble)
+    np.testing.assert_allclose(spread, [0, 0, 5e-4, 3e-3, 0], atol=1e-12)
+    assert predictability_horizon(spread, 1e-3) == 3
+    assert predictability_horizon(spread, 1e-2) is None
+
+
+def test_another_implementation_rounding_differently_agrees_by_the_floor():
+    reference, ensemble = family()
+    verdict = judge(reference, LOSS * (1 + rounding_noise(99)), ensemble)
+    assert verdict.outcome == AGREE and verdict.passed, verdict.summary()
+    assert verdict.decided == "ensemble floor"
+    assert verdict.horizon is None and verdict.worst_floor_ratio < 5
+
+
+@pytest.mark.parametrize("size", [1e-3, 1e-5])
+def test_a_systematic_difference_disagrees_from_its_first_step(size):
+    reference, ensemble = family()
+    anchor = LOSS * (1 + 1e-7)
+    verdict = judge(reference, LOSS * (1 + size), ensemble, anchor)
+    assert verdict.outcome == DISAGREE and not verdict.passed
+    assert verdict.first_outside == 0 and verdict.worst_floor_ratio > 5 and verdict.worst_accuracy_ratio > 2
+
+
+def test_the_float64_anchor_accepts_a_side_closer_to_the_truth_than_the_reference():
+    # Every float32 run of the reference is 1e-5 off the float64 truth; the other side is on it: its
+    # drift is far outside the floor, and it is the more accurate.
+    truth = LOSS
+    reference, ensemble = family()
+    reference, ensemble = reference * (1 + 1e-5), ensemble * (1 + 1e-5)
+    other = truth * (1 + rounding_noise(7))
+    verdict = judge(reference, other, ensemble, truth)
+    assert verdict.outcome == AGREE, verdict.summary()
+    assert verdict.decided == "float64 anchor"
+    assert verdict.worst_floor_ratio > 5 and verdict.worst_accuracy_ratio <= 2
+    assert judge(reference, other, ensemble).outcome == DISAGREE, "without the anchor the floor alone decides"
+
+
+def test_a_side_within_the_floor_agrees_by_the_floor_even_further_from_the_truth():
+    # Either test suffices: within the spread of runs that differ only by rounding, a difference is
+    # not told apart from rounding (the detection limit: e.g. a weight decay 1% off over 63 steps,
+    # docs/PARITY.md). Torch 1e-5 below the truth, its reruns 1e-5 above: the floor is 2e-5; the
+    # other side 3.5e-5 above: 2.25 floors, 3.5x torch's float64 error.
+    truth = LOSS
+    reference = LOSS * (1 - 1e-5)
+    _, ensemble = family()
+    ensemble = ensemble * (1 + 1e-5)
+    verdict = judge(reference, truth * (1 + 3.5e-5), ensemble, truth)
+    assert verdict.outcome == AGREE and verdict.decided == "ensemble floor", verdict.summary()
+    assert verdict.worst_floor_ratio < 3 < verdict.worst_accuracy_ratio
+    assert judge(reference, truth * (1 + 1e-4), ensemble, truth).outcome == DISAGREE, "outside both"
+
+
+def test_the_float64_anchor_refuses_a_side_further_from_the_truth():
+    truth = LOSS
+    reference, ensemble = family()
+    other = truth * (1 + 1e-5)  # the reference's runs are 3e-7 off the truth, this side 1e-5
+    verdict = judge(reference, other, ensemble, truth)
+    assert verdict.outcome == DISAGREE and verdict.worst_accuracy_ratio > 2
+
+
+def chaotic_family(runs: int = 3):
+    """Rounding noise that grows 10% a step: the spread passes 1e-3 near step 85."""
+    return family(growth=0.1, runs=runs)
+
+
+def test_a_chaotic_run_reports_its_horizon_and_agrees_in_distribution():
+    reference, ensemble = chaotic_family()
+    other = LOSS * (1 + rounding_noise(42, growth=0.1))
+    verdict = judge(reference, other, ensemble)
+    assert verdict.outcome == CHAOTIC and verdict.passed, verdict.summary()
+    assert 40 < verdict.horizon < 150
+    assert f"chaotic from step {verdict.horizon}" in verdict.summary()
+
+
+def test_a_bug_in_a_chaotic_run_is_still_reported():
+    reference, ensemble = chaotic_family()
+    buggy = LOSS * (1 + 1e-4) * (1 + rounding_noise(42, growth=0.1))
+    verdict = judge(reference, buggy, ensemble)
+    assert verdict.outcome == DISAGREE and verdict.first_outside == 0
+    assert verdict.horizon is not None
+
+
+def test_after_the_horizon_a_loss_outside_the_ensemble_disagrees():
+    reference, ensemble = chaotic_family()
+    other = LOSS * (1 + rounding_noise(42, growth=0.1))
+    horizon = judge(reference, other, ensemble).horizon
+    other[horizon + 20 :] *= 1.5  # e.g. a learning rate that differs once the schedule reaches it
+    verdict = judge(reference, other, ensemble)
+    assert verdict.outcome == DISAGREE and verdict.decided == "distributions after the horizon"
+    assert verdict.first_outside == horizon + 20
+
+
+def test_after_the_horizon_final_metrics_outside_their_spread_disagree():
+    reference, ensemble = chaotic_family()
+    other = LOSS * (1 + rounding_noise(42, growth=0.1))
+    inside = {"MAE logP": (0.51, 0.515, [0.50, 0.52, 0.505])}
+    assert judge(reference, other, ensemble, metrics=inside).outcome == CHAOTIC
+    outside = {"MAE logP": (0.51, 0.9, [0.50, 0.52, 0.505])}
+    verdict = judge(reference, other, ensemble, metrics=outside)
+    assert verdict.outcome == DISAGREE and "MAE logP" in verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no steps", "no steps were compared"),
+        ("two reruns", "2 one-ulp reruns where 3 were asked"),
+        ("nan reference", "reference run's losses are not all finite"),
+        ("nan anchor", "anchor run's losses are not all finite"),
+    ],
+)
+def test_a_check_that_measured_nothing_fails(case, message):
+    reference, ensemble = family()
+    other, anchor = LOSS.copy(), LOSS.copy()
+    if case == "no steps":
+        reference, other, ensemble, anchor = [], [], [], None
+    elif case == "two reruns":
+        ensemble = ensemble[:2]
+    elif case == "nan reference":
+        reference[5] = np.nan
+    else:
+        anchor[5] = np.nan
+    verdict = judge(reference, other, ensemble, anchor)
+    assert verdict.outcome == DISAGREE and not verdict.passed
+    assert verdict.decided == "input checks" and message in verdict.reason
+
+
+def test_a_nan_on_the_other_side_disagrees_at_its_step():
+    reference, ensemble = family()
+    other = LOSS.copy()
+    other[17] = np.nan
+    verdict = judge(reference, other, ensemble, LOSS)
+    assert verdict.outcome == DISAGREE and verdict.first_outside == 17
+
+
+def test_runs_of_different_lengths_are_a_callers_bug():
+    reference, ensemble = family()
+    with pytest.raises(ValueError, match="step for step"):
+        judge(reference, LOSS[:-1], ensemble)
+    with pytest.raises(ValueError, match="step for step"):
+        judge(reference, LOSS, ensemble[:, :-1])
