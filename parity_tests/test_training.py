@@ -135,8 +135,11 @@ def test_early_stopping_stops_both_at_the_same_epoch(data):
         val,
         callbacks=lambda: [EarlyStopping(monitor="val_loss", patience=1, min_delta=0.2)],
     )
-    # Validation loss falls 4.26, 3.57, 3.18, 3.06: epoch 3 improves by less than min_delta.
-    assert len(histories["torch"]) == len(histories["jax"]) == 4
+    # Both stop at the first epoch that improves on the best by less than min_delta (patience 1), and
+    # that epoch comes before the last: the rule decided, not the epoch count.
+    val_loss = histories["torch"]["val_loss"]
+    stop = next(e for e in range(1, len(val_loss)) if not val_loss[e] < min(val_loss[:e]) - 0.2)
+    assert len(histories["torch"]) == len(histories["jax"]) == stop + 1 < EPOCHS
     np.testing.assert_allclose(
         histories["jax"]["val_loss"], histories["torch"]["val_loss"], rtol=HISTORY.rtol, atol=HISTORY.atol
     )

@@ -109,7 +109,16 @@ def collated(rng, n=6, length=12):
 def test_multitask_batch_standardizes_labels_and_masks_tokens():
     source = collated(np.random.default_rng(0))
     batch = prepare_multitask_batch(source, config(), np.random.default_rng(3))
-    assert set(batch) == {"input_ids", "attention_mask", "labels", "mlm_input_ids", "mlm_targets", "mlm_mask"}
+    assert set(batch) == {
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "label_mask",
+        "mlm_input_ids",
+        "mlm_targets",
+        "mlm_mask",
+    }
+    assert all(batch["label_mask"][task].all() for task in ("a", "b"))  # every label present
     np.testing.assert_array_equal(batch["input_ids"], source["input_ids"])
     assert batch["input_ids"].dtype == np.int32
     np.testing.assert_allclose(batch["labels"]["b"], (np.arange(6) + 2.0) / 0.5)
@@ -122,7 +131,7 @@ def test_multitask_batch_standardizes_labels_and_masks_tokens():
 
 def test_multitask_batch_without_a_masked_token_head_needs_no_rng():
     batch = prepare_multitask_batch(collated(np.random.default_rng(0)), config(mlm_weight=0.0), None)
-    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    assert set(batch) == {"input_ids", "attention_mask", "labels", "label_mask"}
     with pytest.raises(ValueError, match="needs rng"):
         prepare_multitask_batch(collated(np.random.default_rng(0)), config(), None)
 

@@ -92,9 +92,10 @@ def test_a_checkpoint_resumes_under_another_precision(backend, data, tmp_path):
     and training goes on, close to the float32 run's (bfloat16's resolution, 2^-8)."""
     impl, (config, train, val) = IMPLS[backend], data
     float32 = make_trainer(impl, config, "float32")
-    float32.fit(*loaders(impl, train, val), num_epochs=1)
+    kept = loaders(impl, train, val)  # the same loaders go on: their samplers count the epochs
+    float32.fit(*kept, num_epochs=1)
     float32.save_checkpoint(tmp_path / "float32")
-    continued = float32.fit(*loaders(impl, train, val), num_epochs=2).as_dict()
+    continued = float32.fit(*kept, num_epochs=2).as_dict()
 
     mixed = make_trainer(impl, config, "bf16-mixed")
     mixed.load_checkpoint(tmp_path / "float32")
@@ -102,7 +103,16 @@ def test_a_checkpoint_resumes_under_another_precision(backend, data, tmp_path):
     mixed.save_checkpoint(tmp_path / "mixed")  # what it loaded, written back: the same float32 weights
     saved = [checkpoint.load_checkpoint(tmp_path / name / "model.safetensors")[0] for name in ("float32", "mixed")]
     assert all(saved[0][k].tobytes() == saved[1][k].tobytes() for k in saved[0])
+    optimizer_states = [(tmp_path / name / "optimizer.safetensors").read_bytes() for name in ("float32", "mixed")]
+    assert optimizer_states[0] == optimizer_states[1]  # and the same float32 optimizer state
     history = mixed.fit(*loaders(impl, train, val), num_epochs=2).as_dict()
     assert history["train_loss"][0] == continued["train_loss"][0]  # the epoch trained before the checkpoint
-    np.testing.assert_allclose(history["train_loss"][1], continued["train_loss"][1], rtol=2.0**-5)
-    assert history["train_loss"][1] != continued["train_loss"][1]
+    assert history["train_loss"][1] != continued["train_loss"][1]  # the second epoch ran in bf16
+    # How far an epoch of bf16 steps moves a run from its float32 twin depends on the batches and the
+    # learning rate, so it is measured here: a first epoch from the same initial weights in each
+    # precision. A resumed epoch much further off would mean that something other than rounding
+    # changed at the resume (a state restored wrongly), not bf16.
+    fresh = make_trainer(impl, config, "bf16-mixed").fit(*loaders(impl, train, val), num_epochs=1).as_dict()
+    fresh_gap = abs(fresh["train_loss"][0] - continued["train_loss"][0]) / continued["train_loss"][0]
+    resumed_gap = abs(history["train_loss"][1] - continued["train_loss"][1]) / continued["train_loss"][1]
+    assert resumed_gap <= 4 * fresh_gap + 2.0**-8, (resumed_gap, fresh_gap)
