@@ -117,6 +117,11 @@ def enable_compile_cache(directory: str | os.PathLike) -> dict:
     return {"compile_cache": str(path), "entries_before": entries}
 
 
+def float64_reference(model, prepare):
+    """Not offered: the float64 anchor is a run of the reference side, torch (``torch_impl.runtime``)."""
+    raise ValueError("the float64 anchor is a torch run (the reference side); JAX runs are measured against it")
+
+
 def padded_batch_rows(batch_size: int) -> int | None:
     # One program per batch shape: the short last batch padded to the full size runs theirs.
     return batch_size

@@ -138,6 +138,14 @@ def padded_batch_rows(batch_size: int) -> int | None:
     return None
 
 
+def float64_reference(model: torch.nn.Module, prepare: Callable) -> tuple[torch.nn.Module, Callable]:
+    """``model`` and its batch preparation in float64 (``state.float64_twin``): the reference run
+    that the verdict's float64 anchor measures both float32 sides against (``ml_patterns.verdict``)."""
+    from torch_impl.state import float64_batch, float64_twin
+
+    return float64_twin(model), lambda *args, **kwargs: float64_batch(prepare(*args, **kwargs))
+
+
 def run_data_parallel(fn: Callable, devices: int, choice: str, *args) -> None:
     if devices == 1:
         fn(None, *args)

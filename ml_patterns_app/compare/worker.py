@@ -165,7 +165,7 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         model = impl.molecules.models.load_model(weights)
     transform = BatchPreparer(config)
     if job.float64:  # the float64 anchor of the verdict (ml_patterns.verdict): the reference, in float64
-        model, transform = _float64(backend, model, transform)
+        model, transform = runtime.float64_reference(model, transform)
     main = distributed is None or distributed.is_main
     runtime.reset_peak_memory(device)
     step_losses = StepLosses()
@@ -214,16 +214,6 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         **_peak_memory(runtime, device),
     )
     out.write_text(result.to_json())
-
-
-def _float64(backend: str, model, prepare: BatchPreparer):
-    """``model`` and the batch preparation in float64 (``torch_impl.state.float64_twin``): torch only,
-    the reference side."""
-    if backend != "torch":
-        raise ValueError(f"the float64 anchor is a torch run, not {backend}")
-    from torch_impl.state import float64_batch, float64_twin
-
-    return float64_twin(model), lambda *args, **kwargs: float64_batch(prepare(*args, **kwargs))
 
 
 def _peak_memory(runtime, device) -> dict:
