@@ -14,7 +14,7 @@ from ml_patterns.errors import UsageError
 from ml_patterns_app.compare import runner
 from ml_patterns_app.compare.report import build_report, format_summary
 from ml_patterns_app.compare.settings import CompareSettings
-from tests.test_compare import fake_results
+from tests.test_compare import fake_result
 
 H100 = "NVIDIA H100 80GB HBM3"
 
@@ -70,9 +70,12 @@ def test_a_cpu_choice_keeps_jax_off_any_gpu():
 
 
 def test_the_report_names_both_devices_and_refuses_mixed_kinds(default_dataset):
-    results = fake_results()
-    report = build_report(CompareSettings(), default_dataset[1], results, default_dataset[0])
+    def run():
+        return fake_result([2.0, 1.0], [3.0, 2.0])
+
+    results, ensemble, anchor = {"torch": run(), "jax": run()}, [run() for _ in range(3)], run()
+    report = build_report(CompareSettings(), default_dataset[1], results, ensemble, anchor, default_dataset[0])
     assert "Devices: PyTorch (eager) on CPU; JAX (jax.jit) on CPU" in format_summary(report)
     results["jax"] = dataclasses.replace(results["jax"], device={"kind": "gpu", "name": H100})
     with pytest.raises(ValueError, match="different kinds of device"):
-        build_report(CompareSettings(), default_dataset[1], results, default_dataset[0])
+        build_report(CompareSettings(), default_dataset[1], results, ensemble, anchor, default_dataset[0])
