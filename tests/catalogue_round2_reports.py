@@ -45,12 +45,9 @@ def bench_into(out: str):
 def a_report(scene: Scene, wall_time_s: float = 1.0) -> dict:
     """A compare report built from made-up results (tests/test_compare.py's), written nowhere yet."""
     from ml_patterns.molecules.prepare import read_manifest
-    from ml_patterns_app.compare.report import build_report
-    from ml_patterns_app.compare.settings import CompareSettings
-    from tests.test_compare import fake_results
+    from tests.test_compare import fake_report
 
-    manifest = read_manifest(scene.default_dataset)
-    report = build_report(CompareSettings(), manifest, fake_results(), scene.default_dataset)
+    report = fake_report((scene.default_dataset, read_manifest(scene.default_dataset)))
     return {**report, "wall_time_s": wall_time_s}
 
 
