@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import re
 import types
@@ -117,12 +118,12 @@ def quoted_verdicts() -> list[str]:
 
 
 def verdict_patterns() -> list[str]:
-    """The program's sentence, every number and the device name made a wildcard: quiet or busy, and
-    with or without the sentence it adds when JAX's compiling outweighed its steady-state training
-    (warm-up 100 s against 3 epochs of 10 s here)."""
+    """The program's sentence, every number and the device name made a wildcard: quiet or busy,
+    agreement decided by either test, and with or without the sentence it adds when JAX's compiling
+    outweighed its steady-state training (warm-up 100 s against 3 epochs of 10 s here)."""
     patterns = []
     speed = results = None
-    for busy in (False, True):
+    for busy, decided in itertools.product((False, True), ("ensemble floor", "float64 anchor")):
         reliability = {
             backend: {"busy": busy, "others_cpu_share": 0.5, "load_average_before": 1.0} for backend in ("torch", "jax")
         }
@@ -133,7 +134,7 @@ def verdict_patterns() -> list[str]:
             }
             speed["jax"]["epochs"] = 3
             results = {"torch": types.SimpleNamespace(device={"name": "DEVICE"})}
-            agreement = report._agreement(True, {"decided": "ensemble floor", "horizon": None})
+            agreement = report._agreement(True, {"decided": decided, "horizon": None})
             template = report._verdict(speed, agreement, results, reliability)
             pattern = re.escape(template).replace("DEVICE", r".+").replace(r"2\.00x", r"[\d.]+x")
             pattern = pattern.replace(r"\(2\.0\ vs\ 1\.0\ steps/s\)", r"\([\d.]+\ vs\ [\d.]+\ steps/s\)")
