@@ -1,7 +1,7 @@
 """The error rates of ``ml-patterns compare``'s verdict (``ml_patterns.verdict``), measured over a
 matrix of correct runs and injected bugs rather than on one sample.
 
-    python -m bench.calibrate_verdict --data data/nci --out verdict-calibration [--family I ...]
+    python -m ml_patterns_bench.calibrate_verdict --data data/nci --out verdict-calibration [--family I ...]
 
 Everything runs in this process, one thread: the compare workload (the molecule models at
 ``CompareSettings``' defaults, the same Trainers, batches, batch preparation and initial weights as
@@ -283,7 +283,9 @@ def margins(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.calibrate_verdict", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m ml_patterns_bench.calibrate_verdict", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--data", type=Path, default=Path("data/nci"), help="the default dataset (prepared if missing)")
     parser.add_argument("--out", type=Path, required=True, help="directory for calibration.json and .md")
     parser.add_argument("--runs", type=int, default=verdict.ENSEMBLE_SIZE, help="one-ulp reruns per family")

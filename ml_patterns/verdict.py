@@ -33,7 +33,7 @@ step (the report names the one that decided), after it when test 3 does:
 
 A bug moves the losses by its own size from its first update, far above the floor and the other
 side's error far above the reference's; a check that compared nothing (no steps, fewer reruns than
-asked, a NaN) fails and says why. The constants are chosen from ``bench.calibrate_verdict``'s
+asked, a NaN) fails and says why. The constants are chosen from ``ml_patterns_bench.calibrate_verdict``'s
 matrix of correct runs and injected bugs (docs/PARITY.md gives its error rates and margins).
 """
 
