@@ -15,26 +15,28 @@ A Flax linen model counts as NNX once wrapped: ``nnx.bridge.ToNNX(linen_module, 
 .lazy_init(*inputs)``. A comparison refuses weights that do not correspond, and a report without
 evidence (no rows, parameters left uncompared) fails. Tolerances are the policy's
 (``ml_patterns.parity``); docs/PORTING.md is the walk-through. Names
-are imported on first use, so ``porting.floor`` (numpy only) loads without torch or JAX.
+are imported on first use, so the verdict's names (``ml_patterns.verdict``, numpy only) load without
+torch or JAX.
 """
 
 import importlib
 
+# name -> the module defining it: a submodule of this package, or a full module name.
 _EXPORTS = {
-    "FLOOR_MULTIPLE": "floor",
+    "FLOOR_MULTIPLE": "ml_patterns.verdict",
     "LayerReport": "report",
     "PortingError": "mapping",
     "Row": "report",
     "Rule": "rules",
     "TensorMap": "rules",
     "TrainingReport": "training",
-    "Verdict": "floor",
+    "Verdict": "ml_patterns.verdict",
     "WeightMap": "mapping",
     "compare_forward": "forward",
     "compare_gradients": "gradients",
     "compare_optimizers": "optimizer",
     "compare_training": "training",
-    "judge": "floor",
+    "judge": "ml_patterns.verdict",
     "map_weights": "mapping",
     "register_rule": "rules",
     "transfer_weights": "transfer",
@@ -45,7 +47,8 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    module = _EXPORTS[name]
+    return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)
 
 
 def __dir__():
