@@ -5,8 +5,9 @@ arrays: the same standardized labels, the same masked tokens. ``BatchPreparer`` 
 batch transform for these models (``Trainer(..., batch_transform=BatchPreparer(config))``).
 
 A collated batch (``collate.collate_molecules``) is
-``{"input_ids": int [B, L], "attention_mask": bool [B, L], "labels": float32 [B] | {task: float32 [B]}}``
-with sequences ``BOS ... EOS`` right-padded with PAD.
+``{"input_ids": int [B, L], "attention_mask": bool [B, L], "labels": float32 [B] | {task: float32 [B]},
+"label_mask": bool, shaped as labels}`` (NaN and False where a label is missing) with sequences
+``BOS ... EOS`` right-padded with PAD.
 
 Multi-task batch (``prepare_multitask_batch``)::
 
@@ -92,6 +93,10 @@ def prepare_multitask_batch(collated: dict, config: ModelConfig, rng: np.random.
     input_ids, attention_mask = _tokens(collated, config)
     labels = standardize_labels(collated.get("labels"), config, batch_size=input_ids.shape[0])
     present = {task: ~np.isnan(values) for task, values in labels.items()}
+    given = collated.get("label_mask")  # collate's: False where a record's label is None (missing)
+    if given is not None:
+        given = given if isinstance(given, Mapping) else {config.tasks[0]: given}
+        present = {task: mask & np.asarray(given[task], dtype=bool) for task, mask in present.items()}
     batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,

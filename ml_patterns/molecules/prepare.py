@@ -101,11 +101,15 @@ def prepare_dataset(
 
     With ``csv_path=None`` the source is RDKit's NCI set (TPSA from the file plus
     ``config.rdkit_properties``). Otherwise ``target_cols`` of the CSV are the labels and
-    ``config.rdkit_properties`` are added only if non-empty. Rows RDKit cannot parse, or whose
-    labels are missing or not finite, are skipped and listed (line number and reason) in the
-    manifest's ``"skipped"``. Rows repeating a molecule (same canonical SMILES) are kept and counted in
-    ``"duplicates"``; those whose labels differ from the first occurrence are listed there
-    (``"conflicts"``: line, first line, SMILES, both labels) and warned about (``ConflictingLabelsWarning``).
+    ``config.rdkit_properties`` are added only if non-empty. Rows RDKit cannot parse, whose labels
+    are text or not finite, or that miss every label, are skipped and listed (line number and reason)
+    in the manifest's ``"skipped"``. A row missing some labels (an empty field, ``NA``, ``nan``: see
+    ``sources.MISSING_LABELS``) is kept, its missing labels written as ``null``; each target's
+    ``"labelled"`` counts its labelled rows per split, and its mean/std are over the labelled training
+    rows. A target with no labelled training row is refused, naming it. Rows repeating a molecule
+    (same canonical SMILES) are kept and counted in ``"duplicates"``; those whose labels differ from
+    the first occurrence are listed there (``"conflicts"``: line, first line, SMILES, both labels) and
+    warned about (``ConflictingLabelsWarning``).
 
     ``overwrite`` replaces only a dataset this function wrote (its manifest, and no file it does not
     list); never a directory holding the source CSV, nor the working directory or one above it.
@@ -224,16 +228,33 @@ def task_names(columns: list[str]) -> dict[str, str]:
 
 
 def _check_label_variance(kept, columns: dict[str, str], splits, source_path) -> None:
-    """Refuses a label with one value over the training split: nothing to learn, and standardizing it
-    (``(y - mean) / std``) would divide by zero."""
+    """Refuses a target no training molecule has a label for (its head would learn nothing, and its
+    statistics would be undefined), and one with a single value over the training split: nothing to
+    learn, and standardizing it (``(y - mean) / std``) would divide by zero."""
     train = splits == "train"
     for task, column in columns.items():
-        values = np.array([row.targets[task] for row in kept], dtype=np.float64)[train]
-        if values.size and values.min() == values.max():
+        column_values = label_matrix(kept, [task])[:, 0]
+        values = column_values[train & ~np.isnan(column_values)]
+        if not values.size:
+            elsewhere = int((~np.isnan(column_values)).sum())
             raise SourceError(
-                f"{source_path}: label column {printable(column)!r} has one value ({values[0]:g}) for every training "
-                "molecule: nothing to learn, and its standard deviation is 0; drop the column or fix the data"
+                f"{source_path}: label column {printable(column)!r} has no value for any training molecule "
+                f"({elsewhere} labelled in val/test): its head would learn nothing; drop the column or label more "
+                "molecules"
             )
+        if values.min() == values.max():
+            raise SourceError(
+                f"{source_path}: label column {printable(column)!r} has one value ({values[0]:g}) for every labelled "
+                "training molecule: nothing to learn, and its standard deviation is 0; drop the column or fix the data"
+            )
+
+
+def label_matrix(kept, target_names: list[str]) -> np.ndarray:
+    """``float64 [rows, targets]``, NaN where a row's label is missing."""
+    return np.array(
+        [[np.nan if row.targets[name] is None else row.targets[name] for name in target_names] for row in kept],
+        dtype=np.float64,
+    ).reshape(len(kept), len(target_names))
 
 
 class ConflictingLabelsWarning(UserWarning):
@@ -342,8 +363,7 @@ def _write_shards(staging, kept, encoded, splits, config, target_names, progress
 
 
 def _manifest(staging, source, kept, encoded, skipped, target_names, splits, split_mode, tokenizer, config) -> dict:
-    train = splits == "train"
-    values = np.array([[row.targets[name] for name in target_names] for row in kept], dtype=np.float64)
+    values = label_matrix(kept, target_names)
     lengths = np.array([len(ids) for ids in encoded])
     files = sorted(p for p in staging.rglob("*") if p.is_file())
     return {
@@ -353,15 +373,23 @@ def _manifest(staging, source, kept, encoded, skipped, target_names, splits, spl
         "source": source,
         "counts": {"rows_read": len(kept) + len(skipped), "molecules": len(kept), "skipped": len(skipped)},
         "skipped": [dataclasses.asdict(row) for row in skipped],
-        "targets": {
-            name: {"mean": float(values[train, j].mean()), "std": float(values[train, j].std())}
-            for j, name in enumerate(target_names)
-        },
-        "statistics_from": "train split",
+        "targets": {name: _target_summary(values[:, j], splits) for j, name in enumerate(target_names)},
+        "statistics_from": "train split, labelled rows",
         "splits": {name: int((splits == name).sum()) for name in SPLITS},
         "split_mode": split_mode,
         "config": dataclasses.asdict(config),
         "vocab_size": tokenizer.vocab_size,
         "sequence_length": {"min": int(lengths.min()), "max": int(lengths.max()), "mean": float(lengths.mean())},
         "checksums": {p.relative_to(staging).as_posix(): sha256_file(p) for p in files},
+    }
+
+
+def _target_summary(values: np.ndarray, splits: np.ndarray) -> dict:
+    """A target's mean/std over the labelled training rows, and its labelled rows per split."""
+    labelled = ~np.isnan(values)
+    train = values[labelled & (splits == "train")]
+    return {
+        "mean": float(train.mean()),
+        "std": float(train.std()),
+        "labelled": {name: int((labelled & (splits == name)).sum()) for name in SPLITS},
     }
