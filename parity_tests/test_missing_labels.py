@@ -81,14 +81,16 @@ def test_a_task_without_labels_sends_no_gradient_and_others_do(measured):
 
 
 def write_sparse_source(path, molecules: int, seed: int = 0) -> None:
-    """The first ``molecules`` of RDKit's NCI set as a CSV: TPSA with a third of its values missing,
-    and a second target (TPSA / 10 rounded, with other holes); every row keeps one label."""
+    """The first ``molecules`` of RDKit's NCI set as a CSV: TPSA with a third of its values missing, a
+    second target (TPSA / 10 rounded, with other holes) and a binary one (TPSA above 60, missing
+    where TPSA is); every row keeps one label."""
     rng = np.random.default_rng(seed)
     rows = [line.split(",") for line in default_csv_path().read_text().splitlines() if not line.startswith("#")]
-    lines = ["smiles,tpsa,coarse"]
+    lines = ["smiles,tpsa,coarse,active"]
     for smiles, tpsa in rows[:molecules]:
         hole = rng.integers(3)  # 0: tpsa missing, 1: coarse missing, 2: both present
-        lines.append(f"{smiles},{'' if hole == 0 else tpsa},{'NA' if hole == 1 else round(float(tpsa) / 10)}")
+        active = "" if hole == 0 else int(float(tpsa) > 60)
+        lines.append(f"{smiles},{'' if hole == 0 else tpsa},{'NA' if hole == 1 else round(float(tpsa) / 10)},{active}")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -98,16 +100,21 @@ def sparse_dataset(tmp_path_factory):
     write_sparse_source(root / "sparse.csv", 420)
     config = PrepareConfig(rdkit_properties=(), val_fraction=0.25, test_fraction=0.25)  # 105 each: no warning
     manifest = prepare_dataset(
-        root / "ds", csv_path=root / "sparse.csv", target_cols=["tpsa", "coarse"], config=config, progress=False
+        root / "ds",
+        csv_path=root / "sparse.csv",
+        target_cols=["tpsa", "coarse", "active"],
+        config=config,
+        progress=False,
     )
     return root / "ds", manifest
 
 
 @pytest.mark.slow
 @pytest.mark.standard_promotion("optax's Adam mixes the int32 step count with Python floats")
-def test_training_on_a_set_with_holes_agrees_on_both_backends(sparse_dataset):
+def test_training_on_a_set_with_holes_and_a_class_agrees_on_both_backends(sparse_dataset):
     root, manifest = sparse_dataset
     assert 0 < manifest["targets"]["tpsa"]["labelled"]["train"] < manifest["splits"]["train"]
+    assert manifest["targets"]["active"]["task"] == "classification"
     train = Subset(LazyDataset(root, split="train"), range(TRAIN_MOLECULES))
     val = LazyDataset(root, split="val")
     config = small_config(manifest, "multitask")

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ml_patterns import __version__
 from ml_patterns.errors import OptionError
 from ml_patterns.io import atomic_write_text, printable, sha256_file, staged_directory
-from ml_patterns.molecules.config import MLM_TASK, RDKIT_PROPERTIES, PrepareConfig
+from ml_patterns.molecules.config import MLM_TASK, RDKIT_PROPERTIES, TASK_KINDS, PrepareConfig
 from ml_patterns.molecules.manifest import (  # read back here, re-exported: where callers find them
     FORMAT_PREFIX,
     SPLITS,
@@ -45,6 +45,7 @@ from ml_patterns.molecules.sources import (
 )
 from ml_patterns.molecules.splits import SPLIT_MODES, assign_splits, check_split_sizes, group_keys
 from ml_patterns.molecules.tables import LabelJoin, open_table, source_rows
+from ml_patterns.molecules.targets import check_learnable, label_matrix, target_kind, target_summary
 from ml_patterns.molecules.tokenizer import SmilesTokenizer, TokenizationError, tokenize
 
 DEFAULT_SOURCE_NAME = "RDKit NCI first_5k.tpsa.csv"
@@ -96,6 +97,7 @@ def prepare_dataset(
     labels_path: Path | None = None,
     id_col: str | None = None,
     split: str = "random",
+    task_kinds: dict[str, str] | None = None,
 ) -> dict:
     """Builds the dataset under ``out`` and returns its manifest.
 
@@ -124,10 +126,15 @@ def prepare_dataset(
 
     ``split`` is ``"random"`` or ``"scaffold"`` (``ml_patterns.molecules.splits``): either way a
     repeated molecule lands in one split only; a val/test split under ``MIN_EVAL_MOLECULES`` is refused.
+
+    ``task_kinds`` (``{column: "regression" | "classification"}``) sets a target's kind; the others'
+    are guessed from their values (``ml_patterns.molecules.targets``), and recorded in the manifest
+    (``targets.NAME.task``, with ``classes`` for classification).
     """
     out = Path(out)
     source_columns = ("TPSA",) if csv_path is None else tuple(target_cols or ())
     _check_options(config, csv_path, source_columns)
+    _check_task_kinds(task_kinds or {}, (*source_columns, *config.rdkit_properties))
     _check_join_options(csv_path, sep, labels_path, id_col)
     if split not in SPLIT_MODES:
         raise OptionError("split", f"{{option}} must be one of {', '.join(SPLIT_MODES)}, got {split!r}")
@@ -157,14 +164,20 @@ def prepare_dataset(
         tokenizer = SmilesTokenizer.build(row.smiles for row in kept)
         target_names = list(kept[0].targets)
         splits = assign_splits(group_keys([row.canonical for row in kept], split), config, split)
-        _check_label_variance(kept, {t: c for c, t in tasks.items()}, splits, source["path"])
         check_split_sizes(splits, config, source["path"])
+        columns = {task: column for column, task in tasks.items()}
+        values = label_matrix(kept, target_names)
+        kinds = {}
+        for j, task in enumerate(target_names):
+            check_learnable(values[:, j], splits, columns[task], source["path"])
+            labelled = values[~np.isnan(values[:, j]), j]
+            kinds[task] = target_kind(labelled, columns[task], (task_kinds or {}).get(columns[task]), source["path"])
         encoded = [tokenizer.encode(row.smiles) for row in kept]
 
         index = _write_shards(staging, kept, encoded, splits, config, target_names, progress)
         atomic_write_text(staging / "index.json", json.dumps(index, separators=(",", ":")) + "\n")
         tokenizer.save(staging / "vocab.json")
-        manifest = _manifest(staging, source, kept, encoded, skipped, target_names, splits, split, tokenizer, config)
+        manifest = _manifest(staging, source, kept, encoded, skipped, values, kinds, splits, split, tokenizer, config)
         manifest["duplicates"] = {"rows": duplicates, "conflicting": len(conflicts), "conflicts": conflicts}
         if join is not None:
             manifest["labels"] = {"path": str(labels_path), "sha256": sha256_file(labels_path), **join.summary()}
@@ -227,36 +240,6 @@ def task_names(columns: list[str]) -> dict[str, str]:
     return names
 
 
-def _check_label_variance(kept, columns: dict[str, str], splits, source_path) -> None:
-    """Refuses a target no training molecule has a label for (its head would learn nothing, and its
-    statistics would be undefined), and one with a single value over the training split: nothing to
-    learn, and standardizing it (``(y - mean) / std``) would divide by zero."""
-    train = splits == "train"
-    for task, column in columns.items():
-        column_values = label_matrix(kept, [task])[:, 0]
-        values = column_values[train & ~np.isnan(column_values)]
-        if not values.size:
-            elsewhere = int((~np.isnan(column_values)).sum())
-            raise SourceError(
-                f"{source_path}: label column {printable(column)!r} has no value for any training molecule "
-                f"({elsewhere} labelled in val/test): its head would learn nothing; drop the column or label more "
-                "molecules"
-            )
-        if values.min() == values.max():
-            raise SourceError(
-                f"{source_path}: label column {printable(column)!r} has one value ({values[0]:g}) for every labelled "
-                "training molecule: nothing to learn, and its standard deviation is 0; drop the column or fix the data"
-            )
-
-
-def label_matrix(kept, target_names: list[str]) -> np.ndarray:
-    """``float64 [rows, targets]``, NaN where a row's label is missing."""
-    return np.array(
-        [[np.nan if row.targets[name] is None else row.targets[name] for name in target_names] for row in kept],
-        dtype=np.float64,
-    ).reshape(len(kept), len(target_names))
-
-
 class ConflictingLabelsWarning(UserWarning):
     """The source lists one molecule more than once with different labels."""
 
@@ -284,6 +267,21 @@ def _check_options(config: PrepareConfig, csv_path: Path | None, source_columns:
     if clash:
         raise OptionError(
             "rdkit_properties", f"{{option}} {clash} are also source columns; drop them from one of the two"
+        )
+
+
+def _check_task_kinds(task_kinds: dict, columns: tuple[str, ...]) -> None:
+    unknown = sorted(set(task_kinds) - set(columns))
+    if unknown:
+        raise OptionError(
+            "task_kinds",
+            f"{{option}} names {unknown}, not targets of this dataset ({', '.join(columns)})",
+            cli_flag="--task",
+        )
+    bad = {name: kind for name, kind in task_kinds.items() if kind not in TASK_KINDS}
+    if bad:
+        raise OptionError(
+            "task_kinds", f"{{option}}: kinds must be one of {', '.join(TASK_KINDS)}, got {bad}", cli_flag="--task"
         )
 
 
@@ -362,8 +360,7 @@ def _write_shards(staging, kept, encoded, splits, config, target_names, progress
     return index
 
 
-def _manifest(staging, source, kept, encoded, skipped, target_names, splits, split_mode, tokenizer, config) -> dict:
-    values = label_matrix(kept, target_names)
+def _manifest(staging, source, kept, encoded, skipped, values, kinds, splits, split_mode, tokenizer, config) -> dict:
     lengths = np.array([len(ids) for ids in encoded])
     files = sorted(p for p in staging.rglob("*") if p.is_file())
     return {
@@ -373,7 +370,7 @@ def _manifest(staging, source, kept, encoded, skipped, target_names, splits, spl
         "source": source,
         "counts": {"rows_read": len(kept) + len(skipped), "molecules": len(kept), "skipped": len(skipped)},
         "skipped": [dataclasses.asdict(row) for row in skipped],
-        "targets": {name: _target_summary(values[:, j], splits) for j, name in enumerate(target_names)},
+        "targets": {name: target_summary(values[:, j], splits, *kinds[name]) for j, name in enumerate(kinds)},
         "statistics_from": "train split, labelled rows",
         "splits": {name: int((splits == name).sum()) for name in SPLITS},
         "split_mode": split_mode,
@@ -381,15 +378,4 @@ def _manifest(staging, source, kept, encoded, skipped, target_names, splits, spl
         "vocab_size": tokenizer.vocab_size,
         "sequence_length": {"min": int(lengths.min()), "max": int(lengths.max()), "mean": float(lengths.mean())},
         "checksums": {p.relative_to(staging).as_posix(): sha256_file(p) for p in files},
-    }
-
-
-def _target_summary(values: np.ndarray, splits: np.ndarray) -> dict:
-    """A target's mean/std over the labelled training rows, and its labelled rows per split."""
-    labelled = ~np.isnan(values)
-    train = values[labelled & (splits == "train")]
-    return {
-        "mean": float(train.mean()),
-        "std": float(train.std()),
-        "labelled": {name: int((labelled & (splits == name)).sum()) for name in SPLITS},
     }
