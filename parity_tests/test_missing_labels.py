@@ -11,10 +11,10 @@ from ml_patterns.molecules.batches import prepare_batch
 from ml_patterns.molecules.config import ModelConfig, PrepareConfig
 from ml_patterns.molecules.masking import FIRST_REGULAR_ID
 from ml_patterns.molecules.prepare import prepare_dataset
-from ml_patterns.molecules.sources import default_csv_path
 from ml_patterns.molecules.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from ml_patterns.optim import OptimizerConfig
 from ml_patterns_app.porting.parity_report import build_pair, measure
+from parity_tests.sparse_data import write_sparse_source
 from parity_tests.test_models import FLOAT32
 from parity_tests.test_training import TRAIN_MOLECULES, run_both, small_config
 from parity_tests.tolerances import HISTORY
@@ -78,20 +78,6 @@ def test_a_task_without_labels_sends_no_gradient_and_others_do(measured):
         assert all(not np.abs(result["gradients"]["none"][name]).any() for name in names)
         assert np.abs(result["gradients"]["some"]["heads.some.out.weight"]).max() > 0
     assert "heads.none.out.weight" in names  # the check above covered the task's own head
-
-
-def write_sparse_source(path, molecules: int, seed: int = 0) -> None:
-    """The first ``molecules`` of RDKit's NCI set as a CSV: TPSA with a third of its values missing, a
-    second target (TPSA / 10 rounded, with other holes) and a binary one (TPSA above 60, missing
-    where TPSA is); every row keeps one label."""
-    rng = np.random.default_rng(seed)
-    rows = [line.split(",") for line in default_csv_path().read_text().splitlines() if not line.startswith("#")]
-    lines = ["smiles,tpsa,coarse,active"]
-    for smiles, tpsa in rows[:molecules]:
-        hole = rng.integers(3)  # 0: tpsa missing, 1: coarse missing, 2: both present
-        active = "" if hole == 0 else int(float(tpsa) > 60)
-        lines.append(f"{smiles},{'' if hole == 0 else tpsa},{'NA' if hole == 1 else round(float(tpsa) / 10)},{active}")
-    path.write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import numpy as np
 
 from ml_patterns import parity, verdict
 from ml_patterns.machine import environment
+from ml_patterns.molecules.metrics import BASELINE
 from ml_patterns.parity import Tolerance
 from ml_patterns_app.compare.settings import BACKENDS, LABELS, REFERENCE, CompareSettings, WorkerResult
 
@@ -366,11 +367,20 @@ def format_summary(report: dict) -> str:
             )
     devices = report["backends"]
     lines += ["", "Devices: " + "; ".join(f"{LABELS[b]} on {devices[b]['device']['name']}" for b in devices)]
-    lines += ["", "Test split:", "| metric | torch | jax | torch, one ulp off (range) |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "Test split (baseline, from the training split: the mean predictor, or the majority class):",
+        "| metric | torch | jax | torch, one ulp off (range) | baseline |",
+        "|---|---|---|---|---|",
+    ]
     torch_m, jax_m = report["test_metrics"]["torch"], report["test_metrics"]["jax"]
-    for name in torch_m:
+    for name in (name for name in torch_m if not name.startswith(BASELINE)):
         reruns = [m[name] for m in report["test_metrics"]["torch_one_ulp"]]
-        lines.append(f"| {name} | {torch_m[name]:.4f} | {jax_m[name]:.4f} | {min(reruns):.4f} - {max(reruns):.4f} |")
+        baseline = torch_m.get(BASELINE + name)  # none for the token accuracies
+        lines.append(
+            f"| {name} | {torch_m[name]:.4f} | {jax_m[name]:.4f} | {min(reruns):.4f} - {max(reruns):.4f} "
+            f"| {'' if baseline is None else f'{baseline:.4f}'} |"
+        )
     lines += [
         "",
         "Speed (steady state: the median epoch after the first among those that compiled nothing, each "

@@ -20,14 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ml_patterns.callbacks import Callback
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.distributed import shard_rows
 from ml_patterns.machine import cpu_count, restrict_cpus
-from ml_patterns.molecules.batches import BatchPreparer, destandardize
+from ml_patterns.molecules.batches import BatchPreparer
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
+from ml_patterns.molecules.metrics import SplitScores, train_class_counts
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.samplers import LengthGroupedSampler, padding_utilization, sequence_lengths
 from ml_patterns_app.compare.settings import WorkerJob, WorkerResult
@@ -208,7 +207,7 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         compilations=trainer.compilations(),
         compile_cache=cache,
         cpus=cpus,
-        test_metrics={} if job.float64 else test_metrics(runtime, trainer.model, device, config, test_loader),
+        test_metrics={} if job.float64 else test_metrics(runtime, trainer.model, device, config, test_loader, manifest),
         devices=devices,
         **runtime.describe(device),
         **_peak_memory(runtime, device),
@@ -227,10 +226,11 @@ def _peak_memory(runtime, device) -> dict:
     }
 
 
-def test_metrics(runtime, model, device, config: ModelConfig, loader) -> dict[str, float]:
-    """MAE per property in the targets' own units, and token accuracy, over the test split."""
+def test_metrics(runtime, model, device, config: ModelConfig, loader, manifest: dict | None = None) -> dict[str, float]:
+    """Each target's metrics and baselines over its labelled test rows (``ml_patterns.molecules.metrics``:
+    MAE and R2, or accuracy and ROC-AUC), and token accuracy, over the test split."""
     prepare = BatchPreparer(config)
-    errors: dict[str, list] = {task: [] for task in config.tasks}
+    scores = SplitScores(config)
     correct = total = 0
     for index, collated in enumerate(loader):
         batch = prepare(collated, 0, index, train=False)
@@ -239,16 +239,12 @@ def test_metrics(runtime, model, device, config: ModelConfig, loader) -> dict[st
             hits = (logits.argmax(-1) == batch["decoder_targets"]) & batch["decoder_mask"]
             correct, total = correct + int(hits.sum()), total + int(batch["decoder_mask"].sum())
             continue
-        outputs = runtime.predict(model, batch, device)
-        predicted = destandardize({task: outputs[task] for task in config.tasks}, config)
-        truth = destandardize(batch["labels"], config)
-        for task in config.tasks:
-            errors[task].append(np.abs(predicted[task] - truth[task]))
+        scores.add(batch, runtime.predict(model, batch, device))
         if config.has_mlm_head:
             logits = runtime.predict(model, {**batch, "input_ids": batch["mlm_input_ids"]}, device, MLM_TASK)[MLM_TASK]
             hits = (logits.argmax(-1) == batch["mlm_targets"]) & batch["mlm_mask"]
             correct, total = correct + int(hits.sum()), total + int(batch["mlm_mask"].sum())
-    metrics = {f"MAE {task}": float(np.concatenate(errors[task]).mean()) for task in config.tasks if errors[task]}
+    metrics = scores.metrics(train_class_counts(manifest or {}))
     name = "reconstruction token accuracy" if config.architecture == "autoencoder" else "masked-token accuracy"
     metrics[name] = correct / max(total, 1)
     return metrics
