@@ -4,10 +4,10 @@ Layout written under ``DIR`` (all of it appears at once: it is built in a stagin
 renamed into place, see ``ml_patterns.io.staged_directory``)::
 
     DIR/index.json         list; entry i = {"file": "shards/shard-00000.jsonl", "row": r, "split": "train"}
-    DIR/shards/*.jsonl     one JSON record per line: {"smiles", "input_ids", "label"}
+    DIR/shards/*.jsonl     one JSON record per line: {"smiles", "input_ids", "label"} (a missing label: null)
     DIR/vocab.json         the tokenizer's vocabulary
-    DIR/manifest.json      source, counts, skipped rows, duplicates, targets (mean/std on train), splits,
-                           config, checksums
+    DIR/manifest.json      source, counts, skipped rows, duplicates, targets (kind, mean/std on train,
+                           labelled rows per split, classes), splits, config, checksums
 
 RDKit is imported here only, and only while preparing: reading a prepared dataset needs numpy alone.
 """

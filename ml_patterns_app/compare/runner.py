@@ -43,6 +43,7 @@ from ml_patterns_app.compare.settings import (
     WorkerJob,
     WorkerResult,
 )
+from ml_patterns_app.compare.worker import trained_weights_path
 from ml_patterns_app.compare.written import FILES, check_report_destination, write_report
 
 # Seconds a worker gets to exit after Ctrl-C before it is killed.
@@ -121,6 +122,7 @@ def run_compare(
             ensemble.append(run_worker(REFERENCE, job, Path(scratch) / f"one_ulp_{k}.json", label))
         job = dataclasses.replace(job, weights=str(initial), float64=True)
         anchor = run_worker(REFERENCE, job, Path(scratch) / "float64.json", ANCHOR_LABEL)
+        trained = {b: trained_weights_path(Path(scratch) / f"{b}-{devices}.json").read_bytes() for b in BACKENDS}
     compared = {backend: results[backend, devices] for backend in BACKENDS}
     report = build_report(settings, manifest, compared, ensemble, anchor, data)
     if devices > 1:
@@ -128,7 +130,7 @@ def run_compare(
             report, {backend: (results[backend, 1], results[backend, devices]) for backend in BACKENDS}
         )
     report["wall_time_s"] = time.perf_counter() - started
-    write_report(report, out, data)
+    write_report(report, out, data, trained)
     print("\n" + format_summary(report))
     print(f"\nwrote {out / FILES[0]}, {', '.join(FILES[1:])} ({report['wall_time_s']:.0f} s)")
     return 0 if report["parity"]["passed"] else 1

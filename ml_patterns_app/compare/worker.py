@@ -188,6 +188,8 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         return
     if distributed is not None:
         runtime.gather_model(trainer.model, device)
+    if not job.float64:  # the trained weights, beside OUT: the runner puts them in the report folder
+        trainer.model.save(trained_weights_path(out))
     emit("status", text="evaluating on the test split")
     test_loader = loader(test, settings.batch_size, shuffle=False, **collate)
     result = WorkerResult(
@@ -213,6 +215,11 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         **_peak_memory(runtime, device),
     )
     out.write_text(result.to_json())
+
+
+def trained_weights_path(out: Path) -> Path:
+    """Where the worker writing the result ``out`` saves its trained weights (a portable checkpoint)."""
+    return out.with_suffix(".safetensors")
 
 
 def _peak_memory(runtime, device) -> dict:
