@@ -115,3 +115,23 @@ def test_an_existing_out_is_kept_without_overwrite(tmp_path, report, capsys):
     out.write_text("mine\n")
     assert main(["predict", "--model", str(folder), "--csv", str(source), "--out", str(out)]) == 2
     assert out.read_text() == "mine\n" and "--overwrite" in capsys.readouterr().err
+
+
+def test_the_folder_compare_writes_is_one_predict_reads(tmp_path, default_dataset):
+    from ml_patterns.outputs import MARKER
+    from ml_patterns_app.compare.written import FILES, write_report
+    from tests.test_compare import fake_report
+
+    root, manifest = default_dataset
+    config = ModelConfig.from_manifest(manifest, d_model=16, n_heads=2, n_layers=1, d_ff=32, max_len=64)
+    checkpoint = tmp_path / "trained.safetensors"
+    torch_impl.molecules.models.build_model(config).save(checkpoint)
+    trained = {backend: checkpoint.read_bytes() for backend in WEIGHTS}
+    folder = tmp_path / "report"
+    write_report({**fake_report(default_dataset), "wall_time_s": 1.0}, folder, root, trained)
+    assert sorted(p.name for p in folder.iterdir()) == sorted((*FILES, MARKER))
+    source = tmp_path / "mine.smi"
+    source.write_text("CCO ethanol\nc1ccccc1O phenol\n")
+    rows = predict(tmp_path, folder, source, "--backend", "jax", "--device", "cpu")
+    assert [row["id"] for row in rows] == ["ethanol", "phenol"]
+    assert all(row["predicted TPSA"] and not row["error"] for row in rows)
