@@ -135,3 +135,10 @@ def test_the_folder_compare_writes_is_one_predict_reads(tmp_path, default_datase
     rows = predict(tmp_path, folder, source, "--backend", "jax", "--device", "cpu")
     assert [row["id"] for row in rows] == ["ethanol", "phenol"]
     assert all(row["predicted TPSA"] and not row["error"] for row in rows)
+
+
+def test_the_names_predict_reads_are_the_ones_compare_writes():
+    from ml_patterns_app.cli import predict_command
+
+    assert predict_command.VOCABULARY == VOCABULARY
+    assert {backend: f"{backend}.safetensors" for backend in predict_command.BACKENDS} == WEIGHTS

@@ -27,6 +27,8 @@ from ml_patterns.errors import UsageError
 from ml_patterns.io import atomic_write_text
 from ml_patterns_app.cli.arguments import delimiter, positive_int
 
+# The names of compare's report folder (``compare.written.WEIGHTS``/``VOCABULARY``), repeated here:
+# importing compare's writer would load matplotlib on every start of the command line.
 BACKENDS = ("torch", "jax")
 VOCABULARY = "vocab.json"
 
