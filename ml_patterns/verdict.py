@@ -3,16 +3,21 @@
 Float32 training is chaotic: two runs that differ only in rounding drift apart, slowly and then
 faster, by amounts that depend on the machine (vector width, threads, kernels). A fixed tolerance
 over hundreds of steps cannot tell that from a porting bug; so the noise is measured, on the run
-itself, three ways. Inputs are per-step (or per-epoch) losses, float arrays ``[T]``:
+itself. Inputs are per-step (or per-epoch) losses, float arrays ``[T]`` (and, optionally, each run's
+global weight norm at a few points, ``[E]``):
 
 - ``reference``: the reference side (torch);
 - ``other``: the side under test (JAX);
-- ``ensemble`` ``[K, T]``: the reference rerun K times from its initial weights each moved by one
-  ulp with independent signs: runs that differ from the reference by nothing but rounding;
+- ``ensemble`` ``[K, T]``: the reference rerun K times with independent random signs, its weights
+  moved by one ulp up or down before the first step and again after every step: runs that differ
+  from the reference by nothing but rounding, at every step, as another backend's do (a rerun
+  perturbed once, at the start, rounds like the reference from then on and underestimates the
+  noise several times over: docs/PARITY.md);
 - ``anchor`` (optional): the reference computed in float64 from the same weights and batches.
 
-Three tests (``judge``); before the horizon the run agrees when test 2 or test 1 holds at every
-step (the report names the one that decided), after it when test 3 does:
+Four tests (``judge``); before the horizon the run agrees when test 2 or test 1 holds at every
+step (the report names the one that decided), after it when test 3 does; and, where the weight
+norms are given, only when test 4 holds too:
 
 1. **Ensemble floor.** drift[t] = |other - reference| / |reference|; floor[t] = the running max over
    s <= t of the ensemble's largest relative distance from the reference, at least the single-call
@@ -30,6 +35,14 @@ step (the report names the one that decided), after it when test 3 does:
    Tests 1-2 judge the steps before the horizon; after it the other side's loss must lie within
    the ensemble's distribution (its distance from the ensemble's median within ``SPREAD_MULTIPLE``
    x the ensemble's own largest distance from it), and so must its final metrics, if given.
+
+4. **Weight norm against float64** (when the runs' weight norms are given, e.g. at each epoch's
+   end): each run's global weight norm's running max relative distance from the float64 run's;
+   the other side's must stay within ``ACCURACY_FACTOR`` x the largest of the reference's and its
+   ensemble's (at least the loss tolerance), over the whole run, horizon or not. The loss is one
+   number a step, in which a small bias of the update (a weight decay 1% off) hides under the
+   rounding noise; the norm sums over every weight, so rounding moves it as a random walk while a
+   biased update moves it one way. A failing norm is a disagreement whatever the losses say.
 
 A bug moves the losses by its own size from its first update, far above the floor and the other
 side's error far above the reference's; a check that compared nothing (no steps, fewer reruns than
@@ -74,7 +87,8 @@ class Verdict:
 
     Arrays are ``[T]`` float64: ``drift``, ``floor``, ``other_error``/``reference_error`` (float64
     anchor, NaN without one), ``spread`` (the ensemble's own). ``worst_floor_ratio`` and
-    ``worst_accuracy_ratio`` are over the steps before the horizon (NaN when not measured);
+    ``worst_accuracy_ratio`` are over the steps before the horizon, ``worst_norm_ratio`` over the
+    whole run (each NaN when not measured);
     ``first_outside`` the first step no test accepts, or None."""
 
     outcome: str
@@ -93,6 +107,7 @@ class Verdict:
     spread: np.ndarray
     multiple: float
     accuracy_factor: float
+    worst_norm_ratio: float = np.nan
 
     @property
     def passed(self) -> bool:
@@ -106,7 +121,7 @@ class Verdict:
 
 def one_ulp(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``values`` with every entry moved by one ulp, up or down at random (same dtype): an ensemble
-    member's initial weights, a change of nothing but rounding."""
+    member's initial weights (and, after every step, its weights again), a change of nothing but rounding."""
     direction = np.where(rng.random(values.shape) < 0.5, -np.inf, np.inf).astype(values.dtype)
     return np.nextafter(values, direction)
 
@@ -134,6 +149,15 @@ def accuracy_errors(reference, other, ensemble, anchor, minimum: Tolerance = LOS
     reference_error = np.maximum.accumulate(relative_distance(family, anchor).max(axis=0))
     reference_error = np.maximum(reference_error, minimum.rtol + minimum.atol / np.abs(anchor))
     return np.maximum.accumulate(relative_distance(other, anchor)), reference_error
+
+
+def global_norm(arrays) -> float:
+    """The L2 norm of every floating-point array in ``arrays`` (a mapping of numpy-convertible
+    arrays, e.g. a model's weights) together, computed in float64."""
+    values = [
+        np.asarray(a, np.float64).ravel() for a in arrays.values() if np.issubdtype(np.asarray(a).dtype, np.floating)
+    ]
+    return float(np.sqrt(sum(np.dot(v, v) for v in values)))
 
 
 def ensemble_spread(reference, ensemble) -> np.ndarray:
@@ -164,6 +188,7 @@ def judge(
     ensemble,
     anchor=None,
     *,
+    norms: Mapping[str, np.ndarray] | None = None,
     runs: int = ENSEMBLE_SIZE,
     minimum: Tolerance = LOSS,
     multiple: float = FLOOR_MULTIPLE,
@@ -180,9 +205,69 @@ def judge(
         anchor: ``[T]``, the reference in float64, or None (the floor alone decides before the horizon).
         minimum: the single-call loss tolerance of the device (``parity.tolerance("loss", kind)``).
         metrics: ``{name: (reference's, other's, [each rerun's])}`` final metrics, judged after a horizon.
+        norms: the runs' global weight norms at the same E points (e.g. each epoch's end), ``{"reference",
+            "other", "anchor": [E], "ensemble": [K, E]}``, or None (test 4 not run; it needs the anchor).
 
     Raises ``ValueError`` when the arrays' lengths differ (a caller's bug, not a disagreement).
     """
+    judged = _judge_losses(
+        reference,
+        other,
+        ensemble,
+        anchor,
+        runs,
+        minimum,
+        multiple,
+        accuracy_factor,
+        spread_multiple,
+        chaos_level,
+        metrics,
+    )
+    if norms is None:
+        return judged
+    normed = judge_norms(judged, norms, runs, minimum, accuracy_factor)
+    return normed if judged.passed else dataclasses.replace(judged, worst_norm_ratio=normed.worst_norm_ratio)
+
+
+def judge_norms(
+    judged: Verdict, norms: Mapping[str, np.ndarray], runs: int, minimum: Tolerance, factor: float
+) -> Verdict:
+    """``judged`` (the losses' verdict) with test 4, the weight norm against float64, applied."""
+    names = ("reference", "other", "anchor", "ensemble")
+    missing = [name for name in names if norms.get(name) is None or np.size(norms[name]) == 0]
+    if missing:
+        why = f"the weight norms of {', '.join(missing)} were not measured: the norm test compared nothing"
+        return dataclasses.replace(judged, outcome=DISAGREE, decided="input checks", reason=why)
+    anchor = np.asarray(norms["anchor"], np.float64)
+    ensemble = np.atleast_2d(np.asarray(norms["ensemble"], np.float64))
+    family = np.vstack([np.asarray(norms["reference"], np.float64)[None], ensemble])
+    other = np.asarray(norms["other"], np.float64)
+    if family.shape[1] != anchor.size or other.size != anchor.size:
+        raise ValueError(f"weight norms at {anchor.size} points for the anchor but {family.shape[1]} and {other.size}")
+    if ensemble.shape[0] < runs or not np.all(np.isfinite(family)) or not np.all(np.isfinite(anchor)):
+        why = f"{ensemble.shape[0]} finite ensemble weight norms where {runs} were asked: no measured norm error"
+        return dataclasses.replace(judged, outcome=DISAGREE, decided="input checks", reason=why)
+    reference_error = np.maximum(np.maximum.accumulate(relative_distance(family, anchor).max(axis=0)), minimum.rtol)
+    other_error = np.maximum.accumulate(relative_distance(other, anchor))
+    ratio = np.where(np.isnan(other_error), np.inf, other_error) / reference_error
+    worst = float(ratio.max())
+    note = f"weight norm's float64 error at most {worst:.3g}x the reference's (limit {factor:g})"
+    if worst <= factor:
+        return dataclasses.replace(judged, reason=f"{judged.reason}; {note}", worst_norm_ratio=worst)
+    first = int(np.flatnonzero(ratio > factor)[0])
+    why = (
+        f"the weight norm drifts from float64's: at point {first} its error ({other_error[first]:.2e}) exceeds "
+        f"{factor:g}x the reference's ({reference_error[first]:.2e}), though the losses agree ({judged.reason})"
+    )
+    return dataclasses.replace(
+        judged, outcome=DISAGREE, decided="weight norm against float64", reason=why, worst_norm_ratio=worst
+    )
+
+
+def _judge_losses(
+    reference, other, ensemble, anchor, runs, minimum, multiple, accuracy_factor, spread_multiple, chaos_level, metrics
+) -> Verdict:
+    """Tests 1-3, on the losses."""
     reference = np.asarray(reference, np.float64)
     other = np.asarray(other, np.float64)
     steps = reference.size

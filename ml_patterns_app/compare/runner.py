@@ -111,15 +111,18 @@ def run_compare(
             result = run_worker(backend, job, Path(scratch) / f"{backend}-{n}.json")
             results[backend, n] = dataclasses.replace(result, machine_load=machine_load_during(before, machine_load()))
         # The verdict's runs of the reference (ml_patterns.verdict), on the compared device count:
-        # K reruns from the initial weights one ulp off, each its own sign seed, and one in float64.
+        # K reruns from the initial weights one ulp off, every weight moved one more ulp after each
+        # step, each run its own sign seed; and one in float64.
         initial = Path(scratch) / "initial.safetensors"
         ensemble = []
         for k in range(settings.floor_runs):
             weights = one_ulp_weights(initial, Path(scratch) / f"one_ulp_{k}.safetensors", settings.seed + k)
-            job = dataclasses.replace(job, devices=devices, weights=str(weights), write_weights=False)
+            job = dataclasses.replace(
+                job, devices=devices, weights=str(weights), write_weights=False, rounding_seed=settings.seed + k
+            )
             label = f"{ENSEMBLE_LABEL} {k + 1}/{settings.floor_runs}"
             ensemble.append(run_worker(REFERENCE, job, Path(scratch) / f"one_ulp_{k}.json", label))
-        job = dataclasses.replace(job, weights=str(initial), float64=True)
+        job = dataclasses.replace(job, weights=str(initial), float64=True, rounding_seed=None)
         anchor = run_worker(REFERENCE, job, Path(scratch) / "float64.json", ANCHOR_LABEL)
     compared = {backend: results[backend, devices] for backend in BACKENDS}
     report = build_report(settings, manifest, compared, ensemble, anchor, data)
