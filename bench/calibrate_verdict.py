@@ -295,57 +295,58 @@ def markdown(rows: list[dict]) -> str:
         f"K = {rows[0]['ensemble_size'] if rows else verdict.ENSEMBLE_SIZE} reruns with one ulp of noise a step.",
         "",
         "| family | run | kind | steps | worst drift/floor (step) | worst f64 error / reference's "
-        "| weight norm's f64 error / reference's | horizon | verdict (decided by) |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| weight norm's f64 error / reference's | score | horizon | verdict (decided by) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         lines.append(
             f"| {r['family']} | {r['run']} | {r['kind']} | {r['steps']} | {r['worst_floor_ratio']:.3g} "
             f"({r['worst_floor_step']}) | {r['worst_accuracy_ratio']:.3g} | {r['worst_norm_ratio']:.3g} "
-            f"| {r['horizon'] or '-'} | {r['outcome']} "
+            f"| {score(r):.3g} | {r['horizon'] or '-'} | {r['outcome']} "
             f"({r['decided']}) |"
         )
     return "\n".join(lines) + "\n\n" + margins(rows) + "\n"
 
 
 def margins(rows: list[dict]) -> str:
-    """The error rates, and the worst correct run's and the mildest caught bug's ratios on each test."""
+    """The error rates, and each test's worst correct run and mildest caught bug (``score``)."""
     correct = [r for r in rows if r["kind"] == "correct"]
     bugs = [r for r in rows if r["kind"] == "bug"]
     caught = [r for r in bugs if r["outcome"] == verdict.DISAGREE]
     false_alarms = sum(r["outcome"] == verdict.DISAGREE for r in correct)
     kinds = {r["run"] for r in bugs}
-    missed = sorted({r["run"] for r in bugs} - {r["run"] for r in caught})
+    missed = sorted(kinds - {r["run"] for r in caught})
     text = [
         f"False alarms: {false_alarms} of {len(correct)} correct runs. Bugs caught: {len(caught)} of {len(bugs)} runs "
         f"({len(kinds) - len(missed)} of {len(kinds)} kinds"
         + (f"; missed at least once: {', '.join(missed)})." if missed else ").")
     ]
     if correct:
-        best = max(
-            min(r["worst_floor_ratio"] / verdict.FLOOR_MULTIPLE, r["worst_accuracy_ratio"] / verdict.ACCURACY_FACTOR)
-            for r in correct
-        )
         text.append(
             f"Worst correct run: drift/floor {max(r['worst_floor_ratio'] for r in correct):.3g}, "
             f"f64 error ratio {max(r['worst_accuracy_ratio'] for r in correct):.3g}, weight norm's f64 error ratio "
-            f"{max(r['worst_norm_ratio'] for r in correct):.3g}; every correct run within "
-            f"{best:.3g} of the limit of the test that agrees."
+            f"{max(r['worst_norm_ratio'] for r in correct):.3g}; the highest score {max(map(score, correct)):.3g}."
         )
     if caught:
         text.append(
             f"Mildest caught bug: drift/floor {min(r['worst_floor_ratio'] for r in caught):.3g}, "
-            f"f64 error ratio {min(r['worst_accuracy_ratio'] for r in caught):.3g}; every caught bug at least "
-            f"{min(_caught_margin(r) for r in caught):.3g}x the limit of the test that caught it."
+            f"f64 error ratio {min(r['worst_accuracy_ratio'] for r in caught):.3g}; the lowest score "
+            f"{min(map(score, caught)):.3g}."
         )
+    text.append(
+        "Score: max(min(drift/floor / FLOOR_MULTIPLE, f64 error ratio / ACCURACY_FACTOR), weight norm's ratio / "
+        "ACCURACY_FACTOR), the verdict's margin before any horizon: at most 1 agrees, above 1 disagrees."
+    )
     return " ".join(text)
 
 
-def _caught_margin(row: dict) -> float:
-    """How far past its limit the test that caught a bug went: the norm's, or the nearer of the two loss tests'."""
-    if row["decided"] == "weight norm against float64":
-        return row["worst_norm_ratio"] / verdict.ACCURACY_FACTOR
-    return min(row["worst_floor_ratio"] / verdict.FLOOR_MULTIPLE, row["worst_accuracy_ratio"] / verdict.ACCURACY_FACTOR)
+def score(row: dict) -> float:
+    """A run's distance to the verdict's edge before any horizon: the losses agree when either loss test
+    is within its limit, and the norm must be within its own; above 1, a disagreement."""
+    losses = min(
+        row["worst_floor_ratio"] / verdict.FLOOR_MULTIPLE, row["worst_accuracy_ratio"] / verdict.ACCURACY_FACTOR
+    )
+    return max(losses, row["worst_norm_ratio"] / verdict.ACCURACY_FACTOR)
 
 
 def main(argv: list[str] | None = None) -> None:
