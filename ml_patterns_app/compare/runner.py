@@ -4,8 +4,8 @@ compare, report.
 Each backend trains in its own subprocess (``worker``), so its timings and peak memory are its own,
 not the other framework's thread pools or allocations; they run one after the other, each with the
 machine to itself, the torch worker first (it writes the initial weights the JAX worker reads),
-then torch again: from those weights moved by one ulp, K times (the ensemble floor of the
-verdict), and once in float64 (its anchor; ``ml_patterns.verdict``).
+then torch again: K times with the weights moved by one ulp at the start and after every step
+(the ensemble floor of the verdict), and once in float64 (its anchor; ``ml_patterns.verdict``).
 A worker's progress arrives on its stdout as JSON lines and is shown as one live status line per
 backend (a line per epoch when stdout is not a terminal); its stderr (warnings, errors) passes
 straight through. Ctrl-C stops the running worker and starts no other, and no report is written.
