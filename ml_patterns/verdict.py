@@ -33,8 +33,9 @@ norms are given, only when test 4 holds too:
    relative distance between any two of the reference and its reruns) exceeds ``CHAOS_LEVEL``: from
    there on rounding alone has moved runs apart by that much, and no single step can be compared.
    Tests 1-2 judge the steps before the horizon; after it the other side's loss must lie within
-   the ensemble's distribution (its distance from the ensemble's median within ``SPREAD_MULTIPLE``
-   x the ensemble's own largest distance from it), and so must its final metrics, if given.
+   the ensemble's distribution: at the typical step (the median over the steps after the horizon)
+   its distance from the ensemble's median within ``SPREAD_MULTIPLE`` x the ensemble's own largest
+   distance from it; and so must its final metrics, if given.
 
 4. **Weight norm against float64** (when the runs' weight norms are given, e.g. at each epoch's
    end): each run's global weight norm's running max relative distance from the float64 run's;
@@ -62,10 +63,11 @@ from ml_patterns.parity import LOSS, Tolerance
 # How far above the ensemble floor the drift may go. Calibration (docs/PARITY.md): correct runs reached 1.02
 # floors (1.42 in parity_tests/test_verdict_chaos.py), the mildest bug caught 4.57.
 FLOOR_MULTIPLE = 3.0
-# How far from the ensemble's median the other side may lie after the horizon, in the ensemble's own
-# largest distance from it: 4 draws (torch and 3 reruns) bound a distribution loosely, a fifth one
-# falls outside their range 2 times in 5. The chaotic CNN of parity_tests/test_verdict_chaos.py
-# (a correct port) reaches 1.56.
+# How far from the ensemble's median the other side may lie after the horizon (at the typical step,
+# and each final metric), in the ensemble's own largest distance from it: 4 draws (torch and 3
+# reruns) bound a distribution loosely. Calibration: correct runs' typical step at most 0.43 (single
+# steps up to 16, a rerun against the other three up to 47: why not every step), the chaotic CNN of
+# parity_tests/test_verdict_chaos.py 0.21.
 SPREAD_MULTIPLE = 5.0
 # How much larger than the reference's float32 error (against float64) the other side's may be, for
 # the losses and for the weight norm. Calibration: correct runs at most 0.83 on the losses (0.96 in
@@ -178,13 +180,13 @@ def predictability_horizon(spread: np.ndarray, level: float = CHAOS_LEVEL) -> in
     return int(beyond[0]) if beyond.size else None
 
 
-def within_distribution(other, family, multiple: float, minimum: Tolerance = LOSS) -> np.ndarray:
-    """Per column: is ``other`` ``[T]`` within ``multiple`` x the largest distance of ``family``
-    ``[N, T]`` from its median (at least the loss tolerance) of that median? bool ``[T]``."""
+def spread_ratio(other, family, minimum: Tolerance = LOSS) -> np.ndarray:
+    """Per column: ``other`` ``[T]``'s distance from the median of ``family`` ``[N, T]``, in units of
+    the family's largest distance from that median (at least the loss tolerance). ``[T]``."""
     family = np.asarray(family, np.float64)
     center = np.median(family, axis=0)
     reach = np.maximum(np.abs(family - center).max(axis=0), minimum.rtol * np.abs(center) + minimum.atol)
-    return np.abs(np.asarray(other, np.float64) - center) <= multiple * reach
+    return np.abs(np.asarray(other, np.float64) - center) / reach
 
 
 def judge(
@@ -367,25 +369,31 @@ def _judge_losses(
         return Verdict(AGREE, decided, why, first_outside=None, **found)
 
     family = np.vstack([reference[None], ensemble])
-    inside = within_distribution(other[horizon:], family[:, horizon:], spread_multiple, minimum)
-    if not np.all(inside):
-        first = horizon + int(np.flatnonzero(~inside)[0])
+    # The typical step, not every step: past the horizon a run's loss strays now and then far outside
+    # the few reruns' range (a rerun does so against the others), as draws of a heavy-tailed
+    # distribution do; a bug shifts it at most steps.
+    ratio = spread_ratio(other[horizon:], family[:, horizon:], minimum)
+    typical = float(np.median(np.where(np.isnan(ratio), np.inf, ratio)))
+    if not typical <= spread_multiple:
+        first = horizon + int(np.flatnonzero(~(ratio <= spread_multiple))[0])
         why = (
-            f"chaotic from step {horizon} (ensemble spread above {chaos_level:g}); at step {first} the loss "
-            f"{other[first]:.7g} lies outside {spread_multiple:g}x the ensemble's spread"
+            f"chaotic from step {horizon} (ensemble spread above {chaos_level:g}); after it the loss lies a median "
+            f"{typical:.3g}x the ensemble's spread from its median (limit {spread_multiple:g}), first outside at "
+            f"step {first} ({other[first]:.7g})"
         )
         return Verdict(DISAGREE, "distributions after the horizon", why, first_outside=first, **found)
     for name, (ours, theirs, reruns) in (metrics or {}).items():
         values = np.asarray([ours, *reruns], np.float64)[:, None]
-        if not within_distribution([theirs], values, spread_multiple, minimum)[0]:
+        if not spread_ratio([theirs], values, minimum)[0] <= spread_multiple:
             why = (
                 f"chaotic from step {horizon}; the final {name} {theirs:.6g} lies outside {spread_multiple:g}x "
                 "the ensemble's spread"
             )
             return Verdict(DISAGREE, "distributions after the horizon", why, first_outside=None, **found)
     why = (
-        f"before step {horizon}: {why}; from it (ensemble spread above {chaos_level:g}) every loss"
-        + (" and final metric" if metrics else "")
-        + f" within {spread_multiple:g}x the ensemble's spread"
+        f"before step {horizon}: {why}; from it (ensemble spread above {chaos_level:g}) the loss a median "
+        f"{typical:.3g}x the ensemble's spread from its median"
+        + (", every final metric" if metrics else "")
+        + f" within {spread_multiple:g}x"
     )
     return Verdict(CHAOTIC, f"{decided}, then distributions", why, first_outside=None, **found)
