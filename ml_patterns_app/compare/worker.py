@@ -29,6 +29,7 @@ from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from ml_patterns.molecules.metrics import SplitScores, train_class_counts
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.samplers import LengthGroupedSampler, padding_utilization, sequence_lengths
+from ml_patterns.verdict import global_norm
 from ml_patterns_app.compare.settings import WorkerJob, WorkerResult
 
 # A status line at most this often: reading the loss is a host sync.
@@ -92,17 +93,21 @@ class StepLosses(Callback):
 
 class EpochRecord(Callback):
     """At each epoch's end: the programs compiled for the steps so far (an epoch that compiled
-    nothing new is at steady state) and the 1-minute load average. The epoch's time is the
-    trainer's own (``epoch_times``), ended by the epoch's one host sync: no step is waited for, so
-    the device runs at its own pace, the host queueing ahead (``report.steady_state``)."""
+    nothing new is at steady state), the 1-minute load average and the weights' global norm (the
+    verdict's norm test, ``ml_patterns.verdict``; ``to_numpy``: the backend's ``state.tree_to_numpy``).
+    The epoch's time is the trainer's own (``epoch_times``), ended by the epoch's one host sync: no
+    step is waited for, so the device runs at its own pace, the host queueing ahead (``report.steady_state``)."""
 
-    def __init__(self):
+    def __init__(self, to_numpy):
+        self.to_numpy = to_numpy
         self.compilations: list[int | None] = []
         self.load: list[float] = []
+        self.weight_norms: list[float] = []
 
     def on_epoch_end(self, epoch: int, trainer, metrics) -> None:
         self.compilations.append(trainer.compilations())
         self.load.append(os.getloadavg()[0])
+        self.weight_norms.append(global_norm(self.to_numpy(trainer.snapshot_weights())))
 
 
 def run_worker(backend: str, job: WorkerJob, out: Path) -> None:
@@ -121,7 +126,7 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
     """The run, on one device (``distributed`` None) or as one rank of ``distributed``; ``cpus``:
     ``restrict_cpus``'s record."""
     impl = importlib.import_module(f"{backend}_impl")
-    for module in ("data", "molecules.models", "runtime", "training"):
+    for module in ("data", "molecules.models", "runtime", "state", "training"):
         importlib.import_module(f"{backend}_impl.{module}")
     runtime = impl.runtime
     runtime.set_precision("float32")  # parity needs full float32 on both sides (docs/PARITY.md)
@@ -168,11 +173,14 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
     main = distributed is None or distributed.is_main
     runtime.reset_peak_memory(device)
     step_losses = StepLosses()
-    timer = EpochRecord()
+    timer = EpochRecord(impl.state.tree_to_numpy)
+    callbacks = [timer, ProgressEvents(settings.epochs, steps), step_losses] if main else [step_losses]
+    if job.rounding_seed is not None:  # a run of the verdict's ensemble: every weight one ulp off after each step
+        callbacks.append(runtime.rounding_noise(job.rounding_seed))
     trainer = impl.training.Trainer(
         model,
         settings.optimizer(steps * settings.epochs),
-        [timer, ProgressEvents(settings.epochs, steps), step_losses] if main else [step_losses],
+        callbacks,
         device=None if distributed is not None else device,
         batch_transform=transform,
         distributed=distributed,
@@ -198,6 +206,7 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         epoch_times=trainer.epoch_times,
         epoch_compilations=timer.compilations,
         load_during=timer.load,
+        weight_norms=timer.weight_norms,
         padding={"sampler": type(sampler).__name__, "buckets": list(buckets), "pad_batches_to": pad_rows, **padding},
         steps_per_epoch=steps,
         samples_per_epoch=len(train),
