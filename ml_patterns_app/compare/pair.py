@@ -93,6 +93,9 @@ def load_callable(spec: str, flag: str) -> Callable:
     key = "ml_patterns_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
     module = sys.modules.get(key)
     if module is None:
+        # As `python FILE` does: the file's folder on the import path, for its own imports.
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
         loader = importlib.util.spec_from_file_location(key, path)
         module = importlib.util.module_from_spec(loader)
         sys.modules[key] = module

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 from ml_patterns.errors import UsageError
 from ml_patterns.molecules.config import ModelConfig
@@ -154,7 +155,7 @@ def settings_from_json(path, **overrides) -> CompareSettings:
     seed, ...), then ``overrides`` (the flags given on the command line) on top. Unknown keys and bad
     values are refused (``UsageError``) naming them."""
     try:
-        values = json.loads(open(path, encoding="utf-8").read())
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"--config {path}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
