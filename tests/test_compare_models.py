@@ -263,3 +263,59 @@ def test_a_bad_config_is_named_and_explained(tmp_path, content, message):
 def test_a_bad_flag_value_is_explained(capsys, tmp_path):
     assert main(["compare", "--lr", "0", "--out", str(tmp_path / "r"), "--no-compile-cache"]) == 2
     assert "learning_rate must be a positive finite number, got 0.0" in capsys.readouterr().err
+
+
+BAD_BATCHES = """
+import numpy as np
+
+
+def used_up():
+    return ({"x": np.zeros((2, 4), np.float32)} for _ in range(3))
+
+
+def tuples():
+    return [(np.zeros((2, 4), np.float32),)]
+
+
+def lists():
+    return [{"x": [[0.0] * 4] * 2}]
+
+
+def nothing():
+    return []
+
+
+def not_iterable():
+    return 3
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("used_up", "a second pass gives another number of batches"),
+        ("tuples", "batch 0 is a tuple, not a dict of numpy arrays"),
+        ("lists", "batch 0['x'] is a list, not a numpy array"),
+        ("nothing", "yielded no batch"),
+        ("not_iterable", "returned a int; return an iterable of batches"),
+    ],
+)
+def test_batches_that_cannot_train_are_named_before_training(in_pair_dir, name, message):
+    from ml_patterns_app.compare.pair import Batches
+
+    (in_pair_dir / "badbatches.py").write_text(BAD_BATCHES)
+    with pytest.raises(UsageError, match=f"--data 'badbatches:{name}'") as error:
+        Batches(f"badbatches:{name}", "--data").scan()
+    assert message in str(error.value)
+
+
+def test_the_command_checks_your_batches_before_any_worker(in_pair_dir, tmp_path, capsys):
+    (in_pair_dir / "badbatches.py").write_text(BAD_BATCHES)
+    out = tmp_path / "report"
+    status = main(
+        ["compare", "--torch", "mypair:torch_model", "--jax", "mypair:nnx_model"]
+        + ["--data", "badbatches:used_up", "--out", str(out), *COMMON]
+    )
+    captured = capsys.readouterr()
+    assert status == 2 and "a second pass gives another number of batches" in captured.err
+    assert "PyTorch (eager)" not in captured.out and not out.exists()

@@ -122,8 +122,9 @@ def check_loss(model, flag: str, spec: str, loss_flag: str) -> None:
 
 
 def write_initial_weights(spec: PairSpec, seed: int, torch_path: Path, nnx_path: Path) -> dict:
-    """Builds both models (torch seeded with ``seed``), transfers the torch weights to the NNX model
-    and writes each side's (``ml_patterns.checkpoint``, the NNX one in ``jax_impl.state``'s naming).
+    """Checks your batches (``Batches.scan``), builds both models (torch seeded with ``seed``),
+    transfers the torch weights to the NNX model and writes each side's (``ml_patterns.checkpoint``,
+    the NNX one in ``jax_impl.state``'s naming).
     Returns ``{"table": the mapping table, "problems": [...]}``; with problems, nothing is written."""
     import torch
     from flax import nnx
@@ -134,6 +135,9 @@ def write_initial_weights(spec: PairSpec, seed: int, torch_path: Path, nnx_path:
     from ml_patterns_app.porting.trees import PortingError
     from torch_impl import state as torch_state
 
+    for data, flag in ((spec.data, "--data"), (spec.val, "--val")):  # your batches checked before any training
+        if data is not None:
+            Batches(data, flag).scan()
     torch.manual_seed(seed)
     torch_model = build_model(spec.torch, "--torch", torch.nn.Module, "a torch.nn.Module")
     nnx_model = build_model(spec.jax, "--jax", nnx.Module, "a flax.nnx.Module")

@@ -96,7 +96,10 @@ def molecule_workload(impl, runtime, job: WorkerJob, devices: int, device) -> Wo
         steps_per_epoch=-(-len(train) // settings.batch_size),
         samples_per_epoch=len(train),
         pad_rows=pad_rows,
-        first_batch=lambda: transform(next(iter(train_loader)), 0, 0, train=True),
+        # From a loader of its own: the run's sampler resumes where a pass over it stopped.
+        first_batch=lambda: transform(
+            next(iter(loader(train, settings.batch_size, seed=settings.seed, **collate))), 0, 0, train=True
+        ),
         record={
             "padding": {
                 "sampler": type(sampler).__name__,
