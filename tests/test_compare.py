@@ -87,6 +87,9 @@ def test_compare_end_to_end(default_dataset, tmp_path, capsys, monkeypatch):
     assert results["speed"]["torch"]["compile_cache"]["compile_cache"] is None  # torch eager compiles nothing
     assert results["speed"]["jax"]["compilations"] >= 2  # at least one train and one eval compilation
     assert results["speed"]["torch"]["compilations"] is None
+    # One training step's FLOPs, counted by torch on the first batch, and the rate from it for both.
+    assert results["speed"]["torch"]["flops_per_step"] == results["speed"]["jax"]["flops_per_step"] > 0
+    assert results["speed"]["jax"]["gflop_per_s"] is None or results["speed"]["jax"]["gflop_per_s"] > 0
     assert sorted(p.name for p in out.iterdir()) == sorted((*compare_written.FILES, MARKER))  # marked as a report
     assert (out / "drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [
     "ml_patterns_app.cli",
     "ml_patterns_bench",
-    "ml_patterns_app.compare | ml_patterns_app.porting",
+    "ml_patterns_app.compare",
+    "ml_patterns_app.porting",
     "ml_patterns_app.figures",
     "torch_impl | jax_impl",
     "ml_patterns",

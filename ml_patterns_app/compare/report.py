@@ -15,7 +15,7 @@ from ml_patterns import parity, verdict
 from ml_patterns.machine import environment
 from ml_patterns.molecules.metrics import BASELINE
 from ml_patterns.parity import Tolerance
-from ml_patterns_app.compare.settings import BACKENDS, LABELS, REFERENCE, CompareSettings, WorkerResult
+from ml_patterns_app.compare.settings import LABELS, REFERENCE, CompareSettings, WorkerResult
 
 AGREE = "they agree numerically"
 DISAGREE = "they DISAGREE (see the parity table and drift.png)"
@@ -27,12 +27,15 @@ def build_report(
     results: dict[str, WorkerResult],
     ensemble: list[WorkerResult],
     anchor: WorkerResult,
-    data_dir: Path,
+    data_dir: Path | None,
+    dataset: dict | None = None,
 ) -> dict:
-    """``results``: each backend's worker result (``worker.run_worker``); ``ensemble``: the reference
-    rerun from its initial weights one ulp off, ``settings.floor_runs`` times; ``anchor``: the
-    reference in float64. The verdict is ``ml_patterns.verdict.judge``'s, on every step's loss and
-    on each epoch's train and val loss."""
+    """``results``: each backend's worker result (``worker.run_worker``; ``"torch_compile"`` too when
+    torch.compile ran); ``ensemble``: the reference rerun from its initial weights one ulp off,
+    ``settings.floor_runs`` times; ``anchor``: the reference in float64. The verdict is
+    ``ml_patterns.verdict.judge``'s, on every step's loss and on each epoch's train and val loss.
+    ``dataset``: the report's data section for a workload other than the molecules (``manifest``
+    and ``data_dir`` then unused)."""
     runs = {**results, **{f"one ulp off {k}": run for k, run in enumerate(ensemble)}, "float64": anchor}
     kinds = {name: r.device["kind"] for name, r in runs.items()}
     if len(set(kinds.values())) != 1:  # the parent resolves one kind for all (runner.resolve_device)
@@ -70,8 +73,14 @@ def build_report(
     ensemble_metrics = [run.test_metrics for run in ensemble]
     steps = _verdict_fields(judge_steps(losses, noise, metrics, ensemble_metrics))
     passed = steps["outcome"] != verdict.DISAGREE
+    compiled = None
+    if "torch_compile" in results:  # torch.compile against eager torch, on the same noise
+        compiled = _verdict_fields(judge_steps({**losses, "jax": results["torch_compile"].step_losses}, noise))
+        passed &= compiled["outcome"] != verdict.DISAGREE
     rows = [{"epoch": epoch} for epoch in range(len(torch_r.history["epoch"]))]
     for key in ("train_loss", "val_loss"):
+        if key not in torch_r.history:
+            continue  # no validation batches (your pair without --val)
         history = {
             "torch": torch_r.history[key],
             "jax": jax_r.history[key],
@@ -91,24 +100,29 @@ def build_report(
                 "pass": judged.passed,
                 "decided": judged.decided,
             }
-    speed = {backend: _speed(results[backend]) for backend in BACKENDS}
-    return {
-        "settings": dataclasses.asdict(settings),
-        "dataset": {
+    speed = {name: _speed(result, torch_r.flops_per_step) for name, result in results.items()}
+    if dataset is None:
+        dataset = {
             "path": str(data_dir),
             "source": manifest["source"]["name"],
             "splits": manifest["splits"],
             "max_length": torch_r.max_length,
             "truncated_molecules": torch_r.truncated,
-        },
+        }
+    parity_ = {"passed": passed, "steps": {**steps, "losses": losses}, "epochs": rows}
+    if compiled is not None:
+        parity_["torch_compile"] = {**compiled, "losses": results["torch_compile"].step_losses}
+    return {
+        "settings": dataclasses.asdict(settings),
+        "dataset": dataset,
         "device_kind": device_kind,
         "noise_floor": noise,
-        "parity": {"passed": passed, "steps": {**steps, "losses": losses}, "epochs": rows},
+        "parity": parity_,
         "test_metrics": {**metrics, "torch_one_ulp": ensemble_metrics},
         "speed": speed,
         "backends": {
-            backend: {k: getattr(results[backend], k) for k in ("device", "versions", "threads", "precision")}
-            for backend in BACKENDS
+            name: {k: getattr(result, k) for k in ("device", "versions", "threads", "precision")}
+            for name, result in results.items()
         },
         "environment": environment(),
         "timing": timing_reliability(results),
@@ -221,7 +235,9 @@ def add_one_device_parity(report: dict, runs: dict[str, tuple[WorkerResult, Work
     )
 
 
-def _speed(result: WorkerResult) -> dict:
+def _speed(result: WorkerResult, flops_per_step: float | None = None) -> dict:
+    """Steady state, warm-up, rates and peak memory; ``flops_per_step``: one training step's FLOPs
+    (torch's count, the same model on every side), for the FLOP rate at steady state."""
     steady = steady_state(result.epoch_times, result.epoch_compilations)
     first_epoch = result.epoch_times[0]["train_s"]
     steps, samples = result.steps_per_epoch, result.samples_per_epoch
@@ -236,9 +252,17 @@ def _speed(result: WorkerResult) -> dict:
         "machine_load": {**result.machine_load, "load_average_during": result.load_during},
         "peak_memory_bytes": result.peak_memory_bytes,
         "peak_memory_kind": result.peak_memory_kind,
+        "flops_per_step": flops_per_step,
     }
     if not steady["measured"]:
-        return {**speed, "steady_epoch_s": None, "warmup_s": None, "steps_per_s": None, "samples_per_s": None}
+        return {
+            **speed,
+            "steady_epoch_s": None,
+            "warmup_s": None,
+            "steps_per_s": None,
+            "samples_per_s": None,
+            "gflop_per_s": None,
+        }
     epoch = statistics.median(steady["epoch_s"])
     return {
         **speed,
@@ -248,15 +272,17 @@ def _speed(result: WorkerResult) -> dict:
         "warmup_s": first_epoch - epoch,
         "steps_per_s": steps / epoch,
         "samples_per_s": samples / epoch,
+        # No MFU: that needs the device's peak, which bench measures (ml-patterns bench), not compare.
+        "gflop_per_s": None if flops_per_step is None else flops_per_step * steps / epoch / 1e9,
     }
 
 
 def timing_reliability(results: dict[str, WorkerResult]) -> dict:
     """Per backend, whether other processes competed for the CPUs while its worker ran."""
     verdicts = {}
-    for backend in BACKENDS:
-        load = results[backend].machine_load
-        cpus = results[backend].cpus.get("cpus_available") or 1
+    for backend, result in results.items():
+        load = result.machine_load
+        cpus = result.cpus.get("cpus_available") or 1
         share = load.get("others_cpu_share")
         before = (load.get("load_average_before") or [0.0])[0]
         # The CPU time other processes took during the worker is the direct measure. The load average
@@ -279,13 +305,13 @@ def _agreement(passed: bool, steps: dict) -> str:
 
 
 def _verdict(speed: dict, agreement: str, results: dict, reliability: dict) -> str:
-    busy = [backend for backend in BACKENDS if reliability[backend]["busy"]]
+    busy = [backend for backend in reliability if reliability[backend]["busy"]]
     caveat = ""
     if busy:
         shares = ", ".join(
             f"{LABELS[b]}: {_share(reliability[b]['others_cpu_share'])} of the CPUs used by other processes, "
             f"load average {reliability[b]['load_average_before']:.1f} before"
-            for b in BACKENDS
+            for b in reliability
         )
         caveat = (
             f"TIMING NOT RELIABLE: the machine was busy ({shares}); the speed figures may be off by large "
@@ -318,7 +344,18 @@ def _verdict(speed: dict, agreement: str, results: dict, reliability: dict) -> s
             f" Over this run as a whole JAX's {compiling} outweighed its {training} (a second run loads the "
             "compiled programs from the compile cache)."
         )
-    return verdict
+    return verdict + _compiled_verdict(speed)
+
+
+def _compiled_verdict(speed: dict) -> str:
+    """torch.compile's place, when it ran: its steady rate against eager torch's, its compile time."""
+    compiled, eager = speed.get("torch_compile"), speed["torch"]
+    if compiled is None or None in (compiled["steps_per_s"], eager["steps_per_s"]):
+        return ""
+    return (
+        f" {LABELS['torch_compile']}: {compiled['steps_per_s'] / eager['steps_per_s']:.2f}x eager torch's steady "
+        f"rate ({compiled['steps_per_s']:.1f} steps/s) after {_warmup(compiled['warmup_s'])} of compiling and warm-up."
+    )
 
 
 def _share(value: float | None) -> str:
@@ -337,6 +374,15 @@ def _warmup(seconds: float | None) -> str:
     return f"{seconds:.2f} s"
 
 
+def _compiled_summary(compiled: dict | None) -> list[str]:
+    if compiled is None:
+        return []
+    return [
+        f"- torch.compile against eager torch, every step: {compiled['summary']}; largest drift/floor "
+        f"{_number(compiled['worst_ratio'], '.3g')} (step {compiled['worst_step']})"
+    ]
+
+
 def format_summary(report: dict) -> str:
     noise, steps = report["noise_floor"], report["parity"]["steps"]
     first = "none" if steps["first_outside"] is None else f"step {steps['first_outside']}"
@@ -352,11 +398,14 @@ def format_summary(report: dict) -> str:
         f"{_number(steps.get('worst_norm_ratio'), '.3g')}; first step outside: {first}"
         f"{horizon}; at the last step drift {_number(steps['final_drift'], '.2e')}, floor "
         f"{_number(steps['final_floor'], '.2e')}",
+        *_compiled_summary(report["parity"].get("torch_compile")),
         "| epoch | loss | torch | jax | torch, one ulp off (range) | torch, float64 | rel diff | floor | pass |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["parity"]["epochs"]:
         for key in ("train_loss", "val_loss"):
+            if key not in row:
+                continue
             cell = row[key]
             reruns = cell["torch_one_ulp"]
             lines.append(
@@ -380,13 +429,14 @@ def format_summary(report: dict) -> str:
             )
     devices = report["backends"]
     lines += ["", "Devices: " + "; ".join(f"{LABELS[b]} on {devices[b]['device']['name']}" for b in devices)]
-    lines += [
-        "",
-        "Test split (baseline, from the training split: the mean predictor, or the majority class):",
-        "| metric | torch | jax | torch, one ulp off (range) | baseline |",
-        "|---|---|---|---|---|",
-    ]
     torch_m, jax_m = report["test_metrics"]["torch"], report["test_metrics"]["jax"]
+    if torch_m:  # your own pair has none
+        lines += [
+            "",
+            "Test split (baseline, from the training split: the mean predictor, or the majority class):",
+            "| metric | torch | jax | torch, one ulp off (range) | baseline |",
+            "|---|---|---|---|---|",
+        ]
     for name in (name for name in torch_m if not name.startswith(BASELINE)):
         reruns = [m[name] for m in report["test_metrics"]["torch_one_ulp"]]
         baseline = torch_m.get(BASELINE + name)  # none for the token accuracies
@@ -401,19 +451,26 @@ def format_summary(report: dict) -> str:
         + ("" if "devices" not in report else f"; {report['devices']} devices each")
         + "):",
         "| backend | first epoch | warm-up / compile | steady epoch | steps/s | samples/s | compilations "
-        "| real tokens / attention | others' CPU share | peak memory |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| real tokens / attention | GFLOP/s | others' CPU share | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for backend, s in report["speed"].items():
         memory = f"{s['peak_memory_bytes'] / 2**20:.0f} MiB ({s['peak_memory_kind']})"
         compilations = s["compilations"] if s["compilations"] is not None else "n/a"
         padding = s["padding_utilization"]
+        padded = "n/a" if not padding else f"{padding['token']:.1%} / {padding['attention']:.1%}"
         lines.append(
             f"| {LABELS[backend]} | {s['first_epoch_s']:.2f} s | {_warmup(s['warmup_s'])} "
             f"| {_number(s['steady_epoch_s'], '.2f', ' s')} | {_number(s['steps_per_s'], '.1f')} "
-            f"| {_number(s['samples_per_s'], '.0f')} | {compilations} "
-            f"| {padding['token']:.1%} / {padding['attention']:.1%} "
+            f"| {_number(s['samples_per_s'], '.0f')} | {compilations} | {padded} "
+            f"| {_number(s.get('gflop_per_s'), '.3g')} "
             f"| {_share(report['timing'][backend]['others_cpu_share'])} | {memory} |"
+        )
+    flops = next(iter(report["speed"].values())).get("flops_per_step")
+    if flops:
+        lines.append(
+            f"GFLOP/s: one training step's forward and backward FLOPs ({flops / 1e9:.3g} GFLOP, counted by torch's "
+            "FlopCounterMode on the first batch) x steady steps/s; MFU needs the device's peak: `ml-patterns bench`."
         )
     lines += ["", "Verdict: " + report["verdict"]]
     return "\n".join(lines)

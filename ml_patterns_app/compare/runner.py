@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,13 @@ from ml_patterns.errors import UsageError
 from ml_patterns.io import private_directory
 from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
 from ml_patterns.verdict import one_ulp
+from ml_patterns_app.compare.pair import PairSpec, prepare_initial_weights
 from ml_patterns_app.compare.report import add_one_device_parity, build_report, format_summary
 from ml_patterns_app.compare.settings import (
     ANCHOR_LABEL,
     BACKENDS,
+    CONTENDERS,
+    DEFAULT_CONTENDERS,
     ENSEMBLE_LABEL,
     LABELS,
     REFERENCE,
@@ -73,15 +77,38 @@ def check_compile_cache(compile_cache: Path) -> None:
 
 def run_compare(
     settings: CompareSettings,
-    data: Path,
+    data: Path | None,
     out: Path,
     device: str = "auto",
     devices: int = 1,
     compile_cache: Path | None = None,
+    *,
+    pair: PairSpec | None = None,
+    contenders: Sequence[str] = DEFAULT_CONTENDERS,
 ) -> int:
-    """Trains ``settings`` on every backend of ``BACKENDS``, writes the report into ``out``; returns 0
-    when the histories agree, 1 when they do not.
+    """``compare``, printing its summary; returns 0 when the histories agree, 1 when they do not."""
+    report = compare(settings, data, out, device, devices, compile_cache, pair=pair, contenders=contenders)
+    print("\n" + format_summary(report))
+    print(f"\nwrote {out / FILES[0]}, {', '.join(FILES[1:])} ({report['wall_time_s']:.0f} s)")
+    return 0 if report["parity"]["passed"] else 1
 
+
+def compare(
+    settings: CompareSettings,
+    data: Path | None,
+    out: Path,
+    device: str = "auto",
+    devices: int = 1,
+    compile_cache: Path | None = None,
+    *,
+    pair: PairSpec | None = None,
+    contenders: Sequence[str] = DEFAULT_CONTENDERS,
+) -> dict:
+    """Trains ``settings`` on every backend of ``BACKENDS`` (and torch.compile when ``contenders``
+    holds ``"compile"``), writes the report into ``out`` and returns it (``results.json``'s content).
+
+    The workload: the molecule model on the prepared dataset ``data`` (prepared there if it is
+    missing), or with ``pair`` your own models and batches (``pair.PairSpec``; ``data`` unused).
     ``devices`` N > 1: each backend trains twice, on one device and data-parallel on N (torch: DDP
     processes; JAX: a mesh of N devices, simulated on a CPU); the parity table compares the two
     N-device runs, and each is also checked against its own one-device run (docs/DISTRIBUTED.md).
@@ -89,54 +116,104 @@ def run_compare(
     run compiles).
     """
     started = time.perf_counter()
-    check_report_destination(out, data)  # before any training: a report that cannot be written costs nothing
-    if not (data / "manifest.json").is_file():
-        print(f"preparing the default dataset in {data} ...", flush=True)
-        prepare_dataset(data, progress=True)
-    manifest = read_manifest(data)
+    check_contenders(contenders, devices)
+    check_report_destination(out, None if pair is not None else data)  # before any training
+    manifest = None
+    if pair is None:
+        if not (data / "manifest.json").is_file():
+            print(f"preparing the default dataset in {data} ...", flush=True)
+            prepare_dataset(data, progress=True)
+        manifest = read_manifest(data)
     device = resolve_device(device)  # once, here: both workers run on the same kind
     runs = [(backend, n) for backend in BACKENDS for n in dict.fromkeys((1, devices))]
     with tempfile.TemporaryDirectory() as scratch:
+        initial = Path(scratch) / "initial.safetensors"
+        weights = {backend: initial for backend in BACKENDS}  # the molecule models: one file, both read it
+        if pair is not None:  # yours: torch's weights, and NNX's transferred from them (before any training)
+            weights["jax"] = Path(scratch) / "initial_nnx.safetensors"
+            prepare_initial_weights(pair, settings.seed, initial, weights["jax"])
+        base = WorkerJob(
+            data=str(data) if pair is None else pair.data,
+            settings=settings,
+            weights=str(initial),
+            device=device,
+            compile_cache=str(compile_cache) if compile_cache else None,
+            pair=None if pair is None else pair.to_dict(),
+        )
         results = {}
         for index, (backend, n) in enumerate(runs):
-            job = WorkerJob(
-                data=str(data),
-                settings=settings,
-                weights=str(Path(scratch) / "initial.safetensors"),
-                write_weights=index == 0,
-                device=device,
+            job = dataclasses.replace(
+                base,
+                weights=str(weights[backend]),
+                write_weights=index == 0 and pair is None,
                 devices=n,
-                compile_cache=str(compile_cache) if compile_cache else None,
+                count_flops=index == 0,
+                contender="eager" if backend == "torch" else "jit",
             )
-            before = machine_load()
-            result = run_worker(backend, job, Path(scratch) / f"{backend}-{n}.json")
-            results[backend, n] = dataclasses.replace(result, machine_load=machine_load_during(before, machine_load()))
+            results[backend, n] = measured_run(backend, job, Path(scratch) / f"{backend}-{n}.json")
+        compared = {backend: results[backend, devices] for backend in BACKENDS}
+        if "compile" in contenders:
+            job = dataclasses.replace(base, contender="compile")
+            compared["torch_compile"] = measured_run(
+                REFERENCE, job, Path(scratch) / "compile.json", LABELS["torch_compile"]
+            )
         # The verdict's runs of the reference (ml_patterns.verdict), on the compared device count:
         # K reruns from the initial weights one ulp off, every weight moved one more ulp after each
         # step, each run its own sign seed; and one in float64.
-        initial = Path(scratch) / "initial.safetensors"
         ensemble = []
         for k in range(settings.floor_runs):
-            weights = one_ulp_weights(initial, Path(scratch) / f"one_ulp_{k}.safetensors", settings.seed + k)
-            job = dataclasses.replace(
-                job, devices=devices, weights=str(weights), write_weights=False, rounding_seed=settings.seed + k
-            )
+            moved = one_ulp_weights(initial, Path(scratch) / f"one_ulp_{k}.safetensors", settings.seed + k)
+            job = dataclasses.replace(base, devices=devices, weights=str(moved), rounding_seed=settings.seed + k)
             label = f"{ENSEMBLE_LABEL} {k + 1}/{settings.floor_runs}"
             ensemble.append(run_worker(REFERENCE, job, Path(scratch) / f"one_ulp_{k}.json", label))
-        job = dataclasses.replace(job, weights=str(initial), float64=True, rounding_seed=None)
+        job = dataclasses.replace(base, devices=devices, float64=True)
         anchor = run_worker(REFERENCE, job, Path(scratch) / "float64.json", ANCHOR_LABEL)
-        trained = {b: trained_weights_path(Path(scratch) / f"{b}-{devices}.json").read_bytes() for b in BACKENDS}
-    compared = {backend: results[backend, devices] for backend in BACKENDS}
-    report = build_report(settings, manifest, compared, ensemble, anchor, data)
+        trained = {  # the trained weights, where the workload saves them (ours: yes; your pair: no)
+            backend: path.read_bytes()
+            for backend in BACKENDS
+            if (path := trained_weights_path(Path(scratch) / f"{backend}-{devices}.json")).is_file()
+        }
+    check_same_data([*compared.values(), *ensemble, anchor])
+    dataset = None if pair is None else pair.describe()
+    report = build_report(settings, manifest, compared, ensemble, anchor, data, dataset=dataset)
     if devices > 1:
         add_one_device_parity(
             report, {backend: (results[backend, 1], results[backend, devices]) for backend in BACKENDS}
         )
     report["wall_time_s"] = time.perf_counter() - started
-    write_report(report, out, data, trained)
-    print("\n" + format_summary(report))
-    print(f"\nwrote {out / FILES[0]}, {', '.join(FILES[1:])} ({report['wall_time_s']:.0f} s)")
-    return 0 if report["parity"]["passed"] else 1
+    write_report(report, out, data if pair is None else None, trained)
+    return report
+
+
+def check_contenders(contenders: Sequence[str], devices: int) -> None:
+    """``--contenders``: names of ``CONTENDERS``, eager and jit among them (the pair judged)."""
+    unknown = [name for name in contenders if name not in CONTENDERS]
+    if unknown:
+        raise UsageError(f"--contenders: unknown {unknown}; choose from {', '.join(CONTENDERS)}")
+    if not {"eager", "jit"} <= set(contenders):
+        raise UsageError(
+            "--contenders must hold eager and jit (the two runs judged for agreement), e.g. eager,compile,jit"
+        )
+    if "compile" in contenders and devices > 1:
+        raise UsageError("--contenders compile runs on one device: leave --devices out, or compile out")
+
+
+def check_same_data(runs: Sequence[WorkerResult]) -> None:
+    """Refuses (``UsageError``) runs that trained on different batches (your ``--data`` must give the
+    same batches on every call: seed its random draws)."""
+    checksums = {run.data_sha256 for run in runs}
+    if len(checksums) > 1:
+        raise UsageError(
+            "--data gave each worker other batches (their checksums differ): the function must return the same "
+            "batches on every call; seed its random draws"
+        )
+
+
+def measured_run(backend: str, job: WorkerJob, out: Path, label: str | None = None) -> WorkerResult:
+    """``run_worker``, with what else ran on the machine meanwhile (``machine_load_during``)."""
+    before = machine_load()
+    result = run_worker(backend, job, out, label)
+    return dataclasses.replace(result, machine_load=machine_load_during(before, machine_load()))
 
 
 # The one-line install that gives each backend its CUDA 12 build (jax's extra pins the matching jaxlib).
@@ -200,7 +277,8 @@ def one_ulp_weights(source: Path, destination: Path, seed: int) -> Path:
         name: one_ulp(array, rng) if np.issubdtype(array.dtype, np.floating) else array
         for name, array in sorted(arrays.items())
     }
-    config = config_from_metadata(metadata, source)
+    # Your own torch model's checkpoint holds no ModelConfig (ours does).
+    config = None if metadata.get("config") is None else config_from_metadata(metadata, source)
     return save_checkpoint(
         destination,
         moved,

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
+from ml_patterns.errors import UsageError
 from ml_patterns.molecules.config import ModelConfig
-from ml_patterns.optim import OptimizerConfig, ScheduleConfig
+from ml_patterns.optim import OPTIMIZERS, OptimizerConfig, ScheduleConfig
 from ml_patterns.samplers import BatchSampler, fit_buckets, make_sampler
 from ml_patterns.verdict import ENSEMBLE_SIZE
 
 BACKENDS = ("torch", "jax")
-LABELS = {"torch": "PyTorch (eager)", "jax": "JAX (jax.jit)"}
+LABELS = {"torch": "PyTorch (eager)", "jax": "JAX (jax.jit)", "torch_compile": "PyTorch (torch.compile)"}
+# ``--contenders``: the runs timed, by their name there -> the run's key in the report. eager and jit
+# are the pair judged for agreement; compile (torch.compile) is optional, and judged against eager too.
+CONTENDERS = {"eager": "torch", "compile": "torch_compile", "jit": "jax"}
+DEFAULT_CONTENDERS = ("eager", "jit")
 # The side the other is measured against; the verdict's runs of it (ml_patterns.verdict): from the
 # initial weights moved by one ulp (the ensemble), and in float64 (the anchor).
 REFERENCE = BACKENDS[0]
@@ -33,8 +39,9 @@ class CompareSettings:
     n_heads: int = 4
     n_layers: int = 2
     d_ff: int = 128
+    optimizer_name: str = "adamw"  # one of ml_patterns.optim.OPTIMIZERS
     learning_rate: float = 1e-3
-    weight_decay: float = 0.01
+    weight_decay: float = 0.01  # adamw, adam_l2 and sgd; must be 0 for adam
     clip_grad_norm: float = 1.0
     warmup_fraction: float = 0.1
     seed: int = 0
@@ -60,6 +67,9 @@ class CompareSettings:
     # The trainers' precision (ml_patterns.precision). No command-line flag yet: the verdict's noise
     # floor is float32's, and a bf16-mixed run needs one measured in bfloat16 (docs/PRECISION.md).
     precision: str = "float32"
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
     def train_sampler(self, train) -> BatchSampler:
         """The sampler both backends' training loaders draw from (``make_loader`` builds the same)."""
@@ -94,12 +104,72 @@ class CompareSettings:
     def optimizer(self, steps: int) -> OptimizerConfig:
         schedule = ScheduleConfig(warmup_steps=max(1, int(self.warmup_fraction * steps)), total_steps=max(2, steps))
         return OptimizerConfig(
-            "adamw",
+            self.optimizer_name,
             learning_rate=self.learning_rate,
             weight_decay=self.weight_decay,
-            clip_grad_norm=self.clip_grad_norm,
+            clip_grad_norm=self.clip_grad_norm or None,  # 0: no clipping
             schedule=schedule,
         )
+
+
+def check_settings(settings: CompareSettings) -> None:
+    """Refuses (``UsageError``) a value that cannot train, saying which field and why."""
+    problems = []
+    fields = {field.name: field for field in dataclasses.fields(settings)}
+    for name, field in fields.items():
+        value, kind = getattr(settings, name), type(field.default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            continue  # 1 for 1.0
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            problems.append(f"{name} must be {kind.__name__}, got {value!r}")
+    if problems:
+        raise UsageError("invalid compare settings: " + "; ".join(problems))
+    positive = ("epochs", "batch_size", "d_model", "n_heads", "n_layers", "d_ff", "max_length", "max_buckets")
+    problems += [
+        f"{name} must be at least 1, got {getattr(settings, name)}" for name in positive if getattr(settings, name) < 1
+    ]
+    non_negative = ("max_train_molecules", "threads", "seed", "clip_grad_norm", "weight_decay")
+    problems += [
+        f"{name} must be 0 or more, got {getattr(settings, name)}"
+        for name in non_negative
+        if not getattr(settings, name) >= 0
+    ]
+    if settings.model not in MODELS:
+        problems.append(f"model must be one of {', '.join(MODELS)}, got {settings.model!r}")
+    if settings.optimizer_name not in OPTIMIZERS:
+        problems.append(f"optimizer_name must be one of {', '.join(OPTIMIZERS)}, got {settings.optimizer_name!r}")
+    elif settings.optimizer_name == "adam" and settings.weight_decay:
+        problems.append("adam has no weight decay: set weight_decay 0, or use adamw (decoupled) or adam_l2 (L2)")
+    if not 0 < settings.learning_rate < float("inf"):
+        problems.append(f"learning_rate must be a positive finite number, got {settings.learning_rate}")
+    if not 0 <= settings.warmup_fraction < 1:
+        problems.append(f"warmup_fraction must be in [0, 1), got {settings.warmup_fraction}")
+    if settings.d_model % settings.n_heads:
+        problems.append(f"d_model ({settings.d_model}) must be a multiple of n_heads ({settings.n_heads})")
+    if problems:
+        raise UsageError("invalid compare settings: " + "; ".join(problems))
+
+
+def settings_from_json(path, **overrides) -> CompareSettings:
+    """``--config FILE.json``: a JSON object of ``CompareSettings`` fields (model sizes, optimizer,
+    seed, ...), then ``overrides`` (the flags given on the command line) on top. Unknown keys and bad
+    values are refused (``UsageError``) naming them."""
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"--config {path}: not a readable JSON file ({error})") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"--config {path}: expected a JSON object of settings, got {type(values).__name__}")
+    known = [field.name for field in dataclasses.fields(CompareSettings)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UsageError(f"--config {path}: unknown key(s) {unknown}; accepted: {', '.join(known)}")
+    try:
+        return CompareSettings(**{**values, **overrides})
+    except UsageError as error:
+        raise UsageError(f"--config {path}: {error}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +188,9 @@ class WorkerJob:
     device: str = "auto"
     devices: int = 1
     compile_cache: str | None = None
+    contender: str = "eager"  # torch: "eager" or "compile" (CONTENDERS); JAX: "jit"
+    count_flops: bool = False  # torch: count one training step's FLOPs (torch.utils.flop_counter)
+    pair: dict | None = None  # your own model pair (``pair.PairSpec.to_dict``); None: the molecule workload
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -160,6 +233,9 @@ class WorkerResult:
     versions: dict = dataclasses.field(default_factory=dict)
     threads: int = 0
     precision: str = ""
+    contender: str = ""
+    flops_per_step: float | None = None  # one training step's FLOPs, counted by torch (None: not counted)
+    data_sha256: str = ""  # of every training batch, in order: both backends must have trained on the same
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

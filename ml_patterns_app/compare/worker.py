@@ -21,16 +21,14 @@ import time
 from pathlib import Path
 
 from ml_patterns.callbacks import Callback
-from ml_patterns.data import LazyDataset, Subset
-from ml_patterns.distributed import shard_rows
 from ml_patterns.machine import cpu_count, restrict_cpus
 from ml_patterns.molecules.batches import BatchPreparer
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from ml_patterns.molecules.metrics import SplitScores, train_class_counts
-from ml_patterns.molecules.prepare import read_manifest
-from ml_patterns.samplers import LengthGroupedSampler, padding_utilization, sequence_lengths
 from ml_patterns.verdict import global_norm
+from ml_patterns_app.compare.pair import pair_workload
 from ml_patterns_app.compare.settings import WorkerJob, WorkerResult
+from ml_patterns_app.compare.workload import molecule_workload
 
 # A status line at most this often: reading the loss is a host sync.
 REFRESH_S = 0.5
@@ -132,48 +130,25 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
     runtime.set_precision("float32")  # parity needs full float32 on both sides (docs/PARITY.md)
     device = runtime.select_device(job.device)
     cache = runtime.enable_compile_cache(job.compile_cache) if job.compile_cache else {}
-
-    data = Path(job.data)
     settings = job.settings
-    manifest = read_manifest(data)
-    train = LazyDataset(data, split="train")
-    if settings.max_train_molecules:
-        train = Subset(train, range(min(settings.max_train_molecules, len(train))))
-    val, test = LazyDataset(data, split="val"), LazyDataset(data, split="test")
-    # Batches are padded to a short ladder of lengths fitted to this run's batches (each length is a
-    # jax.jit program); the position table covers the longest rung.
-    sampler = settings.train_sampler(train)
-    lengths = sampler.lengths if isinstance(sampler, LengthGroupedSampler) else sequence_lengths(train)
-    buckets = settings.buckets(manifest, sampler, lengths)
-    config = settings.model_config(manifest, max_len=buckets[-1])
-    collate = {"buckets": buckets, "max_length": buckets[-1], "group_by_length": settings.group_by_length}
-    steps = -(-len(train) // settings.batch_size)
-    loader = impl.data.make_loader
-    train_loader = loader(train, settings.batch_size, seed=settings.seed, **collate)
-    epochs = range(settings.epochs)
-    # Rows every batch is padded to, if the backend pads (a program per batch shape: the short last
-    # batch runs the full batches' one); the padding rows count as padding (the batch size rounded
-    # up to the devices': the rows the backend computes).
-    pad_rows = runtime.padded_batch_rows(settings.batch_size)
-    devices = job.devices
-    computed = None if pad_rows is None else devices * shard_rows(pad_rows, devices)
-    padding = padding_utilization(
-        sampler, lengths, buckets=buckets, max_length=buckets[-1], epochs=epochs, rows=computed
-    )
-
-    weights = Path(job.weights)
-    if job.write_weights:  # the first worker: the one set of initial weights, for every backend
-        model = impl.molecules.models.build_model(config)
-        model.save(weights)
-    else:
-        model = impl.molecules.models.load_model(weights)
-    transform = BatchPreparer(config)
+    build = molecule_workload if job.pair is None else pair_workload
+    workload = build(impl, runtime, job, job.devices, device)
+    model, transform = workload.model, workload.transform
     if job.float64:  # the float64 anchor of the verdict (ml_patterns.verdict): the reference, in float64
-        model, transform = runtime.float64_reference(model, transform)
+        model, transform = runtime.float64_reference(model, transform or _as_is)
+    flops = None
+    if job.count_flops or job.contender == "compile":
+        from ml_patterns_app.compare import torch_side  # a torch worker's; never imported by JAX's
+
+        if job.count_flops:
+            flops = torch_side.count_step_flops(model, workload.first_batch(), device)
+        if job.contender == "compile":
+            torch_side.compile_loss(model)
     main = distributed is None or distributed.is_main
     runtime.reset_peak_memory(device)
     step_losses = StepLosses()
     timer = EpochRecord(impl.state.tree_to_numpy)
+    steps = workload.steps_per_epoch
     callbacks = [timer, ProgressEvents(settings.epochs, steps), step_losses] if main else [step_losses]
     if job.rounding_seed is not None:  # a run of the verdict's ensemble: every weight one ulp off after each step
         callbacks.append(runtime.rounding_noise(job.rounding_seed))
@@ -184,22 +159,21 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         device=None if distributed is not None else device,
         batch_transform=transform,
         distributed=distributed,
-        pad_batches_to=pad_rows,
+        pad_batches_to=workload.pad_rows,
         precision=settings.precision,
     )
     # Everything alive now (the frameworks, the model, the data) lives until the worker exits: moved
     # out of the collector's generations, it is not rescanned by the collections JAX's tracing sets
     # off (docs/PERFORMANCE.md).
     gc.freeze()
-    trainer.fit(train_loader, loader(val, settings.batch_size, shuffle=False, **collate), settings.epochs)
+    trainer.fit(workload.train_loader, workload.val_loader, settings.epochs)
     if not main:
         return
     if distributed is not None:
         runtime.gather_model(trainer.model, device)
-    if not job.float64:  # the trained weights, beside OUT: the runner puts them in the report folder
-        trainer.model.save(trained_weights_path(out))
+    if workload.save_trained is not None and not job.float64:  # beside OUT: the runner puts them in the report
+        workload.save_trained(trainer.model, trained_weights_path(out))
     emit("status", text="evaluating on the test split")
-    test_loader = loader(test, settings.batch_size, shuffle=False, **collate)
     result = WorkerResult(
         history=trainer.history.as_dict(),
         step_losses=step_losses.losses,
@@ -207,19 +181,16 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         epoch_compilations=timer.compilations,
         load_during=timer.load,
         weight_norms=timer.weight_norms,
-        padding={"sampler": type(sampler).__name__, "buckets": list(buckets), "pad_batches_to": pad_rows, **padding},
         steps_per_epoch=steps,
-        samples_per_epoch=len(train),
-        truncated={
-            name: sum(len(r["input_ids"]) > buckets[-1] for r in split)
-            for name, split in (("train", train), ("val", val), ("test", test))
-        },
-        max_length=buckets[-1],
+        samples_per_epoch=workload.samples_per_epoch,
         compilations=trainer.compilations(),
         compile_cache=cache,
         cpus=cpus,
-        test_metrics={} if job.float64 else test_metrics(runtime, trainer.model, device, config, test_loader, manifest),
-        devices=devices,
+        test_metrics={} if job.float64 else workload.test_metrics(trainer.model),
+        devices=job.devices,
+        contender=job.contender,
+        flops_per_step=flops,
+        **workload.record,
         **runtime.describe(device),
         **_peak_memory(runtime, device),
     )
@@ -229,6 +200,10 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
 def trained_weights_path(out: Path) -> Path:
     """Where the worker writing the result ``out`` saves its trained weights (a portable checkpoint)."""
     return out.with_suffix(".safetensors")
+
+
+def _as_is(batch, epoch: int, index: int, *, train: bool):
+    return batch
 
 
 def _peak_memory(runtime, device) -> dict:

@@ -30,9 +30,10 @@ FILES = ("report.md", "results.json", "loss_curves.png", "drift.png", "speed.png
 KIND = "compare report"
 
 
-def check_report_destination(out: Path, data: Path) -> None:
-    """Raises ``DestinationError`` (one line saying why) unless ``write_report`` may replace ``out``."""
-    check_output(out, KIND, protect=(data,), recognise=_report_files_only)
+def check_report_destination(out: Path, data: Path | None) -> None:
+    """Raises ``DestinationError`` (one line saying why) unless ``write_report`` may replace ``out``
+    (``data``: the dataset read, None when your own batches are)."""
+    check_output(out, KIND, protect=() if data is None else (data,), recognise=_report_files_only)
 
 
 def write_report(report: dict, out: Path, data: Path | None = None, trained: dict[str, bytes] | None = None) -> None:
@@ -65,13 +66,17 @@ def _report_files_only(folder: Path) -> bool:
 
 def _markdown(report: dict) -> str:
     env, dataset = report["environment"], report["dataset"]
-    lines = [
-        f"# ml-patterns compare: {report['settings']['model']} model, {report['settings']['epochs']} epochs",
-        "",
-        f"- data: {dataset['source']} ({dataset['path']}), splits {dataset['splits']}; sequences truncated to "
-        f"{dataset['max_length']} tokens: {dataset['truncated_molecules']} molecules",
-        f"- machine: {env['platform']}, {env['processor']}, {env['cpus_available']} CPUs available",
-    ]
+    pair = dataset.get("pair")
+    model = f"{report['settings']['model']} model" if pair is None else f"{pair['torch']} | {pair['jax']}"
+    lines = [f"# ml-patterns compare: {model}, {report['settings']['epochs']} epochs", ""]
+    if pair is None:
+        lines.append(
+            f"- data: {dataset['source']} ({dataset['path']}), splits {dataset['splits']}; sequences truncated "
+            f"to {dataset['max_length']} tokens: {dataset['truncated_molecules']} molecules"
+        )
+    else:
+        lines.append(f"- data: {dataset['source']}, validation: {dataset['val'] or 'none'}")
+    lines.append(f"- machine: {env['platform']}, {env['processor']}, {env['cpus_available']} CPUs available")
     for backend, info in report["backends"].items():
         versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)
         lines.append(
@@ -99,6 +104,8 @@ def _loss_curves(report: dict) -> Figure:
     ax = figure.subplots()
     epochs = [row["epoch"] for row in report["parity"]["epochs"]]
     for key, style in (("train_loss", "-"), ("val_loss", "--")):
+        if key not in report["parity"]["epochs"][0]:
+            continue  # no validation batches
         for backend, marker in (("torch", "o"), ("jax", "x")):
             values = [row[key][backend] for row in report["parity"]["epochs"]]
             ax.plot(epochs, values, style, marker=marker, label=f"{LABELS[backend]} {key}")
@@ -114,11 +121,12 @@ def _speed_bars(report: dict) -> Figure:
     figure = Figure(figsize=(8, 3.5), layout="tight")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 2)
-    names = [LABELS[b] for b in BACKENDS]
-    colors = ["#ee4c2c", "#4285f4"]
-    axes[0].bar(names, [report["speed"][b]["samples_per_s"] or 0.0 for b in BACKENDS], color=colors)
+    runs = list(report["speed"])
+    names = [LABELS[b] for b in runs]
+    colors = [{"torch": "#ee4c2c", "torch_compile": "#f5a05a", "jax": "#4285f4"}[b] for b in runs]
+    axes[0].bar(names, [report["speed"][b]["samples_per_s"] or 0.0 for b in runs], color=colors)
     axes[0].set_ylabel("samples/s (steady state, higher is better)")
-    axes[1].bar(names, [report["speed"][b]["warmup_s"] or 0.0 for b in BACKENDS], color=colors)
+    axes[1].bar(names, [report["speed"][b]["warmup_s"] or 0.0 for b in runs], color=colors)
     axes[1].set_ylabel("warm-up / compile time, s")
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
