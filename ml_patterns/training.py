@@ -220,7 +220,8 @@ class TrainerBase(ResumableTrainer):
                 metrics["val_loss"] = self.evaluate(val_loader)
             validated = time.perf_counter()
             self.epoch_times.append({"epoch": epoch, "train_s": trained - start, "val_s": validated - trained})
-            self.history.append(epoch, metrics)
+            # Metrics a callback logged in earlier epochs are NaN until it logs them again (below).
+            self.history.append(epoch, {**dict.fromkeys(self.history.metrics.keys() - {"epoch"}, math.nan), **metrics})
             self.epoch += 1  # before the callbacks: a checkpoint written now resumes at the next epoch
             self._after_epoch()
             reason = non_finite_reason(epoch, metrics) if self.stop_on_non_finite else None
@@ -228,6 +229,7 @@ class TrainerBase(ResumableTrainer):
                 self.should_stop, self.stop_reason = True, reason
             for hook in self._hooks["on_epoch_end"]:
                 hook(epoch, self, metrics)
+                self.history.update_last(metrics)  # what the callback added (val_acc) or changed
             self._run_after_callbacks()
         for hook in self._hooks["on_train_end"]:
             hook(self)
