@@ -28,11 +28,10 @@ Divergences, and why:
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,9 +41,9 @@ from flax import nnx
 
 from jax_impl import distributed as distributed_
 from jax_impl import state as weights
-from jax_impl.models import Functional, functional
+from jax_impl.models import functional
 from jax_impl.optim import build_optimizer, find_states, map_states
-from jax_impl.precision import compute_dtype, matmul_precision
+from jax_impl.steps import TrainState, accumulated_gradients, compilations, make_steps
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import global_rows
@@ -58,105 +57,6 @@ _SLOT_FIELDS = {
     "exp_avg_sq": (optax.ScaleByAdamState, "nu"),
     "momentum_buffer": (optax.TraceState, "trace"),
 }
-
-
-class TrainState(NamedTuple):
-    params: nnx.State
-    rest: nnx.State  # non-trainable module state (dropout RNG streams, batch statistics)
-    opt_state: optax.OptState
-    step: jax.Array  # int32: optimizer updates so far
-
-
-def make_steps(
-    model: nnx.Module,
-    optimizer: OptimizerConfig | optax.GradientTransformation,
-    seed: int,
-    distributed: distributed_.Context | None = None,
-    weighted_rows: bool = False,
-    precision: str = "float32",
-):
-    """``(train_step, eval_step)`` for ``model`` under ``precision`` (``ml_patterns.precision``).
-
-    ``train_step(state, batch) -> (state, {"loss": scalar})`` from ``model.compute_loss``: a
-    ``TrainStep``, two jitted programs (the loss and its gradients, compiled once per batch shape;
-    the optimizer update, compiled once), the state donated. ``eval_step(params, rest, batch) ->
-    loss`` (dropout off), jitted. Trainers of the same model structure, optimizer (config, or the
-    same transformation object) and seed share the compiled steps (a resumed trainer does not
-    recompile). With ``weighted_rows``, ``batch`` is ``(rows, weight)`` (``weight``: float32
-    ``[rows]``, 0 for padding) and the loss ``distributed.global_loss``, the global mean of the
-    model's ``loss_sums``; ``distributed`` implies it, the batch sharded over its mesh
-    (``distributed.shard_batch``) and the state kept replicated.
-    """
-    fn, _, _ = functional(model, compute_dtype(precision))
-    weighted_rows = weighted_rows or distributed is not None
-    return _compiled_steps(fn, optimizer, seed, distributed, weighted_rows, matmul_precision(precision))
-
-
-class TrainStep:
-    """``train_step(state, batch) -> (state, {"loss": loss})``, pure, as two jitted programs.
-
-    ``gradients(params, rest, batch, step) -> (loss, rest, grads)`` depends on the batch's shape, so
-    it compiles once per padded length; ``update(params, opt_state, step, grads)`` (the optimizer:
-    clipping, schedule, Adam) does not, so it compiles once. One program for both would compile,
-    and on later runs trace and load from the compile cache, the optimizer again with every batch
-    shape (docs/PERFORMANCE.md).
-    Calling it inside an outer ``jax.jit`` traces both into one program.
-    """
-
-    def __init__(self, gradients, update):
-        self.gradients, self.update = gradients, update
-
-    def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict]:
-        loss, rest, grads = self.gradients(state.params, state.rest, batch, state.step)
-        params, opt_state, step = self.update(state.params, state.opt_state, state.step, grads)
-        return TrainState(params, rest, opt_state, step), {"loss": loss}
-
-    def compilations(self) -> int:
-        """Programs compiled so far: one per batch signature for the gradients, and the update's."""
-        return compilations(self.gradients) + compilations(self.update)
-
-
-def compilations(step) -> int:
-    """Programs a jitted function compiled so far."""
-    return int(step._cache_size())  # a jitted function's count of its executables (jax has no public one)
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled_steps(
-    fn: Functional,
-    optimizer,
-    seed: int,
-    distributed: distributed_.Context | None,
-    weighted_rows: bool,
-    matmul: str,
-):
-    transformation = build_optimizer(optimizer) if isinstance(optimizer, OptimizerConfig) else optimizer
-    base_key = jax.random.key(seed)
-    loss_fn = functools.partial(distributed_.global_loss, fn) if weighted_rows else fn.compute_loss
-    # One device: the outputs follow the inputs. A mesh: state, gradients and loss replicated on every device.
-    out_shardings = None if distributed is None else distributed.replicated
-
-    def gradients(params: nnx.State, rest: nnx.State, batch: Any, step: jax.Array):
-        key = jax.random.fold_in(base_key, step)
-        with jax.default_matmul_precision(matmul):
-            (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, batch, key=key, train=True)
-        return loss.astype(jnp.float32), rest, grads  # float32 already, unless a model's loss is bfloat16
-
-    def update(params: nnx.State, opt_state: Any, step: jax.Array, grads: nnx.State):
-        updates, opt_state = transformation.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, step + 1
-
-    def eval_step(params: nnx.State, rest: nnx.State, batch: Any) -> jax.Array:
-        with jax.default_matmul_precision(matmul):
-            return loss_fn(params, rest, batch)[0].astype(jnp.float32)
-
-    # Donated: the state's buffers are reused for the new state in place (the gradients' could only
-    # alias the parameters' again, so they are left to be freed).
-    train_step = TrainStep(
-        jax.jit(gradients, donate_argnums=1, out_shardings=out_shardings),
-        jax.jit(update, donate_argnums=(0, 1, 2), out_shardings=out_shardings),
-    )
-    return train_step, jax.jit(eval_step, out_shardings=out_shardings)
 
 
 class Trainer(TrainerBase):
@@ -181,6 +81,7 @@ class Trainer(TrainerBase):
         distributed: distributed_.Context | bool | None = None,
         pad_batches_to: int | None = None,
         precision: str = "float32",
+        accumulate_steps: int = 1,
     ):
         if isinstance(optimizer, OptimizerConfig):
             config = optimizer
@@ -204,6 +105,7 @@ class Trainer(TrainerBase):
             distributed=distributed or None,
             pad_batches_to=pad_batches_to,
             precision=precision,
+            accumulate_steps=accumulate_steps,
         )
         self.device = jax.devices(device)[0] if isinstance(device, str) else device
         self.optimizer = build_optimizer(optimizer) if config is not None else optimizer
@@ -241,6 +143,13 @@ class Trainer(TrainerBase):
         self.state, metrics = self.train_step(self.state, batch)
         return metrics["loss"]
 
+    def _accumulate_step(self, batches: list, counts: list[int]) -> jax.Array:
+        # The weights n_b / N rounded to float32 as the torch side's are; sent explicitly.
+        weights = np.array([n / sum(counts) for n in counts], np.float32)
+        weights = jax.device_put(weights, self.device or jax.devices()[0])
+        self.state, metrics = self.train_step.accumulate(self.state, batches, weights, self.accumulate_steps)
+        return metrics["loss"]
+
     def _eval_step(self, batch: Any) -> jax.Array:
         return self.eval_step(self.state.params, self.state.rest, batch)
 
@@ -262,7 +171,8 @@ class Trainer(TrainerBase):
         """Programs compiled for the train and eval steps so far: one per input signature (batch
         shape, dtypes, placement) they were called with, which padding to a ladder of lengths
         bounds, and the optimizer update's one."""
-        return self.train_step.compilations() + compilations(self.eval_step)
+        accumulation = accumulated_gradients(self.train_step.gradients, self.accumulate_steps)
+        return self.train_step.compilations() + compilations(self.eval_step) + compilations(accumulation)
 
     # -- the model object and what callbacks use --------------------------------------------
     def sync_model(self) -> None:
@@ -384,9 +294,11 @@ def train(
     *,
     batch_transform: BatchTransform | None = None,
     precision: str = "float32",
+    accumulate_steps: int = 1,
 ) -> dict[str, list[float]]:
     """See ``torch_impl.training.train``; the model is updated in place at the end."""
-    trainer = Trainer(model, optimizer, device=device, batch_transform=batch_transform, precision=precision)
+    options = dict(batch_transform=batch_transform, precision=precision, accumulate_steps=accumulate_steps)
+    trainer = Trainer(model, optimizer, device=device, **options)
     history = trainer.fit(train_loader, val_loader, num_epochs)
     return {"train_loss": history["train_loss"], "val_loss": history.metrics.get("val_loss", [])}
 

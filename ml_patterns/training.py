@@ -109,6 +109,18 @@ def epoch_mean(total: Any, count: int, what: str) -> float:
     return float(total) / count
 
 
+def check_accumulate_steps(accumulate_steps: int, distributed: Any) -> int:
+    """``accumulate_steps`` if it is a positive int; refused with data parallelism (not supported)."""
+    if isinstance(accumulate_steps, bool) or not isinstance(accumulate_steps, int) or accumulate_steps < 1:
+        raise ValueError(f"accumulate_steps must be a positive int (batches per update), got {accumulate_steps!r}")
+    if accumulate_steps > 1 and distributed:
+        raise ValueError(
+            "accumulate_steps > 1 with distributed is not supported: raise the global batch size instead "
+            "(every rank's loader yields the global batch)"
+        )
+    return accumulate_steps
+
+
 _PAD_TO = "set pad_batches_to to the largest batch size of the loaders given to fit and evaluate"
 
 
@@ -152,8 +164,10 @@ class TrainerBase(ResumableTrainer):
         distributed: Any = None,
         pad_batches_to: int | None = None,
         precision: str = "float32",
+        accumulate_steps: int = 1,
     ):
         self.precision = check_precision(precision)
+        self.accumulate_steps = check_accumulate_steps(accumulate_steps, distributed)
         if pad_batches_to is not None and (
             isinstance(pad_batches_to, bool) or not isinstance(pad_batches_to, int) or pad_batches_to < 1
         ):
@@ -204,7 +218,10 @@ class TrainerBase(ResumableTrainer):
             if sampler is not None:
                 sampler.load_state_dict(self._pending_sampler_state)
             self._pending_sampler_state = None
-        self.batches_per_epoch = len(train_loader) if hasattr(train_loader, "__len__") else None
+        # Optimizer updates per epoch (what on_batch_end counts): one per group of accumulate_steps batches.
+        self.batches_per_epoch = (
+            -(-len(train_loader) // self.accumulate_steps) if hasattr(train_loader, "__len__") else None
+        )
         self.should_stop = False
         self._hooks = {name: [getattr(c, name) for c in self.callbacks if hasattr(c, name)] for name in HOOKS}
         for hook in self._hooks["on_train_start"]:
@@ -272,14 +289,32 @@ class TrainerBase(ResumableTrainer):
     def _train_epoch(self, loader: Iterable, epoch: int) -> float:
         self._set_mode(train=True)
         losses, counts = [], []
-        for index, batch, n in self._batches(loader, epoch, train=True):
-            loss = self._train_step(batch)
+        for index, batches, sizes in self._updates(loader, epoch):
+            if self.accumulate_steps == 1:
+                loss = self._train_step(batches[0])
+            else:
+                loss = self._accumulate_step(batches, sizes)
+            n = sum(sizes)
             losses.append(loss)  # stays on the device: no host sync inside the epoch
             counts.append(n)
             self.last_batch_size = n
             for hook in self._hooks["on_batch_end"]:
                 hook(index, self, loss)
         return epoch_mean(self._epoch_total(losses, counts), sum(counts), "training")
+
+    def _updates(self, loader: Iterable, epoch: int):
+        """``(update index, device batches, their samples)`` per optimizer update: groups of
+        ``accumulate_steps`` consecutive batches, the epoch's last group taking the batches left."""
+        batches, sizes = [], []
+        update = 0
+        for _, batch, n in self._batches(loader, epoch, train=True):
+            batches.append(batch)
+            sizes.append(n)
+            if len(batches) == self.accumulate_steps:
+                yield update, batches, sizes
+                batches, sizes, update = [], [], update + 1
+        if batches:
+            yield update, batches, sizes
 
     def evaluate(self, loader: Iterable) -> float:
         """The loss over ``loader``, weighted per sample, dropout off."""
@@ -335,6 +370,12 @@ class TrainerBase(ResumableTrainer):
 
     def _train_step(self, batch: Any) -> Any:
         """One optimizer step; returns the batch's mean loss as a device scalar (no host sync)."""
+        raise NotImplementedError
+
+    def _accumulate_step(self, batches: list, counts: list[int]) -> Any:
+        """One optimizer step on the gradient of the group's per-sample mean loss,
+        ``sum_b n_b * grad(loss_b) / sum_b n_b`` (clipping and the update once); returns that mean
+        loss, ``sum_b n_b * loss_b / sum_b n_b``, as a device scalar."""
         raise NotImplementedError
 
     def _eval_step(self, batch: Any) -> Any:
