@@ -116,3 +116,14 @@ def test_train_takes_accumulate_steps(backend):
     )
     reference = impl.training.train(regressor(backend), impl.data.make_loader(table(), 16, seed=5), None, OPTIMIZER, 2)
     check(reference, history)
+
+
+def test_jax_compiles_one_accumulation_program_per_group_signature():
+    from jax_impl.steps import accumulated_gradients
+
+    trainer, _, _ = run("jax", 8, 2)
+    program = accumulated_gradients(trainer.train_step.gradients, 2)
+    # Groups of 8 + 8 and the last one of 8 + 4 samples: two signatures; the update compiles once.
+    assert program._cache_size() == 2 and trainer.train_step.update._cache_size() == 1
+    # Evaluation: batches of 16 and of 12 rows.
+    assert trainer.compilations() == trainer.train_step.compilations() + 2 + 2
