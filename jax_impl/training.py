@@ -12,6 +12,11 @@ Divergences, and why:
 - The state is a pytree, ``TrainState(params, rest, opt_state, step)``; the model object is
   updated from it lazily (``sync_model``: once per epoch, or when a callback or ``save_checkpoint``
   needs the weights), as Keras' JAX trainer does, never per step.
+- ``accumulate_steps``: a group's micro-batches run in one jitted program
+  (``jax_impl.steps.accumulated_gradients``, compiled per group signature) that sums their
+  sample-weighted gradients; the shared update program then applies them. No ``scheduler``
+  argument: a schedule is part of the optax transformation (stepped per update, checkpointed with
+  its state).
 - Dropout masks are a pure function of ``(config.seed, step)`` (``jax.random.fold_in``), so a
   resumed run draws exactly the masks of the uninterrupted one with no RNG state to save.
 - ``distributed``: a ``jax_impl.distributed.Context`` (or True: every device) shards each global

@@ -25,6 +25,13 @@ where the step gets ``(rows, weight)`` with padding rows (data parallelism,
 Both backends keep each batch's loss on the device and read the epoch's in one go at its end (JAX: one explicit
 transfer), adding ``n_b * loss_b`` in float32 in batch order.
 
+Gradient accumulation (``accumulate_steps=k``). The loop groups k consecutive batches (the
+epoch's last group takes the batches left) and the backend makes one optimizer update of the group
+(``_accumulate_step``) on ``sum_b n_b * grad(loss_b) / sum_b n_b``: the gradient of one batch
+holding the group's samples, each sample weighing the same. Hooks see the group as that batch:
+``on_batch_end`` once per update with the group's per-sample mean loss, ``last_batch_size`` its
+samples, ``batches_per_epoch`` the updates per epoch; epoch means are unchanged.
+
 Data parallelism (``distributed=``, docs/DISTRIBUTED.md). Every rank's loader yields the same GLOBAL
 batch; the backend hands the step this rank's shard (``ml_patterns.distributed``) and the step
 returns the GLOBAL batch loss, from sums and counts reduced across ranks (the model needs

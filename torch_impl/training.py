@@ -3,7 +3,8 @@
 The contract, documented here once (``jax_impl.training`` mirrors it name for name):
 
 - ``Trainer(model, optimizer, callbacks=(), *, device=None, batch_transform=None,
-  stop_on_non_finite=True, distributed=None, pad_batches_to=None)``: ``model`` is any
+  stop_on_non_finite=True, distributed=None, pad_batches_to=None, precision="float32",
+  accumulate_steps=1, scheduler=None, scheduler_interval="epoch")``: ``model`` is any
   ``nn.Module`` with ``compute_loss(batch) -> scalar tensor``; ``optimizer`` a
   ``torch.optim.Optimizer`` over the model's parameters, or an ``ml_patterns.optim.OptimizerConfig``
   (built here; its checkpoints resume on either backend).
@@ -27,8 +28,18 @@ The contract, documented here once (``jax_impl.training`` mirrors it name for na
   the step runs under its float32 matmul policy, and for ``bf16-mixed`` the forward pass and loss
   under ``torch.autocast(device.type, dtype=torch.bfloat16)`` (``torch_impl.precision``); the
   parameters, gradients, optimizer state and checkpoints stay float32, the losses reported are float32.
-- ``train(model, train_loader, val_loader, optimizer, num_epochs, device=None)``: the seed's
-  function, returning ``{"train_loss": [...], "val_loss": [...]}``.
+- ``accumulate_steps=k``: every k batches make one update on their sample-weighted gradient
+  (``ml_patterns.training``); here each micro-batch's ``loss * n_b / N`` is back-propagated into
+  ``.grad``, then clipping and ``optimizer.step()`` run once.
+- ``scheduler``: a ``torch.optim.lr_scheduler`` scheduler over ``optimizer`` (a ``torch.optim``
+  one; an ``OptimizerConfig`` has its ``ScheduleConfig``), stepped after every epoch
+  (``scheduler_interval="epoch"``; ``ReduceLROnPlateau`` with the epoch's ``val_loss``, else
+  ``train_loss``) or after every optimizer update (``"step"``), and saved with the optimizer's state
+  in checkpoints (``torch_impl.training_state``): a resume is bit-exact. The JAX side's schedules
+  are optax's, inside the transformation (docs/API.md maps one onto the other).
+- ``train(model, train_loader, val_loader, optimizer, num_epochs, device=None, *,
+  batch_transform=None, precision="float32", accumulate_steps=1)``: the seed's function, returning
+  ``{"train_loss": [...], "val_loss": [...]}``.
 """
 
 from __future__ import annotations
