@@ -144,6 +144,11 @@ def stack_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
     ``ValueError`` naming the row whose keys, or the key whose shapes, differ from the first row's."""
     first = rows[0]
     for index, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            raise ValueError(
+                f"row {index} is a {type(row).__name__}, not a dict of arrays: pass collate= (records -> batch) "
+                "to batch such records"
+            )
         if set(row) != set(first):
             raise ValueError(f"row {index} has keys {sorted(row)}, the batch's first row {sorted(first)}")
     batch = {}

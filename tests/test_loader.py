@@ -127,6 +127,8 @@ def test_rows_that_cannot_be_stacked_and_molecule_options_are_refused(backend):
         list(IMPLS[backend].make_loader(rows, 2, shuffle=False, **({"prefetch": 0} if backend == "jax" else {})))
     with pytest.raises(ValueError, match=r"row 1 has keys \['y'\]"):
         list(IMPLS[backend].make_loader([{"x": 1}, {"y": 2}], 2, shuffle=False))
+    with pytest.raises(ValueError, match=r"row 0 is a ndarray, not a dict of arrays: pass collate="):
+        list(IMPLS[backend].make_loader([np.zeros(2), np.zeros(2)], 2, shuffle=False))
     with pytest.raises(ValueError, match=r"collate options \['max_length'\] are the molecule collate's"):
         IMPLS[backend].make_loader(table(), 4, max_length=8)
     with pytest.raises(ValueError, match="group_by_length groups molecules"):
