@@ -127,3 +127,18 @@ def test_jax_compiles_one_accumulation_program_per_group_signature():
     assert program._cache_size() == 2 and trainer.train_step.update._cache_size() == 1
     # Evaluation: batches of 16 and of 12 rows.
     assert trainer.compilations() == trainer.train_step.compilations() + 2 + 2
+
+
+@pytest.mark.parametrize("backend", IMPLS)
+def test_resume_with_accumulation_is_bit_exact(backend, tmp_path):
+    impl = IMPLS[backend]
+    whole, reference, _ = run(backend, 8, 2)
+    first = impl.training.Trainer(regressor(backend), OPTIMIZER, accumulate_steps=2)
+    val = impl.data.make_loader(table(), 16, shuffle=False)
+    first.fit(impl.data.make_loader(table(), 8, seed=5), val, num_epochs=1)
+    first.save_checkpoint(tmp_path / "ckpt")
+    resumed = impl.training.Trainer(regressor(backend), OPTIMIZER, accumulate_steps=2)
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    history = resumed.fit(impl.data.make_loader(table(), 8, seed=5), val, num_epochs=EPOCHS)
+    assert history.as_dict() == reference
+    assert resumed.optimizer_step == whole.optimizer_step == 3 * EPOCHS
