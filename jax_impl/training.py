@@ -13,7 +13,7 @@ Divergences, and why:
   updated from it lazily (``sync_model``: once per epoch, or when a callback or ``save_checkpoint``
   needs the weights), as Keras' JAX trainer does, never per step.
 - ``accumulate_steps``: a group's micro-batches run in one jitted program
-  (``jax_impl.steps.accumulated_gradients``, compiled per group signature) that sums their
+  (``accumulated_gradients``, compiled per group signature) that sums their
   sample-weighted gradients; the shared update program then applies them. No ``scheduler``
   argument: a schedule is part of the optax transformation (stepped per update, checkpointed with
   its state).
@@ -33,10 +33,11 @@ Divergences, and why:
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,25 +47,157 @@ from flax import nnx
 
 from jax_impl import distributed as distributed_
 from jax_impl import state as weights
-from jax_impl.models import functional
-from jax_impl.optim import build_optimizer, find_states, map_states
-from jax_impl.steps import TrainState, accumulated_gradients, compilations, make_steps
+from jax_impl.models import Functional, functional
+from jax_impl.optim import build_optimizer
+from jax_impl.precision import compute_dtype, matmul_precision
+from jax_impl.training_state import OptimizerCheckpoint
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import global_rows
 from ml_patterns.optim import OptimizerConfig
 from ml_patterns.training import BatchTransform, TrainerBase, leading_dimension
-from ml_patterns.training_checkpoint import OPTIMIZER_SLOTS
-
-# optax state field holding each canonical slot: (state type, field)
-_SLOT_FIELDS = {
-    "exp_avg": (optax.ScaleByAdamState, "mu"),
-    "exp_avg_sq": (optax.ScaleByAdamState, "nu"),
-    "momentum_buffer": (optax.TraceState, "trace"),
-}
 
 
-class Trainer(TrainerBase):
+class TrainState(NamedTuple):
+    params: nnx.State
+    rest: nnx.State  # non-trainable module state (dropout RNG streams, batch statistics)
+    opt_state: optax.OptState
+    step: jax.Array  # int32: optimizer updates so far
+
+
+def make_steps(
+    model: nnx.Module,
+    optimizer: OptimizerConfig | optax.GradientTransformation,
+    seed: int,
+    distributed: distributed_.Context | None = None,
+    weighted_rows: bool = False,
+    precision: str = "float32",
+):
+    """``(train_step, eval_step)`` for ``model`` under ``precision`` (``ml_patterns.precision``).
+
+    ``train_step(state, batch) -> (state, {"loss": scalar})`` from ``model.compute_loss``: a
+    ``TrainStep``, two jitted programs (the loss and its gradients, compiled once per batch shape;
+    the optimizer update, compiled once), the state donated. ``eval_step(params, rest, batch) ->
+    loss`` (dropout off), jitted. Trainers of the same model structure, optimizer (config, or the
+    same transformation object) and seed share the compiled steps (a resumed trainer does not
+    recompile). With ``weighted_rows``, ``batch`` is ``(rows, weight)`` (``weight``: float32
+    ``[rows]``, 0 for padding) and the loss ``distributed.global_loss``, the global mean of the
+    model's ``loss_sums``; ``distributed`` implies it, the batch sharded over its mesh
+    (``distributed.shard_batch``) and the state kept replicated.
+    """
+    fn, _, _ = functional(model, compute_dtype(precision))
+    weighted_rows = weighted_rows or distributed is not None
+    return _compiled_steps(fn, optimizer, seed, distributed, weighted_rows, matmul_precision(precision))
+
+
+class TrainStep:
+    """``train_step(state, batch) -> (state, {"loss": loss})``, pure, as two jitted programs.
+
+    ``gradients(params, rest, batch, step) -> (loss, rest, grads)`` depends on the batch's shape, so
+    it compiles once per padded length; ``update(params, opt_state, step, grads)`` (the optimizer:
+    clipping, schedule, Adam) does not, so it compiles once. One program for both would compile,
+    and on later runs trace and load from the compile cache, the optimizer again with every batch
+    shape (docs/PERFORMANCE.md).
+    Calling it inside an outer ``jax.jit`` traces both into one program.
+    """
+
+    def __init__(self, gradients, update):
+        self.gradients, self.update = gradients, update
+
+    def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, dict]:
+        loss, rest, grads = self.gradients(state.params, state.rest, batch, state.step)
+        params, opt_state, step = self.update(state.params, state.opt_state, state.step, grads)
+        return TrainState(params, rest, opt_state, step), {"loss": loss}
+
+    def accumulate(
+        self, state: TrainState, batches: Sequence[Any], shares: jax.Array, accumulate_steps: int
+    ) -> tuple[TrainState, dict]:
+        """One update from a group of micro-batches (``accumulated_gradients``), the optimizer
+        (clipping included) applied once, by the update program every group shares."""
+        program = accumulated_gradients(self.gradients, accumulate_steps)
+        loss, rest, grads = program(state.params, state.rest, tuple(batches), shares, state.step)
+        params, opt_state, step = self.update(state.params, state.opt_state, state.step, grads)
+        return TrainState(params, rest, opt_state, step), {"loss": loss}
+
+    def compilations(self) -> int:
+        """Programs compiled so far: one per batch signature for the gradients, and the update's."""
+        return compilations(self.gradients) + compilations(self.update)
+
+
+def compilations(step) -> int:
+    """Programs a jitted function compiled so far."""
+    return int(step._cache_size())  # a jitted function's count of its executables (jax has no public one)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_steps(
+    fn: Functional,
+    optimizer,
+    seed: int,
+    distributed: distributed_.Context | None,
+    weighted_rows: bool,
+    matmul: str,
+):
+    transformation = build_optimizer(optimizer) if isinstance(optimizer, OptimizerConfig) else optimizer
+    base_key = jax.random.key(seed)
+    loss_fn = functools.partial(distributed_.global_loss, fn) if weighted_rows else fn.compute_loss
+    # One device: the outputs follow the inputs. A mesh: state, gradients and loss replicated on every device.
+    out_shardings = None if distributed is None else distributed.replicated
+
+    def gradients(params: nnx.State, rest: nnx.State, batch: Any, step: jax.Array):
+        key = jax.random.fold_in(base_key, step)
+        with jax.default_matmul_precision(matmul):
+            (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, batch, key=key, train=True)
+        return loss.astype(jnp.float32), rest, grads  # float32 already, unless a model's loss is bfloat16
+
+    def update(params: nnx.State, opt_state: Any, step: jax.Array, grads: nnx.State):
+        updates, opt_state = transformation.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, step + 1
+
+    def eval_step(params: nnx.State, rest: nnx.State, batch: Any) -> jax.Array:
+        with jax.default_matmul_precision(matmul):
+            return loss_fn(params, rest, batch)[0].astype(jnp.float32)
+
+    # Donated: the state's buffers are reused for the new state in place (the gradients' could only
+    # alias the parameters' again, so they are left to be freed).
+    train_step = TrainStep(
+        jax.jit(gradients, donate_argnums=1, out_shardings=out_shardings),
+        jax.jit(update, donate_argnums=(0, 1, 2), out_shardings=out_shardings),
+    )
+    return train_step, jax.jit(eval_step, out_shardings=out_shardings)
+
+
+def accumulated_gradients(gradients, accumulate_steps: int):
+    """``program(params, rest, batches, shares, step) -> (loss, rest, grads)``, one jitted
+    program for a group of micro-batches (compiled once per group signature: the number of
+    micro-batches and their shapes).
+
+    ``grads = sum_b shares[b] * grad(loss_b)`` and ``loss = sum_b shares[b] * loss_b`` with
+    ``shares[b] = n_b / sum(n)`` (float32 ``[len(batches)]``): the gradient and the loss of one
+    batch holding every sample of the group, each sample weighing the same (a short last
+    micro-batch counts for its samples, not as a full one; the mean of the micro-batches' means,
+    ``optax.MultiSteps``'s rule, would not). Micro-batch ``b`` of update ``step`` draws its dropout
+    key from ``step * accumulate_steps + b``: every micro-batch gets masks of its own.
+    """
+    return _accumulated(gradients, accumulate_steps)
+
+
+@functools.lru_cache(maxsize=16)
+def _accumulated(gradients, accumulate_steps: int):
+    def program(params: nnx.State, rest: nnx.State, batches: Sequence[Any], shares: jax.Array, step: jax.Array):
+        loss, summed = None, None
+        for index, batch in enumerate(batches):
+            part, rest, grads = gradients(params, rest, batch, step * accumulate_steps + index)
+            weight = shares[index]
+            grads = jax.tree.map(lambda g, w=weight: g * w, grads)
+            summed = grads if summed is None else jax.tree.map(jnp.add, summed, grads)
+            loss = part * weight if loss is None else loss + part * weight
+        return loss, rest, summed
+
+    return jax.jit(program, donate_argnums=1)
+
+
+class Trainer(OptimizerCheckpoint, TrainerBase):
     """See ``torch_impl.training`` for the contract; the loop is ``ml_patterns.training.TrainerBase``.
 
     ``seed``: of the dropout keys (default: the model's ``config.seed`` if it has one, else 0).
@@ -149,10 +282,10 @@ class Trainer(TrainerBase):
         return metrics["loss"]
 
     def _accumulate_step(self, batches: list, counts: list[int]) -> jax.Array:
-        # The weights n_b / N rounded to float32 as the torch side's are; sent explicitly.
-        weights = np.array([n / sum(counts) for n in counts], np.float32)
-        weights = jax.device_put(weights, self.device or jax.devices()[0])
-        self.state, metrics = self.train_step.accumulate(self.state, batches, weights, self.accumulate_steps)
+        # The shares n_b / N rounded to float32 as the torch side's are; sent explicitly.
+        shares = np.array([n / sum(counts) for n in counts], np.float32)
+        shares = jax.device_put(shares, self.device or jax.devices()[0])
+        self.state, metrics = self.train_step.accumulate(self.state, batches, shares, self.accumulate_steps)
         return metrics["loss"]
 
     def _eval_step(self, batch: Any) -> jax.Array:
@@ -219,62 +352,6 @@ class Trainer(TrainerBase):
         weights.from_numpy(self.model, arrays, source=str(model_file))
         self.state = self._initial_state()
 
-    def _optimizer_arrays(self) -> dict[str, np.ndarray]:
-        if self.optimizer_config is None:
-            leaves = jax.tree.leaves(self.state.opt_state)
-            return {f"opt_state/{i:05d}": np.asarray(jax.device_get(leaf)) for i, leaf in enumerate(leaves)}
-        arrays = {}
-        for slot in OPTIMIZER_SLOTS[self.optimizer_config.name]:
-            state_type, field = _SLOT_FIELDS[slot]
-            (found,) = find_states(self.state.opt_state, state_type)
-            for name, value in weights.to_numpy(self.model, getattr(found, field)).items():
-                arrays[f"{slot}/{name}"] = value
-        return arrays
-
-    def _load_optimizer(self, slots: dict[str, dict[str, np.ndarray]], step: int) -> None:
-        """Puts the saved slots and step count into a fresh ``optimizer.init`` state."""
-        trees = {slot: self._params_tree(values, f"optimizer slot {slot}") for slot, values in slots.items()}
-
-        def restore(node: Any) -> Any:
-            updates = {}
-            for slot, tree in trees.items():
-                state_type, field = _SLOT_FIELDS[slot]
-                if isinstance(node, state_type):
-                    updates[field] = tree
-            if "count" in node._fields:  # ScaleByAdamState, ScaleByScheduleState: the step count
-                updates["count"] = jnp.array(step, jnp.int32)  # a buffer of its own: the state is donated
-            return node._replace(**updates) if updates else node
-
-        opt_state = map_states(self.optimizer.init(self.state.params), restore)
-        self.state = self._committed(self.state._replace(opt_state=opt_state, step=jnp.array(step, jnp.int32)))
-
-    def _framework_optimizer_json(self) -> dict:
-        return {"class": "optax.GradientTransformation", "leaves": _leaf_paths(self.state.opt_state)}
-
-    def _check_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
-        fresh = self.optimizer.init(self.state.params)
-        paths = _leaf_paths(fresh)
-        if saved.get("leaves") != paths or len(arrays) != len(paths):
-            raise ValueError(
-                f"{source}: the optimizer state has leaves {saved.get('leaves')}, this optimizer's are "
-                f"{paths}: another optax transformation?"
-            )
-        for i, (path, leaf) in enumerate(zip(paths, jax.tree.leaves(fresh))):
-            saved_leaf = arrays[f"opt_state/{i:05d}"]
-            if saved_leaf.shape != leaf.shape or saved_leaf.dtype != leaf.dtype:
-                raise ValueError(
-                    f"{source}: optimizer state leaf {path} is "
-                    f"{saved_leaf.dtype}{list(saved_leaf.shape)}, "
-                    f"this optimizer's is {leaf.dtype}{list(leaf.shape)}"
-                )
-
-    def _load_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
-        treedef = jax.tree.structure(self.state.opt_state)
-        leaves = [jnp.asarray(arrays[f"opt_state/{i:05d}"]) for i in range(treedef.num_leaves)]
-        opt_state = jax.tree.unflatten(treedef, leaves)
-        step = jnp.array(int(saved["step"]), jnp.int32)
-        self.state = self._committed(self.state._replace(opt_state=opt_state, step=step))
-
     def _params_tree(self, arrays: dict[str, np.ndarray], source: str) -> nnx.State:
         """Canonical arrays shaped like the parameters, as an ``nnx.State`` like ``state.params``."""
         fn, params, rest = functional(self.model)
@@ -312,7 +389,3 @@ def train(
 def _device_copy(tree: Any) -> Any:
     """A copy of every array of ``tree`` in one dispatch, not one eager ``jnp.copy`` per leaf."""
     return jax.tree.map(jnp.copy, tree)
-
-
-def _leaf_paths(tree: Any) -> list[str]:
-    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]

@@ -119,7 +119,7 @@ def test_train_takes_accumulate_steps(backend):
 
 
 def test_jax_compiles_one_accumulation_program_per_group_signature():
-    from jax_impl.steps import accumulated_gradients
+    from jax_impl.training import accumulated_gradients
 
     trainer, _, _ = run("jax", 8, 2)
     program = accumulated_gradients(trainer.train_step.gradients, 2)
