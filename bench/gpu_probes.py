@@ -23,6 +23,7 @@ import torch_impl.data
 import torch_impl.molecules.models
 import torch_impl.runtime
 import torch_impl.training
+import torch_impl.training_state
 from ml_patterns import parity
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.molecules.batches import BatchPreparer
@@ -207,7 +208,7 @@ def _optimizer_state_on_device(framework: str, trainer, device) -> bool:
     (group,) = optimizer.param_groups
     for parameter in group["params"]:
         for key, value in optimizer.state[parameter].items():
-            where = torch_impl.training.adam_step_device(group, parameter) if key == "step" else parameter.device
+            where = torch_impl.training_state.adam_step_device(group, parameter) if key == "step" else parameter.device
             if torch.is_tensor(value) and value.device != where:
                 return False
     return True

@@ -12,6 +12,11 @@ Divergences, and why:
 - The state is a pytree, ``TrainState(params, rest, opt_state, step)``; the model object is
   updated from it lazily (``sync_model``: once per epoch, or when a callback or ``save_checkpoint``
   needs the weights), as Keras' JAX trainer does, never per step.
+- ``accumulate_steps``: a group's micro-batches run in one jitted program
+  (``accumulated_gradients``, compiled per group signature) that sums their
+  sample-weighted gradients; the shared update program then applies them. No ``scheduler``
+  argument: a schedule is part of the optax transformation (stepped per update, checkpointed with
+  its state).
 - Dropout masks are a pure function of ``(config.seed, step)`` (``jax.random.fold_in``), so a
   resumed run draws exactly the masks of the uninterrupted one with no RNG state to save.
 - ``distributed``: a ``jax_impl.distributed.Context`` (or True: every device) shards each global
@@ -43,21 +48,14 @@ from flax import nnx
 from jax_impl import distributed as distributed_
 from jax_impl import state as weights
 from jax_impl.models import Functional, functional
-from jax_impl.optim import build_optimizer, find_states, map_states
+from jax_impl.optim import build_optimizer
 from jax_impl.precision import compute_dtype, matmul_precision
+from jax_impl.training_state import OptimizerCheckpoint
 from ml_patterns import checkpoint
 from ml_patterns.callbacks import Callback
 from ml_patterns.distributed import global_rows
 from ml_patterns.optim import OptimizerConfig
 from ml_patterns.training import BatchTransform, TrainerBase, leading_dimension
-from ml_patterns.training_checkpoint import OPTIMIZER_SLOTS
-
-# optax state field holding each canonical slot: (state type, field)
-_SLOT_FIELDS = {
-    "exp_avg": (optax.ScaleByAdamState, "mu"),
-    "exp_avg_sq": (optax.ScaleByAdamState, "nu"),
-    "momentum_buffer": (optax.TraceState, "trace"),
-}
 
 
 class TrainState(NamedTuple):
@@ -111,6 +109,16 @@ class TrainStep:
         params, opt_state, step = self.update(state.params, state.opt_state, state.step, grads)
         return TrainState(params, rest, opt_state, step), {"loss": loss}
 
+    def accumulate(
+        self, state: TrainState, batches: Sequence[Any], shares: jax.Array, accumulate_steps: int
+    ) -> tuple[TrainState, dict]:
+        """One update from a group of micro-batches (``accumulated_gradients``), the optimizer
+        (clipping included) applied once, by the update program every group shares."""
+        program = accumulated_gradients(self.gradients, accumulate_steps)
+        loss, rest, grads = program(state.params, state.rest, tuple(batches), shares, state.step)
+        params, opt_state, step = self.update(state.params, state.opt_state, state.step, grads)
+        return TrainState(params, rest, opt_state, step), {"loss": loss}
+
     def compilations(self) -> int:
         """Programs compiled so far: one per batch signature for the gradients, and the update's."""
         return compilations(self.gradients) + compilations(self.update)
@@ -159,7 +167,37 @@ def _compiled_steps(
     return train_step, jax.jit(eval_step, out_shardings=out_shardings)
 
 
-class Trainer(TrainerBase):
+def accumulated_gradients(gradients, accumulate_steps: int):
+    """``program(params, rest, batches, shares, step) -> (loss, rest, grads)``, one jitted
+    program for a group of micro-batches (compiled once per group signature: the number of
+    micro-batches and their shapes).
+
+    ``grads = sum_b shares[b] * grad(loss_b)`` and ``loss = sum_b shares[b] * loss_b`` with
+    ``shares[b] = n_b / sum(n)`` (float32 ``[len(batches)]``): the gradient and the loss of one
+    batch holding every sample of the group, each sample weighing the same (a short last
+    micro-batch counts for its samples, not as a full one; the mean of the micro-batches' means,
+    ``optax.MultiSteps``'s rule, would not). Micro-batch ``b`` of update ``step`` draws its dropout
+    key from ``step * accumulate_steps + b``: every micro-batch gets masks of its own.
+    """
+    return _accumulated(gradients, accumulate_steps)
+
+
+@functools.lru_cache(maxsize=16)
+def _accumulated(gradients, accumulate_steps: int):
+    def program(params: nnx.State, rest: nnx.State, batches: Sequence[Any], shares: jax.Array, step: jax.Array):
+        loss, summed = None, None
+        for index, batch in enumerate(batches):
+            part, rest, grads = gradients(params, rest, batch, step * accumulate_steps + index)
+            weight = shares[index]
+            grads = jax.tree.map(lambda g, w=weight: g * w, grads)
+            summed = grads if summed is None else jax.tree.map(jnp.add, summed, grads)
+            loss = part * weight if loss is None else loss + part * weight
+        return loss, rest, summed
+
+    return jax.jit(program, donate_argnums=1)
+
+
+class Trainer(OptimizerCheckpoint, TrainerBase):
     """See ``torch_impl.training`` for the contract; the loop is ``ml_patterns.training.TrainerBase``.
 
     ``seed``: of the dropout keys (default: the model's ``config.seed`` if it has one, else 0).
@@ -181,6 +219,7 @@ class Trainer(TrainerBase):
         distributed: distributed_.Context | bool | None = None,
         pad_batches_to: int | None = None,
         precision: str = "float32",
+        accumulate_steps: int = 1,
     ):
         if isinstance(optimizer, OptimizerConfig):
             config = optimizer
@@ -204,6 +243,7 @@ class Trainer(TrainerBase):
             distributed=distributed or None,
             pad_batches_to=pad_batches_to,
             precision=precision,
+            accumulate_steps=accumulate_steps,
         )
         self.device = jax.devices(device)[0] if isinstance(device, str) else device
         self.optimizer = build_optimizer(optimizer) if config is not None else optimizer
@@ -241,6 +281,13 @@ class Trainer(TrainerBase):
         self.state, metrics = self.train_step(self.state, batch)
         return metrics["loss"]
 
+    def _accumulate_step(self, batches: list, counts: list[int]) -> jax.Array:
+        # The shares n_b / N rounded to float32 as the torch side's are; sent explicitly.
+        shares = np.array([n / sum(counts) for n in counts], np.float32)
+        shares = jax.device_put(shares, self.device or jax.devices()[0])
+        self.state, metrics = self.train_step.accumulate(self.state, batches, shares, self.accumulate_steps)
+        return metrics["loss"]
+
     def _eval_step(self, batch: Any) -> jax.Array:
         return self.eval_step(self.state.params, self.state.rest, batch)
 
@@ -262,7 +309,8 @@ class Trainer(TrainerBase):
         """Programs compiled for the train and eval steps so far: one per input signature (batch
         shape, dtypes, placement) they were called with, which padding to a ladder of lengths
         bounds, and the optimizer update's one."""
-        return self.train_step.compilations() + compilations(self.eval_step)
+        accumulation = accumulated_gradients(self.train_step.gradients, self.accumulate_steps)
+        return self.train_step.compilations() + compilations(self.eval_step) + compilations(accumulation)
 
     # -- the model object and what callbacks use --------------------------------------------
     def sync_model(self) -> None:
@@ -304,62 +352,6 @@ class Trainer(TrainerBase):
         weights.from_numpy(self.model, arrays, source=str(model_file))
         self.state = self._initial_state()
 
-    def _optimizer_arrays(self) -> dict[str, np.ndarray]:
-        if self.optimizer_config is None:
-            leaves = jax.tree.leaves(self.state.opt_state)
-            return {f"opt_state/{i:05d}": np.asarray(jax.device_get(leaf)) for i, leaf in enumerate(leaves)}
-        arrays = {}
-        for slot in OPTIMIZER_SLOTS[self.optimizer_config.name]:
-            state_type, field = _SLOT_FIELDS[slot]
-            (found,) = find_states(self.state.opt_state, state_type)
-            for name, value in weights.to_numpy(self.model, getattr(found, field)).items():
-                arrays[f"{slot}/{name}"] = value
-        return arrays
-
-    def _load_optimizer(self, slots: dict[str, dict[str, np.ndarray]], step: int) -> None:
-        """Puts the saved slots and step count into a fresh ``optimizer.init`` state."""
-        trees = {slot: self._params_tree(values, f"optimizer slot {slot}") for slot, values in slots.items()}
-
-        def restore(node: Any) -> Any:
-            updates = {}
-            for slot, tree in trees.items():
-                state_type, field = _SLOT_FIELDS[slot]
-                if isinstance(node, state_type):
-                    updates[field] = tree
-            if "count" in node._fields:  # ScaleByAdamState, ScaleByScheduleState: the step count
-                updates["count"] = jnp.array(step, jnp.int32)  # a buffer of its own: the state is donated
-            return node._replace(**updates) if updates else node
-
-        opt_state = map_states(self.optimizer.init(self.state.params), restore)
-        self.state = self._committed(self.state._replace(opt_state=opt_state, step=jnp.array(step, jnp.int32)))
-
-    def _framework_optimizer_json(self) -> dict:
-        return {"class": "optax.GradientTransformation", "leaves": _leaf_paths(self.state.opt_state)}
-
-    def _check_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
-        fresh = self.optimizer.init(self.state.params)
-        paths = _leaf_paths(fresh)
-        if saved.get("leaves") != paths or len(arrays) != len(paths):
-            raise ValueError(
-                f"{source}: the optimizer state has leaves {saved.get('leaves')}, this optimizer's are "
-                f"{paths}: another optax transformation?"
-            )
-        for i, (path, leaf) in enumerate(zip(paths, jax.tree.leaves(fresh))):
-            saved_leaf = arrays[f"opt_state/{i:05d}"]
-            if saved_leaf.shape != leaf.shape or saved_leaf.dtype != leaf.dtype:
-                raise ValueError(
-                    f"{source}: optimizer state leaf {path} is "
-                    f"{saved_leaf.dtype}{list(saved_leaf.shape)}, "
-                    f"this optimizer's is {leaf.dtype}{list(leaf.shape)}"
-                )
-
-    def _load_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
-        treedef = jax.tree.structure(self.state.opt_state)
-        leaves = [jnp.asarray(arrays[f"opt_state/{i:05d}"]) for i in range(treedef.num_leaves)]
-        opt_state = jax.tree.unflatten(treedef, leaves)
-        step = jnp.array(int(saved["step"]), jnp.int32)
-        self.state = self._committed(self.state._replace(opt_state=opt_state, step=step))
-
     def _params_tree(self, arrays: dict[str, np.ndarray], source: str) -> nnx.State:
         """Canonical arrays shaped like the parameters, as an ``nnx.State`` like ``state.params``."""
         fn, params, rest = functional(self.model)
@@ -384,9 +376,11 @@ def train(
     *,
     batch_transform: BatchTransform | None = None,
     precision: str = "float32",
+    accumulate_steps: int = 1,
 ) -> dict[str, list[float]]:
     """See ``torch_impl.training.train``; the model is updated in place at the end."""
-    trainer = Trainer(model, optimizer, device=device, batch_transform=batch_transform, precision=precision)
+    options = dict(batch_transform=batch_transform, precision=precision, accumulate_steps=accumulate_steps)
+    trainer = Trainer(model, optimizer, device=device, **options)
     history = trainer.fit(train_loader, val_loader, num_epochs)
     return {"train_loss": history["train_loss"], "val_loss": history.metrics.get("val_loss", [])}
 
@@ -395,7 +389,3 @@ def train(
 def _device_copy(tree: Any) -> Any:
     """A copy of every array of ``tree`` in one dispatch, not one eager ``jnp.copy`` per leaf."""
     return jax.tree.map(jnp.copy, tree)
-
-
-def _leaf_paths(tree: Any) -> list[str]:
-    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]

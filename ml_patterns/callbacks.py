@@ -9,7 +9,9 @@ callbacks never touch a framework. Their decisions are pure functions of the met
 The hooks are the seed's, in this order per run: ``on_train_start(trainer)``, then per epoch
 ``on_epoch_start(epoch, trainer)``, ``on_batch_end(batch_idx, trainer, loss)`` after every
 optimizer step, ``on_epoch_end(epoch, trainer, metrics)`` (``metrics``: the epoch's floats,
-``train_loss`` and ``val_loss``), and finally ``on_train_end(trainer)``. ``loss`` in
+``train_loss`` and ``val_loss``; a callback may add its own, e.g. ``metrics["val_acc"] = ...``: the
+callbacks after it see them, and the trainer records them in ``trainer.history``, so they reach
+``HistoryLogger``'s files and checkpoints too), and finally ``on_train_end(trainer)``. ``loss`` in
 ``on_batch_end`` is the batch's mean loss as a device scalar (a torch tensor, a JAX array):
 ``float(loss)`` works on both, and is a host sync, so a callback should read it rarely.
 
@@ -277,7 +279,8 @@ class HistoryLogger(Callback):
 
     def on_epoch_end(self, epoch: int, trainer: TrainerProtocol, metrics: Mapping[str, float]) -> None:
         if is_main(trainer):
-            trainer.history.write(self.path)
+            # Once every callback has seen the epoch: the metrics the later ones add are in it too.
+            after_callbacks(trainer, lambda: trainer.history.write(self.path))
 
 
 class ProgressBar(Callback):

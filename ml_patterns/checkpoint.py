@@ -74,7 +74,8 @@ class FileBytes(os.PathLike):
 
 
 class WeightMismatchError(ValueError):
-    """Canonical arrays do not fit a model: lists every missing, unexpected and wrongly shaped key."""
+    """Canonical arrays do not fit a model: lists every missing, unexpected and wrongly shaped key;
+    names that differ (another structure) point to the porting toolkit's ``transfer_weights``."""
 
     def __init__(self, missing: list[str], unexpected: list[str], mismatched: list[str], source: str):
         self.missing, self.unexpected, self.mismatched = sorted(missing), sorted(unexpected), sorted(mismatched)
@@ -86,7 +87,19 @@ class WeightMismatchError(ValueError):
             parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected)}")
         if mismatched:
             parts.append(f"mismatched {len(mismatched)}: {', '.join(mismatched)}")
-        super().__init__(f"{source} do not fit the model; " + "; ".join(parts))
+        message = f"{source} do not fit the model; " + "; ".join(parts)
+        if missing or unexpected:
+            # Names that differ mean another structure (another port of the model, a backend's
+            # other layer names): the canonical names cannot pair those layers, the toolkit can.
+            message += f". {TRANSFER_HINT}"
+        super().__init__(message)
+
+
+TRANSFER_HINT = (
+    "If these weights come from a model of another structure (another port, other layer names, "
+    "the other backend), move them with ml_patterns_app.porting.transfer_weights, which pairs the "
+    "layers by name, type and order and converts the layouts (docs/PORTING.md)"
+)
 
 
 # A key that one backend's layer has and the other's lacks, by its last name part -> the sibling

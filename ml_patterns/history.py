@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,7 +49,10 @@ def _is_history_json(file: Path) -> bool:
 class History:
     """Per-epoch metrics as ``{name: [value of epoch 0, value of epoch 1, ...]}``.
 
-    Every epoch records the same keys as the first; ``"epoch"`` is always the first column.
+    ``append`` records an epoch with the same keys as the first; ``"epoch"`` is always the first
+    column. ``update_last`` then adds or changes values of that epoch (the metrics callbacks put
+    into the epoch's ``metrics``): a key first logged at a later epoch is NaN for the epochs before
+    it (not measured), so every list keeps one value per epoch.
     """
 
     def __init__(self) -> None:
@@ -60,6 +64,29 @@ class History:
             raise KeyError(f"epoch {epoch} logs keys {sorted(row)}, earlier epochs logged {sorted(self.metrics)}")
         for key, value in row.items():
             self.metrics.setdefault(key, []).append(value)
+
+    def update_last(self, logs: Mapping[str, float]) -> None:
+        """Sets ``logs``' values in the last epoch's row, adding the keys the history lacks (NaN for
+        the epochs before). Raises ``TypeError`` naming a key whose value is not a number."""
+        if not len(self):
+            raise ValueError("update_last needs an epoch: append one first")
+        for key, value in logs.items():
+            if key == "epoch":
+                if value != self.metrics["epoch"][-1]:
+                    raise ValueError(f"metric 'epoch' is the history's own column ({self.metrics['epoch'][-1]})")
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"metric {key!r} of epoch {self.metrics['epoch'][-1]} is {value!r}, not a number: the history "
+                    "(and its CSV) records numbers only"
+                ) from None
+            if key not in self.metrics:
+                self.metrics[key] = [math.nan] * (len(self) - 1)
+                self.metrics[key].append(number)
+            else:
+                self.metrics[key][-1] = number
 
     def __len__(self) -> int:
         return len(self.metrics.get("epoch", []))

@@ -25,6 +25,13 @@ where the step gets ``(rows, weight)`` with padding rows (data parallelism,
 Both backends keep each batch's loss on the device and read the epoch's in one go at its end (JAX: one explicit
 transfer), adding ``n_b * loss_b`` in float32 in batch order.
 
+Gradient accumulation (``accumulate_steps=k``). The loop groups k consecutive batches (the
+epoch's last group takes the batches left) and the backend makes one optimizer update of the group
+(``_accumulate_step``) on ``sum_b n_b * grad(loss_b) / sum_b n_b``: the gradient of one batch
+holding the group's samples, each sample weighing the same. Hooks see the group as that batch:
+``on_batch_end`` once per update with the group's per-sample mean loss, ``last_batch_size`` its
+samples, ``batches_per_epoch`` the updates per epoch; epoch means are unchanged.
+
 Data parallelism (``distributed=``, docs/DISTRIBUTED.md). Every rank's loader yields the same GLOBAL
 batch; the backend hands the step this rank's shard (``ml_patterns.distributed``) and the step
 returns the GLOBAL batch loss, from sums and counts reduced across ranks (the model needs
@@ -109,6 +116,18 @@ def epoch_mean(total: Any, count: int, what: str) -> float:
     return float(total) / count
 
 
+def check_accumulate_steps(accumulate_steps: int, distributed: Any) -> int:
+    """``accumulate_steps`` if it is a positive int; refused with data parallelism (not supported)."""
+    if isinstance(accumulate_steps, bool) or not isinstance(accumulate_steps, int) or accumulate_steps < 1:
+        raise ValueError(f"accumulate_steps must be a positive int (batches per update), got {accumulate_steps!r}")
+    if accumulate_steps > 1 and distributed:
+        raise ValueError(
+            "accumulate_steps > 1 with distributed is not supported: raise the global batch size instead "
+            "(every rank's loader yields the global batch)"
+        )
+    return accumulate_steps
+
+
 _PAD_TO = "set pad_batches_to to the largest batch size of the loaders given to fit and evaluate"
 
 
@@ -152,8 +171,10 @@ class TrainerBase(ResumableTrainer):
         distributed: Any = None,
         pad_batches_to: int | None = None,
         precision: str = "float32",
+        accumulate_steps: int = 1,
     ):
         self.precision = check_precision(precision)
+        self.accumulate_steps = check_accumulate_steps(accumulate_steps, distributed)
         if pad_batches_to is not None and (
             isinstance(pad_batches_to, bool) or not isinstance(pad_batches_to, int) or pad_batches_to < 1
         ):
@@ -204,7 +225,10 @@ class TrainerBase(ResumableTrainer):
             if sampler is not None:
                 sampler.load_state_dict(self._pending_sampler_state)
             self._pending_sampler_state = None
-        self.batches_per_epoch = len(train_loader) if hasattr(train_loader, "__len__") else None
+        # Optimizer updates per epoch (what on_batch_end counts): one per group of accumulate_steps batches.
+        self.batches_per_epoch = (
+            -(-len(train_loader) // self.accumulate_steps) if hasattr(train_loader, "__len__") else None
+        )
         self.should_stop = False
         self._hooks = {name: [getattr(c, name) for c in self.callbacks if hasattr(c, name)] for name in HOOKS}
         for hook in self._hooks["on_train_start"]:
@@ -220,7 +244,8 @@ class TrainerBase(ResumableTrainer):
                 metrics["val_loss"] = self.evaluate(val_loader)
             validated = time.perf_counter()
             self.epoch_times.append({"epoch": epoch, "train_s": trained - start, "val_s": validated - trained})
-            self.history.append(epoch, metrics)
+            # Metrics a callback logged in earlier epochs are NaN until it logs them again (below).
+            self.history.append(epoch, {**dict.fromkeys(self.history.metrics.keys() - {"epoch"}, math.nan), **metrics})
             self.epoch += 1  # before the callbacks: a checkpoint written now resumes at the next epoch
             self._after_epoch()
             reason = non_finite_reason(epoch, metrics) if self.stop_on_non_finite else None
@@ -228,6 +253,7 @@ class TrainerBase(ResumableTrainer):
                 self.should_stop, self.stop_reason = True, reason
             for hook in self._hooks["on_epoch_end"]:
                 hook(epoch, self, metrics)
+                self.history.update_last(metrics)  # what the callback added (val_acc) or changed
             self._run_after_callbacks()
         for hook in self._hooks["on_train_end"]:
             hook(self)
@@ -270,14 +296,32 @@ class TrainerBase(ResumableTrainer):
     def _train_epoch(self, loader: Iterable, epoch: int) -> float:
         self._set_mode(train=True)
         losses, counts = [], []
-        for index, batch, n in self._batches(loader, epoch, train=True):
-            loss = self._train_step(batch)
+        for index, batches, sizes in self._updates(loader, epoch):
+            if self.accumulate_steps == 1:
+                loss = self._train_step(batches[0])
+            else:
+                loss = self._accumulate_step(batches, sizes)
+            n = sum(sizes)
             losses.append(loss)  # stays on the device: no host sync inside the epoch
             counts.append(n)
             self.last_batch_size = n
             for hook in self._hooks["on_batch_end"]:
                 hook(index, self, loss)
         return epoch_mean(self._epoch_total(losses, counts), sum(counts), "training")
+
+    def _updates(self, loader: Iterable, epoch: int):
+        """``(update index, device batches, their samples)`` per optimizer update: groups of
+        ``accumulate_steps`` consecutive batches, the epoch's last group taking the batches left."""
+        batches, sizes = [], []
+        update = 0
+        for _, batch, n in self._batches(loader, epoch, train=True):
+            batches.append(batch)
+            sizes.append(n)
+            if len(batches) == self.accumulate_steps:
+                yield update, batches, sizes
+                batches, sizes, update = [], [], update + 1
+        if batches:
+            yield update, batches, sizes
 
     def evaluate(self, loader: Iterable) -> float:
         """The loss over ``loader``, weighted per sample, dropout off."""
@@ -333,6 +377,12 @@ class TrainerBase(ResumableTrainer):
 
     def _train_step(self, batch: Any) -> Any:
         """One optimizer step; returns the batch's mean loss as a device scalar (no host sync)."""
+        raise NotImplementedError
+
+    def _accumulate_step(self, batches: list, counts: list[int]) -> Any:
+        """One optimizer step on the gradient of the group's per-sample mean loss,
+        ``sum_b n_b * grad(loss_b) / sum_b n_b`` (clipping and the update once); returns that mean
+        loss, ``sum_b n_b * loss_b / sum_b n_b``, as a device scalar."""
         raise NotImplementedError
 
     def _eval_step(self, batch: Any) -> Any:

@@ -7,7 +7,8 @@ written and read by ``ml_patterns.training_checkpoint``)::
 
     PATH/model.safetensors      the model, in the portable format of ml_patterns.checkpoint
     PATH/optimizer.safetensors  the optimizer's arrays (below)
-    PATH/trainer_state.json     next epoch, optimizer step, sampler state, callback states, history,
+    PATH/trainer_state.json     next epoch, optimizer step, sampler state, the stateful callbacks'
+                                states by key (``callback_keys``), history,
                                 the backend that wrote it, format version
     PATH/checksums.json         the sha256 of the three files above, verified before a load applies
                                 anything (a load is all or nothing: ``TrainerBase.load_checkpoint``)
@@ -25,12 +26,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ml_patterns.checkpoint import CheckpointError
 from ml_patterns.samplers import BatchSampler
 from ml_patterns.training_checkpoint import (
     check_optimizer_state,
@@ -50,14 +53,64 @@ def find_sampler(loader: Any) -> BatchSampler | None:
     return None
 
 
-def load_callback_states(callbacks: Sequence, states: list[dict], source: str | os.PathLike) -> None:
-    """Hands each callback its saved state; the callbacks must be the ones the run was saved with
-    (a trainer without callbacks, e.g. to evaluate or fine-tune, takes none of them)."""
-    if callbacks and len(states) != len(callbacks):
-        raise ValueError(f"{source} holds {len(states)} callback states, this trainer has {len(callbacks)} callbacks")
-    for callback, state in zip(callbacks, states):
-        if hasattr(callback, "load_state_dict"):
-            callback.load_state_dict(state)
+def callback_keys(callbacks: Sequence) -> list[str]:
+    """The key each callback's state is saved under: its ``state_key`` attribute if it has one (a
+    callback that may appear twice with different roles names them), else its class name; the
+    second, third... callback of one key get ``#2``, ``#3`` (in the order of the list)."""
+    keys, seen = [], Counter()
+    for callback in callbacks:
+        key = getattr(callback, "state_key", None) or type(callback).__name__
+        seen[key] += 1
+        keys.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
+    return keys
+
+
+def stateful_callbacks(callbacks: Sequence) -> dict[str, Any]:
+    """``{key: callback}`` of the callbacks with a state to keep: a ``state_dict()`` that is not
+    empty. A stateless one (a progress bar, a logger) is neither saved nor looked for on resume."""
+    return {
+        key: callback
+        for key, callback in zip(callback_keys(callbacks), callbacks)
+        if hasattr(callback, "state_dict") and callback.state_dict()
+    }
+
+
+def callback_states(callbacks: Sequence) -> list[dict]:
+    """What a checkpoint keeps of ``callbacks``: ``[{"key": key, "state": state_dict()}]`` of the stateful ones."""
+    return [{"key": key, "state": callback.state_dict()} for key, callback in stateful_callbacks(callbacks).items()]
+
+
+def match_callback_states(callbacks: Sequence, saved: list[dict], source: str | os.PathLike) -> list[tuple[Any, dict]]:
+    """``[(callback, saved state)]``, matched by key; refuses (``ValueError`` naming them) a
+    stateful callback saved but absent here, or present here but not saved. Stateless callbacks
+    may come and go. A trainer without callbacks (to evaluate or fine-tune) takes none of them.
+    Checkpoints of earlier versions (one state per callback, by position) need the same callbacks."""
+    if not callbacks:
+        return []
+    if any(set(entry) != {"key", "state"} for entry in saved):
+        if len(saved) != len(callbacks):
+            raise ValueError(
+                f"{source} holds {len(saved)} callback states, this trainer has {len(callbacks)} callbacks"
+            )
+        return [(c, state) for c, state in zip(callbacks, saved) if hasattr(c, "load_state_dict")]
+    for entry in saved:
+        if not isinstance(entry["key"], str) or not isinstance(entry["state"], dict):
+            raise CheckpointError(f"{source}: callback state {entry!r} must be {{'key': str, 'state': object}}")
+    states = {entry["key"]: entry["state"] for entry in saved}
+    current = stateful_callbacks(callbacks)
+    absent = [key for key in states if key not in current]
+    unsaved = [key for key in current if key not in states]
+    if absent or unsaved:
+        problems = []
+        if absent:
+            problems.append(f"it holds the state of callback(s) {', '.join(absent)}, which this trainer lacks")
+        if unsaved:
+            problems.append(f"this trainer's callback(s) {', '.join(unsaved)} have a state it does not hold")
+        raise ValueError(
+            f"{source}: {'; '.join(problems)}. Resume with the stateful callbacks the run was saved with "
+            f"(saved: {', '.join(states) or 'none'}); stateless ones (a progress bar, a logger) may differ"
+        )
+    return [(callback, states[key]) for key, callback in current.items()]
 
 
 class ResumableTrainer:
@@ -84,7 +137,7 @@ class ResumableTrainer:
                 "epoch": self.epoch,
                 "optimizer": optimizer,
                 "sampler": sampler.state_dict() if sampler is not None else None,
-                "callbacks": [c.state_dict() if hasattr(c, "state_dict") else {} for c in self.callbacks],
+                "callbacks": callback_states(self.callbacks),
                 "history": self.history.state_dict(),
                 **self._backend_state(),
             },
@@ -119,11 +172,7 @@ class ResumableTrainer:
         """Refuses a checkpoint this trainer cannot take, changing nothing; returns the optimizer slots
         of an ``OptimizerConfig`` checkpoint."""
         optimizer = saved["optimizer"]
-        if self.callbacks and len(saved["callbacks"]) != len(self.callbacks):
-            raise ValueError(
-                f"{path} holds {len(saved['callbacks'])} callback states, this trainer has "
-                f"{len(self.callbacks)} callbacks: resume with the callbacks the run was saved with"
-            )
+        match_callback_states(self.callbacks, saved["callbacks"], path)
         if self.optimizer_config is not None:
             if "framework" in optimizer:
                 raise ValueError(
@@ -162,7 +211,8 @@ class ResumableTrainer:
             self._load_optimizer(slots, saved["optimizer"]["step"])
         else:
             self._load_framework_optimizer(optimizer_arrays, saved["optimizer"], str(path))
-        load_callback_states(self.callbacks, saved["callbacks"], path)
+        for callback, state in match_callback_states(self.callbacks, saved["callbacks"], path):
+            callback.load_state_dict(state)
         self.epoch = saved["epoch"]
         self.history.load_state_dict(saved["history"])
         self._pending_sampler_state = saved["sampler"]

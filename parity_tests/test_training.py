@@ -78,15 +78,17 @@ def small_config(manifest, architecture: str) -> ModelConfig:
     )
 
 
-def run_both(config, optimizer, train, val, callbacks=lambda: ()):
+def run_both(config, optimizer, train, val, callbacks=lambda: (), batch=BATCH, accumulate_steps=1):
     torch_model = torch_impl.molecules.models.build_model(config)
     jax_model = jax_impl.molecules.models.build_model(config)
     jax_impl.state.from_numpy(jax_model, torch_impl.state.to_numpy(torch_model))
     histories = {}
     for name, impl, model in (("torch", torch_impl, torch_model), ("jax", jax_impl, jax_model)):
-        trainer = impl.training.Trainer(model, optimizer, callbacks(), batch_transform=BatchPreparer(config))
+        trainer = impl.training.Trainer(
+            model, optimizer, callbacks(), batch_transform=BatchPreparer(config), accumulate_steps=accumulate_steps
+        )
         histories[name] = trainer.fit(
-            impl.data.make_loader(train, BATCH, seed=7, **COLLATE),
+            impl.data.make_loader(train, batch, seed=7, **COLLATE),
             impl.data.make_loader(val, 32, shuffle=False, **COLLATE),
             EPOCHS,
         )
@@ -143,3 +145,20 @@ def test_early_stopping_stops_both_at_the_same_epoch(data):
     np.testing.assert_allclose(
         histories["jax"]["val_loss"], histories["torch"]["val_loss"], rtol=HISTORY.rtol, atol=HISTORY.atol
     )
+
+
+@pytest.mark.slow
+@pytest.mark.standard_promotion("optax's Adam and schedules mix the int32 step count with Python floats")
+def test_training_histories_agree_with_gradient_accumulation(data):
+    # Micro-batches of 4, two per update: the 100 updates of the other runs, clipped and scheduled
+    # once per update, from gradients summed over two micro-batches on each side.
+    manifest, train, val = data
+    config = small_config(manifest, "multitask")
+    histories, _, _ = run_both(
+        config, RUNS["multitask-adamw-clip-schedule"][1], train, val, batch=BATCH // 2, accumulate_steps=2
+    )
+    assert histories["torch"]["train_loss"][-1] < 0.9 * histories["torch"]["train_loss"][0]
+    for key in ("train_loss", "val_loss"):
+        np.testing.assert_allclose(
+            histories["jax"][key], histories["torch"][key], rtol=HISTORY.rtol, atol=HISTORY.atol, err_msg=key
+        )

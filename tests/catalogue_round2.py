@@ -83,7 +83,7 @@ def model_checkpoint_rows(backend: str) -> list[Case]:
             name = "../victim" if kind == "dotdot" else str(scene.root / "victim")
 
             def change(state):
-                callback = state["callbacks"][0]
+                callback = state["callbacks"][0]["state"]  # {"key": "ModelCheckpoint", "state": ...}
                 callback["best_k"] = {name: 1e9}
                 if kind == "legacy":
                     callback.pop("dirpath", None)

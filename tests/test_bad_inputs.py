@@ -985,7 +985,7 @@ def training_cases(backend: str) -> list[Case]:
             "fixed-weak",
             load,
             ValueError,
-            r"ckpt holds 2 callback states, this trainer has 1 callbacks",
+            r"ckpt: it holds the state of callback\(s\) Counter#2, which this trainer lacks",
             setup=resume_setup(backend, saved_callbacks=(Counter(), Counter()), callbacks=(Counter(),)),
             kept=resumer_unchanged,
         ),

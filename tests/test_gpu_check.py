@@ -15,6 +15,7 @@ import torch
 import jax_impl.runtime
 import jax_impl.training
 import torch_impl.training
+import torch_impl.training_state
 from ml_patterns_bench import gpu_check, gpu_probes
 
 
@@ -48,7 +49,7 @@ def test_a_check_that_raises_is_a_failure_and_the_rest_still_run(tmp_path, monke
 
 def test_adam_step_sits_where_the_implementation_reads_it():
     parameter = torch.nn.Parameter(torch.zeros(2, device="meta"))
-    where = torch_impl.training.adam_step_device
+    where = torch_impl.training_state.adam_step_device
     assert where({"fused": True}, parameter) == torch.device("meta")
     assert where({"fused": None, "capturable": True}, parameter) == torch.device("meta")
     assert where({"fused": None, "capturable": False, "foreach": True}, parameter) == torch.device("cpu")

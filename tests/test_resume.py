@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ml_patterns.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from ml_patterns.callbacks import Callback, EarlyStopping, HistoryLogger, ModelCheckpoint, ProgressBar
 from ml_patterns.optim import OptimizerConfig
+from ml_patterns.training_resume import callback_keys
 from tests.test_training import IMPLS, regression_batches, regressor
 
 # Epoch 2 is a best checkpoint (3.0) that is not the last; epoch 3 (3.5) is worse than it but better
@@ -81,3 +82,82 @@ def test_resuming_from_a_best_checkpoint_decides_as_the_uninterrupted_run(backen
     assert resumed.stop_reason == whole.stop_reason
     assert resumed_files == files
     assert resumed.history.as_dict() == whole.history.as_dict()
+
+
+class Counter(Callback):
+    """A stateful callback: counts the epochs it saw."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def on_epoch_end(self, epoch, trainer, metrics):
+        self.seen += 1
+
+    def state_dict(self):
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state):
+        self.seen = state["seen"]
+
+
+class Printer(Callback):
+    """A stateless callback written against the seed's Callback (no state_dict of its own)."""
+
+    def on_epoch_end(self, epoch, trainer, metrics):
+        pass
+
+
+def trainer_with(backend, callbacks):
+    optimizer = OptimizerConfig("adamw", learning_rate=0.05, weight_decay=0.01)
+    return IMPLS[backend].training.Trainer(regressor(backend), optimizer, list(callbacks))
+
+
+@pytest.mark.parametrize("backend", IMPLS)
+def test_resume_matches_states_by_key_and_lets_stateless_callbacks_come_and_go(backend, tmp_path):
+    stopper, counter = EarlyStopping(patience=5), Counter()
+    first = trainer_with(backend, [Printer(), stopper, counter, ProgressBar(disable=True)])
+    first.fit(regression_batches(), regression_batches((8, 8)), num_epochs=3)
+    first.save_checkpoint(tmp_path / "ckpt")
+
+    # Other order, the printer and the bar gone, a logger added: the states find their callbacks.
+    resumed_counter, resumed_stopper = Counter(), EarlyStopping(patience=5)
+    logger = HistoryLogger(tmp_path / "history")
+    resumed = trainer_with(backend, [resumed_counter, logger, resumed_stopper])
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    assert resumed_counter.seen == 3 and resumed_stopper.state_dict() == stopper.state_dict()
+    resumed.fit(regression_batches(), regression_batches((8, 8)), num_epochs=5)
+    assert resumed_counter.seen == 5 and len(resumed.history) == 5
+
+    whole = trainer_with(backend, [EarlyStopping(patience=5), Counter()])
+    whole.fit(regression_batches(), regression_batches((8, 8)), num_epochs=5)
+    assert resumed.history.as_dict() == whole.history.as_dict()
+
+
+@pytest.mark.parametrize("backend", IMPLS)
+def test_resume_names_a_stateful_callback_missing_on_either_side(backend, tmp_path):
+    first = trainer_with(backend, [Counter(), EarlyStopping(), Printer()])
+    first.fit(regression_batches(), regression_batches((8, 8)), num_epochs=1)
+    first.save_checkpoint(tmp_path / "ckpt")
+    missing = trainer_with(backend, [Counter(), Printer()])
+    with pytest.raises(ValueError, match=r"ckpt: it holds the state of callback\(s\) EarlyStopping, which"):
+        missing.load_checkpoint(tmp_path / "ckpt")
+    extra = trainer_with(backend, [Counter(), EarlyStopping(), Counter()])
+    with pytest.raises(ValueError, match=r"this trainer's callback\(s\) Counter#2 have a state it does not hold"):
+        extra.load_checkpoint(tmp_path / "ckpt")
+    assert extra.epoch == 0 and len(extra.history) == 0  # refused before anything was applied
+    # A trainer without callbacks (to evaluate, to fine-tune) takes the weights and ignores them.
+    bare = trainer_with(backend, [])
+    bare.load_checkpoint(tmp_path / "ckpt")
+    assert bare.epoch == 1
+
+
+def test_callback_keys_number_repeats_and_honour_state_key():
+    named = Counter()
+    named.state_key = "epochs-seen"
+    assert callback_keys([Counter(), Printer(), Counter(), named, Counter()]) == [
+        "Counter",
+        "Printer",
+        "Counter#2",
+        "epochs-seen",
+        "Counter#3",
+    ]

@@ -3,7 +3,8 @@
 The contract, documented here once (``jax_impl.training`` mirrors it name for name):
 
 - ``Trainer(model, optimizer, callbacks=(), *, device=None, batch_transform=None,
-  stop_on_non_finite=True, distributed=None, pad_batches_to=None)``: ``model`` is any
+  stop_on_non_finite=True, distributed=None, pad_batches_to=None, precision="float32",
+  accumulate_steps=1, scheduler=None, scheduler_interval="epoch")``: ``model`` is any
   ``nn.Module`` with ``compute_loss(batch) -> scalar tensor``; ``optimizer`` a
   ``torch.optim.Optimizer`` over the model's parameters, or an ``ml_patterns.optim.OptimizerConfig``
   (built here; its checkpoints resume on either backend).
@@ -27,14 +28,22 @@ The contract, documented here once (``jax_impl.training`` mirrors it name for na
   the step runs under its float32 matmul policy, and for ``bf16-mixed`` the forward pass and loss
   under ``torch.autocast(device.type, dtype=torch.bfloat16)`` (``torch_impl.precision``); the
   parameters, gradients, optimizer state and checkpoints stay float32, the losses reported are float32.
-- ``train(model, train_loader, val_loader, optimizer, num_epochs, device=None)``: the seed's
-  function, returning ``{"train_loss": [...], "val_loss": [...]}``.
+- ``accumulate_steps=k``: every k batches make one update on their sample-weighted gradient
+  (``ml_patterns.training``); here each micro-batch's ``loss * n_b / N`` is back-propagated into
+  ``.grad``, then clipping and ``optimizer.step()`` run once.
+- ``scheduler``: a ``torch.optim.lr_scheduler`` scheduler over ``optimizer`` (a ``torch.optim``
+  one; an ``OptimizerConfig`` has its ``ScheduleConfig``), stepped after every epoch
+  (``scheduler_interval="epoch"``; ``ReduceLROnPlateau`` with the epoch's ``val_loss``, else
+  ``train_loss``) or after every optimizer update (``"step"``), and saved with the optimizer's state
+  in checkpoints (``torch_impl.training_state``): a resume is bit-exact. The JAX side's schedules
+  are optax's, inside the transformation (docs/API.md maps one onto the other).
+- ``train(model, train_loader, val_loader, optimizer, num_epochs, device=None, *,
+  batch_transform=None, precision="float32", accumulate_steps=1)``: the seed's function, returning
+  ``{"train_loss": [...], "val_loss": [...]}``.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,14 +57,14 @@ from ml_patterns.distributed import global_mean, rank_rows
 from ml_patterns.optim import OptimizerConfig
 from ml_patterns.precision import matmul_policy
 from ml_patterns.training import BatchTransform, TrainerBase, leading_dimension
-from ml_patterns.training_checkpoint import OPTIMIZER_SLOTS
 from torch_impl import distributed as distributed_
 from torch_impl import state
 from torch_impl.optim import build_optimizer
 from torch_impl.precision import autocast, precision_policy
+from torch_impl.training_state import OptimizerCheckpoint, check_scheduler, step_epoch_scheduler
 
 
-class Trainer(TrainerBase):
+class Trainer(OptimizerCheckpoint, TrainerBase):
     """See the module docstring for the contract; the loop itself is ``ml_patterns.training.TrainerBase``."""
 
     backend = "torch"
@@ -72,6 +81,9 @@ class Trainer(TrainerBase):
         distributed: distributed_.Context | bool | None = None,
         pad_batches_to: int | None = None,
         precision: str = "float32",
+        accumulate_steps: int = 1,
+        scheduler: Any = None,
+        scheduler_interval: str = "epoch",
     ):
         if distributed is True:
             distributed = distributed_.setup()
@@ -98,9 +110,12 @@ class Trainer(TrainerBase):
             distributed=distributed or None,
             pad_batches_to=pad_batches_to,
             precision=precision,
+            accumulate_steps=accumulate_steps,
         )
         if config is None:
             state.check_optimizer_parameters(optimizer, self.model)
+        self.scheduler = check_scheduler(scheduler, scheduler_interval, optimizer)
+        self.scheduler_interval = scheduler_interval
         self._matmul_policy = matmul_policy(self.precision)
         self.optimizer = optimizer if config is None else build_optimizer(config, self.model.parameters())
         if self.distributed is not None:  # DDP wraps the model here, broadcasting rank 0's weights
@@ -169,8 +184,36 @@ class Trainer(TrainerBase):
                 loss.backward()
                 self.optimizer.step()
                 loss = loss.detach()
-        self._steps += 1
+        self._stepped()
         return loss.float()  # a no-op in float32; a bfloat16 loss would round the epoch's sums
+
+    def _accumulate_step(self, batches: list, counts: list[int]) -> torch.Tensor:
+        # Each micro-batch's loss scaled by n_b / N before its backward: the gradients add up in
+        # .grad to the gradient of the group's per-sample mean; clipping and the step see the sum.
+        total = sum(counts)
+        self.optimizer.zero_grad()
+        group_loss = torch.zeros((), device=self.device)
+        with precision_policy(self._matmul_policy):
+            for batch, n in zip(batches, counts):
+                batch = self._ready(batch)
+                with self._autocast():
+                    loss = self._loss(batch).float()
+                weight = n / total
+                (loss * weight).backward()
+                group_loss = group_loss + loss.detach() * weight
+            self.optimizer.step()
+        self._stepped()
+        return group_loss
+
+    def _stepped(self) -> None:
+        """After every optimizer update: counted, and a per-step scheduler stepped."""
+        self._steps += 1
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+
+    def _after_epoch(self) -> None:
+        if self.scheduler is not None and self.scheduler_interval == "epoch":
+            step_epoch_scheduler(self.scheduler, self.history)
 
     @torch.no_grad()
     def _eval_step(self, batch: Any) -> torch.Tensor:
@@ -219,113 +262,6 @@ class Trainer(TrainerBase):
         arrays, _ = checkpoint.load_checkpoint(model_file)
         state.from_numpy(self.model, arrays, source=str(model_file))
 
-    def _optimizer_arrays(self) -> dict[str, np.ndarray]:
-        if self.optimizer_config is None:
-            return {
-                f"state/{index}/{key}": state.tensor_to_numpy(value).copy()
-                for index, entry in self.optimizer.state_dict()["state"].items()
-                for key, value in entry.items()
-                if torch.is_tensor(value)
-            }
-        # Zeros before the first step: torch creates its state lazily; zero moments are what optax
-        # starts from, and mean the same.
-        arrays = {}
-        for name, parameter in self._named_parameters():
-            slots = self.optimizer.optimizer.state.get(parameter, {})
-            for slot in OPTIMIZER_SLOTS[self.optimizer_config.name]:
-                value = slots.get(slot)
-                value = torch.zeros_like(parameter) if value is None else value
-                arrays[f"{slot}/{name}"] = state.tensor_to_numpy(value).copy()
-        return arrays
-
-    def _load_optimizer(self, slots: dict[str, dict[str, np.ndarray]], step: int) -> None:
-        optimizer = self.optimizer.optimizer
-        (group,) = optimizer.param_groups
-        for name, parameter in self._named_parameters():
-            entry = {slot: torch.from_numpy(slots[slot][name].copy()).to(parameter) for slot in slots}
-            if self.optimizer_config.name != "sgd":  # torch keeps Adam's step per parameter
-                where = adam_step_device(group, parameter)
-                entry["step"] = torch.tensor(float(step), dtype=torch.float32, device=where)
-            optimizer.state[parameter] = entry
-        self.optimizer.set_step(step)
-
-    def _framework_optimizer_json(self) -> dict:
-        saved = self.optimizer.state_dict()
-        scalars = {
-            f"{index}/{key}": value
-            for index, entry in saved["state"].items()
-            for key, value in entry.items()
-            if not torch.is_tensor(value)
-        }
-        return {
-            "class": type(self.optimizer).__name__,
-            "param_groups": _json_checked(saved["param_groups"]),
-            "scalars": _json_checked(scalars),
-        }
-
-    def _check_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
-        if saved.get("class") != type(self.optimizer).__name__:
-            raise ValueError(
-                f"{source} holds the state of a torch.optim.{saved.get('class')}, this trainer has a "
-                f"torch.optim.{type(self.optimizer).__name__}"
-            )
-
-    def _load_framework_optimizer(self, arrays: dict[str, np.ndarray], saved: dict, source: str) -> None:
-        entries: dict[int, dict[str, Any]] = {}
-        for key, value in arrays.items():
-            _, index, name = key.split("/", 2)
-            entries.setdefault(int(index), {})[name] = torch.from_numpy(value.copy())
-        for key, value in saved["scalars"].items():
-            index, name = key.split("/", 1)
-            entries.setdefault(int(index), {})[name] = value
-        current = self.optimizer.state_dict()["param_groups"]
-        if len(current) != len(saved["param_groups"]):
-            raise ValueError(
-                f"{source}: {len(saved['param_groups'])} parameter groups, this optimizer has {len(current)}"
-            )
-        # JSON has no tuples: give back the tuple-ness of the optimizer's own entries (betas).
-        groups = [
-            {k: tuple(v) if isinstance(mine.get(k), tuple) else v for k, v in group.items()}
-            for group, mine in zip(saved["param_groups"], current)
-        ]
-        try:
-            self.optimizer.load_state_dict({"state": entries, "param_groups": groups})
-        except (ValueError, KeyError) as error:
-            raise ValueError(f"{source}: the optimizer state does not fit this optimizer: {error}") from None
-        self._steps = int(saved["step"])
-
-    def _backend_state(self) -> dict:
-        # Dropout draws from torch's global generator of the model's device (the CPU's, or each
-        # GPU's): restoring them makes a resume draw the masks of the uninterrupted run.
-        saved = {"torch_rng_state": _encode(torch.get_rng_state())}
-        if torch.cuda.is_available():
-            saved["torch_cuda_rng_states"] = [_encode(state) for state in torch.cuda.get_rng_state_all()]
-        return saved
-
-    def _load_backend_state(self, saved: dict) -> None:
-        if "torch_rng_state" in saved:
-            torch.set_rng_state(_decode(saved["torch_rng_state"]))
-        cuda = saved.get("torch_cuda_rng_states")
-        # Saved on as many GPUs as here: each gets its own back. Elsewhere (a CPU, another GPU count)
-        # the GPUs' dropout cannot continue the saved stream, so it is left as it is.
-        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all([_decode(state) for state in cuda])
-
-
-def adam_step_device(group: Mapping, parameter: torch.Tensor) -> torch.device:
-    """Where torch's Adam/AdamW keeps a parameter's ``step``: beside the parameter for the fused and
-    capturable implementations (a CUDA kernel reads it; a CPU ``step`` there is refused), on the
-    CPU otherwise (read on the host, no device sync)."""
-    return parameter.device if group.get("fused") or group.get("capturable") else torch.device("cpu")
-
-
-def _encode(state: torch.Tensor) -> str:
-    return base64.b64encode(state.numpy().tobytes()).decode()
-
-
-def _decode(text: str) -> torch.Tensor:
-    return torch.from_numpy(np.frombuffer(base64.b64decode(text), dtype=np.uint8).copy())
-
 
 def to_device(batch: Any, device: torch.device | str | None = None) -> Any:
     """``batch`` with every array on ``device`` (None: torch's default device): tensors moved, numpy
@@ -367,24 +303,15 @@ def train(
     *,
     batch_transform: BatchTransform | None = None,
     precision: str = "float32",
+    accumulate_steps: int = 1,
 ) -> dict[str, list[float]]:
     """Trains ``model`` for ``num_epochs``; returns ``{"train_loss": [...], "val_loss": [...]}``
     (per-epoch means weighted per sample; ``val_loss`` empty without a ``val_loader``).
-    ``precision``: see ``Trainer``."""
-    trainer = Trainer(model, optimizer, device=device, batch_transform=batch_transform, precision=precision)
+    ``precision``, ``accumulate_steps``: see ``Trainer``."""
+    options = dict(batch_transform=batch_transform, precision=precision, accumulate_steps=accumulate_steps)
+    trainer = Trainer(model, optimizer, device=device, **options)
     history = trainer.fit(train_loader, val_loader, num_epochs)
     return {"train_loss": history["train_loss"], "val_loss": history.metrics.get("val_loss", [])}
-
-
-def _json_checked(value: Any) -> Any:
-    """``value`` if it survives JSON as itself (numbers, strings, lists, dicts, tuples as lists)."""
-    try:
-        return json.loads(json.dumps(value, allow_nan=True))
-    except TypeError as error:
-        raise TypeError(
-            f"this optimizer's state holds a value JSON cannot keep ({error}); a torch.optim "
-            "optimizer with tensor hyperparameters cannot be checkpointed, use float ones"
-        ) from None
 
 
 def _default_device() -> torch.device:
