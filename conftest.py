@@ -1,14 +1,28 @@
-"""Fixtures shared by tests/ and parity_tests/."""
+"""Fixtures shared by tests/ and parity_tests/, the test processes' threads, and how the suite is
+spread over workers (pytest-xdist)."""
 
 from __future__ import annotations
 
 import os
 
-import pytest
-import torch
-from hypothesis import settings
+# One thread per test process, set before any framework starts its pools. The tests' models are
+# tiny: intra-op parallelism gains nothing on them, and the suite runs one worker per core
+# (pyproject's addopts: `-n auto`), so a second thread per process would only contend for a core
+# another worker needs, and a pool that spins while its core is taken slows a step tens of times.
+# XLA reads its flags when its CPU backend starts; torch's default intra-op pool reads
+# OMP_NUM_THREADS, which the subprocesses the tests spawn (examples, DDP ranks, compare's workers)
+# inherit. Benchmarks set and record their own thread counts (ml_patterns_bench.harness).
+SINGLE_THREAD_XLA = ("--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1")
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *SINGLE_THREAD_XLA]).strip()
+os.environ["OMP_NUM_THREADS"] = "1"
 
-from ml_patterns.molecules.prepare import prepare_dataset
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+from ml_patterns.molecules.prepare import prepare_dataset  # noqa: E402
+
+torch.set_num_threads(1)  # this process's pool may already exist: set it, not just its default
 
 # Hypothesis profiles. CI machines are small and shared: the per-example deadline would make
 # timing, not correctness, fail a test (deadline=None in both). "ci", the default wherever the tests
@@ -21,15 +35,24 @@ settings.register_profile("ci", derandomize=True, database=None, deadline=None, 
 settings.register_profile("explore", deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# The tests' models are tiny: intra-op parallelism gains nothing on them, and on a busy 2-core
-# machine torch's spinning worker threads slowed a training test twentyfold. Benchmarks (bench/)
-# set and record their own thread counts.
-torch.set_num_threads(1)
+
+def pytest_configure(config):
+    # pytest-xdist registers it too; here as well, so `-p no:xdist` still accepts the marks.
+    config.addinivalue_line("markers", "xdist_group(name): run these tests on one xdist worker (a shared fixture)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """On xdist workers, the slow tests first: the scheduler hands tests out in collection order
+    (groups of many tests before single ones, `--dist loadgroup`), and a long test started last
+    would keep one worker busy while the others have finished. A single process keeps the
+    files' order."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: files' order kept
 
 
 @pytest.fixture(scope="session")
 def default_dataset(tmp_path_factory):
-    """The embedded default dataset (RDKit's NCI set), prepared once per test session."""
+    """The embedded default dataset (RDKit's NCI set), prepared once per test session (per worker)."""
     root = tmp_path_factory.mktemp("data") / "nci"
     manifest = prepare_dataset(root, progress=False)
     return root, manifest

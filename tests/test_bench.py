@@ -19,6 +19,8 @@ from ml_patterns_bench.common import CONTENDERS, Contender, plan_repeats, time_c
 # Equal losses prove the contenders ran the same workload: the forward tolerance of docs/PARITY.md
 # (copied weights), here over the first Adam steps too.
 LOSS_RTOL = {"cpu": 1e-5, "gpu": 1e-4}
+# The --quick run below is shared by the module: its tests run on one xdist worker.
+pytestmark = pytest.mark.xdist_group("bench_quick")
 
 
 @pytest.fixture(scope="module")

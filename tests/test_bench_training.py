@@ -20,6 +20,8 @@ TINY = ModelSize("tiny", d_model=16, n_layers=1, n_heads=2, batch=8, length=16)
 WORKLOAD = TINY.describe("multitask")
 # Three AdamW steps from copied weights: the training-history tolerance of docs/PARITY.md (CPU).
 LOSS_RTOL = 1e-4
+# The quick rows below are shared by the module: its tests run on one xdist worker.
+pytestmark = pytest.mark.xdist_group("bench_training")
 
 
 @pytest.fixture(scope="module")
