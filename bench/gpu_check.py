@@ -189,8 +189,10 @@ CHECKS: tuple[Callable[[Context], Check], ...] = (
 )
 
 
-def run_checks(ctx: Context, stream=sys.stdout) -> list[Check]:
-    """Every check in turn, each printed as it ends; a check that raises is a failure, not the end."""
+def run_checks(ctx: Context, stream=None) -> list[Check]:
+    """Every check in turn, each printed (to ``stream``, by default ``sys.stdout`` as it is when
+    called) as it ends; a check that raises is a failure, not the end."""
+    stream = stream or sys.stdout
     checks = []
     for check in CHECKS:
         start = time.perf_counter()
