@@ -83,10 +83,7 @@ def runtime_name(framework: str, dev) -> str:
 
 def host_syncs(ctx: Context) -> Check:
     manifest = read_manifest(ctx.data)
-    found = {
-        "torch": gpu_probes.torch_step_syncs(ctx.data, manifest, ctx.devices["torch"]),
-        "jax": gpu_probes.jax_epoch_transfers(ctx.data, manifest, ctx.devices["jax"]),
-    }
+    found = {name: gpu_probes.step_syncs(name, ctx.data, manifest, ctx.devices[name]) for name in RUNTIMES}
     failed = {k: v for k, v in found.items() if v is not None}
     how = (
         "torch: torch.cuda.set_sync_debug_mode('error') in every step"

@@ -48,7 +48,7 @@ def test_the_guard_catches_a_host_read_in_the_step(default_dataset, monkeypatch)
             raise AssertionError("unreachable: the targets are in range")
 
     monkeypatch.setattr(torch_impl.losses, "_check_targets", syncing_check)
-    found = gpu_probes.torch_step_syncs(root, manifest, torch.device("cpu"))
+    found = gpu_probes.step_syncs("torch", root, manifest, torch.device("cpu"))
     assert found is not None and "Tensor.__bool__ inside the training step" in found
 
 
