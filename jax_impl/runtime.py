@@ -153,9 +153,8 @@ def gather_model(model: nnx.Module, dev: jax.Device) -> None:
 
 
 # -- what the benchmarks and the GPU check time and probe (torch_impl.runtime's contract) ---------
-def to_numpy(value):
-    """A device array, or a tree of them, as numpy."""
-    return tree_to_numpy(value)
+def to_numpy(value: jax.Array) -> np.ndarray:
+    return np.asarray(jax.device_get(value))
 
 
 def set_threads(threads: int) -> None:

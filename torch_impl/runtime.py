@@ -41,7 +41,7 @@ The contract, documented here once (``jax_impl.runtime`` mirrors it name for nam
 What the benchmarks (``ml_patterns_bench``) and the GPU check time and probe, the same calls on both:
 
 - ``set_threads(threads)``: the intra-op threads of this process's work from now on.
-- ``to_numpy(value)``: a device array, or a tree of them, as numpy.
+- ``to_numpy(value)``: one array of the framework's, on any device, as numpy.
 - ``bare_train_step(trainer)``: ``(step, wait)``, the Trainer's own train step as a function of a
   device batch (returning the loss on the device), without the Trainer's loop around it; ``wait()``
   blocks until the queued steps are done.
@@ -68,7 +68,7 @@ from ml_patterns.errors import UsageError
 from torch_impl.precision import autocast
 from torch_impl.precision import precision_policy as precision_policy
 from torch_impl.precision import set_precision as set_precision
-from torch_impl.state import tree_to_numpy
+from torch_impl.state import tensor_to_numpy, tree_to_numpy
 from torch_impl.training import adam_step_device, to_device
 
 
@@ -178,9 +178,8 @@ def gather_model(model: torch.nn.Module, dev: torch.device) -> None:
 
 
 # -- what the benchmarks and the GPU check time and probe (the contract above) --------------------
-def to_numpy(value):
-    """A device array, or a tree of them, as numpy."""
-    return tree_to_numpy(value)
+def to_numpy(value: torch.Tensor) -> np.ndarray:
+    return tensor_to_numpy(value)
 
 
 def set_threads(threads: int) -> None:
