@@ -20,12 +20,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from ml_patterns import losses as core
 from ml_patterns.losses import TargetOutOfRangeError
 
-__all__ = ["CombinedLoss", "TargetOutOfRangeError", "masked_cross_entropy", "masked_cross_entropy_sum"]
+__all__ = [
+    "CombinedLoss",
+    "TargetOutOfRangeError",
+    "masked_binary_cross_entropy_sum",
+    "masked_cross_entropy",
+    "masked_cross_entropy_sum",
+]
 
 
 class CombinedLoss(nnx.Module):
@@ -90,6 +97,19 @@ def masked_cross_entropy_sum(
     # Only reachable under jit (eager calls raised above): NaN, not a silently wrong class.
     total = total + jnp.where(active & ~in_range, jnp.nan, 0.0).astype(compute_dtype).sum()
     return total, weights.sum()
+
+
+def masked_binary_cross_entropy_sum(
+    logits: jax.Array, targets: jax.Array, weights: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``(sum(bce * weights), sum(weights))``: optax's ``sigmoid_binary_cross_entropy`` per element."""
+    logits, targets, weights = jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights)
+    core.check_binary_cross_entropy_args(logits.shape, targets.shape, weights.shape, _kind(logits.dtype))
+    compute_dtype = jnp.float32 if jnp.finfo(logits.dtype).bits < 32 else logits.dtype
+    weights = weights.astype(compute_dtype)
+    targets = jnp.where(weights != 0, targets.astype(compute_dtype), jnp.zeros((), compute_dtype))
+    losses = optax.sigmoid_binary_cross_entropy(logits.astype(compute_dtype), targets)
+    return (losses * weights).sum(), weights.sum()
 
 
 def _check_targets(targets: np.ndarray, active: np.ndarray, vocab: int) -> None:

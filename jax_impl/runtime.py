@@ -130,6 +130,13 @@ def float64_reference(model, prepare):
     raise ValueError("the float64 anchor is a torch run (the reference side); JAX runs are measured against it")
 
 
+def rounding_noise(seed: int):
+    """Not offered: the verdict's ensemble is made of runs of the reference side, torch (``torch_impl.runtime``)."""
+    raise ValueError(
+        "the verdict's ensemble is made of torch runs (the reference side); JAX runs are judged against it"
+    )
+
+
 def padded_batch_rows(batch_size: int) -> int | None:
     # One program per batch shape: the short last batch padded to the full size runs theirs.
     return batch_size

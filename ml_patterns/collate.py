@@ -16,15 +16,20 @@ key                shape     torch dtype             JAX side (numpy) dtype
 ``attention_mask`` [B, L]    bool (True = token)     bool
 ``labels``         [B]       float32, or int64       float32, or int32
                    or a dict name -> [B] (multi-task records), names in the first record's order
+``label_mask``     as ``labels``, bool: False where the label is missing (``None``, JSON ``null``)
 =================  ========  ======================  =====================
 
 A label (or, for dict labels, each name's column) whose values are all integers (Python ``int`` or
 numpy integers) stays integer, so class ids reach ``F.cross_entropy`` / optax's integer-label
 cross-entropy as they are: int64 on torch, int32 on JAX (JAX's default width; values outside int32
 are refused on both sides so that both hold the same numbers). Any other label is float32.
+A missing label (``None``: a prepared dataset writes ``null`` for a target a molecule has no value
+for) is NaN in a float32 column (a column holding one is float32 even if its other values are
+integers) and False in ``label_mask``; a model's batch transform (``ml_patterns.molecules.batches``)
+then leaves it out of the loss.
 
 Padding goes on the right, with ``pad_token_id`` (``ml_patterns.molecules.tokenizer.PAD_ID`` = 0 by default).
-``labels`` is absent when no record has a ``"label"``. The JAX side returns numpy arrays, ready for
+``labels`` and ``label_mask`` are absent when no record has a ``"label"``. The JAX side returns numpy arrays, ready for
 ``jax.device_put`` (or a sharded put); it never touches a device itself.
 
 Padded length ``L`` (longest = the longest record, after truncation):
@@ -44,7 +49,7 @@ Padded length ``L`` (longest = the longest record, after truncation):
 Errors (``ValueError``/``TypeError``, naming the record index): an empty batch, a record that is not
 a mapping or has no ``input_ids``, empty or non-integer or negative ids (or ids past int32), some
 records labelled and others not, multi-task records whose label names differ, labels that are not
-finite numbers, integer labels outside int32.
+finite numbers (NaN included: a missing label is ``None``), integer labels outside int32.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ class FlatBatch:
     lengths: np.ndarray  # [B] int64, each >= 1
     padded_length: int  # L
     labels: Labels  # [B] float32 or int64 (integer labels), or name -> such an array, or None
+    label_mask: Labels = None  # bool, shaped as labels: False where a label is missing
 
 
 def check_options(
@@ -149,7 +155,9 @@ def flatten_batch(
         starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
         ids = ids[np.arange(len(ids)) - starts < max_length]
         lengths = np.minimum(lengths, max_length)
-    return FlatBatch(ids, lengths, padded_length(int(lengths.max()), pad_to_multiple_of, buckets), _labels(batch))
+    labels, label_mask = _labels(batch)
+    length = padded_length(int(lengths.max()), pad_to_multiple_of, buckets)
+    return FlatBatch(ids, lengths, length, labels, label_mask)
 
 
 def collate_arrays(
@@ -185,6 +193,8 @@ def collate_arrays(
         out["labels"] = {name: width(values) for name, values in flat.labels.items()}
     elif flat.labels is not None:
         out["labels"] = width(flat.labels)
+    if flat.label_mask is not None:
+        out["label_mask"] = flat.label_mask
     return out
 
 
@@ -251,11 +261,12 @@ def _first_bad_record(seqs: list) -> Exception:
     return TypeError("input_ids are not all 1-D sequences of integers")
 
 
-def _labels(batch: Sequence[Mapping[str, Any]]) -> Labels:
+def _labels(batch: Sequence[Mapping[str, Any]]) -> tuple[Labels, Labels]:
+    """``(labels, label_mask)``, each ``[B]`` or ``{name: [B]}``; ``(None, None)`` for unlabelled records."""
     labels = [record.get("label", _MISSING) for record in batch]
     n_missing = labels.count(_MISSING)
     if n_missing == len(labels):
-        return None
+        return None, None
     if n_missing:
         if labels[0] is _MISSING:
             first = next(i for i, label in enumerate(labels) if label is not _MISSING)
@@ -264,7 +275,8 @@ def _labels(batch: Sequence[Mapping[str, Any]]) -> Labels:
             f"record {labels.index(_MISSING)} has no 'label' but record 0 has one: label every record or none"
         )
     if not isinstance(labels[0], Mapping):
-        return _label_columns([(label,) for label in labels], ("label",))[0]
+        (column,), (present,) = _label_columns([(label,) for label in labels], ("label",))
+        return column, present
     names = tuple(labels[0])
     if not names:
         raise ValueError("record 0 has an empty dict of labels")
@@ -276,7 +288,8 @@ def _labels(batch: Sequence[Mapping[str, Any]]) -> Labels:
     # Every name of record 0 present and as many names: the same names.
     if set(map(len, labels)) != {len(names)}:
         raise _label_names_error(labels, names)
-    return dict(zip(names, _label_columns(rows, tuple(f"label {name!r}" for name in names))))
+    columns, present = _label_columns(rows, tuple(f"label {name!r}" for name in names))
+    return dict(zip(names, columns)), dict(zip(names, present))
 
 
 def _label_names_error(labels: list, names: tuple[str, ...]) -> ValueError:
@@ -290,16 +303,21 @@ def _label_names_error(labels: list, names: tuple[str, ...]) -> ValueError:
     return ValueError("labels differ between records")
 
 
-def _label_columns(rows: list[tuple], whats: tuple[str, ...]) -> list[np.ndarray]:
+def _label_columns(rows: list[tuple], whats: tuple[str, ...]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``rows[i][k]`` = record i's label k (described by ``whats[k]``) -> K contiguous ``[B]`` arrays:
-    int64 for a column of integers, float32 otherwise; refuses what is not a finite real number."""
+    int64 for a column of integers, float32 otherwise (NaN where the label is ``None``: missing), and
+    K bool ``[B]`` masks (False where missing); refuses what is not a finite real number."""
     table = np.array(rows)  # one conversion; strings, None, dicts leave it non-numeric
+    present = np.ones(table.shape, dtype=bool)
+    if table.dtype == object and table.shape == (len(rows), len(whats)):  # the rare path: missing labels
+        present = np.array([[value is not None for value in row] for row in rows], dtype=bool)
+        table = np.array([[np.nan if value is None else value for value in row] for row in rows])
     if table.shape != (len(rows), len(whats)) or table.dtype.kind not in "iuf":
         raise _label_type_error(rows, whats)
     if table.dtype.kind in "iu":
         integer = [True] * len(whats)
     else:  # a float table may still hold integer columns beside float ones; short-circuits on a float
-        integer = [all(_is_integer(row[k]) for row in rows) for k in range(len(whats))]
+        integer = [all(_is_integer(row[k]) for row in rows) for k in range(len(whats))]  # None is not
     columns = []
     for k, is_integer in enumerate(integer):
         column = table[:, k]
@@ -314,12 +332,12 @@ def _label_columns(rows: list[tuple], whats: tuple[str, ...]) -> list[np.ndarray
             columns.append(np.ascontiguousarray(column, dtype=np.int64))
             continue
         # One comparison catches NaN, infinities and values that float32 cannot hold.
-        representable = np.abs(column) <= FLOAT32_MAX
+        representable = (np.abs(column) <= FLOAT32_MAX) | ~present[:, k]
         if not representable.all():
             i = int(np.argmin(representable))
             raise ValueError(f"record {i}: {whats[k]} = {rows[i][k]!r} is not a finite float32")
         columns.append(np.ascontiguousarray(column, dtype=np.float32))
-    return columns
+    return columns, [np.ascontiguousarray(present[:, k]) for k in range(len(whats))]
 
 
 def _is_integer(value: Any) -> bool:
@@ -332,6 +350,8 @@ def _label_type_error(rows: list[tuple], whats: tuple[str, ...]) -> Exception:
         for what, value in zip(whats, row):
             if isinstance(value, Mapping):
                 return ValueError(f"record {i} has a dict of labels but record 0 a single label")
+            if value is None:  # a missing label
+                continue
             if isinstance(value, (str, bytes)) or not isinstance(value, (int, float, np.integer, np.floating)):
                 return TypeError(f"record {i}: {what} = {value!r} is not a number")
     return TypeError(f"labels are not all numbers: {', '.join(whats)}")

@@ -37,6 +37,13 @@
     that a caller can aggregate exactly across batches (``sum(sums) / sum(counts)``, the flax WMT
     example's habit) instead of averaging means.
 
+``masked_binary_cross_entropy_sum(logits, targets, weights) -> (sum, count)``
+    Binary cross-entropy on logits (torch's ``binary_cross_entropy_with_logits``, optax's
+    ``sigmoid_binary_cross_entropy``): ``logits``, ``targets`` (0./1., any dtype) and ``weights``
+    (bool or float) of one shape (usually ``[batch]``); returns ``sum(bce * weights)`` and
+    ``sum(weights)`` in the compute dtype (float32 for 16-bit logits). A position of weight 0 is
+    ignored whatever its target holds (no NaN, no gradient).
+
 ``CombinedLoss(losses, weights=None)``
     The seed's weighted sum of named losses: ``total = sum(weights[name] * losses[name](prediction,
     target))``.
@@ -109,6 +116,17 @@ def check_cross_entropy_args(
         raise ValueError(f"mask must be bool, integer or float weights, got dtype kind {mask_kind!r}")
     check_label_smoothing(label_smoothing)
     return logits_shape[-1]
+
+
+def check_binary_cross_entropy_args(
+    logits_shape: Sequence[int], targets_shape: Sequence[int], weights_shape: Sequence[int], logits_kind: str
+) -> None:
+    """Raises ``ValueError`` unless the three shapes are equal and the logits floating point."""
+    shapes = tuple(logits_shape), tuple(targets_shape), tuple(weights_shape)
+    if not shapes[0] == shapes[1] == shapes[2]:
+        raise ValueError(f"logits {shapes[0]}, targets {shapes[1]} and weights {shapes[2]} must have one shape")
+    if logits_kind != FLOAT:
+        raise ValueError(f"logits must be floating point, got dtype kind {logits_kind!r}")
 
 
 def check_label_smoothing(label_smoothing: float) -> None:

@@ -1,17 +1,23 @@
 """Missing labels (NaN in a collated batch): the regression losses average over the rows whose label
 is present, on both backends alike (values and gradients), and a task with no label in the batch
-contributes 0 and no gradient."""
+contributes 0 and no gradient; a prepared set with holes trains to the same history on both."""
 
 import numpy as np
 import pytest
 
 from ml_patterns import parity
+from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.molecules.batches import prepare_batch
-from ml_patterns.molecules.config import ModelConfig
+from ml_patterns.molecules.config import ModelConfig, PrepareConfig
 from ml_patterns.molecules.masking import FIRST_REGULAR_ID
+from ml_patterns.molecules.prepare import prepare_dataset
 from ml_patterns.molecules.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from ml_patterns.optim import OptimizerConfig
 from ml_patterns_app.porting.parity_report import build_pair, measure
+from parity_tests.sparse_data import write_sparse_source
 from parity_tests.test_models import FLOAT32
+from parity_tests.test_training import TRAIN_MOLECULES, run_both, small_config
+from parity_tests.tolerances import HISTORY
 
 BATCH, LENGTH = 8, 24
 CONFIG = ModelConfig(
@@ -72,3 +78,39 @@ def test_a_task_without_labels_sends_no_gradient_and_others_do(measured):
         assert all(not np.abs(result["gradients"]["none"][name]).any() for name in names)
         assert np.abs(result["gradients"]["some"]["heads.some.out.weight"]).max() > 0
     assert "heads.none.out.weight" in names  # the check above covered the task's own head
+
+
+@pytest.fixture(scope="module")
+def sparse_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sparse")
+    write_sparse_source(root / "sparse.csv", 420)
+    config = PrepareConfig(rdkit_properties=(), val_fraction=0.25, test_fraction=0.25)  # 105 each: no warning
+    manifest = prepare_dataset(
+        root / "ds",
+        csv_path=root / "sparse.csv",
+        target_cols=["tpsa", "coarse", "active"],
+        config=config,
+        progress=False,
+    )
+    return root / "ds", manifest
+
+
+@pytest.mark.slow
+@pytest.mark.standard_promotion("optax's Adam mixes the int32 step count with Python floats")
+def test_training_on_a_set_with_holes_and_a_class_agrees_on_both_backends(sparse_dataset):
+    root, manifest = sparse_dataset
+    assert 0 < manifest["targets"]["tpsa"]["labelled"]["train"] < manifest["splits"]["train"]
+    assert manifest["targets"]["active"]["task"] == "classification"
+    train = Subset(LazyDataset(root, split="train"), range(TRAIN_MOLECULES))
+    val = LazyDataset(root, split="val")
+    config = small_config(manifest, "multitask")
+    histories, _, _ = run_both(config, OptimizerConfig("adam", learning_rate=1e-3), train, val)
+    torch_history, jax_history = histories["torch"], histories["jax"]
+    assert (
+        all(np.isfinite(torch_history["train_loss"]))
+        and torch_history["train_loss"][-1] < torch_history["train_loss"][0]
+    )
+    for key in ("train_loss", "val_loss"):
+        np.testing.assert_allclose(
+            jax_history[key], torch_history[key], rtol=HISTORY.rtol, atol=HISTORY.atol, err_msg=key
+        )

@@ -263,7 +263,7 @@ CASES = [
             skipped(manifest)
             == [
                 (5, "target 'y' is not a number: 'abc'"),
-                (6, "target 'y' is not finite: 'nan'"),
+                (6, "no label: every target is missing ('y': 'nan')"),
                 (7, "RDKit cannot parse this SMILES"),
             ]
         ),

@@ -208,7 +208,7 @@ def _without(index, key):
         ),
         (_with(2, label=3.0), ValueError, "record 2 has a single label but record 0 a dict"),
         (_with(1, label={"TPSA": "high", "MolWt": 1.0}), TypeError, "record 1: label 'TPSA' = 'high' is not a number"),
-        (_with(2, label={"TPSA": None, "MolWt": 1.0}), TypeError, "record 2: label 'TPSA' = None is not a number"),
+        (_with(2, label={"TPSA": None, "MolWt": "x"}), TypeError, "record 2: label 'MolWt' = 'x' is not a number"),
         (
             _with(0, label={"TPSA": float("nan"), "MolWt": 1.0}),
             ValueError,

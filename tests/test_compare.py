@@ -109,6 +109,7 @@ def fake_result(
         epoch_times=[{"epoch": e, "train_s": s, "val_s": 0.5} for e, s in enumerate(train_s)],
         epoch_compilations=compilations or [None] * len(train_s),
         load_during=[0.5] * len(epochs),
+        weight_norms=[10.0] * len(epochs),
         machine_load=machine_load
         or {"load_average_before": [0.2, 0.2, 0.2], "load_average_after": [0.9, 0.3, 0.2], "others_cpu_share": 0.01},
         cpus={"threads": 2, "cpus_available": 2},
@@ -160,7 +161,7 @@ def test_report_judges_drift_against_the_noise_floor(default_dataset, jax_steps,
     assert report["noise_floor"]["multiple"] == FLOOR_MULTIPLE
     assert report["speed"]["torch"]["warmup_s"] == pytest.approx(1.0)
     assert report["speed"]["torch"]["steps_per_s"] == pytest.approx(10.0)
-    assert "3 torch reruns one ulp off: the ensemble floor" in compare_report.format_summary(report)
+    assert "3 torch reruns one ulp off at every step: the ensemble floor" in compare_report.format_summary(report)
 
 
 def test_an_interrupted_write_leaves_the_previous_report(default_dataset, tmp_path, monkeypatch):

@@ -13,13 +13,20 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ml_patterns import losses as core
 from ml_patterns.losses import TargetOutOfRangeError
 from torch_impl.state import dtype_kind
 
-__all__ = ["CombinedLoss", "TargetOutOfRangeError", "masked_cross_entropy", "masked_cross_entropy_sum"]
+__all__ = [
+    "CombinedLoss",
+    "TargetOutOfRangeError",
+    "masked_binary_cross_entropy_sum",
+    "masked_cross_entropy",
+    "masked_cross_entropy_sum",
+]
 
 
 class CombinedLoss(nn.Module):
@@ -82,6 +89,19 @@ def masked_cross_entropy_sum(
     safe_targets = torch.where(active, targets, torch.zeros_like(targets)).long()
     total = _MaskedNLLSum.apply(logits, safe_targets, weights, float(label_smoothing))
     return total, weights.sum()
+
+
+def masked_binary_cross_entropy_sum(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum(bce * weights), sum(weights))``: torch's ``binary_cross_entropy_with_logits`` per element."""
+    core.check_binary_cross_entropy_args(logits.shape, targets.shape, weights.shape, dtype_kind(logits.dtype))
+    compute_dtype = torch.float32 if torch.finfo(logits.dtype).bits < 32 else logits.dtype
+    weights = weights.to(compute_dtype)
+    # A masked row's target may hold anything: 0 there, so that no NaN reaches the sum.
+    targets = torch.where(weights != 0, targets.to(compute_dtype), 0.0)
+    losses = F.binary_cross_entropy_with_logits(logits.to(compute_dtype), targets, reduction="none")
+    return (losses * weights).sum(), weights.sum()
 
 
 def _check_targets(targets: torch.Tensor, active: torch.Tensor, vocab: int) -> None:

@@ -64,11 +64,12 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 import torch
 
+from ml_patterns.callbacks import Callback
 from ml_patterns.errors import UsageError
 from torch_impl.precision import autocast
 from torch_impl.precision import precision_policy as precision_policy
 from torch_impl.precision import set_precision as set_precision
-from torch_impl.state import tensor_to_numpy, tree_to_numpy
+from torch_impl.state import one_ulp_off, tensor_to_numpy, tree_to_numpy
 from torch_impl.training import adam_step_device, to_device
 
 
@@ -161,6 +162,22 @@ def float64_reference(model: torch.nn.Module, prepare: Callable) -> tuple[torch.
     from torch_impl.state import float64_batch, float64_twin
 
     return float64_twin(model), lambda *args, **kwargs: float64_batch(prepare(*args, **kwargs))
+
+
+class RoundingNoise(Callback):
+    """Moves every weight one ulp, up or down at random (signs from ``seed``), after every optimizer
+    step (``state.one_ulp_off``): a run of the verdict's ensemble (``ml_patterns.verdict``)."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def on_batch_end(self, batch_idx: int, trainer, loss) -> None:
+        one_ulp_off(trainer.model, self.generator)
+
+
+def rounding_noise(seed: int) -> Callback:
+    """The callback that makes a run one of the verdict's ensemble (``RoundingNoise``)."""
+    return RoundingNoise(seed)
 
 
 def run_data_parallel(fn: Callable, devices: int, choice: str, *args) -> None:

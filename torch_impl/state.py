@@ -132,6 +132,19 @@ def float64_twin(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).double()
 
 
+def one_ulp_off(module: nn.Module, generator: torch.Generator) -> None:
+    """Moves every floating-point parameter entry of ``module`` by one ulp, up or down at random
+    (signs drawn from ``generator``, a CPU generator), in place: a difference of nothing but
+    rounding. Applied after every optimizer step, it makes a run of the verdict's ensemble
+    (``ml_patterns.verdict``): another backend rounds differently at every step, not only once."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if parameter.is_floating_point():
+                up = torch.rand(parameter.shape, generator=generator) < 0.5
+                toward = torch.where(up, torch.inf, -torch.inf).to(parameter.device, parameter.dtype)
+                parameter.copy_(torch.nextafter(parameter, toward))
+
+
 def float64_batch(batch):
     """``batch`` (numpy arrays or tensors in dicts, lists or tuples) with float32 leaves in float64,
     for ``float64_twin``; other dtypes (token ids, masks) as they are."""

@@ -13,7 +13,7 @@ from flax import nnx
 
 from jax_impl import state
 from jax_impl.init import EMBEDDING_INIT, LINEAR_KERNEL_INIT, ONES_INIT, ZEROS_INIT
-from jax_impl.losses import masked_cross_entropy, masked_cross_entropy_sum
+from jax_impl.losses import masked_binary_cross_entropy_sum, masked_cross_entropy, masked_cross_entropy_sum
 from jax_impl.models import BaseModel, EncoderDecoder, MultiTaskModel
 from ml_patterns import checkpoint
 from ml_patterns.models import head_loss_sums, head_losses
@@ -134,32 +134,51 @@ class SmilesDecoder(nnx.Module):
         return masked_cross_entropy_sum(decoded["logits"], batch["decoder_targets"], mask)
 
 
-class RegressionHead(nnx.Module):
+class PooledHead(nnx.Module):
     input_key = "input_ids"
 
-    def __init__(self, config: ModelConfig, label: str, loss_weight: float = 1.0, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, label: str, outputs: int, loss_weight: float = 1.0, *, rngs: nnx.Rngs):
         self.label, self.loss_weight = label, loss_weight
         self.dense = _linear(config.d_model, config.d_model, rngs)
         self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
-        self.out = _linear(config.d_model, 1, rngs)
+        self.out = _linear(config.d_model, outputs, rngs)
         self.approximate = config.gelu_approximate
 
     def __call__(self, features: dict) -> jax.Array:
         hidden = self.dropout(jax.nn.gelu(self.dense(features["pooled"]), approximate=self.approximate))
-        return self.out(hidden)[:, 0]
+        out = self.out(hidden)
+        return out[:, 0] if out.shape[1] == 1 else out
 
     def loss(self, prediction: jax.Array, batch: dict) -> jax.Array:
-        """Mean squared error over the rows whose label is present; 0.0 (zero gradients) if none is."""
-        total, count = self.loss_sums(prediction, batch, jnp.ones(prediction.shape, jnp.float32))
+        """The mean loss over the rows whose label is present; 0.0 (zero gradients) if none is."""
+        total, count = self.loss_sums(prediction, batch, jnp.ones(prediction.shape[:1], jnp.float32))
         return total / jnp.where(count > 0, count, 1.0)
 
-    def loss_sums(self, prediction: jax.Array, batch: dict, weight: jax.Array) -> tuple[jax.Array, ...]:
+    def _weight(self, batch: dict, weight: jax.Array) -> jax.Array:
         present = batch.get("label_mask")  # {task: bool [B]}: a missing label's row scores nothing
-        if present is not None:
-            weight = weight * present[self.label].astype(weight.dtype)
+        return weight if present is None else weight * present[self.label].astype(weight.dtype)
+
+
+class RegressionHead(PooledHead):
+    def __init__(self, config: ModelConfig, label: str, loss_weight: float = 1.0, *, rngs: nnx.Rngs):
+        super().__init__(config, label, 1, loss_weight, rngs=rngs)
+
+    def loss_sums(self, prediction: jax.Array, batch: dict, weight: jax.Array) -> tuple[jax.Array, ...]:
+        weight = self._weight(batch, weight)
         # Summed in the weight's float32 (as torch promotes): a bfloat16 count is inexact past 256 rows.
         squared = ((prediction - batch["labels"][self.label]) ** 2).astype(weight.dtype)
         return (weight * squared).sum(), weight.sum()
+
+
+class ClassificationHead(PooledHead):
+    def __init__(self, config: ModelConfig, label: str, classes: int, loss_weight: float = 1.0, *, rngs: nnx.Rngs):
+        super().__init__(config, label, 1 if classes == 2 else classes, loss_weight, rngs=rngs)
+
+    def loss_sums(self, logits: jax.Array, batch: dict, weight: jax.Array) -> tuple[jax.Array, ...]:
+        weight, targets = self._weight(batch, weight), batch["labels"][self.label]
+        if logits.ndim == 1:
+            return masked_binary_cross_entropy_sum(logits, targets, weight)
+        return masked_cross_entropy_sum(logits, targets, weight)
 
 
 class MaskedTokenHead(nnx.Module):
@@ -200,7 +219,7 @@ class SmilesAutoencoder(EncoderDecoder):
 
 class SmilesMultiTaskModel(MultiTaskModel):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        heads = {task: RegressionHead(config, task, rngs=rngs) for task in config.tasks}
+        heads = {task: target_head(config, task, rngs) for task in config.tasks}
         if config.has_mlm_head:
             heads[MLM_TASK] = MaskedTokenHead(config, loss_weight=config.mlm_weight, rngs=rngs)
         super().__init__(SmilesEncoder(config, rngs=rngs), heads)
@@ -211,6 +230,13 @@ class SmilesMultiTaskModel(MultiTaskModel):
 
     def loss_sums(self, batch: dict, weight: jax.Array) -> dict[str, tuple[jax.Array, jax.Array]]:
         return head_loss_sums(self.backbone, self.heads, batch, weight)
+
+
+def target_head(config: ModelConfig, task: str, rngs: nnx.Rngs) -> PooledHead:
+    classes = config.classes(task)
+    if classes:
+        return ClassificationHead(config, task, classes, rngs=rngs)
+    return RegressionHead(config, task, rngs=rngs)
 
 
 def _row_weighted(mask: jax.Array, weight: jax.Array) -> jax.Array:

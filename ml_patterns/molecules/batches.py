@@ -5,14 +5,17 @@ arrays: the same standardized labels, the same masked tokens. ``BatchPreparer`` 
 batch transform for these models (``Trainer(..., batch_transform=BatchPreparer(config))``).
 
 A collated batch (``collate.collate_molecules``) is
-``{"input_ids": int [B, L], "attention_mask": bool [B, L], "labels": float32 [B] | {task: float32 [B]}}``
-with sequences ``BOS ... EOS`` right-padded with PAD.
+``{"input_ids": int [B, L], "attention_mask": bool [B, L], "labels": float32 [B] | {task: float32 [B]},
+"label_mask": bool, shaped as labels}`` (NaN and False where a label is missing) with sequences
+``BOS ... EOS`` right-padded with PAD.
 
 Multi-task batch (``prepare_multitask_batch``)::
 
     input_ids        int32 [B, L]    clean tokens: the regression heads and forward() read these
     attention_mask   bool  [B, L]    True on real tokens
-    labels           {task: float32 [B]}  standardized: (y - mean) / std, with the config's stats; 0 where missing
+    labels           {task: float32 [B]}  standardized: (y - mean) / std, with the config's stats; 0 where missing;
+                                          a classification task's: its class as float32 0./1. (binary) or
+                                          int32 [B] class ids (multiclass), not standardized
     label_mask       {task: bool [B]}     False where the label is missing (NaN): the regression losses
                                           average over the rows where it is True
     mlm_input_ids    int32 [B, L]    corrupted tokens: the masked-token head's loss reads these
@@ -92,12 +95,17 @@ def prepare_multitask_batch(collated: dict, config: ModelConfig, rng: np.random.
     input_ids, attention_mask = _tokens(collated, config)
     labels = standardize_labels(collated.get("labels"), config, batch_size=input_ids.shape[0])
     present = {task: ~np.isnan(values) for task, values in labels.items()}
+    given = collated.get("label_mask")  # collate's: False where a record's label is None (missing)
+    if given is not None:
+        given = given if isinstance(given, Mapping) else {config.tasks[0]: given}
+        present = {task: mask & np.asarray(given[task], dtype=bool) for task, mask in present.items()}
+    # A missing label becomes 0 with its mask False: a NaN would reach the loss's gradient even when
+    # multiplied by 0 (NaN * 0 is NaN), and class 0 is a valid id for the cross-entropy's gather.
+    filled = {task: np.where(present[task], values, np.float32(0)) for task, values in labels.items()}
     batch = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
-        # A missing label becomes 0.0 with its mask False: a NaN would reach the loss's gradient even
-        # when multiplied by 0 (NaN * 0 is NaN).
-        "labels": {task: np.where(present[task], values, np.float32(0)) for task, values in labels.items()},
+        "labels": {task: _class_ids(values, config.classes(task), task) for task, values in filled.items()},
         "label_mask": present,
     }
     if config.has_mlm_head:
@@ -108,6 +116,14 @@ def prepare_multitask_batch(collated: dict, config: ModelConfig, rng: np.random.
         )
         batch.update(mlm_input_ids=masked.input_ids, mlm_targets=masked.targets, mlm_mask=masked.mask)
     return batch
+
+
+def _class_ids(values: np.ndarray, classes: int, task: str) -> np.ndarray:
+    """A task's labels as its loss reads them: float32 for regression and binary classification
+    (0./1.), int32 class ids for multiclass; a class id outside ``0..classes-1`` is refused."""
+    if classes and values.size and (values.min() < 0 or values.max() >= classes or np.any(values != np.round(values))):
+        raise ValueError(f"labels[{task!r}] hold {sorted(set(values.tolist()))[:5]}, not class ids 0..{classes - 1}")
+    return values.astype(np.int32) if classes > 2 else values
 
 
 def prepare_autoencoder_batch(collated: dict, config: ModelConfig) -> dict:
@@ -149,11 +165,12 @@ def standardize_labels(labels, config: ModelConfig, *, batch_size: int) -> dict[
 
 
 def destandardize(predictions: dict, config: ModelConfig) -> dict[str, np.ndarray]:
-    """Regression outputs back in the targets' units: ``y = prediction * std + mean`` (float64)."""
+    """Regression outputs back in the targets' units: ``y = prediction * std + mean`` (float64);
+    classification tasks (not standardized) are left out."""
     return {
         task: np.asarray(predictions[task], dtype=np.float64) * std + mean
         for task, mean, std in zip(config.tasks, config.target_mean, config.target_std)
-        if task in predictions
+        if task in predictions and not config.classes(task)
     }
 
 

@@ -41,6 +41,9 @@ class PrepareConfig:
 
 # The masked-token head's name among a MultiTaskModel's heads (so no target may be called this).
 MLM_TASK = "mlm"
+# A target's kind, as the manifest records it (``targets.NAME.task``) and ``prepare --task`` names it.
+REGRESSION, CLASSIFICATION = "regression", "classification"
+TASK_KINDS = (REGRESSION, CLASSIFICATION)
 ARCHITECTURES = ("multitask", "autoencoder")
 
 
@@ -84,11 +87,14 @@ class ModelConfig:
     layer_norm_eps: float = 1e-5
     # False: the exact erf GELU (torch's default); jax.nn.gelu defaults to the tanh approximation.
     gelu_approximate: bool = False
-    # Regression targets, one head each, with the train-split statistics used to standardize
-    # their labels ((y - mean) / std) for training.
+    # Targets, one head each, with the train-split statistics used to standardize a regression
+    # target's labels ((y - mean) / std) for training (a classification target's are 0 and 1).
     tasks: tuple[str, ...] = ()
     target_mean: tuple[float, ...] = ()
     target_std: tuple[float, ...] = ()
+    # Per task: 0 for regression (MSE), C >= 2 for classification into the classes 0..C-1 (binary:
+    # one logit and binary cross-entropy; C > 2: C logits and cross-entropy). Empty: all regression.
+    task_classes: tuple[int, ...] = ()
     # Weight of the masked-token loss in the multi-task total (each regression loss has weight 1);
     # 0 leaves the masked-token head out.
     mlm_weight: float = 1.0
@@ -132,6 +138,14 @@ class ModelConfig:
     def has_mlm_head(self) -> bool:
         return self.architecture == "multitask" and self.mlm_weight > 0
 
+    def classes(self, task: str) -> int:
+        """0 for a regression task, its number of classes for a classification task."""
+        return self.task_classes[self.tasks.index(task)] if self.task_classes else 0
+
+    @property
+    def regression_tasks(self) -> tuple[str, ...]:
+        return tuple(task for task in self.tasks if not self.classes(task))
+
     @classmethod
     def from_manifest(cls, manifest: dict, **overrides) -> ModelConfig:
         """The config for a prepared dataset (``ml_patterns.molecules.prepare``'s manifest), then ``overrides``.
@@ -146,6 +160,10 @@ class ModelConfig:
             "target_mean": tuple(float(t["mean"]) for t in targets.values()),
             "target_std": tuple(float(t["std"]) for t in targets.values()),
         }
+        if any(t.get("task") == CLASSIFICATION for t in targets.values()):
+            fields["task_classes"] = tuple(
+                int(t["classes"]) if t.get("task") == CLASSIFICATION else 0 for t in targets.values()
+            )
         return cls.from_dict({**fields, **overrides})
 
     def to_dict(self) -> dict:
@@ -176,6 +194,15 @@ def _task_problems(config: ModelConfig) -> list[str]:
             f"target_mean ({len(config.target_mean)}) and target_std ({len(config.target_std)}) "
             f"need one value per task ({len(tasks)})"
         )
+    if config.task_classes and len(config.task_classes) != len(tasks):
+        problems.append(f"task_classes ({len(config.task_classes)}) needs one value per task ({len(tasks)})")
+    bad_classes = [
+        name
+        for name, c in zip(tasks, config.task_classes)
+        if isinstance(c, bool) or not isinstance(c, int) or c < 0 or c == 1
+    ]
+    if bad_classes:
+        problems.append(f"task_classes must be 0 (regression) or a number of classes >= 2; it is not for {bad_classes}")
     bad_std = [name for name, std in zip(tasks, config.target_std) if not std > 0]
     if bad_std:
         problems.append(f"target_std must be positive; it is not for {bad_std}")

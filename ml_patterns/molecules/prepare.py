@@ -4,10 +4,10 @@ Layout written under ``DIR`` (all of it appears at once: it is built in a stagin
 renamed into place, see ``ml_patterns.io.staged_directory``)::
 
     DIR/index.json         list; entry i = {"file": "shards/shard-00000.jsonl", "row": r, "split": "train"}
-    DIR/shards/*.jsonl     one JSON record per line: {"smiles", "input_ids", "label"}
+    DIR/shards/*.jsonl     one JSON record per line: {"smiles", "input_ids", "label"} (a missing label: null)
     DIR/vocab.json         the tokenizer's vocabulary
-    DIR/manifest.json      source, counts, skipped rows, duplicates, targets (mean/std on train), splits,
-                           config, checksums
+    DIR/manifest.json      source, counts, skipped rows, duplicates, targets (kind, mean/std on train,
+                           labelled rows per split, classes), splits, config, checksums
 
 RDKit is imported here only, and only while preparing: reading a prepared dataset needs numpy alone.
 """
@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ml_patterns import __version__
 from ml_patterns.errors import OptionError
 from ml_patterns.io import atomic_write_text, printable, sha256_file, staged_directory
-from ml_patterns.molecules.config import MLM_TASK, RDKIT_PROPERTIES, PrepareConfig
+from ml_patterns.molecules.config import MLM_TASK, RDKIT_PROPERTIES, TASK_KINDS, PrepareConfig
 from ml_patterns.molecules.manifest import (  # read back here, re-exported: where callers find them
     FORMAT_PREFIX,
     SPLITS,
@@ -45,6 +45,7 @@ from ml_patterns.molecules.sources import (
 )
 from ml_patterns.molecules.splits import SPLIT_MODES, assign_splits, check_split_sizes, group_keys
 from ml_patterns.molecules.tables import LabelJoin, open_table, source_rows
+from ml_patterns.molecules.targets import check_learnable, label_matrix, target_kind, target_summary
 from ml_patterns.molecules.tokenizer import SmilesTokenizer, TokenizationError, tokenize
 
 DEFAULT_SOURCE_NAME = "RDKit NCI first_5k.tpsa.csv"
@@ -96,16 +97,21 @@ def prepare_dataset(
     labels_path: Path | None = None,
     id_col: str | None = None,
     split: str = "random",
+    task_kinds: dict[str, str] | None = None,
 ) -> dict:
     """Builds the dataset under ``out`` and returns its manifest.
 
     With ``csv_path=None`` the source is RDKit's NCI set (TPSA from the file plus
     ``config.rdkit_properties``). Otherwise ``target_cols`` of the CSV are the labels and
-    ``config.rdkit_properties`` are added only if non-empty. Rows RDKit cannot parse, or whose
-    labels are missing or not finite, are skipped and listed (line number and reason) in the
-    manifest's ``"skipped"``. Rows repeating a molecule (same canonical SMILES) are kept and counted in
-    ``"duplicates"``; those whose labels differ from the first occurrence are listed there
-    (``"conflicts"``: line, first line, SMILES, both labels) and warned about (``ConflictingLabelsWarning``).
+    ``config.rdkit_properties`` are added only if non-empty. Rows RDKit cannot parse, whose labels
+    are text or not finite, or that miss every label, are skipped and listed (line number and reason)
+    in the manifest's ``"skipped"``. A row missing some labels (an empty field, ``NA``, ``nan``: see
+    ``sources.MISSING_LABELS``) is kept, its missing labels written as ``null``; each target's
+    ``"labelled"`` counts its labelled rows per split, and its mean/std are over the labelled training
+    rows. A target with no labelled training row is refused, naming it. Rows repeating a molecule
+    (same canonical SMILES) are kept and counted in ``"duplicates"``; those whose labels differ from
+    the first occurrence are listed there (``"conflicts"``: line, first line, SMILES, both labels) and
+    warned about (``ConflictingLabelsWarning``).
 
     ``overwrite`` replaces only a dataset this function wrote (its manifest, and no file it does not
     list); never a directory holding the source CSV, nor the working directory or one above it.
@@ -120,10 +126,15 @@ def prepare_dataset(
 
     ``split`` is ``"random"`` or ``"scaffold"`` (``ml_patterns.molecules.splits``): either way a
     repeated molecule lands in one split only; a val/test split under ``MIN_EVAL_MOLECULES`` is refused.
+
+    ``task_kinds`` (``{column: "regression" | "classification"}``) sets a target's kind; the others'
+    are guessed from their values (``ml_patterns.molecules.targets``), and recorded in the manifest
+    (``targets.NAME.task``, with ``classes`` for classification).
     """
     out = Path(out)
     source_columns = ("TPSA",) if csv_path is None else tuple(target_cols or ())
     _check_options(config, csv_path, source_columns)
+    _check_task_kinds(task_kinds or {}, (*source_columns, *config.rdkit_properties))
     _check_join_options(csv_path, sep, labels_path, id_col)
     if split not in SPLIT_MODES:
         raise OptionError("split", f"{{option}} must be one of {', '.join(SPLIT_MODES)}, got {split!r}")
@@ -153,14 +164,20 @@ def prepare_dataset(
         tokenizer = SmilesTokenizer.build(row.smiles for row in kept)
         target_names = list(kept[0].targets)
         splits = assign_splits(group_keys([row.canonical for row in kept], split), config, split)
-        _check_label_variance(kept, {t: c for c, t in tasks.items()}, splits, source["path"])
         check_split_sizes(splits, config, source["path"])
+        columns = {task: column for column, task in tasks.items()}
+        values = label_matrix(kept, target_names)
+        kinds = {}
+        for j, task in enumerate(target_names):
+            check_learnable(values[:, j], splits, columns[task], source["path"])
+            labelled = values[~np.isnan(values[:, j]), j]
+            kinds[task] = target_kind(labelled, columns[task], (task_kinds or {}).get(columns[task]), source["path"])
         encoded = [tokenizer.encode(row.smiles) for row in kept]
 
         index = _write_shards(staging, kept, encoded, splits, config, target_names, progress)
         atomic_write_text(staging / "index.json", json.dumps(index, separators=(",", ":")) + "\n")
         tokenizer.save(staging / "vocab.json")
-        manifest = _manifest(staging, source, kept, encoded, skipped, target_names, splits, split, tokenizer, config)
+        manifest = _manifest(staging, source, kept, encoded, skipped, values, kinds, splits, split, tokenizer, config)
         manifest["duplicates"] = {"rows": duplicates, "conflicting": len(conflicts), "conflicts": conflicts}
         if join is not None:
             manifest["labels"] = {"path": str(labels_path), "sha256": sha256_file(labels_path), **join.summary()}
@@ -223,19 +240,6 @@ def task_names(columns: list[str]) -> dict[str, str]:
     return names
 
 
-def _check_label_variance(kept, columns: dict[str, str], splits, source_path) -> None:
-    """Refuses a label with one value over the training split: nothing to learn, and standardizing it
-    (``(y - mean) / std``) would divide by zero."""
-    train = splits == "train"
-    for task, column in columns.items():
-        values = np.array([row.targets[task] for row in kept], dtype=np.float64)[train]
-        if values.size and values.min() == values.max():
-            raise SourceError(
-                f"{source_path}: label column {printable(column)!r} has one value ({values[0]:g}) for every training "
-                "molecule: nothing to learn, and its standard deviation is 0; drop the column or fix the data"
-            )
-
-
 class ConflictingLabelsWarning(UserWarning):
     """The source lists one molecule more than once with different labels."""
 
@@ -263,6 +267,21 @@ def _check_options(config: PrepareConfig, csv_path: Path | None, source_columns:
     if clash:
         raise OptionError(
             "rdkit_properties", f"{{option}} {clash} are also source columns; drop them from one of the two"
+        )
+
+
+def _check_task_kinds(task_kinds: dict, columns: tuple[str, ...]) -> None:
+    unknown = sorted(set(task_kinds) - set(columns))
+    if unknown:
+        raise OptionError(
+            "task_kinds",
+            f"{{option}} names {unknown}, not targets of this dataset ({', '.join(columns)})",
+            cli_flag="--task",
+        )
+    bad = {name: kind for name, kind in task_kinds.items() if kind not in TASK_KINDS}
+    if bad:
+        raise OptionError(
+            "task_kinds", f"{{option}}: kinds must be one of {', '.join(TASK_KINDS)}, got {bad}", cli_flag="--task"
         )
 
 
@@ -341,9 +360,7 @@ def _write_shards(staging, kept, encoded, splits, config, target_names, progress
     return index
 
 
-def _manifest(staging, source, kept, encoded, skipped, target_names, splits, split_mode, tokenizer, config) -> dict:
-    train = splits == "train"
-    values = np.array([[row.targets[name] for name in target_names] for row in kept], dtype=np.float64)
+def _manifest(staging, source, kept, encoded, skipped, values, kinds, splits, split_mode, tokenizer, config) -> dict:
     lengths = np.array([len(ids) for ids in encoded])
     files = sorted(p for p in staging.rglob("*") if p.is_file())
     return {
@@ -353,11 +370,8 @@ def _manifest(staging, source, kept, encoded, skipped, target_names, splits, spl
         "source": source,
         "counts": {"rows_read": len(kept) + len(skipped), "molecules": len(kept), "skipped": len(skipped)},
         "skipped": [dataclasses.asdict(row) for row in skipped],
-        "targets": {
-            name: {"mean": float(values[train, j].mean()), "std": float(values[train, j].std())}
-            for j, name in enumerate(target_names)
-        },
-        "statistics_from": "train split",
+        "targets": {name: target_summary(values[:, j], splits, *kinds[name]) for j, name in enumerate(kinds)},
+        "statistics_from": "train split, labelled rows",
         "splits": {name: int((splits == name).sum()) for name in SPLITS},
         "split_mode": split_mode,
         "config": dataclasses.asdict(config),

@@ -26,6 +26,9 @@ MAX_SMILES_CHARS = 10_000
 # the limit is lifted while we read (to the largest value every platform's C long holds), so a long
 # field reaches the check above and is reported with its line.
 _FIELD_SIZE_LIMIT = 2**31 - 1
+# The texts a label field holds when the value is missing (pandas' usual markers, any case): such a
+# label is kept as missing (None), and the row kept if another of its targets has a value.
+MISSING_LABELS = frozenset({"", "na", "n/a", "nan", "-nan", "null", "none", "#n/a"})
 
 
 class SourceError(UsageError):
@@ -43,7 +46,7 @@ class MissingColumnsError(SourceError, KeyError):
 class SourceRow:
     line: int  # 1-based line number in the source file where the record starts, for error reports
     smiles: str
-    targets: dict[str, float]
+    targets: dict[str, float | None]  # None: the label is missing for this target
     canonical: str = ""  # RDKit's canonical SMILES, set once the molecule is parsed
 
 
@@ -120,6 +123,9 @@ def _field_size_limit(limit: int) -> Iterator[None]:
 
 
 def parse_row(line: int, smiles: str, raw_targets: dict[str, str]) -> SourceRow | SkippedRow:
+    """The row's SMILES and labels: a label in ``MISSING_LABELS`` is missing (``None``); a row
+    missing every label is skipped (nothing to learn from it), as is one with a label that is text
+    or not finite (a mistake in the data rather than a gap)."""
     smiles = smiles.strip()
     if len(smiles) > MAX_SMILES_CHARS:
         return SkippedRow(
@@ -127,8 +133,11 @@ def parse_row(line: int, smiles: str, raw_targets: dict[str, str]) -> SourceRow 
             smiles[:40] + "...",
             f"SMILES of {len(smiles)} characters, over {MAX_SMILES_CHARS} (an unbalanced quote?)",
         )
-    targets = {}
+    targets: dict[str, float | None] = {}
     for name, raw in raw_targets.items():
+        if raw is None or raw.strip().lower() in MISSING_LABELS:
+            targets[name] = None
+            continue
         try:
             value = float(raw)
         except (TypeError, ValueError):
@@ -136,4 +145,7 @@ def parse_row(line: int, smiles: str, raw_targets: dict[str, str]) -> SourceRow 
         if not math.isfinite(value):
             return SkippedRow(line, smiles, f"target {name!r} is not finite: {raw!r}")
         targets[name] = value
+    if targets and all(value is None for value in targets.values()):
+        shown = ", ".join(f"{name!r}: {raw!r}" for name, raw in raw_targets.items())
+        return SkippedRow(line, smiles, f"no label: every target is missing ({shown})")
     return SourceRow(line, smiles, targets)

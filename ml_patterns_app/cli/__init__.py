@@ -20,7 +20,7 @@ from ml_patterns import __version__
 from ml_patterns.errors import cli_message
 from ml_patterns.io import printable
 from ml_patterns.user_errors import USER_ERRORS
-from ml_patterns_app.cli import backend_commands, dataset_commands
+from ml_patterns_app.cli import backend_commands, dataset_commands, predict_command
 from ml_patterns_app.cli.arguments import DEFAULT_DATA_DIR, HelpFormatter
 from ml_patterns_app.cli.process import Terminated, command_process, quiet_broken_pipe
 
@@ -29,8 +29,8 @@ __all__ = ["DEFAULT_DATA_DIR", "SUBCOMMANDS", "USER_ERRORS", "build_parser", "ma
 
 # The order ``ml-patterns --help`` lists them in.
 SUBCOMMANDS = {
-    name: {**backend_commands.COMMANDS, **dataset_commands.COMMANDS}[name]
-    for name in ("compare", "prepare", "info", "bench", "parity", "convert")
+    name: {**backend_commands.COMMANDS, **dataset_commands.COMMANDS, **predict_command.COMMANDS}[name]
+    for name in ("compare", "prepare", "info", "predict", "bench", "parity", "convert")
 }
 
 

@@ -55,8 +55,8 @@ def _add_compare(parser: argparse.ArgumentParser) -> None:
         "--floor-runs",
         type=positive_int,
         default=defaults.floor_runs,
-        help="K >= 3 reruns of torch from its initial weights one ulp off: the noise floor is the largest of "
-        "their divergences (docs/PARITY.md)",
+        help="K >= 3 reruns of torch with every weight moved one ulp at random after each step: the noise floor is "
+        "the largest of their divergences (docs/PARITY.md)",
     )
     parser.add_argument(
         "--max-buckets",

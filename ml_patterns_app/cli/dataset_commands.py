@@ -20,7 +20,7 @@ from ml_patterns_app.cli.arguments import (
 
 
 def _add_prepare(parser: argparse.ArgumentParser) -> None:
-    from ml_patterns.molecules.config import DEFAULT_RDKIT_PROPERTIES, RDKIT_PROPERTIES, PrepareConfig
+    from ml_patterns.molecules.config import DEFAULT_RDKIT_PROPERTIES, RDKIT_PROPERTIES, TASK_KINDS, PrepareConfig
     from ml_patterns.molecules.splits import MIN_EVAL_MOLECULES, SPLIT_MODES
 
     defaults = PrepareConfig()
@@ -65,6 +65,16 @@ def _add_prepare(parser: argparse.ArgumentParser) -> None:
         help="hold out random molecules, or whole Bemis-Murcko scaffolds (a repeated molecule stays in one "
         f"split either way; a val/test split under {MIN_EVAL_MOLECULES} molecules is refused)",
     )
+    parser.add_argument(
+        "--task",
+        type=task_kind,
+        action="append",
+        default=None,
+        metavar="NAME=KIND",
+        help=f"a target's kind, {' or '.join(TASK_KINDS)} (repeat the flag for several); the others': "
+        "classification (binary) if its values are exactly 0 and 1, else regression. A multiclass target's "
+        "labels must be the class ids 0..C-1",
+    )
     parser.add_argument("--seed", type=non_negative_int, default=defaults.seed, help="seed of the train/val/test split")
     parser.add_argument(
         "--val-fraction", type=float, default=defaults.val_fraction, help="molecules held out for validation"
@@ -108,9 +118,18 @@ def _run_prepare(args: argparse.Namespace) -> int:
         labels_path=args.labels,
         id_col=args.id_col,
         split=args.split,
+        task_kinds=dict(args.task or ()),
     )
     print(format_manifest(manifest, args.out))
     return 0
+
+
+def task_kind(text: str) -> tuple[str, str]:
+    """``"active=classification"`` -> ``("active", "classification")``."""
+    name, _, kind = text.partition("=")
+    if not name.strip() or not kind.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=KIND (e.g. active=classification), got {text!r}")
+    return name.strip(), kind.strip()
 
 
 def _add_info(parser: argparse.ArgumentParser) -> None:
@@ -149,7 +168,13 @@ def format_manifest(manifest: dict, root: Path) -> str:
         f"targets   ({manifest['statistics_from']})",
     ]
     for name, stats in manifest["targets"].items():
-        lines.append(f"  {name:<12} mean {stats['mean']:10.4f}  std {stats['std']:10.4f}")
+        labelled = stats.get("labelled")  # datasets prepared before missing labels were kept have none
+        coverage = f"  labelled {sum(labelled.values())}" if labelled else ""
+        if stats.get("task") == "classification":
+            per_class = "/".join(str(n) for n in stats["class_counts_train"])
+            lines.append(f"  {name:<12} classification, {stats['classes']} classes (train rows {per_class}){coverage}")
+        else:
+            lines.append(f"  {name:<12} mean {stats['mean']:10.4f}  std {stats['std']:10.4f}{coverage}")
     for row in manifest["skipped"][:10]:
         lines.append(f"skipped   line {row['line']}: {row['reason']} ({row['smiles'][:40]})")
     if counts["skipped"] > 10:

@@ -13,6 +13,7 @@ import numpy as np
 
 from ml_patterns import parity, verdict
 from ml_patterns.machine import environment
+from ml_patterns.molecules.metrics import BASELINE
 from ml_patterns.parity import Tolerance
 from ml_patterns_app.compare.settings import BACKENDS, LABELS, REFERENCE, CompareSettings, WorkerResult
 
@@ -46,16 +47,24 @@ def build_report(
         "chaos_level": verdict.CHAOS_LEVEL,
         "runs": settings.floor_runs,
         "minimum": {"rtol": minimum.rtol, "atol": minimum.atol},
-        "how": "torch rerun from the initial weights one ulp off (each rerun its own signs): floor = running max of "
-        "their largest relative loss difference, at least the single-call loss tolerance; torch in float64: "
-        "the anchor each side's error is measured against; the horizon: where the reruns' own spread "
-        "exceeds the chaos level (ml_patterns.verdict)",
+        "how": "torch rerun with every weight moved one ulp at random before the first step and after every step "
+        "(each rerun its own signs): floor = running max of their largest relative loss difference, at least the "
+        "single-call loss tolerance; torch in float64: the anchor each side's loss error and weight-norm error "
+        "are measured against; the horizon: where the reruns' own spread exceeds the chaos level "
+        "(ml_patterns.verdict)",
     }
     losses = {
         "torch": torch_r.step_losses,
         "jax": jax_r.step_losses,
         "ensemble": [run.step_losses for run in ensemble],
         "float64": anchor.step_losses,
+        # each epoch's global weight norm, the verdict's norm test (ml_patterns.verdict)
+        "weight_norms": {
+            "reference": torch_r.weight_norms,
+            "other": jax_r.weight_norms,
+            "ensemble": [run.weight_norms for run in ensemble],
+            "anchor": anchor.weight_norms,
+        },
     }
     metrics = {"torch": torch_r.test_metrics, "jax": jax_r.test_metrics}
     ensemble_metrics = [run.test_metrics for run in ensemble]
@@ -109,7 +118,8 @@ def build_report(
 
 def judge_steps(losses: dict, noise: dict, metrics: dict | None = None, ensemble_metrics=()) -> verdict.Verdict:
     """``ml_patterns.verdict.judge`` on ``losses`` (``{"torch", "jax": [T], "ensemble": [K][T],
-    "float64": [T]}``) with the report's ``noise_floor`` settings; ``metrics`` (``{"torch", "jax":
+    "float64": [T]}``, and ``"weight_norms"``: judge's ``norms``, where measured) with the report's
+    ``noise_floor`` settings; ``metrics`` (``{"torch", "jax":
     {name: value}}``) and ``ensemble_metrics`` (``[{name: value}]``): the final test metrics, judged
     after a horizon. Also what ``drift.png`` draws, from ``results.json`` alone."""
     names = [] if metrics is None else [name for name in metrics["torch"] if name in metrics["jax"]]
@@ -121,6 +131,7 @@ def judge_steps(losses: dict, noise: dict, metrics: dict | None = None, ensemble
         losses["jax"],
         losses["ensemble"],
         losses["float64"],
+        norms=losses.get("weight_norms"),
         runs=noise["runs"],
         minimum=Tolerance(**noise["minimum"]),
         metrics=final,
@@ -140,6 +151,7 @@ def _verdict_fields(judged: verdict.Verdict) -> dict:
         "worst_ratio": None if np.isnan(ratio) else ratio,
         "worst_step": judged.worst_floor_step,
         "worst_accuracy_ratio": None if np.isnan(judged.worst_accuracy_ratio) else judged.worst_accuracy_ratio,
+        "worst_norm_ratio": None if np.isnan(judged.worst_norm_ratio) else judged.worst_norm_ratio,
         "first_outside": judged.first_outside,
         "final_drift": float(judged.drift[-1]) if judged.steps else None,
         "final_floor": float(judged.floor[-1]) if judged.steps else None,
@@ -330,12 +342,14 @@ def format_summary(report: dict) -> str:
     first = "none" if steps["first_outside"] is None else f"step {steps['first_outside']}"
     horizon = "" if steps["horizon"] is None else f"; chaotic from step {steps['horizon']}"
     lines = [
-        f"Parity against the float32 noise ({noise['runs']} torch reruns one ulp off: the ensemble floor; torch "
-        f"in float64: the anchor; agreement: drift <= {noise['multiple']:g}x floor, or an error against float64 "
+        f"Parity against the float32 noise ({noise['runs']} torch reruns one ulp off at every step: the ensemble "
+        f"floor; torch in float64: the anchor; agreement: drift <= {noise['multiple']:g}x floor, or an error "
+        f"against float64 <= {noise['accuracy_factor']:g}x torch's; and the weight norm's error against float64 "
         f"<= {noise['accuracy_factor']:g}x torch's; ml_patterns.verdict):",
         f"- every step ({steps['count']}): {steps['summary']}",
         f"- largest drift/floor {_number(steps['worst_ratio'], '.3g')} (step {steps['worst_step']}), largest "
-        f"float64 error / torch's {_number(steps['worst_accuracy_ratio'], '.3g')}; first step outside: {first}"
+        f"float64 error / torch's {_number(steps['worst_accuracy_ratio'], '.3g')}, weight norm's "
+        f"{_number(steps.get('worst_norm_ratio'), '.3g')}; first step outside: {first}"
         f"{horizon}; at the last step drift {_number(steps['final_drift'], '.2e')}, floor "
         f"{_number(steps['final_floor'], '.2e')}",
         "| epoch | loss | torch | jax | torch, one ulp off (range) | torch, float64 | rel diff | floor | pass |",
@@ -366,11 +380,20 @@ def format_summary(report: dict) -> str:
             )
     devices = report["backends"]
     lines += ["", "Devices: " + "; ".join(f"{LABELS[b]} on {devices[b]['device']['name']}" for b in devices)]
-    lines += ["", "Test split:", "| metric | torch | jax | torch, one ulp off (range) |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "Test split (baseline, from the training split: the mean predictor, or the majority class):",
+        "| metric | torch | jax | torch, one ulp off (range) | baseline |",
+        "|---|---|---|---|---|",
+    ]
     torch_m, jax_m = report["test_metrics"]["torch"], report["test_metrics"]["jax"]
-    for name in torch_m:
+    for name in (name for name in torch_m if not name.startswith(BASELINE)):
         reruns = [m[name] for m in report["test_metrics"]["torch_one_ulp"]]
-        lines.append(f"| {name} | {torch_m[name]:.4f} | {jax_m[name]:.4f} | {min(reruns):.4f} - {max(reruns):.4f} |")
+        baseline = torch_m.get(BASELINE + name)  # none for the token accuracies
+        lines.append(
+            f"| {name} | {torch_m[name]:.4f} | {jax_m[name]:.4f} | {min(reruns):.4f} - {max(reruns):.4f} "
+            f"| {'' if baseline is None else f'{baseline:.4f}'} |"
+        )
     lines += [
         "",
         "Speed (steady state: the median epoch after the first among those that compiled nothing, each "

@@ -4,8 +4,8 @@ compare, report.
 Each backend trains in its own subprocess (``worker``), so its timings and peak memory are its own,
 not the other framework's thread pools or allocations; they run one after the other, each with the
 machine to itself, the torch worker first (it writes the initial weights the JAX worker reads),
-then torch again: from those weights moved by one ulp, K times (the ensemble floor of the
-verdict), and once in float64 (its anchor; ``ml_patterns.verdict``).
+then torch again: K times with the weights moved by one ulp at the start and after every step
+(the ensemble floor of the verdict), and once in float64 (its anchor; ``ml_patterns.verdict``).
 A worker's progress arrives on its stdout as JSON lines and is shown as one live status line per
 backend (a line per epoch when stdout is not a terminal); its stderr (warnings, errors) passes
 straight through. Ctrl-C stops the running worker and starts no other, and no report is written.
@@ -43,6 +43,7 @@ from ml_patterns_app.compare.settings import (
     WorkerJob,
     WorkerResult,
 )
+from ml_patterns_app.compare.worker import trained_weights_path
 from ml_patterns_app.compare.written import FILES, check_report_destination, write_report
 
 # Seconds a worker gets to exit after Ctrl-C before it is killed.
@@ -111,16 +112,20 @@ def run_compare(
             result = run_worker(backend, job, Path(scratch) / f"{backend}-{n}.json")
             results[backend, n] = dataclasses.replace(result, machine_load=machine_load_during(before, machine_load()))
         # The verdict's runs of the reference (ml_patterns.verdict), on the compared device count:
-        # K reruns from the initial weights one ulp off, each its own sign seed, and one in float64.
+        # K reruns from the initial weights one ulp off, every weight moved one more ulp after each
+        # step, each run its own sign seed; and one in float64.
         initial = Path(scratch) / "initial.safetensors"
         ensemble = []
         for k in range(settings.floor_runs):
             weights = one_ulp_weights(initial, Path(scratch) / f"one_ulp_{k}.safetensors", settings.seed + k)
-            job = dataclasses.replace(job, devices=devices, weights=str(weights), write_weights=False)
+            job = dataclasses.replace(
+                job, devices=devices, weights=str(weights), write_weights=False, rounding_seed=settings.seed + k
+            )
             label = f"{ENSEMBLE_LABEL} {k + 1}/{settings.floor_runs}"
             ensemble.append(run_worker(REFERENCE, job, Path(scratch) / f"one_ulp_{k}.json", label))
-        job = dataclasses.replace(job, weights=str(initial), float64=True)
+        job = dataclasses.replace(job, weights=str(initial), float64=True, rounding_seed=None)
         anchor = run_worker(REFERENCE, job, Path(scratch) / "float64.json", ANCHOR_LABEL)
+        trained = {b: trained_weights_path(Path(scratch) / f"{b}-{devices}.json").read_bytes() for b in BACKENDS}
     compared = {backend: results[backend, devices] for backend in BACKENDS}
     report = build_report(settings, manifest, compared, ensemble, anchor, data)
     if devices > 1:
@@ -128,7 +133,7 @@ def run_compare(
             report, {backend: (results[backend, 1], results[backend, devices]) for backend in BACKENDS}
         )
     report["wall_time_s"] = time.perf_counter() - started
-    write_report(report, out, data)
+    write_report(report, out, data, trained)
     print("\n" + format_summary(report))
     print(f"\nwrote {out / FILES[0]}, {', '.join(FILES[1:])} ({report['wall_time_s']:.0f} s)")
     return 0 if report["parity"]["passed"] else 1

@@ -114,6 +114,7 @@ class WorkerJob:
     weights: str
     write_weights: bool = False
     float64: bool = False  # the reference in float64, the verdict's anchor (torch only)
+    rounding_seed: int | None = None  # a run of the verdict's ensemble: one ulp of noise a step (torch only)
     device: str = "auto"
     devices: int = 1
     compile_cache: str | None = None
@@ -146,6 +147,7 @@ class WorkerResult:
     # [epoch] programs compiled for the steps by the epoch's end (None: the backend compiles nothing)
     epoch_compilations: list = dataclasses.field(default_factory=list)
     load_during: list = dataclasses.field(default_factory=list)  # 1-minute load average at each epoch's end
+    weight_norms: list = dataclasses.field(default_factory=list)  # the weights' global norm at each epoch's end
     machine_load: dict = dataclasses.field(default_factory=dict)
     cpus: dict = dataclasses.field(default_factory=dict)  # restrict_cpus's record
     padding: dict | None = None  # the sampler, buckets, pad_batches_to and padding_utilization

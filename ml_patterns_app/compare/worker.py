@@ -20,16 +20,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ml_patterns.callbacks import Callback
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.distributed import shard_rows
 from ml_patterns.machine import cpu_count, restrict_cpus
-from ml_patterns.molecules.batches import BatchPreparer, destandardize
+from ml_patterns.molecules.batches import BatchPreparer
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
+from ml_patterns.molecules.metrics import SplitScores, train_class_counts
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.samplers import LengthGroupedSampler, padding_utilization, sequence_lengths
+from ml_patterns.verdict import global_norm
 from ml_patterns_app.compare.settings import WorkerJob, WorkerResult
 
 # A status line at most this often: reading the loss is a host sync.
@@ -93,17 +93,21 @@ class StepLosses(Callback):
 
 class EpochRecord(Callback):
     """At each epoch's end: the programs compiled for the steps so far (an epoch that compiled
-    nothing new is at steady state) and the 1-minute load average. The epoch's time is the
-    trainer's own (``epoch_times``), ended by the epoch's one host sync: no step is waited for, so
-    the device runs at its own pace, the host queueing ahead (``report.steady_state``)."""
+    nothing new is at steady state), the 1-minute load average and the weights' global norm (the
+    verdict's norm test, ``ml_patterns.verdict``; ``to_numpy``: the backend's ``state.tree_to_numpy``).
+    The epoch's time is the trainer's own (``epoch_times``), ended by the epoch's one host sync: no
+    step is waited for, so the device runs at its own pace, the host queueing ahead (``report.steady_state``)."""
 
-    def __init__(self):
+    def __init__(self, to_numpy):
+        self.to_numpy = to_numpy
         self.compilations: list[int | None] = []
         self.load: list[float] = []
+        self.weight_norms: list[float] = []
 
     def on_epoch_end(self, epoch: int, trainer, metrics) -> None:
         self.compilations.append(trainer.compilations())
         self.load.append(os.getloadavg()[0])
+        self.weight_norms.append(global_norm(self.to_numpy(trainer.snapshot_weights())))
 
 
 def run_worker(backend: str, job: WorkerJob, out: Path) -> None:
@@ -122,7 +126,7 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
     """The run, on one device (``distributed`` None) or as one rank of ``distributed``; ``cpus``:
     ``restrict_cpus``'s record."""
     impl = importlib.import_module(f"{backend}_impl")
-    for module in ("data", "molecules.models", "runtime", "training"):
+    for module in ("data", "molecules.models", "runtime", "state", "training"):
         importlib.import_module(f"{backend}_impl.{module}")
     runtime = impl.runtime
     runtime.set_precision("float32")  # parity needs full float32 on both sides (docs/PARITY.md)
@@ -169,11 +173,14 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
     main = distributed is None or distributed.is_main
     runtime.reset_peak_memory(device)
     step_losses = StepLosses()
-    timer = EpochRecord()
+    timer = EpochRecord(impl.state.tree_to_numpy)
+    callbacks = [timer, ProgressEvents(settings.epochs, steps), step_losses] if main else [step_losses]
+    if job.rounding_seed is not None:  # a run of the verdict's ensemble: every weight one ulp off after each step
+        callbacks.append(runtime.rounding_noise(job.rounding_seed))
     trainer = impl.training.Trainer(
         model,
         settings.optimizer(steps * settings.epochs),
-        [timer, ProgressEvents(settings.epochs, steps), step_losses] if main else [step_losses],
+        callbacks,
         device=None if distributed is not None else device,
         batch_transform=transform,
         distributed=distributed,
@@ -189,6 +196,8 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         return
     if distributed is not None:
         runtime.gather_model(trainer.model, device)
+    if not job.float64:  # the trained weights, beside OUT: the runner puts them in the report folder
+        trainer.model.save(trained_weights_path(out))
     emit("status", text="evaluating on the test split")
     test_loader = loader(test, settings.batch_size, shuffle=False, **collate)
     result = WorkerResult(
@@ -197,6 +206,7 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         epoch_times=trainer.epoch_times,
         epoch_compilations=timer.compilations,
         load_during=timer.load,
+        weight_norms=timer.weight_norms,
         padding={"sampler": type(sampler).__name__, "buckets": list(buckets), "pad_batches_to": pad_rows, **padding},
         steps_per_epoch=steps,
         samples_per_epoch=len(train),
@@ -208,12 +218,17 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         compilations=trainer.compilations(),
         compile_cache=cache,
         cpus=cpus,
-        test_metrics={} if job.float64 else test_metrics(runtime, trainer.model, device, config, test_loader),
+        test_metrics={} if job.float64 else test_metrics(runtime, trainer.model, device, config, test_loader, manifest),
         devices=devices,
         **runtime.describe(device),
         **_peak_memory(runtime, device),
     )
     out.write_text(result.to_json())
+
+
+def trained_weights_path(out: Path) -> Path:
+    """Where the worker writing the result ``out`` saves its trained weights (a portable checkpoint)."""
+    return out.with_suffix(".safetensors")
 
 
 def _peak_memory(runtime, device) -> dict:
@@ -227,10 +242,11 @@ def _peak_memory(runtime, device) -> dict:
     }
 
 
-def test_metrics(runtime, model, device, config: ModelConfig, loader) -> dict[str, float]:
-    """MAE per property in the targets' own units, and token accuracy, over the test split."""
+def test_metrics(runtime, model, device, config: ModelConfig, loader, manifest: dict | None = None) -> dict[str, float]:
+    """Each target's metrics and baselines over its labelled test rows (``ml_patterns.molecules.metrics``:
+    MAE and R2, or accuracy and ROC-AUC), and token accuracy, over the test split."""
     prepare = BatchPreparer(config)
-    errors: dict[str, list] = {task: [] for task in config.tasks}
+    scores = SplitScores(config)
     correct = total = 0
     for index, collated in enumerate(loader):
         batch = prepare(collated, 0, index, train=False)
@@ -239,16 +255,12 @@ def test_metrics(runtime, model, device, config: ModelConfig, loader) -> dict[st
             hits = (logits.argmax(-1) == batch["decoder_targets"]) & batch["decoder_mask"]
             correct, total = correct + int(hits.sum()), total + int(batch["decoder_mask"].sum())
             continue
-        outputs = runtime.predict(model, batch, device)
-        predicted = destandardize({task: outputs[task] for task in config.tasks}, config)
-        truth = destandardize(batch["labels"], config)
-        for task in config.tasks:
-            errors[task].append(np.abs(predicted[task] - truth[task]))
+        scores.add(batch, runtime.predict(model, batch, device))
         if config.has_mlm_head:
             logits = runtime.predict(model, {**batch, "input_ids": batch["mlm_input_ids"]}, device, MLM_TASK)[MLM_TASK]
             hits = (logits.argmax(-1) == batch["mlm_targets"]) & batch["mlm_mask"]
             correct, total = correct + int(hits.sum()), total + int(batch["mlm_mask"].sum())
-    metrics = {f"MAE {task}": float(np.concatenate(errors[task]).mean()) for task in config.tasks if errors[task]}
+    metrics = scores.metrics(train_class_counts(manifest or {}))
     name = "reconstruction token accuracy" if config.architecture == "autoencoder" else "masked-token accuracy"
     metrics[name] = correct / max(total, 1)
     return metrics

@@ -22,7 +22,11 @@ from ml_patterns_app.compare.report import format_summary, judge_steps
 from ml_patterns_app.compare.settings import BACKENDS, LABELS
 from ml_patterns_app.figures import drift_figure
 
-FILES = ("report.md", "results.json", "loss_curves.png", "drift.png", "speed.png")
+# Each backend's trained weights (portable checkpoints: either backend loads either) and the
+# dataset's vocabulary beside them: what `ml-patterns predict --model FOLDER` reads.
+WEIGHTS = {backend: f"{backend}.safetensors" for backend in BACKENDS}
+VOCABULARY = "vocab.json"
+FILES = ("report.md", "results.json", "loss_curves.png", "drift.png", "speed.png", *WEIGHTS.values(), VOCABULARY)
 KIND = "compare report"
 
 
@@ -31,10 +35,11 @@ def check_report_destination(out: Path, data: Path) -> None:
     check_output(out, KIND, protect=(data,), recognise=_report_files_only)
 
 
-def write_report(report: dict, out: Path, data: Path | None = None) -> None:
+def write_report(report: dict, out: Path, data: Path | None = None, trained: dict[str, bytes] | None = None) -> None:
     """Writes ``FILES`` into ``out``, replacing it as a whole and only once all are written: an
     interruption (Ctrl-C, a crash, a full disk) leaves the previous report, never half of a new one.
-    ``out`` is checked again as ``check_report_destination`` does (``data``: the dataset read)."""
+    ``out`` is checked again as ``check_report_destination`` does (``data``: the dataset read, whose
+    vocabulary is copied; ``trained``: each backend's trained checkpoint, as bytes)."""
     protect = () if data is None else (data,)
     foreign = foreign_output(KIND, _report_files_only)
     with staged_directory(out, overwrite=True, foreign=foreign, protect=protect) as staging:
@@ -47,6 +52,10 @@ def write_report(report: dict, out: Path, data: Path | None = None) -> None:
         figure = drift_figure(losses["torch"], losses["jax"], losses["ensemble"], judged, names=("torch", "jax"))
         atomic_write_bytes(staging / "drift.png", _png(figure))
         atomic_write_bytes(staging / "speed.png", _png(_speed_bars(report)))
+        for backend, weights in (trained or {}).items():
+            atomic_write_bytes(staging / WEIGHTS[backend], weights)
+        if data is not None:
+            atomic_write_bytes(staging / VOCABULARY, (data / VOCABULARY).read_bytes())
 
 
 def _report_files_only(folder: Path) -> bool:

@@ -1,7 +1,7 @@
 """Training drift judged against the measured float32 noise (the tests: ``ml_patterns.verdict``).
 
 ``compare_training`` trains copies of both modules from one set of weights on one batch order, the
-torch module again from ``runs`` copies of its weights each one ulp off (the ensemble floor), and
+torch module again ``runs`` times with one ulp of rounding noise a step (the ensemble floor), and
 once in float64 (the anchor); the verdict is ``ml_patterns.verdict.judge``'s.
 """
 
@@ -20,20 +20,20 @@ import torch
 from flax import nnx
 
 from ml_patterns import verdict as noise
-from ml_patterns.verdict import FLOOR_MULTIPLE, Verdict, one_ulp
+from ml_patterns.verdict import FLOOR_MULTIPLE, Verdict
 from ml_patterns_app.figures import drift_figure
 from ml_patterns_app.porting import inputs as io
 from ml_patterns_app.porting.gradients import JaxLoss, TorchLoss, compare_gradients
 from ml_patterns_app.porting.report import LayerReport
 from ml_patterns_app.porting.rules import Rule
 from ml_patterns_app.porting.transfer import transfer_weights
-from torch_impl.state import float64_twin
+from torch_impl.state import float64_twin, one_ulp_off
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingReport:
     """Per-step losses (float64 copies): torch's and nnx's ``[T]``, the ensemble's ``[K, T]`` (torch
-    from weights one ulp off), the float64 anchor's ``[T]``; the verdict and the first-batch gradients."""
+    with one ulp of noise a step), the float64 anchor's ``[T]``; the verdict and the first-batch gradients."""
 
     torch_losses: np.ndarray
     nnx_losses: np.ndarray
@@ -106,7 +106,7 @@ def compare_training(
         transfer: first copy the torch weights into ``nnx_module`` (``transfer_weights``), so that
             both start from the same weights; else they must already be equal.
         multiple: the band, in floors (``ml_patterns.verdict``).
-        runs: the torch reruns from weights one ulp off (K >= 3: the floor is the largest of K draws).
+        runs: the torch reruns with one ulp of noise a step (K >= 3: the floor is the largest of K draws).
         seed: of the first rerun's perturbation signs (the k-th uses ``seed + k``).
 
     Neither module trains (copies do); both run in the mode they are in: switch dropout off.
@@ -123,33 +123,35 @@ def compare_training(
     gradients = compare_gradients(
         torch_module, nnx_module, batches[0], loss_torch, loss_jax, nnx_batch=nnx_batches[0], rules=rules, pairs=pairs
     )
-    torch_losses = _train_torch(torch_module, torch_optimizer, batches, loss_torch)
-    ensemble = np.stack(
-        [_train_torch(torch_module, torch_optimizer, batches, loss_torch, seed + k) for k in range(runs)]
+    torch_losses, torch_norm = _train_torch(torch_module, torch_optimizer, batches, loss_torch)
+    reruns = [_train_torch(torch_module, torch_optimizer, batches, loss_torch, seed + k) for k in range(runs)]
+    ensemble = np.stack([losses for losses, _ in reruns])
+    anchor, anchor_norm = _train_torch(
+        float64_twin(torch_module), torch_optimizer, batches, loss_torch, float_dtype=torch.float64
     )
-    anchor = _train_torch(float64_twin(torch_module), torch_optimizer, batches, loss_torch, float_dtype=torch.float64)
-    nnx_losses = _train_nnx(nnx_module, optax_optimizer, nnx_batches, loss_jax)
-    verdict = noise.judge(torch_losses, nnx_losses, ensemble, anchor, runs=runs, multiple=multiple)
+    nnx_losses, nnx_norm = _train_nnx(nnx_module, optax_optimizer, nnx_batches, loss_jax)
+    # the final weights' global norms: the verdict's norm test
+    norms = {
+        "reference": [torch_norm],
+        "other": [nnx_norm],
+        "anchor": [anchor_norm],
+        "ensemble": [[n] for _, n in reruns],
+    }
+    verdict = noise.judge(torch_losses, nnx_losses, ensemble, anchor, norms=norms, runs=runs, multiple=multiple)
     return TrainingReport(torch_losses, nnx_losses, ensemble, anchor, verdict, gradients, _where(gradients, verdict))
-
-
-def nudge(module: torch.nn.Module, seed: int) -> None:
-    """Moves every floating-point parameter entry of ``module`` by one ulp, up or down at random."""
-    rng = np.random.default_rng(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            if param.is_floating_point():
-                param.copy_(torch.from_numpy(one_ulp(param.detach().cpu().numpy(), rng)))
 
 
 def _train_torch(
     module, make_optimizer, batches, loss_fn, perturb_seed: int | None = None, float_dtype=torch.float32
-) -> np.ndarray:
-    """Per-step losses of a copy of ``module`` (its weights one ulp off with ``perturb_seed``), the
-    batches' floating-point arrays as ``float_dtype`` (float64 for the anchor)."""
+) -> tuple[np.ndarray, float]:
+    """Per-step losses ``[T]`` and the final parameters' global norm of a copy of ``module``, the
+    batches' floating-point arrays as ``float_dtype``
+    (float64 for the anchor). With ``perturb_seed``, a run of the ensemble: its weights moved one ulp
+    at random before the first step and after every step (``torch_impl.state.one_ulp_off``)."""
     model = copy.deepcopy(module)
-    if perturb_seed is not None:
-        nudge(model, perturb_seed)
+    generator = None if perturb_seed is None else torch.Generator().manual_seed(perturb_seed)
+    if generator is not None:
+        one_ulp_off(model, generator)
     optimizer = make_optimizer(model.parameters())
     losses = []
     for batch in batches:
@@ -157,11 +159,15 @@ def _train_torch(
         loss = loss_fn(model, io.to_torch(batch, float_dtype))
         loss.backward()
         optimizer.step()
+        if generator is not None:
+            one_ulp_off(model, generator)
         losses.append(loss.detach())  # no .item() per step: one sync at the end
-    return torch.stack(losses).detach().cpu().numpy().astype(np.float64)
+    norm = noise.global_norm({name: p.detach().cpu().numpy() for name, p in model.named_parameters()})
+    return torch.stack(losses).detach().cpu().numpy().astype(np.float64), norm
 
 
-def _train_nnx(module, tx, batches, loss_fn) -> np.ndarray:
+def _train_nnx(module, tx, batches, loss_fn) -> tuple[np.ndarray, float]:
+    """Per-step losses ``[T]`` and the final parameters' global norm of ``module`` trained by ``tx``."""
     graphdef, state = nnx.split(module)
     opt_state = tx.init(nnx.state(module, nnx.Param))
 
@@ -178,7 +184,9 @@ def _train_nnx(module, tx, batches, loss_fn) -> np.ndarray:
     for batch in batches:
         state, opt_state, loss = step(state, opt_state, io.to_jax(batch))
         losses.append(loss)
-    return np.asarray(jnp.stack(losses), np.float64)
+    params = nnx.state(nnx.merge(graphdef, state), nnx.Param)
+    norm = noise.global_norm(dict(enumerate(jax.device_get(jax.tree.leaves(params)))))
+    return np.asarray(jnp.stack(losses), np.float64), norm
 
 
 def _where(gradients: LayerReport, verdict: Verdict) -> str:

@@ -6,8 +6,10 @@ Molecule models (``build_model(config)``, ``ml_patterns.molecules.config.ModelCo
     ``SmilesEncoder``: token + learned position embeddings, ``n_layers`` pre-LayerNorm Transformer
     layers, a final LayerNorm; returns ``{"hidden": [B, L, D], "pooled": [B, D]}``, pooled being the
     mean over real tokens (``attention_mask``).
-    "multitask": ``SmilesMultiTaskModel``, a ``MultiTaskModel(SmilesEncoder, heads)`` with one
-    ``RegressionHead`` per target (``[B]``, standardized units, MSE loss) and a ``MaskedTokenHead``
+    "multitask": ``SmilesMultiTaskModel``, a ``MultiTaskModel(SmilesEncoder, heads)`` with one head per
+    target (``RegressionHead``: ``[B]``, standardized units, MSE loss; ``ClassificationHead``: a
+    binary target's logit ``[B]`` and binary cross-entropy, a C-class target's logits ``[B, C]`` and
+    cross-entropy; both masked for missing labels) and a ``MaskedTokenHead``
     (``[B, L, vocab]`` logits, masked cross-entropy on ``mlm_input_ids``). ``forward(batch, task=None)``
     is the generic one; each head knows its loss (``head.loss(output, batch)``), weight
     (``head.loss_weight``) and input (``head.input_key``: the batch key holding the token ids its loss
@@ -61,7 +63,7 @@ from ml_patterns.molecules.batches import check_length
 from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from torch_impl import state
 from torch_impl.init import init_weights
-from torch_impl.losses import masked_cross_entropy, masked_cross_entropy_sum
+from torch_impl.losses import masked_binary_cross_entropy_sum, masked_cross_entropy, masked_cross_entropy_sum
 from torch_impl.models import BaseModel, EncoderDecoder, MultiTaskModel
 
 
@@ -200,33 +202,59 @@ class SmilesDecoder(nn.Module):
         return masked_cross_entropy_sum(decoded["logits"], batch["decoder_targets"], mask)
 
 
-class RegressionHead(nn.Module):
-    """``features["pooled"]`` ``[B, D]`` -> ``[B]`` (standardized units); MSE against ``batch["labels"][label]``."""
+class PooledHead(nn.Module):
+    """A target's head: ``features["pooled"]`` ``[B, D]`` -> dense, GELU, dropout -> ``outputs`` values
+    a row; the subclasses' ``loss_sums`` score them against ``batch["labels"][label]`` on the rows
+    whose ``batch["label_mask"][label]`` is True (a missing label scores nothing)."""
 
     input_key = "input_ids"
 
-    def __init__(self, config: ModelConfig, label: str, loss_weight: float = 1.0):
+    def __init__(self, config: ModelConfig, label: str, outputs: int, loss_weight: float = 1.0):
         super().__init__()
         self.label, self.loss_weight = label, loss_weight
         self.dense = nn.Linear(config.d_model, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
-        self.out = nn.Linear(config.d_model, 1)
+        self.out = nn.Linear(config.d_model, outputs)
         self.approximate = _gelu_form(config)
 
     def forward(self, features: dict) -> torch.Tensor:
         hidden = self.dropout(F.gelu(self.dense(features["pooled"]), approximate=self.approximate))
-        return self.out(hidden)[:, 0]
+        out = self.out(hidden)
+        return out[:, 0] if out.shape[1] == 1 else out
 
     def loss(self, prediction: torch.Tensor, batch: dict) -> torch.Tensor:
-        """Mean squared error over the rows whose label is present; 0.0 (zero gradients) if none is."""
-        total, count = self.loss_sums(prediction, batch, torch.ones(prediction.shape, device=prediction.device))
+        """The mean loss over the rows whose label is present; 0.0 (zero gradients) if none is."""
+        total, count = self.loss_sums(prediction, batch, torch.ones(prediction.shape[:1], device=prediction.device))
         return total / torch.where(count > 0, count, torch.ones_like(count))
 
-    def loss_sums(self, prediction: torch.Tensor, batch: dict, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _weight(self, batch: dict, weight: torch.Tensor) -> torch.Tensor:
         present = batch.get("label_mask")  # {task: bool [B]}: a missing label's row scores nothing
-        if present is not None:
-            weight = weight * present[self.label].to(weight.dtype)
+        return weight if present is None else weight * present[self.label].to(weight.dtype)
+
+
+class RegressionHead(PooledHead):
+    """``[B]`` in standardized units; squared error against ``batch["labels"][label]`` (float32 ``[B]``)."""
+
+    def __init__(self, config: ModelConfig, label: str, loss_weight: float = 1.0):
+        super().__init__(config, label, 1, loss_weight)
+
+    def loss_sums(self, prediction: torch.Tensor, batch: dict, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        weight = self._weight(batch, weight)
         return (weight * (prediction - batch["labels"][self.label]) ** 2).sum(), weight.sum()
+
+
+class ClassificationHead(PooledHead):
+    """``classes`` 2: one logit ``[B]``, binary cross-entropy against 0./1. labels (float32 ``[B]``);
+    ``classes`` C > 2: logits ``[B, C]``, cross-entropy against class ids (int ``[B]``)."""
+
+    def __init__(self, config: ModelConfig, label: str, classes: int, loss_weight: float = 1.0):
+        super().__init__(config, label, 1 if classes == 2 else classes, loss_weight)
+
+    def loss_sums(self, logits: torch.Tensor, batch: dict, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        weight, targets = self._weight(batch, weight), batch["labels"][self.label]
+        if logits.ndim == 1:
+            return masked_binary_cross_entropy_sum(logits, targets, weight)
+        return masked_cross_entropy_sum(logits, targets, weight)
 
 
 class MaskedTokenHead(nn.Module):
@@ -276,7 +304,7 @@ class SmilesMultiTaskModel(MultiTaskModel):
     head unless ``config.mlm_weight`` is 0 (module docstring)."""
 
     def __init__(self, config: ModelConfig):
-        heads = {task: RegressionHead(config, task) for task in config.tasks}
+        heads = {task: target_head(config, task) for task in config.tasks}
         if config.has_mlm_head:
             heads[MLM_TASK] = MaskedTokenHead(config, loss_weight=config.mlm_weight)
         super().__init__(SmilesEncoder(config), heads)
@@ -287,6 +315,12 @@ class SmilesMultiTaskModel(MultiTaskModel):
 
     def loss_sums(self, batch: dict, weight: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return head_loss_sums(self.backbone, self.heads, batch, weight)
+
+
+def target_head(config: ModelConfig, task: str) -> PooledHead:
+    """The head of ``task``: regression, or classification into ``config.classes(task)`` classes."""
+    classes = config.classes(task)
+    return ClassificationHead(config, task, classes) if classes else RegressionHead(config, task)
 
 
 def _row_weighted(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
