@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 
 # One thread per test process. The tests' models are tiny: intra-op parallelism gains nothing on
-# them, and the suite runs one worker per core (pyproject's addopts: `-n auto`), so a second thread
-# per process would only contend for a core another worker needs, and a pool that spins while its
-# core is taken slows a step tens of times (docs/PERFORMANCE.md, section 5). torch takes
+# them, a test may run beside its own subprocesses or other xdist workers (`-n`), and a pool that
+# spins while its core is taken slows a step tens of times (docs/PERFORMANCE.md, section 5). torch takes
 # set_num_threads; its processes that the tests spawn (examples, DDP ranks, compare's workers) read
 # OMP_NUM_THREADS. XLA:CPU sizes its thread pool from the affinity mask when its backend starts and
 # has no setting for it: the backend is started below with this process pinned to one CPU, then
@@ -48,10 +47,8 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """On xdist workers, the slow tests first: the scheduler hands tests out in collection order
-    (groups of many tests before single ones, `--dist loadgroup`), and a long test started last
-    would keep one worker busy while the others have finished. A single process keeps the
-    files' order."""
+    """On xdist workers (`-n`), the slow tests first: a long test started last would keep one
+    worker busy while the others have finished. A single process keeps the files' order."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: files' order kept
 
