@@ -1,14 +1,33 @@
-"""Fixtures shared by tests/ and parity_tests/."""
+"""Fixtures shared by tests/ and parity_tests/, the test processes' threads, and how the suite is
+spread over workers (pytest-xdist)."""
 
 from __future__ import annotations
 
 import os
 
-import pytest
-import torch
-from hypothesis import settings
+# One thread per test process. The tests' models are tiny: intra-op parallelism gains nothing on
+# them, a test may run beside its own subprocesses or other xdist workers (`-n`), and a pool that
+# spins while its core is taken slows a step tens of times (docs/PERFORMANCE.md, section 5). torch takes
+# set_num_threads; its processes that the tests spawn (examples, DDP ranks, compare's workers) read
+# OMP_NUM_THREADS. XLA:CPU sizes its thread pool from the affinity mask when its backend starts and
+# has no setting for it: the backend is started below with this process pinned to one CPU, then
+# every thread unpinned (the pool keeps its one thread). A JAX the tests spawn gets
+# --xla_cpu_multi_thread_eigen=false (its dots on one thread). Benchmarks set and record their own
+# thread counts (ml_patterns_bench.harness).
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false"]).strip()
 
-from ml_patterns.molecules.prepare import prepare_dataset
+import jax  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+from ml_patterns.machine import restrict_cpus  # noqa: E402
+from ml_patterns.molecules.prepare import prepare_dataset  # noqa: E402
+
+torch.set_num_threads(1)  # this process's pool may already exist: set it, not just its default
+with restrict_cpus(1):
+    jax.devices()  # starts XLA:CPU: its pool sized for one CPU
 
 # Hypothesis profiles. CI machines are small and shared: the per-example deadline would make
 # timing, not correctness, fail a test (deadline=None in both). "ci", the default wherever the tests
@@ -21,15 +40,22 @@ settings.register_profile("ci", derandomize=True, database=None, deadline=None, 
 settings.register_profile("explore", deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# The tests' models are tiny: intra-op parallelism gains nothing on them, and on a busy 2-core
-# machine torch's spinning worker threads slowed a training test twentyfold. Benchmarks (bench/)
-# set and record their own thread counts.
-torch.set_num_threads(1)
+
+def pytest_configure(config):
+    # pytest-xdist registers it too; here as well, so `-p no:xdist` still accepts the marks.
+    config.addinivalue_line("markers", "xdist_group(name): run these tests on one xdist worker (a shared fixture)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """On xdist workers (`-n`), the slow tests first: a long test started last would keep one
+    worker busy while the others have finished. A single process keeps the files' order."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: files' order kept
 
 
 @pytest.fixture(scope="session")
 def default_dataset(tmp_path_factory):
-    """The embedded default dataset (RDKit's NCI set), prepared once per test session."""
+    """The embedded default dataset (RDKit's NCI set), prepared once per test session (per worker)."""
     root = tmp_path_factory.mktemp("data") / "nci"
     manifest = prepare_dataset(root, progress=False)
     return root, manifest

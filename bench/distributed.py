@@ -15,6 +15,7 @@ must be set before JAX starts).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -27,6 +28,7 @@ from .common import BenchContext, Timing, result_row, skipped_row
 WORLDS = (1, 2, 4)
 BATCH, EPOCHS = 64, 3  # the first epoch compiles (JAX) and warms up: timed are the others
 CONTENDER = {"torch": "torch eager", "jax": "jax.jit"}
+WORKER = {"torch eager": "process", "jax.jit": "device"}  # what each of the N workers is
 TIMEOUT_S = 900
 
 
@@ -58,7 +60,7 @@ def scaling_rows(workload: str, contender: str, measured: dict[int, dict]) -> li
             result_row(
                 "data_parallel", f"{workload}, N={n}", contender, "cpu", timing,
                 items=result["samples"], unit="samples/s", world_size=n, scaling_efficiency=efficiency,
-                detail=f"{n} {'process' if contender.startswith('torch') else 'device'}(s); "
+                detail=f"{n} {WORKER[contender]}(s); "
                 f"scaling efficiency {efficiency:.0%} (ideal: {n}x the N=1 throughput)",
             )
         )  # fmt: skip
@@ -66,7 +68,7 @@ def scaling_rows(workload: str, contender: str, measured: dict[int, dict]) -> li
 
 
 def _measure(backend: str, n: int, ctx: BenchContext) -> dict:
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": str(n)} if backend == "jax" else dict(os.environ)
+    env = {**os.environ, **importlib.import_module(f"{backend}_impl.environment").process_environment(n, "cpu")}
     command = [
         sys.executable,
         "-m",
@@ -84,8 +86,6 @@ def _measure(backend: str, n: int, ctx: BenchContext) -> dict:
 
 def train(backend: str, data: Path, quick: bool, distributed=None) -> dict:
     """One run (rank 0's view under torch): ``{"epoch_s": steady epochs' seconds, "samples": per epoch}``."""
-    import importlib
-
     from ml_patterns.data import LazyDataset, Subset
     from ml_patterns.molecules.batches import BatchPreparer
     from ml_patterns.molecules.config import ModelConfig
@@ -109,31 +109,19 @@ def train(backend: str, data: Path, quick: bool, distributed=None) -> dict:
     return {"epoch_s": [t["train_s"] for t in trainer.epoch_times[1:]], "samples": molecules}
 
 
-def _torch_rank(context, data: Path, quick: bool, threads: int) -> dict:
-    import torch
-
-    torch.set_num_threads(max(1, threads // context.world_size))
-    return train("torch", data, quick, context)
-
-
 def _main(backend: str, n: int, data: Path, quick: bool, threads: int, out: Path) -> None:
-    if n == 1:  # the baseline: the plain one-device trainer
-        if backend == "torch":
-            import torch
+    runtime = importlib.import_module(f"{backend}_impl.runtime")
+    runtime.run_data_parallel(_train_and_write, n, "cpu", backend, data, quick, threads, out)
 
-            torch.set_num_threads(threads)
-        result = train(backend, data, quick)
-    elif backend == "torch":
-        from torch_impl import distributed
 
-        result = distributed.launch(_torch_rank, n, data, quick, threads)[0]
-    else:
-        import jax
-
-        from jax_impl import distributed
-
-        result = train("jax", data, quick, distributed.setup(jax.devices()[:n]))
-    out.write_text(json.dumps(result))
+def _train_and_write(context, backend: str, data: Path, quick: bool, threads: int, out: Path) -> None:
+    """One worker's run (``context``: None for the plain one-device trainer): the bench's threads
+    shared among the processes, rank 0 writing the result."""
+    runtime = importlib.import_module(f"{backend}_impl.runtime")
+    runtime.set_threads(max(1, threads // (1 if context is None else context.world_size)))
+    result = train(backend, data, quick, context)
+    if context is None or context.is_main:
+        out.write_text(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -83,10 +83,7 @@ def runtime_name(framework: str, dev) -> str:
 
 def host_syncs(ctx: Context) -> Check:
     manifest = read_manifest(ctx.data)
-    found = {
-        "torch": gpu_probes.torch_step_syncs(ctx.data, manifest, ctx.devices["torch"]),
-        "jax": gpu_probes.jax_epoch_transfers(ctx.data, manifest, ctx.devices["jax"]),
-    }
+    found = {name: gpu_probes.step_syncs(name, ctx.data, manifest, ctx.devices[name]) for name in RUNTIMES}
     failed = {k: v for k, v in found.items() if v is not None}
     how = (
         "torch: torch.cuda.set_sync_debug_mode('error') in every step"
@@ -189,8 +186,10 @@ CHECKS: tuple[Callable[[Context], Check], ...] = (
 )
 
 
-def run_checks(ctx: Context, stream=sys.stdout) -> list[Check]:
-    """Every check in turn, each printed as it ends; a check that raises is a failure, not the end."""
+def run_checks(ctx: Context, stream=None) -> list[Check]:
+    """Every check in turn, each printed (to ``stream``, by default ``sys.stdout`` as it is when
+    called) as it ends; a check that raises is a failure, not the end."""
+    stream = stream or sys.stdout
     checks = []
     for check in CHECKS:
         start = time.perf_counter()

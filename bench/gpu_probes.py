@@ -4,14 +4,10 @@ policy, a resumed run against the uninterrupted one."""
 
 from __future__ import annotations
 
-import contextlib
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 
@@ -23,7 +19,6 @@ import torch_impl.data
 import torch_impl.molecules.models
 import torch_impl.runtime
 import torch_impl.training
-import torch_impl.training_state
 from ml_patterns import parity
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.molecules.batches import BatchPreparer
@@ -31,10 +26,9 @@ from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.optim import OptimizerConfig
 
 IMPLS = {"torch": torch_impl, "jax": jax_impl}
+RUNTIMES = {"torch": torch_impl.runtime, "jax": jax_impl.runtime}
 OPTIMIZER = OptimizerConfig("adamw", learning_rate=1e-3, weight_decay=0.01)
 MOLECULES, BATCH = 64, 16
-# Tensor methods that read a value on the host: each a sync on a GPU (the CPU analogue's guard).
-HOST_READS = ("item", "__bool__", "tolist", "cpu", "numpy")
 
 
 def small_trainer(framework: str, data: Path, manifest: dict, device, dropout: float = 0.0):
@@ -51,64 +45,16 @@ def small_trainer(framework: str, data: Path, manifest: dict, device, dropout: f
     return trainer, impl.data.make_loader(molecules, BATCH, seed=3, buckets=(32, 64))
 
 
-def torch_step_syncs(data: Path, manifest: dict, device: torch.device) -> str | None:
-    """None when a torch epoch's steps (after a warm-up epoch) made no host sync, else what synced.
-    On a GPU: ``torch.cuda.set_sync_debug_mode("error")`` around each step; on the CPU, where nothing
-    syncs, the analogue: the Tensor methods that read a value on the host made to raise."""
-    trainer, loader = small_trainer("torch", data, manifest, device)
-    trainer.fit(loader, num_epochs=1)
-    step = trainer._train_step
-    guard = _cuda_sync_errors if device.type == "cuda" else _host_reads_raise
-
-    def guarded(batch):
-        with guard():
-            return step(batch)
-
-    trainer._train_step = guarded
-    try:
-        trainer.fit(loader, num_epochs=2)
-    except RuntimeError as error:
-        return str(error).splitlines()[0]
-    return None
-
-
-@contextlib.contextmanager
-def _cuda_sync_errors() -> Iterator[None]:
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-
-
-@contextlib.contextmanager
-def _host_reads_raise() -> Iterator[None]:
-    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
-
-    def refuse(name):
-        def raising(self, *args, **kwargs):
-            raise RuntimeError(f"Tensor.{name} inside the training step: a host sync on a GPU")
-
-        return raising
-
-    for name in HOST_READS:
-        setattr(torch.Tensor, name, refuse(name))
-    try:
-        yield
-    finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
-
-
-def jax_epoch_transfers(data: Path, manifest: dict, device: jax.Device) -> str | None:
-    """None when a JAX epoch after warm-up ran under ``jax.transfer_guard("disallow")`` (only the
-    trainer's explicit ``device_put``/``device_get`` move data), else the refused transfer."""
-    trainer, loader = small_trainer("jax", data, manifest, device)
+def step_syncs(framework: str, data: Path, manifest: dict, device) -> str | None:
+    """None when ``framework``'s training steps, in two epochs after a warm-up epoch (which compiles
+    every shape), made no host sync under the runtime's ``step_sync_guard`` (on a GPU the
+    framework's own check; on the CPU, which never syncs, its analogue), else what synced."""
+    trainer, loader = small_trainer(framework, data, manifest, device)
     trainer.fit(loader, num_epochs=1)
     try:
-        with jax.transfer_guard("disallow"):
+        with RUNTIMES[framework].step_sync_guard(trainer):
             trainer.fit(loader, num_epochs=2)
-    except Exception as error:  # jax raises its runtime error type for a refused transfer
+    except Exception as error:  # each guard raises its own error type for a refused sync
         return f"{type(error).__name__}: {str(error).splitlines()[0]}"
     return None
 
@@ -140,26 +86,12 @@ def matmul_under(framework: str, policy: str, device, kind: str) -> dict:
     scale = np.abs(small[0].astype(np.float64)) @ np.abs(small[1].astype(np.float64))
     n = 8192 if kind == "gpu" else 1024
     large = [rng.standard_normal((n, n), dtype=np.float32) for _ in range(2)]
-    runtime = {"torch": torch_impl.runtime, "jax": jax_impl.runtime}[framework]
-    with runtime.precision_policy(policy):
-        if framework == "torch":
-            a, b = (torch.from_numpy(x).to(device) for x in small)
-            product = (a @ b).cpu().numpy()
-            x, y = (torch.from_numpy(m).to(device) for m in large)
-
-            def call():
-                return x @ y
-
-        else:
-            matmul = jax.jit(jnp.matmul)  # traced under the policy in force
-            a, b = jax.device_put(small, device)
-            product = np.asarray(matmul(a, b))
-            x, y = jax.device_put(large, device)
-
-            def call():
-                return matmul(x, y)
-
-        seconds = _median_seconds(call, lambda value: runtime.wait(device, value))
+    runtime = RUNTIMES[framework]
+    with runtime.precision_policy(policy):  # each program traced and compiled under it
+        multiply_small = runtime.matmul(*small, device)[0]
+        product = runtime.to_numpy(multiply_small())
+        call, wait, _ = runtime.matmul(*large, device)
+        seconds = _median_seconds(call, lambda _: wait())
     error = np.abs(product - reference) / scale
     return {"max_rel_error": float(error.max()), "gflops": 2 * n**3 / seconds / 1e9, "size": n}
 
@@ -196,19 +128,6 @@ def resume_against_uninterrupted(framework: str, data: Path, manifest: dict, dev
         "within_tolerance": all(
             abs(a - b) <= tolerance.atol + tolerance.rtol * abs(a) for a, b in zip(expected, got, strict=True)
         ),
-        "state_on_device": _optimizer_state_on_device(framework, resumed, device),
+        "state_on_device": RUNTIMES[framework].optimizer_state_on(resumed, device),
         "losses": {"uninterrupted": expected, "resumed": got},
     }
-
-
-def _optimizer_state_on_device(framework: str, trainer, device) -> bool:
-    if framework == "jax":
-        return all(leaf.devices() == {device} for leaf in jax.tree.leaves(trainer.state))
-    optimizer = trainer.optimizer.optimizer
-    (group,) = optimizer.param_groups
-    for parameter in group["params"]:
-        for key, value in optimizer.state[parameter].items():
-            where = torch_impl.training_state.adam_step_device(group, parameter) if key == "step" else parameter.device
-            if torch.is_tensor(value) and value.device != where:
-                return False
-    return True

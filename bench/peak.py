@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import torch
 
 from ml_patterns.precision import MIXED
 
 from . import flops
-from .common import CONTENDERS, BenchContext, compile_jax, peak_key, plan_repeats, result_row, skipped_row, time_call
+from .common import CONTENDERS, BenchContext, peak_key, plan_repeats, result_row, skipped_row, time_call
 from .harness import RUNTIMES
 
 # A size that takes ~50-150 ms on a few CPU cores and ~20 ms on an H100 in float32: large enough
@@ -30,7 +28,7 @@ from .harness import RUNTIMES
 SIZES = {"cpu": 2048, "gpu": 8192}
 BENCHMARK = "matmul_peak"
 DTYPES = {"float32": np.float32, "bfloat16": jnp.bfloat16}  # numpy dtypes (ml_dtypes' bfloat16)
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+MATMUL_CONTENDERS = ("torch eager", "jax.jit")
 
 
 def measure(ctx: BenchContext) -> list[dict]:
@@ -46,12 +44,15 @@ def _measure(ctx: BenchContext, device: str, dtype: str) -> list[dict]:
     a, b = (rng.standard_normal((n, n), dtype=np.float32).astype(DTYPES[dtype]) for _ in range(2))
     workload = f"{n}x{n} @ {n}x{n} {dtype}"
     # One contender per framework: each framework's best-case kernel, whatever compiles it.
-    for contender, framework, timer in (("torch eager", "torch", _torch), ("jax.jit", "jax", _jax)):
-        dev = RUNTIMES[framework].device(device)
+    for contender in MATMUL_CONTENDERS:
+        runtime = RUNTIMES[CONTENDERS[contender].framework]
+        dev = runtime.device(device)
         if dev is None:
-            rows.append(skipped_row(BENCHMARK, workload, contender, device, f"{framework} has no {device} device here"))
+            reason = f"{CONTENDERS[contender].framework} has no {device} device here"
+            rows.append(skipped_row(BENCHMARK, workload, contender, device, reason))
             continue
-        timing, compile_s = timer(a, b, dev, ctx.quick)
+        call, sync, compile_s = runtime.matmul(a, b, dev)
+        timing = _time(call, sync, ctx.quick)
         rows.append(
             result_row(
                 BENCHMARK,
@@ -78,28 +79,6 @@ def peaks(rows: list[dict]) -> dict[str, dict[str, float]]:
     for by_framework in result.values():
         by_framework["peak"] = max(by_framework.values())
     return result
-
-
-def _torch(a: np.ndarray, b: np.ndarray, dev: torch.device, quick: bool):
-    ta, tb = (torch.from_numpy(x.astype(np.float32)).to(dev, TORCH_DTYPES[x.dtype.name]) for x in (a, b))
-    out = torch.empty_like(ta)  # preallocated: the allocator is not what is measured
-
-    def call() -> None:
-        torch.matmul(ta, tb, out=out)
-
-    return _time(call, lambda: RUNTIMES["torch"].wait(dev), quick), None
-
-
-def _jax(a: np.ndarray, b: np.ndarray, dev: jax.Device, quick: bool):
-    ja, jb = jax.device_put(a, dev), jax.device_put(b, dev)
-    matmul, compile_s = compile_jax(jax.jit(jnp.matmul), ja, jb)
-    last = [None]
-
-    def call() -> None:
-        last[0] = matmul(ja, jb)
-
-    # One device runs its work in order: when the last product is ready, all are.
-    return _time(call, lambda: RUNTIMES["jax"].wait(dev, last[0]), quick), compile_s
 
 
 def _time(call, sync, quick: bool):

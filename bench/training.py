@@ -43,7 +43,6 @@ import jax_impl.molecules.models
 import jax_impl.training
 import torch_impl.data
 import torch_impl.molecules.models
-import torch_impl.precision
 import torch_impl.training
 from ml_patterns.callbacks import HistoryLogger, ProgressBar
 from ml_patterns.data import LazyDataset, Subset
@@ -100,9 +99,12 @@ def run(ctx: BenchContext) -> list[dict]:
         first, *others = SIZES[device]
         problem = make_problem(ctx.data_dir, manifest, "multitask", first)
         step_rows = train_step_rows(problem, device, ctx)
-        # Right after the step of the same model and batch shape: the JAX rows report that compile.
-        jax_compile_s = next((row.get("compile_s") for row in step_rows if row["contender"] == "jax.jit"), None)
-        rows += step_rows + overhead_rows(problem, device, ctx, jax_compile_s)
+        # Right after the step of the same model and batch shape: each contender's overhead rows
+        # report that step's compile (its float32 row's, the first; None where nothing compiles).
+        compile_s: dict[str, float | None] = {}
+        for row in step_rows:
+            compile_s.setdefault(row["contender"], row.get("compile_s"))
+        rows += step_rows + overhead_rows(problem, device, ctx, compile_s)
         for size in [] if ctx.quick else others:
             rows += train_step_rows(make_problem(ctx.data_dir, manifest, "multitask", size), device, ctx)
     return rows
@@ -114,32 +116,6 @@ def trainer(framework: str, problem: Problem, device, callbacks: list = (), prec
     model = models.build_model(problem.config, weights=problem.weights)
     preparer = BatchPreparer(problem.config)
     return training.Trainer(model, OPTIMIZER, callbacks, device=device, batch_transform=preparer, precision=precision)
-
-
-def bare_step(framework: str, trainer) -> tuple[Callable[[dict], object], Callable[[], None]]:
-    """``(step, wait)``: the Trainer's own train step as a function of a device batch (torch:
-    zero_grad / compute_loss / backward / step; JAX: its jitted donated step over its state), and
-    what blocks until the queued steps are done."""
-    runtime = RUNTIMES[framework]
-    if framework == "torch":
-        model, optimizer = trainer.model, trainer.optimizer
-
-        def torch_step(batch: dict):
-            optimizer.zero_grad()
-            with torch_impl.precision.autocast(trainer.precision, trainer.device):
-                loss = model.compute_loss(batch)
-            loss.backward()
-            optimizer.step()
-            return loss.detach()
-
-        return torch_step, lambda: runtime.wait(trainer.device)
-    holder = [trainer.state]
-
-    def jax_step(batch: dict):
-        holder[0], metrics = trainer.train_step(holder[0], batch)
-        return metrics["loss"]
-
-    return jax_step, lambda: runtime.wait(trainer.device, holder[0])
 
 
 # -- transformer_train_step ---------------------------------------------------------------------
@@ -159,7 +135,7 @@ def train_step_rows(problem: Problem, device: str, ctx: BenchContext) -> list[di
 
 def step(problem: Problem) -> Step:
     def torch_step(device, precision="float32"):
-        train_step, _ = bare_step("torch", trainer("torch", problem, device, precision=precision))
+        train_step, _ = RUNTIMES["torch"].bare_train_step(trainer("torch", problem, device, precision=precision))
         batch = RUNTIMES["torch"].to_device(problem.batch, device)
         return lambda: train_step(batch)
 
@@ -179,7 +155,7 @@ def epoch_variants(framework: str, problem: Problem, device, collated: list, log
     runtime = RUNTIMES[framework]
     preparer = BatchPreparer(problem.config)
     epochs = itertools.count()
-    train_step, wait = bare_step(framework, trainer(framework, problem, device))
+    train_step, wait = runtime.bare_train_step(trainer(framework, problem, device))
 
     def bare_loop() -> None:
         epoch = next(epochs)  # as the Trainer: the token masks of batch i of epoch e are drawn alike
@@ -231,7 +207,7 @@ def interleaved(variants: dict[str, Callable[[], None]], rounds: int) -> dict[st
     return samples
 
 
-def overhead_rows(problem: Problem, device: str, ctx: BenchContext, jax_compile_s: float | None) -> list[dict]:
+def overhead_rows(problem: Problem, device: str, ctx: BenchContext, compile_s: dict[str, float | None]) -> list[dict]:
     """The Trainer's overhead per framework, for the contenders the Trainer is (eager torch, jax.jit)."""
     size = problem.size
     train = LazyDataset(ctx.data_dir, split="train")
@@ -264,7 +240,6 @@ def overhead_rows(problem: Problem, device: str, ctx: BenchContext, jax_compile_
             )
             variants = epoch_variants(framework, problem, dev, list(loader), Path(log_dir) / framework)
             samples = interleaved(variants, rounds)
-            compile_s = jax_compile_s if framework == "jax" else None
             for variant, extra in overhead_stats(samples).items():
                 rows.append(
                     result_row(
@@ -275,7 +250,7 @@ def overhead_rows(problem: Problem, device: str, ctx: BenchContext, jax_compile_
                         Timing.from_samples(samples[variant]),
                         items=n_batches * size.batch,
                         unit="samples/s",
-                        compile_s=compile_s,
+                        compile_s=compile_s.get(name),
                         detail=DETAILS[variant] + common,
                         **extra,
                     )

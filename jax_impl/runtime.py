@@ -6,17 +6,25 @@ Divergences, and why:
   ``reset_peak_memory`` notes the peak so far: a later peak above it was reached after the reset
   (the phase's own peak, exact); one that did not move is reported as an upper bound, saying so.
 - ``wait(device, value)`` blocks on ``value`` (JAX dispatches asynchronously, per array).
+- ``set_threads`` sets nothing: XLA:CPU sized its thread pool from the affinity mask when its
+  backend started (``ml_patterns.machine.restrict_cpus``), and has no other setting for it.
+- ``matmul`` compiles ahead of time (``jit(...).lower(...).compile()``), its compile timed apart.
+- ``step_sync_guard`` is ``jax.transfer_guard("disallow")`` around all the trainer does: only its
+  explicit ``device_put``/``device_get`` move data, so the epoch's end passes it too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import importlib.metadata
 import os
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -149,3 +157,49 @@ def run_data_parallel(fn: Callable, devices: int, choice: str, *args) -> None:
 
 def gather_model(model: nnx.Module, dev: jax.Device) -> None:
     nnx.update(model, to_device(nnx.state(model), dev))  # replicated over the mesh: one copy, on dev
+
+
+# -- what the benchmarks and the GPU check time and probe (torch_impl.runtime's contract) ---------
+def to_numpy(value: jax.Array) -> np.ndarray:
+    return np.asarray(jax.device_get(value))
+
+
+def set_threads(threads: int) -> None:
+    pass  # module docstring: XLA's pool was sized when the backend started
+
+
+def bare_train_step(trainer) -> tuple[Callable[[Mapping], jax.Array], Callable[[], None]]:
+    """The trainer's jitted step over its state, the state donated from call to call."""
+    holder = [trainer.state]
+
+    def step(batch: Mapping) -> jax.Array:
+        holder[0], metrics = trainer.train_step(holder[0], batch)
+        return metrics["loss"]
+
+    return step, lambda: wait(trainer.device, holder[0])
+
+
+def matmul(a: np.ndarray, b: np.ndarray, dev: jax.Device) -> tuple[Callable[[], jax.Array], Callable[[], None], float]:
+    """``jnp.matmul`` jitted, traced under the precision policy in force and compiled here."""
+    ja, jb = jax.device_put(a, dev), jax.device_put(b, dev)
+    start = time.perf_counter()
+    compiled = jax.jit(jnp.matmul).lower(ja, jb).compile()
+    compile_s = time.perf_counter() - start
+    last = [None]
+
+    def call() -> jax.Array:
+        last[0] = compiled(ja, jb)
+        return last[0]
+
+    # One device runs its work in order: when the last product is ready, all are.
+    return call, lambda: wait(dev, last[0]), compile_s
+
+
+@contextlib.contextmanager
+def step_sync_guard(trainer) -> Iterator[None]:
+    with jax.transfer_guard("disallow"):
+        yield
+
+
+def optimizer_state_on(trainer, dev: jax.Device) -> bool:
+    return all(leaf.devices() == {dev} for leaf in jax.tree.leaves(trainer.state))

@@ -8,6 +8,8 @@ each named at their layer.
 
 from __future__ import annotations
 
+import types
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,10 +18,6 @@ from flax import nnx
 from flax.traverse_util import flatten_dict
 
 from ml_patterns_app.porting import PortingError, compare_forward, compare_gradients, transfer_weights
-
-transformers = pytest.importorskip("transformers", reason="the third-party model pair (pip install 'transformers<5')")
-from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax  # noqa: E402
-from transformers.models.bert.modeling_flax_bert import FlaxBertModule  # noqa: E402
 
 SIZES = dict(
     vocab_size=30,
@@ -34,6 +32,8 @@ SIZES = dict(
     initializer_range=0.2,
 )
 BATCH, LENGTH = 2, 6
+# One worker imports transformers and builds the pair for all of the module's tests.
+pytestmark = pytest.mark.xdist_group("third_party")
 
 # bug -> (what the Flax side is built with, the torch module where it must be named, input or output)
 BUGS = {
@@ -47,8 +47,24 @@ BUGS = {
 }
 
 
-def _config(**changes):
-    return transformers.BertConfig(**SIZES, **changes)
+@pytest.fixture(scope="module")
+def hf():
+    """transformers, imported by the process that runs these tests rather than at collection (every
+    xdist worker collects every module; the import takes seconds)."""
+    reason = "the third-party model pair (pip install 'transformers<5')"
+    transformers = pytest.importorskip("transformers", reason=reason)
+    from transformers.modeling_flax_pytorch_utils import convert_pytorch_state_dict_to_flax
+    from transformers.models.bert.modeling_flax_bert import FlaxBertModule
+
+    def config(**changes):
+        return transformers.BertConfig(**SIZES, **changes)
+
+    return types.SimpleNamespace(
+        transformers=transformers,
+        config=config,
+        FlaxBertModule=FlaxBertModule,
+        to_flax=convert_pytorch_state_dict_to_flax,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,23 +79,23 @@ def inputs():
 
 
 @pytest.fixture(scope="module")
-def bert():
+def bert(hf):
     torch.manual_seed(0)
-    return transformers.BertModel(_config()).eval()
+    return hf.transformers.BertModel(hf.config()).eval()
 
 
 @pytest.fixture(scope="module")
-def port(bert, inputs):
+def port(hf, bert, inputs):
     """The linen BERT as a user wraps it, filled from the torch model with no rule of ours."""
-    model = nnx.bridge.ToNNX(FlaxBertModule(_config()), rngs=nnx.Rngs(0)).lazy_init(*map(jnp.asarray, inputs))
+    model = nnx.bridge.ToNNX(hf.FlaxBertModule(hf.config()), rngs=nnx.Rngs(0)).lazy_init(*map(jnp.asarray, inputs))
     transfer_weights(bert, model)
     return model
 
 
-def _variant(port, changes):
+def _variant(hf, port, changes):
     """The same weights in a linen BERT built with other settings."""
     model = nnx.clone(port)
-    model.to_nnx__module = FlaxBertModule(_config(**changes))
+    model.to_nnx__module = hf.FlaxBertModule(hf.config(**changes))
     return model
 
 
@@ -89,9 +105,9 @@ def _forward(bert, model, inputs):
     return compare_forward(bert, model, (ids,), kwargs=kwargs, nnx_inputs=inputs, nnx_kwargs={})
 
 
-def test_transfer_without_a_rule_equals_the_library_converter_bit_for_bit(bert, port):
-    reference = transformers.FlaxBertModel(_config(), seed=1)
-    expected = flatten_dict(convert_pytorch_state_dict_to_flax(bert.state_dict(), reference))
+def test_transfer_without_a_rule_equals_the_library_converter_bit_for_bit(hf, bert, port):
+    reference = hf.transformers.FlaxBertModel(hf.config(), seed=1)
+    expected = flatten_dict(hf.to_flax(bert.state_dict(), reference))
     ours = {
         tuple(map(str, path)): np.asarray(v.get_value()) for path, v in nnx.to_flat_state(nnx.state(port, nnx.Param))
     }
@@ -127,9 +143,9 @@ def test_the_correct_pair_agrees_with_a_row_per_inner_layer(bert, port, inputs):
 
 
 @pytest.mark.parametrize("bug", BUGS)
-def test_each_injected_bug_is_named_at_its_layer(bert, port, inputs, bug):
+def test_each_injected_bug_is_named_at_its_layer(hf, bert, port, inputs, bug):
     changes, where, what = BUGS[bug]
-    model = _variant(port, changes)
+    model = _variant(hf, port, changes)
     if bug == "kernel_not_transposed":
         query = model.encoder["layer"]["0"]["attention"]["self"]["query"]["kernel"]
         query.set_value(jnp.asarray(bert.encoder.layer[0].attention.self.query.weight.detach().numpy()))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import os
 import threading
 
@@ -19,24 +18,8 @@ from ml_patterns_bench.common import CONTENDERS, Contender, plan_repeats, time_c
 # Equal losses prove the contenders ran the same workload: the forward tolerance of docs/PARITY.md
 # (copied weights), here over the first Adam steps too.
 LOSS_RTOL = {"cpu": 1e-5, "gpu": 1e-4}
-
-
-@pytest.fixture(scope="module")
-def quick_report(default_dataset, tmp_path_factory):
-    """The default ``--quick`` run, its matmul, loss and Transformer sizes made tiny: the checks below
-    are about the report's structure, none about a size (the mlp keeps its "small" size, named in the
-    markdown check)."""
-    from ml_patterns_bench import losses, peak, training
-    from ml_patterns_bench.models import ModelSize
-
-    out = tmp_path_factory.mktemp("bench")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(peak.SIZES, "cpu", 256)
-        patch.setattr(losses, "SHAPES", ((8, 32, 128),))
-        tiny = ModelSize("tiny", d_model=16, n_layers=1, n_heads=2, batch=8, length=16)
-        patch.setitem(training.SIZES, "cpu", (tiny, tiny))
-        assert main(["bench", "--quick", "--out", str(out), "--data", str(default_dataset[0])]) == 0
-    return out, json.loads((out / "ml_patterns_bench.json").read_text())
+# The --quick run (tests/conftest.py) is shared with tests/test_bench_training.py: one xdist worker.
+pytestmark = pytest.mark.xdist_group("bench_quick")
 
 
 def test_quick_run_records_the_environment_and_the_policy(quick_report):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from torch.utils.flop_counter import FlopCounterMode
@@ -12,25 +13,22 @@ import torch_impl.training
 from ml_patterns.errors import UsageError
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns_bench import flops, harness, training
-from ml_patterns_bench.common import QUICK_CONTENDERS, BenchContext, Contender
+from ml_patterns_bench.common import QUICK_CONTENDERS, Contender
 from ml_patterns_bench.models import ModelSize, make_problem
+from tests.bench_quick import TINY
 from tests.test_models_bench import written_out_attention
 
-TINY = ModelSize("tiny", d_model=16, n_layers=1, n_heads=2, batch=8, length=16)
 WORKLOAD = TINY.describe("multitask")
 # Three AdamW steps from copied weights: the training-history tolerance of docs/PARITY.md (CPU).
 LOSS_RTOL = 1e-4
+# The bench --quick run is shared with tests/test_bench.py (tests/conftest.py): one xdist worker.
+pytestmark = pytest.mark.xdist_group("bench_quick")
 
 
 @pytest.fixture(scope="module")
-def quick_rows(default_dataset):
-    root, _ = default_dataset
-    ctx = BenchContext(
-        data_dir=root, quick=True, devices=("cpu",), threads=1, precision="float32", contenders=QUICK_CONTENDERS
-    )
-    with pytest.MonkeyPatch.context() as patch, harness.configured(1, "float32"):
-        patch.setitem(training.SIZES, "cpu", (TINY, TINY))
-        return training.run(ctx)
+def quick_rows(quick_report):
+    """The training rows of the shared ``bench --quick`` run (tests/bench_quick.py)."""
+    return [row for row in quick_report[1]["results"] if row["benchmark"] in (training.STEP, training.OVERHEAD)]
 
 
 def by(rows, benchmark):
@@ -67,7 +65,7 @@ def test_the_jax_step_row_times_the_trainers_own_step(default_dataset):
     fn, state, (batch,) = training.step(problem).jax(harness.RUNTIMES["jax"].device("cpu"))
     trainer = training.trainer("jax", problem, harness.RUNTIMES["jax"].device("cpu"))
     assert fn is trainer.train_step and not hasattr(fn, "lower")
-    assert set(fn(state, batch)[1]) == {"loss"}
+    assert set(jax.eval_shape(fn, state, batch)[1]) == {"loss"}  # traced, not compiled: what it returns
 
 
 def test_overhead_rows_compare_each_loop_with_the_bare_loop(quick_rows):

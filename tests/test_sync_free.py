@@ -1,7 +1,8 @@
 """The per-step path makes no host sync and no implicit transfer (what would stall a GPU once per
-step), proven on the CPU: a torch epoch with the Tensor methods that read a value on the host made
-to raise inside the step, a JAX epoch under ``jax.transfer_guard("disallow")``, and the molecule
-models' ``compute_loss`` one torch.compile graph."""
+step), proven on the CPU. That a torch epoch (the Tensor methods that read a value on the host made
+to raise inside the step) and a JAX epoch (under ``jax.transfer_guard("disallow")``) pass is the GPU
+check's dry run (tests/test_gpu_check.py); here, that each guard can fail, and that the molecule
+models' ``compute_loss`` is one torch.compile graph."""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ import jax
 import pytest
 import torch
 
-import jax_impl.data
-import jax_impl.molecules.models
-import jax_impl.training
 import torch_impl.data
 import torch_impl.losses
 import torch_impl.molecules.models
@@ -22,8 +20,6 @@ from ml_patterns.molecules.config import ModelConfig
 from ml_patterns.optim import OptimizerConfig
 from ml_patterns_bench import gpu_probes
 
-IMPLS = {"torch": torch_impl, "jax": jax_impl}
-
 
 def config_for(manifest, architecture="multitask"):
     return ModelConfig.from_manifest(
@@ -31,28 +27,20 @@ def config_for(manifest, architecture="multitask"):
     )
 
 
-def trainer_and_loader(backend, default_dataset, architecture="multitask"):
+def torch_trainer_and_loader(default_dataset, architecture="multitask"):
     root, manifest = default_dataset
-    impl = IMPLS[backend]
     config = config_for(manifest, architecture)
-    trainer = impl.training.Trainer(
-        impl.molecules.models.build_model(config),
+    trainer = torch_impl.training.Trainer(
+        torch_impl.molecules.models.build_model(config),
         OptimizerConfig("adamw", learning_rate=1e-3, weight_decay=0.01),
         batch_transform=BatchPreparer(config),
     )
-    loader = impl.data.make_loader(Subset(LazyDataset(root, split="train"), range(40)), 16, buckets=(32, 64))
+    loader = torch_impl.data.make_loader(Subset(LazyDataset(root, split="train"), range(40)), 16, buckets=(32, 64))
     return trainer, loader
 
 
-def test_a_torch_epoch_reads_nothing_back_inside_the_step(default_dataset):
-    """Tensor.item/__bool__/tolist/cpu/numpy made to raise inside every step of an epoch (the GPU
-    check's CPU analogue of torch.cuda.set_sync_debug_mode("error"))."""
-    root, manifest = default_dataset
-    assert gpu_probes.torch_step_syncs(root, manifest, torch.device("cpu")) is None
-
-
 def test_the_guard_catches_a_host_read_in_the_step(default_dataset, monkeypatch):
-    """The check above is not vacuous: the loss's former host-side target check is caught."""
+    """The torch guard is not vacuous: the loss's former host-side target check is caught."""
     root, manifest = default_dataset
 
     def syncing_check(targets, active, vocab):
@@ -60,16 +48,8 @@ def test_the_guard_catches_a_host_read_in_the_step(default_dataset, monkeypatch)
             raise AssertionError("unreachable: the targets are in range")
 
     monkeypatch.setattr(torch_impl.losses, "_check_targets", syncing_check)
-    found = gpu_probes.torch_step_syncs(root, manifest, torch.device("cpu"))
+    found = gpu_probes.step_syncs("torch", root, manifest, torch.device("cpu"))
     assert found is not None and "Tensor.__bool__ inside the training step" in found
-
-
-def test_a_jax_epoch_after_warm_up_transfers_nothing_implicitly(default_dataset):
-    trainer, loader = trainer_and_loader("jax", default_dataset)
-    trainer.fit(loader, num_epochs=1)  # compiles the step for each padded length
-    with jax.transfer_guard("disallow"):
-        history = trainer.fit(loader, num_epochs=2)
-    assert len(history["train_loss"]) == 2
 
 
 def test_jax_transfer_guard_refuses_an_implicit_read():
@@ -81,7 +61,7 @@ def test_jax_transfer_guard_refuses_an_implicit_read():
 @pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
 @pytest.mark.parametrize("architecture", ["multitask", "autoencoder"])
 def test_molecule_compute_loss_is_one_graph(default_dataset, architecture):
-    trainer, loader = trainer_and_loader("torch", default_dataset, architecture)
+    trainer, loader = torch_trainer_and_loader(default_dataset, architecture)
     host = trainer.batch_transform(next(iter(loader)), 0, 0, train=True)
     batch = torch_impl.training.to_device(host, "cpu")
     torch._dynamo.reset()

@@ -37,23 +37,41 @@ The contract, documented here once (``jax_impl.runtime`` mirrors it name for nam
   ``distributed.Context`` (``None`` for one device: ``fn`` runs here). torch: one DDP process
   per device (``distributed.launch``); JAX: one mesh in this process.
 - ``gather_model(model, device)``: after data-parallel training, the model's weights on ``device``.
+
+What the benchmarks (``ml_patterns_bench``) and the GPU check time and probe, the same calls on both:
+
+- ``set_threads(threads)``: the intra-op threads of this process's work from now on.
+- ``to_numpy(value)``: one array of the framework's, on any device, as numpy.
+- ``bare_train_step(trainer)``: ``(step, wait)``, the Trainer's own train step as a function of a
+  device batch (returning the loss on the device), without the Trainer's loop around it; ``wait()``
+  blocks until the queued steps are done.
+- ``matmul(a, b, device)``: ``(call, wait, compile_s)``, ``call()`` the product of two numpy
+  matrices (float32 or bfloat16) on ``device``, as the framework runs its best-case matmul;
+  ``compile_s`` the seconds compiling it took apart (``None`` where nothing compiles).
+- ``step_sync_guard(trainer)``: a context in which a host sync inside the trainer's steps raises
+  (on a GPU the framework's own sync check; on a CPU, which never syncs, the analogue: the
+  operations that would sync on a GPU refused).
+- ``optimizer_state_on(trainer, device)``: whether the optimizer's state lies where its step reads it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 
 from ml_patterns.callbacks import Callback
 from ml_patterns.errors import UsageError
+from torch_impl.precision import autocast
 from torch_impl.precision import precision_policy as precision_policy
 from torch_impl.precision import set_precision as set_precision
-from torch_impl.state import one_ulp_off, tree_to_numpy
+from torch_impl.state import one_ulp_off, tensor_to_numpy, tree_to_numpy
 from torch_impl.training import to_device
+from torch_impl.training_state import adam_step_device
 
 
 def device(kind: str) -> torch.device | None:
@@ -175,3 +193,108 @@ def run_data_parallel(fn: Callable, devices: int, choice: str, *args) -> None:
 
 def gather_model(model: torch.nn.Module, dev: torch.device) -> None:
     model.to(dev)  # DDP keeps rank 0's module whole: its weights are the model's
+
+
+# -- what the benchmarks and the GPU check time and probe (the contract above) --------------------
+def to_numpy(value: torch.Tensor) -> np.ndarray:
+    return tensor_to_numpy(value)
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def bare_train_step(trainer) -> tuple[Callable[[Mapping], torch.Tensor], Callable[[], None]]:
+    """zero_grad, ``compute_loss`` under the trainer's autocast, backward, the optimizer's step."""
+    model, optimizer = trainer.model, trainer.optimizer
+
+    def step(batch: Mapping) -> torch.Tensor:
+        optimizer.zero_grad()
+        with autocast(trainer.precision, trainer.device):
+            loss = model.compute_loss(batch)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step, lambda: wait(trainer.device)
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def matmul(
+    a: np.ndarray, b: np.ndarray, dev: torch.device
+) -> tuple[Callable[[], torch.Tensor], Callable[[], None], None]:
+    """Eager ``torch.matmul`` into one preallocated output: the allocator is not what is timed."""
+    dtype = _DTYPES[a.dtype.name]
+    ta, tb = (torch.from_numpy(x.astype(np.float32)).to(dev, dtype) for x in (a, b))
+    out = torch.empty((a.shape[0], b.shape[1]), dtype=dtype, device=dev)
+
+    def call() -> torch.Tensor:
+        return torch.matmul(ta, tb, out=out)
+
+    return call, lambda: wait(dev), None
+
+
+# Tensor methods that read a value on the host: each a sync on a GPU (the CPU analogue's guard).
+HOST_READS = ("item", "__bool__", "tolist", "cpu", "numpy")
+
+
+@contextlib.contextmanager
+def step_sync_guard(trainer) -> Iterator[None]:
+    """Around each of the trainer's steps (not its epoch's end, which reads the mean loss on
+    purpose): ``torch.cuda.set_sync_debug_mode("error")`` on a GPU; on the CPU the ``HOST_READS``
+    made to raise."""
+    step = trainer._train_step
+    guard = _cuda_sync_errors if trainer.device.type == "cuda" else _host_reads_raise
+
+    def guarded(batch):
+        with guard():
+            return step(batch)
+
+    trainer._train_step = guarded
+    try:
+        yield
+    finally:
+        trainer._train_step = step
+
+
+@contextlib.contextmanager
+def _cuda_sync_errors() -> Iterator[None]:
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@contextlib.contextmanager
+def _host_reads_raise() -> Iterator[None]:
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+
+    def refuse(name):
+        def raising(self, *args, **kwargs):
+            raise RuntimeError(f"Tensor.{name} inside the training step: a host sync on a GPU")
+
+        return raising
+
+    for name in HOST_READS:
+        setattr(torch.Tensor, name, refuse(name))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+def optimizer_state_on(trainer, dev: torch.device) -> bool:
+    """Adam's ``step`` where ``training_state.adam_step_device`` says its implementation reads it, the
+    moments beside their parameters."""
+    optimizer = trainer.optimizer.optimizer
+    (group,) = optimizer.param_groups
+    for parameter in group["params"]:
+        for key, value in optimizer.state[parameter].items():
+            where = adam_step_device(group, parameter) if key == "step" else parameter.device
+            if torch.is_tensor(value) and value.device != where:
+                return False
+    return True
