@@ -29,7 +29,9 @@ def _add_parity(parser: argparse.ArgumentParser) -> None:
     )
     # Your own port instead of our molecule models (ml_patterns_app.porting, docs/PORTING.md).
     parser.add_argument(
-        "--torch", metavar="MODULE:FACTORY", help="your torch model: a function returning a torch.nn.Module"
+        "--torch",
+        metavar="MODULE:FACTORY",
+        help="your torch model: a function returning a torch.nn.Module (MODULE a dotted module or a .py file)",
     )
     parser.add_argument("--jax", metavar="MODULE:FACTORY", help="its NNX port: a function returning an nnx.Module")
     parser.add_argument(

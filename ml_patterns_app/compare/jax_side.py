@@ -8,8 +8,9 @@ from flax import nnx
 
 from jax_impl import state
 from ml_patterns.checkpoint import load_checkpoint
-from ml_patterns_app.compare.pair import PairSpec, build_model, check_loss, load_callable
+from ml_patterns_app.compare.pair import PairSpec, check_loss
 from ml_patterns_app.compare.settings import WorkerJob
+from ml_patterns_app.porting.command import build_model, load_callable
 
 
 class WithLoss(nnx.Module):

@@ -37,7 +37,7 @@ import numpy as np
 from ml_patterns.errors import UsageError
 from ml_patterns_app.compare.settings import WorkerJob
 from ml_patterns_app.compare.workload import Workload
-from ml_patterns_app.porting.command import load_factory, load_rules
+from ml_patterns_app.porting.command import build_model, load_callable, load_rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,39 +78,6 @@ def spec_of(value: str | Callable | None, flag: str) -> str | None:
     if module == "__main__":
         module = str(Path(sys.modules["__main__"].__file__).resolve())
     return f"{module}:{name}"
-
-
-def load_callable(spec: str, flag: str) -> Callable:
-    """The function ``spec`` names (``MODULE:NAME``, MODULE a dotted module or a ``.py`` file)."""
-    module_name, _, name = spec.rpartition(":")
-    if not module_name.endswith(".py"):
-        return load_factory(spec, flag)  # the working directory on the import path, as for parity --torch
-    path = Path(module_name).resolve()
-    if not path.is_file():
-        raise UsageError(f"{flag} {spec!r}: no file {path}")
-    # The script's own name, so that its classes are the same in every import of it; never
-    # "__main__", so that its `if __name__ == "__main__":` block does not run here.
-    key = "ml_patterns_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
-    module = sys.modules.get(key)
-    if module is None:
-        # As `python FILE` does: the file's folder on the import path, for its own imports.
-        if str(path.parent) not in sys.path:
-            sys.path.insert(0, str(path.parent))
-        loader = importlib.util.spec_from_file_location(key, path)
-        module = importlib.util.module_from_spec(loader)
-        sys.modules[key] = module
-        loader.loader.exec_module(module)
-    found = getattr(module, name, None)
-    if not callable(found):
-        raise UsageError(f"{flag} {spec!r}: {path.name} has no function {name!r}")
-    return found
-
-
-def build_model(spec: str, flag: str, kind: type, description: str):
-    model = load_callable(spec, flag)()
-    if not isinstance(model, kind):
-        raise UsageError(f"{flag} {spec!r} returned a {type(model).__name__}, not {description}")
-    return model
 
 
 def check_loss(model, flag: str, spec: str, loss_flag: str) -> None:

@@ -9,8 +9,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ml_patterns.checkpoint import load_checkpoint
-from ml_patterns_app.compare.pair import PairSpec, build_model, check_loss, load_callable
+from ml_patterns_app.compare.pair import PairSpec, check_loss
 from ml_patterns_app.compare.settings import WorkerJob
+from ml_patterns_app.porting.command import build_model, load_callable
 from torch_impl import state
 from torch_impl.training import to_device
 

@@ -13,7 +13,9 @@ keyword arguments. ``--rules MODULE:NAME`` (a ``Rule`` or a list of them), ``--p
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
+import importlib.util
 import os
 import re
 import sys
@@ -79,8 +81,8 @@ def run_user_parity(
     from ml_patterns_app.porting.trees import PortingError
 
     mapping = {"rules": load_rules(rules), "pairs": parse_pairs(pairs), "ignore": list(ignore)}
-    torch_model = _build(torch_spec, "--torch", torch.nn.Module, "a torch.nn.Module")
-    nnx_model = _build(jax_spec, "--jax", nnx.Module, "a flax.nnx.Module")
+    torch_model = build_model(torch_spec, "--torch", torch.nn.Module, "a torch.nn.Module")
+    nnx_model = build_model(jax_spec, "--jax", nnx.Module, "a flax.nnx.Module")
     arguments = load_inputs(inputs) if inputs is not None else None
     try:
         weight_map = transfer_weights(torch_model, nnx_model, dry_run=True, **mapping)
@@ -180,8 +182,35 @@ def parse_pairs(specs: Sequence[str]) -> dict[str, str]:
     return pairs
 
 
-def _build(spec: str, flag: str, kind: type, description: str):
-    model = load_factory(spec, flag)()
+def load_callable(spec: str, flag: str) -> Callable:
+    """The function ``spec`` names (``MODULE:NAME``, MODULE a dotted module or a ``.py`` file)."""
+    module_name, _, name = spec.rpartition(":")
+    if not module_name.endswith(".py"):
+        return load_factory(spec, flag)  # the working directory on the import path, as for parity --torch
+    path = Path(module_name).resolve()
+    if not path.is_file():
+        raise UsageError(f"{flag} {spec!r}: no file {path}")
+    # The script's own name, so that its classes are the same in every import of it; never
+    # "__main__", so that its `if __name__ == "__main__":` block does not run here.
+    key = "ml_patterns_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    module = sys.modules.get(key)
+    if module is None:
+        # As `python FILE` does: the file's folder on the import path, for its own imports.
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
+        loader = importlib.util.spec_from_file_location(key, path)
+        module = importlib.util.module_from_spec(loader)
+        sys.modules[key] = module
+        loader.loader.exec_module(module)
+    found = getattr(module, name, None)
+    if not callable(found):
+        raise UsageError(f"{flag} {spec!r}: {path.name} has no function {name!r}")
+    return found
+
+
+def build_model(spec: str, flag: str, kind: type, description: str):
+    """The model ``spec``'s factory returns (``load_callable``), refused unless a ``kind``."""
+    model = load_callable(spec, flag)()
     if not isinstance(model, kind):
         raise UsageError(f"{flag} {spec!r} returned a {type(model).__name__}, not {description}")
     return model
