@@ -9,25 +9,21 @@ import os
 # them, a test may run beside its own subprocesses or other xdist workers (`-n`), and a pool that
 # spins while its core is taken slows a step tens of times (docs/PERFORMANCE.md, section 5). torch takes
 # set_num_threads; its processes that the tests spawn (examples, DDP ranks, compare's workers) read
-# OMP_NUM_THREADS. XLA:CPU sizes its thread pool from the affinity mask when its backend starts and
-# has no setting for it: the backend is started below with this process pinned to one CPU, then
-# every thread unpinned (the pool keeps its one thread). A JAX the tests spawn gets
-# --xla_cpu_multi_thread_eigen=false (its dots on one thread). Benchmarks set and record their own
-# thread counts (ml_patterns_bench.harness).
+# OMP_NUM_THREADS. XLA:CPU gets --xla_cpu_multi_thread_eigen=false (its dots on one thread), here and
+# in every JAX the tests spawn: its pool is left as XLA sizes it, the same in this process as in the
+# processes it spawns, so that a run resumed here from a subprocess's checkpoint computes as the
+# subprocess did (a pool of another size splits reductions otherwise). Benchmarks set and record
+# their own thread counts (ml_patterns_bench.harness).
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false"]).strip()
 
-import jax  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
-from ml_patterns.machine import restrict_cpus  # noqa: E402
 from ml_patterns.molecules.prepare import prepare_dataset  # noqa: E402
 
 torch.set_num_threads(1)  # this process's pool may already exist: set it, not just its default
-with restrict_cpus(1):
-    jax.devices()  # starts XLA:CPU: its pool sized for one CPU
 
 # Hypothesis profiles. CI machines are small and shared: the per-example deadline would make
 # timing, not correctness, fail a test (deadline=None in both). "ci", the default wherever the tests
