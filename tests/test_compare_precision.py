@@ -72,6 +72,7 @@ def test_the_float32_distance_is_reported_and_never_judged(default_dataset):
     )
     assert torch["final"]["final train_loss"]["float32"] == 1.01
     assert "not part of the agreement verdict" in section["note"]
+    assert report["backends"]["jax"]["precision"] == "bf16-mixed (float32 ops: float32)"
     summary = format_summary(report)
     assert (
         "Parity against the bf16-mixed noise (3 torch reruns one bfloat16 ulp off at the start, one float32 ulp "

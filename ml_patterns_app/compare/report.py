@@ -128,7 +128,10 @@ def build_report(
         "test_metrics": {**metrics, "torch_one_ulp": ensemble_metrics},
         "speed": speed,
         "backends": {
-            name: {k: getattr(result, k) for k in ("device", "versions", "threads", "precision")}
+            name: {
+                **{k: getattr(result, k) for k in ("device", "versions", "threads")},
+                "precision": _precision(settings.precision, result.precision),
+            }
             for name, result in results.items()
         },
         "environment": environment(),
@@ -369,6 +372,12 @@ def _compiled_verdict(speed: dict) -> str:
         f" {LABELS['torch_compile']}: {compiled['steps_per_s'] / eager['steps_per_s']:.2f}x eager torch's steady "
         f"rate ({compiled['steps_per_s']:.1f} steps/s) after {_warmup(compiled['warmup_s'])} of compiling and warm-up."
     )
+
+
+def _precision(training: str, policy: str) -> str:
+    """A run's precision: the runtime's float32 policy (``policy``), after the training precision
+    where that is not float32."""
+    return policy if training == "float32" else f"{training} (float32 ops: {policy})"
 
 
 def _initial_move(noise: dict) -> str:
