@@ -19,6 +19,7 @@ from ml_patterns import parity
 from ml_patterns.molecules.metrics import BASELINE
 from ml_patterns.parity import Tolerance
 from ml_patterns.precision import MIXED
+from ml_patterns.ulps import BF16_ULPS
 from ml_patterns_app.compare.settings import LABELS, CompareSettings, WorkerResult
 
 FLOAT32 = "float32"
@@ -37,6 +38,21 @@ def loss_minimum(precision: str, device_kind: str) -> Tolerance:
     if precision == MIXED:
         return Tolerance(rtol=parity.BF16_SCALED["loss"], atol=0.0)
     return parity.tolerance("loss", device_kind)
+
+
+def run_precision(training: str, policy: str) -> str:
+    """A run's precision: the runtime's float32 policy (``policy``), after the training precision
+    where that is not float32."""
+    return policy if training == "float32" else f"{training} (float32 ops: {policy})"
+
+
+def ensemble_moves(noise: dict) -> str:
+    """How the report's ``noise_floor`` moved the reruns' weights, in words."""
+    ulps = noise.get("initial_ulps", 1)
+    if ulps == 1:
+        return "one ulp off at every step"
+    start = "one bfloat16 ulp" if ulps == BF16_ULPS else f"{ulps} ulps"
+    return f"{start} off at the start, one float32 ulp at every step"
 
 
 def distance_from_float32(mixed: WorkerResult, float32: WorkerResult) -> dict:

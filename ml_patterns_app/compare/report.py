@@ -15,8 +15,14 @@ from ml_patterns import parity, verdict
 from ml_patterns.machine import environment
 from ml_patterns.molecules.metrics import BASELINE
 from ml_patterns.parity import Tolerance
-from ml_patterns.ulps import BF16_ULPS, INITIAL_ULPS
-from ml_patterns_app.compare.precision_runs import format_precision_section, loss_minimum, precision_section
+from ml_patterns.ulps import INITIAL_ULPS
+from ml_patterns_app.compare.precision_runs import (
+    ensemble_moves,
+    format_precision_section,
+    loss_minimum,
+    precision_section,
+    run_precision,
+)
 from ml_patterns_app.compare.settings import LABELS, REFERENCE, CompareSettings, WorkerResult
 
 AGREE = "they agree numerically"
@@ -130,7 +136,7 @@ def build_report(
         "backends": {
             name: {
                 **{k: getattr(result, k) for k in ("device", "versions", "threads")},
-                "precision": _precision(settings.precision, result.precision),
+                "precision": run_precision(settings.precision, result.precision),
             }
             for name, result in results.items()
         },
@@ -374,20 +380,6 @@ def _compiled_verdict(speed: dict) -> str:
     )
 
 
-def _precision(training: str, policy: str) -> str:
-    """A run's precision: the runtime's float32 policy (``policy``), after the training precision
-    where that is not float32."""
-    return policy if training == "float32" else f"{training} (float32 ops: {policy})"
-
-
-def _initial_move(noise: dict) -> str:
-    ulps = noise.get("initial_ulps", 1)
-    if ulps == 1:
-        return "one ulp off at every step"
-    start = "one bfloat16 ulp" if ulps == BF16_ULPS else f"{ulps} ulps"
-    return f"{start} off at the start, one float32 ulp at every step"
-
-
 def _share(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.0%}"
 
@@ -419,7 +411,7 @@ def format_summary(report: dict) -> str:
     horizon = "" if steps["horizon"] is None else f"; chaotic from step {steps['horizon']}"
     lines = [
         f"Parity against the {noise.get('precision', 'float32')} noise ({noise['runs']} torch reruns "
-        f"{_initial_move(noise)}: the ensemble "
+        f"{ensemble_moves(noise)}: the ensemble "
         f"floor; torch in float64: the anchor; agreement: drift <= {noise['multiple']:g}x floor, or an error "
         f"against float64 <= {noise['accuracy_factor']:g}x torch's; and the weight norm's error against float64 "
         f"<= {noise['accuracy_factor']:g}x torch's; ml_patterns.verdict):",
