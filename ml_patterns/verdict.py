@@ -59,6 +59,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ml_patterns.parity import LOSS, Tolerance
+from ml_patterns.ulps import ulps_off
 
 # How far above the ensemble floor the drift may go. Calibration (docs/PARITY.md): correct runs reached 1.02
 # floors (1.42 in parity_tests/test_verdict_chaos.py), the mildest bug caught 4.57.
@@ -128,9 +129,9 @@ class Verdict:
 
 def one_ulp(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``values`` with every entry moved by one ulp, up or down at random (same dtype): an ensemble
-    member's initial weights (and, after every step, its weights again), a change of nothing but rounding."""
-    direction = np.where(rng.random(values.shape) < 0.5, -np.inf, np.inf).astype(values.dtype)
-    return np.nextafter(values, direction)
+    member's initial weights (and, after every step, its weights again), a change of nothing but rounding.
+    A bf16-mixed ensemble starts ``ml_patterns.ulps.BF16_ULPS`` off instead (``ulps.ulps_off``)."""
+    return ulps_off(values, rng)
 
 
 def relative_distance(values, reference) -> np.ndarray:

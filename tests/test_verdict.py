@@ -3,10 +3,12 @@ made-up loss curves whose answer is known."""
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
 from ml_patterns.parity import Tolerance
+from ml_patterns.ulps import BF16_ULPS, ulps_off
 from ml_patterns.verdict import (
     AGREE,
     CHAOTIC,
@@ -284,3 +286,40 @@ def test_weight_norms_asked_for_but_not_measured_fail(lost):
     given = {**norms(0.0), lost: []}
     verdict = judge(reference, LOSS * (1 + rounding_noise(99)), ensemble, LOSS, norms=given)
     assert verdict.outcome == DISAGREE and verdict.decided == "input checks" and lost in verdict.reason
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_ulp_moves_each_entry_to_its_float_neighbour_across_zero_and_powers_of_two(dtype):
+    values = np.array([0.0, -0.0, 1.0, -1.0, 0.5, 3.7, -2e-3, 1e-41], dtype)
+    moved = ulps_off(values, np.random.default_rng(1))
+    up, down = np.nextafter(values, dtype(np.inf)), np.nextafter(values, dtype(-np.inf))
+    assert moved.dtype == dtype
+    assert np.all((moved == up) | (moved == down)) and not np.any(moved == values)
+    # the same draw as np.nextafter toward -inf where the uniform draw is below 0.5
+    toward = np.where(np.random.default_rng(1).random(values.shape) < 0.5, -np.inf, np.inf).astype(dtype)
+    assert np.array_equal(moved, np.nextafter(values, toward))
+
+
+def test_one_bfloat16_ulp_moves_a_float32_weight_to_the_neighbouring_bfloat16_value():
+    # Weights that are bfloat16 values land on the neighbouring bfloat16 value: one bfloat16 ulp
+    # (2^-7 of 1.0 upward, 2^-8 of it downward, across the power of two), whatever the binade.
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(size=500) * 10.0 ** rng.integers(-6, 4, 500), [1.0, -1.0, 0.0]])
+    values = values.astype(ml_dtypes.bfloat16).astype(np.float32)
+    moved = ulps_off(values, np.random.default_rng(2), BF16_ULPS)
+    as_bf16 = values.astype(ml_dtypes.bfloat16)
+    up = np.nextafter(as_bf16, np.full_like(as_bf16, np.inf)).astype(np.float32)
+    down = np.nextafter(as_bf16, np.full_like(as_bf16, -np.inf)).astype(np.float32)
+    assert BF16_ULPS == 2**16 and moved.dtype == np.float32
+    assert np.all((moved == up) | (moved == down)) and np.any(moved == up) and np.any(moved == down)
+    assert np.isin(ulps_off(np.array([1.0], np.float32), np.random.default_rng(0), BF16_ULPS), [1 + 2**-7, 1 - 2**-8])
+
+
+def test_a_move_keeps_finite_values_finite_and_refuses_other_dtypes():
+    largest = np.finfo(np.float32).max
+    moved = ulps_off(np.array([largest, -largest], np.float32), np.random.default_rng(0), BF16_ULPS)
+    assert np.all(np.isfinite(moved))
+    with pytest.raises(TypeError, match="float16"):
+        ulps_off(np.ones(2, np.float16), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="at least 1"):
+        ulps_off(np.ones(2, np.float32), np.random.default_rng(0), 0)

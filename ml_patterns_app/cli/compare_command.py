@@ -14,7 +14,14 @@ from ml_patterns_app.porting.command import add_port_arguments
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     from ml_patterns.optim import OPTIMIZERS
-    from ml_patterns_app.compare.settings import CONTENDERS, DEFAULT_CONTENDERS, DEVICES, MODELS, CompareSettings
+    from ml_patterns_app.compare.settings import (
+        CONTENDERS,
+        DEFAULT_CONTENDERS,
+        DEVICES,
+        MODELS,
+        PRECISIONS,
+        CompareSettings,
+    )
 
     defaults = CompareSettings()
     # The settings' flags default to None (the help names the default): a flag given overrides --config.
@@ -123,6 +130,15 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         f"is the largest of their divergences (docs/PARITY.md; default: {defaults.floor_runs})",
     )
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="float32, or bf16-mixed: both backends, and torch's reruns measuring the noise floor, train with "
+        "float32 master weights and bfloat16 matmuls; the reruns start one bfloat16 ulp off, the floor is at least "
+        "the bfloat16 loss tolerance, and each backend also trains in float32 for the report's bf16-mixed vs "
+        f"float32 distances (docs/PRECISION.md; default: {defaults.precision})",
+    )
+    parser.add_argument(
         "--max-buckets",
         type=positive_int,
         default=None,
@@ -159,6 +175,7 @@ _SETTINGS_FLAGS = {
     "weight_decay": "weight_decay",
     "seed": "seed",
     "floor_runs": "floor_runs",
+    "precision": "precision",
     "max_buckets": "max_buckets",
     "threads": "threads",
 }

@@ -11,6 +11,8 @@ own model pair (``compare_models``).
   ``jax_side`` hold each backend's part);
 - ``report``: the two runs' losses, step by step and epoch by epoch, against the measured float32
   noise (``ml_patterns.verdict``), the metrics and speed side by side, the verdict;
+- ``precision_runs``: ``--precision bf16-mixed``: the noise measured in bfloat16, and each backend's
+  distance from its own float32 run;
 - ``written``: ``report.md``, ``results.json`` and the plots;
 - ``models``: ``compare_models``, your pair from Python.
 """

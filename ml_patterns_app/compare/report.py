@@ -15,6 +15,14 @@ from ml_patterns import parity, verdict
 from ml_patterns.machine import environment
 from ml_patterns.molecules.metrics import BASELINE
 from ml_patterns.parity import Tolerance
+from ml_patterns.ulps import INITIAL_ULPS
+from ml_patterns_app.compare.precision_runs import (
+    ensemble_moves,
+    format_precision_section,
+    loss_minimum,
+    precision_section,
+    run_precision,
+)
 from ml_patterns_app.compare.settings import LABELS, REFERENCE, CompareSettings, WorkerResult
 
 AGREE = "they agree numerically"
@@ -29,19 +37,21 @@ def build_report(
     anchor: WorkerResult,
     data_dir: Path | None,
     dataset: dict | None = None,
+    float32: dict[str, WorkerResult] | None = None,
 ) -> dict:
     """``results``: each backend's worker result (``worker.run_worker``; ``"torch_compile"`` too when
     torch.compile ran); ``ensemble``: the reference rerun from its initial weights one ulp off,
     ``settings.floor_runs`` times; ``anchor``: the reference in float64. The verdict is
     ``ml_patterns.verdict.judge``'s, on every step's loss and on each epoch's train and val loss.
     ``dataset``: the report's data section for a workload other than the molecules (``manifest``
-    and ``data_dir`` then unused)."""
+    and ``data_dir`` then unused); ``float32``: in bf16-mixed, each backend's float32 run (the report's
+    ``bf16_vs_float32`` section, ``precision_runs``)."""
     runs = {**results, **{f"one ulp off {k}": run for k, run in enumerate(ensemble)}, "float64": anchor}
     kinds = {name: r.device["kind"] for name, r in runs.items()}
     if len(set(kinds.values())) != 1:  # the parent resolves one kind for all (runner.resolve_device)
         raise ValueError(f"the runs compared ran on different kinds of device: {kinds}")
     device_kind = next(iter(kinds.values()))
-    minimum = parity.tolerance("loss", device_kind)
+    minimum = loss_minimum(settings.precision, device_kind)
     torch_r, jax_r = results[REFERENCE], results["jax"]
     noise = {
         "multiple": verdict.FLOOR_MULTIPLE,
@@ -49,12 +59,15 @@ def build_report(
         "spread_multiple": verdict.SPREAD_MULTIPLE,
         "chaos_level": verdict.CHAOS_LEVEL,
         "runs": settings.floor_runs,
+        "precision": settings.precision,
+        "initial_ulps": INITIAL_ULPS[settings.precision],
         "minimum": {"rtol": minimum.rtol, "atol": minimum.atol},
-        "how": "torch rerun with every weight moved one ulp at random before the first step and after every step "
+        "how": "torch rerun in the compared precision with every weight moved at random before the first step "
+        "(initial_ulps float32 ulps: one bfloat16 ulp in bf16-mixed) and one float32 ulp after every step "
         "(each rerun its own signs): floor = running max of their largest relative loss difference, at least the "
-        "single-call loss tolerance; torch in float64: the anchor each side's loss error and weight-norm error "
-        "are measured against; the horizon: where the reruns' own spread exceeds the chaos level "
-        "(ml_patterns.verdict)",
+        "single-call loss tolerance of the precision; torch in float64 (no autocast): the anchor each side's loss "
+        "error and weight-norm error are measured against; the horizon: where the reruns' own spread exceeds the "
+        "chaos level (ml_patterns.verdict)",
     }
     losses = {
         "torch": torch_r.step_losses,
@@ -121,13 +134,22 @@ def build_report(
         "test_metrics": {**metrics, "torch_one_ulp": ensemble_metrics},
         "speed": speed,
         "backends": {
-            name: {k: getattr(result, k) for k in ("device", "versions", "threads", "precision")}
+            name: {
+                **{k: getattr(result, k) for k in ("device", "versions", "threads")},
+                "precision": run_precision(settings.precision, result.precision),
+            }
             for name, result in results.items()
         },
         "environment": environment(),
         "timing": timing_reliability(results),
         "verdict": _verdict(speed, _agreement(passed, steps), results, timing_reliability(results)),
+        "bf16_vs_float32": None if not float32 else precision_section(results, float32, losses_drift(losses)),
     }
+
+
+def losses_drift(losses: dict) -> np.ndarray:
+    """The two backends' relative step distance, |jax - torch| / |torch| ``[T]``."""
+    return verdict.relative_distance(losses["jax"], losses["torch"])
 
 
 def judge_steps(losses: dict, noise: dict, metrics: dict | None = None, ensemble_metrics=()) -> verdict.Verdict:
@@ -388,7 +410,8 @@ def format_summary(report: dict) -> str:
     first = "none" if steps["first_outside"] is None else f"step {steps['first_outside']}"
     horizon = "" if steps["horizon"] is None else f"; chaotic from step {steps['horizon']}"
     lines = [
-        f"Parity against the float32 noise ({noise['runs']} torch reruns one ulp off at every step: the ensemble "
+        f"Parity against the {noise.get('precision', 'float32')} noise ({noise['runs']} torch reruns "
+        f"{ensemble_moves(noise)}: the ensemble "
         f"floor; torch in float64: the anchor; agreement: drift <= {noise['multiple']:g}x floor, or an error "
         f"against float64 <= {noise['accuracy_factor']:g}x torch's; and the weight norm's error against float64 "
         f"<= {noise['accuracy_factor']:g}x torch's; ml_patterns.verdict):",
@@ -472,5 +495,5 @@ def format_summary(report: dict) -> str:
             f"GFLOP/s: one training step's forward and backward FLOPs ({flops / 1e9:.3g} GFLOP, counted by torch's "
             "FlopCounterMode on the first batch) x steady steps/s; MFU needs the device's peak: `ml-patterns bench`."
         )
-    lines += ["", "Verdict: " + report["verdict"]]
+    lines += [*format_precision_section(report.get("bf16_vs_float32")), "", "Verdict: " + report["verdict"]]
     return "\n".join(lines)

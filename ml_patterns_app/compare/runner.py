@@ -5,7 +5,8 @@ Each backend trains in its own subprocess (``worker``), so its timings and peak 
 not the other framework's thread pools or allocations; they run one after the other, each with the
 machine to itself, the torch worker first (it writes the initial weights the JAX worker reads),
 then torch again: K times with the weights moved by one ulp at the start and after every step
-(the ensemble floor of the verdict), and once in float64 (its anchor; ``ml_patterns.verdict``).
+(the ensemble floor of the verdict), and once in float64 (its anchor; ``ml_patterns.verdict``); in
+bf16-mixed, each backend once more in float32 (``precision_runs``).
 A worker's progress arrives on its stdout as JSON lines and is shown as one live status line per
 backend (a line per epoch when stdout is not a terminal); its stderr (warnings, errors) passes
 straight through. Ctrl-C stops the running worker and starts no other, and no report is written.
@@ -32,8 +33,10 @@ from ml_patterns.checkpoint import config_from_metadata, load_checkpoint, save_c
 from ml_patterns.errors import UsageError
 from ml_patterns.io import private_directory
 from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
-from ml_patterns.verdict import one_ulp
+from ml_patterns.precision import MIXED
+from ml_patterns.ulps import INITIAL_ULPS, ulps_off
 from ml_patterns_app.compare.pair import PairSpec, prepare_initial_weights
+from ml_patterns_app.compare.precision_runs import float32_settings
 from ml_patterns_app.compare.report import add_one_device_parity, build_report, format_summary
 from ml_patterns_app.compare.settings import (
     ANCHOR_LABEL,
@@ -148,7 +151,7 @@ def compare(
                 write_weights=index == 0 and pair is None,
                 devices=n,
                 count_flops=index == 0,
-                contender="eager" if backend == "torch" else "jit",
+                contender=compared_contender(backend),
             )
             results[backend, n] = measured_run(backend, job, Path(scratch) / f"{backend}-{n}.json")
         compared = {backend: results[backend, devices] for backend in BACKENDS}
@@ -160,22 +163,33 @@ def compare(
         # The verdict's runs of the reference (ml_patterns.verdict), on the compared device count:
         # K reruns from the initial weights one ulp off, every weight moved one more ulp after each
         # step, each run its own sign seed; and one in float64.
-        ensemble = []
+        # In bf16-mixed the reruns train in it too, from the weights one bfloat16 ulp off (precision_runs).
+        ensemble, ulps = [], INITIAL_ULPS[settings.precision]
         for k in range(settings.floor_runs):
-            moved = one_ulp_weights(initial, Path(scratch) / f"one_ulp_{k}.safetensors", settings.seed + k)
+            moved = one_ulp_weights(initial, Path(scratch) / f"one_ulp_{k}.safetensors", settings.seed + k, ulps)
             job = dataclasses.replace(base, devices=devices, weights=str(moved), rounding_seed=settings.seed + k)
             label = f"{ENSEMBLE_LABEL} {k + 1}/{settings.floor_runs}"
             ensemble.append(run_worker(REFERENCE, job, Path(scratch) / f"one_ulp_{k}.json", label))
-        job = dataclasses.replace(base, devices=devices, float64=True)
+        in_float32 = dataclasses.replace(base, devices=devices, settings=float32_settings(settings))
+        job = dataclasses.replace(in_float32, float64=True)  # float64, no autocast
         anchor = run_worker(REFERENCE, job, Path(scratch) / "float64.json", ANCHOR_LABEL)
+        float32 = {  # bf16-mixed: each backend's own float32 run, from the same weights and batches
+            backend: run_worker(
+                backend,
+                dataclasses.replace(in_float32, weights=str(weights[backend]), contender=compared_contender(backend)),
+                Path(scratch) / f"{backend}-float32.json",
+                f"{LABELS[backend]}, float32",
+            )
+            for backend in (BACKENDS if settings.precision == MIXED else ())
+        }
         trained = {  # the trained weights, where the workload saves them (ours: yes; your pair: no)
             backend: path.read_bytes()
             for backend in BACKENDS
             if (path := trained_weights_path(Path(scratch) / f"{backend}-{devices}.json")).is_file()
         }
-    check_same_data([*compared.values(), *ensemble, anchor])
+    check_same_data([*compared.values(), *ensemble, anchor, *float32.values()])
     dataset = None if pair is None else pair.describe()
-    report = build_report(settings, manifest, compared, ensemble, anchor, data, dataset=dataset)
+    report = build_report(settings, manifest, compared, ensemble, anchor, data, dataset=dataset, float32=float32)
     if devices > 1:
         add_one_device_parity(
             report, {backend: (results[backend, 1], results[backend, devices]) for backend in BACKENDS}
@@ -269,12 +283,18 @@ def device_kind(choice: str, gpus: dict[str, str | None]) -> str:
     raise UsageError(f"--device {choice}: {seen}; {refuse}. Install the GPU build ({fixes}), or pass --device cpu")
 
 
-def one_ulp_weights(source: Path, destination: Path, seed: int) -> Path:
-    """``source``'s checkpoint with every floating-point entry moved by one ulp (``ml_patterns.verdict``)."""
+def compared_contender(backend: str) -> str:
+    """The contender a backend's judged run is: eager torch, jax.jit."""
+    return "eager" if backend == "torch" else "jit"
+
+
+def one_ulp_weights(source: Path, destination: Path, seed: int, ulps: int = 1) -> Path:
+    """``source``'s checkpoint with every floating-point entry moved by ``ulps`` ulps of its dtype
+    (one: ``ml_patterns.verdict``; one bfloat16 ulp: ``ml_patterns.ulps.BF16_ULPS``)."""
     arrays, metadata = load_checkpoint(source)
     rng = np.random.default_rng(seed)
     moved = {
-        name: one_ulp(array, rng) if np.issubdtype(array.dtype, np.floating) else array
+        name: ulps_off(array, rng, ulps) if np.issubdtype(array.dtype, np.floating) else array
         for name, array in sorted(arrays.items())
     }
     # Your own torch model's checkpoint holds no ModelConfig (ours does).

@@ -25,6 +25,8 @@ ENSEMBLE_LABEL = "PyTorch, ulp off"
 ANCHOR_LABEL = "PyTorch, float64"
 MODELS = ("multitask", "autoencoder")
 DEVICES = ("auto", "cpu", "gpu")
+# ``--precision``: what compare trains in (ml_patterns.precision; tf32 computes float32 on a CPU).
+PRECISIONS = ("float32", "bf16-mixed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +66,8 @@ class CompareSettings:
     # Reruns of the reference from the initial weights one ulp off, each with its own sign seed: the
     # verdict's floor is the largest of their divergences (ml_patterns.verdict; at least 3).
     floor_runs: int = ENSEMBLE_SIZE
-    # The trainers' precision (ml_patterns.precision). No command-line flag yet: the verdict's noise
-    # floor is float32's, and a bf16-mixed run needs one measured in bfloat16 (docs/PRECISION.md).
+    # The trainers' precision (``--precision``: float32 or bf16-mixed; ml_patterns.precision): in
+    # bf16-mixed the verdict's noise is measured in bfloat16 (compare.precision_runs, docs/PRECISION.md).
     precision: str = "float32"
 
     def __post_init__(self) -> None:
@@ -144,6 +146,8 @@ def check_settings(settings: CompareSettings) -> None:
         problems.append(f"learning_rate must be a positive finite number, got {settings.learning_rate}")
     if not 0 <= settings.warmup_fraction < 1:
         problems.append(f"warmup_fraction must be in [0, 1), got {settings.warmup_fraction}")
+    if settings.precision not in PRECISIONS:
+        problems.append(f"precision must be one of {', '.join(PRECISIONS)}, got {settings.precision!r}")
     if settings.d_model % settings.n_heads:
         problems.append(f"d_model ({settings.d_model}) must be a multiple of n_heads ({settings.n_heads})")
     if problems:
