@@ -345,7 +345,7 @@ def _judge_losses(
     floor_note = f"drift up to {worst_floor:.3g}x the ensemble floor (limit {multiple:g})"
     accuracy_note = f"float64 error at most {worst_accuracy:.3g}x the reference's (limit {accuracy_factor:g})"
     if horizon == 0:
-        decided, why = "the ensemble's spread", "no step before the horizon"
+        decided, why = "ensemble spread", "no step before the horizon"
     elif anchor is not None and np.all(accuracy_ok[before]):
         decided, why = "float64 anchor", f"{accuracy_note}; {floor_note}"
     elif np.all(floor_ok[before]):
