@@ -49,8 +49,8 @@ from ml_patterns_app.compare.settings import (
     CompareSettings,
     WorkerJob,
     WorkerResult,
+    trained_weights_path,
 )
-from ml_patterns_app.compare.worker import trained_weights_path
 from ml_patterns_app.compare.written import FILES, check_report_destination, write_report
 
 # Seconds a worker gets to exit after Ctrl-C before it is killed.

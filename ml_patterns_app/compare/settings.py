@@ -247,3 +247,9 @@ class WorkerResult:
     @classmethod
     def from_json(cls, text: str) -> WorkerResult:
         return cls(**json.loads(text))
+
+
+def trained_weights_path(out: Path) -> Path:
+    """Where the worker writing the result ``out`` saves its trained weights (a portable checkpoint).
+    Here, not in ``worker``: the parent must not import the module it runs as ``python -m``."""
+    return out.with_suffix(".safetensors")

@@ -27,7 +27,7 @@ from ml_patterns.molecules.config import MLM_TASK, ModelConfig
 from ml_patterns.molecules.metrics import SplitScores, train_class_counts
 from ml_patterns.verdict import global_norm
 from ml_patterns_app.compare.pair import pair_workload
-from ml_patterns_app.compare.settings import WorkerJob, WorkerResult
+from ml_patterns_app.compare.settings import WorkerJob, WorkerResult, trained_weights_path
 from ml_patterns_app.compare.workload import molecule_workload
 
 # A status line at most this often: reading the loss is a host sync.
@@ -195,11 +195,6 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         **_peak_memory(runtime, device),
     )
     out.write_text(result.to_json())
-
-
-def trained_weights_path(out: Path) -> Path:
-    """Where the worker writing the result ``out`` saves its trained weights (a portable checkpoint)."""
-    return out.with_suffix(".safetensors")
 
 
 def _as_is(batch, epoch: int, index: int, *, train: bool):
