@@ -1,4 +1,4 @@
-"""compare's test metrics (``worker.test_metrics``) on a prepared set with a missing-label regression
+"""compare's test metrics (``workload.molecule_test_metrics``) on a prepared set with a missing-label regression
 target and a binary one: each metric over the target's labelled test rows, with the baseline computed
 from the training split's statistics."""
 
@@ -11,7 +11,7 @@ import torch_impl.runtime
 from ml_patterns.data import LazyDataset
 from ml_patterns.molecules.config import ModelConfig, PrepareConfig
 from ml_patterns.molecules.prepare import prepare_dataset
-from ml_patterns_app.compare.worker import test_metrics as compare_test_metrics
+from ml_patterns_app.compare.workload import molecule_test_metrics as compare_test_metrics
 from parity_tests.sparse_data import write_sparse_source
 
 

@@ -22,9 +22,6 @@ from pathlib import Path
 
 from ml_patterns.callbacks import Callback
 from ml_patterns.machine import cpu_count, restrict_cpus
-from ml_patterns.molecules.batches import BatchPreparer
-from ml_patterns.molecules.config import MLM_TASK, ModelConfig
-from ml_patterns.molecules.metrics import SplitScores, train_class_counts
 from ml_patterns.verdict import global_norm
 from ml_patterns_app.compare.pair import pair_workload
 from ml_patterns_app.compare.settings import WorkerJob, WorkerResult, trained_weights_path
@@ -210,30 +207,6 @@ def _peak_memory(runtime, device) -> dict:
         "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "peak_memory_kind": "process peak RSS",
     }
-
-
-def test_metrics(runtime, model, device, config: ModelConfig, loader, manifest: dict | None = None) -> dict[str, float]:
-    """Each target's metrics and baselines over its labelled test rows (``ml_patterns.molecules.metrics``:
-    MAE and R2, or accuracy and ROC-AUC), and token accuracy, over the test split."""
-    prepare = BatchPreparer(config)
-    scores = SplitScores(config)
-    correct = total = 0
-    for index, collated in enumerate(loader):
-        batch = prepare(collated, 0, index, train=False)
-        if config.architecture == "autoencoder":
-            logits = runtime.predict(model, batch, device)["logits"]
-            hits = (logits.argmax(-1) == batch["decoder_targets"]) & batch["decoder_mask"]
-            correct, total = correct + int(hits.sum()), total + int(batch["decoder_mask"].sum())
-            continue
-        scores.add(batch, runtime.predict(model, batch, device))
-        if config.has_mlm_head:
-            logits = runtime.predict(model, {**batch, "input_ids": batch["mlm_input_ids"]}, device, MLM_TASK)[MLM_TASK]
-            hits = (logits.argmax(-1) == batch["mlm_targets"]) & batch["mlm_mask"]
-            correct, total = correct + int(hits.sum()), total + int(batch["mlm_mask"].sum())
-    metrics = scores.metrics(train_class_counts(manifest or {}))
-    name = "reconstruction token accuracy" if config.architecture == "autoencoder" else "masked-token accuracy"
-    metrics[name] = correct / max(total, 1)
-    return metrics
 
 
 def probe(backend: str) -> dict:

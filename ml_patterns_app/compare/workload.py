@@ -21,6 +21,8 @@ from typing import Any
 from ml_patterns.data import LazyDataset, Subset
 from ml_patterns.distributed import shard_rows
 from ml_patterns.molecules.batches import BatchPreparer
+from ml_patterns.molecules.config import MLM_TASK, ModelConfig
+from ml_patterns.molecules.metrics import SplitScores, train_class_counts
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.samplers import LengthGroupedSampler, padding_utilization, sequence_lengths
 from ml_patterns_app.compare.settings import WorkerJob
@@ -86,9 +88,7 @@ def molecule_workload(impl, runtime, job: WorkerJob, devices: int, device) -> Wo
 
     def test_metrics(trained) -> dict[str, float]:
         test_loader = loader(test, settings.batch_size, shuffle=False, **collate)
-        from ml_patterns_app.compare.worker import test_metrics as molecule_metrics  # the worker imports us
-
-        return molecule_metrics(runtime, trained, device, config, test_loader, manifest)
+        return molecule_test_metrics(runtime, trained, device, config, test_loader, manifest)
 
     return Workload(
         model=model,
@@ -118,3 +118,29 @@ def molecule_workload(impl, runtime, job: WorkerJob, devices: int, device) -> Wo
         test_metrics=test_metrics,
         save_trained=lambda trained, path: trained.save(path),
     )
+
+
+def molecule_test_metrics(
+    runtime, model, device, config: ModelConfig, loader, manifest: dict | None = None
+) -> dict[str, float]:
+    """Each target's metrics and baselines over its labelled test rows (``ml_patterns.molecules.metrics``:
+    MAE and R2, or accuracy and ROC-AUC), and token accuracy, over the test split."""
+    prepare = BatchPreparer(config)
+    scores = SplitScores(config)
+    correct = total = 0
+    for index, collated in enumerate(loader):
+        batch = prepare(collated, 0, index, train=False)
+        if config.architecture == "autoencoder":
+            logits = runtime.predict(model, batch, device)["logits"]
+            hits = (logits.argmax(-1) == batch["decoder_targets"]) & batch["decoder_mask"]
+            correct, total = correct + int(hits.sum()), total + int(batch["decoder_mask"].sum())
+            continue
+        scores.add(batch, runtime.predict(model, batch, device))
+        if config.has_mlm_head:
+            logits = runtime.predict(model, {**batch, "input_ids": batch["mlm_input_ids"]}, device, MLM_TASK)[MLM_TASK]
+            hits = (logits.argmax(-1) == batch["mlm_targets"]) & batch["mlm_mask"]
+            correct, total = correct + int(hits.sum()), total + int(batch["mlm_mask"].sum())
+    metrics = scores.metrics(train_class_counts(manifest or {}))
+    name = "reconstruction token accuracy" if config.architecture == "autoencoder" else "masked-token accuracy"
+    metrics[name] = correct / max(total, 1)
+    return metrics
