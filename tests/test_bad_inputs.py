@@ -749,7 +749,10 @@ def signalled_prepare(signum: int) -> Callable[[Scene], tuple[int, str]]:
         real_manifest = prepare_module._manifest
 
         def signalled(*args, **kwargs):
-            os.kill(os.getpid(), signum)
+            # raise_signal delivers to this thread before it returns; os.kill(getpid()) may pick any
+            # thread of the process (XLA's, torch's), whose handler can run after the command has
+            # finished on a loaded machine: the test then saw exit 0.
+            signal.raise_signal(signum)
             return real_manifest(*args, **kwargs)
 
         scene.monkeypatch.setattr(prepare_module, "_manifest", signalled)
