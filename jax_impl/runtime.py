@@ -8,6 +8,11 @@ Divergences, and why:
 - ``wait(device, value)`` blocks on ``value`` (JAX dispatches asynchronously, per array).
 - ``set_threads`` sets nothing: XLA:CPU sized its thread pool from the affinity mask when its
   backend started (``ml_patterns.machine.restrict_cpus``), and has no other setting for it.
+- ``compile_loss`` raises: every JAX train step is a ``jax.jit`` program already.
+- ``count_step_flops`` counts with XLA's cost analysis of the jitted forward and backward
+  (``compiled.cost_analysis()["flops"]``): every floating-point operation of the compiled program
+  after XLA's simplifications, elementwise work included, so it is not torch's FlopCounterMode's
+  number (matmuls and convolutions only) for the same model.
 - ``matmul`` compiles ahead of time (``compile_ahead``: ``jit(...).lower(...).compile()``), its
   compile timed apart. ``compile_ahead`` is JAX's alone: torch has no ahead-of-time compile of a
   step (``torch.compile`` compiles inside the first calls).
@@ -125,6 +130,23 @@ def enable_compile_cache(directory: str | os.PathLike) -> dict:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)  # no size floor, and no override of it
     return {"compile_cache": str(path), "entries_before": entries}
+
+
+def compile_loss(model) -> None:
+    raise ValueError("JAX's train steps are always compiled (jax.jit): the compiled contender is torch's alone")
+
+
+def count_step_flops(model: nnx.Module, batch: Mapping, dev: jax.Device) -> dict:
+    fn, params, rest = functional(model)
+    key = jax.random.key(0)
+
+    def gradients(params, rest, batch):
+        return jax.grad(lambda p: fn.compute_loss(p, rest, batch, key=key, train=True)[0])(params)
+
+    compiled = jax.jit(gradients).lower(params, rest, to_device(batch, dev)).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost  # jax < 0.4.36 returned one dict per program
+    return {"flops": float(cost["flops"]), "counter": "XLA's cost analysis (every floating-point operation)"}
 
 
 def float64_reference(model, prepare):

@@ -25,6 +25,8 @@ from ml_patterns_app.compare.settings import (
     WorkerJob,
     WorkerResult,
 )
+from ml_patterns_app.compare.speed import steady_state
+from ml_patterns_app.compare.summary import format_summary
 from ml_patterns_app.compare.written import write_report
 
 
@@ -89,6 +91,9 @@ def test_compare_end_to_end(default_dataset, tmp_path, capsys, monkeypatch):
     assert results["speed"]["torch"]["compilations"] is None
     # One training step's FLOPs, counted by torch on the first batch, and the rate from it for both.
     assert results["speed"]["torch"]["flops_per_step"] == results["speed"]["jax"]["flops_per_step"] > 0
+    assert results["speed"]["jax"]["flops_counter"] == "torch's FlopCounterMode (matmuls, convolutions)"
+    counted = "counted by torch's FlopCounterMode (matmuls, convolutions) on the first batch"
+    assert counted in (out / "report.md").read_text()
     assert results["speed"]["jax"]["gflop_per_s"] is None or results["speed"]["jax"]["gflop_per_s"] > 0
     assert sorted(p.name for p in out.iterdir()) == sorted((*compare_written.FILES, MARKER))  # marked as a report
     assert (out / "drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -164,7 +169,7 @@ def test_report_judges_drift_against_the_noise_floor(default_dataset, jax_steps,
     assert report["noise_floor"]["multiple"] == FLOOR_MULTIPLE
     assert report["speed"]["torch"]["warmup_s"] == pytest.approx(1.0)
     assert report["speed"]["torch"]["steps_per_s"] == pytest.approx(10.0)
-    assert "3 torch reruns one ulp off at every step: the ensemble floor" in compare_report.format_summary(report)
+    assert "3 torch reruns one ulp off at every step: the ensemble floor" in format_summary(report)
 
 
 def test_an_interrupted_write_leaves_the_previous_report(default_dataset, tmp_path, monkeypatch):
@@ -241,13 +246,13 @@ def test_ctrl_c_stops_the_worker(tmp_path, monkeypatch):
     ],
 )
 def test_steady_state_is_the_epochs_that_compiled_nothing(train_s, compilations, epochs, epoch_s):
-    steady = compare_report.steady_state([{"train_s": s} for s in train_s], compilations)
+    steady = steady_state([{"train_s": s} for s in train_s], compilations)
     assert steady["measured"] and steady["epochs"] == epochs and steady["epoch_s"] == pytest.approx(epoch_s)
 
 
 def test_steady_state_not_measured_from_one_epoch_or_only_compiling_ones():
-    assert not compare_report.steady_state([{"train_s": 3.0}], [None])["measured"]
-    assert not compare_report.steady_state([{"train_s": 3.0}, {"train_s": 2.0}], [3, 5])["measured"]
+    assert not steady_state([{"train_s": 3.0}], [None])["measured"]
+    assert not steady_state([{"train_s": 3.0}, {"train_s": 2.0}], [3, 5])["measured"]
 
 
 def build(default_dataset, torch_kwargs=None, jax_kwargs=None):
@@ -279,7 +284,7 @@ def test_busy_machine_says_timing_is_not_reliable(default_dataset, machine_load)
     report = build(default_dataset, jax_kwargs={"machine_load": machine_load})
     assert report["verdict"].startswith("TIMING NOT RELIABLE") and "On this machine" in report["verdict"]
     assert report["timing"]["jax"]["busy"] and not report["timing"]["torch"]["busy"]
-    assert "TIMING NOT RELIABLE" in compare_report.format_summary(report)
+    assert "TIMING NOT RELIABLE" in format_summary(report)
 
 
 def test_a_decaying_load_average_alone_does_not_make_a_quiet_run_busy(default_dataset):
@@ -305,7 +310,7 @@ def test_negative_warmup_is_reported_not_clamped(default_dataset):
     # The first epoch ran faster than the steady state (the machine got busy later).
     report = build(default_dataset, torch_kwargs={"train_s": [1.0, 3.0, 3.0]})
     assert report["speed"]["torch"]["warmup_s"] < 0
-    summary = compare_report.format_summary(report)
+    summary = format_summary(report)
     assert "0.00 s" not in summary and "first epoch faster than steady state" in summary
 
 

@@ -12,8 +12,9 @@ import pytest
 
 from ml_patterns.errors import UsageError
 from ml_patterns_app.compare import runner
-from ml_patterns_app.compare.report import build_report, format_summary
+from ml_patterns_app.compare.report import build_report
 from ml_patterns_app.compare.settings import CompareSettings
+from ml_patterns_app.compare.summary import format_summary
 from tests.test_compare import fake_result
 
 H100 = "NVIDIA H100 80GB HBM3"

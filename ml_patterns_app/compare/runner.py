@@ -37,13 +37,14 @@ from ml_patterns.precision import MIXED
 from ml_patterns.ulps import INITIAL_ULPS, ulps_off
 from ml_patterns_app.compare.pair import PairSpec, prepare_initial_weights
 from ml_patterns_app.compare.precision_runs import float32_settings
-from ml_patterns_app.compare.report import add_one_device_parity, build_report, format_summary
+from ml_patterns_app.compare.report import add_one_device_parity, build_report
 from ml_patterns_app.compare.settings import (
     ANCHOR_LABEL,
     BACKENDS,
     CONTENDERS,
     DEFAULT_CONTENDERS,
     ENSEMBLE_LABEL,
+    JUDGED,
     LABELS,
     REFERENCE,
     CompareSettings,
@@ -51,6 +52,7 @@ from ml_patterns_app.compare.settings import (
     WorkerResult,
     trained_weights_path,
 )
+from ml_patterns_app.compare.summary import format_summary
 from ml_patterns_app.compare.written import FILES, check_report_destination, write_report
 
 # Seconds a worker gets to exit after Ctrl-C before it is killed.
@@ -151,12 +153,12 @@ def compare(
                 write_weights=index == 0 and pair is None,
                 devices=n,
                 count_flops=index == 0,
-                contender=compared_contender(backend),
+                contender=JUDGED[backend],
             )
             results[backend, n] = measured_run(backend, job, Path(scratch) / f"{backend}-{n}.json")
         compared = {backend: results[backend, devices] for backend in BACKENDS}
         if "compile" in contenders:
-            job = dataclasses.replace(base, contender="compile")
+            job = dataclasses.replace(base, contender="compile", compile_loss=True)
             compared["torch_compile"] = measured_run(
                 REFERENCE, job, Path(scratch) / "compile.json", LABELS["torch_compile"]
             )
@@ -176,7 +178,7 @@ def compare(
         float32 = {  # bf16-mixed: each backend's own float32 run, from the same weights and batches
             backend: run_worker(
                 backend,
-                dataclasses.replace(in_float32, weights=str(weights[backend]), contender=compared_contender(backend)),
+                dataclasses.replace(in_float32, weights=str(weights[backend]), contender=JUDGED[backend]),
                 Path(scratch) / f"{backend}-float32.json",
                 f"{LABELS[backend]}, float32",
             )
@@ -281,11 +283,6 @@ def device_kind(choice: str, gpus: dict[str, str | None]) -> str:
     fixes = "; ".join(f"{backend}: {gpu_install(backend)}" for backend in missing)
     refuse = "both must run on the same kind of device" if choice == "auto" else "every backend must see a GPU"
     raise UsageError(f"--device {choice}: {seen}; {refuse}. Install the GPU build ({fixes}), or pass --device cpu")
-
-
-def compared_contender(backend: str) -> str:
-    """The contender a backend's judged run is: eager torch, jax.jit."""
-    return "eager" if backend == "torch" else "jit"
 
 
 def one_ulp_weights(source: Path, destination: Path, seed: int, ulps: int = 1) -> Path:
