@@ -14,8 +14,8 @@ import pytest
 from ml_patterns.outputs import MARKER
 from ml_patterns.verdict import FLOOR_MULTIPLE
 from ml_patterns_app.cli import main
+from ml_patterns_app.compare import launch
 from ml_patterns_app.compare import report as compare_report
-from ml_patterns_app.compare import runner
 from ml_patterns_app.compare import written as compare_written
 from ml_patterns_app.compare.report import build_report
 from ml_patterns_app.compare.settings import (
@@ -190,7 +190,7 @@ def test_an_interrupted_write_leaves_the_previous_report(default_dataset, tmp_pa
 
 def test_status_line_renders_worker_events():
     stream = io.StringIO()
-    status = runner.StatusLine("JAX (jax.jit)", stream)
+    status = launch.StatusLine("JAX (jax.jit)", stream)
     status.event(
         json.dumps(
             {"event": "batch", "epoch": 0, "epochs": 3, "batch": 5, "batches": 62, "loss": 2.5, "steps_per_s": 3.0}
@@ -206,7 +206,7 @@ def test_status_line_renders_worker_events():
     ]
     terminal = io.StringIO()
     terminal.isatty = lambda: True
-    live = runner.StatusLine("torch", terminal)
+    live = launch.StatusLine("torch", terminal)
     live.event(
         json.dumps(
             {"event": "batch", "epoch": 1, "epochs": 3, "batch": 5, "batches": 62, "loss": 2.5, "steps_per_s": 3.0}
@@ -221,15 +221,15 @@ def test_ctrl_c_stops_the_worker(tmp_path, monkeypatch):
         "import json, os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
         "print(json.dumps({'event': 'status', 'text': 'training'}), flush=True); time.sleep(60)"
     )
-    monkeypatch.setattr(runner, "worker_command", lambda *args: [sys.executable, "-c", script, str(pid_file)])
+    monkeypatch.setattr(launch, "worker_command", lambda *args: [sys.executable, "-c", script, str(pid_file)])
 
     def ctrl_c(self, line):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner.StatusLine, "event", ctrl_c)
+    monkeypatch.setattr(launch.StatusLine, "event", ctrl_c)
     start = time.perf_counter()
     with pytest.raises(KeyboardInterrupt, match="^$"):
-        runner.run_worker("torch", WorkerJob(data="", settings=CompareSettings(), weights=""), tmp_path / "out.json")
+        launch.run_worker("torch", WorkerJob(data="", settings=CompareSettings(), weights=""), tmp_path / "out.json")
     assert time.perf_counter() - start < 30
     with pytest.raises(ProcessLookupError, match="No such process"):  # stopped and reaped
         os.kill(int(pid_file.read_text()), 0)
@@ -315,14 +315,14 @@ def test_negative_warmup_is_reported_not_clamped(default_dataset):
 
 
 def test_machine_load_during_a_worker_subtracts_the_workers_cpu(monkeypatch):
-    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(launch.os, "cpu_count", lambda: 2)
     before = {"load_average": [1.0, 1, 1], "busy_cpu_s": 100.0, "children_cpu_s": 5.0, "time": 10.0}
     after = {"load_average": [1.5, 1, 1], "busy_cpu_s": 130.0, "children_cpu_s": 25.0, "time": 30.0}
-    record = runner.machine_load_during(before, after)
+    record = launch.machine_load_during(before, after)
     # 30 CPU-s busy over 20 s on 2 CPUs, 20 of them the worker's: others used 10 / 40 = 25%.
     assert record["others_cpu_share"] == pytest.approx(0.25)
     assert record["load_average_before"] == [1.0, 1, 1] and record["load_average_after"] == [1.5, 1, 1]
-    snapshot = runner.machine_load()
+    snapshot = launch.machine_load()
     assert snapshot["busy_cpu_s"] is None or snapshot["busy_cpu_s"] > 0
 
 
