@@ -2,30 +2,32 @@
 machine and environment recorded with each number: ``ml_patterns.machine``). Imports no framework:
 the runner pins the CPUs before torch or jax is loaded (``ml_patterns.machine.restrict_cpus``).
 
-Timing rules (as nanoGPT's bench.py; docs/ARCHITECTURE.md): warm-up calls first (compilation and
-caches happen there and are timed apart by the caller), a synchronization inside the timed region
-(``block_until_ready`` / ``torch.cuda.synchronize``), the median of the repeats as the headline, and
-the spread beside it.
+Timing rules: ``ml_patterns.timing`` (warm-up apart, a sync inside the timed region, the median of
+the repeats and the spread beside it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from ml_patterns.parity import PRECISIONS
 from ml_patterns.precision import MIXED
 
+# The timing rules are the core's (the backends' ``measure_step`` times by them too); the benchmarks
+# take them from here with the rest of what they share.
+from ml_patterns.timing import Timing as Timing
+from ml_patterns.timing import failure_reason as failure_reason
+from ml_patterns.timing import plan_repeats as plan_repeats
+from ml_patterns.timing import time_call as time_call
+
 
 @dataclasses.dataclass(frozen=True)
 class Contender:
     """A way to run a workload's step: a framework, compiled or not. Every workload that races the
-    frameworks takes its contenders from ``CONTENDERS`` (``ml_patterns_bench.harness`` runs them); a new way to
-    run (a data-parallel step, another compiler) is one more row here and one branch in the harness."""
+    frameworks takes its contenders from ``CONTENDERS`` (``ml_patterns_bench.harness`` runs them through
+    their framework's ``measure.measure_step``); a new way to run (a data-parallel step, another
+    compiler) is one more row here and what it needs in that ``measure_step``."""
 
     name: str
     framework: str  # "torch" or "jax": the runtime (torch_impl.runtime / jax_impl.runtime) it uses
@@ -83,126 +85,10 @@ class BenchContext:
         return {**dataclasses.asdict(self), "data_dir": str(self.data_dir)}
 
 
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    """Seconds per call over ``repeats`` timed samples of ``number`` calls each."""
-
-    median_s: float
-    min_s: float
-    max_s: float
-    iqr_s: float  # interquartile range: the spread that one slow outlier does not dominate
-    repeats: int
-    number: int = 1
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_samples(cls, samples: list[float], number: int = 1) -> Timing:
-        """The summary of per-call ``samples`` (seconds), each the mean of ``number`` calls."""
-        quartiles = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
-        return cls(
-            median_s=statistics.median(samples),
-            min_s=min(samples),
-            max_s=max(samples),
-            iqr_s=quartiles[2] - quartiles[0],
-            repeats=len(samples),
-            number=number,
-        )
-
-
 def peak_key(row: dict) -> str:
     """The key of the run's matmul peaks (``ml_patterns_bench.peak.peaks``) a row is measured
     against: its device, with `` bfloat16`` for the bfloat16 matmul and the bf16-mixed train steps."""
     return f"{row['device']} bfloat16" if row.get("precision") in (MIXED, "bfloat16") else row["device"]
-
-
-def time_call(
-    fn: Callable[[], object],
-    *,
-    repeats: int,
-    warmup: int = 1,
-    number: int = 1,
-    sync: Callable[[], object] | None = None,
-) -> Timing:
-    """Times ``repeats`` samples of ``number`` calls of ``fn``, then ``sync()``, per call.
-
-    Without ``sync``, ``fn`` itself must block until its work is done. With it, ``fn`` may return
-    as soon as its work is queued (CUDA, JAX's async dispatch) and ``sync`` blocks once per sample,
-    inside the timed region: back-to-back steps, as in a training loop, with no host sync per step.
-    """
-    for _ in range(warmup):
-        fn()
-    if sync is not None:
-        sync()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        if sync is not None:
-            sync()
-        samples.append((time.perf_counter() - start) / number)
-    return Timing.from_samples(samples, number)
-
-
-def plan_repeats(call_s: float, quick: bool) -> tuple[int, int]:
-    """``(number, repeats)`` for a call that takes about ``call_s`` seconds.
-
-    A sample batches calls until it lasts ~10 ms (timer and sync costs stay negligible); the full
-    suite takes 7 to 50 samples, about 2 s per contender; ``quick`` takes 5.
-    """
-    call_s = max(call_s, 1e-7)
-    number = max(1, math.ceil(0.01 / call_s))
-    if quick:
-        return number, 5
-    return number, min(50, max(7, math.ceil(2.0 / (call_s * number))))
-
-
-# Train steps run before timing: the first compiles (torch.compile) and creates the optimizer's
-# state (torch); torch.compile may recompile on the second. Their losses are kept as the check
-# that the contenders ran the same arithmetic.
-WARMUP_STEPS = 3
-
-
-def measure_steps(
-    step: Callable[[], object], sync: Callable[[], object], quick: bool
-) -> tuple[list[float], list[float], Timing]:
-    """``(warm-up losses, warm-up seconds, timing)`` of a train step returning its loss.
-
-    ``WARMUP_STEPS`` steps first, each synchronized and timed alone, then the timed steps back to
-    back (``plan_repeats`` from the last warm-up step's time, ``sync`` once per sample).
-    """
-    losses, warmup_s = [], []
-    for _ in range(WARMUP_STEPS):
-        start = time.perf_counter()
-        losses.append(step())
-        sync()
-        warmup_s.append(time.perf_counter() - start)
-    number, repeats = plan_repeats(warmup_s[-1], quick)
-    timing = time_call(step, repeats=repeats, warmup=0, number=number, sync=sync)
-    return [float(loss) for loss in losses], warmup_s, timing
-
-
-def compile_jax(jitted: Callable, *args) -> tuple[Callable, float]:
-    """``(compiled, seconds)``: a ``jax.jit`` function compiled ahead of time for ``args``, timed on
-    its own: the one place JAX compile time is measured (framework-free, so a process measuring one
-    framework alone can use it)."""
-    start = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    return compiled, time.perf_counter() - start
-
-
-def warmup_excess_s(warmup_s: list[float], timing: Timing) -> float:
-    """The warm-up steps' time beyond as many timed steps: ``torch.compile``'s compile time, which
-    happens inside its first calls."""
-    return max(0.0, sum(warmup_s) - len(warmup_s) * timing.median_s)
-
-
-def failure_reason(what: str, error: BaseException) -> str:
-    """A skipped row's reason for a contender that raised: ``"<what> failed: Type: first line"``."""
-    first_line = next(iter(str(error).strip().splitlines()), "")
-    return f"{what} failed: {type(error).__name__}: {first_line}"
 
 
 def result_row(

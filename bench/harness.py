@@ -6,17 +6,18 @@ cold compile caches, and what the loaded frameworks report. Imported by the runn
 its backend starts.
 
 Measuring: a workload writes its step once per framework (``Step``); ``contender_rows`` runs it for
-every contender of the run (``ml_patterns_bench.common.CONTENDERS``) on a device, with the same warm-up, timing,
-compile-time and memory rules for all:
+every contender of the run (``ml_patterns_bench.common.CONTENDERS``) on a device, through the
+contender's framework's ``measure.measure_step`` (``MEASURES``: ``torch_impl.measure``,
+``jax_impl.measure``), the same call for all, with the core's timing rules (``ml_patterns.timing``):
 
 - torch: ``step.torch(device)`` returns ``call() -> loss``; eager, or ``torch.compile(call)`` from
-  cold caches, its compile time the warm-up calls' excess over as many timed calls;
+  cold caches, its compile time the warm-up calls' excess over as many timed calls, its graph
+  breaks in the row;
 - JAX: ``step.jax(device)`` returns ``(fn, state, args)`` with ``fn(state, *args) -> (state, loss)``
   (or ``(state, {"loss": loss})``, as the Trainer's step returns), the state donated. A ``jax.jit``
-  function is compiled ahead of time, ``fn.lower(...).compile()`` timed apart
-  (``ml_patterns_bench.common.compile_jax``), its memory XLA's static estimate; a step object of
-  several programs (the Trainer's ``TrainStep``, timed as the Trainer runs it, not fused into one
-  program) compiles in its first calls (the warm-up's excess), its memory the allocator's peak.
+  function is compiled ahead of time, ``fn.lower(...).compile()`` timed apart, its memory XLA's
+  static estimate; a step object of several programs (the Trainer's ``TrainStep``) compiles in its
+  first calls (the warm-up's excess), its memory the allocator's peak.
 
 Memory: every ``peak_memory`` says what it measured (``"measure"``): ``"allocator peak"`` (torch's
 CUDA allocator, or XLA's on a GPU: the most held during the measurement), ``"static estimate"``
@@ -29,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 
 from jax_impl.environment import memory_environment
 
@@ -41,11 +42,13 @@ os.environ.update(memory_environment())
 
 import jax  # noqa: E402
 import torch  # noqa: E402
-import torch._inductor.utils  # noqa: E402
 
+import jax_impl.measure  # noqa: E402
 import jax_impl.runtime  # noqa: E402
+import torch_impl.measure  # noqa: E402
 import torch_impl.runtime  # noqa: E402
 from ml_patterns.errors import UsageError  # noqa: E402
+from ml_patterns.timing import Measured  # noqa: E402
 
 from .common import (  # noqa: E402
     BENCH_PRECISIONS,
@@ -53,16 +56,13 @@ from .common import (  # noqa: E402
     CONTENDERS,
     BenchContext,
     Contender,
-    Timing,
-    compile_jax,
     failure_reason,
-    measure_steps,
     result_row,
     skipped_row,
-    warmup_excess_s,
 )
 
 RUNTIMES = {"torch": torch_impl.runtime, "jax": jax_impl.runtime}
+MEASURES = {"torch": torch_impl.measure, "jax": jax_impl.measure}
 DEVICES = ("cpu", "gpu")
 
 
@@ -75,15 +75,6 @@ class Step:
 
     torch: Callable[[torch.device, str], Callable[[], torch.Tensor]]
     jax: Callable[[jax.Device, str], tuple[Callable, object, tuple]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Measured:
-    timing: Timing
-    compile_s: float | None
-    peak_memory: dict
-    warmup_losses: list[float]
-    extra: dict = dataclasses.field(default_factory=dict)  # more fields of the row (torch.compile's graph breaks)
 
 
 def contender_rows(benchmark: str, workload: str, step: Step, ctx: BenchContext, device: str, **row) -> list[dict]:
@@ -124,103 +115,13 @@ def measure(step: Step, contender: Contender, device: str, quick: bool) -> Measu
     dev = RUNTIMES[contender.framework].device(device)
     if dev is None:
         return f"{contender.framework} has no {device} device here"
-    if contender.framework == "jax":
-        return _measure_jax(step, dev, quick)
+    make_step = getattr(step, contender.framework)
     try:
-        return _measure_torch(step, dev, quick, contender.compile_backend)
+        return MEASURES[contender.framework].measure_step(make_step, dev, quick, contender.compile_backend)
     except Exception as error:  # a compiler that fails (no C++ toolchain, an unsupported Python) skips
         if contender.compile_backend is None:
             raise
         return failure_reason(contender.name, error)
-
-
-def _measure_torch(step: Step, dev: torch.device, quick: bool, compile_backend: str | None) -> Measured:
-    runtime = torch_impl.runtime
-    # Before the measured step exists and the peak is reset: explaining runs a step of its own copy.
-    extra = {} if compile_backend is None else graph_breaks(step.torch, dev)
-    runtime.release_memory()
-    runtime.reset_peak_memory(dev)
-    call = step.torch(dev)
-
-    def sync() -> None:
-        runtime.wait(dev)
-
-    if compile_backend is None:
-        losses, _, timing = measure_steps(call, sync, quick)
-        compile_s = None
-    else:
-        # One graph where the step allows it: a graph break found later would then fail, not slow, the row.
-        compiled = torch.compile(call, backend=compile_backend, fullgraph=extra.get("graph_breaks") == 0)
-        with cold_torch_compile():
-            losses, warmup_s, timing = measure_steps(compiled, sync, quick)
-        compile_s = warmup_excess_s(warmup_s, timing)
-    memory = runtime.peak_memory(dev) or {
-        "bytes": None,
-        "how": "n/a: torch keeps no CPU allocator statistics",
-        "measure": "none",
-    }
-    return Measured(timing, compile_s, memory, losses, extra)
-
-
-def graph_breaks(make_call: Callable[[torch.device], Callable[[], object]], dev: torch.device) -> dict:
-    """What ``torch._dynamo.explain`` finds in one call of a fresh copy of the measured step
-    (explaining runs it): ``{"graph_breaks", "graphs", "break_reasons"}`` (the first few), or
-    ``{"graph_breaks": None, "graph_break_check": why}`` where explaining itself failed."""
-    torch._dynamo.reset()
-    try:
-        explanation = torch._dynamo.explain(make_call(dev))()
-    except Exception as error:  # the row is still measured, compiled without fullgraph
-        return {"graph_breaks": None, "graph_break_check": failure_reason("torch._dynamo.explain", error)}
-    finally:
-        torch._dynamo.reset()
-    reasons = [str(getattr(b, "reason", b)).splitlines()[0] for b in explanation.break_reasons]
-    return {
-        "graph_breaks": explanation.graph_break_count,
-        "graphs": explanation.graph_count,
-        "break_reasons": reasons[:5],
-    }
-
-
-def _measure_jax(step: Step, dev: jax.Device, quick: bool) -> Measured:
-    jax.clear_caches()  # compile from scratch, like every other contender
-    fn, state, args = step.jax(dev)
-    state, args = jax.device_put((state, args), dev)
-    runtime = jax_impl.runtime
-    runtime.reset_peak_memory(dev)
-    if hasattr(fn, "lower"):  # one jax.jit program: compiled ahead of time, its compile timed apart
-        fn, compile_s = compile_jax(fn, state, *args)
-        memory = compiled_memory(fn)
-    else:  # a step object of several programs (the Trainer's): they compile inside the first calls
-        compile_s = memory = None
-    holder = [state]
-    del state  # donated on the first call
-
-    def call() -> jax.Array:
-        holder[0], out = fn(holder[0], *args)
-        return out["loss"] if isinstance(out, Mapping) else out
-
-    losses, warmup_s, timing = measure_steps(call, lambda: jax.block_until_ready(holder[0]), quick)
-    if memory is None:
-        compile_s = warmup_excess_s(warmup_s, timing)
-        memory = runtime.peak_memory(dev) or {
-            "bytes": None,
-            "how": "n/a: XLA keeps no CPU allocator statistics",
-            "measure": "none",
-        }
-    return Measured(timing, compile_s, memory, losses)
-
-
-def compiled_memory(compiled) -> dict:
-    """``{"bytes", "how"}``: what a compiled JAX step with donated arguments holds while it runs."""
-    analysis = compiled.memory_analysis()
-    return {
-        "bytes": analysis.argument_size_in_bytes
-        + analysis.output_size_in_bytes
-        - analysis.alias_size_in_bytes
-        + analysis.temp_size_in_bytes,
-        "how": "XLA memory analysis of the compiled step: arguments + outputs - donated + temporaries",
-        "measure": "static estimate",
-    }
 
 
 def resolve_devices(choice: str) -> tuple[str, ...]:
@@ -244,7 +145,7 @@ def configured(threads: int, precision: str) -> Iterator[dict]:
     policy, under which the float32 rows run), restoring them afterwards.
 
     JAX's persistent compilation cache is off inside, so compile times are cold on both sides
-    (see ``cold_torch_compile`` for torch's). Yields ``describe()``, read back after setting.
+    (``torch_impl.measure.cold_torch_compile`` does it for torch's). Yields ``describe()``, read back after setting.
     """
     if precision not in BENCH_PRECISIONS:
         raise UsageError(f"--precision must be one of {sorted(BENCH_PRECISIONS)}, got {precision!r}")
@@ -286,18 +187,3 @@ def describe(precision: str) -> dict:
             **jax_impl.runtime.precision(),
         },
     }
-
-
-@contextlib.contextmanager
-def cold_torch_compile() -> Iterator[None]:
-    """``torch.compile`` calls in the block compile from scratch, as JAX's ``jit`` does here.
-
-    Dynamo's in-memory caches are reset, and inductor gets an empty on-disk cache (FX graphs,
-    generated C++/Triton kernels), deleted afterwards; otherwise a second run of the benchmark
-    would time cache hits.
-    """
-    torch._dynamo.reset()
-    # torch >= 2.8 calls it fresh_cache; earlier releases fresh_inductor_cache.
-    fresh = getattr(torch._inductor.utils, "fresh_cache", None) or torch._inductor.utils.fresh_inductor_cache
-    with fresh():
-        yield

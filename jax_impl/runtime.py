@@ -8,7 +8,14 @@ Divergences, and why:
 - ``wait(device, value)`` blocks on ``value`` (JAX dispatches asynchronously, per array).
 - ``set_threads`` sets nothing: XLA:CPU sized its thread pool from the affinity mask when its
   backend started (``ml_patterns.machine.restrict_cpus``), and has no other setting for it.
-- ``matmul`` compiles ahead of time (``jit(...).lower(...).compile()``), its compile timed apart.
+- ``compile_loss`` raises: every JAX train step is a ``jax.jit`` program already.
+- ``count_step_flops`` counts with XLA's cost analysis of the jitted forward and backward
+  (``compiled.cost_analysis()["flops"]``): every floating-point operation of the compiled program
+  after XLA's simplifications, elementwise work included, so it is not torch's FlopCounterMode's
+  number (matmuls and convolutions only) for the same model.
+- ``matmul`` compiles ahead of time (``compile_ahead``: ``jit(...).lower(...).compile()``), its
+  compile timed apart. ``compile_ahead`` is JAX's alone: torch has no ahead-of-time compile of a
+  step (``torch.compile`` compiles inside the first calls).
 - ``step_sync_guard`` is ``jax.transfer_guard("disallow")`` around all the trainer does: only its
   explicit ``device_put``/``device_get`` move data, so the epoch's end passes it too.
 """
@@ -125,6 +132,23 @@ def enable_compile_cache(directory: str | os.PathLike) -> dict:
     return {"compile_cache": str(path), "entries_before": entries}
 
 
+def compile_loss(model) -> None:
+    raise ValueError("JAX's train steps are always compiled (jax.jit): the compiled contender is torch's alone")
+
+
+def count_step_flops(model: nnx.Module, batch: Mapping, dev: jax.Device) -> dict:
+    fn, params, rest = functional(model)
+    key = jax.random.key(0)
+
+    def gradients(params, rest, batch):
+        return jax.grad(lambda p: fn.compute_loss(p, rest, batch, key=key, train=True)[0])(params)
+
+    compiled = jax.jit(gradients).lower(params, rest, to_device(batch, dev)).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost  # jax < 0.4.36 returned one dict per program
+    return {"flops": float(cost["flops"]), "counter": "XLA's cost analysis (every floating-point operation)"}
+
+
 def float64_reference(model, prepare):
     """Not offered: the float64 anchor is a run of the reference side, torch (``torch_impl.runtime``)."""
     raise ValueError("the float64 anchor is a torch run (the reference side); JAX runs are measured against it")
@@ -182,9 +206,7 @@ def bare_train_step(trainer) -> tuple[Callable[[Mapping], jax.Array], Callable[[
 def matmul(a: np.ndarray, b: np.ndarray, dev: jax.Device) -> tuple[Callable[[], jax.Array], Callable[[], None], float]:
     """``jnp.matmul`` jitted, traced under the precision policy in force and compiled here."""
     ja, jb = jax.device_put(a, dev), jax.device_put(b, dev)
-    start = time.perf_counter()
-    compiled = jax.jit(jnp.matmul).lower(ja, jb).compile()
-    compile_s = time.perf_counter() - start
+    compiled, compile_s = compile_ahead(jax.jit(jnp.matmul), ja, jb)
     last = [None]
 
     def call() -> jax.Array:
@@ -193,6 +215,15 @@ def matmul(a: np.ndarray, b: np.ndarray, dev: jax.Device) -> tuple[Callable[[], 
 
     # One device runs its work in order: when the last product is ready, all are.
     return call, lambda: wait(dev, last[0]), compile_s
+
+
+def compile_ahead(jitted: Callable, *args) -> tuple[Callable, float]:
+    """``(compiled, seconds)``: a ``jax.jit`` function compiled ahead of time for ``args``, timed on
+    its own: the one place a benchmark's JAX compile time is measured (``matmul``,
+    ``measure.measure_step``, the loss benchmark)."""
+    start = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    return compiled, time.perf_counter() - start
 
 
 @contextlib.contextmanager

@@ -14,8 +14,8 @@ import pytest
 from ml_patterns.outputs import MARKER
 from ml_patterns.verdict import FLOOR_MULTIPLE
 from ml_patterns_app.cli import main
+from ml_patterns_app.compare import launch
 from ml_patterns_app.compare import report as compare_report
-from ml_patterns_app.compare import runner
 from ml_patterns_app.compare import written as compare_written
 from ml_patterns_app.compare.report import build_report
 from ml_patterns_app.compare.settings import (
@@ -25,6 +25,8 @@ from ml_patterns_app.compare.settings import (
     WorkerJob,
     WorkerResult,
 )
+from ml_patterns_app.compare.speed import steady_state
+from ml_patterns_app.compare.summary import format_summary
 from ml_patterns_app.compare.written import write_report
 
 
@@ -89,6 +91,9 @@ def test_compare_end_to_end(default_dataset, tmp_path, capsys, monkeypatch):
     assert results["speed"]["torch"]["compilations"] is None
     # One training step's FLOPs, counted by torch on the first batch, and the rate from it for both.
     assert results["speed"]["torch"]["flops_per_step"] == results["speed"]["jax"]["flops_per_step"] > 0
+    assert results["speed"]["jax"]["flops_counter"] == "torch's FlopCounterMode (matmuls, convolutions)"
+    counted = "counted by torch's FlopCounterMode (matmuls, convolutions) on the first batch"
+    assert counted in (out / "report.md").read_text()
     assert results["speed"]["jax"]["gflop_per_s"] is None or results["speed"]["jax"]["gflop_per_s"] > 0
     assert sorted(p.name for p in out.iterdir()) == sorted((*compare_written.FILES, MARKER))  # marked as a report
     assert (out / "drift.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -164,7 +169,7 @@ def test_report_judges_drift_against_the_noise_floor(default_dataset, jax_steps,
     assert report["noise_floor"]["multiple"] == FLOOR_MULTIPLE
     assert report["speed"]["torch"]["warmup_s"] == pytest.approx(1.0)
     assert report["speed"]["torch"]["steps_per_s"] == pytest.approx(10.0)
-    assert "3 torch reruns one ulp off at every step: the ensemble floor" in compare_report.format_summary(report)
+    assert "3 torch reruns one ulp off at every step: the ensemble floor" in format_summary(report)
 
 
 def test_an_interrupted_write_leaves_the_previous_report(default_dataset, tmp_path, monkeypatch):
@@ -185,7 +190,7 @@ def test_an_interrupted_write_leaves_the_previous_report(default_dataset, tmp_pa
 
 def test_status_line_renders_worker_events():
     stream = io.StringIO()
-    status = runner.StatusLine("JAX (jax.jit)", stream)
+    status = launch.StatusLine("JAX (jax.jit)", stream)
     status.event(
         json.dumps(
             {"event": "batch", "epoch": 0, "epochs": 3, "batch": 5, "batches": 62, "loss": 2.5, "steps_per_s": 3.0}
@@ -201,7 +206,7 @@ def test_status_line_renders_worker_events():
     ]
     terminal = io.StringIO()
     terminal.isatty = lambda: True
-    live = runner.StatusLine("torch", terminal)
+    live = launch.StatusLine("torch", terminal)
     live.event(
         json.dumps(
             {"event": "batch", "epoch": 1, "epochs": 3, "batch": 5, "batches": 62, "loss": 2.5, "steps_per_s": 3.0}
@@ -216,15 +221,15 @@ def test_ctrl_c_stops_the_worker(tmp_path, monkeypatch):
         "import json, os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
         "print(json.dumps({'event': 'status', 'text': 'training'}), flush=True); time.sleep(60)"
     )
-    monkeypatch.setattr(runner, "worker_command", lambda *args: [sys.executable, "-c", script, str(pid_file)])
+    monkeypatch.setattr(launch, "worker_command", lambda *args: [sys.executable, "-c", script, str(pid_file)])
 
     def ctrl_c(self, line):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner.StatusLine, "event", ctrl_c)
+    monkeypatch.setattr(launch.StatusLine, "event", ctrl_c)
     start = time.perf_counter()
     with pytest.raises(KeyboardInterrupt, match="^$"):
-        runner.run_worker("torch", WorkerJob(data="", settings=CompareSettings(), weights=""), tmp_path / "out.json")
+        launch.run_worker("torch", WorkerJob(data="", settings=CompareSettings(), weights=""), tmp_path / "out.json")
     assert time.perf_counter() - start < 30
     with pytest.raises(ProcessLookupError, match="No such process"):  # stopped and reaped
         os.kill(int(pid_file.read_text()), 0)
@@ -241,13 +246,13 @@ def test_ctrl_c_stops_the_worker(tmp_path, monkeypatch):
     ],
 )
 def test_steady_state_is_the_epochs_that_compiled_nothing(train_s, compilations, epochs, epoch_s):
-    steady = compare_report.steady_state([{"train_s": s} for s in train_s], compilations)
+    steady = steady_state([{"train_s": s} for s in train_s], compilations)
     assert steady["measured"] and steady["epochs"] == epochs and steady["epoch_s"] == pytest.approx(epoch_s)
 
 
 def test_steady_state_not_measured_from_one_epoch_or_only_compiling_ones():
-    assert not compare_report.steady_state([{"train_s": 3.0}], [None])["measured"]
-    assert not compare_report.steady_state([{"train_s": 3.0}, {"train_s": 2.0}], [3, 5])["measured"]
+    assert not steady_state([{"train_s": 3.0}], [None])["measured"]
+    assert not steady_state([{"train_s": 3.0}, {"train_s": 2.0}], [3, 5])["measured"]
 
 
 def build(default_dataset, torch_kwargs=None, jax_kwargs=None):
@@ -279,7 +284,7 @@ def test_busy_machine_says_timing_is_not_reliable(default_dataset, machine_load)
     report = build(default_dataset, jax_kwargs={"machine_load": machine_load})
     assert report["verdict"].startswith("TIMING NOT RELIABLE") and "On this machine" in report["verdict"]
     assert report["timing"]["jax"]["busy"] and not report["timing"]["torch"]["busy"]
-    assert "TIMING NOT RELIABLE" in compare_report.format_summary(report)
+    assert "TIMING NOT RELIABLE" in format_summary(report)
 
 
 def test_a_decaying_load_average_alone_does_not_make_a_quiet_run_busy(default_dataset):
@@ -305,19 +310,19 @@ def test_negative_warmup_is_reported_not_clamped(default_dataset):
     # The first epoch ran faster than the steady state (the machine got busy later).
     report = build(default_dataset, torch_kwargs={"train_s": [1.0, 3.0, 3.0]})
     assert report["speed"]["torch"]["warmup_s"] < 0
-    summary = compare_report.format_summary(report)
+    summary = format_summary(report)
     assert "0.00 s" not in summary and "first epoch faster than steady state" in summary
 
 
 def test_machine_load_during_a_worker_subtracts_the_workers_cpu(monkeypatch):
-    monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(launch.os, "cpu_count", lambda: 2)
     before = {"load_average": [1.0, 1, 1], "busy_cpu_s": 100.0, "children_cpu_s": 5.0, "time": 10.0}
     after = {"load_average": [1.5, 1, 1], "busy_cpu_s": 130.0, "children_cpu_s": 25.0, "time": 30.0}
-    record = runner.machine_load_during(before, after)
+    record = launch.machine_load_during(before, after)
     # 30 CPU-s busy over 20 s on 2 CPUs, 20 of them the worker's: others used 10 / 40 = 25%.
     assert record["others_cpu_share"] == pytest.approx(0.25)
     assert record["load_average_before"] == [1.0, 1, 1] and record["load_average_after"] == [1.5, 1, 1]
-    snapshot = runner.machine_load()
+    snapshot = launch.machine_load()
     assert snapshot["busy_cpu_s"] is None or snapshot["busy_cpu_s"] > 0
 
 

@@ -11,9 +11,10 @@ import sys
 import pytest
 
 from ml_patterns.errors import UsageError
-from ml_patterns_app.compare import runner
-from ml_patterns_app.compare.report import build_report, format_summary
+from ml_patterns_app.compare import launch, runner
+from ml_patterns_app.compare.report import build_report
 from ml_patterns_app.compare.settings import CompareSettings
+from ml_patterns_app.compare.summary import format_summary
 from tests.test_compare import fake_result
 
 H100 = "NVIDIA H100 80GB HBM3"
@@ -55,7 +56,7 @@ def test_the_forced_mismatch_stops_compare_before_any_worker(monkeypatch, defaul
 
 
 def test_the_probe_asks_each_framework_in_a_process_of_its_own():
-    assert runner.probe_gpu("jax") is None or isinstance(runner.probe_gpu("jax"), str)
+    assert launch.probe_gpu("jax") is None or isinstance(launch.probe_gpu("jax"), str)
     probe = subprocess.run(
         [sys.executable, "-m", "ml_patterns_app.compare.worker", "--probe", "torch"], capture_output=True, text=True
     )

@@ -15,8 +15,9 @@ from ml_patterns.parity import BF16_SCALED
 from ml_patterns.ulps import BF16_ULPS
 from ml_patterns_app.cli import main
 from ml_patterns_app.compare import runner
-from ml_patterns_app.compare.report import build_report, format_summary
+from ml_patterns_app.compare.report import build_report
 from ml_patterns_app.compare.settings import CompareSettings
+from ml_patterns_app.compare.summary import format_summary
 from tests.test_compare import fake_result
 
 STEPS = (2.0, 1.5, 1.0)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ml_patterns_app import cli
-from ml_patterns_app.compare import report, runner
+from ml_patterns_app.compare import launch, report
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -171,7 +171,7 @@ def test_the_quoted_progress_line_is_the_one_the_program_prints():
         "loss": float(numbers[4]),
         "steps_per_s": float(numbers[5]),
     }
-    runner.StatusLine("PyTorch (eager)", terminal).event(json.dumps(event))
+    launch.StatusLine("PyTorch (eager)", terminal).event(json.dumps(event))
     assert terminal.getvalue() == "\r" + quoted
 
 

@@ -37,6 +37,11 @@ The contract, documented here once (``jax_impl.runtime`` mirrors it name for nam
   ``distributed.Context`` (``None`` for one device: ``fn`` runs here). torch: one DDP process
   per device (``distributed.launch``); JAX: one mesh in this process.
 - ``gather_model(model, device)``: after data-parallel training, the model's weights on ``device``.
+- ``compile_loss(model)``: the framework's optional compiler on the model's loss, for compare's
+  compiled contender (torch: ``torch.compile``); a framework whose steps are always compiled raises.
+- ``count_step_flops(model, batch, device)``: ``{"flops", "counter"}``, one training step's forward
+  and backward FLOPs on a numpy batch, the run's model untouched; ``counter`` says what counted them
+  (the two frameworks' counters count different things: compare reports which one it used).
 
 What the benchmarks (``ml_patterns_bench``) and the GPU check time and probe, the same calls on both:
 
@@ -57,6 +62,7 @@ What the benchmarks (``ml_patterns_bench``) and the GPU check time and probe, th
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -155,6 +161,28 @@ def enable_compile_cache(directory: str | os.PathLike) -> dict:
 
 def padded_batch_rows(batch_size: int) -> int | None:
     return None
+
+
+def compile_loss(model: torch.nn.Module) -> None:
+    """The compiled contender of ``ml-patterns compare``: ``model.compute_loss`` compiled by
+    ``torch.compile``, the Trainer left as it is (it calls ``compute_loss``; the backward pass is
+    compiled with it, by AOTAutograd)."""
+    model.compute_loss = torch.compile(model.compute_loss)
+
+
+def count_step_flops(model: torch.nn.Module, batch: Mapping, dev: torch.device) -> dict:
+    """The FLOPs of one training step's forward and backward pass on ``batch`` (numpy):
+    ``{"flops": float, "counter": what counted them}``. Counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions: what dominates;
+    elementwise work is not counted) on a copy of ``model``, so that the run's model (its BatchNorm
+    statistics, its gradients) is not touched. The optimizer's update is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    twin = copy.deepcopy(model).train()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        twin.compute_loss(to_device(batch, dev)).backward()
+    return {"flops": float(counter.get_total_flops()), "counter": "torch's FlopCounterMode (matmuls, convolutions)"}
 
 
 def float64_reference(model: torch.nn.Module, prepare: Callable) -> tuple[torch.nn.Module, Callable]:

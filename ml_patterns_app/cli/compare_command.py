@@ -233,7 +233,8 @@ def _pair_spec(args: argparse.Namespace):
 def run_compare_command(args: argparse.Namespace) -> int:
     from ml_patterns.machine import cpu_count
     from ml_patterns.verdict import ENSEMBLE_SIZE
-    from ml_patterns_app.compare.runner import WorkerFailed, check_compile_cache, default_compile_cache, run_compare
+    from ml_patterns_app.compare.launch import WorkerFailed
+    from ml_patterns_app.compare.runner import check_compile_cache, default_compile_cache, run_compare
 
     pair = _pair_spec(args)
     settings = compare_settings(args)

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ml_patterns.errors import UsageError
+from ml_patterns_app.compare.launch import WorkerFailed
 from ml_patterns_app.compare.settings import WorkerJob
 from ml_patterns_app.compare.workload import Workload
 from ml_patterns_app.porting.command import build_model, load_callable, load_rules
@@ -136,8 +137,6 @@ def prepare_initial_weights(spec: PairSpec, seed: int, torch_path: Path, nnx_pat
     if answer.returncode == 2:  # a user error, one line
         raise UsageError(answer.stderr.strip().splitlines()[-1].partition("error: ")[2])
     if answer.returncode != 0:
-        from ml_patterns_app.compare.runner import WorkerFailed
-
         raise WorkerFailed(f"transferring the initial weights failed:\n{answer.stderr.strip()[-4000:]}")
     result = json.loads(answer.stdout.strip().splitlines()[-1])
     if result["problems"]:

@@ -1,29 +1,24 @@
 """``ml-patterns compare``'s verdict: the two runs' losses, step by step and epoch by epoch, judged
 against the float32 noise measured by torch's own reruns (from the initial weights one ulp off, and
 in float64; ``ml_patterns.verdict``), the test metrics and the speed side by side, written as
-``results.json``, ``report.md`` and three plots (``written``)."""
+``results.json``, ``report.md`` and three plots (``written``). The speed side is ``speed``'s, the text
+of ``report.md`` ``summary``'s."""
 
 from __future__ import annotations
 
 import dataclasses
-import statistics
 from pathlib import Path
 
 import numpy as np
 
 from ml_patterns import parity, verdict
 from ml_patterns.machine import environment
-from ml_patterns.molecules.metrics import BASELINE
 from ml_patterns.parity import Tolerance
 from ml_patterns.ulps import INITIAL_ULPS
-from ml_patterns_app.compare.precision_runs import (
-    ensemble_moves,
-    format_precision_section,
-    loss_minimum,
-    precision_section,
-    run_precision,
-)
+from ml_patterns_app.compare.precision_runs import loss_minimum, precision_section, run_precision
 from ml_patterns_app.compare.settings import LABELS, REFERENCE, CompareSettings, WorkerResult
+from ml_patterns_app.compare.speed import run_speed, timing_reliability
+from ml_patterns_app.compare.summary import share_text, warmup_text
 
 AGREE = "they agree numerically"
 DISAGREE = "they DISAGREE (see the parity table and drift.png)"
@@ -113,7 +108,7 @@ def build_report(
                 "pass": judged.passed,
                 "decided": judged.decided,
             }
-    speed = {name: _speed(result, torch_r.flops_per_step) for name, result in results.items()}
+    speed = {name: run_speed(result, torch_r.flops_per_step, torch_r.flops_counter) for name, result in results.items()}
     if dataset is None:
         dataset = {
             "path": str(data_dir),
@@ -194,29 +189,8 @@ def _verdict_fields(judged: verdict.Verdict) -> dict:
     }
 
 
-# Timing is not reliable when, during a worker, other processes used more than this share of all
-# CPUs, or when the 1-minute load average before it exceeded this many per CPU (bench's rule).
-BUSY_CPU_SHARE = 0.15
-BUSY_LOAD_PER_CPU = 0.5
 # Fewer train steps than this, with compiling longer than the steady-state training: too small to rank.
 SMALL_RUN_STEPS = 50
-
-
-def steady_state(epoch_times: list[dict], epoch_compilations: list) -> dict:
-    """The steady state from each epoch's training time (``train_s``, ended by the epoch's one host
-    sync: steps are never waited for one by one, so a GPU is timed at its throughput, not at the
-    host's latency per step).
-
-    An epoch is at steady state when it is not the first (torch's allocator and kernels warm up;
-    JAX compiles) and compiled nothing new (``epoch_compilations``: programs compiled by each
-    epoch's end, None where the backend compiles nothing). Every epoch holds the same batches in
-    another order, so their times compare. Returns ``{"epochs": the steady epochs, "epoch_s":
-    their times, "measured": bool}``; ``measured`` is False when no epoch qualifies (one epoch, or
-    each compiled something).
-    """
-    compiled = list(epoch_compilations) + [None] * (len(epoch_times) - len(epoch_compilations))
-    steady = [e for e in range(1, len(epoch_times)) if compiled[e] is None or compiled[e] == compiled[e - 1]]
-    return {"epochs": steady, "epoch_s": [epoch_times[e]["train_s"] for e in steady], "measured": bool(steady)}
 
 
 def _difference(a: float, b: float, tolerance) -> dict:
@@ -240,7 +214,7 @@ def add_one_device_parity(report: dict, runs: dict[str, tuple[WorkerResult, Work
             for key in ("train_loss", "val_loss")
             for a, b in zip(one.history[key], many.history[key], strict=True)
         ]
-        rate_one, rate_many = _speed(one)["samples_per_s"], _speed(many)["samples_per_s"]
+        rate_one, rate_many = run_speed(one)["samples_per_s"], run_speed(many)["samples_per_s"]
         checks[backend] = {
             "max_rel_diff": max(cell["rel_diff"] for cell in cells),
             "pass": all(cell["pass"] for cell in cells),
@@ -255,65 +229,6 @@ def add_one_device_parity(report: dict, runs: dict[str, tuple[WorkerResult, Work
     report["verdict"] += f" On {devices} devices each (torch DDP, JAX sharded), both train " + (
         "as on one device." if agree else "DIFFERENTLY from one device (see the table)."
     )
-
-
-def _speed(result: WorkerResult, flops_per_step: float | None = None) -> dict:
-    """Steady state, warm-up, rates and peak memory; ``flops_per_step``: one training step's FLOPs
-    (torch's count, the same model on every side), for the FLOP rate at steady state."""
-    steady = steady_state(result.epoch_times, result.epoch_compilations)
-    first_epoch = result.epoch_times[0]["train_s"]
-    steps, samples = result.steps_per_epoch, result.samples_per_epoch
-    speed = {
-        "first_epoch_s": first_epoch,
-        "steady_epochs": steady["epochs"],
-        "train_steps": steps * len(result.epoch_times),
-        "epochs": len(result.epoch_times),
-        "compilations": result.compilations,
-        "compile_cache": result.compile_cache or None,
-        "padding_utilization": result.padding,
-        "machine_load": {**result.machine_load, "load_average_during": result.load_during},
-        "peak_memory_bytes": result.peak_memory_bytes,
-        "peak_memory_kind": result.peak_memory_kind,
-        "flops_per_step": flops_per_step,
-    }
-    if not steady["measured"]:
-        return {
-            **speed,
-            "steady_epoch_s": None,
-            "warmup_s": None,
-            "steps_per_s": None,
-            "samples_per_s": None,
-            "gflop_per_s": None,
-        }
-    epoch = statistics.median(steady["epoch_s"])
-    return {
-        **speed,
-        "steady_epoch_s": epoch,
-        # The first epoch's time beyond a steady one: jax.jit's compilations (one per batch shape),
-        # torch's warm-up. Negative when the machine got busier later: kept as is.
-        "warmup_s": first_epoch - epoch,
-        "steps_per_s": steps / epoch,
-        "samples_per_s": samples / epoch,
-        # No MFU: that needs the device's peak, which bench measures (ml-patterns bench), not compare.
-        "gflop_per_s": None if flops_per_step is None else flops_per_step * steps / epoch / 1e9,
-    }
-
-
-def timing_reliability(results: dict[str, WorkerResult]) -> dict:
-    """Per backend, whether other processes competed for the CPUs while its worker ran."""
-    verdicts = {}
-    for backend, result in results.items():
-        load = result.machine_load
-        cpus = result.cpus.get("cpus_available") or 1
-        share = load.get("others_cpu_share")
-        before = (load.get("load_average_before") or [0.0])[0]
-        # The CPU time other processes took during the worker is the direct measure. The load average
-        # before it is only the fallback where that share cannot be read: it decays over minutes, so
-        # right after a previous run (a second compare, the other backend's worker) it stays high
-        # while nothing competes.
-        busy = share > BUSY_CPU_SHARE if share is not None else before > BUSY_LOAD_PER_CPU * cpus
-        verdicts[backend] = {"busy": busy, "others_cpu_share": share, "load_average_before": before}
-    return verdicts
 
 
 def _agreement(passed: bool, steps: dict) -> str:
@@ -331,7 +246,7 @@ def _verdict(speed: dict, agreement: str, results: dict, reliability: dict) -> s
     caveat = ""
     if busy:
         shares = ", ".join(
-            f"{LABELS[b]}: {_share(reliability[b]['others_cpu_share'])} of the CPUs used by other processes, "
+            f"{LABELS[b]}: {share_text(reliability[b]['others_cpu_share'])} of the CPUs used by other processes, "
             f"load average {reliability[b]['load_average_before']:.1f} before"
             for b in reliability
         )
@@ -376,124 +291,6 @@ def _compiled_verdict(speed: dict) -> str:
         return ""
     return (
         f" {LABELS['torch_compile']}: {compiled['steps_per_s'] / eager['steps_per_s']:.2f}x eager torch's steady "
-        f"rate ({compiled['steps_per_s']:.1f} steps/s) after {_warmup(compiled['warmup_s'])} of compiling and warm-up."
+        f"rate ({compiled['steps_per_s']:.1f} steps/s) after {warmup_text(compiled['warmup_s'])} of compiling "
+        "and warm-up."
     )
-
-
-def _share(value: float | None) -> str:
-    return "unknown" if value is None else f"{value:.0%}"
-
-
-def _number(value: float | None, spec: str, unit: str = "") -> str:
-    return "not measured" if value is None else f"{value:{spec}}{unit}"
-
-
-def _warmup(seconds: float | None) -> str:
-    if seconds is None:
-        return "not measured"
-    if seconds < 0:  # never shown as a clamped 0: the load changed between the first epoch and the rest
-        return f"{seconds:.2f} s (first epoch faster than steady state: the load changed)"
-    return f"{seconds:.2f} s"
-
-
-def _compiled_summary(compiled: dict | None) -> list[str]:
-    if compiled is None:
-        return []
-    return [
-        f"- torch.compile against eager torch, every step: {compiled['summary']}; largest drift/floor "
-        f"{_number(compiled['worst_ratio'], '.3g')} (step {compiled['worst_step']})"
-    ]
-
-
-def format_summary(report: dict) -> str:
-    noise, steps = report["noise_floor"], report["parity"]["steps"]
-    first = "none" if steps["first_outside"] is None else f"step {steps['first_outside']}"
-    horizon = "" if steps["horizon"] is None else f"; chaotic from step {steps['horizon']}"
-    lines = [
-        f"Parity against the {noise.get('precision', 'float32')} noise ({noise['runs']} torch reruns "
-        f"{ensemble_moves(noise)}: the ensemble "
-        f"floor; torch in float64: the anchor; agreement: drift <= {noise['multiple']:g}x floor, or an error "
-        f"against float64 <= {noise['accuracy_factor']:g}x torch's; and the weight norm's error against float64 "
-        f"<= {noise['accuracy_factor']:g}x torch's; ml_patterns.verdict):",
-        f"- every step ({steps['count']}): {steps['summary']}",
-        f"- largest drift/floor {_number(steps['worst_ratio'], '.3g')} (step {steps['worst_step']}), largest "
-        f"float64 error / torch's {_number(steps['worst_accuracy_ratio'], '.3g')}, weight norm's "
-        f"{_number(steps.get('worst_norm_ratio'), '.3g')}; first step outside: {first}"
-        f"{horizon}; at the last step drift {_number(steps['final_drift'], '.2e')}, floor "
-        f"{_number(steps['final_floor'], '.2e')}",
-        *_compiled_summary(report["parity"].get("torch_compile")),
-        "| epoch | loss | torch | jax | torch, one ulp off (range) | torch, float64 | rel diff | floor | pass |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in report["parity"]["epochs"]:
-        for key in ("train_loss", "val_loss"):
-            if key not in row:
-                continue
-            cell = row[key]
-            reruns = cell["torch_one_ulp"]
-            lines.append(
-                f"| {row['epoch']} | {key} | {cell['torch']:.6f} | {cell['jax']:.6f} "
-                f"| {min(reruns):.6f} - {max(reruns):.6f} | {cell['torch_float64']:.6f} "
-                f"| {cell['rel_diff']:.2e} | {cell['floor']:.2e} | {'yes' if cell['pass'] else 'NO'} |"
-            )
-    if "against_one_device" in report:
-        lines += [
-            "",
-            f"Each backend on {report['devices']} devices against its own one-device run (history tolerance):",
-            "| backend | max rel diff, every epoch | pass | samples/s, 1 device | samples/s, N devices | scaling |",
-            "|---|---|---|---|---|---|",
-        ]
-        for backend, check in report["against_one_device"].items():
-            rates = check["samples_per_s"]
-            lines.append(
-                f"| {LABELS[backend]} | {check['max_rel_diff']:.2e} | {'yes' if check['pass'] else 'NO'} "
-                f"| {_number(rates['one_device'], '.0f')} | {_number(rates['devices'], '.0f')} "
-                f"| {_number(check['scaling_efficiency'], '.0%')} |"
-            )
-    devices = report["backends"]
-    lines += ["", "Devices: " + "; ".join(f"{LABELS[b]} on {devices[b]['device']['name']}" for b in devices)]
-    torch_m, jax_m = report["test_metrics"]["torch"], report["test_metrics"]["jax"]
-    if torch_m:  # your own pair has none
-        lines += [
-            "",
-            "Test split (baseline, from the training split: the mean predictor, or the majority class):",
-            "| metric | torch | jax | torch, one ulp off (range) | baseline |",
-            "|---|---|---|---|---|",
-        ]
-    for name in (name for name in torch_m if not name.startswith(BASELINE)):
-        reruns = [m[name] for m in report["test_metrics"]["torch_one_ulp"]]
-        baseline = torch_m.get(BASELINE + name)  # none for the token accuracies
-        lines.append(
-            f"| {name} | {torch_m[name]:.4f} | {jax_m[name]:.4f} | {min(reruns):.4f} - {max(reruns):.4f} "
-            f"| {'' if baseline is None else f'{baseline:.4f}'} |"
-        )
-    lines += [
-        "",
-        "Speed (steady state: the median epoch after the first among those that compiled nothing, each "
-        "epoch timed to its one host sync"
-        + ("" if "devices" not in report else f"; {report['devices']} devices each")
-        + "):",
-        "| backend | first epoch | warm-up / compile | steady epoch | steps/s | samples/s | compilations "
-        "| real tokens / attention | GFLOP/s | others' CPU share | peak memory |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for backend, s in report["speed"].items():
-        memory = f"{s['peak_memory_bytes'] / 2**20:.0f} MiB ({s['peak_memory_kind']})"
-        compilations = s["compilations"] if s["compilations"] is not None else "n/a"
-        padding = s["padding_utilization"]
-        padded = "n/a" if not padding else f"{padding['token']:.1%} / {padding['attention']:.1%}"
-        lines.append(
-            f"| {LABELS[backend]} | {s['first_epoch_s']:.2f} s | {_warmup(s['warmup_s'])} "
-            f"| {_number(s['steady_epoch_s'], '.2f', ' s')} | {_number(s['steps_per_s'], '.1f')} "
-            f"| {_number(s['samples_per_s'], '.0f')} | {compilations} | {padded} "
-            f"| {_number(s.get('gflop_per_s'), '.3g')} "
-            f"| {_share(report['timing'][backend]['others_cpu_share'])} | {memory} |"
-        )
-    flops = next(iter(report["speed"].values())).get("flops_per_step")
-    if flops:
-        lines.append(
-            f"GFLOP/s: one training step's forward and backward FLOPs ({flops / 1e9:.3g} GFLOP, counted by torch's "
-            "FlopCounterMode on the first batch) x steady steps/s; MFU needs the device's peak: `ml-patterns bench`."
-        )
-    lines += [*format_precision_section(report.get("bf16_vs_float32")), "", "Verdict: " + report["verdict"]]
-    return "\n".join(lines)

@@ -9,7 +9,8 @@ then torch again: K times with the weights moved by one ulp at the start and aft
 bf16-mixed, each backend once more in float32 (``precision_runs``).
 A worker's progress arrives on its stdout as JSON lines and is shown as one live status line per
 backend (a line per epoch when stdout is not a terminal); its stderr (warnings, errors) passes
-straight through. Ctrl-C stops the running worker and starts no other, and no report is written.
+straight through (``launch`` runs a worker). Ctrl-C stops the running worker and starts no other,
+and no report is written.
 """
 
 from __future__ import annotations
@@ -17,11 +18,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
-import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -35,15 +32,17 @@ from ml_patterns.io import private_directory
 from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
 from ml_patterns.precision import MIXED
 from ml_patterns.ulps import INITIAL_ULPS, ulps_off
+from ml_patterns_app.compare.launch import machine_load, machine_load_during, probe_gpu, run_worker
 from ml_patterns_app.compare.pair import PairSpec, prepare_initial_weights
 from ml_patterns_app.compare.precision_runs import float32_settings
-from ml_patterns_app.compare.report import add_one_device_parity, build_report, format_summary
+from ml_patterns_app.compare.report import add_one_device_parity, build_report
 from ml_patterns_app.compare.settings import (
     ANCHOR_LABEL,
     BACKENDS,
     CONTENDERS,
     DEFAULT_CONTENDERS,
     ENSEMBLE_LABEL,
+    JUDGED,
     LABELS,
     REFERENCE,
     CompareSettings,
@@ -51,14 +50,8 @@ from ml_patterns_app.compare.settings import (
     WorkerResult,
     trained_weights_path,
 )
+from ml_patterns_app.compare.summary import format_summary
 from ml_patterns_app.compare.written import FILES, check_report_destination, write_report
-
-# Seconds a worker gets to exit after Ctrl-C before it is killed.
-STOP_GRACE_S = 5.0
-
-
-class WorkerFailed(RuntimeError):
-    """A worker exited with an error; its traceback was printed on stderr above."""
 
 
 def default_compile_cache() -> Path:
@@ -151,12 +144,12 @@ def compare(
                 write_weights=index == 0 and pair is None,
                 devices=n,
                 count_flops=index == 0,
-                contender=compared_contender(backend),
+                contender=JUDGED[backend],
             )
             results[backend, n] = measured_run(backend, job, Path(scratch) / f"{backend}-{n}.json")
         compared = {backend: results[backend, devices] for backend in BACKENDS}
         if "compile" in contenders:
-            job = dataclasses.replace(base, contender="compile")
+            job = dataclasses.replace(base, contender="compile", compile_loss=True)
             compared["torch_compile"] = measured_run(
                 REFERENCE, job, Path(scratch) / "compile.json", LABELS["torch_compile"]
             )
@@ -176,7 +169,7 @@ def compare(
         float32 = {  # bf16-mixed: each backend's own float32 run, from the same weights and batches
             backend: run_worker(
                 backend,
-                dataclasses.replace(in_float32, weights=str(weights[backend]), contender=compared_contender(backend)),
+                dataclasses.replace(in_float32, weights=str(weights[backend]), contender=JUDGED[backend]),
                 Path(scratch) / f"{backend}-float32.json",
                 f"{LABELS[backend]}, float32",
             )
@@ -254,17 +247,6 @@ def resolve_device(choice: str) -> str:
     return device_kind(choice, {backend: probe_gpu(backend) for backend in BACKENDS})
 
 
-def probe_gpu(backend: str) -> str | None:
-    """The name of the GPU ``backend`` sees in a fresh process, or None (``worker.probe``)."""
-    environment = importlib.import_module(f"{backend}_impl.environment")
-    env = {**os.environ, **environment.process_environment(1)}
-    command = [sys.executable, "-m", "ml_patterns_app.compare.worker", "--probe", backend]
-    answer = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if answer.returncode != 0:
-        raise WorkerFailed(f"asking {backend} for its devices failed: {answer.stderr.strip()[-2000:]}")
-    return json.loads(answer.stdout.strip().splitlines()[-1])["gpu"]
-
-
 def device_kind(choice: str, gpus: dict[str, str | None]) -> str:
     """The kind both backends run on, from ``gpus`` (each backend's GPU name, or None where it sees
     none): ``gpu`` when every one sees a GPU, ``cpu`` for ``auto`` when none does. Anything else is
@@ -281,11 +263,6 @@ def device_kind(choice: str, gpus: dict[str, str | None]) -> str:
     fixes = "; ".join(f"{backend}: {gpu_install(backend)}" for backend in missing)
     refuse = "both must run on the same kind of device" if choice == "auto" else "every backend must see a GPU"
     raise UsageError(f"--device {choice}: {seen}; {refuse}. Install the GPU build ({fixes}), or pass --device cpu")
-
-
-def compared_contender(backend: str) -> str:
-    """The contender a backend's judged run is: eager torch, jax.jit."""
-    return "eager" if backend == "torch" else "jit"
 
 
 def one_ulp_weights(source: Path, destination: Path, seed: int, ulps: int = 1) -> Path:
@@ -307,123 +284,3 @@ def one_ulp_weights(source: Path, destination: Path, seed: int, ulps: int = 1) -
         config=config,
         versions=metadata["versions"],
     )
-
-
-def run_worker(backend: str, job: WorkerJob, out: Path, label: str | None = None) -> WorkerResult:
-    """Runs one worker to the end, rendering its progress; its result, read from ``out``."""
-    command = worker_command(backend, job, out)
-    devices = job.devices
-    label = (label or LABELS[backend]) + (f" x{devices}" if devices > 1 else "")
-    status = StatusLine(label, sys.stdout)
-    status.show("starting")
-    environment = importlib.import_module(f"{backend}_impl.environment")  # framework-free
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **environment.process_environment(devices, job.device)}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as process:
-        try:
-            for line in process.stdout:
-                status.event(line)
-            code = process.wait()
-        except BaseException:  # Ctrl-C (KeyboardInterrupt) or anything else: the worker must not outlive us
-            stop(process)
-            status.finish("stopped")
-            raise
-    if code != 0:
-        status.finish(f"failed (exit status {code})")
-        raise WorkerFailed(f"the {label} worker failed (exit status {code}); its error is printed above")
-    status.finish("done")
-    return WorkerResult.from_json(out.read_text())
-
-
-def machine_load() -> dict:
-    """The 1/5/15-minute load averages, the CPU time of every process on the machine (``/proc/stat``,
-    Linux; ``None`` elsewhere) and of this process's finished children (the workers), and the time."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {
-        "load_average": list(os.getloadavg()),
-        "busy_cpu_s": _busy_cpu_seconds(),
-        "children_cpu_s": children.ru_utime + children.ru_stime,
-        "time": time.perf_counter(),
-    }
-
-
-def machine_load_during(before: dict, after: dict) -> dict:
-    """What else ran while a worker did: the load averages before and after it, and the CPU time
-    other processes used meanwhile, as a share of all CPUs (the machine's busy time less the
-    worker's own)."""
-    record = {"load_average_before": before["load_average"], "load_average_after": after["load_average"]}
-    if before["busy_cpu_s"] is not None and after["busy_cpu_s"] is not None:
-        wall = after["time"] - before["time"]
-        worker = after["children_cpu_s"] - before["children_cpu_s"]
-        others = max(0.0, after["busy_cpu_s"] - before["busy_cpu_s"] - worker)
-        record["others_cpu_share"] = others / max(wall * (os.cpu_count() or 1), 1e-9)
-    return record
-
-
-def _busy_cpu_seconds() -> float | None:
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return None
-    ticks = [int(value) for value in fields]
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def worker_command(backend: str, job: WorkerJob, out: Path) -> list[str]:
-    return [sys.executable, "-m", "ml_patterns_app.compare.worker", backend, job.to_json(), str(out)]
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Interrupts a worker (as Ctrl-C would: it shares our terminal, so it usually has the signal
-    already), then kills it if it has not exited within ``STOP_GRACE_S``."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-class StatusLine:
-    """One backend's progress: rewritten in place on a terminal, a line per epoch otherwise."""
-
-    def __init__(self, label: str, stream):
-        self.label, self.stream = label, stream
-        self.live = stream.isatty()
-        self.width = 0
-
-    def event(self, line: str) -> None:
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:  # not a progress event: pass it through
-            self._print(line.rstrip("\n"))
-            return
-        kind = event.pop("event", None)
-        if kind == "batch":
-            self.show(
-                f"epoch {event['epoch'] + 1}/{event['epochs']}  batch {event['batch']}/{event['batches']}  "
-                f"loss {event['loss']:.4f}  {event['steps_per_s']:.1f} steps/s"
-            )
-        elif kind == "epoch":
-            losses = "  ".join(f"{k} {v:.4f}" for k, v in event.items() if k.endswith("loss"))
-            self._print(f"epoch {event['epoch'] + 1}/{event['epochs']}  {losses}  ({event['seconds']:.1f} s)")
-        elif kind == "status":
-            self.show(event["text"])
-
-    def show(self, text: str) -> None:
-        """A transient status: overwrites the current line on a terminal; not shown otherwise."""
-        if self.live:
-            text = f"{self.label:<16} {text}"
-            self.stream.write("\r" + text.ljust(self.width))
-            self.stream.flush()
-            self.width = len(text)
-
-    def finish(self, text: str) -> None:
-        self._print(text)
-
-    def _print(self, text: str) -> None:
-        line = f"{self.label:<16} {text}"
-        self.stream.write(("\r" + line.ljust(self.width) if self.live else line) + "\n")
-        self.stream.flush()
-        self.width = 0

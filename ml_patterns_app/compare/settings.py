@@ -17,6 +17,8 @@ LABELS = {"torch": "PyTorch (eager)", "jax": "JAX (jax.jit)", "torch_compile": "
 # ``--contenders``: the runs timed, by their name there -> the run's key in the report. eager and jit
 # are the pair judged for agreement; compile (torch.compile) is optional, and judged against eager too.
 CONTENDERS = {"eager": "torch", "compile": "torch_compile", "jit": "jax"}
+# The contender each backend's judged run is (eager torch, jax.jit).
+JUDGED = {run: name for name, run in CONTENDERS.items() if run in BACKENDS}
 DEFAULT_CONTENDERS = ("eager", "jit")
 # The side the other is measured against; the verdict's runs of it (ml_patterns.verdict): from the
 # initial weights moved by one ulp (the ensemble), and in float64 (the anchor).
@@ -192,8 +194,9 @@ class WorkerJob:
     device: str = "auto"
     devices: int = 1
     compile_cache: str | None = None
-    contender: str = "eager"  # torch: "eager" or "compile" (CONTENDERS); JAX: "jit"
-    count_flops: bool = False  # torch: count one training step's FLOPs (torch.utils.flop_counter)
+    contender: str = "eager"  # the name of CONTENDERS this run is, for the record
+    compile_loss: bool = False  # the backend's optional compiler on the loss (runtime.compile_loss)
+    count_flops: bool = False  # count one training step's FLOPs (runtime.count_step_flops)
     pair: dict | None = None  # your own model pair (``pair.PairSpec.to_dict``); None: the molecule workload
 
     def to_json(self) -> str:
@@ -238,7 +241,8 @@ class WorkerResult:
     threads: int = 0
     precision: str = ""
     contender: str = ""
-    flops_per_step: float | None = None  # one training step's FLOPs, counted by torch (None: not counted)
+    flops_per_step: float | None = None  # one training step's FLOPs (None: not counted)
+    flops_counter: str = ""  # what counted them (runtime.count_step_flops's "counter")
     data_sha256: str = ""  # of every training batch, in order: both backends must have trained on the same
 
     def to_json(self) -> str:

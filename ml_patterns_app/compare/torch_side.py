@@ -1,19 +1,16 @@
-"""The torch worker's own parts: your model as the Trainer takes it, torch.compile, the FLOP count."""
+"""The torch worker's own part: your model as the Trainer takes it."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from ml_patterns.checkpoint import load_checkpoint
 from ml_patterns_app.compare.pair import PairSpec, check_loss
 from ml_patterns_app.compare.settings import WorkerJob
 from ml_patterns_app.porting.command import build_model, load_callable
 from torch_impl import state
-from torch_impl.training import to_device
 
 
 class WithLoss(torch.nn.Module):
@@ -35,21 +32,3 @@ def user_model(spec: PairSpec, job: WorkerJob) -> torch.nn.Module:
         return WithLoss(model, load_callable(spec.torch_loss, "--torch-loss"))
     check_loss(model, "--torch", spec.torch, "--torch-loss")
     return model
-
-
-def compile_loss(model: torch.nn.Module) -> None:
-    """The torch.compile contender: ``model.compute_loss`` compiled, the Trainer left as it is (it
-    calls ``compute_loss``; the backward pass is compiled with it, by AOTAutograd)."""
-    model.compute_loss = torch.compile(model.compute_loss)
-
-
-def count_step_flops(model: torch.nn.Module, batch, device: torch.device) -> float:
-    """The FLOPs of one training step's forward and backward pass on ``batch`` (numpy), counted by
-    ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions: what dominates) on a
-    copy of ``model``, so that the run's model (its BatchNorm statistics, its gradients) is not
-    touched. The optimizer's update is not counted (a few FLOPs per parameter)."""
-    twin = copy.deepcopy(model).train()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        twin.compute_loss(to_device(batch, device)).backward()
-    return float(counter.get_total_flops())

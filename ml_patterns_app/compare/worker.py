@@ -91,7 +91,7 @@ class EpochRecord(Callback):
     nothing new is at steady state), the 1-minute load average and the weights' global norm (the
     verdict's norm test, ``ml_patterns.verdict``; ``to_numpy``: the backend's ``state.tree_to_numpy``).
     The epoch's time is the trainer's own (``epoch_times``), ended by the epoch's one host sync: no
-    step is waited for, so the device runs at its own pace, the host queueing ahead (``report.steady_state``)."""
+    step is waited for, so the device runs at its own pace, the host queueing ahead (``speed.steady_state``)."""
 
     def __init__(self, to_numpy):
         self.to_numpy = to_numpy
@@ -133,14 +133,9 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
     model, transform = workload.model, workload.transform
     if job.float64:  # the float64 anchor of the verdict (ml_patterns.verdict): the reference, in float64
         model, transform = runtime.float64_reference(model, transform or _as_is)
-    flops = None
-    if job.count_flops or job.contender == "compile":
-        from ml_patterns_app.compare import torch_side  # a torch worker's; never imported by JAX's
-
-        if job.count_flops:
-            flops = torch_side.count_step_flops(model, workload.first_batch(), device)
-        if job.contender == "compile":
-            torch_side.compile_loss(model)
+    flops = runtime.count_step_flops(model, workload.first_batch(), device) if job.count_flops else {}
+    if job.compile_loss:
+        runtime.compile_loss(model)
     main = distributed is None or distributed.is_main
     runtime.reset_peak_memory(device)
     step_losses = StepLosses()
@@ -186,7 +181,8 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         test_metrics={} if job.float64 else workload.test_metrics(trainer.model),
         devices=job.devices,
         contender=job.contender,
-        flops_per_step=flops,
+        flops_per_step=flops.get("flops"),
+        flops_counter=flops.get("counter", ""),
         **workload.record,
         **runtime.describe(device),
         **_peak_memory(runtime, device),

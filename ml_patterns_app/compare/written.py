@@ -18,8 +18,9 @@ from matplotlib.figure import Figure
 
 from ml_patterns.io import atomic_write_bytes, atomic_write_text, staged_directory
 from ml_patterns.outputs import MARKER, check_output, foreign_output, mark_output
-from ml_patterns_app.compare.report import format_summary, judge_steps
+from ml_patterns_app.compare.report import judge_steps
 from ml_patterns_app.compare.settings import BACKENDS, LABELS
+from ml_patterns_app.compare.summary import format_summary
 from ml_patterns_app.figures import drift_figure
 
 # Each backend's trained weights (portable checkpoints: either backend loads either) and the
