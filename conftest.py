@@ -37,14 +37,23 @@ settings.register_profile("explore", deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def pytest_configure(config):
-    # pytest-xdist registers it too; here as well, so `-p no:xdist` still accepts the marks.
-    config.addinivalue_line("markers", "xdist_group(name): run these tests on one xdist worker (a shared fixture)")
+# At most this many xdist workers (`-n auto`, the default): each imports both frameworks and compiles
+# its own programs, and many of the tests start processes of their own.
+MAX_WORKERS = 4
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+    """One worker per CPU this process may use (its affinity, not the machine's count), at most
+    ``MAX_WORKERS``."""
+    return min(len(os.sched_getaffinity(0)), MAX_WORKERS)
 
 
 def pytest_collection_modifyitems(config, items):
-    """On xdist workers (`-n`), the slow tests first: a long test started last would keep one
-    worker busy while the others have finished. A single process keeps the files' order."""
+    """On xdist workers, the slow tests first: `--dist loadfile` hands out whole modules in the order
+    of their first test, so the modules holding long tests start early and a long test started last
+    does not keep one worker busy while the others have finished. A single process keeps the files'
+    order."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: files' order kept
 

@@ -34,7 +34,7 @@ from parity_tests import distributed_runs
 from parity_tests.tolerances import HISTORY
 
 # Two subprocesses training every run above: the slowest fixture of the suite, run once (one worker).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distributed_runs")]
+pytestmark = pytest.mark.slow
 
 TIMEOUT_S = 300
 ROOT = Path(__file__).resolve().parent.parent

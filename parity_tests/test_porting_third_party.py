@@ -33,7 +33,6 @@ SIZES = dict(
 )
 BATCH, LENGTH = 2, 6
 # One worker imports transformers and builds the pair for all of the module's tests.
-pytestmark = pytest.mark.xdist_group("third_party")
 
 # bug -> (what the Flax side is built with, the torch module where it must be named, input or output)
 BUGS = {

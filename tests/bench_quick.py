@@ -15,6 +15,7 @@ from ml_patterns_bench import losses, peak, training
 from ml_patterns_bench.models import ModelSize
 
 TINY = ModelSize("tiny", d_model=16, n_layers=1, n_heads=2, batch=8, length=16)
+REPORT = "ml_patterns_bench.json"  # what the run writes in its folder
 
 
 def run(data: Path, out: Path) -> dict:
@@ -24,4 +25,9 @@ def run(data: Path, out: Path) -> dict:
         patch.setattr(losses, "SHAPES", ((8, 32, 128),))
         patch.setitem(training.SIZES, "cpu", (TINY, TINY))
         assert main(["bench", "--quick", "--out", str(out), "--data", str(data)]) == 0
-    return json.loads((out / "ml_patterns_bench.json").read_text())
+    return read(out)
+
+
+def read(out: Path) -> dict:
+    """The report a run wrote to ``out``."""
+    return json.loads((out / REPORT).read_text())

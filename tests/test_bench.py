@@ -19,7 +19,6 @@ from ml_patterns_bench.common import CONTENDERS, Contender, plan_repeats, time_c
 # (copied weights), here over the first Adam steps too.
 LOSS_RTOL = {"cpu": 1e-5, "gpu": 1e-4}
 # The --quick run (tests/conftest.py) is shared with tests/test_bench_training.py: one xdist worker.
-pytestmark = pytest.mark.xdist_group("bench_quick")
 
 
 def test_quick_run_records_the_environment_and_the_policy(quick_report):

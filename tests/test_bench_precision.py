@@ -14,7 +14,6 @@ from ml_patterns_app.cli import main
 from ml_patterns_bench.common import QUICK_CONTENDERS, BenchContext, peak_key
 
 # The bf16 run below is shared by the module: its tests run on one xdist worker.
-pytestmark = pytest.mark.xdist_group("bench_precision")
 
 
 @pytest.fixture(scope="module")

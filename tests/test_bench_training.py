@@ -22,7 +22,6 @@ WORKLOAD = TINY.describe("multitask")
 # Three AdamW steps from copied weights: the training-history tolerance of docs/PARITY.md (CPU).
 LOSS_RTOL = 1e-4
 # The bench --quick run is shared with tests/test_bench.py (tests/conftest.py): one xdist worker.
-pytestmark = pytest.mark.xdist_group("bench_quick")
 
 
 @pytest.fixture(scope="module")
