@@ -2,7 +2,7 @@
 matrix of correct runs and injected bugs rather than on one sample.
 
     python -m ml_patterns_bench.calibrate_verdict --data data/nci --out verdict-calibration [--family I ...]
-        [--precision bf16-mixed] [--initial-ulps N ...] [--loss-minimum float32|bf16-mixed] [--rejudge]
+        [--precision bf16-mixed] [--initial-ulps N ...] [--loss-minimum RTOL] [--rejudge]
 
 Everything runs in this process, one thread: the compare workload (the molecule models at
 ``CompareSettings``' defaults, the same Trainers, batches, batch preparation and initial weights as
@@ -25,7 +25,7 @@ then the runs judged against them:
 Each family's file (``family-*.json``: every run's per-step losses, the settings, the machine) is
 written when the family ends; then every family file in ``--out`` is judged at the current constants
 with a ``Candidate`` (the first ``--initial-ulps``' ensemble, and the floor's minimum: compare's for
-the precision unless ``--loss-minimum`` names another row) and the table written (``--table``,
+the precision unless ``--loss-minimum`` gives another) and the table written (``--table``,
 ``calibration.md``: per run the worst drift / ensemble floor and float64 error / the reference's
 before any horizon, the horizon, the verdict and the test that decided; the error rates and
 margins). Families run by parallel processes (``--family``) end in one table; ``--rejudge`` judges
@@ -48,7 +48,7 @@ from ml_patterns import verdict
 from ml_patterns.molecules.prepare import prepare_dataset
 from ml_patterns.parity import Tolerance
 from ml_patterns.precision import MIXED
-from ml_patterns.ulps import INITIAL_ULPS
+from ml_patterns.ulps import BF16_ULPS, INITIAL_ULPS
 from ml_patterns_app.compare.precision_runs import loss_minimum
 from ml_patterns_app.compare.settings import CompareSettings
 from ml_patterns_bench.verdict_runs import (
@@ -97,8 +97,9 @@ class Candidate:
     minimum: Tolerance
 
     def describe(self) -> str:
+        start = f"{self.initial_ulps} float32 ulps" + (" (one bfloat16 ulp)" if self.initial_ulps == BF16_ULPS else "")
         return (
-            f"K reruns {self.initial_ulps} float32 ulps off at the start and one ulp a step, "
+            f"K reruns {start} off at the start and one ulp a step, "
             f"loss minimum rtol {self.minimum.rtol:.3g} atol {self.minimum.atol:.3g}"
         )
 
@@ -277,8 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--loss-minimum",
-        choices=("float32", MIXED),
-        help="whose single-call loss row is the floor's minimum (default: --precision's, as compare's)",
+        type=float,
+        help="the floor's minimum, relative (default: compare's for --precision, precision_runs.loss_minimum)",
     )
     parser.add_argument("--table", default="calibration.md", help="the table's file name in --out")
     args = parser.parse_args(argv)
@@ -286,7 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.rejudge:
         train(args)
-    candidate = Candidate(args.initial_ulps[0], loss_minimum(args.loss_minimum or args.precision, "cpu"))
+    minimum = loss_minimum(args.precision, "cpu") if args.loss_minimum is None else Tolerance(args.loss_minimum, 0.0)
+    candidate = Candidate(args.initial_ulps[0], minimum)
     results = [json.loads(path.read_text()) for path in sorted(args.out.glob("family-*.json"))]
     for result in results:
         if result["settings"].get("precision", "float32") != args.precision:  # the float32 files predate the field
