@@ -215,11 +215,14 @@ def margins(rows: list[dict]) -> str:
     caught = [r for r in bugs if r["outcome"] == verdict.DISAGREE]
     false_alarms = sum(r["outcome"] == verdict.DISAGREE for r in correct)
     kinds = {r["run"] for r in bugs}
-    missed = sorted(kinds - {r["run"] for r in caught})
+    never = kinds - {r["run"] for r in caught}
+    missed = sorted({r["run"] for r in bugs if r["outcome"] != verdict.DISAGREE} - never)
     text = [
         f"False alarms: {false_alarms} of {len(correct)} correct runs. Bugs caught: {len(caught)} of {len(bugs)} runs "
-        f"({len(kinds) - len(missed)} of {len(kinds)} kinds"
-        + (f"; missed at least once: {', '.join(missed)})." if missed else ").")
+        f"({len(kinds) - len(never)} of {len(kinds)} kinds"
+        + (f"; never caught: {', '.join(sorted(never))}" if never else "")
+        + (f"; missed at least once: {', '.join(missed)}" if missed else "")
+        + ")."
     ]
     if correct:
         text.append(
