@@ -46,21 +46,13 @@ def test_float32_catches_every_bug():
     assert all(row["outcome"] == verdict.DISAGREE for row in bugs)
 
 
-def test_in_bf16_mixed_each_loss_test_alone_passes_every_correct_run():
-    # The floor's minimum (half a bfloat16 eps) sits above what correct bf16-mixed runs differ by: the
-    # floor test agrees on its own, so does the float64 anchor (with the float32 row as the minimum,
-    # JAX's autoencoder run drifted 17 floors and disagreed).
-    correct = [row for row in rows(MIXED) if row["kind"] == "correct"]
-    assert max(row["worst_floor_ratio"] for row in correct) <= verdict.FLOOR_MULTIPLE
-    assert max(row["worst_accuracy_ratio"] for row in correct) <= verdict.ACCURACY_FACTOR
-
-
 def test_bf16_mixed_catches_the_bugs_above_its_resolution():
     bugs = [row for row in rows(MIXED) if row["kind"] == "bug"]
     above = [row for row in bugs if row["run"] in ("lr x1.5", "Adam epsilon inside the sqrt")]
     assert len({row["family"] for row in above}) >= 3 and all(row["outcome"] == verdict.DISAGREE for row in above)
     # The learning rate 1.5x off fails both loss tests by a wide margin (the reruns one bfloat16 ulp
-    # off caught it in 2 of 3 families; the bfloat16 loss row as the minimum, by 1.14x in one).
+    # off caught it in 3 of 4 families; the bfloat16 loss row as the minimum, by 1.14x in one). A
+    # minimum as small as float32's raised a false alarm (JAX's autoencoder run: the test above).
     lr = [row for row in bugs if row["run"] == "lr x1.5"]
     assert min(row["worst_floor_ratio"] / verdict.FLOOR_MULTIPLE for row in lr) > 5
     assert min(row["worst_accuracy_ratio"] / verdict.ACCURACY_FACTOR for row in lr) > 5
