@@ -17,10 +17,9 @@ BF16_ULPS = 2 ** (np.finfo(np.float32).nmant - 7)  # 2^16: bfloat16 has 7 explic
 # The float32 ulps an ensemble rerun's initial weights move by, per training precision
 # (``ml_patterns.precision``); tf32 keeps float32 weights and, on a CPU, float32 compute. bf16-mixed:
 # one float32 ulp, not one bfloat16 ulp. Calibration (ml_patterns_bench.calibrate_verdict, docs/PARITY.md):
-# started one bfloat16 ulp off, the reruns spread 1e-3 to 5e-3 at the first step, ten times the
-# backends' difference, every run was chaotic from step 0 and the verdict caught 1 of 12 injected
-# bugs (a learning rate 1.5x once in two); one float32 ulp off, the reruns spread as the correct runs
-# differ and it caught every bug above bfloat16's resolution, with no false alarm.
+# started one bfloat16 ulp off, the reruns lay 6e-5 to 1e-2 from torch at the first step where correct
+# runs lay 0 to 4.6e-4, every run was chaotic from step 0 and the verdict caught 3 of 21 injected bugs;
+# one float32 ulp off (5e-7 to 3e-4), it caught every bug above bfloat16's resolution, no false alarm.
 INITIAL_ULPS = {"float32": 1, "tf32": 1, "bf16-mixed": 1}
 
 _INTS = {np.dtype(np.float32): (np.int32, np.uint32), np.dtype(np.float64): (np.int64, np.uint64)}
