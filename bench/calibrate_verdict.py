@@ -2,13 +2,16 @@
 matrix of correct runs and injected bugs rather than on one sample.
 
     python -m ml_patterns_bench.calibrate_verdict --data data/nci --out verdict-calibration [--family I ...]
+        [--precision bf16-mixed] [--initial-ulps N ...] [--loss-minimum RTOL] [--rejudge]
 
 Everything runs in this process, one thread: the compare workload (the molecule models at
 ``CompareSettings``' defaults, the same Trainers, batches, batch preparation and initial weights as
-compare's workers). Each *family* (a model, a seed, a length) trains the reference (torch: fused
-AdamW, SDPA attention, one thread), its ensemble as compare's runner makes it (``--runs`` reruns, the
-k-th from the initial weights one ulp off and one more ulp after every step, signs from seed + k:
-``torch_impl.runtime.rounding_noise``) and its float64 anchor (``torch_impl.state.float64_twin``),
+compare's workers: ``verdict_runs``), every run in ``--precision`` but the float64 anchor. Each
+*family* (a model, a seed, a length) trains the reference (torch: fused AdamW, SDPA attention, one
+thread), its ensemble as compare's runner makes it (``--runs`` reruns, the k-th from the initial
+weights ``--initial-ulps`` float32 ulps off and one more ulp after every step, signs from seed + k:
+``torch_impl.runtime.rounding_noise``; one ensemble per ``--initial-ulps`` given, so that candidates
+are judged on the same runs) and its float64 anchor (``torch_impl.state.float64_twin``, no autocast),
 then the runs judged against them:
 
 - correct: JAX; torch with foreach instead of fused AdamW; torch with the written-out attention
@@ -21,10 +24,12 @@ then the runs judged against them:
 
 Each family's file (``family-*.json``: every run's per-step losses, the settings, the machine) is
 written when the family ends; then every family file in ``--out`` is judged at the current constants
-and the table written (``calibration.md``: per run the worst drift / ensemble floor and float64 error
-/ the reference's before any horizon, the horizon, the verdict and the test that decided; the error
-rates and margins). Families run by parallel processes (``--family``) end in one table;
-``--rejudge`` judges the kept runs again without training (after a change of the constants).
+with a ``Candidate`` (the first ``--initial-ulps``' ensemble, and the floor's minimum: compare's for
+the precision unless ``--loss-minimum`` gives another) and the table written (``--table``,
+``calibration.md``: per run the worst drift / ensemble floor and float64 error / the reference's
+before any horizon, the horizon, the verdict and the test that decided; the error rates and
+margins). Families run by parallel processes (``--family``) end in one table; ``--rejudge`` judges
+the kept runs again without training (after a change of the constants, or with another candidate).
 """
 
 from __future__ import annotations
@@ -37,30 +42,24 @@ import platform
 import time
 from pathlib import Path
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from ml_patterns import verdict  # noqa: E402
-from ml_patterns.callbacks import Callback  # noqa: E402
-from ml_patterns.data import LazyDataset, Subset  # noqa: E402
-from ml_patterns.molecules.batches import BatchPreparer  # noqa: E402
-from ml_patterns.molecules.prepare import prepare_dataset, read_manifest  # noqa: E402
-from ml_patterns.samplers import LengthGroupedSampler, sequence_lengths  # noqa: E402
-from ml_patterns_app.compare.settings import CompareSettings  # noqa: E402
-
-BUGS = (
-    "lr x1.5",
-    "Adam epsilon inside the sqrt",
-    "optax float32 bias correction",
-    "weight decay +1%",
-    "GELU tanh",
-    "LayerNorm eps 1e-6",
+from ml_patterns import verdict
+from ml_patterns.molecules.prepare import prepare_dataset
+from ml_patterns.parity import Tolerance
+from ml_patterns.precision import MIXED
+from ml_patterns.ulps import BF16_ULPS, INITIAL_ULPS
+from ml_patterns_app.compare.precision_runs import loss_minimum
+from ml_patterns_app.compare.settings import CompareSettings
+from ml_patterns_bench.verdict_runs import (
+    BUGS,
+    CORRECT,
+    INFORMATIONAL,
+    MILD_BUGS,
+    Workload,
+    jax_losses,
+    torch_losses,
 )
-# The mildest bugs, injected in the long runs too: a bug that builds up slowly shows in more steps.
-MILD_BUGS = ("optax float32 bias correction", "weight decay +1%")
-CORRECT = ("jax", "torch foreach AdamW", "torch written-out attention", "torch 2 threads")
-INFORMATIONAL = ("jax, optax's one-rounding AdamW decay",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,149 +82,46 @@ FAMILIES = (
     Family(
         "autoencoder, seed 1, 5 epochs, batch 32", CompareSettings(model="autoencoder", seed=1, epochs=5, batch_size=32)
     ),
+    # More 1-epoch families, for a precision whose matrix must stay short (bf16-mixed on a CPU).
+    Family("multitask, seed 1, 1 epoch", CompareSettings(seed=1, epochs=1), BUGS, threads=True),
+    Family("autoencoder, seed 0, 1 epoch", CompareSettings(model="autoencoder", epochs=1), BUGS),
 )
 
 
-class Record(Callback):
-    """Every step's loss and each epoch's global weight norm (``verdict.global_norm``)."""
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """How the verdict measures the noise: the ensemble whose reruns start ``initial_ulps`` float32
+    ulps off (each then one ulp a step), and the floor's ``minimum`` (``verdict.judge``'s)."""
 
-    def __init__(self):
-        self.losses: list = []
-        self.norms: list[float] = []
+    initial_ulps: int
+    minimum: Tolerance
 
-    def on_batch_end(self, batch_idx: int, trainer, loss) -> None:
-        self.losses.append(loss)
-
-    def on_epoch_end(self, epoch: int, trainer, metrics) -> None:
-        self.norms.append(verdict.global_norm(trainer.snapshot_weights()))
-
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.array([float(loss) for loss in self.losses]), np.array(self.norms)
-
-
-class Workload:
-    """One family's data, model config, initial weights and loaders, built as compare's worker builds them."""
-
-    def __init__(self, data: Path, settings: CompareSettings):
-        import torch_impl.molecules.models as torch_models
-        from torch_impl import state
-
-        self.settings = settings
-        manifest = read_manifest(data)
-        train = LazyDataset(data, split="train")
-        if settings.max_train_molecules:
-            train = Subset(train, range(min(settings.max_train_molecules, len(train))))
-        self.train = train
-        sampler = settings.train_sampler(train)
-        lengths = sampler.lengths if isinstance(sampler, LengthGroupedSampler) else sequence_lengths(train)
-        self.buckets = settings.buckets(manifest, sampler, lengths)
-        self.config = settings.model_config(manifest, max_len=self.buckets[-1])
-        self.steps = -(-len(train) // settings.batch_size)
-        self.optimizer = settings.optimizer(self.steps * settings.epochs)
-        self.weights = state.to_numpy(torch_models.build_model(self.config))
-
-    def loader(self, impl):
-        collate = {"buckets": self.buckets, "max_length": self.buckets[-1], "group_by_length": True}
-        return impl.data.make_loader(self.train, self.settings.batch_size, seed=self.settings.seed, **collate)
+    def describe(self) -> str:
+        start = f"{self.initial_ulps} float32 ulps" + (" (one bfloat16 ulp)" if self.initial_ulps == BF16_ULPS else "")
+        return (
+            f"K reruns {start} off at the start and one ulp a step, "
+            f"loss minimum rtol {self.minimum.rtol:.3g} atol {self.minimum.atol:.3g}"
+        )
 
 
-def one_ulp_arrays(arrays: dict, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    return {k: verdict.one_ulp(v, rng) if np.issubdtype(v.dtype, np.floating) else v for k, v in sorted(arrays.items())}
+def ensemble_key(k: int, initial_ulps: int) -> str:
+    """The k-th rerun's name in a family's file (``"ensemble k"`` for one ulp, as the float32 files have)."""
+    return f"ensemble {k}" if initial_ulps == 1 else f"ensemble {k}, {initial_ulps} ulps off"
 
 
-def torch_losses(work: Workload, weights: dict, variant: str = "", rounding_seed: int | None = None) -> tuple:
-    """(losses, norms) of the reference (``variant`` ""), or one of: "float64", "foreach", "written-out", "2 threads";
-    with ``rounding_seed``, a run of the ensemble (one ulp of noise a step, as compare's)."""
-    import torch
-
-    import torch_impl.data  # noqa: F401
-    import torch_impl.molecules.models as models
-    from torch_impl import runtime, training
-
-    torch.set_num_threads(2 if variant == "2 threads" else 1)
-    model = models.build_model(work.config, weights=weights)
-    prepare = BatchPreparer(work.config)
-    transform = prepare
-    if variant == "float64":
-        model, transform = runtime.float64_reference(model, prepare)
-    if variant == "written-out":
-        for module in model.modules():
-            if isinstance(module, models.Attention):
-                module.fused = False
-    record = Record()
-    callbacks = [record] if rounding_seed is None else [record, runtime.rounding_noise(rounding_seed)]
-    device = runtime.select_device("cpu")
-    trainer = training.Trainer(model, work.optimizer, callbacks, device=device, batch_transform=transform)
-    if variant == "foreach":
-        for group in trainer.optimizer.optimizer.param_groups:
-            group.update(fused=False, foreach=True)
-    trainer.fit(work.loader(torch_impl), None, work.settings.epochs)
-    torch.set_num_threads(1)
-    return record.result()
-
-
-def jax_optimizer(work: Workload, bug: str):
-    """The optimizer of the JAX run ``bug`` (a config, or an optax chain where the bug is in it)."""
-    import optax
-
-    from jax_impl import optim
-
-    config = work.optimizer
-    if bug == "lr x1.5":
-        return dataclasses.replace(config, learning_rate=1.5 * config.learning_rate)
-    if bug == "weight decay +1%":
-        return dataclasses.replace(config, weight_decay=1.01 * config.weight_decay)
-    b1, b2 = config.betas
-    schedule = optim.learning_rate_schedule(config)
-    adam = {
-        "Adam epsilon inside the sqrt": optax.scale_by_adam(b1, b2, eps=0.0, eps_root=config.eps),
-        "optax float32 bias correction": optax.scale_by_adam(b1, b2, eps=config.eps),
-    }.get(bug, optim.scale_by_adam(b1, b2, config.eps))
-    if bug == INFORMATIONAL[0]:
-        last = [optax.add_decayed_weights(config.decay), optax.scale_by_learning_rate(schedule)]
-    elif bug in ("Adam epsilon inside the sqrt", "optax float32 bias correction"):
-        last = [optim.decay_then_step(schedule, config.decay)]
-    else:
-        return config
-    return optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), adam, *last)
-
-
-def jax_losses(work: Workload, bug: str = "") -> tuple:
-    """(losses, norms) of the JAX run, with ``bug`` injected (a name from ``BUGS``, or "")."""
-    import jax_impl.data  # noqa: F401
-    import jax_impl.molecules.models as models
-    from jax_impl import runtime, training
-
-    config = work.config
-    if bug == "GELU tanh":
-        config = dataclasses.replace(config, gelu_approximate=True)
-    if bug == "LayerNorm eps 1e-6":
-        config = dataclasses.replace(config, layer_norm_eps=1e-6)
-    model = models.build_model(config, weights=work.weights)
-    record = Record()
-    trainer = training.Trainer(
-        model,
-        jax_optimizer(work, bug),
-        [record],
-        device=runtime.select_device("cpu"),
-        batch_transform=BatchPreparer(work.config),
-        pad_batches_to=work.settings.batch_size,
-    )
-    trainer.fit(work.loader(jax_impl), None, work.settings.epochs)
-    return record.result()
-
-
-def run_family(family: Family, data: Path, runs: int, log, only: list[str] | None = None) -> dict:
-    """Trains the family's reference, ensemble, anchor and judged runs: ``{run: (losses, norms)}``."""
+def run_family(family: Family, data: Path, runs: int, ensembles: list[int], log, only: list[str] | None) -> dict:
+    """Trains the family's reference, an ensemble per initial move in ``ensembles`` (float32 ulps),
+    the anchor and the judged runs (judged as they end, with the first ensemble): ``{run: (losses, norms)}``."""
     work = Workload(data, family.settings)
     started = time.perf_counter()
     seed = family.settings.seed
     trained = {"reference": torch_losses(work, work.weights)}
-    for k in range(runs):  # as compare's runner: the initial weights one ulp off, and one ulp a step
-        trained[f"ensemble {k}"] = torch_losses(work, one_ulp_arrays(work.weights, seed + k), rounding_seed=seed + k)
+    for ulps in ensembles:  # as compare's runner: the initial weights moved, then one ulp a step
+        for k in range(runs):
+            moved = work.moved_weights(seed + k, ulps)
+            trained[ensemble_key(k, ulps)] = torch_losses(work, moved, rounding_seed=seed + k)
     trained["float64"] = torch_losses(work, work.weights, "float64")
-    log(f"{family.name}: reference, {runs} reruns and float64 in {time.perf_counter() - started:.0f} s")
+    log(f"{family.name}: reference, {runs} reruns x {len(ensembles)}, float64 in {time.perf_counter() - started:.0f} s")
     others = {
         "jax": lambda: jax_losses(work),
         "torch foreach AdamW": lambda: torch_losses(work, work.weights, "foreach"),
@@ -233,22 +129,24 @@ def run_family(family: Family, data: Path, runs: int, log, only: list[str] | Non
         **({"torch 2 threads": lambda: torch_losses(work, work.weights, "2 threads")} if family.threads else {}),
         **{bug: (lambda bug=bug: jax_losses(work, bug)) for bug in family.bugs},
     }
+    candidate = Candidate(ensembles[0], loss_minimum(family.settings.precision, "cpu"))
     for name, run in others.items():
         if only and name not in only:
             continue
         began = time.perf_counter()
         trained[name] = run()
-        row = judge_run(family.name, name, trained)
+        row = judge_run(family.name, name, trained, candidate)
         log(f"  {name}: floor ratio {row['worst_floor_ratio']:.3g}, accuracy {row['worst_accuracy_ratio']:.3g}, "
             f"norm {row['worst_norm_ratio']:.3g}, {row['outcome']} ({time.perf_counter() - began:.0f} s)")  # fmt: skip
     return {name: {"losses": losses.tolist(), "norms": norms.tolist()} for name, (losses, norms) in trained.items()}
 
 
-def judge_run(family: str, name: str, trained: dict) -> dict:
-    """One judged run's row: the verdict at the current constants on ``trained[name]`` (losses, norms)."""
+def judge_run(family: str, name: str, trained: dict, candidate: Candidate) -> dict:
+    """One judged run's row: the verdict at the current constants, with ``candidate``'s ensemble and
+    minimum, on ``trained[name]`` (losses, norms)."""
     losses = {key: np.asarray(value[0]) for key, value in trained.items()}
     norms = {key: np.asarray(value[1]) for key, value in trained.items()}
-    ensemble = [key for key in trained if key.startswith("ensemble ")]
+    ensemble = [key for k in range(len(trained)) if (key := ensemble_key(k, candidate.initial_ulps)) in trained]
     reference, anchor = losses["reference"], losses["float64"]
     judged = verdict.judge(
         reference,
@@ -262,6 +160,7 @@ def judge_run(family: str, name: str, trained: dict) -> dict:
             "ensemble": np.stack([norms[key] for key in ensemble]),
         },
         runs=len(ensemble),
+        minimum=candidate.minimum,
     )
     return {
         "family": family,
@@ -282,17 +181,18 @@ def judge_run(family: str, name: str, trained: dict) -> dict:
     }
 
 
-def judged_rows(result: dict) -> list[dict]:
-    """Every judged run of one family's file, at the current constants."""
+def judged_rows(result: dict, candidate: Candidate) -> list[dict]:
+    """Every judged run of one family's file, at the current constants and ``candidate``."""
     trained = {name: (run["losses"], run["norms"]) for name, run in result["runs"].items()}
     names = [name for name in trained if name not in ("reference", "float64") and not name.startswith("ensemble ")]
-    return [judge_run(result["family"], name, trained) for name in names]
+    return [judge_run(result["family"], name, trained, candidate) for name in names]
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], precision: str, candidate: Candidate) -> str:
     lines = [
-        f"Verdict at FLOOR_MULTIPLE = {verdict.FLOOR_MULTIPLE:g}, ACCURACY_FACTOR = {verdict.ACCURACY_FACTOR:g}, "
-        f"K = {rows[0]['ensemble_size'] if rows else verdict.ENSEMBLE_SIZE} reruns with one ulp of noise a step.",
+        f"Verdict in {precision} at FLOOR_MULTIPLE = {verdict.FLOOR_MULTIPLE:g}, ACCURACY_FACTOR = "
+        f"{verdict.ACCURACY_FACTOR:g}, K = {rows[0]['ensemble_size'] if rows else verdict.ENSEMBLE_SIZE}: "
+        f"{candidate.describe()}.",
         "",
         "| family | run | kind | steps | worst drift/floor (step) | worst f64 error / reference's "
         "| weight norm's f64 error / reference's | score | horizon | verdict (decided by) |",
@@ -315,11 +215,14 @@ def margins(rows: list[dict]) -> str:
     caught = [r for r in bugs if r["outcome"] == verdict.DISAGREE]
     false_alarms = sum(r["outcome"] == verdict.DISAGREE for r in correct)
     kinds = {r["run"] for r in bugs}
-    missed = sorted(kinds - {r["run"] for r in caught})
+    never = kinds - {r["run"] for r in caught}
+    missed = sorted({r["run"] for r in bugs if r["outcome"] != verdict.DISAGREE} - never)
     text = [
         f"False alarms: {false_alarms} of {len(correct)} correct runs. Bugs caught: {len(caught)} of {len(bugs)} runs "
-        f"({len(kinds) - len(missed)} of {len(kinds)} kinds"
-        + (f"; missed at least once: {', '.join(missed)})." if missed else ").")
+        f"({len(kinds) - len(never)} of {len(kinds)} kinds"
+        + (f"; never caught: {', '.join(sorted(never))}" if never else "")
+        + (f"; missed at least once: {', '.join(missed)}" if missed else "")
+        + ")."
     ]
     if correct:
         text.append(
@@ -366,17 +269,47 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--rejudge", action="store_true", help="train nothing: judge the runs kept in --out's family files again"
     )
+    parser.add_argument(
+        "--precision", choices=("float32", MIXED), default="float32", help="what every run but the anchor trains in"
+    )
+    parser.add_argument(
+        "--initial-ulps",
+        type=int,
+        action="append",
+        help="the float32 ulps an ensemble's reruns start off (repeatable: one ensemble each is trained, the "
+        "first judges; default: compare's, ml_patterns.ulps.INITIAL_ULPS)",
+    )
+    parser.add_argument(
+        "--loss-minimum",
+        type=float,
+        help="the floor's minimum, relative (default: compare's for --precision, precision_runs.loss_minimum)",
+    )
+    parser.add_argument("--table", default="calibration.md", help="the table's file name in --out")
     args = parser.parse_args(argv)
+    args.initial_ulps = args.initial_ulps or [INITIAL_ULPS[args.precision]]
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.rejudge:
         train(args)
-    rows = [row for path in sorted(args.out.glob("family-*.json")) for row in judged_rows(json.loads(path.read_text()))]
-    (args.out / "calibration.md").write_text(markdown(rows))
-    print("\n" + markdown(rows))
+    minimum = loss_minimum(args.precision, "cpu") if args.loss_minimum is None else Tolerance(args.loss_minimum, 0.0)
+    candidate = Candidate(args.initial_ulps[0], minimum)
+    results = [json.loads(path.read_text()) for path in sorted(args.out.glob("family-*.json"))]
+    for result in results:
+        if result["settings"].get("precision", "float32") != args.precision:  # the float32 files predate the field
+            raise SystemExit(f"{result['family']} in {args.out} trained in {result['settings']['precision']}: "
+                             f"judge it with --precision {result['settings']['precision']}")  # fmt: skip
+    rows = [row for result in results for row in judged_rows(result, candidate)]
+    table = markdown(rows, args.precision, candidate)
+    (args.out / args.table).write_text(table)
+    print("\n" + table)
 
 
 def train(args) -> None:
-    """Trains the chosen families and writes each one's file (its runs' losses, settings, machine)."""
+    """Trains the chosen families in ``args.precision`` and writes each one's file (its runs' losses,
+    settings, machine)."""
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")  # one thread, before jax starts
+    import jax
+    import torch
+
     from jax_impl import runtime as jax_runtime
     from torch_impl import runtime as torch_runtime
 
@@ -386,13 +319,21 @@ def train(args) -> None:
         prepare_dataset(args.data, progress=True)
     families = [FAMILIES[i] for i in args.family] if args.family else list(FAMILIES)
     for family in families:
+        family = dataclasses.replace(family, settings=dataclasses.replace(family.settings, precision=args.precision))
         started = time.perf_counter()
-        trained = run_family(family, args.data, args.runs, lambda text: print(text, flush=True), args.only)
+        log = lambda text: print(text, flush=True)  # noqa: E731
+        trained = run_family(family, args.data, args.runs, args.initial_ulps, log, args.only)
         result = {
             "family": family.name,
             "settings": dataclasses.asdict(family.settings),
             "ensemble_size": args.runs,
-            "machine": {"processor": _processor(), "load_average": os.getloadavg()},
+            "machine": {
+                "processor": _processor(),
+                "load_average": os.getloadavg(),
+                "versions": {"torch": torch.__version__, "jax": jax.__version__, "python": platform.python_version()},
+                "threads": "one (torch 2 threads: two)",
+                "date": time.strftime("%Y-%m-%d"),
+            },
             "seconds": time.perf_counter() - started,
             "runs": trained,
         }

@@ -45,6 +45,10 @@ norms are given, only when test 4 holds too:
    rounding noise; the norm sums over every weight, so rounding moves it as a random walk while a
    biased update moves it one way. A failing norm is a disagreement whatever the losses say.
 
+In bf16-mixed the ensemble trains in it too, one float32 ulp off (``ml_patterns.ulps.INITIAL_ULPS``),
+the floor at least half a bfloat16 eps of the loss; bugs smaller than bfloat16's resolution are not
+seen (docs/PARITY.md).
+
 A bug moves the losses by its own size from its first update, far above the floor and the other
 side's error far above the reference's; a check that compared nothing (no steps, fewer reruns than
 asked, a NaN) fails and says why. The constants are chosen from ``ml_patterns_bench.calibrate_verdict``'s
@@ -129,8 +133,8 @@ class Verdict:
 
 def one_ulp(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``values`` with every entry moved by one ulp, up or down at random (same dtype): an ensemble
-    member's initial weights (and, after every step, its weights again), a change of nothing but rounding.
-    A bf16-mixed ensemble starts ``ml_patterns.ulps.BF16_ULPS`` off instead (``ulps.ulps_off``)."""
+    member's initial weights (and, after every step, its weights again), a change of nothing but rounding
+    (``ml_patterns.ulps.ulps_off`` moves by more)."""
     return ulps_off(values, rng)
 
 

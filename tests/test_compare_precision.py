@@ -1,6 +1,6 @@
-"""``ml-patterns compare --precision bf16-mixed``: the noise measured in bfloat16 (reruns one bfloat16
-ulp off, the bfloat16 loss row as the floor's minimum, the float64 anchor without autocast), and
-each backend's distance from its own float32 run, beside the verdict."""
+"""``ml-patterns compare --precision bf16-mixed``: the noise measured in bfloat16 (reruns in it, one
+float32 ulp off; half a bfloat16 eps of the loss as the floor's minimum; the float64 anchor without
+autocast), and each backend's distance from its own float32 run, beside the verdict."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from ml_patterns.errors import UsageError
-from ml_patterns.parity import BF16_SCALED
-from ml_patterns.ulps import BF16_ULPS
+from ml_patterns.parity import BF16_EPS
 from ml_patterns_app.cli import main
 from ml_patterns_app.compare import runner
 from ml_patterns_app.compare.report import build_report
@@ -40,19 +39,19 @@ def bf16_report(default_dataset, jax_steps=STEPS, torch_float32=STEPS, floor_ste
     return build_report(settings, manifest, results, ensemble, anchor, data, float32=float32)
 
 
-def test_bf16_mixed_is_judged_against_the_bfloat16_loss_row(default_dataset):
-    # 1% from torch at every step: far beyond float32's floor, within 3x bfloat16's single-call
-    # loss tolerance (4 bfloat16 eps of the loss, 1.6%) when the reruns agreed with torch exactly.
-    report = bf16_report(default_dataset, jax_steps=[v * 1.01 for v in STEPS])
+def test_bf16_mixed_is_judged_against_half_a_bfloat16_eps_of_the_loss(default_dataset):
+    # 0.5% from torch at every step: far beyond float32's floor, within 3x the bf16-mixed minimum
+    # (half a bfloat16 eps, 2^-9 relative) when the reruns agreed with torch exactly.
+    report = bf16_report(default_dataset, jax_steps=[v * 1.005 for v in STEPS])
     noise = report["noise_floor"]
-    assert noise["minimum"] == {"rtol": BF16_SCALED["loss"], "atol": 0.0} and noise["initial_ulps"] == BF16_ULPS
-    assert report["parity"]["passed"] and report["parity"]["steps"]["worst_ratio"] == pytest.approx(0.01 / 0.015625)
+    assert noise["minimum"] == {"rtol": BF16_EPS / 2, "atol": 0.0} and noise["initial_ulps"] == 1
+    assert report["parity"]["passed"] and report["parity"]["steps"]["worst_ratio"] == pytest.approx(0.005 / 2**-9)
     float32 = build_report(
-        CompareSettings(), default_dataset[1], *_runs(jax_steps=[v * 1.01 for v in STEPS]), default_dataset[0]
+        CompareSettings(), default_dataset[1], *_runs(jax_steps=[v * 1.005 for v in STEPS]), default_dataset[0]
     )
     assert not float32["parity"]["passed"] and float32["bf16_vs_float32"] is None
-    # a bug far beyond the bfloat16 floor still fails
-    assert not bf16_report(default_dataset, jax_steps=[2.0, 1.5 * 1.1, 1.0 * 1.1])["parity"]["passed"]
+    # 1% at every step is beyond it: the bfloat16 single-call loss row (4 eps, 1.6%) would have passed it
+    assert not bf16_report(default_dataset, jax_steps=[v * 1.01 for v in STEPS])["parity"]["passed"]
 
 
 def _runs(jax_steps):
@@ -76,8 +75,7 @@ def test_the_float32_distance_is_reported_and_never_judged(default_dataset):
     assert report["backends"]["jax"]["precision"] == "bf16-mixed (float32 ops: float32)"
     summary = format_summary(report)
     assert (
-        "Parity against the bf16-mixed noise (3 torch reruns one bfloat16 ulp off at the start, one float32 ulp "
-        "at every step" in summary
+        "Parity against the bf16-mixed noise (3 torch reruns one ulp off at every step: the ensemble floor" in summary
     )
     assert "bf16-mixed vs float32 (information, not part of the agreement verdict)" in summary
     assert "| PyTorch (eager) | 1.00e-01 | 2.00e-01 (2) |" in summary
@@ -100,7 +98,7 @@ def test_bf16_mixed_trains_the_reruns_in_it_and_the_anchor_and_twins_in_float32(
     settings = CompareSettings(precision="bf16-mixed")
     report = runner.compare(settings, default_dataset[0], tmp_path / "out", device="cpu")
     by_label = {label or backend: job for backend, label, job in jobs}
-    assert moves == [BF16_ULPS] * 3
+    assert moves == [1] * 3  # one float32 ulp, as in float32 (ml_patterns.ulps.INITIAL_ULPS)
     for label in ("torch", "jax", *(f"PyTorch, ulp off {k}/3" for k in (1, 2, 3))):
         assert by_label[label].settings.precision == "bf16-mixed" and not by_label[label].float64
     anchor = by_label["PyTorch, float64"]
@@ -136,6 +134,12 @@ def test_an_unknown_precision_is_refused(default_dataset, tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="the final metrics after the horizon are not calibrated in bf16-mixed: reruns one float32 ulp off "
+    "spread 0.2% in R2 TPSA where JAX's bfloat16 evaluation differs from torch's by 1% (docs/PRECISION.md); "
+    "compare must leave them out of the bf16-mixed verdict",
+)
 def test_compare_in_bf16_mixed_end_to_end(default_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "report"
@@ -146,7 +150,7 @@ def test_compare_in_bf16_mixed_end_to_end(default_dataset, tmp_path, monkeypatch
     results = json.loads((out / "results.json").read_text())
     assert status == 0 and results["parity"]["passed"]
     assert results["settings"]["precision"] == "bf16-mixed"
-    assert results["noise_floor"]["minimum"]["rtol"] == BF16_SCALED["loss"]
+    assert results["noise_floor"]["minimum"]["rtol"] == BF16_EPS / 2
     assert np.all(np.asarray(results["parity"]["steps"]["losses"]["float64"]) > 0)
     for backend in ("torch", "jax"):
         distance = results["bf16_vs_float32"]["backends"][backend]

@@ -2,9 +2,9 @@
 moves each backend from its own float32 run.
 
 In bf16-mixed the compared runs and the verdict's ensemble train in bf16-mixed (float32 master
-weights, bfloat16 compute: docs/PRECISION.md); the ensemble starts one bfloat16 ulp off
-(``ml_patterns.ulps.INITIAL_ULPS``); the floor is at least the bfloat16 loss row of the tolerance
-policy; the float64 anchor stays float64, without autocast. Each backend also trains in float32 from
+weights, bfloat16 compute: docs/PRECISION.md); the ensemble starts one float32 ulp off, as in
+float32 (``ml_patterns.ulps.INITIAL_ULPS``); the floor is at least ``MIXED_LOSS_MINIMUM``; the
+float64 anchor stays float64, without autocast. Each backend also trains in float32 from
 the same initial weights and batches: the report's "bf16-mixed vs float32" section, information
 beside the agreement verdict, never part of it.
 """
@@ -19,10 +19,15 @@ from ml_patterns import parity
 from ml_patterns.molecules.metrics import BASELINE
 from ml_patterns.parity import Tolerance
 from ml_patterns.precision import MIXED
-from ml_patterns.ulps import BF16_ULPS
 from ml_patterns_app.compare.settings import LABELS, CompareSettings, WorkerResult
 
 FLOAT32 = "float32"
+# The verdict's smallest floor in bf16-mixed: half a bfloat16 eps of the loss (relative 2^-9), the
+# resolution below which two correct bf16-mixed computations of one loss are not told apart. Calibration
+# (docs/PARITY.md): correct runs on the same weights (step 0) differed by at most 4.6e-4, 4x below it;
+# the bfloat16 loss row of the single-call tolerances (4 eps, 1.6e-2) used before sat 34x above them
+# and let a learning rate 1.5x off clear the loss tests by 1.14x; float32's raised a false alarm.
+MIXED_LOSS_MINIMUM = Tolerance(rtol=parity.BF16_EPS / 2, atol=0.0)
 
 
 def float32_settings(settings: CompareSettings) -> CompareSettings:
@@ -32,11 +37,10 @@ def float32_settings(settings: CompareSettings) -> CompareSettings:
 
 
 def loss_minimum(precision: str, device_kind: str) -> Tolerance:
-    """The verdict's smallest floor (``judge``'s ``minimum``): the single-call loss tolerance of
-    ``precision``: float32's for ``device_kind``, or bfloat16's loss row (``parity.BF16_SCALED``:
-    a relative bound, 4 bfloat16 eps of the loss)."""
+    """The verdict's smallest floor (``judge``'s ``minimum``): float32's single-call loss tolerance
+    for ``device_kind``, or in bf16-mixed ``MIXED_LOSS_MINIMUM``."""
     if precision == MIXED:
-        return Tolerance(rtol=parity.BF16_SCALED["loss"], atol=0.0)
+        return MIXED_LOSS_MINIMUM
     return parity.tolerance("loss", device_kind)
 
 
@@ -49,10 +53,7 @@ def run_precision(training: str, policy: str) -> str:
 def ensemble_moves(noise: dict) -> str:
     """How the report's ``noise_floor`` moved the reruns' weights, in words."""
     ulps = noise.get("initial_ulps", 1)
-    if ulps == 1:
-        return "one ulp off at every step"
-    start = "one bfloat16 ulp" if ulps == BF16_ULPS else f"{ulps} ulps"
-    return f"{start} off at the start, one float32 ulp at every step"
+    return "one ulp off at every step" if ulps == 1 else f"{ulps} ulps off at the start, one ulp at every step"
 
 
 def distance_from_float32(mixed: WorkerResult, float32: WorkerResult) -> dict:
