@@ -156,7 +156,7 @@ def compare(
         # The verdict's runs of the reference (ml_patterns.verdict), on the compared device count:
         # K reruns from the initial weights one ulp off, every weight moved one more ulp after each
         # step, each run its own sign seed; and one in float64.
-        # In bf16-mixed the reruns train in it too, from the weights one bfloat16 ulp off (precision_runs).
+        # In bf16-mixed the reruns train in it too, from the weights one float32 ulp off as in float32 (precision_runs).
         ensemble, ulps = [], INITIAL_ULPS[settings.precision]
         for k in range(settings.floor_runs):
             moved = one_ulp_weights(initial, Path(scratch) / f"one_ulp_{k}.safetensors", settings.seed + k, ulps)
