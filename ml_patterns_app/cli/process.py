@@ -1,8 +1,9 @@
 """How a command meets its process: termination signals, a closed output pipe, warnings.
 
 - Ctrl-C (SIGINT) raises ``KeyboardInterrupt``; SIGTERM (``kill``, a job scheduler's time limit)
-  raises ``Terminated``, a ``KeyboardInterrupt``, so every cleanup Ctrl-C runs also runs for it: staging directories are removed, workers stopped,
-  nothing is left half-written; the command then prints one line.
+  raises ``Terminated``, a ``KeyboardInterrupt``, so every cleanup Ctrl-C runs also runs for it:
+  staging directories are removed, workers stopped, nothing is left half-written; the command then
+  prints one line.
 - A reader that stops early (``ml-patterns info | head``) closes the pipe: the command stops
   quietly, as the shell's own tools do, instead of ending in a ``BrokenPipeError`` traceback.
 - A warning (a duplicate molecule with other labels, a leftover from an interrupted run) is one line
