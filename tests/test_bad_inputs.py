@@ -748,15 +748,23 @@ def signalled_prepare(signum: int) -> Callable[[Scene], tuple[int, str]]:
 
         real_manifest = prepare_module._manifest
 
+        handlers = []  # the signal's handler when it was raised
+
         def signalled(*args, **kwargs):
+            handlers.append(signal.getsignal(signum))
             # raise_signal delivers to this thread before it returns; os.kill(getpid()) may pick any
             # thread of the process (XLA's, torch's), whose handler can run after the command has
-            # finished on a loaded machine: the test then saw exit 0.
+            # finished on a loaded machine.
             signal.raise_signal(signum)
             return real_manifest(*args, **kwargs)
 
         scene.monkeypatch.setattr(prepare_module, "_manifest", signalled)
-        return scene.cli("prepare", "--out", "ds", "--csv", "mols.csv", "--target-cols", "y", "--quiet", *HOLD_NONE_OUT)
+        code, err = scene.cli(
+            "prepare", "--out", "ds", "--csv", "mols.csv", "--target-cols", "y", "--quiet", *HOLD_NONE_OUT
+        )
+        if code == 0:  # not interrupted: say what the handler was, or that the signal never came
+            err += f"not interrupted; the signal raised under the handlers {handlers}"
+        return code, err
 
     return provoke
 
