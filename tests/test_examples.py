@@ -19,8 +19,9 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 EXPECT = re.compile(r"^# expect: (.+)$", re.MULTILINE)
 # Arguments a user could pass, to run an example smaller where what it shows does not need its
 # default size: check_your_port compares training over 50 steps instead of 200 (its verdict
-# against the noise floor is tested at full strength in parity_tests/test_porting_catalogue.py).
-ARGUMENTS = {"check_your_port.py": ["--steps", "50"]}
+# against the noise floor is tested at full strength in parity_tests/test_porting_catalogue.py),
+# compare_your_model one epoch instead of 3 (compare on a pair: tests/test_compare_models.py).
+ARGUMENTS = {"check_your_port.py": ["--steps", "50"], "compare_your_model.py": ["--epochs", "1"]}
 
 
 def test_there_are_examples():
