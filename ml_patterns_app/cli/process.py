@@ -1,9 +1,8 @@
 """How a command meets its process: termination signals, a closed output pipe, warnings.
 
-- Ctrl-C (SIGINT) raises ``KeyboardInterrupt``; SIGTERM (``kill``, a job scheduler's time limit)
-  raises ``Terminated``, a ``KeyboardInterrupt``, so every cleanup Ctrl-C runs also runs for it:
-  staging directories are removed, workers stopped, nothing is left half-written; the command then
-  prints one line.
+- SIGTERM (``kill``, a job scheduler's time limit) raises ``Terminated``, a ``KeyboardInterrupt``, so
+  every cleanup Ctrl-C runs also runs for it: staging directories are removed, workers stopped,
+  nothing is left half-written; the command then prints one line.
 - A reader that stops early (``ml-patterns info | head``) closes the pipe: the command stops
   quietly, as the shell's own tools do, instead of ending in a ``BrokenPipeError`` traceback.
 - A warning (a duplicate molecule with other labels, a leftover from an interrupted run) is one line
@@ -36,11 +35,6 @@ def command_process(prefix: str) -> Iterator[None]:
         print(f"{prefix}: warning: {message}", file=sys.stderr if file is None else file)
 
     previous_handler = signal.signal(signal.SIGTERM, _terminate)
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        # Installed again: a native library the command loaded may have replaced Python's handler
-        # underneath it (Python's record would not show it), and Ctrl-C must still raise
-        # KeyboardInterrupt. An inherited SIG_IGN (a background job) is left as it is.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     previous_show = warnings.showwarning
     warnings.showwarning = show
     try:
