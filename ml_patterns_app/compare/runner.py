@@ -267,7 +267,7 @@ def device_kind(choice: str, gpus: dict[str, str | None]) -> str:
 
 def one_ulp_weights(source: Path, destination: Path, seed: int, ulps: int = 1) -> Path:
     """``source``'s checkpoint with every floating-point entry moved by ``ulps`` ulps of its dtype
-    (one: ``ml_patterns.verdict``; one bfloat16 ulp: ``ml_patterns.ulps.BF16_ULPS``)."""
+    (``ml_patterns.ulps.INITIAL_ULPS`` of the compared precision: one, in every precision)."""
     arrays, metadata = load_checkpoint(source)
     rng = np.random.default_rng(seed)
     moved = {
