@@ -133,10 +133,17 @@ def enable_compile_cache(directory: str | os.PathLike) -> dict:
 
 
 def compile_loss(model) -> None:
+    """Not offered: JAX's Trainer compiles its steps already; the compiled contender is torch.compile
+    (``torch_impl.runtime``)."""
     raise ValueError("JAX's train steps are always compiled (jax.jit): the compiled contender is torch's alone")
 
 
 def count_step_flops(model: nnx.Module, batch: Mapping, dev: jax.Device) -> dict:
+    """The FLOPs of one training step's forward and backward pass on ``batch`` (numpy):
+    ``{"flops": float, "counter": what counted them}``, from XLA's cost analysis of the jitted
+    gradient computation (every floating-point operation, elementwise ones included: more than
+    torch's FlopCounterMode counts for the same step). The model is not touched; the optimizer's
+    update is not counted."""
     fn, params, rest = functional(model)
     key = jax.random.key(0)
 
