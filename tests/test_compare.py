@@ -49,6 +49,8 @@ def test_compare_end_to_end(default_dataset, tmp_path, capsys, monkeypatch):
             "32",
             "--max-train-molecules",
             "90",
+            "--max-eval-molecules",
+            "64",
             "--device",
             "cpu",
         ]
@@ -397,3 +399,23 @@ def test_the_ladder_is_fitted_to_the_batches_both_loaders_draw(default_dataset, 
         drawn = find_sampler(loader)
         assert type(drawn) is type(expected)
         assert all(drawn.batches(epoch) == expected.batches(epoch) for epoch in range(settings.epochs))
+
+
+def test_max_molecules_flags_limit_the_splits_a_worker_reads(default_dataset, tmp_path):
+    import torch
+
+    import torch_impl
+    import torch_impl.data
+    import torch_impl.molecules.models
+    from ml_patterns_app.cli import build_parser
+    from ml_patterns_app.cli.compare_command import compare_settings
+    from ml_patterns_app.compare.settings import WorkerJob
+    from ml_patterns_app.compare.workload import molecule_workload
+
+    args = build_parser().parse_args(["compare", "--max-train-molecules", "90", "--max-eval-molecules", "40"])
+    settings = compare_settings(args)
+    job = WorkerJob(str(default_dataset[0]), settings, str(tmp_path / "w.safetensors"), write_weights=True)
+    workload = molecule_workload(torch_impl, torch_impl.runtime, job, 1, torch.device("cpu"))
+    assert workload.samples_per_epoch == 90
+    assert sum(len(batch["input_ids"]) for batch in workload.val_loader) == 40
+    assert default_dataset[1]["splits"]["val"] > 40  # the limit cut the split

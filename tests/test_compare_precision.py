@@ -139,7 +139,8 @@ def test_an_unknown_precision_is_refused(default_dataset, tmp_path, capsys):
 def test_compare_in_bf16_mixed_end_to_end(default_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "report"
-    arguments = ["--epochs", "2", "--batch-size", "32", "--max-train-molecules", "90", "--device", "cpu"]
+    arguments = ["--epochs", "2", "--batch-size", "32", "--max-train-molecules", "90", "--max-eval-molecules", "64"]
+    arguments += ["--device", "cpu"]
     status = main(
         ["compare", "--data", str(default_dataset[0]), "--out", str(out), *arguments, "--precision", "bf16-mixed"]
     )

@@ -48,6 +48,12 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         help="train on the first N training molecules only (default: 0, all of them)",
     )
     parser.add_argument(
+        "--max-eval-molecules",
+        type=non_negative_int,
+        default=None,
+        help="validate and test on the first N molecules of each split only (default: 0, all of them)",
+    )
+    parser.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,
         default=None,
@@ -171,6 +177,7 @@ _SETTINGS_FLAGS = {
     "epochs": "epochs",
     "batch_size": "batch_size",
     "max_train_molecules": "max_train_molecules",
+    "max_eval_molecules": "max_eval_molecules",
     "optimizer": "optimizer_name",
     "lr": "learning_rate",
     "weight_decay": "weight_decay",
@@ -181,7 +188,7 @@ _SETTINGS_FLAGS = {
     "threads": "threads",
 }
 # The molecule workload's own flags: refused with your pair.
-_MOLECULE_FLAGS = ("model", "batch_size", "max_train_molecules", "max_buckets", "random_batches")
+_MOLECULE_FLAGS = ("model", "batch_size", "max_train_molecules", "max_eval_molecules", "max_buckets", "random_batches")
 
 
 def compare_settings(args: argparse.Namespace):

@@ -54,6 +54,9 @@ class CompareSettings:
     max_length: int = 128
     # Limit the training split (0: all of it), e.g. for a quick look.
     max_train_molecules: int = 0
+    # Limit the validation and test splits, each (0: all of it): validating and testing a quick look
+    # on the whole splits can cost more than its training.
+    max_eval_molecules: int = 0
     # Batches of molecules of similar length (ml_patterns.samplers.LengthGroupedSampler): far fewer
     # padded token positions than random batches (docs/PERFORMANCE.md).
     group_by_length: bool = True
@@ -132,7 +135,7 @@ def check_settings(settings: CompareSettings) -> None:
     problems += [
         f"{name} must be at least 1, got {getattr(settings, name)}" for name in positive if getattr(settings, name) < 1
     ]
-    non_negative = ("max_train_molecules", "threads", "seed", "clip_grad_norm", "weight_decay")
+    non_negative = ("max_train_molecules", "max_eval_molecules", "threads", "seed", "clip_grad_norm", "weight_decay")
     problems += [
         f"{name} must be 0 or more, got {getattr(settings, name)}"
         for name in non_negative

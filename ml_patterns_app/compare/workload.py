@@ -57,10 +57,9 @@ def molecule_workload(impl, runtime, job: WorkerJob, devices: int, device) -> Wo
     data = Path(job.data)
     settings = job.settings
     manifest = read_manifest(data)
-    train = LazyDataset(data, split="train")
-    if settings.max_train_molecules:
-        train = Subset(train, range(min(settings.max_train_molecules, len(train))))
-    val, test = LazyDataset(data, split="val"), LazyDataset(data, split="test")
+    train = first_molecules(LazyDataset(data, split="train"), settings.max_train_molecules)
+    val = first_molecules(LazyDataset(data, split="val"), settings.max_eval_molecules)
+    test = first_molecules(LazyDataset(data, split="test"), settings.max_eval_molecules)
     # Batches are padded to a short ladder of lengths fitted to this run's batches (each length is a
     # jax.jit program); the position table covers the longest rung.
     sampler = settings.train_sampler(train)
@@ -118,6 +117,11 @@ def molecule_workload(impl, runtime, job: WorkerJob, devices: int, device) -> Wo
         test_metrics=test_metrics,
         save_trained=lambda trained, path: trained.save(path),
     )
+
+
+def first_molecules(split: LazyDataset, limit: int):
+    """The first ``limit`` molecules of ``split`` (``limit`` 0: all of them)."""
+    return Subset(split, range(min(limit, len(split)))) if limit else split
 
 
 def molecule_test_metrics(
