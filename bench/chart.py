@@ -1,4 +1,4 @@
-"""ml_patterns_bench.png: one panel per benchmark, a group of bars per workload (and device), one bar per contender.
+"""bench.png: one panel per benchmark, a group of bars per workload (and device), one bar per contender.
 
 Bars are throughput (longer is faster), labelled with the value and, where the workload counts its
 FLOPs, the fraction of the device's measured matmul peak. Drawn with matplotlib's object API and the

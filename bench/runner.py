@@ -46,7 +46,7 @@ OPTIONAL = ("flops_per_call", "compile_s", "peak_memory", "detail")
 
 
 RESULTS_KIND = "folder of benchmark results"
-RESULT_FILES = ("ml_patterns_bench.json", "ml_patterns_bench.md", "ml_patterns_bench.png")
+RESULT_FILES = ("bench.json", "bench.md", "bench.png")
 
 
 def check_results_destination(out: Path, data: Path) -> None:
@@ -117,9 +117,9 @@ def run_benchmarks(args: argparse.Namespace) -> int:
     check_results_destination(args.out, args.data)
     args.out.mkdir(parents=True, exist_ok=True)
     mark_output(args.out, RESULTS_KIND)
-    atomic_write_text(args.out / "ml_patterns_bench.json", json.dumps(report, indent=1) + "\n")
-    atomic_write_text(args.out / "ml_patterns_bench.md", _markdown(report, table, summary))
-    write_chart(report, args.out / "ml_patterns_bench.png")
+    atomic_write_text(args.out / "bench.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(args.out / "bench.md", _markdown(report, table, summary))
+    write_chart(report, args.out / "bench.png")
     print(f"wrote bench.json, bench.md and bench.png to {args.out}")
     return 0
 

@@ -15,7 +15,7 @@ from ml_patterns_bench import losses, peak, training
 from ml_patterns_bench.models import ModelSize
 
 TINY = ModelSize("tiny", d_model=16, n_layers=1, n_heads=2, batch=8, length=16)
-REPORT = "ml_patterns_bench.json"  # what the run writes in its folder
+REPORT = "bench.json"  # what the run writes in its folder
 
 
 def run(data: Path, out: Path) -> dict:

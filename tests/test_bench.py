@@ -68,14 +68,14 @@ def test_contenders_train_the_same_mlp(quick_report):
 
 def test_quick_run_writes_markdown_and_a_png(quick_report):
     out, report = quick_report
-    markdown = (out / "ml_patterns_bench.md").read_text()
+    markdown = (out / "bench.md").read_text()
     assert "| benchmark | workload | contender | device | median |" in markdown
     assert "precision policy `float32`" in markdown and "quick run" in markdown
     mlp_rows = sum(r["benchmark"] == "mlp_train_step" for r in report["results"])
     # one line per row in the table, one per workload in the summary relative to torch eager
     assert markdown.count("| mlp_train_step |") == mlp_rows + 1
     assert "| mlp_train_step | small: batch 64" in markdown.split("relative to torch eager")[1]
-    png = (out / "ml_patterns_bench.png").read_bytes()
+    png = (out / "bench.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
 
@@ -129,7 +129,7 @@ def test_gpu_requested_without_one_is_a_clear_error(default_dataset, tmp_path, c
     args = ["bench", "--device", "gpu", "--only", "data", "--out", str(tmp_path), "--data", str(default_dataset[0])]
     assert main(args) == 2
     assert "--device gpu: no CUDA GPU found" in capsys.readouterr().err
-    assert not (tmp_path / "ml_patterns_bench.json").exists()
+    assert not (tmp_path / "bench.json").exists()
 
 
 def test_unknown_benchmark_is_refused_with_the_valid_names(tmp_path, capsys):

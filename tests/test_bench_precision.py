@@ -21,7 +21,7 @@ def report(default_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     args = ["bench", "--quick", "--precision", "bf16", "--only", "mlp", "--device", "cpu", "--threads", "1"]
     assert main([*args, "--out", str(out), "--data", str(default_dataset[0])]) == 0
-    return json.loads((out / "ml_patterns_bench.json").read_text()), (out / "ml_patterns_bench.md").read_text()
+    return json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
 
 
 def test_every_step_runs_in_both_precisions_and_the_peak_in_both_dtypes(report):
