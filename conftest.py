@@ -58,15 +58,22 @@ def pytest_collection_modifyitems(config, items):
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: files' order kept
 
 
+@pytest.fixture(scope="session")
+def run_folder(tmp_path_factory):
+    """The test run's temporary folder, the same for every xdist worker (each worker's own
+    temporary folder lies inside it): where what the workers share is kept."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
 @pytest.fixture(scope="session", autouse=True)
-def jax_compile_cache(tmp_path_factory):
+def jax_compile_cache(run_folder):
     """JAX's persistent compilation cache for the test run, shared by the xdist workers and every
     process the tests start (through the environment): the tests build the same small models again
     and again, and a program compiled once is then loaded, not compiled again. JAX's own cache, keyed
     by the program, its compile options and the jaxlib version; in the run's temporary folder, so
     that each run starts empty. Benchmarks turn it off while they time compiles."""
-    root = tmp_path_factory.getbasetemp()
-    cache = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "jax-compile-cache"
+    cache = run_folder / "jax-compile-cache"
     cache.mkdir(mode=0o700, exist_ok=True)
     settings = {"jax_compilation_cache_dir": str(cache), "jax_persistent_cache_min_compile_time_secs": 0.0}
     os.environ.update({name.upper(): str(value) for name, value in settings.items()})

@@ -16,12 +16,13 @@ import numpy as np
 
 from ml_patterns import verdict
 from ml_patterns.callbacks import Callback
-from ml_patterns.data import LazyDataset, Subset
+from ml_patterns.data import LazyDataset
 from ml_patterns.molecules.batches import BatchPreparer
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.samplers import LengthGroupedSampler, sequence_lengths
 from ml_patterns.ulps import ulps_off
 from ml_patterns_app.compare.settings import CompareSettings
+from ml_patterns_app.compare.workload import first_molecules
 
 BUGS = (
     "lr x1.5",
@@ -63,9 +64,7 @@ class Workload:
 
         self.settings = settings
         manifest = read_manifest(data)
-        train = LazyDataset(data, split="train")
-        if settings.max_train_molecules:
-            train = Subset(train, range(min(settings.max_train_molecules, len(train))))
+        train = first_molecules(LazyDataset(data, split="train"), settings.max_train_molecules)
         self.train = train
         sampler = settings.train_sampler(train)
         lengths = sampler.lengths if isinstance(sampler, LengthGroupedSampler) else sequence_lengths(train)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from filelock import FileLock
 
@@ -11,15 +9,12 @@ from tests import bench_quick
 
 
 @pytest.fixture(scope="session")
-def quick_report(default_dataset, tmp_path_factory):
+def quick_report(default_dataset, run_folder):
     """``(out, report)``: the tiny ``bench --quick`` run (tests/bench_quick.py), made once per test
     run. Under xdist (``-n``, the default) its two modules may run on different workers: the first
     worker to ask makes it, behind a file lock in the run's shared temporary folder, and the others
     read what it wrote (pytest-xdist's recipe for a session fixture made once)."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        out = tmp_path_factory.mktemp("bench")
-        return out, bench_quick.run(default_dataset[0], out)
-    out = tmp_path_factory.getbasetemp().parent / "bench-quick"  # the folder every worker's basetemp is in
+    out = run_folder / "bench-quick"
     with FileLock(f"{out}.lock"):
         if not (out / bench_quick.REPORT).is_file():
             bench_quick.run(default_dataset[0], out)
