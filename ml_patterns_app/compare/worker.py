@@ -117,7 +117,7 @@ def run_jobs(backend: str, runs: Sequence[tuple[WorkerJob, Path]]) -> None:
     reports progress and writes ``out``. The jobs share this process's CPUs and devices (the
     parent's ``launch.run_workers`` checks that they ask for the same). Nothing of a run reaches the
     next: the framework's global RNG starts each from the seed this process started with
-    (``{backend}_side.reseed_rng``), each run sets its precision policy and builds its own model,
+    (``{backend}_side.rng_reseeder``), each run sets its precision policy and builds its own model,
     loaders, optimizer and callbacks, and what a run froze out of the collector's reach is freed
     after it."""
     threads = runs[0][0].settings.threads or cpu_count()
