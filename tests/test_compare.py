@@ -3,6 +3,7 @@ logic, the progress display, Ctrl-C."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -236,6 +237,34 @@ def test_ctrl_c_stops_the_worker(tmp_path, monkeypatch):
     with pytest.raises(ProcessLookupError, match="No such process"):  # stopped and reaped
         os.kill(int(pid_file.read_text()), 0)
     assert not (tmp_path / "out.json").exists()
+
+
+def test_runs_sharing_a_worker_each_get_their_status_lines_and_a_failing_one_is_named(tmp_path, monkeypatch, capsys):
+    # A stand-in worker: two runs, the second failing after its first epoch.
+    epoch = {"event": "epoch", "epoch": 0, "epochs": 2, "seconds": 0.1, "train_loss": 2.0}
+    script = (
+        "import json, sys\n"
+        "for index in (0, 1):\n"
+        "    print(json.dumps({'event': 'run', 'index': index}), flush=True)\n"
+        f"    print(json.dumps({epoch!r}), flush=True)\n"
+        "sys.exit(3)\n"
+    )
+    commands = []
+    monkeypatch.setattr(launch, "worker_command", lambda *args: commands.append(args) or [sys.executable, "-c", script])
+    job = WorkerJob(data="", settings=CompareSettings(), weights="")
+    with pytest.raises(launch.WorkerFailed, match="the PyTorch, float64 worker failed"):
+        launch.run_workers("torch", [(job, tmp_path / "a.json", None), (job, tmp_path / "b.json", "PyTorch, float64")])
+    assert capsys.readouterr().out.splitlines() == [
+        "PyTorch (eager)  epoch 1/2  train_loss 2.0000  (0.1 s)",
+        "PyTorch (eager)  done",
+        "PyTorch, float64 epoch 1/2  train_loss 2.0000  (0.1 s)",
+        "PyTorch, float64 failed (exit status 3)",
+    ]
+    assert commands == [("torch", [(job, tmp_path / "a.json"), (job, tmp_path / "b.json")])]  # one process
+    other = dataclasses.replace(job, devices=2)
+    with pytest.raises(ValueError, match="must share device, devices and threads"):
+        launch.run_workers("torch", [(job, tmp_path / "a.json", None), (other, tmp_path / "b.json", None)])
+    assert len(commands) == 1
 
 
 @pytest.mark.parametrize(

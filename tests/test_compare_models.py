@@ -4,6 +4,7 @@ through both Trainers from the same weights; and compare's settings flags (``--l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import textwrap
@@ -190,6 +191,48 @@ def test_a_wrong_activation_in_the_nnx_port_disagrees(in_pair_dir, tmp_path):
     assert report["parity"]["steps"]["outcome"] == "disagree" and DISAGREE in report["verdict"]
     assert report["parity"]["steps"]["first_outside"] == 0  # the very first loss differs
     assert "val_loss" not in report["parity"]["epochs"][0]  # no validation batches given
+
+
+def test_runs_sharing_a_worker_process_give_what_each_gives_alone(in_pair_dir, tmp_path, capsys):
+    """The verdict's untimed runs share one worker process (``launch.run_workers``): a run after the
+    float64 anchor there (weights one ulp off, rounding noise each step) gives bit for bit what it
+    gives in a process of its own."""
+    import mypair
+    import torch
+
+    from ml_patterns.checkpoint import save_checkpoint
+    from ml_patterns_app.compare.launch import run_worker, run_workers
+    from ml_patterns_app.compare.pair import PairSpec
+    from ml_patterns_app.compare.precision_runs import float32_settings
+    from ml_patterns_app.compare.runner import one_ulp_weights
+    from ml_patterns_app.compare.settings import WorkerJob
+    from torch_impl import state
+
+    torch.manual_seed(0)
+    initial = save_checkpoint(
+        tmp_path / "initial.safetensors",
+        state.to_numpy(mypair.torch_model()),
+        backend="torch",
+        model_class="TorchMLP",
+        config=None,
+        versions={"torch": torch.__version__},
+    )
+    pair = PairSpec(torch="mypair:torch_model", jax="mypair:nnx_model", data="mypair:train_batches")
+    settings = CompareSettings(epochs=2, threads=1)
+    base = WorkerJob(data=pair.data, settings=settings, weights=str(initial), device="cpu", pair=pair.to_dict())
+    anchor = dataclasses.replace(base, settings=float32_settings(settings), float64=True)
+    moved = one_ulp_weights(initial, tmp_path / "one_ulp.safetensors", seed=1)
+    rerun = dataclasses.replace(base, weights=str(moved), rounding_seed=1)
+    first, after = run_workers(
+        "torch", [(anchor, tmp_path / "anchor.json", "anchor"), (rerun, tmp_path / "rerun.json", "rerun")]
+    )
+    alone = run_worker("torch", rerun, tmp_path / "alone.json", "alone")
+    for field in ("step_losses", "history", "weight_norms", "test_metrics"):
+        assert getattr(after, field) == getattr(alone, field), field
+    assert len(after.step_losses) == 2 * 6 and after.step_losses != first.step_losses  # both trained, differently
+    printed = capsys.readouterr().out
+    for label in ("anchor", "rerun", "alone"):  # each run its own status lines, as in a process of its own
+        assert f"{label:<16} epoch 2/2  train_loss " in printed and f"{label:<16} done" in printed
 
 
 def test_an_unmappable_pair_stops_with_the_mapping_table_before_training(in_pair_dir, tmp_path, capsys):

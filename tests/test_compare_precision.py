@@ -85,17 +85,22 @@ def test_the_float32_distance_is_reported_and_never_judged(default_dataset):
 
 
 def test_bf16_mixed_trains_the_reruns_in_it_and_the_anchor_and_twins_in_float32(default_dataset, tmp_path, monkeypatch):
-    jobs, moves = [], []
+    jobs, moves, processes = [], [], []
 
     def fake_worker(backend, job, out, label=None):
         jobs.append((backend, label, job))
         return fake_result([2.0, 1.0], [3.0, 2.0])
+
+    def fake_workers(backend, runs):
+        processes.append([label for _, _, label in runs])
+        return [fake_worker(backend, *run) for run in runs]
 
     def fake_move(source, destination, seed, ulps=1):
         moves.append(ulps)
         return destination
 
     monkeypatch.setattr(runner, "run_worker", fake_worker)
+    monkeypatch.setattr(runner, "run_workers", fake_workers)
     monkeypatch.setattr(runner, "one_ulp_weights", fake_move)
     settings = CompareSettings(precision="bf16-mixed")
     report = runner.compare(settings, default_dataset[0], tmp_path / "out", device="cpu")
@@ -110,6 +115,10 @@ def test_bf16_mixed_trains_the_reruns_in_it_and_the_anchor_and_twins_in_float32(
         assert twin.settings.precision == "float32" and not twin.float64 and twin.rounding_seed is None
         assert twin.contender == ("eager" if backend == "torch" else "jit")
         assert [b for b, lab, _ in jobs if lab == label] == [backend]
+    # The untimed runs of torch share one process (the verdict's, and torch's float32 twin); JAX's twin has its own.
+    assert processes == [
+        [*(f"PyTorch, ulp off {k}/3" for k in (1, 2, 3)), "PyTorch, float64", "PyTorch (eager), float32"]
+    ]
     assert set(report["bf16_vs_float32"]["backends"]) == {"torch", "jax"}
     written = json.loads((tmp_path / "out" / "results.json").read_text())
     assert written["bf16_vs_float32"]["backends"]["jax"]["median_rel_distance"] == 0.0
@@ -118,9 +127,13 @@ def test_bf16_mixed_trains_the_reruns_in_it_and_the_anchor_and_twins_in_float32(
 
 def test_float32_compare_trains_no_twins_and_moves_one_ulp(default_dataset, tmp_path, monkeypatch):
     labels, moves = [], []
-    monkeypatch.setattr(
-        runner, "run_worker", lambda b, job, out, label=None: labels.append(label) or fake_result([2.0], [3.0], [2.0])
-    )
+
+    def fake_worker(backend, job, out, label=None):
+        labels.append(label)
+        return fake_result([2.0], [3.0], [2.0])
+
+    monkeypatch.setattr(runner, "run_worker", fake_worker)
+    monkeypatch.setattr(runner, "run_workers", lambda backend, runs: [fake_worker(backend, *run) for run in runs])
     monkeypatch.setattr(runner, "one_ulp_weights", lambda s, d, seed, ulps=1: moves.append(ulps) or d)
     report = runner.compare(CompareSettings(epochs=1), default_dataset[0], tmp_path / "out", device="cpu")
     assert moves == [1, 1, 1] and not any(label and "float32" in label for label in labels)

@@ -1,4 +1,4 @@
-"""The JAX worker's own part: your NNX model as the Trainer takes it."""
+"""The JAX worker's own part: your NNX model as the Trainer takes it, and its global RNG between runs."""
 
 from __future__ import annotations
 
@@ -31,3 +31,8 @@ def user_model(spec: PairSpec, job: WorkerJob) -> nnx.Module:
         return WithLoss(model, load_callable(spec.jax_loss, "--jax-loss"))
     check_loss(model, "--jax", spec.jax, "--jax-loss")
     return model
+
+
+def rng_reseeder() -> Callable[[], None]:
+    """As ``torch_side.rng_reseeder``: JAX has no global RNG (every draw takes its key), so nothing to do."""
+    return lambda: None

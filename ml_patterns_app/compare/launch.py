@@ -12,6 +12,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ml_patterns_app.compare.settings import LABELS, WorkerJob, WorkerResult
@@ -37,17 +38,38 @@ def probe_gpu(backend: str) -> str | None:
 
 def run_worker(backend: str, job: WorkerJob, out: Path, label: str | None = None) -> WorkerResult:
     """Runs one worker to the end, rendering its progress; its result, read from ``out``."""
-    command = worker_command(backend, job, out)
-    devices = job.devices
-    label = (label or LABELS[backend]) + (f" x{devices}" if devices > 1 else "")
-    status = StatusLine(label, sys.stdout)
+    return run_workers(backend, [(job, out, label)])[0]
+
+
+def run_workers(backend: str, runs: Sequence[tuple[WorkerJob, Path, str | None]]) -> list[WorkerResult]:
+    """Runs ``runs`` (each a job, the path its result goes to, its label: ``LABELS[backend]`` when
+    None) one after the other in ONE worker process (``worker.run_jobs``), rendering each run's
+    progress on a status line of its own, as if each had a process of its own; their results, in
+    order. For runs whose time and memory are not measured: they share the process's start, its
+    threads and its devices, so every job must ask for the same (``device``, ``devices``,
+    ``settings.threads``; a ``ValueError`` otherwise). A failing run stops the rest, and is named."""
+    if not runs:
+        return []
+    first = runs[0][0]
+    for job, _, _ in runs:
+        if (job.device, job.devices, job.settings.threads) != (first.device, first.devices, first.settings.threads):
+            raise ValueError(f"runs of one worker process must share device, devices and threads: {job} vs {first}")
+    labels = [(label or LABELS[backend]) + (f" x{job.devices}" if job.devices > 1 else "") for job, _, label in runs]
+    run = 0
+    status = StatusLine(labels[run], sys.stdout)
     status.show("starting")
     environment = importlib.import_module(f"{backend}_impl.environment")  # framework-free
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **environment.process_environment(devices, job.device)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **environment.process_environment(first.devices, first.device)}
+    command = worker_command(backend, [(job, out) for job, out, _ in runs])
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env) as process:
         try:
             for line in process.stdout:
-                status.event(line)
+                event = status.event(line)
+                if event.get("event") == "run" and event["index"] > run:  # the previous run is done
+                    status.finish("done")
+                    run = event["index"]
+                    status = StatusLine(labels[run], sys.stdout)
+                    status.show("starting")
             code = process.wait()
         except BaseException:  # Ctrl-C (KeyboardInterrupt) or anything else: the worker must not outlive us
             stop(process)
@@ -55,9 +77,9 @@ def run_worker(backend: str, job: WorkerJob, out: Path, label: str | None = None
             raise
     if code != 0:
         status.finish(f"failed (exit status {code})")
-        raise WorkerFailed(f"the {label} worker failed (exit status {code}); its error is printed above")
+        raise WorkerFailed(f"the {labels[run]} worker failed (exit status {code}); its error is printed above")
     status.finish("done")
-    return WorkerResult.from_json(out.read_text())
+    return [WorkerResult.from_json(out.read_text()) for _, out, _ in runs]
 
 
 def machine_load() -> dict:
@@ -95,8 +117,15 @@ def _busy_cpu_seconds() -> float | None:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def worker_command(backend: str, job: WorkerJob, out: Path) -> list[str]:
-    return [sys.executable, "-m", "ml_patterns_app.compare.worker", backend, job.to_json(), str(out)]
+def worker_command(backend: str, runs: Sequence[tuple[WorkerJob, Path]]) -> list[str]:
+    """``python -m ml_patterns_app.compare.worker BACKEND JOB_JSON OUT [JOB_JSON OUT ...]``."""
+    return [
+        sys.executable,
+        "-m",
+        "ml_patterns_app.compare.worker",
+        backend,
+        *(a for job, out in runs for a in (job.to_json(), str(out))),
+    ]
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -119,13 +148,16 @@ class StatusLine:
         self.live = stream.isatty()
         self.width = 0
 
-    def event(self, line: str) -> None:
+    def event(self, line: str) -> dict:
+        """Renders one line of the worker's stdout; returns the progress event it is (``{}``: none)."""
         try:
             event = json.loads(line)
-        except json.JSONDecodeError:  # not a progress event: pass it through
+        except json.JSONDecodeError:
+            event = None
+        if not isinstance(event, dict):  # not a progress event: pass it through
             self._print(line.rstrip("\n"))
-            return
-        kind = event.pop("event", None)
+            return {}
+        kind = event.get("event")
         if kind == "batch":
             self.show(
                 f"epoch {event['epoch'] + 1}/{event['epochs']}  batch {event['batch']}/{event['batches']}  "
@@ -136,6 +168,7 @@ class StatusLine:
             self._print(f"epoch {event['epoch'] + 1}/{event['epochs']}  {losses}  ({event['seconds']:.1f} s)")
         elif kind == "status":
             self.show(event["text"])
+        return event
 
     def show(self, text: str) -> None:
         """A transient status: overwrites the current line on a terminal; not shown otherwise."""

@@ -1,14 +1,18 @@
 """The parent process of ``ml-patterns compare``: prepare, launch the workers, show their progress,
 compare, report.
 
-Each backend trains in its own subprocess (``worker``), so its timings and peak memory are its own,
-not the other framework's thread pools or allocations; they run one after the other, each with the
-machine to itself, the torch worker first (it writes the initial weights the JAX worker reads),
-then torch again: K times with the weights moved by one ulp at the start and after every step
-(the ensemble floor of the verdict), and once in float64 (its anchor; ``ml_patterns.verdict``); in
-bf16-mixed, each backend once more in float32 (``precision_runs``).
+Each timed run (each backend's, torch.compile's) trains in a subprocess of its own (``worker``), so
+its timings and peak memory are its own, not the other framework's thread pools or allocations;
+they run one after the other, each with the machine to itself, the torch worker first (it writes
+the initial weights the JAX worker reads). Then the verdict's runs of torch, whose time and memory
+are not reported, one after the other in ONE more worker process (they would otherwise spend more
+time starting Python and torch than training): K times with the weights moved by one ulp at the
+start and after every step (the ensemble floor of the verdict), once in float64 (its anchor;
+``ml_patterns.verdict``) and, in bf16-mixed, once in float32 (``precision_runs``); each gives
+bit for bit what it gives in a process of its own (``worker.run_jobs``). In bf16-mixed JAX's own
+float32 run follows, in its own process.
 A worker's progress arrives on its stdout as JSON lines and is shown as one live status line per
-backend (a line per epoch when stdout is not a terminal); its stderr (warnings, errors) passes
+run (a line per epoch when stdout is not a terminal); its stderr (warnings, errors) passes
 straight through (``launch`` runs a worker). Ctrl-C stops the running worker and starts no other,
 and no report is written.
 """
@@ -32,7 +36,7 @@ from ml_patterns.io import private_directory
 from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
 from ml_patterns.precision import MIXED
 from ml_patterns.ulps import INITIAL_ULPS, ulps_off
-from ml_patterns_app.compare.launch import machine_load, machine_load_during, probe_gpu, run_worker
+from ml_patterns_app.compare.launch import machine_load, machine_load_during, probe_gpu, run_worker, run_workers
 from ml_patterns_app.compare.pair import PairSpec, prepare_initial_weights
 from ml_patterns_app.compare.precision_runs import float32_settings
 from ml_patterns_app.compare.report import add_one_device_parity, build_report
@@ -157,23 +161,32 @@ def compare(
         # K reruns from the initial weights one ulp off, every weight moved one more ulp after each
         # step, each run its own sign seed; and one in float64.
         # In bf16-mixed the reruns train in it too, from the weights one float32 ulp off as in float32 (precision_runs).
-        ensemble, ulps = [], INITIAL_ULPS[settings.precision]
+        # Neither time nor memory of these is reported: they run one after the other in one process.
+        verdict_runs, ulps = [], INITIAL_ULPS[settings.precision]
         for k in range(settings.floor_runs):
             moved = one_ulp_weights(initial, Path(scratch) / f"one_ulp_{k}.safetensors", settings.seed + k, ulps)
             job = dataclasses.replace(base, devices=devices, weights=str(moved), rounding_seed=settings.seed + k)
             label = f"{ENSEMBLE_LABEL} {k + 1}/{settings.floor_runs}"
-            ensemble.append(run_worker(REFERENCE, job, Path(scratch) / f"one_ulp_{k}.json", label))
+            verdict_runs.append((job, Path(scratch) / f"one_ulp_{k}.json", label))
         in_float32 = dataclasses.replace(base, devices=devices, settings=float32_settings(settings))
         job = dataclasses.replace(in_float32, float64=True)  # float64, no autocast
-        anchor = run_worker(REFERENCE, job, Path(scratch) / "float64.json", ANCHOR_LABEL)
-        float32 = {  # bf16-mixed: each backend's own float32 run, from the same weights and batches
-            backend: run_worker(
-                backend,
+        verdict_runs.append((job, Path(scratch) / "float64.json", ANCHOR_LABEL))
+        # bf16-mixed: each backend's own float32 run, from the same weights and batches (only their
+        # numbers are reported: the reference's shares the verdict's process, the other's has its own).
+        twins = {
+            backend: (
                 dataclasses.replace(in_float32, weights=str(weights[backend]), contender=JUDGED[backend]),
                 Path(scratch) / f"{backend}-float32.json",
                 f"{LABELS[backend]}, float32",
             )
             for backend in (BACKENDS if settings.precision == MIXED else ())
+        }
+        if twins:
+            verdict_runs.append(twins[REFERENCE])
+        shared = run_workers(REFERENCE, verdict_runs)
+        ensemble, anchor = shared[: settings.floor_runs], shared[settings.floor_runs]
+        float32 = {
+            backend: shared[-1] if backend == REFERENCE else run_worker(backend, *run) for backend, run in twins.items()
         }
         trained = {  # the trained weights, where the workload saves them (ours: yes; your pair: no)
             backend: path.read_bytes()

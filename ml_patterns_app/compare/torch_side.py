@@ -1,4 +1,4 @@
-"""The torch worker's own part: your model as the Trainer takes it."""
+"""The torch worker's own part: your model as the Trainer takes it, and its global RNG between runs."""
 
 from __future__ import annotations
 
@@ -32,3 +32,12 @@ def user_model(spec: PairSpec, job: WorkerJob) -> torch.nn.Module:
         return WithLoss(model, load_callable(spec.torch_loss, "--torch-loss"))
     check_loss(model, "--torch", spec.torch, "--torch-loss")
     return model
+
+
+def rng_reseeder() -> Callable[[], None]:
+    """Called as the worker starts, before anything draws from torch's global RNG: a function that
+    seeds it (the CPU's and every GPU's) with the seed it started with, so that each run of a worker
+    that runs several (``worker.run_jobs``) draws what it would draw in a process of its own
+    (dropout, a model's own initialization before its weights are loaded)."""
+    seed = torch.initial_seed()
+    return lambda: torch.manual_seed(seed)

@@ -1,12 +1,15 @@
-"""One backend's training run for ``ml-patterns compare``, in a process of its own.
+"""One backend's training runs for ``ml-patterns compare``, in a process of their own.
 
-    python -m ml_patterns_app.compare.worker BACKEND JOB_JSON OUT_JSON
+    python -m ml_patterns_app.compare.worker BACKEND JOB_JSON OUT_JSON [JOB_JSON OUT_JSON ...]
 
-The first worker builds the model and writes the initial weights (a portable checkpoint); the
-next one reads them, so both backends start from the same weights. Progress goes to stdout as one JSON object per line
-(``ProgressEvents``), which the parent renders; anything else a worker prints goes to stderr.
-The result (history, every step's loss, epoch times, test metrics, device, versions, peak memory)
-goes to OUT_JSON.
+Each run's job (``WorkerJob``) is trained in turn, its result (history, every step's loss, epoch
+times, test metrics, device, versions, peak memory) written to its own OUT_JSON. A timed run has
+a process to itself (its time and memory are its own); the verdict's untimed runs of the
+reference share one (``run_jobs``: nothing of one run reaches the next). The first worker builds
+the model and writes the initial weights (a portable checkpoint); the next ones read them, so both
+backends start from the same weights. Progress goes to stdout as one JSON object per line (a
+``run`` event as each run starts, then ``ProgressEvents``), which the parent renders; anything
+else a worker prints goes to stderr.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ml_patterns.callbacks import Callback
@@ -105,16 +109,29 @@ class EpochRecord(Callback):
         self.weight_norms.append(global_norm(self.to_numpy(trainer.snapshot_weights())))
 
 
-def run_worker(backend: str, job: WorkerJob, out: Path) -> None:
-    """One backend's run; with ``job.devices`` N > 1, data-parallel (docs/DISTRIBUTED.md) as the
-    backend's ``runtime.run_data_parallel`` does it (torch: N DDP processes; JAX: one mesh, the
-    parent setting ``environment.process_environment``). Rank 0 alone reports progress and writes ``out``."""
-    threads = job.settings.threads or cpu_count()
+def run_jobs(backend: str, runs: Sequence[tuple[WorkerJob, Path]]) -> None:
+    """Each ``(job, out)`` of ``runs`` in turn, as a process of its own would run it: a ``run`` event
+    (its ``index``), then ``_train``; with ``job.devices`` N > 1, data-parallel (docs/DISTRIBUTED.md)
+    as the backend's ``runtime.run_data_parallel`` does it (torch: N DDP processes, fresh for each
+    run; JAX: one mesh, the parent setting ``environment.process_environment``). Rank 0 alone
+    reports progress and writes ``out``. The jobs share this process's CPUs and devices (the
+    parent's ``launch.run_workers`` checks that they ask for the same). Nothing of a run reaches the
+    next: the framework's global RNG starts each from the seed this process started with
+    (``{backend}_side.rng_reseeder``), each run sets its precision policy and builds its own model,
+    loaders, optimizer and callbacks, and what a run froze out of the collector's reach is freed
+    after it."""
+    threads = runs[0][0].settings.threads or cpu_count()
     # Before the framework loads: XLA sizes its thread pool from the CPUs this process may use, and
     # torch's OpenMP its thread count; DDP's rank processes inherit the mask (docs/PERFORMANCE.md).
     with restrict_cpus(threads) as cpus:
         runtime = importlib.import_module(f"{backend}_impl.runtime")
-        runtime.run_data_parallel(_train, job.devices, job.device, backend, job, cpus, out)
+        reseed_rng = importlib.import_module(f"ml_patterns_app.compare.{backend}_side").rng_reseeder()
+        for index, (job, out) in enumerate(runs):
+            emit("run", index=index)
+            reseed_rng()
+            runtime.run_data_parallel(_train, job.devices, job.device, backend, job, cpus, out)
+            gc.unfreeze()  # what _train froze (its model, data, optimizer) is garbage now
+            runtime.release_memory()
 
 
 def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> None:
@@ -154,9 +171,9 @@ def _train(distributed, backend: str, job: WorkerJob, cpus: dict, out: Path) -> 
         pad_batches_to=workload.pad_rows,
         precision=settings.precision,
     )
-    # Everything alive now (the frameworks, the model, the data) lives until the worker exits: moved
-    # out of the collector's generations, it is not rescanned by the collections JAX's tracing sets
-    # off (docs/PERFORMANCE.md).
+    # Everything alive now (the frameworks, the model, the data) lives until the run ends: moved out
+    # of the collector's generations, it is not rescanned by the collections JAX's tracing sets off
+    # (docs/PERFORMANCE.md); run_jobs gives it back to the collector after the run.
     gc.freeze()
     trainer.fit(workload.train_loader, workload.val_loader, settings.epochs)
     if not main:
@@ -216,14 +233,16 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--probe":  # the parent's device check (runner.resolve_device)
         print(json.dumps(probe(sys.argv[2])))
         sys.exit(0)
-    if len(sys.argv) != 4:
+    if len(sys.argv) < 4 or len(sys.argv) % 2:
         raise SystemExit(
-            "usage: python -m ml_patterns_app.compare.worker BACKEND JOB_JSON OUT (run `ml-patterns compare` instead)"
+            "usage: python -m ml_patterns_app.compare.worker BACKEND JOB_JSON OUT [JOB_JSON OUT ...] "
+            "(run `ml-patterns compare` instead)"
         )
     from ml_patterns.user_errors import USER_ERRORS
 
     try:
-        run_worker(sys.argv[1], WorkerJob.from_json(sys.argv[2]), Path(sys.argv[3]))
+        jobs = [(WorkerJob.from_json(job), Path(out)) for job, out in zip(sys.argv[2::2], sys.argv[3::2], strict=True)]
+        run_jobs(sys.argv[1], jobs)
     except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal: the parent reports it
         sys.exit(130)
     except USER_ERRORS as error:  # e.g. --device gpu without one: one line, as the CLI prints it
