@@ -29,7 +29,9 @@ def no_work(scene: Scene) -> None:
 def compare_into(out: str, data: str | None = None):
     def provoke(scene: Scene) -> tuple[int, str]:
         no_work(scene)
-        return scene.cli("compare", "--data", data or str(scene.default_dataset), "--out", out, "--no-compile-cache")
+        # --device cpu: no device probe (a process per framework) before the destination is checked
+        argv = ["compare", "--data", data or str(scene.default_dataset), "--out", out, "--no-compile-cache"]
+        return scene.cli(*argv, "--device", "cpu")
 
     return provoke
 
