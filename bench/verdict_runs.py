@@ -20,7 +20,7 @@ from ml_patterns.data import LazyDataset
 from ml_patterns.molecules.batches import BatchPreparer
 from ml_patterns.molecules.prepare import read_manifest
 from ml_patterns.samplers import LengthGroupedSampler, sequence_lengths
-from ml_patterns.ulps import ulps_off
+from ml_patterns.ulps import arrays_off
 from ml_patterns_app.compare.settings import CompareSettings
 from ml_patterns_app.compare.workload import first_molecules
 
@@ -80,12 +80,8 @@ class Workload:
 
     def moved_weights(self, seed: int, ulps: int) -> dict:
         """The initial weights, every floating-point entry ``ulps`` ulps off (signs from ``seed``), as
-        compare's runner moves an ensemble rerun's (``ml_patterns.ulps.ulps_off``)."""
-        rng = np.random.default_rng(seed)
-        return {
-            k: ulps_off(v, rng, ulps) if np.issubdtype(v.dtype, np.floating) else v
-            for k, v in sorted(self.weights.items())
-        }
+        compare's runner moves an ensemble rerun's (``ml_patterns.ulps.arrays_off``)."""
+        return arrays_off(self.weights, seed, ulps)
 
 
 def torch_losses(work: Workload, weights: dict, variant: str = "", rounding_seed: int | None = None) -> tuple:

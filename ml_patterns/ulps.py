@@ -11,6 +11,8 @@ spacings), is the start the calibration measured and rejected for bf16-mixed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 BF16_ULPS = 2 ** (np.finfo(np.float32).nmant - 7)  # 2^16: bfloat16 has 7 explicit mantissa bits, float32 23
@@ -47,3 +49,14 @@ def ulps_off(values: np.ndarray, rng: np.random.Generator, ulps: int = 1) -> np.
     moved = np.clip(ordered + np.where(down, -ulps, ulps).astype(signed), -largest, largest)
     back = np.where(moved < 0, (-moved).astype(unsigned) | sign_bit, moved.astype(unsigned))
     return back.astype(unsigned).view(values.dtype)
+
+
+def arrays_off(arrays: Mapping[str, np.ndarray], seed: int, ulps: int = 1) -> dict[str, np.ndarray]:
+    """``arrays`` (a checkpoint's ``{name: array}``) with every floating-point entry moved by
+    ``ulps`` ulps (``ulps_off``), the signs drawn from ``seed`` in the names' sorted order; other
+    entries as they are: the initial weights of the verdict's ensemble rerun of that seed."""
+    rng = np.random.default_rng(seed)
+    return {
+        name: ulps_off(array, rng, ulps) if np.issubdtype(array.dtype, np.floating) else array
+        for name, array in sorted(arrays.items())
+    }

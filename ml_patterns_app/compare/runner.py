@@ -28,14 +28,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from ml_patterns.checkpoint import config_from_metadata, load_checkpoint, save_checkpoint
 from ml_patterns.errors import UsageError
 from ml_patterns.io import private_directory
 from ml_patterns.molecules.prepare import prepare_dataset, read_manifest
 from ml_patterns.precision import MIXED
-from ml_patterns.ulps import INITIAL_ULPS, ulps_off
+from ml_patterns.ulps import INITIAL_ULPS, arrays_off
 from ml_patterns_app.compare.launch import machine_load, machine_load_during, probe_gpu, run_worker, run_workers
 from ml_patterns_app.compare.pair import PairSpec, prepare_initial_weights
 from ml_patterns_app.compare.precision_runs import float32_settings
@@ -282,11 +280,7 @@ def one_ulp_weights(source: Path, destination: Path, seed: int, ulps: int = 1) -
     """``source``'s checkpoint with every floating-point entry moved by ``ulps`` ulps of its dtype
     (``ml_patterns.ulps.INITIAL_ULPS`` of the compared precision: one, in every precision)."""
     arrays, metadata = load_checkpoint(source)
-    rng = np.random.default_rng(seed)
-    moved = {
-        name: ulps_off(array, rng, ulps) if np.issubdtype(array.dtype, np.floating) else array
-        for name, array in sorted(arrays.items())
-    }
+    moved = arrays_off(arrays, seed, ulps)
     # Your own torch model's checkpoint holds no ModelConfig (ours does).
     config = None if metadata.get("config") is None else config_from_metadata(metadata, source)
     return save_checkpoint(
