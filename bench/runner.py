@@ -47,6 +47,8 @@ OPTIONAL = ("flops_per_call", "compile_s", "peak_memory", "detail")
 
 RESULTS_KIND = "folder of benchmark results"
 RESULT_FILES = ("bench.json", "bench.md", "bench.png")
+# The same files as some earlier versions named them, before results folders were marked.
+EARLIER_RESULT_FILES = ("ml_patterns_bench.json", "ml_patterns_bench.md", "ml_patterns_bench.png")
 
 
 def check_results_destination(out: Path, data: Path) -> None:
@@ -56,9 +58,8 @@ def check_results_destination(out: Path, data: Path) -> None:
 
 
 def _results_only(folder: Path) -> bool:
-    """Results written before results folders were marked (also under their older names, bench.*)."""
-    older = {name.replace("ml_patterns_bench", "bench") for name in RESULT_FILES}
-    return {entry.name for entry in folder.iterdir()} <= {*RESULT_FILES, *older, MARKER}
+    """Results written before results folders were marked (under either name of their files)."""
+    return {entry.name for entry in folder.iterdir()} <= {*RESULT_FILES, *EARLIER_RESULT_FILES, MARKER}
 
 
 def run_benchmarks(args: argparse.Namespace) -> int:
@@ -117,10 +118,11 @@ def run_benchmarks(args: argparse.Namespace) -> int:
     check_results_destination(args.out, args.data)
     args.out.mkdir(parents=True, exist_ok=True)
     mark_output(args.out, RESULTS_KIND)
-    atomic_write_text(args.out / "bench.json", json.dumps(report, indent=1) + "\n")
-    atomic_write_text(args.out / "bench.md", _markdown(report, table, summary))
-    write_chart(report, args.out / "bench.png")
-    print(f"wrote bench.json, bench.md and bench.png to {args.out}")
+    json_file, markdown_file, chart_file = RESULT_FILES
+    atomic_write_text(args.out / json_file, json.dumps(report, indent=1) + "\n")
+    atomic_write_text(args.out / markdown_file, _markdown(report, table, summary))
+    write_chart(report, args.out / chart_file)
+    print(f"wrote {json_file}, {markdown_file} and {chart_file} to {args.out}")
     return 0
 
 

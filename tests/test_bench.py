@@ -10,6 +10,7 @@ import threading
 import numpy as np
 import pytest
 
+from ml_patterns.errors import DestinationError
 from ml_patterns.machine import cpu_count, restrict_cpus
 from ml_patterns_app.cli import main
 from ml_patterns_bench import runner
@@ -145,6 +146,18 @@ def test_every_workload_takes_the_context_and_every_contender_has_a_framework():
         assert list(inspect.signature(run).parameters) == ["ctx"], name
     assert {contender.framework for contender in CONTENDERS.values()} == {"torch", "jax"}
     assert [name for name, c in CONTENDERS.items() if not c.quick] == ["torch.compile"]
+
+
+@pytest.mark.parametrize("names", [runner.RESULT_FILES, runner.EARLIER_RESULT_FILES], ids=["current", "earlier"])
+def test_an_unmarked_folder_of_earlier_results_may_be_replaced_and_one_with_other_files_not(tmp_path, names):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in names:  # written before results folders were marked
+        (out / name).write_text("earlier results")
+    runner.check_results_destination(out, tmp_path / "data")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(DestinationError, match=r"not a folder of benchmark results written by ml-patterns"):
+        runner.check_results_destination(out, tmp_path / "data")
 
 
 def test_a_malformed_row_names_the_benchmark():
