@@ -123,11 +123,12 @@ def test_every_option_has_help_with_its_default(command):
             assert all(str(choice) in help_text for choice in action.choices), action.dest
 
 
-def test_console_script_does_not_load_a_framework_for_core_commands():
+def test_console_script_does_not_load_a_framework_or_matplotlib_for_core_commands():
     code = "import sys; from ml_patterns_app.cli import main; main(['--version'])"
     probe = (
         "import sys, ml_patterns_app.cli, ml_patterns.data, ml_patterns.molecules.prepare; "
-        "ml_patterns_app.cli.build_parser(); print(sorted(m for m in ('torch', 'jax') if m in sys.modules))"
+        "ml_patterns_app.cli.build_parser(); "
+        "print(sorted(m for m in ('torch', 'jax', 'matplotlib') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -189,6 +190,16 @@ def test_an_interrupted_write_leaves_the_previous_report(default_dataset, tmp_pa
         write_report({**report, "wall_time_s": 2.0}, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging directory left behind
+
+
+def test_a_worker_process_loads_neither_the_parent_runner_nor_matplotlib():
+    """``python -m ml_patterns_app.compare.worker`` imports the package first: it exports lazily."""
+    probe = (
+        "import sys, ml_patterns_app.compare.worker; "
+        "print(sorted(m for m in ('matplotlib', 'ml_patterns_app.compare.runner') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_status_line_renders_worker_events():

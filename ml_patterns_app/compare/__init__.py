@@ -19,7 +19,18 @@ own model pair (``compare_models``).
 - ``models``: ``compare_models``, your pair from Python.
 """
 
-from ml_patterns_app.compare.models import compare_models
-from ml_patterns_app.compare.runner import run_compare
+import importlib
 
-__all__ = ["compare_models", "run_compare"]
+# The public names, each imported from its module on first use (PEP 562): a worker process
+# (``python -m ml_patterns_app.compare.worker`` imports this package first) then loads what it runs,
+# not the parent's runner, its report writer and matplotlib.
+_EXPORTS = {"compare_models": "ml_patterns_app.compare.models", "run_compare": "ml_patterns_app.compare.runner"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups find it without coming here
+    return value
