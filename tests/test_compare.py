@@ -7,7 +7,6 @@ import dataclasses
 import io
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -30,6 +29,7 @@ from ml_patterns_app.compare.settings import (
 from ml_patterns_app.compare.speed import steady_state
 from ml_patterns_app.compare.summary import format_summary
 from ml_patterns_app.compare.written import write_report
+from tests.test_cli import modules_loaded
 
 
 def test_compare_end_to_end(default_dataset, tmp_path, capsys, monkeypatch):
@@ -194,12 +194,8 @@ def test_an_interrupted_write_leaves_the_previous_report(default_dataset, tmp_pa
 
 def test_a_worker_process_loads_neither_the_parent_runner_nor_matplotlib():
     """``python -m ml_patterns_app.compare.worker`` imports the package first: it exports lazily."""
-    probe = (
-        "import sys, ml_patterns_app.compare.worker; "
-        "print(sorted(m for m in ('matplotlib', 'ml_patterns_app.compare.runner') if m in sys.modules))"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    parent_only = ("matplotlib", "ml_patterns_app.compare.runner")
+    assert modules_loaded("import ml_patterns_app.compare.worker", parent_only) == []
 
 
 def test_status_line_renders_worker_events():
